@@ -1,0 +1,198 @@
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::{Admin, Page, PageQuery, ReasonBody, required_text};
+use crate::domain::access::{Permission, Principal};
+use crate::domain::agent::{Agent, AgentStatus};
+use crate::domain::event::Event;
+use crate::domain::ids::AgentId;
+use crate::domain::policy::Policy;
+use crate::error::{Error, Result};
+use crate::store::{self, DbConnection};
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    pub name: String,
+    pub department: Option<String>,
+    /// Agent-level policy; defaults to none (USD, no limits).
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentAction {
+    Freeze,
+    Unfreeze,
+}
+
+pub(crate) fn parse_agent_id(id: &str) -> Result<AgentId> {
+    AgentId::parse(id).ok_or_else(|| Error::not_found("agent", id))
+}
+
+/// Loads an agent inside a transaction or read, as a 404 when it does not exist.
+pub(crate) fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Agent> {
+    store::agents::find(conn, id)?.ok_or_else(|| Error::not_found("agent", id.as_str()))
+}
+
+impl Admin {
+    pub(crate) fn parse_policy(
+        &self,
+        field: &str,
+        doc: serde_json::Value,
+        currency: Option<crate::domain::money::Currency>,
+    ) -> Result<Policy> {
+        let mut policy = Policy::from_json(doc).map_err(|e| Error::policy(field, e))?;
+        policy
+            .normalize(self.catalog, currency)
+            .map_err(|e| Error::policy(field, e))?;
+        Ok(policy)
+    }
+
+    pub async fn create_agent(&self, who: &Principal, input: NewAgent) -> Result<Agent> {
+        who.check(Permission::Manage, None)
+            .map_err(Error::Forbidden)?;
+        let name = required_text("name", &input.name, 100)?;
+        let department = input
+            .department
+            .as_deref()
+            .map(|d| required_text("department", d, 100))
+            .transpose()?;
+        let policy = match input.policy {
+            Some(doc) => self.parse_policy("policy", doc, None)?,
+            None => self.parse_policy("policy", serde_json::json!({}), None)?,
+        };
+        let now = jiff::Timestamp::now();
+        let agent = Agent {
+            id: AgentId::generate(),
+            name,
+            department,
+            status: AgentStatus::Active,
+            policy,
+            created_at: now,
+            updated_at: now,
+        };
+        let event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
+        let stored = agent.clone();
+        self.db
+            .write(move |conn| {
+                store::agents::insert(conn, &stored)?;
+                store::events::insert(conn, &event)
+            })
+            .await?;
+        tracing::info!(agent = %agent.id, actor = %who.key_id, "agent created");
+        Ok(agent)
+    }
+
+    pub async fn list_agents(&self, who: &Principal, page: PageQuery) -> Result<Page<Agent>> {
+        who.check(Permission::Read, None)
+            .map_err(Error::Forbidden)?;
+        let size = page.size()?;
+        let rows = self
+            .db
+            .read(move |conn| store::agents::list(conn, page.cursor.as_deref(), size + 1))
+            .await?;
+        Ok(Page::from_rows(rows, size, |a| a.id.to_string()))
+    }
+
+    pub async fn get_agent(&self, who: &Principal, id: &str) -> Result<Agent> {
+        let id = parse_agent_id(id)?;
+        who.check(Permission::Read, Some(&id))
+            .map_err(Error::Forbidden)?;
+        self.db.read(move |conn| load_agent(conn, &id)).await
+    }
+
+    /// Freezes or unfreezes the whole agent: every card and rail declines while it is frozen.
+    /// Each of its cards shows the change in its trail. Repeating the action changes nothing.
+    pub async fn agent_action(
+        &self,
+        who: &Principal,
+        id: &str,
+        action: AgentAction,
+        body: ReasonBody,
+    ) -> Result<Agent> {
+        let id = parse_agent_id(id)?;
+        let permission = match action {
+            AgentAction::Freeze => Permission::Freeze,
+            AgentAction::Unfreeze => Permission::Manage,
+        };
+        who.check(permission, Some(&id)).map_err(Error::Forbidden)?;
+        let reason = body.checked()?;
+        let (target, kind) = match action {
+            AgentAction::Freeze => (AgentStatus::Frozen, "agent_frozen"),
+            AgentAction::Unfreeze => (AgentStatus::Active, "agent_unfrozen"),
+        };
+        let actor = who.key_id.clone();
+        let agent = self
+            .db
+            .write(move |conn| {
+                let mut agent = load_agent(conn, &id)?;
+                if agent.status == target {
+                    return Ok(agent);
+                }
+                let now = jiff::Timestamp::now();
+                store::agents::update_status(conn, &id, target, now)?;
+                store::events::insert(
+                    conn,
+                    &Event::new(&id, None, kind, &actor, now).reason(Some(reason)),
+                )?;
+                agent.status = target;
+                agent.updated_at = now;
+                Ok(agent)
+            })
+            .await?;
+        tracing::info!(agent = %agent.id, actor = %who.key_id, status = agent.status.as_str(), "agent status");
+        Ok(agent)
+    }
+
+    pub async fn get_agent_policy(&self, who: &Principal, id: &str) -> Result<Policy> {
+        Ok(self.get_agent(who, id).await?.policy)
+    }
+
+    pub async fn set_agent_policy(
+        &self,
+        who: &Principal,
+        id: &str,
+        doc: serde_json::Value,
+    ) -> Result<Policy> {
+        let id = parse_agent_id(id)?;
+        who.check(Permission::Manage, Some(&id))
+            .map_err(Error::Forbidden)?;
+        let policy = self.parse_policy("policy", doc, None)?;
+        let actor = who.key_id.clone();
+        let stored = policy.clone();
+        self.db
+            .write(move |conn| {
+                let old = load_agent(conn, &id)?.policy;
+                let now = jiff::Timestamp::now();
+                store::agents::update_policy(conn, &id, &stored, now)?;
+                let data = serde_json::json!({ "previous": old, "policy": stored });
+                store::events::insert(
+                    conn,
+                    &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data),
+                )
+            })
+            .await?;
+        Ok(policy)
+    }
+
+    pub async fn agent_events(
+        &self,
+        who: &Principal,
+        id: &str,
+        page: PageQuery,
+    ) -> Result<Page<Event>> {
+        let id = parse_agent_id(id)?;
+        who.check(Permission::Read, Some(&id))
+            .map_err(Error::Forbidden)?;
+        let size = page.size()?;
+        let rows = self
+            .db
+            .read(move |conn| {
+                load_agent(conn, &id)?;
+                store::events::list_for_agent(conn, &id, page.cursor.as_deref(), size + 1)
+            })
+            .await?;
+        Ok(Page::from_rows(rows, size, |e| e.id.to_string()))
+    }
+}

@@ -1,0 +1,415 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::agents::{load_agent, parse_agent_id};
+use super::{Admin, Page, PageQuery, ReasonBody, required_text};
+use crate::domain::access::{Permission, Principal};
+use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, CardId};
+use crate::domain::money::Currency;
+use crate::domain::policy::Policy;
+use crate::error::{Error, Result};
+use crate::store::{self, DbConnection};
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCard {
+    /// The service the card pays: `openai`, `aws`, …
+    pub label: String,
+    /// The cap currency, default USD.
+    #[schema(value_type = Option<String>, example = "USD")]
+    pub currency: Option<String>,
+    /// A policy document; give this or `template`, not both.
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<serde_json::Value>,
+    /// The name of a policy template (`GET /v1/policy-templates`).
+    pub template: Option<String>,
+    #[serde(default)]
+    pub single_use: bool,
+    /// spendgate declines every authorization after this instant.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<jiff::Timestamp>,
+    /// `simulator` (default) issues here; for `stripe`, `lithic` or `marqeta` the card already exists
+    /// at the processor and is registered with its `processor_card_id` and `last4`.
+    pub processor: Option<String>,
+    pub processor_card_id: Option<String>,
+    pub last4: Option<String>,
+    pub exp_month: Option<u8>,
+    pub exp_year: Option<u16>,
+}
+
+/// The issued card; `number` is shown in this response only and never stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedCard {
+    #[serde(flatten)]
+    pub card: Card,
+    pub number: Option<String>,
+}
+
+fn parse_card_id(id: &str) -> Result<CardId> {
+    CardId::parse(id).ok_or_else(|| Error::not_found("card", id))
+}
+
+/// Loads a card, and when the route names an agent, checks the card is that agent's.
+fn load_card(conn: &mut DbConnection, agent: Option<&AgentId>, id: &CardId) -> Result<Card> {
+    match store::cards::find(conn, id)? {
+        Some(card) if agent.is_none_or(|a| *a == card.agent_id) => Ok(card),
+        _ => Err(Error::not_found("card", id.as_str())),
+    }
+}
+
+/// A Luhn-valid 16-digit number in `bin`.
+fn simulated_number(bin: &str) -> String {
+    let mut digits = bin.to_owned();
+    while digits.len() < 15 {
+        digits.push(char::from(b'0' + rand::random_range(0..10u8)));
+    }
+    let check = luhn_check_digit(&digits);
+    digits.push(char::from(b'0' + check));
+    digits
+}
+
+impl Admin {
+    pub async fn issue_card(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        mut input: NewCard,
+    ) -> Result<IssuedCard> {
+        let agent_id = parse_agent_id(agent_id)?;
+        who.check(Permission::Manage, Some(&agent_id))
+            .map_err(Error::Forbidden)?;
+        let label = required_text("label", &input.label, 64)?;
+        let currency: Currency = match &input.currency {
+            Some(code) => code
+                .parse()
+                .map_err(|e| Error::validation(format!("currency: {e}")))?,
+            None => Currency::USD,
+        };
+        let processor: Processor = match &input.processor {
+            Some(p) => p
+                .parse()
+                .map_err(|e| Error::validation(format!("processor: {e}")))?,
+            None => Processor::Simulator,
+        };
+        let policy = match (input.policy.take(), &input.template) {
+            (Some(_), Some(_)) => {
+                return Err(Error::validation("give policy or template, not both"));
+            }
+            (Some(doc), None) => self.parse_policy("policy", doc, Some(currency))?,
+            (None, Some(name)) => self.template_policy(name, currency)?,
+            (None, None) => self.parse_policy("policy", serde_json::json!({}), Some(currency))?,
+        };
+        let now = jiff::Timestamp::now();
+        if let Some(at) = input.expires_at {
+            if at <= now {
+                return Err(Error::validation("expires_at: must be in the future"));
+            }
+        }
+        let (exp_month, exp_year) = expiry_month(&input, now)?;
+        let (number, processor_card_id, last4) = match processor {
+            Processor::Simulator => {
+                if input.processor_card_id.is_some() || input.last4.is_some() {
+                    return Err(Error::validation(
+                        "processor_card_id and last4 are set by the simulator; give them only for an external processor",
+                    ));
+                }
+                let number = simulated_number(&self.simulator_bin);
+                let last4 = number[number.len() - 4..].to_owned();
+                let id = format!("sim_{}", hex::encode(rand::random::<[u8; 12]>()));
+                (Some(number), id, last4)
+            }
+            _ => {
+                let id = input.processor_card_id.as_deref().ok_or_else(|| {
+                    Error::validation(format!(
+                        "processor_card_id: required to register a {processor} card"
+                    ))
+                })?;
+                let id = required_text("processor_card_id", id, 128)?;
+                let last4 = match input.last4.as_deref() {
+                    Some(l) if l.len() == 4 && l.bytes().all(|b| b.is_ascii_digit()) => {
+                        l.to_owned()
+                    }
+                    _ => {
+                        return Err(Error::validation(
+                            "last4: the card's last 4 digits are required",
+                        ));
+                    }
+                };
+                (None, id, last4)
+            }
+        };
+        let card = Card {
+            id: CardId::generate(),
+            agent_id: agent_id.clone(),
+            label,
+            currency,
+            last4,
+            exp_month,
+            exp_year,
+            expires_at: input.expires_at,
+            single_use: input.single_use,
+            status: CardStatus::Active,
+            processor,
+            processor_card_id,
+            policy,
+            created_at: now,
+            updated_at: now,
+        };
+        let data = serde_json::json!({ "label": card.label, "template": input.template, "processor": processor });
+        let event = Event::new(&agent_id, Some(&card.id), "issued", &who.key_id, now).data(data);
+        let stored = card.clone();
+        self.db
+            .write(move |conn| {
+                load_agent(conn, &stored.agent_id)?;
+                if store::cards::exists_for_processor(
+                    conn,
+                    stored.processor.as_str(),
+                    &stored.processor_card_id,
+                )? {
+                    return Err(Error::Conflict {
+                        code: "card_exists",
+                        message: format!(
+                            "a {} card with processor_card_id {} is already registered",
+                            stored.processor, stored.processor_card_id
+                        ),
+                    });
+                }
+                store::cards::insert(conn, &stored)?;
+                store::events::insert(conn, &event)
+            })
+            .await?;
+        tracing::info!(card = %card.id, agent = %card.agent_id, actor = %who.key_id, "card issued");
+        Ok(IssuedCard { card, number })
+    }
+
+    fn template_policy(&self, name: &str, currency: Currency) -> Result<Policy> {
+        let template = self
+            .catalog
+            .template(name)
+            .ok_or_else(|| Error::Unprocessable {
+                code: "unknown_template",
+                message: format!(
+                    "no policy template named {name:?} (see GET /v1/policy-templates)"
+                ),
+            })?;
+        let mut policy = template.policy.clone();
+        if policy.currency != Some(currency) {
+            return Err(Error::Unprocessable {
+                code: "template_currency_mismatch",
+                message: format!(
+                    "template {name} caps in {}, the card's currency is {currency}",
+                    policy.currency.unwrap_or(Currency::USD)
+                ),
+            });
+        }
+        policy
+            .normalize(self.catalog, Some(currency))
+            .map_err(|e| Error::policy("template", e))?;
+        Ok(policy)
+    }
+
+    pub async fn list_cards(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        page: PageQuery,
+    ) -> Result<Page<Card>> {
+        let agent_id = parse_agent_id(agent_id)?;
+        who.check(Permission::Read, Some(&agent_id))
+            .map_err(Error::Forbidden)?;
+        let size = page.size()?;
+        let rows = self
+            .db
+            .read(move |conn| {
+                load_agent(conn, &agent_id)?;
+                store::cards::list_for_agent(conn, &agent_id, page.cursor.as_deref(), size + 1)
+            })
+            .await?;
+        Ok(Page::from_rows(rows, size, |c| c.id.to_string()))
+    }
+
+    /// `agent_id` is given when the route names the agent; the card must then be that agent's.
+    pub async fn get_card(
+        &self,
+        who: &Principal,
+        agent_id: Option<&str>,
+        card_id: &str,
+    ) -> Result<Card> {
+        let agent_id = agent_id.map(parse_agent_id).transpose()?;
+        let card_id = parse_card_id(card_id)?;
+        if let Some(agent) = &agent_id {
+            who.check(Permission::Read, Some(agent))
+                .map_err(Error::Forbidden)?;
+        }
+        let card = self
+            .db
+            .read(move |conn| load_card(conn, agent_id.as_ref(), &card_id))
+            .await?;
+        who.check(Permission::Read, Some(&card.agent_id))
+            .map_err(Error::Forbidden)?;
+        Ok(card)
+    }
+
+    /// Freeze, unfreeze or close. Repeating an action is a no-op; a closed card stays closed (409).
+    pub async fn card_action(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        card_id: &str,
+        action: CardAction,
+        body: ReasonBody,
+    ) -> Result<Card> {
+        let agent_id = parse_agent_id(agent_id)?;
+        let card_id = parse_card_id(card_id)?;
+        let permission = if action == CardAction::Freeze {
+            Permission::Freeze
+        } else {
+            Permission::Manage
+        };
+        who.check(permission, Some(&agent_id))
+            .map_err(Error::Forbidden)?;
+        let reason = body.checked()?;
+        let actor = who.key_id.clone();
+        let card = self
+            .db
+            .write(move |conn| {
+                let mut card = load_card(conn, Some(&agent_id), &card_id)?;
+                let next = card
+                    .status
+                    .apply(action)
+                    .map_err(|message| Error::Conflict {
+                        code: "card_closed",
+                        message: message.to_owned(),
+                    })?;
+                if next == card.status {
+                    return Ok(card);
+                }
+                let now = jiff::Timestamp::now();
+                if !store::cards::update_status(conn, &card_id, card.status, next, now)? {
+                    return Err(Error::Conflict {
+                        code: "concurrent_update",
+                        message: "the card changed while this request ran; retry".into(),
+                    });
+                }
+                let event = Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now)
+                    .reason(Some(reason));
+                store::events::insert(conn, &event)?;
+                card.status = next;
+                card.updated_at = now;
+                Ok(card)
+            })
+            .await?;
+        tracing::info!(card = %card.id, actor = %who.key_id, status = card.status.as_str(), "card status");
+        Ok(card)
+    }
+
+    pub async fn get_card_policy(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        card_id: &str,
+    ) -> Result<Policy> {
+        Ok(self.get_card(who, Some(agent_id), card_id).await?.policy)
+    }
+
+    pub async fn set_card_policy(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        card_id: &str,
+        doc: serde_json::Value,
+    ) -> Result<Policy> {
+        let agent_id = parse_agent_id(agent_id)?;
+        let card_id = parse_card_id(card_id)?;
+        who.check(Permission::Manage, Some(&agent_id))
+            .map_err(Error::Forbidden)?;
+        let parsed = Policy::from_json(doc).map_err(|e| Error::policy("policy", e))?;
+        let catalog = self.catalog;
+        let actor = who.key_id.clone();
+        self.db
+            .write(move |conn| {
+                let card = load_card(conn, Some(&agent_id), &card_id)?;
+                if card.status == CardStatus::Closed {
+                    return Err(Error::Conflict {
+                        code: "card_closed",
+                        message: "the card is closed".into(),
+                    });
+                }
+                let mut policy = parsed;
+                policy
+                    .normalize(catalog, Some(card.currency))
+                    .map_err(|e| Error::policy("policy", e))?;
+                let now = jiff::Timestamp::now();
+                store::cards::update_policy(conn, &card_id, &policy, now)?;
+                let data = serde_json::json!({ "previous": card.policy, "policy": policy });
+                store::events::insert(
+                    conn,
+                    &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now)
+                        .data(data),
+                )?;
+                Ok(policy)
+            })
+            .await
+    }
+
+    pub async fn card_events(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        card_id: &str,
+        page: PageQuery,
+    ) -> Result<Page<Event>> {
+        let agent_id = parse_agent_id(agent_id)?;
+        let card_id = parse_card_id(card_id)?;
+        who.check(Permission::Read, Some(&agent_id))
+            .map_err(Error::Forbidden)?;
+        let size = page.size()?;
+        let rows = self
+            .db
+            .read(move |conn| {
+                load_card(conn, Some(&agent_id), &card_id)?;
+                store::events::list_for_card(
+                    conn,
+                    &agent_id,
+                    &card_id,
+                    page.cursor.as_deref(),
+                    size + 1,
+                )
+            })
+            .await?;
+        Ok(Page::from_rows(rows, size, |e| e.id.to_string()))
+    }
+}
+
+/// The card's printed expiry: the month of `expires_at`, the given month and year, or three years on.
+fn expiry_month(input: &NewCard, now: jiff::Timestamp) -> Result<(u8, u16)> {
+    let (month, year) = match (input.exp_month, input.exp_year, input.expires_at) {
+        (Some(m), Some(y), _) => (m, y),
+        (None, None, Some(at)) => {
+            let date = at.to_zoned(jiff::tz::TimeZone::UTC).date();
+            (date.month() as u8, date.year() as u16)
+        }
+        (None, None, None) => {
+            let date = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+            (date.month() as u8, (date.year() + 3) as u16)
+        }
+        _ => {
+            return Err(Error::validation(
+                "exp_month and exp_year: give both or neither",
+            ));
+        }
+    };
+    let this_year = now.to_zoned(jiff::tz::TimeZone::UTC).date().year() as u16;
+    if !(1..=12).contains(&month) {
+        return Err(Error::validation("exp_month: must be 1 to 12"));
+    }
+    if !(this_year..=this_year + 20).contains(&year) {
+        return Err(Error::validation(format!(
+            "exp_year: must be between {this_year} and {}",
+            this_year + 20
+        )));
+    }
+    Ok((month, year))
+}

@@ -1,0 +1,198 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::Admin;
+use super::agents::parse_agent_id;
+use crate::domain::access::{Permission, Principal, Role};
+use crate::domain::ids::KeyId;
+use crate::domain::key::{self, ApiKey};
+use crate::error::{Error, Result};
+use crate::store::{self, DbConnection};
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewKey {
+    pub role: Role,
+    /// Required for (and only for) the `agent` role.
+    pub agent_id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A key just made: `key` is the secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub info: ApiKey,
+    pub key: String,
+}
+
+fn insert_key(conn: &mut DbConnection, info: &ApiKey, secret: &str) -> Result<()> {
+    store::keys::insert(conn, info, &key::hash_secret(secret))
+}
+
+fn new_key(role: Role, name: Option<String>, created_by: Option<KeyId>, secret: &str) -> ApiKey {
+    ApiKey {
+        id: KeyId::generate(),
+        name,
+        role,
+        agent_id: None,
+        prefix: key::display_prefix(secret),
+        created_by,
+        created_at: jiff::Timestamp::now(),
+        revoked_at: None,
+    }
+}
+
+/// What `ensure_first_key` did, for the operator to be told at start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstKey {
+    /// Keys already exist; nothing was made.
+    Existing,
+    /// The configured bootstrap key became the first owner key.
+    Bootstrapped,
+    /// A new owner key was made; its secret must be shown once.
+    Created(String),
+}
+
+impl Admin {
+    /// The caller a bearer secret stands for, if it is a live key.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
+        let hash = key::hash_secret(secret);
+        self.db
+            .read(move |conn| store::keys::principal_by_hash(conn, &hash))
+            .await
+    }
+
+    /// On a database with no key: makes the first owner key from `bootstrap`, or a fresh one.
+    pub async fn ensure_first_key(&self, bootstrap: Option<&str>) -> Result<FirstKey> {
+        let bootstrap = bootstrap.map(str::to_owned);
+        self.db
+            .write(move |conn| {
+                if store::keys::count_all(conn)? > 0 {
+                    return Ok(FirstKey::Existing);
+                }
+                match bootstrap {
+                    Some(secret) => {
+                        insert_key(
+                            conn,
+                            &new_key(Role::Owner, Some("bootstrap".into()), None, &secret),
+                            &secret,
+                        )?;
+                        Ok(FirstKey::Bootstrapped)
+                    }
+                    None => {
+                        let secret = key::generate_secret();
+                        insert_key(
+                            conn,
+                            &new_key(Role::Owner, Some("initial".into()), None, &secret),
+                            &secret,
+                        )?;
+                        Ok(FirstKey::Created(secret))
+                    }
+                }
+            })
+            .await
+    }
+
+    /// Replaces the owner key named `name` with a fresh one (for `serve --demo`, which prints it).
+    pub async fn replace_named_owner_key(&self, name: &str) -> Result<(Principal, String)> {
+        let name = name.to_owned();
+        self.db
+            .write(move |conn| {
+                let secret = key::generate_secret();
+                let info = new_key(Role::Owner, Some(name.clone()), None, &secret);
+                store::keys::revoke_named_owners(conn, &name, jiff::Timestamp::now())?;
+                insert_key(conn, &info, &secret)?;
+                Ok((
+                    Principal {
+                        key_id: info.id,
+                        role: Role::Owner,
+                        agent_id: None,
+                    },
+                    secret,
+                ))
+            })
+            .await
+    }
+
+    pub async fn create_key(&self, who: &Principal, input: NewKey) -> Result<CreatedKey> {
+        who.check(Permission::ManageKeys, None)
+            .map_err(Error::Forbidden)?;
+        let name = input
+            .name
+            .as_deref()
+            .map(|n| super::required_text("name", n, 100))
+            .transpose()?;
+        let agent_id = match (input.role, input.agent_id.as_deref()) {
+            (Role::Agent, Some(id)) => {
+                Some(parse_agent_id(id).map_err(|_| Error::Unprocessable {
+                    code: "unknown_agent",
+                    message: format!("agent {id} does not exist"),
+                })?)
+            }
+            (Role::Agent, None) => {
+                return Err(Error::validation("agent_id: required for the agent role"));
+            }
+            (_, Some(_)) => {
+                return Err(Error::validation(
+                    "agent_id: only keys of the agent role name an agent",
+                ));
+            }
+            (_, None) => None,
+        };
+        let secret = key::generate_secret();
+        let mut info = new_key(input.role, name, Some(who.key_id.clone()), &secret);
+        info.agent_id = agent_id;
+        let stored = info.clone();
+        let stored_secret = secret.clone();
+        self.db
+            .write(move |conn| {
+                if let Some(agent) = &stored.agent_id {
+                    if store::agents::find(conn, agent)?.is_none() {
+                        return Err(Error::Unprocessable {
+                            code: "unknown_agent",
+                            message: format!("agent {agent} does not exist"),
+                        });
+                    }
+                }
+                insert_key(conn, &stored, &stored_secret)
+            })
+            .await?;
+        tracing::info!(key = %info.id, role = %info.role, actor = %who.key_id, "API key created");
+        Ok(CreatedKey { info, key: secret })
+    }
+
+    pub async fn list_keys(&self, who: &Principal) -> Result<Vec<ApiKey>> {
+        who.check(Permission::ManageKeys, None)
+            .map_err(Error::Forbidden)?;
+        self.db.read(store::keys::list).await
+    }
+
+    /// Revokes a key at once. Revoking twice is a no-op; the last live owner key cannot be revoked.
+    pub async fn revoke_key(&self, who: &Principal, id: &str) -> Result<ApiKey> {
+        who.check(Permission::ManageKeys, None)
+            .map_err(Error::Forbidden)?;
+        let id = KeyId::parse(id).ok_or_else(|| Error::not_found("key", id))?;
+        let key = self
+            .db
+            .write(move |conn| {
+                let mut key = store::keys::find(conn, &id)?.ok_or_else(|| Error::not_found("key", id.as_str()))?;
+                if key.revoked_at.is_some() {
+                    return Ok(key);
+                }
+                if key.role == Role::Owner && store::keys::count_live_owners(conn)? <= 1 {
+                    return Err(Error::Conflict {
+                        code: "last_owner_key",
+                        message: "this is the last owner key; create another owner key before revoking it".into(),
+                    });
+                }
+                let now = jiff::Timestamp::now();
+                store::keys::revoke(conn, &id, now)?;
+                key.revoked_at = Some(now);
+                Ok(key)
+            })
+            .await?;
+        tracing::info!(key = %key.id, actor = %who.key_id, "API key revoked");
+        Ok(key)
+    }
+}

@@ -1,0 +1,114 @@
+//! The admin operations: issue, freeze, unfreeze, close, set policy, manage keys. Each checks the
+//! caller's permission, validates its input, and writes its change and its audit event in one
+//! transaction. The HTTP handlers and the demo loader call these; none of them holds a rule.
+
+pub mod agents;
+pub mod cards;
+pub mod keys;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::domain::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::store::Db;
+
+#[derive(Clone)]
+pub struct Admin {
+    db: Db,
+    catalog: &'static Catalog,
+    simulator_bin: String,
+}
+
+impl Admin {
+    pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String) -> Self {
+        Admin {
+            db,
+            catalog,
+            simulator_bin,
+        }
+    }
+
+    pub fn catalog(&self) -> &'static Catalog {
+        self.catalog
+    }
+}
+
+/// `?limit=&cursor=` for lists, oldest first.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1 to 500, default 100.
+    pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 500;
+
+impl PageQuery {
+    fn size(&self) -> Result<i64> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(_) => Err(Error::validation(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// `rows` was fetched with one row more than `size`, to learn whether another page exists.
+    fn from_rows(mut rows: Vec<T>, size: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+        let more = rows.len() as i64 > size;
+        rows.truncate(size as usize);
+        let next_cursor = if more {
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        Page {
+            data: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// Why a state change was made; required so the audit trail explains itself.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    pub reason: String,
+}
+
+impl ReasonBody {
+    fn checked(self) -> Result<String> {
+        let reason = self.reason.trim();
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(Error::validation(
+                "reason: give a reason of 1 to 500 characters",
+            ));
+        }
+        Ok(reason.to_owned())
+    }
+}
+
+/// Trims a required text field and checks its length.
+fn required_text(field: &str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(Error::validation(format!(
+            "{field}: must be 1 to {max} printable characters"
+        )));
+    }
+    Ok(value.to_owned())
+}

@@ -1,0 +1,60 @@
+//! `serve --demo`: demo agents, cards and policies from `fixtures/demo.json`, and a fresh owner key.
+
+use serde::Deserialize;
+
+use crate::admin::Admin;
+use crate::admin::PageQuery;
+use crate::admin::agents::NewAgent;
+use crate::admin::cards::NewCard;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Demo {
+    agents: Vec<DemoAgent>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoAgent {
+    name: String,
+    department: Option<String>,
+    policy: Option<serde_json::Value>,
+    #[serde(default)]
+    cards: Vec<NewCard>,
+}
+
+pub struct DemoSetup {
+    /// An owner key made for this run (the previous run's demo key is revoked).
+    pub key: String,
+    /// Whether the demo data was loaded now (it is loaded only into a database with no agents).
+    pub loaded: bool,
+}
+
+pub async fn setup(admin: &Admin) -> anyhow::Result<DemoSetup> {
+    let (owner, key) = admin.replace_named_owner_key("demo").await?;
+    let existing = admin
+        .list_agents(
+            &owner,
+            PageQuery {
+                limit: Some(1),
+                cursor: None,
+            },
+        )
+        .await?;
+    if !existing.data.is_empty() {
+        return Ok(DemoSetup { key, loaded: false });
+    }
+    let demo: Demo = serde_json::from_str(crate::fixtures::DEMO)?;
+    for entry in demo.agents {
+        let input = NewAgent {
+            name: entry.name,
+            department: entry.department,
+            policy: entry.policy,
+        };
+        let agent = admin.create_agent(&owner, input).await?;
+        for card in entry.cards {
+            admin.issue_card(&owner, agent.id.as_str(), card).await?;
+        }
+    }
+    Ok(DemoSetup { key, loaded: true })
+}

@@ -1,0 +1,149 @@
+//! Who may do what. Roles are fixed; each admin route names the permission it needs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ids::{AgentId, KeyId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything, including API keys.
+    Owner,
+    /// Agents, cards, policies, freeze and unfreeze, funding, approvals.
+    Manager,
+    /// Read everything and freeze; cannot unfreeze or change anything else.
+    Operator,
+    /// Scoped to one agent: reads that agent's own records (and, later, pays through it).
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Manager => "manager",
+            Role::Operator => "operator",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(Role::Owner),
+            "manager" => Ok(Role::Manager),
+            "operator" => Ok(Role::Operator),
+            "agent" => Ok(Role::Agent),
+            other => Err(format!(
+                "unknown role {other:?} (owner, manager, operator, agent)"
+            )),
+        }
+    }
+}
+
+/// What a request wants to do, from least to most powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    Read,
+    Freeze,
+    Manage,
+    ManageKeys,
+}
+
+impl Permission {
+    fn describe(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::Freeze => "freeze",
+            Permission::Manage => "change agents, cards and policies or unfreeze",
+            Permission::ManageKeys => "manage API keys",
+        }
+    }
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub key_id: KeyId,
+    pub role: Role,
+    /// Set only for the `agent` role.
+    pub agent_id: Option<AgentId>,
+}
+
+impl Principal {
+    /// `agent` is the agent the request touches, if any: agent keys may only read their own.
+    pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), String> {
+        let allowed = match self.role {
+            Role::Owner => true,
+            Role::Manager => permission != Permission::ManageKeys,
+            Role::Operator => matches!(permission, Permission::Read | Permission::Freeze),
+            Role::Agent => {
+                permission == Permission::Read && agent.is_some() && agent == self.agent_id.as_ref()
+            }
+        };
+        if allowed {
+            Ok(())
+        } else if self.role == Role::Agent && permission == Permission::Read {
+            Err("an agent key may only read its own agent".into())
+        } else {
+            Err(format!(
+                "the {} role may not {}",
+                self.role,
+                permission.describe()
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(role: Role, agent: Option<&AgentId>) -> Principal {
+        Principal {
+            key_id: KeyId::generate(),
+            role,
+            agent_id: agent.cloned(),
+        }
+    }
+
+    #[test]
+    fn roles_hold() {
+        use Permission::*;
+        let a = AgentId::generate();
+        let owner = principal(Role::Owner, None);
+        let manager = principal(Role::Manager, None);
+        let operator = principal(Role::Operator, None);
+        for p in [Read, Freeze, Manage, ManageKeys] {
+            assert!(owner.check(p, Some(&a)).is_ok());
+        }
+        assert!(manager.check(Manage, Some(&a)).is_ok());
+        assert!(manager.check(ManageKeys, None).is_err());
+        assert!(operator.check(Read, None).is_ok());
+        assert!(operator.check(Freeze, Some(&a)).is_ok());
+        assert!(operator.check(Manage, Some(&a)).is_err());
+    }
+
+    #[test]
+    fn agent_keys_read_only_their_own_agent() {
+        let mine = AgentId::generate();
+        let other = AgentId::generate();
+        let agent = principal(Role::Agent, Some(&mine));
+        assert!(agent.check(Permission::Read, Some(&mine)).is_ok());
+        assert!(agent.check(Permission::Read, Some(&other)).is_err());
+        assert!(agent.check(Permission::Read, None).is_err());
+        assert!(agent.check(Permission::Freeze, Some(&mine)).is_err());
+    }
+}

@@ -1,0 +1,44 @@
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ids::AgentId;
+use super::policy::Policy;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentStatus {
+    Active,
+    /// Every card and rail of the agent declines until it is unfrozen.
+    Frozen,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Active => "active",
+            AgentStatus::Frozen => "frozen",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(AgentStatus::Active),
+            "frozen" => Some(AgentStatus::Frozen),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Agent {
+    pub id: AgentId,
+    pub name: String,
+    pub department: Option<String>,
+    pub status: AgentStatus,
+    /// Agent-level rules that span all its cards and rails.
+    pub policy: Policy,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: jiff::Timestamp,
+}

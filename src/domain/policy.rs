@@ -1,0 +1,640 @@
+//! The policy document: the rules a card (or an agent, across all its cards and rails) spends under.
+//! This module parses, normalizes and validates it; the decision core enforces it.
+//! Amounts are minor units of the policy's `currency` (the cap currency).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::catalog::Catalog;
+use super::money::Currency;
+
+/// A validation failure whose message names the offending field, e.g. `limits[1].amount: …`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError(pub String);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn fail<T>(field: impl fmt::Display, message: impl fmt::Display) -> Result<T, PolicyError> {
+    Err(PolicyError(format!("{field}: {message}")))
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// The cap currency. Defaults to the card's currency (USD for an agent policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<Currency>,
+    /// Largest single authorization, in minor units.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_transaction: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<AllowBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc_groups: Option<AllowBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_lock: Option<MerchantLock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub countries: Option<AllowBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_hours: Option<ActiveHours>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x402: Option<X402Rules>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+}
+
+/// Either an allow list or a block list, never both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllowBlock {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Unique within the policy; named in the decline when the limit fires.
+    pub id: String,
+    pub scope: Scope,
+    #[schema(value_type = Object, example = json!({"rolling": "24h"}))]
+    pub window: Window,
+    /// Most that may be spent in the window, in minor units of the policy currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    /// Most authorizations in the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcc_groups: Vec<String>,
+    /// Network merchant ids or descriptor patterns (`*` matches any run of characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merchants: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rails: Vec<Rail>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Agent,
+    Card,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Rail {
+    Card,
+    Usdc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CalendarUnit {
+    Day,
+    Week,
+    Month,
+}
+
+/// How far back a limit looks: `{"rolling": "24h"}`, `{"calendar": "month", "timezone": "Europe/Berlin"}`
+/// or `"lifetime"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Window {
+    Rolling {
+        text: String,
+        seconds: i64,
+    },
+    Calendar {
+        unit: CalendarUnit,
+        timezone: String,
+    },
+    Lifetime,
+}
+
+/// Rolling windows from one minute to a year: shorter is a velocity check the engine cannot
+/// time reliably, longer is better written as a calendar or lifetime window.
+const ROLLING_MIN_SECONDS: i64 = 60;
+const ROLLING_MAX_SECONDS: i64 = 366 * 86_400;
+
+impl Window {
+    fn parse_rolling(text: &str) -> Result<i64, String> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let n: i64 = digits.parse().map_err(|_| {
+            format!("rolling window {text:?} must look like \"30m\", \"24h\" or \"7d\"")
+        })?;
+        let per = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            _ => {
+                return Err(format!(
+                    "rolling window {text:?}: the unit must be s, m, h or d"
+                ));
+            }
+        };
+        let seconds = n.saturating_mul(per);
+        if !(ROLLING_MIN_SECONDS..=ROLLING_MAX_SECONDS).contains(&seconds) {
+            return Err(format!(
+                "rolling window {text:?} cannot be enforced: it must be between 1m and 366d"
+            ));
+        }
+        Ok(seconds)
+    }
+}
+
+impl Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Window::Rolling { text, .. } => serde_json::json!({ "rolling": text }).serialize(s),
+            Window::Calendar { unit, timezone } => {
+                serde_json::json!({ "calendar": unit, "timezone": timezone }).serialize(s)
+            }
+            Window::Lifetime => s.serialize_str("lifetime"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(d)?;
+        let expected = r#"expected "lifetime", {"rolling": "24h"} or {"calendar": "day"|"week"|"month", "timezone": "…"}"#;
+        match value {
+            Value::String(s) if s == "lifetime" => Ok(Window::Lifetime),
+            Value::Object(map) => {
+                let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+                match (map.get("rolling"), map.get("calendar")) {
+                    (Some(Value::String(text)), None) if keys.len() == 1 => {
+                        let seconds = Window::parse_rolling(text).map_err(D::Error::custom)?;
+                        Ok(Window::Rolling {
+                            text: text.trim().to_owned(),
+                            seconds,
+                        })
+                    }
+                    (None, Some(unit))
+                        if keys.iter().all(|k| *k == "calendar" || *k == "timezone") =>
+                    {
+                        let unit = CalendarUnit::deserialize(unit).map_err(|_| {
+                            D::Error::custom("calendar must be \"day\", \"week\" or \"month\"")
+                        })?;
+                        let timezone = match map.get("timezone") {
+                            None => "UTC".to_owned(),
+                            Some(Value::String(tz)) => tz.clone(),
+                            Some(_) => {
+                                return Err(D::Error::custom(
+                                    "timezone must be a string such as \"UTC\"",
+                                ));
+                            }
+                        };
+                        Ok(Window::Calendar { unit, timezone })
+                    }
+                    _ => Err(D::Error::custom(expected)),
+                }
+            }
+            _ => Err(D::Error::custom(expected)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantLock {
+    /// Network merchant ids (card acceptor ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
+    /// Descriptor patterns; `*` matches any run of characters, case is ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHours {
+    #[serde(default = "utc")]
+    pub timezone: String,
+    /// `HH:MM`, inclusive.
+    pub from: String,
+    /// `HH:MM`, exclusive; earlier than `from` means the span crosses midnight.
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub days: Vec<Weekday>,
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct X402Rules {
+    /// Largest single x402 payment, in minor units of the policy currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_call: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Authorizations above this amount need a human's approval.
+    pub above: i64,
+}
+
+/// Minutes since midnight for `HH:MM`.
+pub fn parse_clock(s: &str) -> Option<u32> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+fn is_known_timezone(name: &str) -> bool {
+    jiff::tz::TimeZone::get(name).is_ok()
+}
+
+fn check_amount(field: &str, amount: Option<i64>) -> Result<(), PolicyError> {
+    match amount {
+        Some(a) if a <= 0 => fail(field, "must be a positive amount in minor units"),
+        _ => Ok(()),
+    }
+}
+
+fn check_mccs(field: &str, codes: &mut [String], catalog: &Catalog) -> Result<(), PolicyError> {
+    for (i, code) in codes.iter_mut().enumerate() {
+        *code = code.trim().to_owned();
+        if !catalog.is_known_mcc(code) {
+            return fail(format!("{field}[{i}]"), format!("unknown MCC {code:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_groups(field: &str, names: &mut [String], catalog: &Catalog) -> Result<(), PolicyError> {
+    for (i, name) in names.iter_mut().enumerate() {
+        *name = name.trim().to_ascii_lowercase();
+        if !catalog.is_known_group(name) {
+            return fail(
+                format!("{field}[{i}]"),
+                format!("unknown MCC group {name:?}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Returns the single list an allow/block pair carries, after checking there is exactly one.
+fn one_list<'a>(
+    field: &str,
+    rule: &'a mut AllowBlock,
+) -> Result<(&'static str, &'a mut Vec<String>), PolicyError> {
+    match (&mut rule.allow, &mut rule.block) {
+        (Some(_), Some(_)) => fail(field, "give allow or block, not both"),
+        (Some(list), None) => Ok(("allow", list)),
+        (None, Some(list)) => Ok(("block", list)),
+        (None, None) => fail(field, "give an allow or a block list"),
+    }
+}
+
+impl Policy {
+    /// Checks the document against the catalog and puts it in canonical form (trimmed codes,
+    /// upper-case countries, lower-case hosts, currency filled in). `currency` is the card's
+    /// currency, which a card policy must use; `None` for agent policies and templates.
+    pub fn normalize(
+        &mut self,
+        catalog: &Catalog,
+        currency: Option<Currency>,
+    ) -> Result<(), PolicyError> {
+        match (self.currency, currency) {
+            (Some(own), Some(card)) if own != card => {
+                return fail(
+                    "currency",
+                    format!("must be the card's currency {card}, not {own}"),
+                );
+            }
+            (None, expected) => self.currency = Some(expected.unwrap_or(Currency::USD)),
+            _ => {}
+        }
+        check_amount("per_transaction", self.per_transaction)?;
+
+        let mut ids = HashSet::new();
+        for (i, limit) in self.limits.iter_mut().enumerate() {
+            let at = |f: &str| format!("limits[{i}].{f}");
+            limit.id = limit.id.trim().to_owned();
+            let id_ok = !limit.id.is_empty()
+                && limit.id.len() <= 64
+                && limit
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !id_ok {
+                return fail(at("id"), "must be 1-64 letters, digits, '_' or '-'");
+            }
+            if !ids.insert(limit.id.clone()) {
+                return fail(at("id"), format!("duplicate limit id {:?}", limit.id));
+            }
+            if limit.amount.is_none() && limit.count.is_none() {
+                return fail(format!("limits[{i}]"), "give an amount, a count or both");
+            }
+            check_amount(&at("amount"), limit.amount)?;
+            if matches!(limit.count, Some(c) if c <= 0) {
+                return fail(at("count"), "must be a positive number of authorizations");
+            }
+            if let Window::Calendar { timezone, .. } = &limit.window {
+                if !is_known_timezone(timezone) {
+                    return fail(
+                        at("window.timezone"),
+                        format!("unknown timezone {timezone:?}"),
+                    );
+                }
+            }
+            check_mccs(&at("mcc"), &mut limit.mcc, catalog)?;
+            check_groups(&at("mcc_groups"), &mut limit.mcc_groups, catalog)?;
+            for (j, m) in limit.merchants.iter_mut().enumerate() {
+                *m = m.trim().to_owned();
+                if m.is_empty() {
+                    return fail(format!("{}[{j}]", at("merchants")), "must not be empty");
+                }
+            }
+        }
+
+        if let Some(rule) = &mut self.mcc {
+            let (kind, list) = one_list("mcc", rule)?;
+            check_mccs(&format!("mcc.{kind}"), list, catalog)?;
+        }
+        if let Some(rule) = &mut self.mcc_groups {
+            let (kind, list) = one_list("mcc_groups", rule)?;
+            check_groups(&format!("mcc_groups.{kind}"), list, catalog)?;
+        }
+        if let Some(rule) = &mut self.countries {
+            let (kind, list) = one_list("countries", rule)?;
+            for (i, c) in list.iter_mut().enumerate() {
+                *c = c.trim().to_ascii_uppercase();
+                if !catalog.is_known_country(c) {
+                    return fail(
+                        format!("countries.{kind}[{i}]"),
+                        format!(
+                            "unknown country {c:?} (expected an ISO 3166 alpha-2 code such as US)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(lock) = &mut self.merchant_lock {
+            lock.ids
+                .iter_mut()
+                .chain(lock.names.iter_mut())
+                .for_each(|s| *s = s.trim().to_owned());
+            if lock.ids.iter().chain(&lock.names).any(String::is_empty) {
+                return fail("merchant_lock", "ids and names must not be empty strings");
+            }
+            if lock.ids.is_empty() && lock.names.is_empty() {
+                return fail("merchant_lock", "give at least one merchant id or name");
+            }
+        }
+        if let Some(hours) = &self.active_hours {
+            if !is_known_timezone(&hours.timezone) {
+                return fail(
+                    "active_hours.timezone",
+                    format!("unknown timezone {:?}", hours.timezone),
+                );
+            }
+            let from = parse_clock(&hours.from);
+            let to = parse_clock(&hours.to);
+            if from.is_none() {
+                return fail("active_hours.from", "must be HH:MM, e.g. 08:00");
+            }
+            if to.is_none() {
+                return fail("active_hours.to", "must be HH:MM, e.g. 20:00");
+            }
+            if from == to {
+                return fail("active_hours", "from and to must differ");
+            }
+        }
+        if let Some(x402) = &mut self.x402 {
+            check_amount("x402.per_call", x402.per_call)?;
+            for (i, host) in x402.allow_hosts.iter_mut().enumerate() {
+                *host = host.trim().to_ascii_lowercase();
+                let ok = !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+                if !ok {
+                    return fail(
+                        format!("x402.allow_hosts[{i}]"),
+                        format!("{host:?} is not a host name"),
+                    );
+                }
+            }
+        }
+        if let Some(approval) = &self.approval {
+            check_amount("approval.above", Some(approval.above))?;
+        }
+        Ok(())
+    }
+
+    /// Parses a JSON policy document, naming the field at fault on error.
+    pub fn from_json(value: Value) -> Result<Policy, PolicyError> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            if path == "." {
+                PolicyError(message)
+            } else {
+                PolicyError(format!("{path}: {message}"))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn catalog() -> Catalog {
+        crate::fixtures::catalog().clone()
+    }
+
+    fn check(doc: Value) -> Result<Policy, String> {
+        let mut policy = Policy::from_json(doc).map_err(|e| e.0)?;
+        policy.normalize(&catalog(), None).map_err(|e| e.0)?;
+        Ok(policy)
+    }
+
+    #[test]
+    fn the_documented_example_is_valid_and_round_trips() {
+        let doc = json!({"currency": "usd", "per_transaction": 25000,
+            "limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 50000, "count": 100,
+                        "mcc": ["5734"], "mcc_groups": ["ai_apis"], "merchants": ["OPENAI *"], "rails": ["card", "usdc"]},
+                       {"id": "monthly", "scope": "card", "window": {"calendar": "month", "timezone": "America/Los_Angeles"}, "amount": 1},
+                       {"id": "ever", "scope": "trace", "window": "lifetime", "count": 3}],
+            "mcc": {"allow": ["5734", "7372"]}, "mcc_groups": {"block": ["gambling"]},
+            "merchant_lock": {"ids": ["m1"], "names": ["OPENAI *"]}, "countries": {"allow": ["us", "DE"]},
+            "active_hours": {"timezone": "UTC", "from": "08:00", "to": "20:00", "days": ["mon", "tue"]},
+            "x402": {"per_call": 500, "allow_hosts": ["API.example.com"]}, "approval": {"above": 10000}});
+        let policy = check(doc).unwrap();
+        let out = serde_json::to_value(&policy).unwrap();
+        assert_eq!(out["currency"], "USD");
+        assert_eq!(out["countries"]["allow"], json!(["US", "DE"]));
+        assert_eq!(out["x402"]["allow_hosts"], json!(["api.example.com"]));
+        assert_eq!(out["limits"][0]["window"], json!({"rolling": "24h"}));
+        assert_eq!(out["limits"][2]["window"], json!("lifetime"));
+        assert_eq!(Policy::from_json(out).unwrap(), policy);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                json!({"mcc": {"allow": ["9999"]}}),
+                "mcc.allow[0]: unknown MCC \"9999\"",
+            ),
+            (
+                json!({"mcc_groups": {"allow": ["poker"]}}),
+                "mcc_groups.allow[0]: unknown MCC group",
+            ),
+            (json!({"currency": "ABC"}), "currency: unknown currency"),
+            (
+                json!({"per_transaction": 0}),
+                "per_transaction: must be a positive",
+            ),
+            (
+                json!({"per_transaction": -5}),
+                "per_transaction: must be a positive",
+            ),
+            (
+                json!({"mcc": {"allow": ["5734"], "block": ["7995"]}}),
+                "mcc: give allow or block, not both",
+            ),
+            (
+                json!({"countries": {"allow": ["XX"]}}),
+                "countries.allow[0]: unknown country",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": {"calendar": "day", "timezone": "Mars/Base"}, "amount": 1}]}),
+                "limits[0].window.timezone: unknown timezone",
+            ),
+            (
+                json!({"active_hours": {"timezone": "Nowhere", "from": "08:00", "to": "09:00"}}),
+                "active_hours.timezone: unknown timezone",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1},
+                               {"id": "a", "scope": "card", "window": "lifetime", "amount": 2}]}),
+                "limits[1].id: duplicate limit id",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": {"rolling": "5s"}, "amount": 1}]}),
+                "limits[0].window: rolling window \"5s\" cannot be enforced",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": {"rolling": "400d"}, "amount": 1}]}),
+                "cannot be enforced",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": {"calendar": "year"}, "amount": 1}]}),
+                "limits[0].window: calendar must be",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "forever", "amount": 1}]}),
+                "limits[0].window: expected \"lifetime\"",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "planet", "window": "lifetime", "amount": 1}]}),
+                "limits[0].scope: unknown variant",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime"}]}),
+                "limits[0]: give an amount, a count or both",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1, "count": 0}]}),
+                "limits[0].count",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1, "rails": ["wire"]}]}),
+                "limits[0].rails[0]: unknown variant",
+            ),
+            (
+                json!({"active_hours": {"from": "25:00", "to": "09:00"}}),
+                "active_hours.from: must be HH:MM",
+            ),
+            (json!({"x402": {"per_call": 0}}), "x402.per_call"),
+            (json!({"approval": {"above": -1}}), "approval.above"),
+            (
+                json!({"merchant_lock": {}}),
+                "merchant_lock: give at least one",
+            ),
+            (json!({"surprise": 1}), "unknown field `surprise`"),
+            (
+                json!({"per_transaction": 1.5}),
+                "per_transaction: invalid type",
+            ),
+        ];
+        for (doc, expected) in cases {
+            let err = check(doc.clone()).expect_err(&format!("{doc} should be refused"));
+            assert!(
+                err.contains(expected),
+                "{doc}: got {err:?}, expected it to contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_card_policy_must_use_the_card_currency() {
+        let eur: Currency = "EUR".parse().unwrap();
+        let mut policy = Policy::from_json(json!({"per_transaction": 100})).unwrap();
+        policy.normalize(&catalog(), Some(eur)).unwrap();
+        assert_eq!(policy.currency, Some(eur));
+        let mut usd = Policy::from_json(json!({"currency": "USD"})).unwrap();
+        let err = usd.normalize(&catalog(), Some(eur)).unwrap_err();
+        assert!(
+            err.0
+                .starts_with("currency: must be the card's currency EUR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clock_parsing() {
+        assert_eq!(parse_clock("00:00"), Some(0));
+        assert_eq!(parse_clock("23:59"), Some(1439));
+        assert_eq!(parse_clock("24:00"), None);
+        assert_eq!(parse_clock("8:00"), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The one error type. Each variant has a stable machine code; `http::error` is the one place
+//! that turns it into a status and the `{"error": {"code", "message"}}` body.
+
+use crate::domain::policy::PolicyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or breaks a rule of its own (400).
+    #[error("{0}")]
+    Validation(String),
+    /// The body is not valid JSON (400).
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// Allowed in general, but not in the current state (409).
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// Well-formed but refers to something that cannot be used (422).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The database could not be reached or is busy; safe to retry (503).
+    #[error("storage is unavailable, retry shortly")]
+    StorageUnavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Validation(_) => "validation_failed",
+            Error::InvalidJson(_) => "invalid_json",
+            Error::Unauthenticated => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict { code, .. } | Error::Unprocessable { code, .. } => code,
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::PayloadTooLarge(_) => "payload_too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::StorageUnavailable(_) => "storage_unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn validation(message: impl Into<String>) -> Self {
+        Error::Validation(message.into())
+    }
+
+    pub fn not_found(what: &str, id: &str) -> Self {
+        Error::NotFound(format!("{what} {id} not found"))
+    }
+
+    /// A policy document error, named as a field of the request body.
+    pub fn policy(field: &str, e: PolicyError) -> Self {
+        Error::Validation(format!("{field}.{e}"))
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind as Kind, Error as D};
+        match e {
+            D::NotFound => Error::NotFound("not found".into()),
+            D::DatabaseError(Kind::ClosedConnection | Kind::SerializationFailure, info) => {
+                Error::StorageUnavailable(info.message().to_owned())
+            }
+            // SQLite reports a lock held past busy_timeout as an error of no particular kind.
+            D::DatabaseError(_, info) if is_busy(info.message()) => {
+                Error::StorageUnavailable(info.message().to_owned())
+            }
+            other => Error::Internal(format!("database: {other}")),
+        }
+    }
+}
+
+fn is_busy(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("database is locked") || m.contains("database is busy")
+}
+
+impl From<diesel::r2d2::PoolError> for Error {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        Error::StorageUnavailable(format!("connection pool: {e}"))
+    }
+}

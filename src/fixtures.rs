@@ -1,0 +1,76 @@
+//! Reference and demo data from `fixtures/`, compiled into the binary.
+
+use std::sync::OnceLock;
+
+use crate::domain::catalog::Catalog;
+
+const MCC_CODES: &str = include_str!("../fixtures/mcc_codes.csv");
+const MCC_GROUPS: &str = include_str!("../fixtures/mcc_groups.json");
+const POLICY_TEMPLATES: &str = include_str!("../fixtures/policy_templates.json");
+pub const DEMO: &str = include_str!("../fixtures/demo.json");
+
+/// The built-in catalog. The fixtures are checked by this crate's tests, so a failure here is a
+/// build defect, reported at start before anything listens.
+pub fn catalog() -> &'static Catalog {
+    static CATALOG: OnceLock<Catalog> = OnceLock::new();
+    CATALOG.get_or_init(|| {
+        Catalog::from_sources(MCC_CODES, MCC_GROUPS, POLICY_TEMPLATES)
+            .unwrap_or_else(|e| panic!("built-in fixtures are invalid: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixtures_are_consistent() {
+        let catalog = catalog();
+        assert!(catalog.is_known_mcc("5734"));
+        assert!(!catalog.is_known_mcc("0000"));
+        for group in [
+            "ai_apis",
+            "cloud",
+            "saas",
+            "dev_tools",
+            "gambling",
+            "crypto",
+            "cash",
+        ] {
+            assert!(catalog.is_known_group(group), "{group}");
+        }
+        assert!(catalog.is_known_country("DE"));
+        assert!(!catalog.is_known_country("XX"));
+    }
+
+    #[test]
+    fn coding_agent_template_carries_the_documented_defaults() {
+        use crate::domain::policy::{Scope, Window};
+        let policy = &catalog().template("coding-agent").expect("template").policy;
+        let limit = |id: &str| {
+            policy
+                .limits
+                .iter()
+                .find(|l| l.id == id)
+                .unwrap_or_else(|| panic!("{id}"))
+        };
+        let day = limit("agent_24h");
+        assert_eq!((day.scope, day.amount), (Scope::Agent, Some(50_000)));
+        assert!(matches!(
+            &day.window,
+            Window::Rolling {
+                seconds: 86_400,
+                ..
+            }
+        ));
+        assert_eq!(limit("agent_month").amount, Some(1_000_000));
+        assert_eq!(
+            (limit("per_trace").scope, limit("per_trace").amount),
+            (Scope::Trace, Some(2_000))
+        );
+        assert_eq!(limit("openai_month").amount, Some(200_000));
+        assert_eq!(limit("anthropic_month").amount, Some(200_000));
+        assert_eq!(limit("aws_month").amount, Some(500_000));
+        assert_eq!(policy.x402.as_ref().and_then(|x| x.per_call), Some(500));
+    }
+}

@@ -1,0 +1,123 @@
+use actix_web::{HttpResponse, get, post, put, web};
+
+use super::AppState;
+use super::error::ErrorBody;
+use crate::admin::agents::{AgentAction, NewAgent};
+use crate::admin::{Page, PageQuery, ReasonBody};
+use crate::domain::access::Principal;
+use crate::domain::agent::Agent;
+use crate::domain::event::Event;
+use crate::domain::policy::Policy;
+use crate::error::Result;
+
+#[utoipa::path(tag = "agents", request_body = NewAgent, security(("bearer" = [])),
+    responses((status = 201, body = Agent), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[post("/v1/agents")]
+pub async fn create_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    body: web::Json<NewAgent>,
+) -> Result<HttpResponse> {
+    let agent = state.admin.create_agent(&who, body.into_inner()).await?;
+    Ok(HttpResponse::Created().json(agent))
+}
+
+#[utoipa::path(tag = "agents", params(PageQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<Agent>), (status = 401, body = ErrorBody)))]
+#[get("/v1/agents")]
+pub async fn list_agents(
+    state: web::Data<AppState>,
+    who: Principal,
+    page: web::Query<PageQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.list_agents(&who, page.into_inner()).await?))
+}
+
+#[utoipa::path(tag = "agents", security(("bearer" = [])),
+    responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}")]
+pub async fn get_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.get_agent(&who, &path).await?))
+}
+
+/// Freezes the agent: every card and rail of it declines until it is unfrozen.
+#[utoipa::path(tag = "agents", request_body = ReasonBody, security(("bearer" = [])),
+    responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/freeze")]
+pub async fn freeze_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<ReasonBody>,
+) -> Result<HttpResponse> {
+    let agent = state
+        .admin
+        .agent_action(&who, &path, AgentAction::Freeze, body.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(agent))
+}
+
+#[utoipa::path(tag = "agents", request_body = ReasonBody, security(("bearer" = [])),
+    responses((status = 200, body = Agent), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/unfreeze")]
+pub async fn unfreeze_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<ReasonBody>,
+) -> Result<HttpResponse> {
+    let agent = state
+        .admin
+        .agent_action(&who, &path, AgentAction::Unfreeze, body.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(agent))
+}
+
+#[utoipa::path(tag = "agents", security(("bearer" = [])), responses((status = 200, body = Policy)))]
+#[get("/v1/agents/{agent_id}/policy")]
+pub async fn get_agent_policy(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.get_agent_policy(&who, &path).await?))
+}
+
+/// Replaces the agent-level policy (limits that span all its cards and rails).
+#[utoipa::path(tag = "agents", request_body = Policy, security(("bearer" = [])),
+    responses((status = 200, body = Policy), (status = 400, body = ErrorBody)))]
+#[put("/v1/agents/{agent_id}/policy")]
+pub async fn put_agent_policy(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .admin
+            .set_agent_policy(&who, &path, body.into_inner())
+            .await?,
+    ))
+}
+
+/// Everything that happened to the agent and its cards, oldest first.
+#[utoipa::path(tag = "agents", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<Event>)))]
+#[get("/v1/agents/{agent_id}/events")]
+pub async fn agent_events(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    page: web::Query<PageQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(
+        state
+            .admin
+            .agent_events(&who, &path, page.into_inner())
+            .await?,
+    ))
+}

@@ -1,0 +1,92 @@
+//! The one place an `Error` becomes an HTTP status and `{"error": {"code", "message"}}`.
+
+use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::Error;
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `validation_failed`, `not_found`, `card_closed`, …
+    pub code: String,
+    pub message: String,
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Validation(_) | Error::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // The detail of a server-side failure goes to the log, not to the client.
+        match self {
+            Error::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Error::StorageUnavailable(detail) => tracing::warn!(%detail, "storage unavailable"),
+            _ => {}
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_owned(),
+                message: self.to_string(),
+            },
+        };
+        let mut response = HttpResponse::build(self.status_code()).json(body);
+        if matches!(self, Error::Unauthenticated) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let error = match err {
+        JsonPayloadError::Overflow { .. }
+        | JsonPayloadError::OverflowKnownLength { .. }
+        | JsonPayloadError::Payload(PayloadError::Overflow) => {
+            Error::PayloadTooLarge(MAX_BODY_BYTES)
+        }
+        JsonPayloadError::ContentType => {
+            Error::UnsupportedMediaType("Content-Type must be application/json".into())
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => Error::Validation(e.to_string()),
+        JsonPayloadError::Deserialize(e) => {
+            Error::InvalidJson(format!("body is not valid JSON: {e}"))
+        }
+        other => Error::InvalidJson(format!("could not read the body: {other}")),
+    };
+    error.into()
+}
+
+pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let message = match err {
+        QueryPayloadError::Deserialize(e) => format!("query string: {e}"),
+        other => format!("query string: {other}"),
+    };
+    Error::Validation(message).into()
+}

@@ -1,0 +1,104 @@
+//! The HTTP surface (actix-web): routes, the bearer-key extractor, and the error rendering.
+//! Handlers translate between HTTP and `admin`; they hold no rule.
+
+mod agents;
+mod auth;
+mod cards;
+pub mod error;
+mod keys;
+pub mod openapi;
+mod system;
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::admin::Admin;
+use crate::error::Error;
+use crate::store::Db;
+
+pub struct AppState {
+    pub admin: Admin,
+    pub db: Db,
+    pub metrics: PrometheusHandle,
+}
+
+/// Every route, with the JSON and query settings that turn bad input into our error shape.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(error::MAX_BODY_BYTES)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .service(system::healthz)
+    .service(system::readyz)
+    .service(system::metrics)
+    .service(system::openapi)
+    .service(system::policy_templates)
+    .service(agents::create_agent)
+    .service(agents::list_agents)
+    .service(agents::get_agent)
+    .service(agents::freeze_agent)
+    .service(agents::unfreeze_agent)
+    .service(agents::get_agent_policy)
+    .service(agents::put_agent_policy)
+    .service(agents::agent_events)
+    .service(cards::issue_card)
+    .service(cards::list_cards)
+    .service(cards::get_agent_card)
+    .service(cards::get_card)
+    .service(cards::freeze_card)
+    .service(cards::unfreeze_card)
+    .service(cards::close_card)
+    .service(cards::get_card_policy)
+    .service(cards::put_card_policy)
+    .service(cards::card_events)
+    .service(keys::create_key)
+    .service(keys::list_keys)
+    .service(keys::revoke_key)
+    .default_service(web::to(no_route));
+}
+
+/// A path we serve with another method is 405; anything else is 404.
+async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, Error> {
+    if req.match_pattern().is_some() {
+        return Err(Error::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            req.method(),
+            req.path()
+        )));
+    }
+    Err(Error::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Counts and times every request by route pattern (never by raw path, which holds ids).
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let response = next.call(req).await?;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16();
+    let elapsed = start.elapsed();
+    metrics::counter!("spendgate_http_requests_total", "method" => method.clone(), "route" => route.clone(),
+        "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!("spendgate_http_request_duration_seconds", "method" => method.clone(), "route" => route.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::debug!(%method, %route, status, micros = elapsed.as_micros() as u64, "request");
+    Ok(response)
+}

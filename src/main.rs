@@ -1,0 +1,140 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use spendgate::admin::keys::FirstKey;
+use spendgate::cli::{self, ClientArgs};
+use spendgate::config::Config;
+
+/// spendgate: virtual cards and spending rules for AI agents.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML settings file; SPENDGATE_* environment variables override it.
+    #[arg(long, global = true, env = "SPENDGATE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Load demo agents, cards and policies into an empty database and print an admin key.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage API keys on a running server.
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::KeysCommand,
+    },
+    /// Manage agents on a running server.
+    Agents {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::AgentsCommand,
+    },
+    /// Issue and manage cards on a running server.
+    Cards {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::CardsCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { demo } => load_config(cli.config).and_then(|c| serve(c, demo)),
+        Command::Migrate => load_config(cli.config).and_then(migrate),
+        Command::Keys { client, command } => cli::run(client, cli::Command::Keys(command)),
+        Command::Agents { client, command } => cli::run(client, cli::Command::Agents(command)),
+        Command::Cards { client, command } => cli::run(client, cli::Command::Cards(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    let config = Config::load(path.as_deref())?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", config.log))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(config)
+}
+
+fn migrate(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let db = spendgate::store::Db::connect(&config.database_url, 1)?;
+        let applied = db.migrate().await?;
+        println!(
+            "applied {} migration(s){}",
+            applied.len(),
+            if applied.is_empty() { "" } else { ":" }
+        );
+        for name in applied {
+            println!("  {name}");
+        }
+        Ok(())
+    })
+}
+
+fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        let started = spendgate::start(&config).await?;
+        let base = format!("http://{}", started.addr);
+        tracing::info!(listen = %started.addr, database = %redact_url(&config.database_url), "spendgate listening");
+        match &started.first_key {
+            FirstKey::Created(key) => println!(
+                "\nFirst start: created an owner API key. It is shown only this once; store it now:\n\n    {key}\n"
+            ),
+            FirstKey::Bootstrapped => tracing::info!("the bootstrap admin key is now the first owner key"),
+            FirstKey::Existing => {}
+        }
+        if demo {
+            let setup = spendgate::demo::setup(&started.admin).await?;
+            if setup.loaded {
+                println!("Demo data loaded: 2 agents with cards and policies.");
+            }
+            println!(
+                "\nDemo owner key (replaced at each --demo start):\n\n    {key}\n\nTry:\n\n    \
+                 curl -s -H 'Authorization: Bearer {key}' {base}/v1/agents\n",
+                key = setup.key
+            );
+        }
+        started.server.await?;
+        Ok(())
+    })
+}
+
+/// The database URL without its password, for the log.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}

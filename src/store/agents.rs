@@ -1,0 +1,117 @@
+use diesel::prelude::*;
+
+use super::schema::agents;
+use super::{DbConnection, corrupt, from_millis, to_millis};
+use crate::domain::agent::{Agent, AgentStatus};
+use crate::domain::ids::AgentId;
+use crate::domain::policy::Policy;
+use crate::error::Result;
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = agents)]
+struct AgentRow {
+    id: String,
+    name: String,
+    department: Option<String>,
+    status: String,
+    policy: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl AgentRow {
+    fn into_domain(self) -> Result<Agent> {
+        Ok(Agent {
+            status: AgentStatus::parse(&self.status)
+                .ok_or_else(|| corrupt("agent status", &self.status))?,
+            policy: serde_json::from_str::<Policy>(&self.policy)
+                .map_err(|_| corrupt("agent policy", &self.id))?,
+            id: AgentId::from_stored(self.id),
+            name: self.name,
+            department: self.department,
+            created_at: from_millis(self.created_at)?,
+            updated_at: from_millis(self.updated_at)?,
+        })
+    }
+}
+
+pub(crate) fn policy_json(policy: &Policy) -> String {
+    serde_json::to_string(policy).expect("a policy always serializes")
+}
+
+pub fn insert(conn: &mut DbConnection, agent: &Agent) -> Result<()> {
+    let row = AgentRow {
+        id: agent.id.to_string(),
+        name: agent.name.clone(),
+        department: agent.department.clone(),
+        status: agent.status.as_str().to_owned(),
+        policy: policy_json(&agent.policy),
+        created_at: to_millis(agent.created_at),
+        updated_at: to_millis(agent.updated_at),
+    };
+    diesel::insert_into(agents::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Agent>> {
+    agents::table
+        .find(id.as_str())
+        .select(AgentRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(AgentRow::into_domain)
+        .transpose()
+}
+
+/// Agents in creation order, after `cursor` (an agent id), at most `limit`.
+pub fn list(conn: &mut DbConnection, cursor: Option<&str>, limit: i64) -> Result<Vec<Agent>> {
+    let mut query = agents::table
+        .select(AgentRow::as_select())
+        .order(agents::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(cursor) = cursor {
+        query = query.filter(agents::id.gt(cursor.to_owned()));
+    }
+    query
+        .load(conn)?
+        .into_iter()
+        .map(AgentRow::into_domain)
+        .collect()
+}
+
+pub fn count(conn: &mut DbConnection) -> Result<i64> {
+    Ok(agents::table.count().get_result(conn)?)
+}
+
+pub fn update_status(
+    conn: &mut DbConnection,
+    id: &AgentId,
+    status: AgentStatus,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    diesel::update(agents::table.find(id.as_str()))
+        .set((
+            agents::status.eq(status.as_str()),
+            agents::updated_at.eq(to_millis(now)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn update_policy(
+    conn: &mut DbConnection,
+    id: &AgentId,
+    policy: &Policy,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    diesel::update(agents::table.find(id.as_str()))
+        .set((
+            agents::policy.eq(policy_json(policy)),
+            agents::updated_at.eq(to_millis(now)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}

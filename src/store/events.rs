@@ -1,0 +1,105 @@
+use diesel::prelude::*;
+
+use super::schema::events;
+use super::{DbConnection, from_millis, to_millis};
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, CardId, EventId, KeyId};
+use crate::error::Result;
+
+#[derive(Queryable, Selectable, Insertable)]
+#[diesel(table_name = events)]
+struct EventRow {
+    id: String,
+    agent_id: String,
+    card_id: Option<String>,
+    kind: String,
+    actor: Option<String>,
+    reason: Option<String>,
+    data: Option<String>,
+    created_at: i64,
+}
+
+impl EventRow {
+    fn into_domain(self) -> Result<Event> {
+        Ok(Event {
+            id: EventId::from_stored(self.id),
+            agent_id: AgentId::from_stored(self.agent_id),
+            card_id: self.card_id.map(CardId::from_stored),
+            kind: self.kind,
+            actor: self.actor.map(KeyId::from_stored),
+            reason: self.reason,
+            data: self.data.and_then(|d| serde_json::from_str(&d).ok()),
+            created_at: from_millis(self.created_at)?,
+        })
+    }
+}
+
+pub fn insert(conn: &mut DbConnection, event: &Event) -> Result<()> {
+    let row = EventRow {
+        id: event.id.to_string(),
+        agent_id: event.agent_id.to_string(),
+        card_id: event.card_id.as_ref().map(ToString::to_string),
+        kind: event.kind.clone(),
+        actor: event.actor.as_ref().map(ToString::to_string),
+        reason: event.reason.clone(),
+        data: event.data.as_ref().map(ToString::to_string),
+        created_at: to_millis(event.created_at),
+    };
+    diesel::insert_into(events::table)
+        .values(&row)
+        .execute(conn)?;
+    Ok(())
+}
+
+/// A card's trail: its own events and its agent's agent-wide ones, oldest first.
+pub fn list_for_card(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    card: &CardId,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let mut query = events::table
+        .filter(
+            events::card_id
+                .eq(card.as_str().to_owned())
+                .or(events::card_id
+                    .is_null()
+                    .and(events::agent_id.eq(agent.as_str().to_owned()))),
+        )
+        .select(EventRow::as_select())
+        .order(events::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(cursor) = cursor {
+        query = query.filter(events::id.gt(cursor.to_owned()));
+    }
+    query
+        .load(conn)?
+        .into_iter()
+        .map(EventRow::into_domain)
+        .collect()
+}
+
+/// Every event of an agent and its cards, oldest first.
+pub fn list_for_agent(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Event>> {
+    let mut query = events::table
+        .filter(events::agent_id.eq(agent.as_str().to_owned()))
+        .select(EventRow::as_select())
+        .order(events::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(cursor) = cursor {
+        query = query.filter(events::id.gt(cursor.to_owned()));
+    }
+    query
+        .load(conn)?
+        .into_iter()
+        .map(EventRow::into_domain)
+        .collect()
+}

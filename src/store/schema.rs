@@ -1,0 +1,63 @@
+// One schema for both backends; the migrations in migrations/{sqlite,postgres} must agree with it.
+
+diesel::table! {
+    agents (id) {
+        id -> Text,
+        name -> Text,
+        department -> Nullable<Text>,
+        status -> Text,
+        policy -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        name -> Nullable<Text>,
+        role -> Text,
+        agent_id -> Nullable<Text>,
+        key_hash -> Text,
+        prefix -> Text,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    cards (id) {
+        id -> Text,
+        agent_id -> Text,
+        label -> Text,
+        currency -> Text,
+        last4 -> Text,
+        exp_month -> Integer,
+        exp_year -> Integer,
+        expires_at -> Nullable<BigInt>,
+        single_use -> Bool,
+        status -> Text,
+        processor -> Text,
+        processor_card_id -> Text,
+        policy -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> Text,
+        agent_id -> Text,
+        card_id -> Nullable<Text>,
+        kind -> Text,
+        actor -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        data -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::joinable!(cards -> agents (agent_id));
+diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, cards, events);
