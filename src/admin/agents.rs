@@ -62,7 +62,7 @@ impl Admin {
             Some(doc) => self.parse_policy("policy", doc, None)?,
             None => self.parse_policy("policy", serde_json::json!({}), None)?,
         };
-        let now = jiff::Timestamp::now();
+        let now = store::now();
         let agent = Agent {
             id: AgentId::generate(),
             name,
@@ -130,7 +130,7 @@ impl Admin {
                 if agent.status == target {
                     return Ok(agent);
                 }
-                let now = jiff::Timestamp::now();
+                let now = store::now();
                 store::agents::update_status(conn, &id, target, now)?;
                 store::events::insert(
                     conn,
@@ -164,7 +164,7 @@ impl Admin {
         self.db
             .write(move |conn| {
                 let old = load_agent(conn, &id)?.policy;
-                let now = jiff::Timestamp::now();
+                let now = store::now();
                 store::agents::update_policy(conn, &id, &stored, now)?;
                 let data = serde_json::json!({ "previous": old, "policy": stored });
                 store::events::insert(

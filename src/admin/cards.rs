@@ -101,7 +101,7 @@ impl Admin {
             (None, Some(name)) => self.template_policy(name, currency)?,
             (None, None) => self.parse_policy("policy", serde_json::json!({}), Some(currency))?,
         };
-        let now = jiff::Timestamp::now();
+        let now = store::now();
         if let Some(at) = input.expires_at {
             if at <= now {
                 return Err(Error::validation("expires_at: must be in the future"));
@@ -286,7 +286,7 @@ impl Admin {
                 if next == card.status {
                     return Ok(card);
                 }
-                let now = jiff::Timestamp::now();
+                let now = store::now();
                 if !store::cards::update_status(conn, &card_id, card.status, next, now)? {
                     return Err(Error::Conflict {
                         code: "concurrent_update",
@@ -341,7 +341,7 @@ impl Admin {
                 policy
                     .normalize(catalog, Some(card.currency))
                     .map_err(|e| Error::policy("policy", e))?;
-                let now = jiff::Timestamp::now();
+                let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
                 let data = serde_json::json!({ "previous": card.policy, "policy": policy });
                 store::events::insert(

@@ -38,7 +38,7 @@ fn new_key(role: Role, name: Option<String>, created_by: Option<KeyId>, secret: 
         agent_id: None,
         prefix: key::display_prefix(secret),
         created_by,
-        created_at: jiff::Timestamp::now(),
+        created_at: store::now(),
         revoked_at: None,
     }
 }
@@ -101,7 +101,7 @@ impl Admin {
             .write(move |conn| {
                 let secret = key::generate_secret();
                 let info = new_key(Role::Owner, Some(name.clone()), None, &secret);
-                store::keys::revoke_named_owners(conn, &name, jiff::Timestamp::now())?;
+                store::keys::revoke_named_owners(conn, &name, store::now())?;
                 insert_key(conn, &info, &secret)?;
                 Ok((
                     Principal {
@@ -186,7 +186,7 @@ impl Admin {
                         message: "this is the last owner key; create another owner key before revoking it".into(),
                     });
                 }
-                let now = jiff::Timestamp::now();
+                let now = store::now();
                 store::keys::revoke(conn, &id, now)?;
                 key.revoked_at = Some(now);
                 Ok(key)

@@ -51,7 +51,7 @@ pub fn insert(conn: &mut DbConnection, event: &Event) -> Result<()> {
     Ok(())
 }
 
-/// A card's trail: its own events and its agent's agent-wide ones, oldest first.
+/// A card's trail: its own events and its agent's agent-wide ones since it was issued, oldest first.
 pub fn list_for_card(
     conn: &mut DbConnection,
     agent: &AgentId,
@@ -59,14 +59,18 @@ pub fn list_for_card(
     cursor: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Event>> {
+    // Event ids sort in the order they were made, so "since issued" is "after the issued event".
+    let issued: String = events::table
+        .filter(events::card_id.eq(card.as_str().to_owned()))
+        .filter(events::kind.eq("issued"))
+        .select(events::id)
+        .first(conn)?;
+    let agent_wide = events::card_id
+        .is_null()
+        .and(events::agent_id.eq(agent.as_str().to_owned()))
+        .and(events::id.gt(issued));
     let mut query = events::table
-        .filter(
-            events::card_id
-                .eq(card.as_str().to_owned())
-                .or(events::card_id
-                    .is_null()
-                    .and(events::agent_id.eq(agent.as_str().to_owned()))),
-        )
+        .filter(events::card_id.eq(card.as_str().to_owned()).or(agent_wide))
         .select(EventRow::as_select())
         .order(events::id)
         .limit(limit)

@@ -213,6 +213,12 @@ fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> 
     versions.into_iter().map(|v| v.to_string()).collect()
 }
 
+/// The current time at the precision it is stored with (milliseconds), so that what a write
+/// returns equals what a later read returns.
+pub fn now() -> jiff::Timestamp {
+    from_millis(jiff::Timestamp::now().as_millisecond()).expect("the clock is within range")
+}
+
 /// Milliseconds since the Unix epoch, as stored.
 pub(crate) fn to_millis(t: jiff::Timestamp) -> i64 {
     t.as_millisecond()

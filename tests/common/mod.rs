@@ -1,0 +1,228 @@
+//! Test helpers: the real server on a random port with a fresh database, SQLite or PostgreSQL.
+#![allow(dead_code)]
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use spendgate::config::{Config, Secret};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where the test's data lives; removed when the app is dropped.
+enum Storage {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, schema: String },
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Postgres { admin_url, schema } = self {
+            if let Ok(mut conn) = PgConnection::establish(admin_url) {
+                let _ = conn.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub owner_key: String,
+    pub database_url: String,
+    pub http: reqwest::Client,
+    storage: Storage,
+}
+
+/// The PostgreSQL URL for tests, or None to skip them. In CI (CI set) it must be there.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("SPENDGATE_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!(
+                "CI is set but SPENDGATE_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
+            )
+        }
+        _ => {
+            eprintln!("SPENDGATE_TEST_DATABASE_URL is not set: skipping the PostgreSQL variant");
+            None
+        }
+    }
+}
+
+/// A fresh database of `backend`: a temporary SQLite file, or a new PostgreSQL schema.
+fn fresh_storage(backend: Backend) -> (String, Storage) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let url = format!(
+                "sqlite://{}",
+                dir.path().join("nested/dir/spendgate.db").display()
+            );
+            (url, Storage::Sqlite(dir))
+        }
+        Backend::Postgres => {
+            let admin_url = postgres_url().expect("checked by the caller");
+            let schema = format!("sg_test_{}", hex::encode(rand::random::<[u8; 8]>()));
+            let mut conn = PgConnection::establish(&admin_url)
+                .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .expect("create schema");
+            let sep = if admin_url.contains('?') { '&' } else { '?' };
+            let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+            (url, Storage::Postgres { admin_url, schema })
+        }
+    }
+}
+
+pub fn test_config(database_url: &str, owner_key: &str) -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        database_url: database_url.to_owned(),
+        database_pool_size: 4,
+        workers: 1,
+        bootstrap_admin_key: Some(Secret::new(owner_key)),
+        ..Config::default()
+    }
+}
+
+pub async fn spawn(backend: Backend) -> TestApp {
+    let (database_url, storage) = fresh_storage(backend);
+    let owner_key = format!("sgk_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let started = spendgate::start(&test_config(&database_url, &owner_key))
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", started.addr);
+    actix_web::rt::spawn(started.server);
+    TestApp {
+        base,
+        owner_key,
+        database_url,
+        http: reqwest::Client::new(),
+        storage,
+    }
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&self.owner_key), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(&self.owner_key), Some(body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PUT, path, Some(&self.owner_key), Some(body))
+            .await
+    }
+
+    pub async fn create_agent(&self, name: &str) -> String {
+        let (status, agent) = self
+            .post("/v1/agents", serde_json::json!({ "name": name }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{agent}");
+        agent["id"].as_str().expect("agent id").to_owned()
+    }
+
+    pub async fn issue_card(&self, agent: &str, body: Value) -> Value {
+        let (status, card) = self.post(&format!("/v1/agents/{agent}/cards"), body).await;
+        assert_eq!(status, StatusCode::CREATED, "{card}");
+        card
+    }
+
+    pub async fn create_key(&self, role: &str, agent: Option<&str>) -> String {
+        let (status, key) = self
+            .post(
+                "/v1/keys",
+                serde_json::json!({ "role": role, "agent_id": agent }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        key["key"].as_str().expect("secret").to_owned()
+    }
+
+    /// Everything the database holds, as text: to prove what is *not* stored.
+    pub fn stored_text(&self) -> String {
+        match &self.storage {
+            Storage::Sqlite(dir) => {
+                let mut all = Vec::new();
+                for name in ["spendgate.db", "spendgate.db-wal"] {
+                    if let Ok(bytes) = std::fs::read(dir.path().join("nested/dir").join(name)) {
+                        all.extend(bytes);
+                    }
+                }
+                String::from_utf8_lossy(&all).into_owned()
+            }
+            Storage::Postgres { .. } => {
+                #[derive(QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    row: String,
+                }
+                let mut conn = PgConnection::establish(&self.database_url).expect("connect");
+                let mut out = String::new();
+                for table in ["agents", "cards", "events", "api_keys"] {
+                    let rows: Vec<Row> = diesel::sql_query(format!(
+                        "SELECT row_to_json(t)::text AS row FROM {table} t"
+                    ))
+                    .load(&mut conn)
+                    .expect("dump");
+                    rows.into_iter().for_each(|r| out.push_str(&r.row));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// Runs each listed test case against SQLite, and against PostgreSQL when it is configured.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use super::common::{spawn, postgres_url, Backend};
+
+                #[actix_web::test]
+                async fn sqlite() {
+                    super::$case(spawn(Backend::Sqlite).await).await;
+                }
+
+                #[actix_web::test]
+                async fn postgres() {
+                    if postgres_url().is_none() {
+                        return;
+                    }
+                    super::$case(spawn(Backend::Postgres).await).await;
+                }
+            }
+        )*
+    };
+}
