@@ -105,7 +105,6 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
         let started = spendgate::start(&config).await?;
         let base = format!("http://{}", started.addr);
-        tracing::info!(listen = %started.addr, database = %redact_url(&config.database_url), "spendgate listening");
         match &started.first_key {
             FirstKey::Created(key) => println!(
                 "\nFirst start: created an owner API key. It is shown only this once; store it now:\n\n    {key}\n"
@@ -124,6 +123,9 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
                 key = setup.key
             );
         }
+        tracing::info!(database = %redact_url(&config.database_url), "storage ready");
+        // The last line of the banner: scripts may wait for it.
+        println!("spendgate is listening on {base}");
         started.server.await?;
         Ok(())
     })

@@ -102,10 +102,8 @@ impl Admin {
             (None, None) => self.parse_policy("policy", serde_json::json!({}), Some(currency))?,
         };
         let now = store::now();
-        if let Some(at) = input.expires_at {
-            if at <= now {
-                return Err(Error::validation("expires_at: must be in the future"));
-            }
+        if input.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::validation("expires_at: must be in the future"));
         }
         let (exp_month, exp_year) = expiry_month(&input, now)?;
         let (number, processor_card_id, last4) = match processor {

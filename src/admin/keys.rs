@@ -147,13 +147,13 @@ impl Admin {
         let stored_secret = secret.clone();
         self.db
             .write(move |conn| {
-                if let Some(agent) = &stored.agent_id {
-                    if store::agents::find(conn, agent)?.is_none() {
-                        return Err(Error::Unprocessable {
-                            code: "unknown_agent",
-                            message: format!("agent {agent} does not exist"),
-                        });
-                    }
+                if let Some(agent) = &stored.agent_id
+                    && store::agents::find(conn, agent)?.is_none()
+                {
+                    return Err(Error::Unprocessable {
+                        code: "unknown_agent",
+                        message: format!("agent {agent} does not exist"),
+                    });
                 }
                 insert_key(conn, &stored, &stored_secret)
             })

@@ -10,13 +10,18 @@ use serde_json::{Value, json};
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// The server's base URL.
-    #[arg(long, env = "SPENDGATE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "SPENDGATE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// An API key (`sgk_…`).
-    #[arg(long, env = "SPENDGATE_API_KEY", hide_env_values = true)]
+    #[arg(long, global = true, env = "SPENDGATE_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// Print the server's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     json: bool,
 }
 

@@ -374,13 +374,13 @@ impl Policy {
             if matches!(limit.count, Some(c) if c <= 0) {
                 return fail(at("count"), "must be a positive number of authorizations");
             }
-            if let Window::Calendar { timezone, .. } = &limit.window {
-                if !is_known_timezone(timezone) {
-                    return fail(
-                        at("window.timezone"),
-                        format!("unknown timezone {timezone:?}"),
-                    );
-                }
+            if let Window::Calendar { timezone, .. } = &limit.window
+                && !is_known_timezone(timezone)
+            {
+                return fail(
+                    at("window.timezone"),
+                    format!("unknown timezone {timezone:?}"),
+                );
             }
             check_mccs(&at("mcc"), &mut limit.mcc, catalog)?;
             check_groups(&at("mcc_groups"), &mut limit.mcc_groups, catalog)?;
