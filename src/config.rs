@@ -68,11 +68,7 @@ impl Config {
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = path {
-            anyhow::ensure!(
-                path.exists(),
-                "config file {} does not exist",
-                path.display()
-            );
+            anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
         // Only the names this struct knows: the CLI's own SPENDGATE_URL and SPENDGATE_API_KEY are not settings.
@@ -84,15 +80,8 @@ impl Config {
         Ok(config)
     }
 
-    const KEYS: [&'static str; 7] = [
-        "listen",
-        "database_url",
-        "database_pool_size",
-        "workers",
-        "bootstrap_admin_key",
-        "simulator_bin",
-        "log",
-    ];
+    const KEYS: [&'static str; 7] =
+        ["listen", "database_url", "database_pool_size", "workers", "bootstrap_admin_key", "simulator_bin", "log"];
 
     pub fn check(&self) -> anyhow::Result<()> {
         let bin = &self.simulator_bin;
@@ -117,10 +106,7 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let config = Config {
-            bootstrap_admin_key: Some(Secret::new("x".repeat(40))),
-            ..Config::default()
-        };
+        let config = Config { bootstrap_admin_key: Some(Secret::new("x".repeat(40))), ..Config::default() };
         let shown = format!("{config:?}");
         assert!(!shown.contains("xxxx"), "{shown}");
         assert!(shown.contains("Secret(***)"));
@@ -128,15 +114,9 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let short = Config {
-            bootstrap_admin_key: Some(Secret::new("short")),
-            ..Config::default()
-        };
+        let short = Config { bootstrap_admin_key: Some(Secret::new("short")), ..Config::default() };
         assert!(short.check().is_err());
-        let bin = Config {
-            simulator_bin: "4x0000".into(),
-            ..Config::default()
-        };
+        let bin = Config { simulator_bin: "4x0000".into(), ..Config::default() };
         assert!(bin.check().is_err());
         assert!(Config::default().check().is_ok());
     }
@@ -145,14 +125,10 @@ mod tests {
     #[allow(clippy::result_large_err)] // figment's own test harness signature
     fn file_then_environment() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file(
-                "spendgate.toml",
-                "listen = \"127.0.0.1:9000\"\nworkers = 3\n",
-            )?;
+            jail.create_file("spendgate.toml", "listen = \"127.0.0.1:9000\"\nworkers = 3\n")?;
             jail.set_env("SPENDGATE_WORKERS", "5");
             jail.set_env("SPENDGATE_URL", "http://ignored");
-            let config =
-                Config::load(Some(Path::new("spendgate.toml"))).map_err(|e| e.to_string())?;
+            let config = Config::load(Some(Path::new("spendgate.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.listen, "127.0.0.1:9000");
             assert_eq!(config.workers, 5);
             assert_eq!(config.database_url, "sqlite://data/spendgate.db");

@@ -32,25 +32,13 @@ pub struct DemoSetup {
 
 pub async fn setup(admin: &Admin) -> anyhow::Result<DemoSetup> {
     let (owner, key) = admin.replace_named_owner_key("demo").await?;
-    let existing = admin
-        .list_agents(
-            &owner,
-            PageQuery {
-                limit: Some(1),
-                cursor: None,
-            },
-        )
-        .await?;
+    let existing = admin.list_agents(&owner, PageQuery { limit: Some(1), cursor: None }).await?;
     if !existing.data.is_empty() {
         return Ok(DemoSetup { key, loaded: false });
     }
     let demo: Demo = serde_json::from_str(crate::fixtures::DEMO)?;
     for entry in demo.agents {
-        let input = NewAgent {
-            name: entry.name,
-            department: entry.department,
-            policy: entry.policy,
-        };
+        let input = NewAgent { name: entry.name, department: entry.department, policy: entry.policy };
         let agent = admin.create_agent(&owner, input).await?;
         for card in entry.cards {
             admin.issue_card(&owner, agent.id.as_str(), card).await?;

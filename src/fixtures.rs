@@ -28,15 +28,7 @@ mod tests {
         let catalog = catalog();
         assert!(catalog.is_known_mcc("5734"));
         assert!(!catalog.is_known_mcc("0000"));
-        for group in [
-            "ai_apis",
-            "cloud",
-            "saas",
-            "dev_tools",
-            "gambling",
-            "crypto",
-            "cash",
-        ] {
+        for group in ["ai_apis", "cloud", "saas", "dev_tools", "gambling", "crypto", "cash"] {
             assert!(catalog.is_known_group(group), "{group}");
         }
         assert!(catalog.is_known_country("DE"));
@@ -47,27 +39,12 @@ mod tests {
     fn coding_agent_template_carries_the_documented_defaults() {
         use crate::domain::policy::{Scope, Window};
         let policy = &catalog().template("coding-agent").expect("template").policy;
-        let limit = |id: &str| {
-            policy
-                .limits
-                .iter()
-                .find(|l| l.id == id)
-                .unwrap_or_else(|| panic!("{id}"))
-        };
+        let limit = |id: &str| policy.limits.iter().find(|l| l.id == id).unwrap_or_else(|| panic!("{id}"));
         let day = limit("agent_24h");
         assert_eq!((day.scope, day.amount), (Scope::Agent, Some(50_000)));
-        assert!(matches!(
-            &day.window,
-            Window::Rolling {
-                seconds: 86_400,
-                ..
-            }
-        ));
+        assert!(matches!(&day.window, Window::Rolling { seconds: 86_400, .. }));
         assert_eq!(limit("agent_month").amount, Some(1_000_000));
-        assert_eq!(
-            (limit("per_trace").scope, limit("per_trace").amount),
-            (Scope::Trace, Some(2_000))
-        );
+        assert_eq!((limit("per_trace").scope, limit("per_trace").amount), (Scope::Trace, Some(2_000)));
         assert_eq!(limit("openai_month").amount, Some(200_000));
         assert_eq!(limit("anthropic_month").amount, Some(200_000));
         assert_eq!(limit("aws_month").amount, Some(500_000));

@@ -39,34 +39,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let db = Db::connect(&config.database_url, config.database_pool_size)?;
     db.migrate().await?;
     let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone());
-    let first_key = admin
-        .ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose()))
-        .await?;
+    let first_key = admin.ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose())).await?;
 
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(http::AppState {
-        admin: admin.clone(),
-        db,
-        metrics: metrics_handle(),
-    });
+    let state = web::Data::new(http::AppState { admin: admin.clone(), db, metrics: metrics_handle() });
     let mut server = HttpServer::new(move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(from_fn(http::observe))
-            .configure(http::routes)
+        App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
     })
     .listen(listener)?;
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    Ok(Started {
-        addr,
-        admin,
-        first_key,
-        server: server.run(),
-    })
+    Ok(Started { addr, admin, first_key, server: server.run() })
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in the process).
@@ -75,9 +61,7 @@ fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
-                .set_buckets(&[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ])
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();

@@ -74,26 +74,16 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<Config> {
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .map_err(|e| anyhow::anyhow!("log filter {:?}: {e}", config.log))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
     Ok(config)
 }
 
 fn migrate(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let db = spendgate::store::Db::connect(&config.database_url, 1)?;
         let applied = db.migrate().await?;
-        println!(
-            "applied {} migration(s){}",
-            applied.len(),
-            if applied.is_empty() { "" } else { ":" }
-        );
+        println!("applied {} migration(s){}", applied.len(), if applied.is_empty() { "" } else { ":" });
         for name in applied {
             println!("  {name}");
         }

@@ -25,12 +25,7 @@ on_both_backends!(
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
 }
 
 async fn health_and_docs(app: TestApp) {
@@ -40,12 +35,9 @@ async fn health_and_docs(app: TestApp) {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    for path in [
-        "/v1/agents",
-        "/v1/agents/{agent_id}/cards",
-        "/v1/agents/{agent_id}/cards/{card_id}/freeze",
-        "/v1/keys",
-    ] {
+    for path in
+        ["/v1/agents", "/v1/agents/{agent_id}/cards", "/v1/agents/{agent_id}/cards/{card_id}/freeze", "/v1/keys"]
+    {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
     assert!(doc["components"]["schemas"]["Policy"].is_object());
@@ -53,21 +45,11 @@ async fn health_and_docs(app: TestApp) {
     let (status, text) = app.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let text = text.as_str().expect("text");
-    assert!(
-        text.contains(
-            r#"spendgate_http_requests_total{method="GET",route="/v1/agents",status="200"}"#
-        ),
-        "{text}"
-    );
+    assert!(text.contains(r#"spendgate_http_requests_total{method="GET",route="/v1/agents",status="200"}"#), "{text}");
 }
 
 async fn agents_are_created_listed_and_paged(app: TestApp) {
-    let (status, agent) = app
-        .post(
-            "/v1/agents",
-            json!({"name": " pr-bot ", "department": "platform"}),
-        )
-        .await;
+    let (status, agent) = app.post("/v1/agents", json!({"name": " pr-bot ", "department": "platform"})).await;
     assert_eq!(status, StatusCode::CREATED, "{agent}");
     let id = agent["id"].as_str().unwrap();
     assert!(id.starts_with("agt_"));
@@ -85,15 +67,8 @@ async fn agents_are_created_listed_and_paged(app: TestApp) {
     let (_, page1) = app.get("/v1/agents?limit=2").await;
     assert_eq!(page1["data"].as_array().unwrap().len(), 2);
     let cursor = page1["next_cursor"].as_str().expect("a second page");
-    let (_, page2) = app
-        .get(&format!("/v1/agents?limit=2&cursor={cursor}"))
-        .await;
-    let names: Vec<_> = page2["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["name"].clone())
-        .collect();
+    let (_, page2) = app.get(&format!("/v1/agents?limit=2&cursor={cursor}")).await;
+    let names: Vec<_> = page2["data"].as_array().unwrap().iter().map(|a| a["name"].clone()).collect();
     assert_eq!(names, vec![json!("c")]);
     assert!(page2["next_cursor"].is_null());
     let (status, body) = app.get("/v1/agents?limit=0").await;
@@ -105,10 +80,7 @@ async fn cards_are_issued_with_a_number_shown_once(app: TestApp) {
     let card = app.issue_card(&agent, json!({"label": "openai"})).await;
     let number = card["number"].as_str().expect("number shown at issue");
     assert_eq!(number.len(), 16);
-    assert!(
-        number.starts_with("400000"),
-        "the configured test BIN: {number}"
-    );
+    assert!(number.starts_with("400000"), "the configured test BIN: {number}");
     assert!(spendgate::domain::card::luhn_valid(number), "{number}");
     assert_eq!(card["last4"], &number[12..]);
     assert_eq!(card["currency"], "USD");
@@ -121,22 +93,14 @@ async fn cards_are_issued_with_a_number_shown_once(app: TestApp) {
     let (_, by_agent) = app.get(&format!("/v1/agents/{agent}/cards/{id}")).await;
     let (_, direct) = app.get(&format!("/v1/cards/{id}")).await;
     let (_, list) = app.get(&format!("/v1/agents/{agent}/cards")).await;
-    let (_, events) = app
-        .get(&format!("/v1/agents/{agent}/cards/{id}/events"))
-        .await;
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{id}/events")).await;
     assert_eq!(by_agent, direct);
     assert!(by_agent.get("number").is_none() || by_agent["number"].is_null());
     assert_eq!(list["data"][0]["id"], id);
     for shown in [&by_agent, &direct, &list, &events] {
-        assert!(
-            !shown.to_string().contains(number),
-            "the number leaked: {shown}"
-        );
+        assert!(!shown.to_string().contains(number), "the number leaked: {shown}");
     }
-    assert!(
-        !app.stored_text().contains(number),
-        "the full card number was stored"
-    );
+    assert!(!app.stored_text().contains(number), "the full card number was stored");
     assert_eq!(events["data"][0]["kind"], "issued");
 
     // A card of another agent is not found under this agent.
@@ -148,101 +112,39 @@ async fn cards_are_issued_with_a_number_shown_once(app: TestApp) {
 async fn templates_and_currencies(app: TestApp) {
     let (status, templates) = app.get("/v1/policy-templates").await;
     assert_eq!(status, StatusCode::OK);
-    let coding = templates["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "coding-agent")
-        .expect("template");
+    let coding = templates["data"].as_array().unwrap().iter().find(|t| t["name"] == "coding-agent").expect("template");
     assert_eq!(coding["policy"]["x402"]["per_call"], 500);
 
     let agent = app.create_agent("coder").await;
-    let card = app
-        .issue_card(&agent, json!({"label": "aws", "template": "coding-agent"}))
-        .await;
+    let card = app.issue_card(&agent, json!({"label": "aws", "template": "coding-agent"})).await;
     assert_eq!(card["policy"], coding["policy"]);
-    let (_, events) = app
-        .get(&format!(
-            "/v1/agents/{agent}/cards/{}/events",
-            card["id"].as_str().unwrap()
-        ))
-        .await;
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{}/events", card["id"].as_str().unwrap())).await;
     assert_eq!(events["data"][0]["data"]["template"], "coding-agent");
 
     let path = format!("/v1/agents/{agent}/cards");
-    let (status, body) = app
-        .post(&path, json!({"label": "x", "template": "nope"}))
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown_template",
-    );
-    let (status, body) = app
-        .post(
-            &path,
-            json!({"label": "x", "template": "coding-agent", "currency": "EUR"}),
-        )
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "template_currency_mismatch",
-    );
-    let (status, body) = app
-        .post(
-            &path,
-            json!({"label": "x", "template": "coding-agent", "policy": {}}),
-        )
-        .await;
+    let (status, body) = app.post(&path, json!({"label": "x", "template": "nope"})).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "unknown_template");
+    let (status, body) = app.post(&path, json!({"label": "x", "template": "coding-agent", "currency": "EUR"})).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "template_currency_mismatch");
+    let (status, body) = app.post(&path, json!({"label": "x", "template": "coding-agent", "policy": {}})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
 
     let eur = app
-        .issue_card(
-            &agent,
-            json!({"label": "aws-eu", "currency": "eur", "policy": {"per_transaction": 5000}}),
-        )
+        .issue_card(&agent, json!({"label": "aws-eu", "currency": "eur", "policy": {"per_transaction": 5000}}))
         .await;
     assert_eq!(eur["currency"], "EUR");
     assert_eq!(eur["policy"]["currency"], "EUR");
-    let jpy = app
-        .issue_card(&agent, json!({"label": "jp", "currency": "JPY"}))
-        .await;
+    let jpy = app.issue_card(&agent, json!({"label": "jp", "currency": "JPY"})).await;
     assert_eq!(jpy["currency"], "JPY");
-    let (status, body) = app
-        .post(&path, json!({"label": "x", "currency": "ABC"}))
-        .await;
+    let (status, body) = app.post(&path, json!({"label": "x", "currency": "ABC"})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("currency:"),
-        "{body}"
-    );
-    let (status, body) = app
-        .post(
-            &path,
-            json!({"label": "x", "currency": "EUR", "policy": {"currency": "USD"}}),
-        )
-        .await;
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("currency:"), "{body}");
+    let (status, body) = app.post(&path, json!({"label": "x", "currency": "EUR", "policy": {"currency": "USD"}})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("policy.currency"),
-        "{body}"
-    );
+    assert!(body["error"]["message"].as_str().unwrap().contains("policy.currency"), "{body}");
 
     let (_, list) = app.get(&path).await;
-    assert_eq!(
-        list["data"].as_array().unwrap().len(),
-        3,
-        "refused issues wrote nothing: {list}"
-    );
+    assert_eq!(list["data"].as_array().unwrap().len(), 3, "refused issues wrote nothing: {list}");
 }
 
 async fn external_processor_cards_are_registered_once(app: TestApp) {
@@ -256,20 +158,11 @@ async fn external_processor_cards_are_registered_once(app: TestApp) {
     assert!(card["number"].is_null());
     let (status, err) = app.post(&path, body).await;
     assert_error(status, &err, StatusCode::CONFLICT, "card_exists");
-    let (status, err) = app
-        .post(
-            &path,
-            json!({"label": "x", "processor": "lithic", "last4": "1111"}),
-        )
-        .await;
+    let (status, err) = app.post(&path, json!({"label": "x", "processor": "lithic", "last4": "1111"})).await;
     assert_error(status, &err, StatusCode::BAD_REQUEST, "validation_failed");
-    let (status, err) = app
-        .post(&path, json!({"label": "x", "processor": "visa"}))
-        .await;
+    let (status, err) = app.post(&path, json!({"label": "x", "processor": "visa"})).await;
     assert_error(status, &err, StatusCode::BAD_REQUEST, "validation_failed");
-    let (status, err) = app
-        .post(&path, json!({"label": "x", "processor_card_id": "sim_1"}))
-        .await;
+    let (status, err) = app.post(&path, json!({"label": "x", "processor_card_id": "sim_1"})).await;
     assert_error(status, &err, StatusCode::BAD_REQUEST, "validation_failed");
 }
 
@@ -279,60 +172,30 @@ async fn freeze_unfreeze_close_and_the_audit_trail(app: TestApp) {
     let base = format!("/v1/agents/{agent}/cards/{}", card["id"].as_str().unwrap());
     let reason = |r: &str| json!({ "reason": r });
 
-    let (status, frozen) = app
-        .post(&format!("{base}/freeze"), reason("suspicious spend"))
-        .await;
-    assert_eq!(
-        (status, frozen["status"].as_str()),
-        (StatusCode::OK, Some("frozen")),
-        "{frozen}"
-    );
+    let (status, frozen) = app.post(&format!("{base}/freeze"), reason("suspicious spend")).await;
+    assert_eq!((status, frozen["status"].as_str()), (StatusCode::OK, Some("frozen")), "{frozen}");
     let (status, again) = app.post(&format!("{base}/freeze"), reason("again")).await;
-    assert_eq!(
-        (status, again["status"].as_str()),
-        (StatusCode::OK, Some("frozen"))
-    );
-    let (status, active) = app
-        .post(&format!("{base}/unfreeze"), reason("checked"))
-        .await;
-    assert_eq!(
-        (status, active["status"].as_str()),
-        (StatusCode::OK, Some("active"))
-    );
+    assert_eq!((status, again["status"].as_str()), (StatusCode::OK, Some("frozen")));
+    let (status, active) = app.post(&format!("{base}/unfreeze"), reason("checked")).await;
+    assert_eq!((status, active["status"].as_str()), (StatusCode::OK, Some("active")));
     let (status, body) = app.post(&format!("{base}/freeze"), json!({})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
     let (status, body) = app.post(&format!("{base}/freeze"), reason("  ")).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
-    let (status, closed) = app
-        .post(&format!("{base}/close"), reason("task done"))
-        .await;
-    assert_eq!(
-        (status, closed["status"].as_str()),
-        (StatusCode::OK, Some("closed"))
-    );
+    let (status, closed) = app.post(&format!("{base}/close"), reason("task done")).await;
+    assert_eq!((status, closed["status"].as_str()), (StatusCode::OK, Some("closed")));
     let (status, body) = app.post(&format!("{base}/unfreeze"), reason("oops")).await;
     assert_error(status, &body, StatusCode::CONFLICT, "card_closed");
     let (status, body) = app.post(&format!("{base}/freeze"), reason("oops")).await;
     assert_error(status, &body, StatusCode::CONFLICT, "card_closed");
-    let (status, body) = app
-        .put(&format!("{base}/policy"), json!({"per_transaction": 1}))
-        .await;
+    let (status, body) = app.put(&format!("{base}/policy"), json!({"per_transaction": 1})).await;
     assert_error(status, &body, StatusCode::CONFLICT, "card_closed");
     let (status, _) = app.post(&format!("{base}/close"), reason("again")).await;
     assert_eq!(status, StatusCode::OK);
 
     let (_, events) = app.get(&format!("{base}/events")).await;
-    let kinds: Vec<_> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        ["issued", "frozen", "unfrozen", "closed"],
-        "repeats and refusals add no event"
-    );
+    let kinds: Vec<_> = events["data"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["issued", "frozen", "unfrozen", "closed"], "repeats and refusals add no event");
     let frozen_event = &events["data"][1];
     assert_eq!(frozen_event["reason"], "suspicious spend");
     assert!(frozen_event["actor"].as_str().unwrap().starts_with("key_"));
@@ -345,70 +208,26 @@ async fn agent_freeze_reaches_every_card(app: TestApp) {
         app.issue_card(&agent, json!({"label": "openai"})).await,
         app.issue_card(&agent, json!({"label": "aws"})).await,
     ];
-    let (status, frozen) = app
-        .post(
-            &format!("/v1/agents/{agent}/freeze"),
-            json!({"reason": "runaway loop"}),
-        )
-        .await;
-    assert_eq!(
-        (status, frozen["status"].as_str()),
-        (StatusCode::OK, Some("frozen")),
-        "{frozen}"
-    );
+    let (status, frozen) = app.post(&format!("/v1/agents/{agent}/freeze"), json!({"reason": "runaway loop"})).await;
+    assert_eq!((status, frozen["status"].as_str()), (StatusCode::OK, Some("frozen")), "{frozen}");
     for card in &cards {
-        let (_, events) = app
-            .get(&format!(
-                "/v1/agents/{agent}/cards/{}/events",
-                card["id"].as_str().unwrap()
-            ))
-            .await;
+        let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{}/events", card["id"].as_str().unwrap())).await;
         let last = events["data"].as_array().unwrap().last().unwrap().clone();
-        assert_eq!(
-            (last["kind"].as_str(), last["reason"].as_str()),
-            (Some("agent_frozen"), Some("runaway loop"))
-        );
+        assert_eq!((last["kind"].as_str(), last["reason"].as_str()), (Some("agent_frozen"), Some("runaway loop")));
     }
     let (_, agent_now) = app.get(&format!("/v1/agents/{agent}")).await;
     assert_eq!(agent_now["status"], "frozen");
-    let (status, thawed) = app
-        .post(
-            &format!("/v1/agents/{agent}/unfreeze"),
-            json!({"reason": "fixed"}),
-        )
-        .await;
-    assert_eq!(
-        (status, thawed["status"].as_str()),
-        (StatusCode::OK, Some("active"))
-    );
+    let (status, thawed) = app.post(&format!("/v1/agents/{agent}/unfreeze"), json!({"reason": "fixed"})).await;
+    assert_eq!((status, thawed["status"].as_str()), (StatusCode::OK, Some("active")));
     let (_, events) = app.get(&format!("/v1/agents/{agent}/events")).await;
-    let kinds: Vec<_> = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "agent_created",
-            "issued",
-            "issued",
-            "agent_frozen",
-            "agent_unfrozen"
-        ]
-    );
+    let kinds: Vec<_> = events["data"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["agent_created", "issued", "issued", "agent_frozen", "agent_unfrozen"]);
 }
 
 async fn policies_are_validated_and_nothing_changes_on_refusal(app: TestApp) {
     let agent = app.create_agent("coder").await;
-    let card = app
-        .issue_card(&agent, json!({"label": "openai", "currency": "EUR"}))
-        .await;
-    let path = format!(
-        "/v1/agents/{agent}/cards/{}/policy",
-        card["id"].as_str().unwrap()
-    );
+    let card = app.issue_card(&agent, json!({"label": "openai", "currency": "EUR"})).await;
+    let path = format!("/v1/agents/{agent}/cards/{}/policy", card["id"].as_str().unwrap());
     let policy = json!({"per_transaction": 25000,
         "limits": [{"id": "daily", "scope": "card", "window": {"rolling": "24h"}, "amount": 50000, "count": 100},
                    {"id": "monthly", "scope": "agent", "window": {"calendar": "month", "timezone": "Europe/Berlin"}, "amount": 500000}],
@@ -424,16 +243,10 @@ async fn policies_are_validated_and_nothing_changes_on_refusal(app: TestApp) {
 
     let refused = [
         (json!({"mcc": {"allow": ["0001"]}}), "policy.mcc.allow[0]"),
-        (
-            json!({"mcc_groups": {"block": ["poker"]}}),
-            "policy.mcc_groups.block[0]",
-        ),
+        (json!({"mcc_groups": {"block": ["poker"]}}), "policy.mcc_groups.block[0]"),
         (json!({"currency": "USD"}), "policy.currency"),
         (json!({"per_transaction": 0}), "policy.per_transaction"),
-        (
-            json!({"mcc": {"allow": ["5734"], "block": ["7995"]}}),
-            "policy.mcc",
-        ),
+        (json!({"mcc": {"allow": ["5734"], "block": ["7995"]}}), "policy.mcc"),
         (
             json!({"limits": [{"id": "a", "scope": "card", "window": {"calendar": "day", "timezone": "Moon/Crater"}, "amount": 1}]}),
             "policy.limits[0].window.timezone",
@@ -456,30 +269,14 @@ async fn policies_are_validated_and_nothing_changes_on_refusal(app: TestApp) {
         let (status, body) = app.put(&path, doc.clone()).await;
         assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(
-            message.starts_with(field),
-            "{doc}: {message:?} should name {field}"
-        );
+        assert!(message.starts_with(field), "{doc}: {message:?} should name {field}");
     }
     let (_, still) = app.get(&path).await;
     assert_eq!(still, saved, "a refused policy changed nothing");
-    let (_, events) = app
-        .get(&format!(
-            "/v1/agents/{agent}/cards/{}/events",
-            card["id"].as_str().unwrap()
-        ))
-        .await;
-    let changes = events["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "policy_changed")
-        .count();
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{}/events", card["id"].as_str().unwrap())).await;
+    let changes = events["data"].as_array().unwrap().iter().filter(|e| e["kind"] == "policy_changed").count();
     assert_eq!(changes, 1);
-    assert_eq!(
-        events["data"][1]["data"]["previous"],
-        json!({"currency": "EUR"})
-    );
+    assert_eq!(events["data"][1]["data"]["previous"], json!({"currency": "EUR"}));
 
     let agent_policy = format!("/v1/agents/{agent}/policy");
     let doc = json!({"limits": [{"id": "day", "scope": "agent", "window": {"rolling": "24h"}, "amount": 50000, "rails": ["card", "usdc"]}]});
@@ -488,9 +285,7 @@ async fn policies_are_validated_and_nothing_changes_on_refusal(app: TestApp) {
     assert_eq!(saved["currency"], "USD");
     let (_, got) = app.get(&agent_policy).await;
     assert_eq!(got, saved);
-    let (status, body) = app
-        .put(&agent_policy, json!({"countries": {"block": ["ZZ"]}}))
-        .await;
+    let (status, body) = app.put(&agent_policy, json!({"countries": {"block": ["ZZ"]}})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
 }
 
@@ -511,300 +306,108 @@ async fn roles_hold(app: TestApp) {
     };
 
     // manager: agents, cards, policies, unfreeze; not keys.
+    assert_eq!(call(&manager, Method::POST, "/v1/agents", Some(json!({"name": "m"}))).await, StatusCode::CREATED);
     assert_eq!(
-        call(
-            &manager,
-            Method::POST,
-            "/v1/agents",
-            Some(json!({"name": "m"}))
-        )
-        .await,
-        StatusCode::CREATED
-    );
-    assert_eq!(
-        call(
-            &manager,
-            Method::POST,
-            "/v1/keys",
-            Some(json!({"role": "operator"}))
-        )
-        .await,
+        call(&manager, Method::POST, "/v1/keys", Some(json!({"role": "operator"}))).await,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(
-        call(&manager, Method::GET, "/v1/keys", None).await,
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(call(&manager, Method::GET, "/v1/keys", None).await, StatusCode::FORBIDDEN);
     // operator: read and freeze; not unfreeze, not issue, not policy.
+    assert_eq!(call(&operator, Method::GET, "/v1/agents", None).await, StatusCode::OK);
+    assert_eq!(call(&operator, Method::POST, &format!("{card_path}/freeze"), reason.clone()).await, StatusCode::OK);
     assert_eq!(
-        call(&operator, Method::GET, "/v1/agents", None).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(
-            &operator,
-            Method::POST,
-            &format!("{card_path}/freeze"),
-            reason.clone()
-        )
-        .await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(
-            &operator,
-            Method::POST,
-            &format!("{card_path}/unfreeze"),
-            reason.clone()
-        )
-        .await,
+        call(&operator, Method::POST, &format!("{card_path}/unfreeze"), reason.clone()).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(
-            &operator,
-            Method::POST,
-            &format!("/v1/agents/{agent}/freeze"),
-            reason.clone()
-        )
-        .await,
+        call(&operator, Method::POST, &format!("/v1/agents/{agent}/freeze"), reason.clone()).await,
         StatusCode::OK
     );
     assert_eq!(
-        call(
-            &operator,
-            Method::POST,
-            &format!("/v1/agents/{agent}/unfreeze"),
-            reason.clone()
-        )
-        .await,
+        call(&operator, Method::POST, &format!("/v1/agents/{agent}/unfreeze"), reason.clone()).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(
-            &operator,
-            Method::POST,
-            &format!("/v1/agents/{agent}/cards"),
-            Some(json!({"label": "x"}))
-        )
-        .await,
+        call(&operator, Method::POST, &format!("/v1/agents/{agent}/cards"), Some(json!({"label": "x"}))).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(
-            &operator,
-            Method::PUT,
-            &format!("{card_path}/policy"),
-            Some(json!({}))
-        )
-        .await,
+        call(&operator, Method::PUT, &format!("{card_path}/policy"), Some(json!({}))).await,
         StatusCode::FORBIDDEN
     );
+    assert_eq!(call(&manager, Method::POST, &format!("{card_path}/unfreeze"), reason.clone()).await, StatusCode::OK);
     assert_eq!(
-        call(
-            &manager,
-            Method::POST,
-            &format!("{card_path}/unfreeze"),
-            reason.clone()
-        )
-        .await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(
-            &manager,
-            Method::POST,
-            &format!("/v1/agents/{agent}/unfreeze"),
-            reason.clone()
-        )
-        .await,
+        call(&manager, Method::POST, &format!("/v1/agents/{agent}/unfreeze"), reason.clone()).await,
         StatusCode::OK
     );
     // agent: reads only its own agent.
+    assert_eq!(call(&agent_key, Method::GET, &format!("/v1/agents/{agent}"), None).await, StatusCode::OK);
+    assert_eq!(call(&agent_key, Method::GET, &card_path, None).await, StatusCode::OK);
     assert_eq!(
-        call(
-            &agent_key,
-            Method::GET,
-            &format!("/v1/agents/{agent}"),
-            None
-        )
-        .await,
+        call(&agent_key, Method::GET, &format!("/v1/cards/{}", card["id"].as_str().unwrap()), None).await,
         StatusCode::OK
     );
+    assert_eq!(call(&agent_key, Method::GET, "/v1/policy-templates", None).await, StatusCode::OK);
+    assert_eq!(call(&agent_key, Method::GET, &format!("/v1/agents/{other}"), None).await, StatusCode::FORBIDDEN);
+    assert_eq!(call(&agent_key, Method::GET, "/v1/agents", None).await, StatusCode::FORBIDDEN);
     assert_eq!(
-        call(&agent_key, Method::GET, &card_path, None).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(
-            &agent_key,
-            Method::GET,
-            &format!("/v1/cards/{}", card["id"].as_str().unwrap()),
-            None
-        )
-        .await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&agent_key, Method::GET, "/v1/policy-templates", None).await,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(
-            &agent_key,
-            Method::GET,
-            &format!("/v1/agents/{other}"),
-            None
-        )
-        .await,
+        call(&agent_key, Method::POST, &format!("{card_path}/freeze"), reason.clone()).await,
         StatusCode::FORBIDDEN
     );
-    assert_eq!(
-        call(&agent_key, Method::GET, "/v1/agents", None).await,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(
-            &agent_key,
-            Method::POST,
-            &format!("{card_path}/freeze"),
-            reason.clone()
-        )
-        .await,
-        StatusCode::FORBIDDEN
-    );
-    let (status, body) = app
-        .call(
-            Method::POST,
-            &format!("{card_path}/close"),
-            Some(&agent_key),
-            reason.clone(),
-        )
-        .await;
+    let (status, body) = app.call(Method::POST, &format!("{card_path}/close"), Some(&agent_key), reason.clone()).await;
     assert_error(status, &body, StatusCode::FORBIDDEN, "forbidden");
     let (_, after) = app.get(&card_path).await;
-    assert_eq!(
-        after["status"], "active",
-        "refused requests changed nothing"
-    );
+    assert_eq!(after["status"], "active", "refused requests changed nothing");
 
     // Key requests that cannot be honoured.
     let (status, body) = app.post("/v1/keys", json!({"role": "agent"})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
-    let (status, body) = app
-        .post("/v1/keys", json!({"role": "manager", "agent_id": agent}))
-        .await;
+    let (status, body) = app.post("/v1/keys", json!({"role": "manager", "agent_id": agent})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
-    let (status, body) = app
-        .post(
-            "/v1/keys",
-            json!({"role": "agent", "agent_id": "agt_01nonexistent"}),
-        )
-        .await;
-    assert_error(
-        status,
-        &body,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown_agent",
-    );
+    let (status, body) = app.post("/v1/keys", json!({"role": "agent", "agent_id": "agt_01nonexistent"})).await;
+    assert_error(status, &body, StatusCode::UNPROCESSABLE_ENTITY, "unknown_agent");
     let (status, body) = app.post("/v1/keys", json!({"role": "root"})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
 }
 
 async fn keys_are_revoked_at_once(app: TestApp) {
-    let (status, created) = app
-        .post("/v1/keys", json!({"role": "operator", "name": "oncall"}))
-        .await;
+    let (status, created) = app.post("/v1/keys", json!({"role": "operator", "name": "oncall"})).await;
     assert_eq!(status, StatusCode::CREATED);
     let secret = created["key"].as_str().unwrap().to_owned();
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["prefix"], &secret[..12]);
-    assert!(
-        !app.stored_text().contains(&secret),
-        "key secrets are stored only as hashes"
-    );
+    assert!(!app.stored_text().contains(&secret), "key secrets are stored only as hashes");
     let (_, list) = app.get("/v1/keys").await;
-    assert!(
-        list["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k["id"] == id.as_str() && k.get("key").is_none())
-    );
+    assert!(list["data"].as_array().unwrap().iter().any(|k| k["id"] == id.as_str() && k.get("key").is_none()));
     assert!(!list.to_string().contains(&secret));
 
-    assert_eq!(
-        app.call(Method::GET, "/v1/agents", Some(&secret), None)
-            .await
-            .0,
-        StatusCode::OK
-    );
-    let (status, revoked) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/keys/{id}"),
-            Some(&app.owner_key),
-            None,
-        )
-        .await;
+    assert_eq!(app.call(Method::GET, "/v1/agents", Some(&secret), None).await.0, StatusCode::OK);
+    let (status, revoked) = app.call(Method::DELETE, &format!("/v1/keys/{id}"), Some(&app.owner_key), None).await;
     assert_eq!(status, StatusCode::OK, "{revoked}");
     assert!(revoked["revoked_at"].is_string());
-    let (status, body) = app
-        .call(Method::GET, "/v1/agents", Some(&secret), None)
-        .await;
+    let (status, body) = app.call(Method::GET, "/v1/agents", Some(&secret), None).await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let (status, _) = app
-        .call(
-            Method::DELETE,
-            &format!("/v1/keys/{id}"),
-            Some(&app.owner_key),
-            None,
-        )
-        .await;
+    let (status, _) = app.call(Method::DELETE, &format!("/v1/keys/{id}"), Some(&app.owner_key), None).await;
     assert_eq!(status, StatusCode::OK, "revoking twice is a no-op");
-    let (status, body) = app
-        .call(
-            Method::DELETE,
-            "/v1/keys/key_01nothere",
-            Some(&app.owner_key),
-            None,
-        )
-        .await;
+    let (status, body) = app.call(Method::DELETE, "/v1/keys/key_01nothere", Some(&app.owner_key), None).await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
 
     // The last owner key cannot be revoked; with a second owner it can.
     let (_, keys) = app.get("/v1/keys").await;
-    let owner_id = keys["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["role"] == "owner")
-        .unwrap()["id"]
-        .clone();
+    let owner_id = keys["data"].as_array().unwrap().iter().find(|k| k["role"] == "owner").unwrap()["id"].clone();
     let owner_path = format!("/v1/keys/{}", owner_id.as_str().unwrap());
-    let (status, body) = app
-        .call(Method::DELETE, &owner_path, Some(&app.owner_key), None)
-        .await;
+    let (status, body) = app.call(Method::DELETE, &owner_path, Some(&app.owner_key), None).await;
     assert_error(status, &body, StatusCode::CONFLICT, "last_owner_key");
     let second = app.create_key("owner", None).await;
-    let (status, _) = app
-        .call(Method::DELETE, &owner_path, Some(&second), None)
-        .await;
+    let (status, _) = app.call(Method::DELETE, &owner_path, Some(&second), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.get("/v1/agents").await.0, StatusCode::UNAUTHORIZED);
 }
 
 async fn bad_input_gets_a_clear_4xx_and_writes_nothing(app: TestApp) {
     let agent = app.create_agent("coder").await;
-    let raw = |method: Method,
-               path: &str,
-               content_type: Option<&str>,
-               body: Vec<u8>,
-               key: Option<&str>| {
-        let mut request = app
-            .http
-            .request(method, format!("{}{path}", app.base))
-            .body(body);
+    let raw = |method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>, key: Option<&str>| {
+        let mut request = app.http.request(method, format!("{}{path}", app.base)).body(body);
         if let Some(ct) = content_type {
             request = request.header("Content-Type", ct);
         }
@@ -821,109 +424,32 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(app: TestApp) {
     let key = Some(app.owner_key.as_str());
     let json_ct = Some("application/json");
 
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        b"{\"name\": ".to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, b"{\"name\": ".to_vec(), key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "invalid_json");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        Some("text/plain"),
-        b"{\"name\": \"x\"}".to_vec(),
-        key,
-    )
-    .await;
-    assert_error(
-        s,
-        &b,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        "unsupported_media_type",
-    );
+    let (s, b) = raw(Method::POST, "/v1/agents", Some("text/plain"), b"{\"name\": \"x\"}".to_vec(), key).await;
+    assert_error(s, &b, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
     let big = serde_json::to_vec(&json!({"name": "x".repeat(70 * 1024)})).unwrap();
     let (s, b) = raw(Method::POST, "/v1/agents", json_ct, big, key).await;
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        br#"{"name": "x", "colour": "red"}"#.to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, br#"{"name": "x", "colour": "red"}"#.to_vec(), key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
-    assert!(
-        b["error"]["message"].as_str().unwrap().contains("colour"),
-        "{b}"
-    );
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        br#"{"name": ""}"#.to_vec(),
-        key,
-    )
-    .await;
+    assert!(b["error"]["message"].as_str().unwrap().contains("colour"), "{b}");
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, br#"{"name": ""}"#.to_vec(), key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        br#"{"name": 7}"#.to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, br#"{"name": 7}"#.to_vec(), key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        br#"{"name": "x"}"#.to_vec(),
-        None,
-    )
-    .await;
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, br#"{"name": "x"}"#.to_vec(), None).await;
     assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents",
-        json_ct,
-        br#"{"name": "x"}"#.to_vec(),
-        Some("sgk_wrong"),
-    )
-    .await;
+    let (s, b) = raw(Method::POST, "/v1/agents", json_ct, br#"{"name": "x"}"#.to_vec(), Some("sgk_wrong")).await;
     assert_error(s, &b, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let (s, b) = raw(
-        Method::GET,
-        "/v1/agents/agt_01doesnotexist",
-        None,
-        vec![],
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::GET, "/v1/agents/agt_01doesnotexist", None, vec![], key).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
-    let (s, b) = raw(
-        Method::GET,
-        "/v1/agents/card_01wrongprefix",
-        None,
-        vec![],
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::GET, "/v1/agents/card_01wrongprefix", None, vec![], key).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
     let (s, b) = raw(Method::GET, "/v1/cards/%00%ff", None, vec![], key).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
-    let (s, b) = raw(
-        Method::POST,
-        "/v1/agents/agt_01doesnotexist/cards",
-        json_ct,
-        br#"{"label": "x"}"#.to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) =
+        raw(Method::POST, "/v1/agents/agt_01doesnotexist/cards", json_ct, br#"{"label": "x"}"#.to_vec(), key).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
     let (s, b) = raw(Method::GET, "/v1/nothing-here", None, vec![], key).await;
     assert_error(s, &b, StatusCode::NOT_FOUND, "not_found");
@@ -932,73 +458,38 @@ async fn bad_input_gets_a_clear_4xx_and_writes_nothing(app: TestApp) {
     let (s, b) = raw(Method::GET, "/v1/agents?limit=abc", None, vec![], key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
     let path = format!("/v1/agents/{agent}/cards");
-    let (s, b) = raw(
-        Method::POST,
-        &path,
-        json_ct,
-        br#"{"label": "x", "expires_at": "2001-01-01T00:00:00Z"}"#.to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) =
+        raw(Method::POST, &path, json_ct, br#"{"label": "x", "expires_at": "2001-01-01T00:00:00Z"}"#.to_vec(), key)
+            .await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
-    let (s, b) = raw(
-        Method::POST,
-        &path,
-        json_ct,
-        br#"{"label": "x", "expires_at": "tomorrow"}"#.to_vec(),
-        key,
-    )
-    .await;
+    let (s, b) = raw(Method::POST, &path, json_ct, br#"{"label": "x", "expires_at": "tomorrow"}"#.to_vec(), key).await;
     assert_error(s, &b, StatusCode::BAD_REQUEST, "validation_failed");
 
     let (_, agents) = app.get("/v1/agents").await;
-    assert_eq!(
-        agents["data"].as_array().unwrap().len(),
-        1,
-        "no refused request wrote an agent"
-    );
+    assert_eq!(agents["data"].as_array().unwrap().len(), 1, "no refused request wrote an agent");
     let (_, cards) = app.get(&path).await;
-    assert_eq!(
-        cards["data"].as_array().unwrap().len(),
-        0,
-        "no refused request wrote a card"
-    );
+    assert_eq!(cards["data"].as_array().unwrap().len(), 0, "no refused request wrote a card");
 }
 
 async fn concurrent_status_changes_never_reopen_a_closed_card(app: TestApp) {
     let agent = app.create_agent("coder").await;
     let card = app.issue_card(&agent, json!({"label": "openai"})).await;
     let base = format!("/v1/agents/{agent}/cards/{}", card["id"].as_str().unwrap());
-    let actions = [
-        "freeze", "unfreeze", "close", "unfreeze", "freeze", "unfreeze",
-    ];
+    let actions = ["freeze", "unfreeze", "close", "unfreeze", "freeze", "unfreeze"];
     let requests = (0..30).map(|i| {
         let path = format!("{base}/{}", actions[i % actions.len()]);
         let app = &app;
-        async move {
-            app.post(&path, json!({"reason": format!("race {i}")}))
-                .await
-                .0
-        }
+        async move { app.post(&path, json!({"reason": format!("race {i}")})).await.0 }
     });
     let statuses = futures_join_all(requests).await;
-    assert!(
-        statuses
-            .iter()
-            .all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)),
-        "{statuses:?}"
-    );
+    assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
     let (_, after) = app.get(&base).await;
     assert_eq!(after["status"], "closed", "a closed card stays closed");
     let (_, events) = app.get(&format!("{base}/events")).await;
     let events = events["data"].as_array().unwrap();
     let closes = events.iter().filter(|e| e["kind"] == "closed").count();
     assert_eq!(closes, 1);
-    assert_eq!(
-        events.last().unwrap()["kind"],
-        "closed",
-        "nothing happens to a card after it closes"
-    );
+    assert_eq!(events.last().unwrap()["kind"], "closed", "nothing happens to a card after it closes");
 }
 
 async fn concurrent_issues_all_land(app: TestApp) {
@@ -1025,9 +516,7 @@ async fn concurrent_issues_all_land(app: TestApp) {
 }
 
 /// Runs the futures concurrently on this task and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futures {
         set.push(Box::pin(f));
@@ -1043,11 +532,7 @@ async fn futures_join_all<F: std::future::Future>(
                 }
             }
         }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
     })
     .await;
     outputs.into_iter().map(|o| o.expect("ready")).collect()

@@ -52,14 +52,8 @@ fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
             text.push('\n');
         }
     });
-    let (base, stdout) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the server should say where it listens");
-    Server {
-        child,
-        base,
-        stdout,
-    }
+    let (base, stdout) = rx.recv_timeout(Duration::from_secs(30)).expect("the server should say where it listens");
+    Server { child, base, stdout }
 }
 
 fn cli(base: &str, key: &str, args: &[&str]) -> Output {
@@ -73,21 +67,12 @@ fn cli(base: &str, key: &str, args: &[&str]) -> Output {
 }
 
 fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn text_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -99,32 +84,15 @@ fn cli_drives_agents_cards_and_keys() {
     let server = serve(dir.path(), &[], &[("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER)]);
     let base = server.base.as_str();
 
-    let agent = json_of(&cli(
-        base,
-        OWNER,
-        &["agents", "create", "--name", "pr-bot", "--json"],
-    ));
+    let agent = json_of(&cli(base, OWNER, &["agents", "create", "--name", "pr-bot", "--json"]));
     let agent_id = agent["id"].as_str().unwrap();
     let table = text_of(&cli(base, OWNER, &["agents", "list"]));
-    assert!(
-        table.contains("pr-bot") && table.contains(agent_id) && table.contains("1 row(s)"),
-        "{table}"
-    );
+    assert!(table.contains("pr-bot") && table.contains(agent_id) && table.contains("1 row(s)"), "{table}");
 
     let card = json_of(&cli(
         base,
         OWNER,
-        &[
-            "cards",
-            "issue",
-            "--agent",
-            agent_id,
-            "--label",
-            "openai",
-            "--template",
-            "coding-agent",
-            "--json",
-        ],
+        &["cards", "issue", "--agent", agent_id, "--label", "openai", "--template", "coding-agent", "--json"],
     ));
     let card_id = card["id"].as_str().unwrap();
     assert_eq!(card["number"].as_str().unwrap().len(), 16);
@@ -133,95 +101,41 @@ fn cli_drives_agents_cards_and_keys() {
     let eur = json_of(&cli(
         base,
         OWNER,
-        &[
-            "cards",
-            "issue",
-            "--agent",
-            agent_id,
-            "--label",
-            "aws",
-            "--currency",
-            "eur",
-            "--policy",
-            policy,
-            "--json",
-        ],
+        &["cards", "issue", "--agent", agent_id, "--label", "aws", "--currency", "eur", "--policy", policy, "--json"],
     ));
-    assert_eq!(
-        eur["policy"],
-        serde_json::json!({"currency": "EUR", "per_transaction": 999})
-    );
+    assert_eq!(eur["policy"], serde_json::json!({"currency": "EUR", "per_transaction": 999}));
 
-    let frozen = text_of(&cli(
-        base,
-        OWNER,
-        &["cards", "freeze", card_id, "--reason", "loop detected"],
-    ));
+    let frozen = text_of(&cli(base, OWNER, &["cards", "freeze", card_id, "--reason", "loop detected"]));
     assert!(frozen.contains("frozen"), "{frozen}");
     let shown = json_of(&cli(base, OWNER, &["cards", "show", card_id, "--json"]));
     assert_eq!(shown["status"], "frozen");
     let listed = text_of(&cli(base, OWNER, &["cards", "list", "--agent", agent_id]));
-    assert!(
-        listed.contains("openai") && listed.contains("aws") && listed.contains("frozen"),
-        "{listed}"
-    );
+    assert!(listed.contains("openai") && listed.contains("aws") && listed.contains("frozen"), "{listed}");
 
-    let operator = json_of(&cli(
-        base,
-        OWNER,
-        &[
-            "keys", "create", "--role", "operator", "--name", "oncall", "--json",
-        ],
-    ));
+    let operator = json_of(&cli(base, OWNER, &["keys", "create", "--role", "operator", "--name", "oncall", "--json"]));
     let operator_key = operator["key"].as_str().unwrap();
-    let refused = cli(
-        base,
-        operator_key,
-        &["cards", "unfreeze", card_id, "--reason", "try"],
-    );
+    let refused = cli(base, operator_key, &["cards", "unfreeze", card_id, "--reason", "try"]);
     assert!(!refused.status.success());
     let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        message.contains("the server refused (403 forbidden)"),
-        "{message}"
-    );
+    assert!(message.contains("the server refused (403 forbidden)"), "{message}");
 
     assert_eq!(
-        json_of(&cli(
-            base,
-            OWNER,
-            &["cards", "unfreeze", card_id, "--reason", "ok", "--json"]
-        ))["status"],
+        json_of(&cli(base, OWNER, &["cards", "unfreeze", card_id, "--reason", "ok", "--json"]))["status"],
         "active"
     );
     assert_eq!(
-        json_of(&cli(
-            base,
-            OWNER,
-            &["cards", "close", card_id, "--reason", "done", "--json"]
-        ))["status"],
+        json_of(&cli(base, OWNER, &["cards", "close", card_id, "--reason", "done", "--json"]))["status"],
         "closed"
     );
-    let reopen = cli(
-        base,
-        OWNER,
-        &["cards", "unfreeze", card_id, "--reason", "again"],
-    );
+    let reopen = cli(base, OWNER, &["cards", "unfreeze", card_id, "--reason", "again"]);
     assert!(String::from_utf8_lossy(&reopen.stderr).contains("409 card_closed"));
 
-    let revoked = json_of(&cli(
-        base,
-        OWNER,
-        &["keys", "revoke", operator["id"].as_str().unwrap(), "--json"],
-    ));
+    let revoked = json_of(&cli(base, OWNER, &["keys", "revoke", operator["id"].as_str().unwrap(), "--json"]));
     assert!(revoked["revoked_at"].is_string());
     let after = cli(base, operator_key, &["agents", "list"]);
     assert!(String::from_utf8_lossy(&after.stderr).contains("401 unauthenticated"));
     let keys = text_of(&cli(base, OWNER, &["keys", "list"]));
-    assert!(
-        keys.contains("oncall") && keys.contains("bootstrap"),
-        "{keys}"
-    );
+    assert!(keys.contains("oncall") && keys.contains("bootstrap"), "{keys}");
 }
 
 #[test]
@@ -229,16 +143,9 @@ fn cli_says_clearly_when_it_cannot_talk_to_the_server() {
     let unreachable = cli("http://127.0.0.1:9", OWNER, &["agents", "list"]);
     assert!(!unreachable.status.success());
     let message = String::from_utf8_lossy(&unreachable.stderr);
-    assert!(
-        message.contains("cannot reach spendgate at http://127.0.0.1:9"),
-        "{message}"
-    );
+    assert!(message.contains("cannot reach spendgate at http://127.0.0.1:9"), "{message}");
 
-    let no_key = Command::new(BIN)
-        .args(["agents", "list"])
-        .env_clear()
-        .output()
-        .unwrap();
+    let no_key = Command::new(BIN).args(["agents", "list"]).env_clear().output().unwrap();
     assert!(!no_key.status.success());
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("SPENDGATE_API_KEY"));
 }
@@ -247,54 +154,26 @@ fn cli_says_clearly_when_it_cannot_talk_to_the_server() {
 fn demo_prints_a_working_key_and_loads_once() {
     let dir = tempfile::tempdir().unwrap();
     let demo_key = |server: &Server| {
-        let after = server
-            .stdout
-            .split("Demo owner key")
-            .nth(1)
-            .expect("demo banner");
-        after
-            .split_whitespace()
-            .find(|w| w.starts_with("sgk_"))
-            .expect("key")
-            .to_owned()
+        let after = server.stdout.split("Demo owner key").nth(1).expect("demo banner");
+        after.split_whitespace().find(|w| w.starts_with("sgk_")).expect("key").to_owned()
     };
     let first = serve(dir.path(), &["--demo"], &[]);
-    assert!(
-        first
-            .stdout
-            .contains("curl -s -H 'Authorization: Bearer sgk_"),
-        "{}",
-        first.stdout
-    );
-    assert!(
-        first
-            .stdout
-            .contains("First start: created an owner API key")
-    );
+    assert!(first.stdout.contains("curl -s -H 'Authorization: Bearer sgk_"), "{}", first.stdout);
+    assert!(first.stdout.contains("First start: created an owner API key"));
     let key1 = demo_key(&first);
     let agents = json_of(&cli(&first.base, &key1, &["agents", "list", "--json"]));
     assert_eq!(agents["data"].as_array().unwrap().len(), 2);
     drop(first);
 
     let second = serve(dir.path(), &["--demo"], &[]);
-    assert!(
-        !second.stdout.contains("First start"),
-        "the first key is shown only once"
-    );
+    assert!(!second.stdout.contains("First start"), "the first key is shown only once");
     let key2 = demo_key(&second);
     assert_ne!(key1, key2);
     let agents = json_of(&cli(&second.base, &key2, &["agents", "list", "--json"]));
-    assert_eq!(
-        agents["data"].as_array().unwrap().len(),
-        2,
-        "demo data is loaded only into an empty database"
-    );
+    assert_eq!(agents["data"].as_array().unwrap().len(), 2, "demo data is loaded only into an empty database");
     let old = cli(&second.base, &key1, &["agents", "list"]);
     assert!(!old.status.success(), "the previous demo key is revoked");
-    assert!(
-        dir.path().join("data/spendgate.db").exists(),
-        "the default database is data/spendgate.db"
-    );
+    assert!(dir.path().join("data/spendgate.db").exists(), "the default database is data/spendgate.db");
 }
 
 #[test]
@@ -302,29 +181,16 @@ fn an_issued_card_survives_a_killed_server() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER)];
     let mut server = serve(dir.path(), &[], &env);
-    let agent = json_of(&cli(
-        &server.base,
-        OWNER,
-        &["agents", "create", "--name", "a", "--json"],
-    ));
+    let agent = json_of(&cli(&server.base, OWNER, &["agents", "create", "--name", "a", "--json"]));
     let agent_id = agent["id"].as_str().unwrap();
     let mut issued = Vec::new();
     for i in 0..5 {
         let label = format!("svc{i}");
-        let card = json_of(&cli(
-            &server.base,
-            OWNER,
-            &[
-                "cards", "issue", "--agent", agent_id, "--label", &label, "--json",
-            ],
-        ));
+        let card =
+            json_of(&cli(&server.base, OWNER, &["cards", "issue", "--agent", agent_id, "--label", &label, "--json"]));
         issued.push(card["id"].as_str().unwrap().to_owned());
     }
-    json_of(&cli(
-        &server.base,
-        OWNER,
-        &["cards", "freeze", &issued[0], "--reason", "r", "--json"],
-    ));
+    json_of(&cli(&server.base, OWNER, &["cards", "freeze", &issued[0], "--reason", "r", "--json"]));
     // SIGKILL: no shutdown hook, no flush.
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -334,15 +200,8 @@ fn an_issued_card_survives_a_killed_server() {
         let card = json_of(&cli(&again.base, OWNER, &["cards", "show", id, "--json"]));
         assert_eq!(card["id"], id.as_str());
     }
-    let first = json_of(&cli(
-        &again.base,
-        OWNER,
-        &["cards", "show", &issued[0], "--json"],
-    ));
-    assert_eq!(
-        first["status"], "frozen",
-        "an acknowledged freeze survives the kill"
-    );
+    let first = json_of(&cli(&again.base, OWNER, &["cards", "show", &issued[0], "--json"]));
+    assert_eq!(first["status"], "frozen", "an acknowledged freeze survives the kill");
 }
 
 #[test]
@@ -360,12 +219,8 @@ fn migrate_applies_once() {
     let first = text_of(&run());
     assert!(first.starts_with("applied 1 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
-    let bad = Command::new(BIN)
-        .arg("migrate")
-        .env_clear()
-        .env("SPENDGATE_DATABASE_URL", "mysql://nope")
-        .output()
-        .unwrap();
+    let bad =
+        Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("sqlite:// or postgres://"));
 }

@@ -1,7 +1,7 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Admin, Page, PageQuery, ReasonBody, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, require, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::event::Event;
@@ -43,21 +43,14 @@ impl Admin {
         currency: Option<crate::domain::money::Currency>,
     ) -> Result<Policy> {
         let mut policy = Policy::from_json(doc).map_err(|e| Error::policy(field, e))?;
-        policy
-            .normalize(self.catalog, currency)
-            .map_err(|e| Error::policy(field, e))?;
+        policy.normalize(self.catalog, currency).map_err(|e| Error::policy(field, e))?;
         Ok(policy)
     }
 
     pub async fn create_agent(&self, who: &Principal, input: NewAgent) -> Result<Agent> {
-        who.check(Permission::Manage, None)
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::Manage, None)?;
         let name = required_text("name", &input.name, 100)?;
-        let department = input
-            .department
-            .as_deref()
-            .map(|d| required_text("department", d, 100))
-            .transpose()?;
+        let department = input.department.as_deref().map(|d| required_text("department", d, 100)).transpose()?;
         let policy = match input.policy {
             Some(doc) => self.parse_policy("policy", doc, None)?,
             None => self.parse_policy("policy", serde_json::json!({}), None)?,
@@ -85,20 +78,13 @@ impl Admin {
     }
 
     pub async fn list_agents(&self, who: &Principal, page: PageQuery) -> Result<Page<Agent>> {
-        who.check(Permission::Read, None)
-            .map_err(Error::Forbidden)?;
-        let size = page.size()?;
-        let rows = self
-            .db
-            .read(move |conn| store::agents::list(conn, page.cursor.as_deref(), size + 1))
-            .await?;
-        Ok(Page::from_rows(rows, size, |a| a.id.to_string()))
+        require(who, Permission::Read, None)?;
+        self.page(page, |a: &Agent| a.id.to_string(), store::agents::list).await
     }
 
     pub async fn get_agent(&self, who: &Principal, id: &str) -> Result<Agent> {
         let id = parse_agent_id(id)?;
-        who.check(Permission::Read, Some(&id))
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::Read, Some(&id))?;
         self.db.read(move |conn| load_agent(conn, &id)).await
     }
 
@@ -116,7 +102,7 @@ impl Admin {
             AgentAction::Freeze => Permission::Freeze,
             AgentAction::Unfreeze => Permission::Manage,
         };
-        who.check(permission, Some(&id)).map_err(Error::Forbidden)?;
+        require(who, permission, Some(&id))?;
         let reason = body.checked()?;
         let (target, kind) = match action {
             AgentAction::Freeze => (AgentStatus::Frozen, "agent_frozen"),
@@ -132,10 +118,7 @@ impl Admin {
                 }
                 let now = store::now();
                 store::agents::update_status(conn, &id, target, now)?;
-                store::events::insert(
-                    conn,
-                    &Event::new(&id, None, kind, &actor, now).reason(Some(reason)),
-                )?;
+                store::events::insert(conn, &Event::new(&id, None, kind, &actor, now).reason(Some(reason)))?;
                 agent.status = target;
                 agent.updated_at = now;
                 Ok(agent)
@@ -149,15 +132,9 @@ impl Admin {
         Ok(self.get_agent(who, id).await?.policy)
     }
 
-    pub async fn set_agent_policy(
-        &self,
-        who: &Principal,
-        id: &str,
-        doc: serde_json::Value,
-    ) -> Result<Policy> {
+    pub async fn set_agent_policy(&self, who: &Principal, id: &str, doc: serde_json::Value) -> Result<Policy> {
         let id = parse_agent_id(id)?;
-        who.check(Permission::Manage, Some(&id))
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::Manage, Some(&id))?;
         let policy = self.parse_policy("policy", doc, None)?;
         let actor = who.key_id.clone();
         let stored = policy.clone();
@@ -167,32 +144,23 @@ impl Admin {
                 let now = store::now();
                 store::agents::update_policy(conn, &id, &stored, now)?;
                 let data = serde_json::json!({ "previous": old, "policy": stored });
-                store::events::insert(
-                    conn,
-                    &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data),
-                )
+                store::events::insert(conn, &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data))
             })
             .await?;
         Ok(policy)
     }
 
-    pub async fn agent_events(
-        &self,
-        who: &Principal,
-        id: &str,
-        page: PageQuery,
-    ) -> Result<Page<Event>> {
+    pub async fn agent_events(&self, who: &Principal, id: &str, page: PageQuery) -> Result<Page<Event>> {
         let id = parse_agent_id(id)?;
-        who.check(Permission::Read, Some(&id))
-            .map_err(Error::Forbidden)?;
-        let size = page.size()?;
-        let rows = self
-            .db
-            .read(move |conn| {
+        require(who, Permission::Read, Some(&id))?;
+        self.page(
+            page,
+            |e: &Event| e.id.to_string(),
+            move |conn, cursor, n| {
                 load_agent(conn, &id)?;
-                store::events::list_for_agent(conn, &id, page.cursor.as_deref(), size + 1)
-            })
-            .await?;
-        Ok(Page::from_rows(rows, size, |e| e.id.to_string()))
+                store::events::list_for_agent(conn, &id, cursor, n)
+            },
+        )
+        .await
     }
 }

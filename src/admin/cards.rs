@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::agents::{load_agent, parse_agent_id};
-use super::{Admin, Page, PageQuery, ReasonBody, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, require, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
 use crate::domain::event::Event;
@@ -71,26 +71,16 @@ fn simulated_number(bin: &str) -> String {
 }
 
 impl Admin {
-    pub async fn issue_card(
-        &self,
-        who: &Principal,
-        agent_id: &str,
-        mut input: NewCard,
-    ) -> Result<IssuedCard> {
+    pub async fn issue_card(&self, who: &Principal, agent_id: &str, mut input: NewCard) -> Result<IssuedCard> {
         let agent_id = parse_agent_id(agent_id)?;
-        who.check(Permission::Manage, Some(&agent_id))
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::Manage, Some(&agent_id))?;
         let label = required_text("label", &input.label, 64)?;
         let currency: Currency = match &input.currency {
-            Some(code) => code
-                .parse()
-                .map_err(|e| Error::validation(format!("currency: {e}")))?,
+            Some(code) => code.parse().map_err(|e| Error::validation(format!("currency: {e}")))?,
             None => Currency::USD,
         };
         let processor: Processor = match &input.processor {
-            Some(p) => p
-                .parse()
-                .map_err(|e| Error::validation(format!("processor: {e}")))?,
+            Some(p) => p.parse().map_err(|e| Error::validation(format!("processor: {e}")))?,
             None => Processor::Simulator,
         };
         let policy = match (input.policy.take(), &input.template) {
@@ -120,19 +110,13 @@ impl Admin {
             }
             _ => {
                 let id = input.processor_card_id.as_deref().ok_or_else(|| {
-                    Error::validation(format!(
-                        "processor_card_id: required to register a {processor} card"
-                    ))
+                    Error::validation(format!("processor_card_id: required to register a {processor} card"))
                 })?;
                 let id = required_text("processor_card_id", id, 128)?;
                 let last4 = match input.last4.as_deref() {
-                    Some(l) if l.len() == 4 && l.bytes().all(|b| b.is_ascii_digit()) => {
-                        l.to_owned()
-                    }
+                    Some(l) if l.len() == 4 && l.bytes().all(|b| b.is_ascii_digit()) => l.to_owned(),
                     _ => {
-                        return Err(Error::validation(
-                            "last4: the card's last 4 digits are required",
-                        ));
+                        return Err(Error::validation("last4: the card's last 4 digits are required"));
                     }
                 };
                 (None, id, last4)
@@ -161,11 +145,7 @@ impl Admin {
         self.db
             .write(move |conn| {
                 load_agent(conn, &stored.agent_id)?;
-                if store::cards::exists_for_processor(
-                    conn,
-                    stored.processor.as_str(),
-                    &stored.processor_card_id,
-                )? {
+                if store::cards::exists_for_processor(conn, stored.processor.as_str(), &stored.processor_card_id)? {
                     return Err(Error::Conflict {
                         code: "card_exists",
                         message: format!(
@@ -183,15 +163,10 @@ impl Admin {
     }
 
     fn template_policy(&self, name: &str, currency: Currency) -> Result<Policy> {
-        let template = self
-            .catalog
-            .template(name)
-            .ok_or_else(|| Error::Unprocessable {
-                code: "unknown_template",
-                message: format!(
-                    "no policy template named {name:?} (see GET /v1/policy-templates)"
-                ),
-            })?;
+        let template = self.catalog.template(name).ok_or_else(|| Error::Unprocessable {
+            code: "unknown_template",
+            message: format!("no policy template named {name:?} (see GET /v1/policy-templates)"),
+        })?;
         let mut policy = template.policy.clone();
         if policy.currency != Some(currency) {
             return Err(Error::Unprocessable {
@@ -202,51 +177,33 @@ impl Admin {
                 ),
             });
         }
-        policy
-            .normalize(self.catalog, Some(currency))
-            .map_err(|e| Error::policy("template", e))?;
+        policy.normalize(self.catalog, Some(currency)).map_err(|e| Error::policy("template", e))?;
         Ok(policy)
     }
 
-    pub async fn list_cards(
-        &self,
-        who: &Principal,
-        agent_id: &str,
-        page: PageQuery,
-    ) -> Result<Page<Card>> {
+    pub async fn list_cards(&self, who: &Principal, agent_id: &str, page: PageQuery) -> Result<Page<Card>> {
         let agent_id = parse_agent_id(agent_id)?;
-        who.check(Permission::Read, Some(&agent_id))
-            .map_err(Error::Forbidden)?;
-        let size = page.size()?;
-        let rows = self
-            .db
-            .read(move |conn| {
+        require(who, Permission::Read, Some(&agent_id))?;
+        self.page(
+            page,
+            |c: &Card| c.id.to_string(),
+            move |conn, cursor, n| {
                 load_agent(conn, &agent_id)?;
-                store::cards::list_for_agent(conn, &agent_id, page.cursor.as_deref(), size + 1)
-            })
-            .await?;
-        Ok(Page::from_rows(rows, size, |c| c.id.to_string()))
+                store::cards::list_for_agent(conn, &agent_id, cursor, n)
+            },
+        )
+        .await
     }
 
     /// `agent_id` is given when the route names the agent; the card must then be that agent's.
-    pub async fn get_card(
-        &self,
-        who: &Principal,
-        agent_id: Option<&str>,
-        card_id: &str,
-    ) -> Result<Card> {
+    pub async fn get_card(&self, who: &Principal, agent_id: Option<&str>, card_id: &str) -> Result<Card> {
         let agent_id = agent_id.map(parse_agent_id).transpose()?;
         let card_id = parse_card_id(card_id)?;
         if let Some(agent) = &agent_id {
-            who.check(Permission::Read, Some(agent))
-                .map_err(Error::Forbidden)?;
+            require(who, Permission::Read, Some(agent))?;
         }
-        let card = self
-            .db
-            .read(move |conn| load_card(conn, agent_id.as_ref(), &card_id))
-            .await?;
-        who.check(Permission::Read, Some(&card.agent_id))
-            .map_err(Error::Forbidden)?;
+        let card = self.db.read(move |conn| load_card(conn, agent_id.as_ref(), &card_id)).await?;
+        require(who, Permission::Read, Some(&card.agent_id))?;
         Ok(card)
     }
 
@@ -261,13 +218,8 @@ impl Admin {
     ) -> Result<Card> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        let permission = if action == CardAction::Freeze {
-            Permission::Freeze
-        } else {
-            Permission::Manage
-        };
-        who.check(permission, Some(&agent_id))
-            .map_err(Error::Forbidden)?;
+        let permission = if action == CardAction::Freeze { Permission::Freeze } else { Permission::Manage };
+        require(who, permission, Some(&agent_id))?;
         let reason = body.checked()?;
         let actor = who.key_id.clone();
         let card = self
@@ -277,10 +229,7 @@ impl Admin {
                 let next = card
                     .status
                     .apply(action)
-                    .map_err(|message| Error::Conflict {
-                        code: "card_closed",
-                        message: message.to_owned(),
-                    })?;
+                    .map_err(|message| Error::Conflict { code: "card_closed", message: message.to_owned() })?;
                 if next == card.status {
                     return Ok(card);
                 }
@@ -291,8 +240,8 @@ impl Admin {
                         message: "the card changed while this request ran; retry".into(),
                     });
                 }
-                let event = Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now)
-                    .reason(Some(reason));
+                let event =
+                    Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now).reason(Some(reason));
                 store::events::insert(conn, &event)?;
                 card.status = next;
                 card.updated_at = now;
@@ -303,12 +252,7 @@ impl Admin {
         Ok(card)
     }
 
-    pub async fn get_card_policy(
-        &self,
-        who: &Principal,
-        agent_id: &str,
-        card_id: &str,
-    ) -> Result<Policy> {
+    pub async fn get_card_policy(&self, who: &Principal, agent_id: &str, card_id: &str) -> Result<Policy> {
         Ok(self.get_card(who, Some(agent_id), card_id).await?.policy)
     }
 
@@ -321,8 +265,7 @@ impl Admin {
     ) -> Result<Policy> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        who.check(Permission::Manage, Some(&agent_id))
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::Manage, Some(&agent_id))?;
         let parsed = Policy::from_json(doc).map_err(|e| Error::policy("policy", e))?;
         let catalog = self.catalog;
         let actor = who.key_id.clone();
@@ -330,22 +273,16 @@ impl Admin {
             .write(move |conn| {
                 let card = load_card(conn, Some(&agent_id), &card_id)?;
                 if card.status == CardStatus::Closed {
-                    return Err(Error::Conflict {
-                        code: "card_closed",
-                        message: "the card is closed".into(),
-                    });
+                    return Err(Error::Conflict { code: "card_closed", message: "the card is closed".into() });
                 }
                 let mut policy = parsed;
-                policy
-                    .normalize(catalog, Some(card.currency))
-                    .map_err(|e| Error::policy("policy", e))?;
+                policy.normalize(catalog, Some(card.currency)).map_err(|e| Error::policy("policy", e))?;
                 let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
                 let data = serde_json::json!({ "previous": card.policy, "policy": policy });
                 store::events::insert(
                     conn,
-                    &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now)
-                        .data(data),
+                    &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now).data(data),
                 )?;
                 Ok(policy)
             })
@@ -361,23 +298,16 @@ impl Admin {
     ) -> Result<Page<Event>> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        who.check(Permission::Read, Some(&agent_id))
-            .map_err(Error::Forbidden)?;
-        let size = page.size()?;
-        let rows = self
-            .db
-            .read(move |conn| {
+        require(who, Permission::Read, Some(&agent_id))?;
+        self.page(
+            page,
+            |e: &Event| e.id.to_string(),
+            move |conn, cursor, n| {
                 load_card(conn, Some(&agent_id), &card_id)?;
-                store::events::list_for_card(
-                    conn,
-                    &agent_id,
-                    &card_id,
-                    page.cursor.as_deref(),
-                    size + 1,
-                )
-            })
-            .await?;
-        Ok(Page::from_rows(rows, size, |e| e.id.to_string()))
+                store::events::list_for_card(conn, &agent_id, &card_id, cursor, n)
+            },
+        )
+        .await
     }
 }
 
@@ -394,9 +324,7 @@ fn expiry_month(input: &NewCard, now: jiff::Timestamp) -> Result<(u8, u16)> {
             (date.month() as u8, (date.year() + 3) as u16)
         }
         _ => {
-            return Err(Error::validation(
-                "exp_month and exp_year: give both or neither",
-            ));
+            return Err(Error::validation("exp_month and exp_year: give both or neither"));
         }
     };
     let this_year = now.to_zoned(jiff::tz::TimeZone::UTC).date().year() as u16;
@@ -404,10 +332,7 @@ fn expiry_month(input: &NewCard, now: jiff::Timestamp) -> Result<(u8, u16)> {
         return Err(Error::validation("exp_month: must be 1 to 12"));
     }
     if !(this_year..=this_year + 20).contains(&year) {
-        return Err(Error::validation(format!(
-            "exp_year: must be between {this_year} and {}",
-            this_year + 20
-        )));
+        return Err(Error::validation(format!("exp_year: must be between {this_year} and {}", this_year + 20)));
     }
     Ok((month, year))
 }

@@ -1,8 +1,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::Admin;
 use super::agents::parse_agent_id;
+use super::{Admin, require};
 use crate::domain::access::{Permission, Principal, Role};
 use crate::domain::ids::KeyId;
 use crate::domain::key::{self, ApiKey};
@@ -58,9 +58,7 @@ impl Admin {
     /// The caller a bearer secret stands for, if it is a live key.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
         let hash = key::hash_secret(secret);
-        self.db
-            .read(move |conn| store::keys::principal_by_hash(conn, &hash))
-            .await
+        self.db.read(move |conn| store::keys::principal_by_hash(conn, &hash)).await
     }
 
     /// On a database with no key: makes the first owner key from `bootstrap`, or a fresh one.
@@ -73,20 +71,12 @@ impl Admin {
                 }
                 match bootstrap {
                     Some(secret) => {
-                        insert_key(
-                            conn,
-                            &new_key(Role::Owner, Some("bootstrap".into()), None, &secret),
-                            &secret,
-                        )?;
+                        insert_key(conn, &new_key(Role::Owner, Some("bootstrap".into()), None, &secret), &secret)?;
                         Ok(FirstKey::Bootstrapped)
                     }
                     None => {
                         let secret = key::generate_secret();
-                        insert_key(
-                            conn,
-                            &new_key(Role::Owner, Some("initial".into()), None, &secret),
-                            &secret,
-                        )?;
+                        insert_key(conn, &new_key(Role::Owner, Some("initial".into()), None, &secret), &secret)?;
                         Ok(FirstKey::Created(secret))
                     }
                 }
@@ -103,40 +93,24 @@ impl Admin {
                 let info = new_key(Role::Owner, Some(name.clone()), None, &secret);
                 store::keys::revoke_named_owners(conn, &name, store::now())?;
                 insert_key(conn, &info, &secret)?;
-                Ok((
-                    Principal {
-                        key_id: info.id,
-                        role: Role::Owner,
-                        agent_id: None,
-                    },
-                    secret,
-                ))
+                Ok((Principal { key_id: info.id, role: Role::Owner, agent_id: None }, secret))
             })
             .await
     }
 
     pub async fn create_key(&self, who: &Principal, input: NewKey) -> Result<CreatedKey> {
-        who.check(Permission::ManageKeys, None)
-            .map_err(Error::Forbidden)?;
-        let name = input
-            .name
-            .as_deref()
-            .map(|n| super::required_text("name", n, 100))
-            .transpose()?;
+        require(who, Permission::ManageKeys, None)?;
+        let name = input.name.as_deref().map(|n| super::required_text("name", n, 100)).transpose()?;
         let agent_id = match (input.role, input.agent_id.as_deref()) {
-            (Role::Agent, Some(id)) => {
-                Some(parse_agent_id(id).map_err(|_| Error::Unprocessable {
-                    code: "unknown_agent",
-                    message: format!("agent {id} does not exist"),
-                })?)
-            }
+            (Role::Agent, Some(id)) => Some(parse_agent_id(id).map_err(|_| Error::Unprocessable {
+                code: "unknown_agent",
+                message: format!("agent {id} does not exist"),
+            })?),
             (Role::Agent, None) => {
                 return Err(Error::validation("agent_id: required for the agent role"));
             }
             (_, Some(_)) => {
-                return Err(Error::validation(
-                    "agent_id: only keys of the agent role name an agent",
-                ));
+                return Err(Error::validation("agent_id: only keys of the agent role name an agent"));
             }
             (_, None) => None,
         };
@@ -163,15 +137,13 @@ impl Admin {
     }
 
     pub async fn list_keys(&self, who: &Principal) -> Result<Vec<ApiKey>> {
-        who.check(Permission::ManageKeys, None)
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::ManageKeys, None)?;
         self.db.read(store::keys::list).await
     }
 
     /// Revokes a key at once. Revoking twice is a no-op; the last live owner key cannot be revoked.
     pub async fn revoke_key(&self, who: &Principal, id: &str) -> Result<ApiKey> {
-        who.check(Permission::ManageKeys, None)
-            .map_err(Error::Forbidden)?;
+        require(who, Permission::ManageKeys, None)?;
         let id = KeyId::parse(id).ok_or_else(|| Error::not_found("key", id))?;
         let key = self
             .db

@@ -9,9 +9,11 @@ pub mod keys;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::domain::access::{Permission, Principal};
 use crate::domain::catalog::Catalog;
+use crate::domain::ids::AgentId;
 use crate::error::{Error, Result};
-use crate::store::Db;
+use crate::store::{Db, DbConnection};
 
 #[derive(Clone)]
 pub struct Admin {
@@ -22,11 +24,7 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String) -> Self {
-        Admin {
-            db,
-            catalog,
-            simulator_bin,
-        }
+        Admin { db, catalog, simulator_bin }
     }
 
     pub fn catalog(&self) -> &'static Catalog {
@@ -52,9 +50,7 @@ impl PageQuery {
         match self.limit {
             None => Ok(DEFAULT_PAGE),
             Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(_) => Err(Error::validation(format!(
-                "limit must be between 1 and {MAX_PAGE}"
-            ))),
+            Some(_) => Err(Error::validation(format!("limit must be between 1 and {MAX_PAGE}"))),
         }
     }
 }
@@ -66,21 +62,26 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-impl<T> Page<T> {
-    /// `rows` was fetched with one row more than `size`, to learn whether another page exists.
-    fn from_rows(mut rows: Vec<T>, size: i64, cursor_of: impl Fn(&T) -> String) -> Page<T> {
+impl Admin {
+    /// Reads one page: `load(conn, cursor, n)` returns up to `n` rows after `cursor`, in id order.
+    /// One row more than the page is asked for, to learn whether another page exists.
+    async fn page<T, F>(&self, query: PageQuery, cursor_of: fn(&T) -> String, load: F) -> Result<Page<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DbConnection, Option<&str>, i64) -> Result<Vec<T>> + Send + 'static,
+    {
+        let size = query.size()?;
+        let mut rows = self.db.read(move |conn| load(conn, query.cursor.as_deref(), size + 1)).await?;
         let more = rows.len() as i64 > size;
         rows.truncate(size as usize);
-        let next_cursor = if more {
-            rows.last().map(cursor_of)
-        } else {
-            None
-        };
-        Page {
-            data: rows,
-            next_cursor,
-        }
+        let next_cursor = if more { rows.last().map(cursor_of) } else { None };
+        Ok(Page { data: rows, next_cursor })
     }
+}
+
+/// The caller's permission for `permission` on `agent`, as a 403 when it is missing.
+fn require(who: &Principal, permission: Permission, agent: Option<&AgentId>) -> Result<()> {
+    who.check(permission, agent).map_err(Error::Forbidden)
 }
 
 /// Why a state change was made; required so the audit trail explains itself.
@@ -94,9 +95,7 @@ impl ReasonBody {
     fn checked(self) -> Result<String> {
         let reason = self.reason.trim();
         if reason.is_empty() || reason.len() > 500 {
-            return Err(Error::validation(
-                "reason: give a reason of 1 to 500 characters",
-            ));
+            return Err(Error::validation("reason: give a reason of 1 to 500 characters"));
         }
         Ok(reason.to_owned())
     }
@@ -106,9 +105,7 @@ impl ReasonBody {
 fn required_text(field: &str, value: &str, max: usize) -> Result<String> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {
-        return Err(Error::validation(format!(
-            "{field}: must be 1 to {max} printable characters"
-        )));
+        return Err(Error::validation(format!("{field}: must be 1 to {max} printable characters")));
     }
     Ok(value.to_owned())
 }

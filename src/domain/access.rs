@@ -46,9 +46,7 @@ impl FromStr for Role {
             "manager" => Ok(Role::Manager),
             "operator" => Ok(Role::Operator),
             "agent" => Ok(Role::Agent),
-            other => Err(format!(
-                "unknown role {other:?} (owner, manager, operator, agent)"
-            )),
+            other => Err(format!("unknown role {other:?} (owner, manager, operator, agent)")),
         }
     }
 }
@@ -89,20 +87,14 @@ impl Principal {
             Role::Owner => true,
             Role::Manager => permission != Permission::ManageKeys,
             Role::Operator => matches!(permission, Permission::Read | Permission::Freeze),
-            Role::Agent => {
-                permission == Permission::Read && agent.is_some() && agent == self.agent_id.as_ref()
-            }
+            Role::Agent => permission == Permission::Read && agent.is_some() && agent == self.agent_id.as_ref(),
         };
         if allowed {
             Ok(())
         } else if self.role == Role::Agent && permission == Permission::Read {
             Err("an agent key may only read its own agent".into())
         } else {
-            Err(format!(
-                "the {} role may not {}",
-                self.role,
-                permission.describe()
-            ))
+            Err(format!("the {} role may not {}", self.role, permission.describe()))
         }
     }
 }
@@ -112,11 +104,7 @@ mod tests {
     use super::*;
 
     fn principal(role: Role, agent: Option<&AgentId>) -> Principal {
-        Principal {
-            key_id: KeyId::generate(),
-            role,
-            agent_id: agent.cloned(),
-        }
+        Principal { key_id: KeyId::generate(), role, agent_id: agent.cloned() }
     }
 
     #[test]

@@ -104,9 +104,7 @@ impl FromStr for Processor {
             "stripe" => Ok(Processor::Stripe),
             "lithic" => Ok(Processor::Lithic),
             "marqeta" => Ok(Processor::Marqeta),
-            other => Err(format!(
-                "unknown processor {other:?} (simulator, stripe, lithic, marqeta)"
-            )),
+            other => Err(format!("unknown processor {other:?} (simulator, stripe, lithic, marqeta)")),
         }
     }
 }

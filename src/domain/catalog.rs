@@ -32,11 +32,7 @@ pub struct Catalog {
 impl Catalog {
     /// Builds the catalog from its sources and checks that they agree with each other:
     /// every group names known MCCs and every template is a valid policy.
-    pub fn from_sources(
-        mcc_csv: &str,
-        groups_json: &str,
-        templates_json: &str,
-    ) -> Result<Self, String> {
+    pub fn from_sources(mcc_csv: &str, groups_json: &str, templates_json: &str) -> Result<Self, String> {
         let mut mcc = BTreeMap::new();
         let mut reader = csv::Reader::from_reader(mcc_csv.as_bytes());
         for record in reader.records() {
@@ -45,10 +41,7 @@ impl Catalog {
             if code.len() != 4 || !code.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("MCC list: bad code {code:?}"));
             }
-            mcc.insert(
-                code.to_owned(),
-                record.get(1).unwrap_or_default().to_owned(),
-            );
+            mcc.insert(code.to_owned(), record.get(1).unwrap_or_default().to_owned());
         }
         let groups: BTreeMap<String, MccGroup> =
             serde_json::from_str(groups_json).map_err(|e| format!("MCC groups: {e}"))?;
@@ -57,16 +50,8 @@ impl Catalog {
                 return Err(format!("MCC group {name} names unknown MCC {unknown}"));
             }
         }
-        let countries = iso_country::data::all()
-            .into_iter()
-            .map(|c| c.alpha2)
-            .collect();
-        let mut catalog = Catalog {
-            mcc,
-            groups,
-            countries,
-            templates: Vec::new(),
-        };
+        let countries = iso_country::data::all().into_iter().map(|c| c.alpha2).collect();
+        let mut catalog = Catalog { mcc, groups, countries, templates: Vec::new() };
         let templates: Vec<PolicyTemplate> =
             serde_json::from_str(templates_json).map_err(|e| format!("policy templates: {e}"))?;
         let mut checked = Vec::with_capacity(templates.len());

@@ -21,13 +21,7 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(
-        agent_id: &AgentId,
-        card_id: Option<&CardId>,
-        kind: &str,
-        actor: &KeyId,
-        now: jiff::Timestamp,
-    ) -> Self {
+    pub fn new(agent_id: &AgentId, card_id: Option<&CardId>, kind: &str, actor: &KeyId, now: jiff::Timestamp) -> Self {
         Event {
             id: EventId::generate(),
             agent_id: agent_id.clone(),

@@ -34,9 +34,7 @@ impl FromStr for Currency {
         match iso_currency::Currency::from_code(&upper) {
             Some(c) if c.exponent().is_some() => Ok(Currency(c)),
             Some(_) => Err(format!("{upper} has no minor unit and cannot hold money")),
-            None => Err(format!(
-                "unknown currency {s:?} (expected an ISO 4217 code such as USD)"
-            )),
+            None => Err(format!("unknown currency {s:?} (expected an ISO 4217 code such as USD)")),
         }
     }
 }
@@ -78,14 +76,7 @@ impl fmt::Display for Money {
             return write!(f, "{sign}{abs} {}", self.currency);
         }
         let scale = 10u64.pow(exp);
-        write!(
-            f,
-            "{sign}{}.{:0width$} {}",
-            abs / scale,
-            abs % scale,
-            self.currency,
-            width = exp as usize
-        )
+        write!(f, "{sign}{}.{:0width$} {}", abs / scale, abs % scale, self.currency, width = exp as usize)
     }
 }
 
@@ -98,10 +89,7 @@ mod tests {
         let eur: Currency = "eur".parse().unwrap();
         assert_eq!(eur.code(), "EUR");
         assert_eq!(serde_json::to_string(&eur).unwrap(), "\"EUR\"");
-        assert_eq!(
-            serde_json::from_str::<Currency>("\"jPy\"").unwrap().code(),
-            "JPY"
-        );
+        assert_eq!(serde_json::from_str::<Currency>("\"jPy\"").unwrap().code(), "JPY");
     }
 
     #[test]
@@ -113,27 +101,14 @@ mod tests {
 
     #[test]
     fn unknown_and_unitless_currencies_are_refused() {
-        assert!(
-            "ABC"
-                .parse::<Currency>()
-                .unwrap_err()
-                .contains("unknown currency")
-        );
-        assert!(
-            "XAU"
-                .parse::<Currency>()
-                .unwrap_err()
-                .contains("no minor unit")
-        );
+        assert!("ABC".parse::<Currency>().unwrap_err().contains("unknown currency"));
+        assert!("XAU".parse::<Currency>().unwrap_err().contains("no minor unit"));
         assert!("".parse::<Currency>().is_err());
     }
 
     #[test]
     fn money_displays_in_major_units() {
-        let m = |amount, c: &str| Money {
-            amount,
-            currency: c.parse().unwrap(),
-        };
+        let m = |amount, c: &str| Money { amount, currency: c.parse().unwrap() };
         assert_eq!(m(1250, "EUR").to_string(), "12.50 EUR");
         assert_eq!(m(5, "USD").to_string(), "0.05 USD");
         assert_eq!(m(1250, "JPY").to_string(), "1250 JPY");

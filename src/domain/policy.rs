@@ -115,14 +115,8 @@ pub enum CalendarUnit {
 /// or `"lifetime"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Window {
-    Rolling {
-        text: String,
-        seconds: i64,
-    },
-    Calendar {
-        unit: CalendarUnit,
-        timezone: String,
-    },
+    Rolling { text: String, seconds: i64 },
+    Calendar { unit: CalendarUnit, timezone: String },
     Lifetime,
 }
 
@@ -134,29 +128,22 @@ const ROLLING_MAX_SECONDS: i64 = 366 * 86_400;
 impl Window {
     fn parse_rolling(text: &str) -> Result<i64, String> {
         let text = text.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
-        let n: i64 = digits.parse().map_err(|_| {
-            format!("rolling window {text:?} must look like \"30m\", \"24h\" or \"7d\"")
-        })?;
+        let n: i64 =
+            digits.parse().map_err(|_| format!("rolling window {text:?} must look like \"30m\", \"24h\" or \"7d\""))?;
         let per = match unit {
             "s" => 1,
             "m" => 60,
             "h" => 3_600,
             "d" => 86_400,
             _ => {
-                return Err(format!(
-                    "rolling window {text:?}: the unit must be s, m, h or d"
-                ));
+                return Err(format!("rolling window {text:?}: the unit must be s, m, h or d"));
             }
         };
         let seconds = n.saturating_mul(per);
         if !(ROLLING_MIN_SECONDS..=ROLLING_MAX_SECONDS).contains(&seconds) {
-            return Err(format!(
-                "rolling window {text:?} cannot be enforced: it must be between 1m and 366d"
-            ));
+            return Err(format!("rolling window {text:?} cannot be enforced: it must be between 1m and 366d"));
         }
         Ok(seconds)
     }
@@ -178,7 +165,8 @@ impl<'de> Deserialize<'de> for Window {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
         let value = Value::deserialize(d)?;
-        let expected = r#"expected "lifetime", {"rolling": "24h"} or {"calendar": "day"|"week"|"month", "timezone": "…"}"#;
+        let expected =
+            r#"expected "lifetime", {"rolling": "24h"} or {"calendar": "day"|"week"|"month", "timezone": "…"}"#;
         match value {
             Value::String(s) if s == "lifetime" => Ok(Window::Lifetime),
             Value::Object(map) => {
@@ -186,24 +174,16 @@ impl<'de> Deserialize<'de> for Window {
                 match (map.get("rolling"), map.get("calendar")) {
                     (Some(Value::String(text)), None) if keys.len() == 1 => {
                         let seconds = Window::parse_rolling(text).map_err(D::Error::custom)?;
-                        Ok(Window::Rolling {
-                            text: text.trim().to_owned(),
-                            seconds,
-                        })
+                        Ok(Window::Rolling { text: text.trim().to_owned(), seconds })
                     }
-                    (None, Some(unit))
-                        if keys.iter().all(|k| *k == "calendar" || *k == "timezone") =>
-                    {
-                        let unit = CalendarUnit::deserialize(unit).map_err(|_| {
-                            D::Error::custom("calendar must be \"day\", \"week\" or \"month\"")
-                        })?;
+                    (None, Some(unit)) if keys.iter().all(|k| *k == "calendar" || *k == "timezone") => {
+                        let unit = CalendarUnit::deserialize(unit)
+                            .map_err(|_| D::Error::custom("calendar must be \"day\", \"week\" or \"month\""))?;
                         let timezone = match map.get("timezone") {
                             None => "UTC".to_owned(),
                             Some(Value::String(tz)) => tz.clone(),
                             Some(_) => {
-                                return Err(D::Error::custom(
-                                    "timezone must be a string such as \"UTC\"",
-                                ));
+                                return Err(D::Error::custom("timezone must be a string such as \"UTC\""));
                             }
                         };
                         Ok(Window::Calendar { unit, timezone })
@@ -308,20 +288,14 @@ fn check_groups(field: &str, names: &mut [String], catalog: &Catalog) -> Result<
     for (i, name) in names.iter_mut().enumerate() {
         *name = name.trim().to_ascii_lowercase();
         if !catalog.is_known_group(name) {
-            return fail(
-                format!("{field}[{i}]"),
-                format!("unknown MCC group {name:?}"),
-            );
+            return fail(format!("{field}[{i}]"), format!("unknown MCC group {name:?}"));
         }
     }
     Ok(())
 }
 
 /// Returns the single list an allow/block pair carries, after checking there is exactly one.
-fn one_list<'a>(
-    field: &str,
-    rule: &'a mut AllowBlock,
-) -> Result<(&'static str, &'a mut Vec<String>), PolicyError> {
+fn one_list<'a>(field: &str, rule: &'a mut AllowBlock) -> Result<(&'static str, &'a mut Vec<String>), PolicyError> {
     match (&mut rule.allow, &mut rule.block) {
         (Some(_), Some(_)) => fail(field, "give allow or block, not both"),
         (Some(list), None) => Ok(("allow", list)),
@@ -334,17 +308,10 @@ impl Policy {
     /// Checks the document against the catalog and puts it in canonical form (trimmed codes,
     /// upper-case countries, lower-case hosts, currency filled in). `currency` is the card's
     /// currency, which a card policy must use; `None` for agent policies and templates.
-    pub fn normalize(
-        &mut self,
-        catalog: &Catalog,
-        currency: Option<Currency>,
-    ) -> Result<(), PolicyError> {
+    pub fn normalize(&mut self, catalog: &Catalog, currency: Option<Currency>) -> Result<(), PolicyError> {
         match (self.currency, currency) {
             (Some(own), Some(card)) if own != card => {
-                return fail(
-                    "currency",
-                    format!("must be the card's currency {card}, not {own}"),
-                );
+                return fail("currency", format!("must be the card's currency {card}, not {own}"));
             }
             (None, expected) => self.currency = Some(expected.unwrap_or(Currency::USD)),
             _ => {}
@@ -357,10 +324,7 @@ impl Policy {
             limit.id = limit.id.trim().to_owned();
             let id_ok = !limit.id.is_empty()
                 && limit.id.len() <= 64
-                && limit
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                && limit.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !id_ok {
                 return fail(at("id"), "must be 1-64 letters, digits, '_' or '-'");
             }
@@ -377,10 +341,7 @@ impl Policy {
             if let Window::Calendar { timezone, .. } = &limit.window
                 && !is_known_timezone(timezone)
             {
-                return fail(
-                    at("window.timezone"),
-                    format!("unknown timezone {timezone:?}"),
-                );
+                return fail(at("window.timezone"), format!("unknown timezone {timezone:?}"));
             }
             check_mccs(&at("mcc"), &mut limit.mcc, catalog)?;
             check_groups(&at("mcc_groups"), &mut limit.mcc_groups, catalog)?;
@@ -407,18 +368,13 @@ impl Policy {
                 if !catalog.is_known_country(c) {
                     return fail(
                         format!("countries.{kind}[{i}]"),
-                        format!(
-                            "unknown country {c:?} (expected an ISO 3166 alpha-2 code such as US)"
-                        ),
+                        format!("unknown country {c:?} (expected an ISO 3166 alpha-2 code such as US)"),
                     );
                 }
             }
         }
         if let Some(lock) = &mut self.merchant_lock {
-            lock.ids
-                .iter_mut()
-                .chain(lock.names.iter_mut())
-                .for_each(|s| *s = s.trim().to_owned());
+            lock.ids.iter_mut().chain(lock.names.iter_mut()).for_each(|s| *s = s.trim().to_owned());
             if lock.ids.iter().chain(&lock.names).any(String::is_empty) {
                 return fail("merchant_lock", "ids and names must not be empty strings");
             }
@@ -428,10 +384,7 @@ impl Policy {
         }
         if let Some(hours) = &self.active_hours {
             if !is_known_timezone(&hours.timezone) {
-                return fail(
-                    "active_hours.timezone",
-                    format!("unknown timezone {:?}", hours.timezone),
-                );
+                return fail("active_hours.timezone", format!("unknown timezone {:?}", hours.timezone));
             }
             let from = parse_clock(&hours.from);
             let to = parse_clock(&hours.to);
@@ -450,14 +403,9 @@ impl Policy {
             for (i, host) in x402.allow_hosts.iter_mut().enumerate() {
                 *host = host.trim().to_ascii_lowercase();
                 let ok = !host.is_empty()
-                    && host
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
+                    && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
                 if !ok {
-                    return fail(
-                        format!("x402.allow_hosts[{i}]"),
-                        format!("{host:?} is not a host name"),
-                    );
+                    return fail(format!("x402.allow_hosts[{i}]"), format!("{host:?} is not a host name"));
                 }
             }
         }
@@ -472,11 +420,7 @@ impl Policy {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            if path == "." {
-                PolicyError(message)
-            } else {
-                PolicyError(format!("{path}: {message}"))
-            }
+            if path == "." { PolicyError(message) } else { PolicyError(format!("{path}: {message}")) }
         })
     }
 }
@@ -520,31 +464,13 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases = [
-            (
-                json!({"mcc": {"allow": ["9999"]}}),
-                "mcc.allow[0]: unknown MCC \"9999\"",
-            ),
-            (
-                json!({"mcc_groups": {"allow": ["poker"]}}),
-                "mcc_groups.allow[0]: unknown MCC group",
-            ),
+            (json!({"mcc": {"allow": ["9999"]}}), "mcc.allow[0]: unknown MCC \"9999\""),
+            (json!({"mcc_groups": {"allow": ["poker"]}}), "mcc_groups.allow[0]: unknown MCC group"),
             (json!({"currency": "ABC"}), "currency: unknown currency"),
-            (
-                json!({"per_transaction": 0}),
-                "per_transaction: must be a positive",
-            ),
-            (
-                json!({"per_transaction": -5}),
-                "per_transaction: must be a positive",
-            ),
-            (
-                json!({"mcc": {"allow": ["5734"], "block": ["7995"]}}),
-                "mcc: give allow or block, not both",
-            ),
-            (
-                json!({"countries": {"allow": ["XX"]}}),
-                "countries.allow[0]: unknown country",
-            ),
+            (json!({"per_transaction": 0}), "per_transaction: must be a positive"),
+            (json!({"per_transaction": -5}), "per_transaction: must be a positive"),
+            (json!({"mcc": {"allow": ["5734"], "block": ["7995"]}}), "mcc: give allow or block, not both"),
+            (json!({"countries": {"allow": ["XX"]}}), "countries.allow[0]: unknown country"),
             (
                 json!({"limits": [{"id": "a", "scope": "card", "window": {"calendar": "day", "timezone": "Mars/Base"}, "amount": 1}]}),
                 "limits[0].window.timezone: unknown timezone",
@@ -590,28 +516,16 @@ mod tests {
                 json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1, "rails": ["wire"]}]}),
                 "limits[0].rails[0]: unknown variant",
             ),
-            (
-                json!({"active_hours": {"from": "25:00", "to": "09:00"}}),
-                "active_hours.from: must be HH:MM",
-            ),
+            (json!({"active_hours": {"from": "25:00", "to": "09:00"}}), "active_hours.from: must be HH:MM"),
             (json!({"x402": {"per_call": 0}}), "x402.per_call"),
             (json!({"approval": {"above": -1}}), "approval.above"),
-            (
-                json!({"merchant_lock": {}}),
-                "merchant_lock: give at least one",
-            ),
+            (json!({"merchant_lock": {}}), "merchant_lock: give at least one"),
             (json!({"surprise": 1}), "unknown field `surprise`"),
-            (
-                json!({"per_transaction": 1.5}),
-                "per_transaction: invalid type",
-            ),
+            (json!({"per_transaction": 1.5}), "per_transaction: invalid type"),
         ];
         for (doc, expected) in cases {
             let err = check(doc.clone()).expect_err(&format!("{doc} should be refused"));
-            assert!(
-                err.contains(expected),
-                "{doc}: got {err:?}, expected it to contain {expected:?}"
-            );
+            assert!(err.contains(expected), "{doc}: got {err:?}, expected it to contain {expected:?}");
         }
     }
 
@@ -623,11 +537,7 @@ mod tests {
         assert_eq!(policy.currency, Some(eur));
         let mut usd = Policy::from_json(json!({"currency": "USD"})).unwrap();
         let err = usd.normalize(&catalog(), Some(eur)).unwrap_err();
-        assert!(
-            err.0
-                .starts_with("currency: must be the card's currency EUR"),
-            "{err}"
-        );
+        assert!(err.0.starts_with("currency: must be the card's currency EUR"), "{err}");
     }
 
     #[test]

@@ -36,11 +36,7 @@ pub async fn list_agents(
 #[utoipa::path(tag = "agents", security(("bearer" = [])),
     responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
 #[get("/v1/agents/{agent_id}")]
-pub async fn get_agent(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> Result<HttpResponse> {
+pub async fn get_agent(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(state.admin.get_agent(&who, &path).await?))
 }
 
@@ -54,10 +50,7 @@ pub async fn freeze_agent(
     path: web::Path<String>,
     body: web::Json<ReasonBody>,
 ) -> Result<HttpResponse> {
-    let agent = state
-        .admin
-        .agent_action(&who, &path, AgentAction::Freeze, body.into_inner())
-        .await?;
+    let agent = state.admin.agent_action(&who, &path, AgentAction::Freeze, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(agent))
 }
 
@@ -70,10 +63,7 @@ pub async fn unfreeze_agent(
     path: web::Path<String>,
     body: web::Json<ReasonBody>,
 ) -> Result<HttpResponse> {
-    let agent = state
-        .admin
-        .agent_action(&who, &path, AgentAction::Unfreeze, body.into_inner())
-        .await?;
+    let agent = state.admin.agent_action(&who, &path, AgentAction::Unfreeze, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(agent))
 }
 
@@ -97,12 +87,7 @@ pub async fn put_agent_policy(
     path: web::Path<String>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .set_agent_policy(&who, &path, body.into_inner())
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.set_agent_policy(&who, &path, body.into_inner()).await?))
 }
 
 /// Everything that happened to the agent and its cards, oldest first.
@@ -114,10 +99,5 @@ pub async fn agent_events(
     path: web::Path<String>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .agent_events(&who, &path, page.into_inner())
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.agent_events(&who, &path, page.into_inner()).await?))
 }

@@ -21,13 +21,8 @@ pub async fn issue_card(
     path: web::Path<String>,
     body: web::Json<NewCard>,
 ) -> Result<HttpResponse> {
-    let issued = state
-        .admin
-        .issue_card(&who, &path, body.into_inner())
-        .await?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(issued))
+    let issued = state.admin.issue_card(&who, &path, body.into_inner()).await?;
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(issued))
 }
 
 #[utoipa::path(tag = "cards", params(PageQuery), security(("bearer" = [])), responses((status = 200, body = Page<Card>)))]
@@ -38,12 +33,7 @@ pub async fn list_cards(
     path: web::Path<String>,
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse> {
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .list_cards(&who, &path, page.into_inner())
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.list_cards(&who, &path, page.into_inner()).await?))
 }
 
 #[utoipa::path(tag = "cards", security(("bearer" = [])), responses((status = 200, body = Card), (status = 404, body = ErrorBody)))]
@@ -54,21 +44,12 @@ pub async fn get_agent_card(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (agent_id, card_id) = path.into_inner();
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .get_card(&who, Some(&agent_id), &card_id)
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.get_card(&who, Some(&agent_id), &card_id).await?))
 }
 
 #[utoipa::path(tag = "cards", security(("bearer" = [])), responses((status = 200, body = Card), (status = 404, body = ErrorBody)))]
 #[get("/v1/cards/{card_id}")]
-pub async fn get_card(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> Result<HttpResponse> {
+pub async fn get_card(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(state.admin.get_card(&who, None, &path).await?))
 }
 
@@ -80,10 +61,7 @@ async fn act(
     action: CardAction,
 ) -> Result<HttpResponse> {
     let (agent_id, card_id) = path.into_inner();
-    let card = state
-        .admin
-        .card_action(&who, &agent_id, &card_id, action, body.into_inner())
-        .await?;
+    let card = state.admin.card_action(&who, &agent_id, &card_id, action, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(card))
 }
 
@@ -133,12 +111,7 @@ pub async fn get_card_policy(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse> {
     let (agent_id, card_id) = path.into_inner();
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .get_card_policy(&who, &agent_id, &card_id)
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.get_card_policy(&who, &agent_id, &card_id).await?))
 }
 
 /// Replaces the card's policy; its `currency` must be the card's.
@@ -152,10 +125,7 @@ pub async fn put_card_policy(
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse> {
     let (agent_id, card_id) = path.into_inner();
-    let policy = state
-        .admin
-        .set_card_policy(&who, &agent_id, &card_id, body.into_inner())
-        .await?;
+    let policy = state.admin.set_card_policy(&who, &agent_id, &card_id, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(policy))
 }
 
@@ -169,10 +139,5 @@ pub async fn card_events(
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse> {
     let (agent_id, card_id) = path.into_inner();
-    Ok(HttpResponse::Ok().json(
-        state
-            .admin
-            .card_events(&who, &agent_id, &card_id, page.into_inner())
-            .await?,
-    ))
+    Ok(HttpResponse::Ok().json(state.admin.card_events(&who, &agent_id, &card_id, page.into_inner()).await?))
 }

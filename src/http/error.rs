@@ -45,17 +45,10 @@ impl ResponseError for Error {
             Error::StorageUnavailable(detail) => tracing::warn!(%detail, "storage unavailable"),
             _ => {}
         }
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_owned(),
-                message: self.to_string(),
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } };
         let mut response = HttpResponse::build(self.status_code()).json(body);
         if matches!(self, Error::Unauthenticated) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }
@@ -68,16 +61,10 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
     let error = match err {
         JsonPayloadError::Overflow { .. }
         | JsonPayloadError::OverflowKnownLength { .. }
-        | JsonPayloadError::Payload(PayloadError::Overflow) => {
-            Error::PayloadTooLarge(MAX_BODY_BYTES)
-        }
-        JsonPayloadError::ContentType => {
-            Error::UnsupportedMediaType("Content-Type must be application/json".into())
-        }
+        | JsonPayloadError::Payload(PayloadError::Overflow) => Error::PayloadTooLarge(MAX_BODY_BYTES),
+        JsonPayloadError::ContentType => Error::UnsupportedMediaType("Content-Type must be application/json".into()),
         JsonPayloadError::Deserialize(e) if e.is_data() => Error::Validation(e.to_string()),
-        JsonPayloadError::Deserialize(e) => {
-            Error::InvalidJson(format!("body is not valid JSON: {e}"))
-        }
+        JsonPayloadError::Deserialize(e) => Error::InvalidJson(format!("body is not valid JSON: {e}")),
         other => Error::InvalidJson(format!("could not read the body: {other}")),
     };
     error.into()

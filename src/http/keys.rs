@@ -12,35 +12,22 @@ use crate::error::Result;
 #[utoipa::path(tag = "keys", request_body = NewKey, security(("bearer" = [])),
     responses((status = 201, body = CreatedKey), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
 #[post("/v1/keys")]
-pub async fn create_key(
-    state: web::Data<AppState>,
-    who: Principal,
-    body: web::Json<NewKey>,
-) -> Result<HttpResponse> {
+pub async fn create_key(state: web::Data<AppState>, who: Principal, body: web::Json<NewKey>) -> Result<HttpResponse> {
     let created = state.admin.create_key(&who, body.into_inner()).await?;
-    Ok(HttpResponse::Created()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(created))
+    Ok(HttpResponse::Created().insert_header(("Cache-Control", "no-store")).json(created))
 }
 
 #[utoipa::path(tag = "keys", security(("bearer" = [])), responses((status = 200, body = Page<ApiKey>)))]
 #[get("/v1/keys")]
 pub async fn list_keys(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse> {
     let data = state.admin.list_keys(&who).await?;
-    Ok(HttpResponse::Ok().json(Page {
-        data,
-        next_cursor: None,
-    }))
+    Ok(HttpResponse::Ok().json(Page { data, next_cursor: None }))
 }
 
 /// Revokes a key; requests with it fail at once. The last owner key cannot be revoked (409).
 #[utoipa::path(tag = "keys", security(("bearer" = [])),
     responses((status = 200, body = ApiKey), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[delete("/v1/keys/{key_id}")]
-pub async fn revoke_key(
-    state: web::Data<AppState>,
-    who: Principal,
-    path: web::Path<String>,
-) -> Result<HttpResponse> {
+pub async fn revoke_key(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(state.admin.revoke_key(&who, &path).await?))
 }

@@ -29,55 +29,43 @@ pub struct AppState {
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(
-        web::JsonConfig::default()
-            .limit(error::MAX_BODY_BYTES)
-            .error_handler(error::json_error),
-    )
-    .app_data(web::QueryConfig::default().error_handler(error::query_error))
-    .service(system::healthz)
-    .service(system::readyz)
-    .service(system::metrics)
-    .service(system::openapi)
-    .service(system::policy_templates)
-    .service(agents::create_agent)
-    .service(agents::list_agents)
-    .service(agents::get_agent)
-    .service(agents::freeze_agent)
-    .service(agents::unfreeze_agent)
-    .service(agents::get_agent_policy)
-    .service(agents::put_agent_policy)
-    .service(agents::agent_events)
-    .service(cards::issue_card)
-    .service(cards::list_cards)
-    .service(cards::get_agent_card)
-    .service(cards::get_card)
-    .service(cards::freeze_card)
-    .service(cards::unfreeze_card)
-    .service(cards::close_card)
-    .service(cards::get_card_policy)
-    .service(cards::put_card_policy)
-    .service(cards::card_events)
-    .service(keys::create_key)
-    .service(keys::list_keys)
-    .service(keys::revoke_key)
-    .default_service(web::to(no_route));
+    cfg.app_data(web::JsonConfig::default().limit(error::MAX_BODY_BYTES).error_handler(error::json_error))
+        .app_data(web::QueryConfig::default().error_handler(error::query_error))
+        .service(system::healthz)
+        .service(system::readyz)
+        .service(system::metrics)
+        .service(system::openapi)
+        .service(system::policy_templates)
+        .service(agents::create_agent)
+        .service(agents::list_agents)
+        .service(agents::get_agent)
+        .service(agents::freeze_agent)
+        .service(agents::unfreeze_agent)
+        .service(agents::get_agent_policy)
+        .service(agents::put_agent_policy)
+        .service(agents::agent_events)
+        .service(cards::issue_card)
+        .service(cards::list_cards)
+        .service(cards::get_agent_card)
+        .service(cards::get_card)
+        .service(cards::freeze_card)
+        .service(cards::unfreeze_card)
+        .service(cards::close_card)
+        .service(cards::get_card_policy)
+        .service(cards::put_card_policy)
+        .service(cards::card_events)
+        .service(keys::create_key)
+        .service(keys::list_keys)
+        .service(keys::revoke_key)
+        .default_service(web::to(no_route));
 }
 
 /// A path we serve with another method is 405; anything else is 404.
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, Error> {
     if req.match_pattern().is_some() {
-        return Err(Error::MethodNotAllowed(format!(
-            "{} is not allowed on {}",
-            req.method(),
-            req.path()
-        )));
+        return Err(Error::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())));
     }
-    Err(Error::NotFound(format!(
-        "no route for {} {}",
-        req.method(),
-        req.path()
-    )))
+    Err(Error::NotFound(format!("no route for {} {}", req.method(), req.path())))
 }
 
 /// Counts and times every request by route pattern (never by raw path, which holds ids).
@@ -88,10 +76,7 @@ pub async fn observe(
     let start = Instant::now();
     let method = req.method().to_string();
     let response = next.call(req).await?;
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
     metrics::counter!("spendgate_http_requests_total", "method" => method.clone(), "route" => route.clone(),

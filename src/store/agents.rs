@@ -22,10 +22,8 @@ struct AgentRow {
 impl AgentRow {
     fn into_domain(self) -> Result<Agent> {
         Ok(Agent {
-            status: AgentStatus::parse(&self.status)
-                .ok_or_else(|| corrupt("agent status", &self.status))?,
-            policy: serde_json::from_str::<Policy>(&self.policy)
-                .map_err(|_| corrupt("agent policy", &self.id))?,
+            status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
+            policy: serde_json::from_str::<Policy>(&self.policy).map_err(|_| corrupt("agent policy", &self.id))?,
             id: AgentId::from_stored(self.id),
             name: self.name,
             department: self.department,
@@ -49,9 +47,7 @@ pub fn insert(conn: &mut DbConnection, agent: &Agent) -> Result<()> {
         created_at: to_millis(agent.created_at),
         updated_at: to_millis(agent.updated_at),
     };
-    diesel::insert_into(agents::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(agents::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -67,51 +63,27 @@ pub fn find(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Agent>> {
 
 /// Agents in creation order, after `cursor` (an agent id), at most `limit`.
 pub fn list(conn: &mut DbConnection, cursor: Option<&str>, limit: i64) -> Result<Vec<Agent>> {
-    let mut query = agents::table
-        .select(AgentRow::as_select())
-        .order(agents::id)
-        .limit(limit)
-        .into_boxed();
+    let mut query = agents::table.select(AgentRow::as_select()).order(agents::id).limit(limit).into_boxed();
     if let Some(cursor) = cursor {
         query = query.filter(agents::id.gt(cursor.to_owned()));
     }
-    query
-        .load(conn)?
-        .into_iter()
-        .map(AgentRow::into_domain)
-        .collect()
+    query.load(conn)?.into_iter().map(AgentRow::into_domain).collect()
 }
 
 pub fn count(conn: &mut DbConnection) -> Result<i64> {
     Ok(agents::table.count().get_result(conn)?)
 }
 
-pub fn update_status(
-    conn: &mut DbConnection,
-    id: &AgentId,
-    status: AgentStatus,
-    now: jiff::Timestamp,
-) -> Result<()> {
+pub fn update_status(conn: &mut DbConnection, id: &AgentId, status: AgentStatus, now: jiff::Timestamp) -> Result<()> {
     diesel::update(agents::table.find(id.as_str()))
-        .set((
-            agents::status.eq(status.as_str()),
-            agents::updated_at.eq(to_millis(now)),
-        ))
+        .set((agents::status.eq(status.as_str()), agents::updated_at.eq(to_millis(now))))
         .execute(conn)?;
     Ok(())
 }
 
-pub fn update_policy(
-    conn: &mut DbConnection,
-    id: &AgentId,
-    policy: &Policy,
-    now: jiff::Timestamp,
-) -> Result<()> {
+pub fn update_policy(conn: &mut DbConnection, id: &AgentId, policy: &Policy, now: jiff::Timestamp) -> Result<()> {
     diesel::update(agents::table.find(id.as_str()))
-        .set((
-            agents::policy.eq(policy_json(policy)),
-            agents::updated_at.eq(to_millis(now)),
-        ))
+        .set((agents::policy.eq(policy_json(policy)), agents::updated_at.eq(to_millis(now))))
         .execute(conn)?;
     Ok(())
 }

@@ -31,18 +31,10 @@ struct CardRow {
 impl CardRow {
     fn into_domain(self) -> Result<Card> {
         Ok(Card {
-            currency: self
-                .currency
-                .parse()
-                .map_err(|_| corrupt("card currency", &self.currency))?,
-            status: CardStatus::parse(&self.status)
-                .ok_or_else(|| corrupt("card status", &self.status))?,
-            processor: self
-                .processor
-                .parse()
-                .map_err(|_| corrupt("card processor", &self.processor))?,
-            policy: serde_json::from_str::<Policy>(&self.policy)
-                .map_err(|_| corrupt("card policy", &self.id))?,
+            currency: self.currency.parse().map_err(|_| corrupt("card currency", &self.currency))?,
+            status: CardStatus::parse(&self.status).ok_or_else(|| corrupt("card status", &self.status))?,
+            processor: self.processor.parse().map_err(|_| corrupt("card processor", &self.processor))?,
+            policy: serde_json::from_str::<Policy>(&self.policy).map_err(|_| corrupt("card policy", &self.id))?,
             exp_month: u8::try_from(self.exp_month).map_err(|_| corrupt("exp_month", &self.id))?,
             exp_year: u16::try_from(self.exp_year).map_err(|_| corrupt("exp_year", &self.id))?,
             expires_at: self.expires_at.map(from_millis).transpose()?,
@@ -76,9 +68,7 @@ pub fn insert(conn: &mut DbConnection, card: &Card) -> Result<()> {
         created_at: to_millis(card.created_at),
         updated_at: to_millis(card.updated_at),
     };
-    diesel::insert_into(cards::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(cards::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -92,11 +82,7 @@ pub fn find(conn: &mut DbConnection, id: &CardId) -> Result<Option<Card>> {
         .transpose()
 }
 
-pub fn exists_for_processor(
-    conn: &mut DbConnection,
-    processor: &str,
-    processor_card_id: &str,
-) -> Result<bool> {
+pub fn exists_for_processor(conn: &mut DbConnection, processor: &str, processor_card_id: &str) -> Result<bool> {
     let found: i64 = cards::table
         .filter(cards::processor.eq(processor))
         .filter(cards::processor_card_id.eq(processor_card_id))
@@ -106,12 +92,7 @@ pub fn exists_for_processor(
 }
 
 /// An agent's cards in creation order, after `cursor` (a card id), at most `limit`.
-pub fn list_for_agent(
-    conn: &mut DbConnection,
-    agent: &AgentId,
-    cursor: Option<&str>,
-    limit: i64,
-) -> Result<Vec<Card>> {
+pub fn list_for_agent(conn: &mut DbConnection, agent: &AgentId, cursor: Option<&str>, limit: i64) -> Result<Vec<Card>> {
     let mut query = cards::table
         .filter(cards::agent_id.eq(agent.as_str().to_owned()))
         .select(CardRow::as_select())
@@ -121,11 +102,7 @@ pub fn list_for_agent(
     if let Some(cursor) = cursor {
         query = query.filter(cards::id.gt(cursor.to_owned()));
     }
-    query
-        .load(conn)?
-        .into_iter()
-        .map(CardRow::into_domain)
-        .collect()
+    query.load(conn)?.into_iter().map(CardRow::into_domain).collect()
 }
 
 /// Moves the card from `from` to `to`; false if its status was no longer `from` (a concurrent change).
@@ -136,30 +113,15 @@ pub fn update_status(
     to: CardStatus,
     now: jiff::Timestamp,
 ) -> Result<bool> {
-    let changed = diesel::update(
-        cards::table
-            .find(id.as_str())
-            .filter(cards::status.eq(from.as_str())),
-    )
-    .set((
-        cards::status.eq(to.as_str()),
-        cards::updated_at.eq(to_millis(now)),
-    ))
-    .execute(conn)?;
+    let changed = diesel::update(cards::table.find(id.as_str()).filter(cards::status.eq(from.as_str())))
+        .set((cards::status.eq(to.as_str()), cards::updated_at.eq(to_millis(now))))
+        .execute(conn)?;
     Ok(changed == 1)
 }
 
-pub fn update_policy(
-    conn: &mut DbConnection,
-    id: &CardId,
-    policy: &Policy,
-    now: jiff::Timestamp,
-) -> Result<()> {
+pub fn update_policy(conn: &mut DbConnection, id: &CardId, policy: &Policy, now: jiff::Timestamp) -> Result<()> {
     diesel::update(cards::table.find(id.as_str()))
-        .set((
-            cards::policy.eq(policy_json(policy)),
-            cards::updated_at.eq(to_millis(now)),
-        ))
+        .set((cards::policy.eq(policy_json(policy)), cards::updated_at.eq(to_millis(now))))
         .execute(conn)?;
     Ok(())
 }

@@ -45,9 +45,7 @@ pub fn insert(conn: &mut DbConnection, event: &Event) -> Result<()> {
         data: event.data.as_ref().map(ToString::to_string),
         created_at: to_millis(event.created_at),
     };
-    diesel::insert_into(events::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(events::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -65,10 +63,8 @@ pub fn list_for_card(
         .filter(events::kind.eq("issued"))
         .select(events::id)
         .first(conn)?;
-    let agent_wide = events::card_id
-        .is_null()
-        .and(events::agent_id.eq(agent.as_str().to_owned()))
-        .and(events::id.gt(issued));
+    let agent_wide =
+        events::card_id.is_null().and(events::agent_id.eq(agent.as_str().to_owned())).and(events::id.gt(issued));
     let mut query = events::table
         .filter(events::card_id.eq(card.as_str().to_owned()).or(agent_wide))
         .select(EventRow::as_select())
@@ -78,11 +74,7 @@ pub fn list_for_card(
     if let Some(cursor) = cursor {
         query = query.filter(events::id.gt(cursor.to_owned()));
     }
-    query
-        .load(conn)?
-        .into_iter()
-        .map(EventRow::into_domain)
-        .collect()
+    query.load(conn)?.into_iter().map(EventRow::into_domain).collect()
 }
 
 /// Every event of an agent and its cards, oldest first.
@@ -101,9 +93,5 @@ pub fn list_for_agent(
     if let Some(cursor) = cursor {
         query = query.filter(events::id.gt(cursor.to_owned()));
     }
-    query
-        .load(conn)?
-        .into_iter()
-        .map(EventRow::into_domain)
-        .collect()
+    query.load(conn)?.into_iter().map(EventRow::into_domain).collect()
 }

@@ -24,10 +24,7 @@ struct KeyRow {
 impl KeyRow {
     fn into_domain(self) -> Result<ApiKey> {
         Ok(ApiKey {
-            role: self
-                .role
-                .parse::<Role>()
-                .map_err(|_| corrupt("key role", &self.role))?,
+            role: self.role.parse::<Role>().map_err(|_| corrupt("key role", &self.role))?,
             id: KeyId::from_stored(self.id),
             name: self.name,
             agent_id: self.agent_id.map(AgentId::from_stored),
@@ -51,9 +48,7 @@ pub fn insert(conn: &mut DbConnection, key: &ApiKey, key_hash: &str) -> Result<(
         created_at: to_millis(key.created_at),
         revoked_at: None,
     };
-    diesel::insert_into(api_keys::table)
-        .values(&row)
-        .execute(conn)?;
+    diesel::insert_into(api_keys::table).values(&row).execute(conn)?;
     Ok(())
 }
 
@@ -115,11 +110,7 @@ pub fn revoke(conn: &mut DbConnection, id: &KeyId, now: jiff::Timestamp) -> Resu
 }
 
 /// Revokes live owner keys with this name (used by `serve --demo` to replace its own key).
-pub fn revoke_named_owners(
-    conn: &mut DbConnection,
-    name: &str,
-    now: jiff::Timestamp,
-) -> Result<usize> {
+pub fn revoke_named_owners(conn: &mut DbConnection, name: &str, now: jiff::Timestamp) -> Result<usize> {
     Ok(diesel::update(
         api_keys::table
             .filter(api_keys::name.eq(name))

@@ -43,9 +43,7 @@ impl Target {
     fn parse(url: &str) -> Result<Target> {
         if let Some(path) = url.strip_prefix("sqlite://") {
             if path.is_empty() {
-                return Err(Error::validation(
-                    "database URL sqlite:// needs a file path",
-                ));
+                return Err(Error::validation("database URL sqlite:// needs a file path"));
             }
             Ok(Target::Sqlite(path.to_owned()))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -68,26 +66,25 @@ impl ManageConnection for Manager {
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
         match &self.0 {
             Target::Sqlite(path) => {
-                let mut conn =
-                    SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // Per connection: wait for the writer instead of failing, WAL so readers never block it,
-                // NORMAL sync (durable at each WAL checkpoint; WAL commits survive a process kill).
+                // and FULL sync: a commit is on disk before it is acknowledged, even across a power
+                // loss (NORMAL would survive only a process crash).
                 conn.batch_execute(
                     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
             }
-            Target::Postgres(url) => PgConnection::establish(url)
-                .map(DbConnection::Postgresql)
-                .map_err(r2d2::Error::ConnectionError),
+            Target::Postgres(url) => {
+                PgConnection::establish(url).map(DbConnection::Postgresql).map_err(r2d2::Error::ConnectionError)
+            }
         }
     }
 
     fn is_valid(&self, conn: &mut DbConnection) -> Result<(), r2d2::Error> {
-        conn.batch_execute("SELECT 1")
-            .map_err(r2d2::Error::QueryError)
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
     fn has_broken(&self, _conn: &mut DbConnection) -> bool {
@@ -121,29 +118,17 @@ impl Db {
         };
         match &target {
             Target::Sqlite(path) => {
-                if let Some(dir) = Path::new(path)
-                    .parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display()))
-                    })?;
+                if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
                 let writer = build(1, target.clone())?;
                 let reader = build(pool_size.max(1), target)?;
-                Ok(Db {
-                    backend: Backend::Sqlite,
-                    reader,
-                    writer,
-                })
+                Ok(Db { backend: Backend::Sqlite, reader, writer })
             }
             Target::Postgres(_) => {
                 let pool = build(pool_size.max(2), target)?;
-                Ok(Db {
-                    backend: Backend::Postgres,
-                    reader: pool.clone(),
-                    writer: pool,
-                })
+                Ok(Db { backend: Backend::Postgres, reader: pool.clone(), writer: pool })
             }
         }
     }
@@ -185,8 +170,7 @@ impl Db {
         F: FnOnce(&mut DbConnection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.run(self.writer.clone(), |conn| conn.transaction(f))
-            .await
+        self.run(self.writer.clone(), |conn| conn.transaction(f)).await
     }
 
     async fn run<T, F>(&self, pool: DbPool, f: F) -> Result<T>
@@ -204,8 +188,7 @@ impl Db {
 
     /// Whether the database answers a trivial query now (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
-        self.read(|conn| conn.batch_execute("SELECT 1").map_err(Error::from))
-            .await
+        self.read(|conn| conn.batch_execute("SELECT 1").map_err(Error::from)).await
     }
 }
 
@@ -225,8 +208,7 @@ pub(crate) fn to_millis(t: jiff::Timestamp) -> i64 {
 }
 
 pub(crate) fn from_millis(ms: i64) -> Result<jiff::Timestamp> {
-    jiff::Timestamp::from_millisecond(ms)
-        .map_err(|e| Error::Internal(format!("stored time {ms}: {e}")))
+    jiff::Timestamp::from_millisecond(ms).map_err(|e| Error::Internal(format!("stored time {ms}: {e}")))
 }
 
 /// For stored values that must parse; a failure means the row was written by something else.

@@ -42,9 +42,7 @@ pub fn postgres_url() -> Option<String> {
     match std::env::var("SPENDGATE_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var_os("CI").is_some() => {
-            panic!(
-                "CI is set but SPENDGATE_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI"
-            )
+            panic!("CI is set but SPENDGATE_TEST_DATABASE_URL is not: the PostgreSQL tests must run in CI")
         }
         _ => {
             eprintln!("SPENDGATE_TEST_DATABASE_URL is not set: skipping the PostgreSQL variant");
@@ -58,10 +56,7 @@ fn fresh_storage(backend: Backend) -> (String, Storage) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            let url = format!(
-                "sqlite://{}",
-                dir.path().join("nested/dir/spendgate.db").display()
-            );
+            let url = format!("sqlite://{}", dir.path().join("nested/dir/spendgate.db").display());
             (url, Storage::Sqlite(dir))
         }
         Backend::Postgres => {
@@ -69,8 +64,7 @@ fn fresh_storage(backend: Backend) -> (String, Storage) {
             let schema = format!("sg_test_{}", hex::encode(rand::random::<[u8; 8]>()));
             let mut conn = PgConnection::establish(&admin_url)
                 .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
-            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
-                .expect("create schema");
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}")).expect("create schema");
             let sep = if admin_url.contains('?') { '&' } else { '?' };
             let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
             (url, Storage::Postgres { admin_url, schema })
@@ -92,18 +86,10 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
 pub async fn spawn(backend: Backend) -> TestApp {
     let (database_url, storage) = fresh_storage(backend);
     let owner_key = format!("sgk_{}", hex::encode(rand::random::<[u8; 32]>()));
-    let started = spendgate::start(&test_config(&database_url, &owner_key))
-        .await
-        .expect("server starts");
+    let started = spendgate::start(&test_config(&database_url, &owner_key)).await.expect("server starts");
     let base = format!("http://{}", started.addr);
     actix_web::rt::spawn(started.server);
-    TestApp {
-        base,
-        owner_key,
-        database_url,
-        http: reqwest::Client::new(),
-        storage,
-    }
+    TestApp { base, owner_key, database_url, http: reqwest::Client::new(), storage }
 }
 
 impl TestApp {
@@ -129,24 +115,19 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.call(Method::GET, path, Some(&self.owner_key), None)
-            .await
+        self.call(Method::GET, path, Some(&self.owner_key), None).await
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(&self.owner_key), Some(body))
-            .await
+        self.call(Method::POST, path, Some(&self.owner_key), Some(body)).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::PUT, path, Some(&self.owner_key), Some(body))
-            .await
+        self.call(Method::PUT, path, Some(&self.owner_key), Some(body)).await
     }
 
     pub async fn create_agent(&self, name: &str) -> String {
-        let (status, agent) = self
-            .post("/v1/agents", serde_json::json!({ "name": name }))
-            .await;
+        let (status, agent) = self.post("/v1/agents", serde_json::json!({ "name": name })).await;
         assert_eq!(status, StatusCode::CREATED, "{agent}");
         agent["id"].as_str().expect("agent id").to_owned()
     }
@@ -158,12 +139,7 @@ impl TestApp {
     }
 
     pub async fn create_key(&self, role: &str, agent: Option<&str>) -> String {
-        let (status, key) = self
-            .post(
-                "/v1/keys",
-                serde_json::json!({ "role": role, "agent_id": agent }),
-            )
-            .await;
+        let (status, key) = self.post("/v1/keys", serde_json::json!({ "role": role, "agent_id": agent })).await;
         assert_eq!(status, StatusCode::CREATED, "{key}");
         key["key"].as_str().expect("secret").to_owned()
     }
@@ -189,11 +165,10 @@ impl TestApp {
                 let mut conn = PgConnection::establish(&self.database_url).expect("connect");
                 let mut out = String::new();
                 for table in ["agents", "cards", "events", "api_keys"] {
-                    let rows: Vec<Row> = diesel::sql_query(format!(
-                        "SELECT row_to_json(t)::text AS row FROM {table} t"
-                    ))
-                    .load(&mut conn)
-                    .expect("dump");
+                    let rows: Vec<Row> =
+                        diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
+                            .load(&mut conn)
+                            .expect("dump");
                     rows.into_iter().for_each(|r| out.push_str(&r.row));
                 }
                 out
