@@ -74,6 +74,11 @@ impl From<diesel::result::Error> for Error {
         use diesel::result::{DatabaseErrorKind as Kind, Error as D};
         match e {
             D::NotFound => Error::NotFound("not found".into()),
+            // Two writers raced for the same unique value; the loser is told, not failed.
+            D::DatabaseError(Kind::UniqueViolation, _) => Error::Conflict {
+                code: "already_exists",
+                message: "a record with the same unique value already exists".into(),
+            },
             D::DatabaseError(Kind::ClosedConnection | Kind::SerializationFailure, info) => {
                 Error::StorageUnavailable(info.message().to_owned())
             }

@@ -20,6 +20,7 @@ on_both_backends!(
     bad_input_gets_a_clear_4xx_and_writes_nothing,
     concurrent_status_changes_never_reopen_a_closed_card,
     concurrent_issues_all_land,
+    concurrent_registrations_of_one_processor_card_make_one_card,
 );
 
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
@@ -513,6 +514,24 @@ async fn concurrent_issues_all_land(app: TestApp) {
     assert_eq!(ids.len(), 25);
     let (_, list) = app.get(&format!("{path}?limit=500")).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 25);
+}
+
+async fn concurrent_registrations_of_one_processor_card_make_one_card(app: TestApp) {
+    let agent = app.create_agent("coder").await;
+    let path = format!("/v1/agents/{agent}/cards");
+    let body = json!({"label": "openai", "processor": "lithic", "processor_card_id": "tok_same", "last4": "1234"});
+    let requests = (0..12).map(|_| {
+        let (app, path, body) = (&app, path.clone(), body.clone());
+        async move { app.post(&path, body).await }
+    });
+    let results = futures_join_all(requests).await;
+    let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "{results:?}");
+    for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
+        assert_eq!(*status, StatusCode::CONFLICT, "a lost race is a 409, never a 5xx: {body}");
+    }
+    let (_, list) = app.get(&path).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
 }
 
 /// Runs the futures concurrently on this task and returns their outputs in order.

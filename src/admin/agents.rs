@@ -6,6 +6,7 @@ use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::event::Event;
 use crate::domain::ids::AgentId;
+use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::store::{self, DbConnection};
@@ -40,7 +41,7 @@ impl Admin {
         &self,
         field: &str,
         doc: serde_json::Value,
-        currency: Option<crate::domain::money::Currency>,
+        currency: Option<Currency>,
     ) -> Result<Policy> {
         let mut policy = Policy::from_json(doc).map_err(|e| Error::policy(field, e))?;
         policy.normalize(self.catalog, currency).map_err(|e| Error::policy(field, e))?;

@@ -4,9 +4,10 @@ use utoipa::OpenApi;
 use super::AppState;
 use super::error::ErrorBody;
 use super::openapi::ApiDoc;
-use crate::domain::access::{Permission, Principal};
+use crate::admin::Page;
+use crate::domain::access::Principal;
 use crate::domain::catalog::PolicyTemplate;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Liveness: the process answers.
 #[utoipa::path(tag = "system", responses((status = 200, description = "alive")))]
@@ -36,12 +37,8 @@ pub async fn openapi() -> HttpResponse {
 }
 
 /// The policy templates a card can be issued with (`template`).
-#[utoipa::path(tag = "policies", security(("bearer" = [])), responses((status = 200, body = Vec<PolicyTemplate>)))]
+#[utoipa::path(tag = "policies", security(("bearer" = [])), responses((status = 200, body = Page<PolicyTemplate>)))]
 #[get("/v1/policy-templates")]
-pub async fn policy_templates(state: web::Data<AppState>, who: Principal) -> Result<HttpResponse> {
-    // Any valid key may read the templates, agent keys included.
-    if let Err(message) = who.check(Permission::Read, who.agent_id.as_ref()) {
-        return Err(Error::Forbidden(message));
-    }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "data": state.admin.catalog().templates })))
+pub async fn policy_templates(state: web::Data<AppState>, _any_key: Principal) -> HttpResponse {
+    HttpResponse::Ok().json(Page { data: state.admin.catalog().templates.clone(), next_cursor: None })
 }

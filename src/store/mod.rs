@@ -26,12 +26,6 @@ pub enum DbConnection {
     Sqlite(SqliteConnection),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// Where the data lives, parsed from `sqlite://PATH` or `postgres://…`.
 #[derive(Debug, Clone)]
 enum Target {
@@ -87,8 +81,8 @@ impl ManageConnection for Manager {
         conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        r2d2::R2D2Connection::is_broken(conn)
     }
 }
 
@@ -97,7 +91,6 @@ type DbPool = Pool<Manager>;
 /// A handle to the database: cheap to clone, shared by every worker.
 #[derive(Clone)]
 pub struct Db {
-    backend: Backend,
     reader: DbPool,
     /// SQLite allows one writer at a time: a single writer connection queues writes in-process
     /// instead of racing for the file lock. PostgreSQL shares one pool for both.
@@ -124,17 +117,13 @@ impl Db {
                 }
                 let writer = build(1, target.clone())?;
                 let reader = build(pool_size.max(1), target)?;
-                Ok(Db { backend: Backend::Sqlite, reader, writer })
+                Ok(Db { reader, writer })
             }
             Target::Postgres(_) => {
                 let pool = build(pool_size.max(2), target)?;
-                Ok(Db { backend: Backend::Postgres, reader: pool.clone(), writer: pool })
+                Ok(Db { reader: pool.clone(), writer: pool })
             }
         }
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
     }
 
     /// Applies the embedded migrations of this backend. On PostgreSQL an advisory lock keeps
