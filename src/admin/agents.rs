@@ -1,12 +1,11 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Admin, Page, PageQuery, ReasonBody, require, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, require, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::event::Event;
 use crate::domain::ids::AgentId;
-use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::store::{self, DbConnection};
@@ -37,25 +36,11 @@ pub(crate) fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Agent>
 }
 
 impl Admin {
-    pub(crate) fn parse_policy(
-        &self,
-        field: &str,
-        doc: serde_json::Value,
-        currency: Option<Currency>,
-    ) -> Result<Policy> {
-        let mut policy = Policy::from_json(doc).map_err(|e| Error::policy(field, e))?;
-        policy.normalize(self.catalog, currency).map_err(|e| Error::policy(field, e))?;
-        Ok(policy)
-    }
-
     pub async fn create_agent(&self, who: &Principal, input: NewAgent) -> Result<Agent> {
         require(who, Permission::Manage, None)?;
         let name = required_text("name", &input.name, 100)?;
         let department = input.department.as_deref().map(|d| required_text("department", d, 100)).transpose()?;
-        let policy = match input.policy {
-            Some(doc) => self.parse_policy("policy", doc, None)?,
-            None => self.parse_policy("policy", serde_json::json!({}), None)?,
-        };
+        let policy = parse_policy(self.catalog, input.policy.unwrap_or_else(|| serde_json::json!({})), None)?;
         let now = store::now();
         let agent = Agent {
             id: AgentId::generate(),
@@ -136,7 +121,7 @@ impl Admin {
     pub async fn set_agent_policy(&self, who: &Principal, id: &str, doc: serde_json::Value) -> Result<Policy> {
         let id = parse_agent_id(id)?;
         require(who, Permission::Manage, Some(&id))?;
-        let policy = self.parse_policy("policy", doc, None)?;
+        let policy = parse_policy(self.catalog, doc, None)?;
         let actor = who.key_id.clone();
         let stored = policy.clone();
         self.db

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::agents::{load_agent, parse_agent_id};
-use super::{Admin, Page, PageQuery, ReasonBody, require, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, require, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
 use crate::domain::event::Event;
@@ -87,9 +87,9 @@ impl Admin {
             (Some(_), Some(_)) => {
                 return Err(Error::validation("give policy or template, not both"));
             }
-            (Some(doc), None) => self.parse_policy("policy", doc, Some(currency))?,
+            (Some(doc), None) => parse_policy(self.catalog, doc, Some(currency))?,
             (None, Some(name)) => self.template_policy(name, currency)?,
-            (None, None) => self.parse_policy("policy", serde_json::json!({}), Some(currency))?,
+            (None, None) => parse_policy(self.catalog, serde_json::json!({}), Some(currency))?,
         };
         let now = store::now();
         if input.expires_at.is_some_and(|at| at <= now) {
@@ -167,7 +167,8 @@ impl Admin {
             code: "unknown_template",
             message: format!("no policy template named {name:?} (see GET /v1/policy-templates)"),
         })?;
-        let mut policy = template.policy.clone();
+        // Templates were validated and normalized when the catalog was built.
+        let policy = template.policy.clone();
         if policy.currency != Some(currency) {
             return Err(Error::Unprocessable {
                 code: "template_currency_mismatch",
@@ -177,7 +178,6 @@ impl Admin {
                 ),
             });
         }
-        policy.normalize(self.catalog, Some(currency)).map_err(|e| Error::policy("template", e))?;
         Ok(policy)
     }
 
@@ -266,7 +266,6 @@ impl Admin {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
         require(who, Permission::Manage, Some(&agent_id))?;
-        let parsed = Policy::from_json(doc).map_err(|e| Error::policy("policy", e))?;
         let catalog = self.catalog;
         let actor = who.key_id.clone();
         self.db
@@ -275,8 +274,7 @@ impl Admin {
                 if card.status == CardStatus::Closed {
                     return Err(Error::Conflict { code: "card_closed", message: "the card is closed".into() });
                 }
-                let mut policy = parsed;
-                policy.normalize(catalog, Some(card.currency)).map_err(|e| Error::policy("policy", e))?;
+                let policy = parse_policy(catalog, doc, Some(card.currency))?;
                 let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
                 let data = serde_json::json!({ "previous": card.policy, "policy": policy });

@@ -12,6 +12,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::catalog::Catalog;
 use crate::domain::ids::AgentId;
+use crate::domain::money::Currency;
+use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::store::{Db, DbConnection};
 
@@ -77,6 +79,14 @@ impl Admin {
         let next_cursor = if more { rows.last().map(cursor_of) } else { None };
         Ok(Page { data: rows, next_cursor })
     }
+}
+
+/// A policy document from a request body, validated and normalized.
+/// `currency` is the card's, which a card policy must use.
+fn parse_policy(catalog: &Catalog, doc: serde_json::Value, currency: Option<Currency>) -> Result<Policy> {
+    let mut policy = Policy::from_json(doc).map_err(|e| Error::policy("policy", e))?;
+    policy.normalize(catalog, currency).map_err(|e| Error::policy("policy", e))?;
+    Ok(policy)
 }
 
 /// The caller's permission for `permission` on `agent`, as a 403 when it is missing.
