@@ -71,17 +71,23 @@ impl Config {
             anyhow::ensure!(path.exists(), "config file {} does not exist", path.display());
             figment = figment.merge(Toml::file_exact(path));
         }
+        let known = Config::keys();
         // Only the names this struct knows: the CLI's own SPENDGATE_URL and SPENDGATE_API_KEY are not settings.
         let config: Config = figment
-            .merge(Env::prefixed("SPENDGATE_").only(&Config::KEYS))
+            .merge(Env::prefixed("SPENDGATE_").filter(move |key| known.iter().any(|k| k.as_str() == key)))
             .extract()
             .map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
         config.check()?;
         Ok(config)
     }
 
-    const KEYS: [&'static str; 7] =
-        ["listen", "database_url", "database_pool_size", "workers", "bootstrap_admin_key", "simulator_bin", "log"];
+    /// The setting names, taken from the struct itself so a new field is never missed.
+    fn keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+            _ => unreachable!("Config serializes to a JSON object"),
+        }
+    }
 
     pub fn check(&self) -> anyhow::Result<()> {
         let bin = &self.simulator_bin;
@@ -132,6 +138,7 @@ mod tests {
             assert_eq!(config.listen, "127.0.0.1:9000");
             assert_eq!(config.workers, 5);
             assert_eq!(config.database_url, "sqlite://data/spendgate.db");
+            assert!(Config::keys().iter().any(|k| k == "bootstrap_admin_key"), "{:?}", Config::keys());
             Ok(())
         });
     }
