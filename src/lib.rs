@@ -10,6 +10,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fixtures;
+pub mod policy;
 pub mod http;
 pub mod store;
 

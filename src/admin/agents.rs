@@ -6,6 +6,7 @@ use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::event::Event;
 use crate::domain::ids::AgentId;
+use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::store::{self, DbConnection};
@@ -47,6 +48,7 @@ impl Admin {
             name,
             department,
             status: AgentStatus::Active,
+            currency: policy.currency.unwrap_or(Currency::USD),
             policy,
             created_at: now,
             updated_at: now,
@@ -121,7 +123,8 @@ impl Admin {
     pub async fn set_agent_policy(&self, who: &Principal, id: &str, doc: serde_json::Value) -> Result<Policy> {
         let id = parse_agent_id(id)?;
         require(who, Permission::Manage, Some(&id))?;
-        let policy = parse_policy(self.catalog, doc, None)?;
+        let currency = self.get_agent(who, id.as_str()).await?.currency;
+        let policy = parse_policy(self.catalog, doc, Some(currency))?;
         let actor = who.key_id.clone();
         let stored = policy.clone();
         self.db

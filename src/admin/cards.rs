@@ -135,6 +135,7 @@ impl Admin {
             status: CardStatus::Active,
             processor,
             processor_card_id,
+            trace_id: None,
             policy,
             created_at: now,
             updated_at: now,

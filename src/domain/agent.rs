@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ids::AgentId;
+use super::money::Currency;
 use super::policy::Policy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -35,6 +36,8 @@ pub struct Agent {
     pub name: String,
     pub department: Option<String>,
     pub status: AgentStatus,
+    /// The currency of the agent's balance and of its policy's caps.
+    pub currency: Currency,
     /// Agent-level rules that span all its cards and rails.
     pub policy: Policy,
     #[schema(value_type = String, format = DateTime)]

@@ -126,6 +126,8 @@ pub struct Card {
     pub status: CardStatus,
     pub processor: Processor,
     pub processor_card_id: String,
+    /// The trace authorizations on this card are tagged with when the processor sends none.
+    pub trace_id: Option<String>,
     pub policy: Policy,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: jiff::Timestamp,

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod authorization;
 pub mod card;
 pub mod catalog;
 pub mod event;

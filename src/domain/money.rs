@@ -14,6 +14,7 @@ pub struct Currency(iso_currency::Currency);
 
 impl Currency {
     pub const USD: Currency = Currency(iso_currency::Currency::USD);
+    pub const EUR: Currency = Currency(iso_currency::Currency::EUR);
 
     pub fn code(self) -> &'static str {
         self.0.code()

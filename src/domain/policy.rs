@@ -311,7 +311,10 @@ impl Policy {
     pub fn normalize(&mut self, catalog: &Catalog, currency: Option<Currency>) -> Result<(), PolicyError> {
         match (self.currency, currency) {
             (Some(own), Some(card)) if own != card => {
-                return fail("currency", format!("must be the card's currency {card}, not {own}"));
+                return fail(
+                    "currency",
+                    format!("must be {card}, not {own}: a card's caps are in its currency, an agent's in its balance's"),
+                );
             }
             (None, expected) => self.currency = Some(expected.unwrap_or(Currency::USD)),
             _ => {}
@@ -537,7 +540,7 @@ mod tests {
         assert_eq!(policy.currency, Some(eur));
         let mut usd = Policy::from_json(json!({"currency": "USD"})).unwrap();
         let err = usd.normalize(&catalog(), Some(eur)).unwrap_err();
-        assert!(err.0.starts_with("currency: must be the card's currency EUR"), "{err}");
+        assert!(err.0.starts_with("currency: must be EUR, not USD"), "{err}");
     }
 
     #[test]

@@ -17,6 +17,8 @@ struct AgentRow {
     policy: String,
     created_at: i64,
     updated_at: i64,
+    /// The ledger's currency: the agent policy's cap currency, fixed at creation.
+    currency: String,
 }
 
 impl AgentRow {
@@ -24,6 +26,7 @@ impl AgentRow {
         Ok(Agent {
             status: AgentStatus::parse(&self.status).ok_or_else(|| corrupt("agent status", &self.status))?,
             policy: serde_json::from_str::<Policy>(&self.policy).map_err(|_| corrupt("agent policy", &self.id))?,
+            currency: self.currency.parse().map_err(|_| corrupt("agent currency", &self.currency))?,
             id: AgentId::from_stored(self.id),
             name: self.name,
             department: self.department,
@@ -46,6 +49,7 @@ pub fn insert(conn: &mut DbConnection, agent: &Agent) -> Result<()> {
         policy: policy_json(&agent.policy),
         created_at: to_millis(agent.created_at),
         updated_at: to_millis(agent.updated_at),
+        currency: agent.currency.code().to_owned(),
     };
     diesel::insert_into(agents::table).values(&row).execute(conn)?;
     Ok(())
@@ -76,14 +80,30 @@ pub fn count(conn: &mut DbConnection) -> Result<i64> {
 
 pub fn update_status(conn: &mut DbConnection, id: &AgentId, status: AgentStatus, now: jiff::Timestamp) -> Result<()> {
     diesel::update(agents::table.find(id.as_str()))
-        .set((agents::status.eq(status.as_str()), agents::updated_at.eq(to_millis(now))))
+        .set((
+            agents::status.eq(status.as_str()),
+            agents::updated_at.eq(to_millis(now)),
+            agents::config_version.eq(agents::config_version + 1),
+        ))
         .execute(conn)?;
     Ok(())
 }
 
 pub fn update_policy(conn: &mut DbConnection, id: &AgentId, policy: &Policy, now: jiff::Timestamp) -> Result<()> {
     diesel::update(agents::table.find(id.as_str()))
-        .set((agents::policy.eq(policy_json(policy)), agents::updated_at.eq(to_millis(now))))
+        .set((
+            agents::policy.eq(policy_json(policy)),
+            agents::updated_at.eq(to_millis(now)),
+            agents::config_version.eq(agents::config_version + 1),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Marks the agent's rules (or one of its cards') as changed, for every node's snapshot cache.
+pub fn bump_config(conn: &mut DbConnection, id: &AgentId) -> Result<()> {
+    diesel::update(agents::table.find(id.as_str()))
+        .set(agents::config_version.eq(agents::config_version + 1))
         .execute(conn)?;
     Ok(())
 }

@@ -26,6 +26,7 @@ struct CardRow {
     policy: String,
     created_at: i64,
     updated_at: i64,
+    trace_id: Option<String>,
 }
 
 impl CardRow {
@@ -44,6 +45,7 @@ impl CardRow {
             last4: self.last4,
             single_use: self.single_use,
             processor_card_id: self.processor_card_id,
+            trace_id: self.trace_id,
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
         })
@@ -67,6 +69,7 @@ pub fn insert(conn: &mut DbConnection, card: &Card) -> Result<()> {
         policy: policy_json(&card.policy),
         created_at: to_millis(card.created_at),
         updated_at: to_millis(card.updated_at),
+        trace_id: card.trace_id.clone(),
     };
     diesel::insert_into(cards::table).values(&row).execute(conn)?;
     Ok(())
@@ -116,6 +119,9 @@ pub fn update_status(
     let changed = diesel::update(cards::table.find(id.as_str()).filter(cards::status.eq(from.as_str())))
         .set((cards::status.eq(to.as_str()), cards::updated_at.eq(to_millis(now))))
         .execute(conn)?;
+    if changed == 1 {
+        bump_agent_config(conn, id)?;
+    }
     Ok(changed == 1)
 }
 
@@ -123,5 +129,19 @@ pub fn update_policy(conn: &mut DbConnection, id: &CardId, policy: &Policy, now:
     diesel::update(cards::table.find(id.as_str()))
         .set((cards::policy.eq(policy_json(policy)), cards::updated_at.eq(to_millis(now))))
         .execute(conn)?;
-    Ok(())
+    bump_agent_config(conn, id)
+}
+
+pub fn set_trace(conn: &mut DbConnection, id: &CardId, trace_id: Option<&str>, now: jiff::Timestamp) -> Result<()> {
+    diesel::update(cards::table.find(id.as_str()))
+        .set((cards::trace_id.eq(trace_id), cards::updated_at.eq(to_millis(now))))
+        .execute(conn)?;
+    bump_agent_config(conn, id)
+}
+
+/// A card's rules changed: its agent's config_version tells every node's decision path that
+/// its cached snapshot is stale.
+fn bump_agent_config(conn: &mut DbConnection, id: &CardId) -> Result<()> {
+    let agent_id: String = cards::table.find(id.as_str()).select(cards::agent_id).first(conn)?;
+    super::agents::bump_config(conn, &AgentId::from_stored(agent_id))
 }

@@ -9,6 +9,13 @@ diesel::table! {
         policy -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        currency -> Text,
+        config_version -> BigInt,
+        ledger_seq -> BigInt,
+        funded -> BigInt,
+        refunded -> BigInt,
+        held -> BigInt,
+        spent -> BigInt,
     }
 }
 
@@ -43,6 +50,7 @@ diesel::table! {
         policy -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        trace_id -> Nullable<Text>,
     }
 }
 
@@ -59,5 +67,52 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    authorizations (id) {
+        id -> Text,
+        source -> Text,
+        external_id -> Text,
+        agent_id -> Text,
+        card_id -> Nullable<Text>,
+        rail -> Text,
+        status -> Text,
+        reason -> Nullable<Text>,
+        rule -> Nullable<Text>,
+        amount -> BigInt,
+        currency -> Text,
+        cap_amount -> BigInt,
+        card_amount -> BigInt,
+        fx_rate -> Nullable<Text>,
+        fx_date -> Nullable<Text>,
+        held -> BigInt,
+        posted -> BigInt,
+        counted -> BigInt,
+        counted_card -> BigInt,
+        merchant_id -> Nullable<Text>,
+        merchant_name -> Text,
+        mcc -> Nullable<Text>,
+        country -> Nullable<Text>,
+        trace_id -> Nullable<Text>,
+        seq -> BigInt,
+        authorized_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    transfers (id) {
+        id -> Text,
+        external_id -> Text,
+        agent_id -> Text,
+        authorization_id -> Nullable<Text>,
+        card_id -> Nullable<Text>,
+        trace_id -> Nullable<Text>,
+        kind -> Text,
+        amount -> BigInt,
+        currency -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(cards -> agents (agent_id));
-diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, cards, events);
+diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, cards, events, authorizations, transfers);

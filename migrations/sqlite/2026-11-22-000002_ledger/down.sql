@@ -1,0 +1,10 @@
+DROP TABLE transfers;
+DROP TABLE authorizations;
+ALTER TABLE cards DROP COLUMN trace_id;
+ALTER TABLE agents DROP COLUMN spent;
+ALTER TABLE agents DROP COLUMN held;
+ALTER TABLE agents DROP COLUMN refunded;
+ALTER TABLE agents DROP COLUMN funded;
+ALTER TABLE agents DROP COLUMN ledger_seq;
+ALTER TABLE agents DROP COLUMN config_version;
+ALTER TABLE agents DROP COLUMN currency;

@@ -1,0 +1,169 @@
+//! The canonical, rail-neutral authorization request and the decision about it. Every rail
+//! (the native webhook, Stripe, Lithic, Marqeta, x402) translates to and from these types.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::money::Money;
+pub use super::policy::Rail;
+
+/// Who is being paid, as the network or the x402 server describes it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Merchant {
+    /// The network's merchant (acceptor) id; for x402, the `payTo` address.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The descriptor, e.g. `OPENAI *API`; for x402, the host.
+    #[serde(default)]
+    pub name: String,
+    /// ISO 18245 merchant category code (four digits).
+    #[serde(default)]
+    pub mcc: Option<String>,
+    /// ISO 3166 alpha-2.
+    #[serde(default)]
+    pub country: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRequest {
+    pub rail: Rail,
+    /// Minor units of `currency`, the merchant's currency.
+    pub amount: i64,
+    /// As received, so that an unknown code can be declined and recorded rather than rejected.
+    pub currency: String,
+    pub merchant: Merchant,
+    pub trace_id: Option<String>,
+}
+
+/// Why an authorization was declined. The codes are stable: processors' responses, metrics and
+/// clients match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeclineReason {
+    UnknownCard,
+    CardClosed,
+    CardExpired,
+    CardUsed,
+    CardFrozen,
+    AgentFrozen,
+    UnsupportedCurrency,
+    StaleFx,
+    MccNotAllowed,
+    MerchantNotAllowed,
+    CountryNotAllowed,
+    OutsideActiveHours,
+    HostNotAllowed,
+    PerTransactionExceeded,
+    PerCallExceeded,
+    LimitExceeded,
+    VelocityExceeded,
+    ApprovalRequired,
+    InsufficientFunds,
+    Timeout,
+    InternalError,
+}
+
+impl DeclineReason {
+    pub const ALL: [DeclineReason; 21] = {
+        use DeclineReason::*;
+        [
+            UnknownCard,
+            CardClosed,
+            CardExpired,
+            CardUsed,
+            CardFrozen,
+            AgentFrozen,
+            UnsupportedCurrency,
+            StaleFx,
+            MccNotAllowed,
+            MerchantNotAllowed,
+            CountryNotAllowed,
+            OutsideActiveHours,
+            HostNotAllowed,
+            PerTransactionExceeded,
+            PerCallExceeded,
+            LimitExceeded,
+            VelocityExceeded,
+            ApprovalRequired,
+            InsufficientFunds,
+            Timeout,
+            InternalError,
+        ]
+    };
+
+    pub fn as_str(self) -> &'static str {
+        use DeclineReason::*;
+        match self {
+            UnknownCard => "unknown_card",
+            CardClosed => "card_closed",
+            CardExpired => "card_expired",
+            CardUsed => "card_used",
+            CardFrozen => "card_frozen",
+            AgentFrozen => "agent_frozen",
+            UnsupportedCurrency => "unsupported_currency",
+            StaleFx => "stale_fx",
+            MccNotAllowed => "mcc_not_allowed",
+            MerchantNotAllowed => "merchant_not_allowed",
+            CountryNotAllowed => "country_not_allowed",
+            OutsideActiveHours => "outside_active_hours",
+            HostNotAllowed => "host_not_allowed",
+            PerTransactionExceeded => "per_transaction_exceeded",
+            PerCallExceeded => "per_call_exceeded",
+            LimitExceeded => "limit_exceeded",
+            VelocityExceeded => "velocity_exceeded",
+            ApprovalRequired => "approval_required",
+            InsufficientFunds => "insufficient_funds",
+            Timeout => "timeout",
+            InternalError => "internal_error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl fmt::Display for DeclineReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rate a conversion used: `to = from × rate`, from the table published on `date`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FxUsed {
+    #[schema(value_type = String, example = "0.9241")]
+    pub rate: String,
+    #[schema(value_type = String, example = "2026-11-20")]
+    pub date: String,
+}
+
+/// The request's amount in each currency a rule counts it in: the agent's (its caps and balance)
+/// and the card's (its caps). `None` when the request could not be converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amounts {
+    pub agent: Money,
+    pub card: Money,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// `None` is an approval.
+    pub decline: Option<DeclineReason>,
+    /// The rule that fired, e.g. `agent.limit.daily` or `card.mcc.allow`.
+    pub rule: Option<String>,
+    pub amounts: Option<Amounts>,
+    pub fx: Option<FxUsed>,
+}
+
+impl Decision {
+    pub fn approved(&self) -> bool {
+        self.decline.is_none()
+    }
+
+    pub fn decline(reason: DeclineReason, rule: Option<String>) -> Self {
+        Decision { decline: Some(reason), rule, amounts: None, fx: None }
+    }
+}

@@ -1,0 +1,382 @@
+//! THE policy core: `evaluate(request, snapshot, now) -> Decision`. Pure: no I/O, no clock, no
+//! database; everything it needs is in its arguments, so both rails share it and tests can drive
+//! every rule directly.
+//!
+//! The checks run in this order, and the first that fails is the decline:
+//! 1. card status: closed, expired, frozen, single-use already used; then agent frozen
+//! 2. currency: known, convertible, and (when a conversion is needed) rates not stale
+//! 3. MCC allow/block, MCC groups allow/block
+//! 4. merchant lock (network id or descriptor pattern), x402 allowed hosts (USDC rail)
+//! 5. country allow/block
+//! 6. active hours
+//! 7. per-transaction cap, x402 per-call cap (USDC rail)
+//! 8. each limit: amount (`limit_exceeded`) and count (`velocity_exceeded`)
+//! 9. approval threshold
+//! 10. prepaid balance
+//!
+//! Where both have the rule, the card's policy is checked before the agent's. The rule that fired
+//! is named `<card|agent>.<rule>`, e.g. `card.mcc.allow` or `agent.limit.daily`.
+
+pub mod fx;
+pub mod window;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::domain::agent::{Agent, AgentStatus};
+use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, Rail};
+use crate::domain::card::{Card, CardStatus};
+use crate::domain::catalog::Catalog;
+use crate::domain::ids::CardId;
+use crate::domain::money::{Currency, Money};
+use crate::domain::policy::{AllowBlock, Limit, Policy, Scope, parse_clock};
+use fx::{FxError, RateTable};
+
+/// One authorization that still counts against spending windows (a hold or a posted amount).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spend {
+    pub card_id: Option<CardId>,
+    pub card_currency: Option<Currency>,
+    pub trace_id: Option<String>,
+    pub rail: Rail,
+    pub mcc: Option<String>,
+    pub merchant_id: Option<String>,
+    pub merchant_name: String,
+    /// Authorization time, Unix milliseconds: windows count spends by when they were authorized.
+    pub at_ms: i64,
+    /// In the agent's currency.
+    pub counted: i64,
+    /// In the card's currency.
+    pub counted_card: i64,
+}
+
+/// How stale rates are treated.
+#[derive(Debug, Clone, Copy)]
+pub struct FxRules {
+    pub max_age: SignedDuration,
+    /// Decline a cross-currency authorization when the rates are older than `max_age`.
+    pub decline_stale: bool,
+}
+
+/// Everything a decision reads, gathered by the caller.
+pub struct Snapshot<'a> {
+    pub agent: &'a Agent,
+    /// None on the USDC rail.
+    pub card: Option<&'a Card>,
+    /// The card has approved an authorization before (for single-use cards).
+    pub card_used: bool,
+    /// The agent's spends that may still count in some window.
+    pub spends: &'a [Spend],
+    /// The agent's available balance, in its currency.
+    pub available: i64,
+    pub rates: &'a RateTable,
+    pub fx: FxRules,
+    pub catalog: &'a Catalog,
+}
+
+type Outcome<T = ()> = Result<T, (DeclineReason, String)>;
+
+fn deny<T>(reason: DeclineReason, rule: impl Into<String>) -> Outcome<T> {
+    Err((reason, rule.into()))
+}
+
+/// A policy and whose it is, with the amount of the request in that policy's currency.
+struct Rules<'a> {
+    owner: &'static str,
+    policy: &'a Policy,
+    amount: i64,
+    currency: Currency,
+}
+
+pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decision {
+    let mut fx = None;
+    let amounts = match status(snap, now).and_then(|()| convert(req, snap, now, &mut fx)) {
+        Ok(amounts) => amounts,
+        Err((reason, rule)) => return Decision { decline: Some(reason), rule: Some(rule), amounts: None, fx },
+    };
+    let (decline, rule) = match check(req, snap, now, amounts) {
+        Ok(()) => (None, None),
+        Err((reason, rule)) => (Some(reason), Some(rule)),
+    };
+    Decision { decline, rule, amounts: Some(amounts), fx }
+}
+
+/// Card and agent status come first: a frozen card declines even in a currency nobody can convert.
+fn status(snap: &Snapshot<'_>, now: Timestamp) -> Outcome {
+    if let Some(card) = snap.card {
+        if card.status == CardStatus::Closed {
+            return deny(DeclineReason::CardClosed, "card.status");
+        }
+        if card_expired(card, now) {
+            return deny(DeclineReason::CardExpired, "card.expiry");
+        }
+        if card.status == CardStatus::Frozen {
+            return deny(DeclineReason::CardFrozen, "card.status");
+        }
+        if card.single_use && snap.card_used {
+            return deny(DeclineReason::CardUsed, "card.single_use");
+        }
+    }
+    if snap.agent.status == AgentStatus::Frozen {
+        return deny(DeclineReason::AgentFrozen, "agent.status");
+    }
+    Ok(())
+}
+
+/// A card expires at its `expires_at`, or else after the last day of its expiry month (UTC).
+fn card_expired(card: &Card, now: Timestamp) -> bool {
+    if let Some(at) = card.expires_at {
+        return now >= at;
+    }
+    let end = jiff::civil::date(card.exp_year as i16, card.exp_month as i8, 1)
+        .checked_add(jiff::Span::new().months(1))
+        .ok()
+        .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok());
+    end.is_some_and(|end| now >= end.timestamp())
+}
+
+/// The request in the agent's and the card's currencies.
+fn convert(
+    req: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: Timestamp,
+    fx_used: &mut Option<FxUsed>,
+) -> Outcome<Amounts> {
+    if req.amount < 0 {
+        return deny(DeclineReason::InternalError, "request.amount");
+    }
+    let Ok(from) = req.currency.parse::<Currency>() else {
+        return deny(DeclineReason::UnsupportedCurrency, "request.currency");
+    };
+    let agent_ccy = snap.agent.currency;
+    let card_ccy = snap.card.map_or(agent_ccy, |c| c.currency);
+    let mut to = |target: Currency| -> Outcome<Money> {
+        if target == from {
+            return Ok(Money { amount: req.amount, currency: target });
+        }
+        if !snap.rates.has(from) || !snap.rates.has(target) {
+            return deny(DeclineReason::UnsupportedCurrency, "fx.rates");
+        }
+        if snap.fx.decline_stale && snap.rates.is_stale(now, snap.fx.max_age) {
+            return deny(DeclineReason::StaleFx, "fx.max_age");
+        }
+        match snap.rates.convert(req.amount, from, target) {
+            Ok(c) => {
+                fx_used.get_or_insert_with(|| FxUsed { rate: c.rate.to_string(), date: snap.rates.date.to_string() });
+                Ok(Money { amount: c.amount, currency: target })
+            }
+            Err(FxError::Unknown) => deny(DeclineReason::UnsupportedCurrency, "fx.rates"),
+            Err(FxError::Overflow) => deny(DeclineReason::PerTransactionExceeded, "request.amount"),
+        }
+    };
+    // The rate recorded is the one into the card's currency when there is a card, else the agent's.
+    let card = to(card_ccy)?;
+    let agent = to(agent_ccy)?;
+    Ok(Amounts { agent, card })
+}
+
+fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts) -> Outcome {
+    let mut rules = Vec::with_capacity(2);
+    if let Some(card) = snap.card {
+        rules.push(Rules { owner: "card", policy: &card.policy, amount: amounts.card.amount, currency: card.currency });
+    }
+    let agent = &snap.agent.policy;
+    rules.push(Rules { owner: "agent", policy: agent, amount: amounts.agent.amount, currency: snap.agent.currency });
+    let m = &req.merchant;
+
+    for r in &rules {
+        if let Some(rule) = &r.policy.mcc {
+            let listed = |list: &Vec<String>| m.mcc.as_ref().is_some_and(|mcc| list.contains(mcc));
+            allow_block(rule, listed, DeclineReason::MccNotAllowed, r.owner, "mcc")?;
+        }
+        if let Some(rule) = &r.policy.mcc_groups {
+            check_groups(rule, m.mcc.as_deref(), snap.catalog, r.owner)?;
+        }
+    }
+    for r in &rules {
+        if let Some(lock) = &r.policy.merchant_lock {
+            let by_id = m.id.as_ref().is_some_and(|id| lock.ids.contains(id));
+            if !by_id && !lock.names.iter().any(|p| glob_match(p, &m.name)) {
+                return deny(DeclineReason::MerchantNotAllowed, format!("{}.merchant_lock", r.owner));
+            }
+        }
+        if req.rail == Rail::Usdc
+            && let Some(x402) = &r.policy.x402
+            && !x402.allow_hosts.is_empty()
+            && !x402.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(&m.name))
+        {
+            return deny(DeclineReason::HostNotAllowed, format!("{}.x402.allow_hosts", r.owner));
+        }
+    }
+    for r in &rules {
+        if let Some(rule) = &r.policy.countries {
+            let listed = |list: &Vec<String>| m.country.as_ref().is_some_and(|c| list.iter().any(|l| l.eq_ignore_ascii_case(c)));
+            allow_block(rule, listed, DeclineReason::CountryNotAllowed, r.owner, "countries")?;
+        }
+    }
+    for r in &rules {
+        if let Some(hours) = &r.policy.active_hours
+            && !within_hours(hours, now)
+        {
+            return deny(DeclineReason::OutsideActiveHours, format!("{}.active_hours", r.owner));
+        }
+    }
+    for r in &rules {
+        if r.policy.per_transaction.is_some_and(|cap| r.amount > cap) {
+            return deny(DeclineReason::PerTransactionExceeded, format!("{}.per_transaction", r.owner));
+        }
+        if req.rail == Rail::Usdc && r.policy.x402.as_ref().and_then(|x| x.per_call).is_some_and(|cap| r.amount > cap) {
+            return deny(DeclineReason::PerCallExceeded, format!("{}.x402.per_call", r.owner));
+        }
+    }
+    for r in &rules {
+        for limit in &r.policy.limits {
+            check_limit(limit, r, req, snap, now)?;
+        }
+    }
+    for r in &rules {
+        if r.policy.approval.as_ref().is_some_and(|a| r.amount > a.above) {
+            return deny(DeclineReason::ApprovalRequired, format!("{}.approval", r.owner));
+        }
+    }
+    if amounts.agent.amount > snap.available {
+        return deny(DeclineReason::InsufficientFunds, "agent.balance");
+    }
+    Ok(())
+}
+
+fn allow_block(
+    rule: &AllowBlock,
+    listed: impl Fn(&Vec<String>) -> bool,
+    reason: DeclineReason,
+    owner: &str,
+    name: &str,
+) -> Outcome {
+    match (&rule.allow, &rule.block) {
+        (Some(allow), _) if !listed(allow) => deny(reason, format!("{owner}.{name}.allow")),
+        (_, Some(block)) if listed(block) => deny(reason, format!("{owner}.{name}.block")),
+        _ => Ok(()),
+    }
+}
+
+fn check_groups(rule: &AllowBlock, mcc: Option<&str>, catalog: &Catalog, owner: &str) -> Outcome {
+    let in_group = |name: &String| mcc.is_some_and(|mcc| catalog.groups.get(name).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
+    if let Some(allow) = &rule.allow
+        && !allow.iter().any(in_group)
+    {
+        return deny(DeclineReason::MccNotAllowed, format!("{owner}.mcc_groups.allow"));
+    }
+    if let Some(group) = rule.block.iter().flatten().find(|g| in_group(g)) {
+        return deny(DeclineReason::MccNotAllowed, format!("{owner}.mcc_groups.block.{group}"));
+    }
+    Ok(())
+}
+
+fn within_hours(hours: &crate::domain::policy::ActiveHours, now: Timestamp) -> bool {
+    let Ok(tz) = jiff::tz::TimeZone::get(&hours.timezone) else { return false };
+    let local = now.to_zoned(tz);
+    let minute = u32::from(local.hour() as u8) * 60 + u32::from(local.minute() as u8);
+    let (Some(from), Some(to)) = (parse_clock(&hours.from), parse_clock(&hours.to)) else { return false };
+    let in_time = if from < to { (from..to).contains(&minute) } else { minute >= from || minute < to };
+    let day_ok = hours.days.is_empty()
+        || hours.days.iter().any(|d| *d as i8 + 1 == local.weekday().to_monday_one_offset());
+    in_time && day_ok
+}
+
+/// `*` matches any run of characters; the comparison ignores ASCII case.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != b'*' && p[pi].eq_ignore_ascii_case(&t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
+/// Whether a spend (or the request) falls under the limit's filters.
+fn matches_filters(limit: &Limit, catalog: &Catalog, rail: Rail, mcc: Option<&str>, merchant: (&Option<String>, &str)) -> bool {
+    if !limit.rails.is_empty() && !limit.rails.contains(&rail) {
+        return false;
+    }
+    if !limit.mcc.is_empty() || !limit.mcc_groups.is_empty() {
+        let Some(mcc) = mcc else { return false };
+        let direct = limit.mcc.iter().any(|c| c == mcc);
+        let grouped = || limit.mcc_groups.iter().any(|g| catalog.groups.get(g).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
+        if !direct && !grouped() {
+            return false;
+        }
+    }
+    if !limit.merchants.is_empty() {
+        let (id, name) = merchant;
+        let hit = limit.merchants.iter().any(|p| id.as_deref() == Some(p.as_str()) || glob_match(p, name));
+        if !hit {
+            return false;
+        }
+    }
+    true
+}
+
+fn check_limit(limit: &Limit, r: &Rules<'_>, req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Outcome {
+    let m: &Merchant = &req.merchant;
+    if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (&m.id, &m.name)) {
+        return Ok(());
+    }
+    let card_id = snap.card.map(|c| &c.id);
+    let in_scope: Box<dyn Fn(&Spend) -> bool> = match limit.scope {
+        Scope::Agent => Box::new(|_| true),
+        Scope::Card => match card_id {
+            Some(id) => Box::new(move |s: &Spend| s.card_id.as_ref() == Some(id)),
+            None => return Ok(()),
+        },
+        Scope::Trace => match &req.trace_id {
+            Some(trace) => Box::new(move |s: &Spend| s.trace_id.as_ref() == Some(trace)),
+            None => return Ok(()),
+        },
+    };
+    let start = window::start_ms(&limit.window, now);
+    let (mut sum, mut count) = (0i64, 0i64);
+    for s in snap.spends {
+        if s.at_ms >= start
+            && in_scope(s)
+            && matches_filters(limit, snap.catalog, s.rail, s.mcc.as_deref(), (&s.merchant_id, &s.merchant_name))
+        {
+            sum = sum.saturating_add(spend_in(s, r.currency, snap));
+            count += 1;
+        }
+    }
+    if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap) {
+        return deny(DeclineReason::LimitExceeded, format!("{}.limit.{}", r.owner, limit.id));
+    }
+    if limit.count.is_some_and(|cap| count + 1 > cap) {
+        return deny(DeclineReason::VelocityExceeded, format!("{}.limit.{}", r.owner, limit.id));
+    }
+    Ok(())
+}
+
+/// A spend in `currency`: recorded amounts where they are in it, else converted (rounded up).
+fn spend_in(s: &Spend, currency: Currency, snap: &Snapshot<'_>) -> i64 {
+    if s.card_currency == Some(currency) {
+        return s.counted_card;
+    }
+    let agent = snap.agent.currency;
+    if agent == currency {
+        return s.counted;
+    }
+    // Counting in a currency the table cannot reach would undercount: count it as the cap.
+    snap.rates.convert(s.counted, agent, currency).map_or(i64::MAX / 4, |c| c.amount)
+}
+
+#[cfg(test)]
+mod tests;

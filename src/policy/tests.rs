@@ -1,0 +1,468 @@
+//! Every rule, window and scope of the policy core, driven directly.
+
+use serde_json::json;
+
+use super::*;
+use crate::domain::ids::AgentId;
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+const NOW: &str = "2026-11-22T12:00:00Z";
+
+fn policy(doc: serde_json::Value, currency: &str) -> Policy {
+    let mut p = Policy::from_json(doc).unwrap();
+    p.normalize(crate::fixtures::catalog(), Some(currency.parse().unwrap())).unwrap();
+    p
+}
+
+struct World {
+    agent: Agent,
+    card: Card,
+    card_used: bool,
+    spends: Vec<Spend>,
+    available: i64,
+    rates: RateTable,
+    fx: FxRules,
+}
+
+impl World {
+    fn new() -> World {
+        let now = at(NOW);
+        let agent = Agent {
+            id: AgentId::generate(),
+            name: "a".into(),
+            department: None,
+            status: AgentStatus::Active,
+            currency: Currency::USD,
+            policy: policy(json!({}), "USD"),
+            created_at: now,
+            updated_at: now,
+        };
+        let card = Card {
+            id: CardId::generate(),
+            agent_id: agent.id.clone(),
+            label: "openai".into(),
+            currency: Currency::USD,
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year: 2029,
+            expires_at: None,
+            single_use: false,
+            status: CardStatus::Active,
+            processor: crate::domain::card::Processor::Simulator,
+            processor_card_id: "x".into(),
+            trace_id: None,
+            policy: policy(json!({}), "USD"),
+            created_at: now,
+            updated_at: now,
+        };
+        let rates = RateTable::parse_ecb(include_str!("../../fixtures/ecb_rates.xml")).unwrap();
+        let fx = FxRules { max_age: SignedDuration::from_hours(24 * 365 * 10), decline_stale: true };
+        World { agent, card, card_used: false, spends: Vec::new(), available: 1_000_000, rates, fx }
+    }
+
+    fn card_policy(mut self, doc: serde_json::Value) -> Self {
+        self.card.policy = policy(doc, self.card.currency.code());
+        self
+    }
+
+    fn agent_policy(mut self, doc: serde_json::Value) -> Self {
+        self.agent.policy = policy(doc, self.agent.currency.code());
+        self
+    }
+
+    fn decide_at(&self, req: &AuthRequest, now: &str) -> Decision {
+        let snap = Snapshot {
+            agent: &self.agent,
+            card: Some(&self.card),
+            card_used: self.card_used,
+            spends: &self.spends,
+            available: self.available,
+            rates: &self.rates,
+            fx: self.fx,
+            catalog: crate::fixtures::catalog(),
+        };
+        evaluate(req, &snap, at(now))
+    }
+
+    fn decide(&self, req: &AuthRequest) -> Decision {
+        self.decide_at(req, NOW)
+    }
+
+    /// Records an approved request as a spend at `when`.
+    fn spent(&mut self, req: &AuthRequest, when: &str) {
+        let d = self.decide_at(req, when);
+        assert!(d.approved(), "setup spend declined: {d:?}");
+        let a = d.amounts.unwrap();
+        self.spends.push(Spend {
+            card_id: Some(self.card.id.clone()),
+            card_currency: Some(self.card.currency),
+            trace_id: req.trace_id.clone(),
+            rail: req.rail,
+            mcc: req.merchant.mcc.clone(),
+            merchant_id: req.merchant.id.clone(),
+            merchant_name: req.merchant.name.clone(),
+            at_ms: at(when).as_millisecond(),
+            counted: a.agent.amount,
+            counted_card: a.card.amount,
+        });
+    }
+}
+
+fn req(amount: i64) -> AuthRequest {
+    AuthRequest {
+        rail: Rail::Card,
+        amount,
+        currency: "USD".into(),
+        merchant: Merchant {
+            id: Some("m_openai".into()),
+            name: "OPENAI *API".into(),
+            mcc: Some("5734".into()),
+            country: Some("US".into()),
+        },
+        trace_id: None,
+    }
+}
+
+fn with(mut r: AuthRequest, f: impl FnOnce(&mut AuthRequest)) -> AuthRequest {
+    f(&mut r);
+    r
+}
+
+fn declined(d: &Decision) -> (DeclineReason, &str) {
+    (d.decline.expect("expected a decline"), d.rule.as_deref().unwrap_or(""))
+}
+
+#[test]
+fn a_plain_request_is_approved_with_its_amounts() {
+    let d = World::new().decide(&req(1_250));
+    assert!(d.approved());
+    assert_eq!(d.amounts.unwrap().agent, Money { amount: 1_250, currency: Currency::USD });
+    assert_eq!(d.fx, None);
+}
+
+#[test]
+fn card_and_agent_status_decline_first() {
+    let mut w = World::new().card_policy(json!({"mcc": {"allow": ["7372"]}}));
+    w.card.status = CardStatus::Frozen;
+    assert_eq!(declined(&w.decide(&req(100))), (DeclineReason::CardFrozen, "card.status"));
+    w.card.status = CardStatus::Closed;
+    assert_eq!(declined(&w.decide(&req(100))), (DeclineReason::CardClosed, "card.status"));
+    w.card.status = CardStatus::Active;
+    w.agent.status = AgentStatus::Frozen;
+    assert_eq!(declined(&w.decide(&req(100))), (DeclineReason::AgentFrozen, "agent.status"));
+    // Status comes before the currency check.
+    let bad_currency = with(req(100), |r| r.currency = "ZZZ".into());
+    assert_eq!(declined(&w.decide(&bad_currency)).0, DeclineReason::AgentFrozen);
+}
+
+#[test]
+fn cards_expire_at_their_time_or_after_their_expiry_month() {
+    let mut w = World::new();
+    w.card.expires_at = Some(at("2026-11-22T12:00:00Z"));
+    assert_eq!(declined(&w.decide_at(&req(1), "2026-11-22T12:00:00Z")).0, DeclineReason::CardExpired);
+    assert!(w.decide_at(&req(1), "2026-11-22T11:59:59Z").approved());
+    w.card.expires_at = None;
+    (w.card.exp_month, w.card.exp_year) = (11, 2026);
+    assert!(w.decide_at(&req(1), "2026-11-30T23:59:59Z").approved());
+    assert_eq!(declined(&w.decide_at(&req(1), "2026-12-01T00:00:00Z")), (DeclineReason::CardExpired, "card.expiry"));
+}
+
+#[test]
+fn a_single_use_card_declines_once_used() {
+    let mut w = World::new();
+    w.card.single_use = true;
+    assert!(w.decide(&req(1)).approved());
+    w.card_used = true;
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::CardUsed, "card.single_use"));
+}
+
+#[test]
+fn mcc_allow_and_block_lists() {
+    let w = World::new().card_policy(json!({"mcc": {"allow": ["7372"]}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::MccNotAllowed, "card.mcc.allow"));
+    assert!(w.decide(&with(req(1), |r| r.merchant.mcc = Some("7372".into()))).approved());
+    // A request without an MCC is not on any allow list.
+    assert_eq!(declined(&w.decide(&with(req(1), |r| r.merchant.mcc = None))).0, DeclineReason::MccNotAllowed);
+    let w = World::new().agent_policy(json!({"mcc": {"block": ["5734"]}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::MccNotAllowed, "agent.mcc.block"));
+}
+
+#[test]
+fn mcc_groups_name_the_group_that_blocked() {
+    let w = World::new().agent_policy(json!({"mcc_groups": {"block": ["gambling", "cash"]}}));
+    assert!(w.decide(&req(1)).approved());
+    let casino = with(req(1), |r| r.merchant.mcc = Some("7995".into()));
+    assert_eq!(declined(&w.decide(&casino)), (DeclineReason::MccNotAllowed, "agent.mcc_groups.block.gambling"));
+    let w = World::new().card_policy(json!({"mcc_groups": {"allow": ["cloud"]}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::MccNotAllowed, "card.mcc_groups.allow"));
+}
+
+#[test]
+fn merchant_lock_by_network_id_or_descriptor_pattern() {
+    let w = World::new().card_policy(json!({"merchant_lock": {"ids": ["m_aws"], "names": ["openai*"]}}));
+    assert!(w.decide(&req(1)).approved(), "descriptor pattern matches, ignoring case");
+    let other = with(req(1), |r| {
+        r.merchant.name = "ANTHROPIC".into();
+        r.merchant.id = Some("m_anthropic".into());
+    });
+    assert_eq!(declined(&w.decide(&other)), (DeclineReason::MerchantNotAllowed, "card.merchant_lock"));
+    let aws = with(other, |r| r.merchant.id = Some("m_aws".into()));
+    assert!(w.decide(&aws).approved(), "network id matches");
+}
+
+#[test]
+fn glob_patterns() {
+    assert!(glob_match("OPENAI *", "openai *api"));
+    assert!(glob_match("*", ""));
+    assert!(glob_match("a*b*c", "axxbyyc"));
+    assert!(!glob_match("a*b*c", "axxbyy"));
+    assert!(glob_match("AWS", "aws"));
+    assert!(!glob_match("AWS", "AWS EMEA"));
+}
+
+#[test]
+fn country_allow_and_block() {
+    let w = World::new().agent_policy(json!({"countries": {"allow": ["DE"]}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::CountryNotAllowed, "agent.countries.allow"));
+    let w = World::new().card_policy(json!({"countries": {"block": ["US"]}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::CountryNotAllowed, "card.countries.block"));
+    assert!(w.decide(&with(req(1), |r| r.merchant.country = Some("de".into()))).approved());
+}
+
+#[test]
+fn active_hours_in_a_timezone_including_overnight_spans() {
+    // 12:00 UTC on a Sunday is 07:00 in New York (UTC-5).
+    let w = World::new().agent_policy(json!({"active_hours": {"timezone": "America/New_York", "from": "08:00", "to": "20:00"}}));
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::OutsideActiveHours, "agent.active_hours"));
+    assert!(w.decide_at(&req(1), "2026-11-22T13:00:00Z").approved());
+    assert!(!w.decide_at(&req(1), "2026-11-23T01:00:00Z").approved(), "20:00 is already outside");
+    let night = World::new().agent_policy(json!({"active_hours": {"from": "22:00", "to": "06:00"}}));
+    assert!(night.decide_at(&req(1), "2026-11-22T23:00:00Z").approved());
+    assert!(night.decide_at(&req(1), "2026-11-22T05:59:00Z").approved());
+    assert!(!night.decide_at(&req(1), "2026-11-22T06:00:00Z").approved());
+    let weekdays = World::new().agent_policy(json!({"active_hours": {"from": "00:00", "to": "23:59", "days": ["mon", "tue", "wed", "thu", "fri"]}}));
+    assert!(!weekdays.decide(&req(1)).approved(), "Sunday");
+    assert!(weekdays.decide_at(&req(1), "2026-11-23T12:00:00Z").approved(), "Monday");
+}
+
+#[test]
+fn per_transaction_caps_apply_in_each_policys_currency() {
+    let w = World::new().card_policy(json!({"per_transaction": 5_000}));
+    assert!(w.decide(&req(5_000)).approved());
+    assert_eq!(declined(&w.decide(&req(5_001))), (DeclineReason::PerTransactionExceeded, "card.per_transaction"));
+    let w = World::new().agent_policy(json!({"per_transaction": 1_000}));
+    assert_eq!(declined(&w.decide(&req(1_001))).1, "agent.per_transaction");
+}
+
+#[test]
+fn rolling_limits_slide_and_name_the_limit() {
+    let mut w = World::new().agent_policy(
+        json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 10_000}]}),
+    );
+    w.spent(&req(6_000), "2026-11-21T13:00:00Z");
+    w.spent(&req(3_000), "2026-11-22T11:00:00Z");
+    assert!(w.decide(&req(1_000)).approved(), "exactly at the cap is allowed");
+    assert_eq!(declined(&w.decide(&req(1_001))), (DeclineReason::LimitExceeded, "agent.limit.daily"));
+    // An hour later the 60.00 spend has left the window.
+    assert!(w.decide_at(&req(7_000), "2026-11-22T13:00:00Z").approved());
+    assert!(!w.decide_at(&req(7_001), "2026-11-22T13:00:00Z").approved());
+}
+
+#[test]
+fn calendar_limits_reset_at_midnight_in_their_timezone() {
+    let mut w = World::new().card_policy(json!({"limits": [
+        {"id": "day_la", "scope": "card", "window": {"calendar": "day", "timezone": "America/Los_Angeles"}, "amount": 1_000}]}));
+    // 2026-11-22T07:00Z is 23:00 on the 21st in Los Angeles.
+    w.spent(&req(1_000), "2026-11-22T07:00:00Z");
+    assert_eq!(declined(&w.decide_at(&req(1), "2026-11-22T07:59:59Z")), (DeclineReason::LimitExceeded, "card.limit.day_la"));
+    assert!(w.decide_at(&req(1_000), "2026-11-22T08:00:00Z").approved());
+}
+
+#[test]
+fn calendar_weeks_and_months_and_lifetime() {
+    let mut w = World::new().agent_policy(json!({"limits": [
+        {"id": "week", "scope": "agent", "window": {"calendar": "week"}, "amount": 2_000},
+        {"id": "month", "scope": "agent", "window": {"calendar": "month", "timezone": "Europe/Berlin"}, "amount": 3_000},
+        {"id": "ever", "scope": "agent", "window": "lifetime", "amount": 4_000}]}));
+    w.spent(&req(2_000), "2026-11-22T20:00:00Z"); // Sunday
+    assert_eq!(declined(&w.decide_at(&req(1), "2026-11-22T23:59:59Z")).1, "agent.limit.week");
+    // Monday: a new week, the same month.
+    assert!(w.decide_at(&req(1_000), "2026-11-23T00:00:00Z").approved());
+    w.spent(&req(1_000), "2026-11-23T00:00:00Z");
+    assert_eq!(declined(&w.decide_at(&req(1), "2026-11-23T00:00:00Z")).1, "agent.limit.month");
+    // December in Berlin starts at 23:00 UTC on 30 November; the lifetime cap still counts.
+    assert!(!w.decide_at(&req(1), "2026-11-30T22:59:59Z").approved());
+    assert!(w.decide_at(&req(1_000), "2026-11-30T23:00:00Z").approved());
+    assert_eq!(declined(&w.decide_at(&req(1_001), "2026-11-30T23:00:00Z")).1, "agent.limit.ever");
+}
+
+#[test]
+fn counts_are_velocity_limits() {
+    let mut w = World::new()
+        .agent_policy(json!({"limits": [{"id": "burst", "scope": "agent", "window": {"rolling": "10m"}, "count": 2}]}));
+    w.spent(&req(1), "2026-11-22T11:55:00Z");
+    w.spent(&req(1), "2026-11-22T11:56:00Z");
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::VelocityExceeded, "agent.limit.burst"));
+    assert!(w.decide_at(&req(1), "2026-11-22T12:05:01Z").approved());
+}
+
+#[test]
+fn scopes_count_only_their_card_or_trace() {
+    let mut w = World::new().agent_policy(json!({"limits": [
+        {"id": "per_card", "scope": "card", "window": "lifetime", "amount": 1_000},
+        {"id": "per_trace", "scope": "trace", "window": "lifetime", "amount": 500}]}));
+    let pr1 = with(req(400), |r| r.trace_id = Some("pr-1".into()));
+    w.spent(&pr1, "2026-11-22T10:00:00Z");
+    assert_eq!(declined(&w.decide(&with(req(101), |r| r.trace_id = Some("pr-1".into())))).1, "agent.limit.per_trace");
+    assert!(w.decide(&with(req(500), |r| r.trace_id = Some("pr-2".into()))).approved());
+    assert!(w.decide(&req(600)).approved(), "no trace: the trace limit does not apply");
+    assert_eq!(declined(&w.decide(&req(601))).1, "agent.limit.per_card");
+    // Another card of the same agent has its own card-scoped count.
+    w.card.id = CardId::generate();
+    assert!(w.decide(&req(1_000)).approved());
+}
+
+#[test]
+fn limit_filters_select_what_counts() {
+    let mut w = World::new().agent_policy(json!({"limits": [
+        {"id": "ai", "scope": "agent", "window": "lifetime", "amount": 1_000, "mcc_groups": ["ai_apis"], "rails": ["card"]},
+        {"id": "openai", "scope": "agent", "window": "lifetime", "amount": 1_500, "merchants": ["OPENAI *"]}]}));
+    let cloud = with(req(5_000), |r| {
+        r.merchant.mcc = Some("4816".into());
+        r.merchant.name = "AWS".into();
+        r.merchant.id = None;
+    });
+    w.spent(&cloud, "2026-11-22T10:00:00Z");
+    w.spent(&req(1_000), "2026-11-22T10:00:00Z");
+    assert_eq!(declined(&w.decide(&req(1))).1, "agent.limit.ai");
+    assert!(w.decide(&cloud).approved(), "cloud spend is outside both filters");
+    let usdc = with(req(500), |r| r.rail = Rail::Usdc);
+    assert!(w.decide(&usdc).approved(), "the ai limit covers cards only; openai has room for 500");
+    assert_eq!(declined(&w.decide(&with(usdc, |r| r.amount = 501))).1, "agent.limit.openai");
+}
+
+#[test]
+fn approval_threshold_then_balance() {
+    let mut w = World::new().agent_policy(json!({"approval": {"above": 10_000}}));
+    assert_eq!(declined(&w.decide(&req(10_001))), (DeclineReason::ApprovalRequired, "agent.approval"));
+    w.available = 500;
+    assert!(w.decide(&req(500)).approved());
+    assert_eq!(declined(&w.decide(&req(501))), (DeclineReason::InsufficientFunds, "agent.balance"));
+}
+
+#[test]
+fn checks_run_in_the_documented_order() {
+    // A request that breaks every rule is declined by the first one.
+    let mut w = World::new().agent_policy(json!({
+        "mcc": {"allow": ["7372"]}, "merchant_lock": {"names": ["AWS"]}, "countries": {"allow": ["DE"]},
+        "active_hours": {"from": "00:00", "to": "00:01"}, "per_transaction": 1,
+        "limits": [{"id": "l", "scope": "agent", "window": "lifetime", "amount": 1}], "approval": {"above": 1}}));
+    w.available = 0;
+    let order = [
+        DeclineReason::MccNotAllowed,
+        DeclineReason::MerchantNotAllowed,
+        DeclineReason::CountryNotAllowed,
+        DeclineReason::OutsideActiveHours,
+        DeclineReason::PerTransactionExceeded,
+        DeclineReason::LimitExceeded,
+        DeclineReason::ApprovalRequired,
+        DeclineReason::InsufficientFunds,
+    ];
+    let mut doc = serde_json::to_value(&w.agent.policy).unwrap();
+    for expected in order {
+        assert_eq!(w.decide(&req(100)).decline, Some(expected));
+        let obj = doc.as_object_mut().unwrap();
+        match expected {
+            DeclineReason::MccNotAllowed => obj.remove("mcc"),
+            DeclineReason::MerchantNotAllowed => obj.remove("merchant_lock"),
+            DeclineReason::CountryNotAllowed => obj.remove("countries"),
+            DeclineReason::OutsideActiveHours => obj.remove("active_hours"),
+            DeclineReason::PerTransactionExceeded => obj.remove("per_transaction"),
+            DeclineReason::LimitExceeded => obj.remove("limits"),
+            DeclineReason::ApprovalRequired => obj.remove("approval"),
+            _ => None,
+        };
+        w.agent.policy = policy(doc.clone(), "USD");
+    }
+}
+
+#[test]
+fn foreign_amounts_convert_up_into_each_cap_currency() {
+    let mut w = World::new();
+    w.card.currency = "EUR".parse().unwrap();
+    w.card.policy = policy(json!({"per_transaction": 880}), "EUR");
+    // 10.00 USD is 8.80 EUR (rounded up) on the card and 10.00 USD on the agent.
+    let d = w.decide(&req(1_000));
+    assert!(d.approved(), "{d:?}");
+    let a = d.amounts.unwrap();
+    assert_eq!((a.card.amount, a.agent.amount), (880, 1_000));
+    assert_eq!(d.fx, Some(FxUsed { rate: "0.8797395971".into(), date: "2026-09-24".into() }));
+    assert_eq!(declined(&w.decide(&req(1_001))).1, "card.per_transaction");
+    // JPY (no minor unit) into USD: 1000 JPY = 6.30 USD.
+    let yen = with(req(1_000), |r| r.currency = "jpy".into());
+    assert_eq!(World::new().decide(&yen).amounts.unwrap().agent.amount, 630);
+}
+
+#[test]
+fn unknown_and_unrated_currencies_decline() {
+    let w = World::new();
+    assert_eq!(declined(&w.decide(&with(req(1), |r| r.currency = "ZZZ".into()))).0, DeclineReason::UnsupportedCurrency);
+    // BHD is ISO 4217 but not in the ECB table.
+    assert_eq!(declined(&w.decide(&with(req(1), |r| r.currency = "BHD".into()))), (DeclineReason::UnsupportedCurrency, "fx.rates"));
+}
+
+#[test]
+fn stale_rates_decline_only_cross_currency_requests() {
+    let mut w = World::new();
+    w.fx.max_age = SignedDuration::from_hours(96);
+    let eur = with(req(100), |r| r.currency = "EUR".into());
+    assert_eq!(declined(&w.decide(&eur)), (DeclineReason::StaleFx, "fx.max_age"));
+    assert!(w.decide(&req(100)).approved(), "same currency needs no rate");
+    assert!(w.decide_at(&eur, "2026-09-27T12:00:00Z").approved());
+    w.fx.decline_stale = false;
+    assert!(w.decide(&eur).approved(), "configured to use the last good table");
+}
+
+#[test]
+fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
+    let mut w = World::new().agent_policy(json!({"x402": {"per_call": 500, "allow_hosts": ["api.example.com"]}}));
+    w.card.policy = policy(json!({"per_transaction": 1}), "USD");
+    let call = |amount, host: &str| AuthRequest {
+        rail: Rail::Usdc,
+        amount,
+        currency: "USD".into(),
+        merchant: Merchant { id: Some("0xpay".into()), name: host.into(), mcc: None, country: None },
+        trace_id: None,
+    };
+    fn snap(w: &World) -> Snapshot<'_> {
+        Snapshot {
+        agent: &w.agent,
+        card: None,
+        card_used: false,
+        spends: &w.spends,
+        available: w.available,
+        rates: &w.rates,
+        fx: w.fx,
+        catalog: crate::fixtures::catalog(),
+        }
+    }
+    assert!(evaluate(&call(500, "api.example.com"), &snap(&w), at(NOW)).approved());
+    let d = evaluate(&call(501, "api.example.com"), &snap(&w), at(NOW));
+    assert_eq!(declined(&d), (DeclineReason::PerCallExceeded, "agent.x402.per_call"));
+    let d = evaluate(&call(1, "evil.example.com"), &snap(&w), at(NOW));
+    assert_eq!(declined(&d), (DeclineReason::HostNotAllowed, "agent.x402.allow_hosts"));
+    // x402 rules do not apply to card spend.
+    w.card.policy = policy(json!({}), "USD");
+    assert!(w.decide(&req(10_000)).approved());
+}
+
+#[test]
+fn every_reason_code_round_trips() {
+    for r in DeclineReason::ALL {
+        assert_eq!(DeclineReason::parse(r.as_str()), Some(r));
+        assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
+    }
+}

@@ -1,0 +1,88 @@
+//! Where a limit's window starts, as of a moment: rolling (the last N seconds), calendar (the current
+//! day, ISO week or month in a timezone, so "this month in Berlin" turns over at midnight Berlin time)
+//! or lifetime.
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+
+use crate::domain::policy::{CalendarUnit, Window};
+
+/// The first millisecond that counts: spends authorized at or after it are in the window.
+pub fn start_ms(window: &Window, now: Timestamp) -> i64 {
+    match window {
+        // Exactly `seconds` after its authorization a spend leaves the window.
+        Window::Rolling { seconds, .. } => now.as_millisecond() - seconds * 1_000 + 1,
+        Window::Calendar { unit, timezone } => {
+            // Timezones are checked when the policy is stored; an unknown one here counts from the
+            // beginning of time, which can only make the limit stricter.
+            let Ok(tz) = TimeZone::get(timezone) else { return i64::MIN };
+            calendar_start(*unit, now, tz).unwrap_or(i64::MIN)
+        }
+        Window::Lifetime => i64::MIN,
+    }
+}
+
+fn calendar_start(unit: CalendarUnit, now: Timestamp, tz: TimeZone) -> Option<i64> {
+    let today = now.to_zoned(tz.clone()).date();
+    let first = match unit {
+        CalendarUnit::Day => today,
+        CalendarUnit::Week => today.checked_sub(i64::from(today.weekday().to_monday_zero_offset()).days()).ok()?,
+        CalendarUnit::Month => today.first_of_month(),
+    };
+    // to_zoned resolves a midnight that a DST change skips to the first instant of the day.
+    Some(first.to_zoned(tz).ok()?.timestamp().as_millisecond())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn cal(unit: CalendarUnit, tz: &str) -> Window {
+        Window::Calendar { unit, timezone: tz.into() }
+    }
+
+    fn start(window: &Window, now: &str) -> Timestamp {
+        Timestamp::from_millisecond(start_ms(window, at(now))).unwrap()
+    }
+
+    #[test]
+    fn rolling_windows_slide() {
+        let day = Window::Rolling { text: "24h".into(), seconds: 86_400 };
+        assert_eq!(start(&day, "2026-11-22T12:00:00Z"), at("2026-11-21T12:00:00.001Z"));
+    }
+
+    #[test]
+    fn calendar_days_turn_over_at_local_midnight() {
+        let day = cal(CalendarUnit::Day, "America/Los_Angeles");
+        // 07:59 UTC on the 22nd is 23:59 on the 21st in Los Angeles (UTC-8 in November).
+        assert_eq!(start(&day, "2026-11-22T07:59:00Z"), at("2026-11-21T08:00:00Z"));
+        assert_eq!(start(&day, "2026-11-22T08:00:00Z"), at("2026-11-22T08:00:00Z"));
+    }
+
+    #[test]
+    fn calendar_weeks_start_on_monday() {
+        // 2026-11-22 is a Sunday; its ISO week began on Monday the 16th.
+        assert_eq!(start(&cal(CalendarUnit::Week, "UTC"), "2026-11-22T23:00:00Z"), at("2026-11-16T00:00:00Z"));
+        assert_eq!(start(&cal(CalendarUnit::Week, "UTC"), "2026-11-23T00:00:00Z"), at("2026-11-23T00:00:00Z"));
+    }
+
+    #[test]
+    fn calendar_months_follow_the_timezone_and_daylight_saving() {
+        let month = cal(CalendarUnit::Month, "Europe/Berlin");
+        // Midnight of 1 November in Berlin is 23:00 UTC on 31 October (CET, UTC+1).
+        assert_eq!(start(&month, "2026-10-31T23:30:00Z"), at("2026-10-31T23:00:00Z"));
+        assert_eq!(start(&month, "2026-10-31T22:30:00Z"), at("2026-09-30T22:00:00Z"));
+        // A day that starts in a DST gap (Santiago moves 00:00 -> 01:00 on 2026-09-06).
+        let day = cal(CalendarUnit::Day, "America/Santiago");
+        assert_eq!(start(&day, "2026-09-06T12:00:00Z"), at("2026-09-06T04:00:00Z"));
+    }
+
+    #[test]
+    fn lifetime_counts_everything() {
+        assert_eq!(start_ms(&Window::Lifetime, at("2026-11-22T00:00:00Z")), i64::MIN);
+    }
+}
