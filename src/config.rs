@@ -46,6 +46,26 @@ pub struct Config {
     pub simulator_bin: String,
     /// Log filter, e.g. `info` or `spendgate=debug` (`RUST_LOG` wins when set).
     pub log: String,
+    /// Signs the native authorization webhook (`Spendgate-Signature`); unset, it answers 404.
+    pub webhook_secret: Option<Secret>,
+    /// Also accepted while a new `webhook_secret` is rolled out.
+    pub webhook_secret_previous: Option<Secret>,
+    /// Time a decision may take before it is answered as a `timeout` decline.
+    pub decision_budget_ms: u64,
+    /// Holds still pending after this many hours are voided.
+    pub hold_expiry_hours: u64,
+    /// The ECB daily rates file to refresh from (e.g. the ECB's eurofxref-daily.xml); unset, the
+    /// built-in table is used.
+    pub fx_url: Option<String>,
+    pub fx_refresh_minutes: u64,
+    /// Rates older than this make a cross-currency authorization decline with `stale_fx`.
+    pub fx_max_age_hours: u64,
+    /// false: keep deciding with the last good table however old it is.
+    pub fx_stale_declines: bool,
+    /// Cards kept in the decision path's snapshot cache.
+    pub cache_capacity: u64,
+    /// Most ledger commands committed in one transaction.
+    pub ledger_batch: usize,
 }
 
 impl Default for Config {
@@ -59,6 +79,16 @@ impl Default for Config {
             // Visa's test range, as used by processors' sandboxes: never a real card.
             simulator_bin: "400000".into(),
             log: "info".into(),
+            webhook_secret: None,
+            webhook_secret_previous: None,
+            decision_budget_ms: 1_500,
+            hold_expiry_hours: 7 * 24,
+            fx_url: None,
+            fx_refresh_minutes: 60,
+            fx_max_age_hours: 4 * 24,
+            fx_stale_declines: true,
+            cache_capacity: 1_000_000,
+            ledger_batch: 256,
         }
     }
 }
@@ -101,6 +131,24 @@ impl Config {
                 k.len() >= 32 && k.bytes().all(|b| b.is_ascii_graphic()),
                 "SPENDGATE_BOOTSTRAP_ADMIN_KEY must be at least 32 printable characters without spaces"
             );
+        }
+        for (name, secret) in
+            [("webhook_secret", &self.webhook_secret), ("webhook_secret_previous", &self.webhook_secret_previous)]
+        {
+            if let Some(s) = secret {
+                anyhow::ensure!(
+                    s.expose().len() >= 16,
+                    "SPENDGATE_{} must be at least 16 characters",
+                    name.to_uppercase()
+                );
+            }
+        }
+        anyhow::ensure!((1..=60_000).contains(&self.decision_budget_ms), "decision_budget_ms must be 1 to 60000");
+        anyhow::ensure!(self.hold_expiry_hours >= 1, "hold_expiry_hours must be at least 1");
+        anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
+        anyhow::ensure!((1..=10_000).contains(&self.ledger_batch), "ledger_batch must be 1 to 10000");
+        if let Some(url) = &self.fx_url {
+            anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "fx_url must be an http(s) URL");
         }
         Ok(())
     }

@@ -6,6 +6,7 @@ use crate::admin::Admin;
 use crate::admin::PageQuery;
 use crate::admin::agents::NewAgent;
 use crate::admin::cards::NewCard;
+use crate::admin::ledger::FundRequest;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +20,9 @@ struct DemoAgent {
     name: String,
     department: Option<String>,
     policy: Option<serde_json::Value>,
+    /// Prepaid balance to fund, in minor units of the agent's currency.
+    #[serde(default)]
+    balance: i64,
     #[serde(default)]
     cards: Vec<NewCard>,
 }
@@ -42,6 +46,14 @@ pub async fn setup(admin: &Admin) -> anyhow::Result<DemoSetup> {
         let agent = admin.create_agent(&owner, input).await?;
         for card in entry.cards {
             admin.issue_card(&owner, agent.id.as_str(), card).await?;
+        }
+        if entry.balance > 0 {
+            let fund = FundRequest {
+                id: format!("demo-{}", agent.id),
+                amount: entry.balance,
+                currency: agent.currency.code().to_owned(),
+            };
+            admin.fund(&owner, agent.id.as_str(), fund).await?;
         }
     }
     Ok(DemoSetup { key, loaded: true })

@@ -13,6 +13,9 @@ pub enum Error {
     InvalidJson(String),
     #[error("missing or invalid API key")]
     Unauthenticated,
+    /// A webhook whose signature is missing, stale or wrong (401).
+    #[error("missing, stale or invalid signature")]
+    BadSignature,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -44,6 +47,7 @@ impl Error {
             Error::Validation(_) => "validation_failed",
             Error::InvalidJson(_) => "invalid_json",
             Error::Unauthenticated => "unauthenticated",
+            Error::BadSignature => "invalid_signature",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
             Error::Conflict { code, .. } | Error::Unprocessable { code, .. } => code,

@@ -1,21 +1,26 @@
 //! spendgate: virtual cards and spending rules for AI agents.
 //!
 //! Layers, each depending only on those below it:
-//! `http` (actix-web) → `admin` (operations) → `store` (diesel) → `domain` (plain types and rules).
+//! `http` (actix-web) → `admin` (operations) → `ledger` (decisions and money) → `policy` (the pure
+//! rules) → `domain` (plain types); `admin`, `ledger` and `cache` read and write through `store` (diesel).
 
 pub mod admin;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod fixtures;
-pub mod policy;
 pub mod http;
+pub mod ledger;
+pub mod policy;
+pub mod rates;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -23,7 +28,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::admin::Admin;
 use crate::admin::keys::FirstKey;
+use crate::cache::Snapshots;
 use crate::config::Config;
+use crate::ledger::{Ledger, LedgerSettings};
+use crate::policy::FxRules;
 use crate::store::Db;
 
 /// A server that is listening; await `server` to run it until shutdown.
@@ -31,6 +39,7 @@ pub struct Started {
     pub addr: SocketAddr,
     pub admin: Admin,
     pub first_key: FirstKey,
+    pub ledger: Ledger,
     pub server: actix_web::dev::Server,
 }
 
@@ -39,13 +48,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let catalog = fixtures::catalog();
     let db = Db::connect(&config.database_url, config.database_pool_size)?;
     db.migrate().await?;
-    let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone());
+    let rates = rates::built_in();
+    let settings = LedgerSettings {
+        budget: Duration::from_millis(config.decision_budget_ms),
+        fx: FxRules {
+            max_age: jiff::SignedDuration::from_hours(config.fx_max_age_hours as i64),
+            decline_stale: config.fx_stale_declines,
+        },
+        max_batch: config.ledger_batch,
+        queue: 16_384,
+    };
+    let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), settings);
+    let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone());
+    spawn_background(config, &ledger, &rates);
     let first_key = admin.ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose())).await?;
 
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let state = web::Data::new(http::AppState { admin: admin.clone(), db, metrics: metrics_handle() });
+    let webhook = http::webhooks::Keys::new(config.webhook_secret.as_ref(), config.webhook_secret_previous.as_ref());
+    if webhook.is_none() {
+        tracing::warn!("SPENDGATE_WEBHOOK_SECRET is not set: the native authorization webhook answers 404");
+    }
+    let state = web::Data::new(http::AppState {
+        admin: admin.clone(),
+        db,
+        metrics: metrics_handle(),
+        ledger: ledger.clone(),
+        webhook,
+    });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
     })
@@ -53,7 +84,25 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    Ok(Started { addr, admin, first_key, server: server.run() })
+    Ok(Started { addr, admin, first_key, ledger, server: server.run() })
+}
+
+/// The hold expiry sweep and, when configured, the FX refresher.
+fn spawn_background(config: &Config, ledger: &Ledger, rates: &ledger::Rates) {
+    if let Some(url) = config.fx_url.clone() {
+        let every = Duration::from_secs(config.fx_refresh_minutes * 60);
+        actix_web::rt::spawn(rates::refresh_forever(url, every, rates.clone()));
+    }
+    let ledger = ledger.clone();
+    let max_age = jiff::SignedDuration::from_hours(config.hold_expiry_hours as i64);
+    actix_web::rt::spawn(async move {
+        loop {
+            if let Err(e) = ledger.expire_holds(jiff::Timestamp::now() - max_age).await {
+                tracing::warn!(error = %e, "hold expiry sweep failed; retrying in a minute");
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
 }
 
 /// The process-wide Prometheus recorder (installed once, shared by every server in the process).

@@ -112,6 +112,7 @@ impl Admin {
                 Ok(agent)
             })
             .await?;
+        self.snapshots().invalidate_agent(&agent.id);
         tracing::info!(agent = %agent.id, actor = %who.key_id, status = agent.status.as_str(), "agent status");
         Ok(agent)
     }
@@ -127,6 +128,7 @@ impl Admin {
         let policy = parse_policy(self.catalog, doc, Some(currency))?;
         let actor = who.key_id.clone();
         let stored = policy.clone();
+        let key = id.clone();
         self.db
             .write(move |conn| {
                 let old = load_agent(conn, &id)?.policy;
@@ -136,6 +138,7 @@ impl Admin {
                 store::events::insert(conn, &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data))
             })
             .await?;
+        self.snapshots().invalidate_agent(&key);
         Ok(policy)
     }
 

@@ -249,6 +249,7 @@ impl Admin {
                 Ok(card)
             })
             .await?;
+        self.snapshots().invalidate_card(&card.id);
         tracing::info!(card = %card.id, actor = %who.key_id, status = card.status.as_str(), "card status");
         Ok(card)
     }
@@ -269,7 +270,9 @@ impl Admin {
         require(who, Permission::Manage, Some(&agent_id))?;
         let catalog = self.catalog;
         let actor = who.key_id.clone();
-        self.db
+        let key = card_id.clone();
+        let policy = self
+            .db
             .write(move |conn| {
                 let card = load_card(conn, Some(&agent_id), &card_id)?;
                 if card.status == CardStatus::Closed {
@@ -285,7 +288,43 @@ impl Admin {
                 )?;
                 Ok(policy)
             })
-            .await
+            .await?;
+        self.snapshots().invalidate_card(&key);
+        Ok(policy)
+    }
+
+    /// Sets (or with `None` clears) the trace that authorizations on the card are tagged with
+    /// when the processor sends none.
+    pub async fn set_card_trace(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        card_id: &str,
+        trace_id: Option<String>,
+    ) -> Result<Card> {
+        let agent_id = parse_agent_id(agent_id)?;
+        let card_id = parse_card_id(card_id)?;
+        require(who, Permission::Manage, Some(&agent_id))?;
+        let trace_id = trace_id.map(|t| required_text("trace_id", &t, 200)).transpose()?;
+        let actor = who.key_id.clone();
+        let card = self
+            .db
+            .write(move |conn| {
+                let mut card = load_card(conn, Some(&agent_id), &card_id)?;
+                let now = store::now();
+                store::cards::set_trace(conn, &card_id, trace_id.as_deref(), now)?;
+                let data = serde_json::json!({ "previous": card.trace_id, "trace_id": trace_id });
+                store::events::insert(
+                    conn,
+                    &Event::new(&agent_id, Some(&card_id), "trace_changed", &actor, now).data(data),
+                )?;
+                card.trace_id = trace_id;
+                card.updated_at = now;
+                Ok(card)
+            })
+            .await?;
+        self.snapshots().invalidate_card(&card.id);
+        Ok(card)
     }
 
     pub async fn card_events(

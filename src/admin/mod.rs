@@ -5,16 +5,19 @@
 pub mod agents;
 pub mod cards;
 pub mod keys;
+pub mod ledger;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::cache::Snapshots;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::catalog::Catalog;
 use crate::domain::ids::AgentId;
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
+use crate::ledger::Ledger;
 use crate::store::{Db, DbConnection};
 
 #[derive(Clone)]
@@ -22,11 +25,17 @@ pub struct Admin {
     db: Db,
     catalog: &'static Catalog,
     simulator_bin: String,
+    ledger: Ledger,
 }
 
 impl Admin {
-    pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String) -> Self {
-        Admin { db, catalog, simulator_bin }
+    pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String, ledger: Ledger) -> Self {
+        Admin { db, catalog, simulator_bin, ledger }
+    }
+
+    /// The decision path's snapshots, which every write to a card or agent invalidates.
+    fn snapshots(&self) -> &Snapshots {
+        self.ledger.snapshots()
     }
 
     pub fn catalog(&self) -> &'static Catalog {
@@ -48,7 +57,7 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 500;
 
 impl PageQuery {
-    fn size(&self) -> Result<i64> {
+    pub(crate) fn size(&self) -> Result<i64> {
         match self.limit {
             None => Ok(DEFAULT_PAGE),
             Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),

@@ -69,6 +69,14 @@ prefixed_id!(
     /// An entry in an audit trail.
     EventId, "evt"
 );
+prefixed_id!(
+    /// An authorization request: the hold it placed, or the recorded decline.
+    AuthorizationId, "auth"
+);
+prefixed_id!(
+    /// A ledger movement: fund, post, excess, void, expire or refund.
+    TransferId, "trf"
+);
 
 #[cfg(test)]
 mod tests {

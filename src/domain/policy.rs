@@ -313,7 +313,9 @@ impl Policy {
             (Some(own), Some(card)) if own != card => {
                 return fail(
                     "currency",
-                    format!("must be {card}, not {own}: a card's caps are in its currency, an agent's in its balance's"),
+                    format!(
+                        "must be {card}, not {own}: a card's caps are in its currency, an agent's in its balance's"
+                    ),
                 );
             }
             (None, expected) => self.currency = Some(expected.unwrap_or(Currency::USD)),

@@ -6,8 +6,10 @@ mod auth;
 mod cards;
 pub mod error;
 mod keys;
+mod ledger;
 pub mod openapi;
 mod system;
+pub mod webhooks;
 
 use std::time::Instant;
 
@@ -19,12 +21,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admin::Admin;
 use crate::error::Error;
+use crate::ledger::Ledger;
 use crate::store::Db;
 
 pub struct AppState {
     pub admin: Admin,
     pub db: Db,
     pub metrics: PrometheusHandle,
+    pub ledger: Ledger,
+    /// None when no webhook secret is configured: the native webhook answers 404.
+    pub webhook: Option<webhooks::Keys>,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -57,6 +63,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(keys::create_key)
         .service(keys::list_keys)
         .service(keys::revoke_key)
+        .service(ledger::fund)
+        .service(ledger::balance)
+        .service(ledger::ledger)
+        .service(ledger::put_trace)
+        .service(webhooks::authorize)
+        .service(webhooks::capture)
+        .service(webhooks::reverse)
+        .service(webhooks::refund)
         .default_service(web::to(no_route));
 }
 

@@ -1,7 +1,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, cards, keys, system};
+use super::{agents, cards, keys, ledger, system, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,8 @@ use super::{agents, cards, keys, system};
         cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::freeze_card,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,
         keys::create_key, keys::list_keys, keys::revoke_key,
+        ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace,
+        webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
     ),
     modifiers(&BearerAuth)
 )]

@@ -57,7 +57,9 @@ impl RateTable {
                         match attr.key.local_name().as_ref() {
                             b"time" if date.is_some() => return finish(date, rates),
                             b"time" => {
-                                date = Some(value.parse::<jiff::civil::Date>().map_err(|e| format!("date {value:?}: {e}"))?)
+                                date = Some(
+                                    value.parse::<jiff::civil::Date>().map_err(|e| format!("date {value:?}: {e}"))?,
+                                )
                             }
                             b"currency" => currency = Some(value),
                             b"rate" => rate = Some(value),
@@ -65,7 +67,8 @@ impl RateTable {
                         }
                     }
                     if let (Some(code), Some(rate)) = (currency, rate) {
-                        let rate: Decimal = rate.parse().map_err(|_| format!("rate {rate:?} of {code} is not a number"))?;
+                        let rate: Decimal =
+                            rate.parse().map_err(|_| format!("rate {rate:?} of {code} is not a number"))?;
                         if rate <= Decimal::ZERO {
                             return Err(format!("rate of {code} must be positive"));
                         }
@@ -159,7 +162,10 @@ mod tests {
 
     #[test]
     fn three_decimal_currencies_convert_in_their_own_minor_units() {
-        let t = RateTable::new("2026-09-24".parse().unwrap(), [(c("USD"), "1.1367".parse().unwrap()), (c("BHD"), "0.4286".parse().unwrap())]);
+        let t = RateTable::new(
+            "2026-09-24".parse().unwrap(),
+            [(c("USD"), "1.1367".parse().unwrap()), (c("BHD"), "0.4286".parse().unwrap())],
+        );
         // 1.00 USD = 0.377056... BHD -> 0.378 BHD (378 fils).
         assert_eq!(t.convert(100, c("USD"), c("BHD")).unwrap().amount, 378);
         // 1.000 BHD = 2.65212... USD -> 2.66 USD.
@@ -186,8 +192,14 @@ mod tests {
     fn files_that_are_not_rate_tables_are_refused() {
         assert!(RateTable::parse_ecb("").is_err());
         assert!(RateTable::parse_ecb("<html><body>Maintenance</body></html>").is_err());
-        assert!(RateTable::parse_ecb("<Cube><Cube time='2026-13-45'><Cube currency='USD' rate='1.1'/></Cube></Cube>").is_err());
-        assert!(RateTable::parse_ecb("<Cube><Cube time='2026-09-24'><Cube currency='USD' rate='-1'/></Cube></Cube>").is_err());
+        assert!(
+            RateTable::parse_ecb("<Cube><Cube time='2026-13-45'><Cube currency='USD' rate='1.1'/></Cube></Cube>")
+                .is_err()
+        );
+        assert!(
+            RateTable::parse_ecb("<Cube><Cube time='2026-09-24'><Cube currency='USD' rate='-1'/></Cube></Cube>")
+                .is_err()
+        );
         // History files list the newest day first; only that day is read.
         let two = "<Cube><Cube time='2026-09-24'><Cube currency='USD' rate='1.1'/></Cube>\
                    <Cube time='2026-09-23'><Cube currency='USD' rate='2'/><Cube currency='GBP' rate='0.9'/></Cube></Cube>";

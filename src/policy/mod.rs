@@ -34,6 +34,7 @@ use fx::{FxError, RateTable};
 /// One authorization that still counts against spending windows (a hold or a posted amount).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spend {
+    pub authorization_id: String,
     pub card_id: Option<CardId>,
     pub card_currency: Option<Currency>,
     pub trace_id: Option<String>,
@@ -135,12 +136,7 @@ fn card_expired(card: &Card, now: Timestamp) -> bool {
 }
 
 /// The request in the agent's and the card's currencies.
-fn convert(
-    req: &AuthRequest,
-    snap: &Snapshot<'_>,
-    now: Timestamp,
-    fx_used: &mut Option<FxUsed>,
-) -> Outcome<Amounts> {
+fn convert(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, fx_used: &mut Option<FxUsed>) -> Outcome<Amounts> {
     if req.amount < 0 {
         return deny(DeclineReason::InternalError, "request.amount");
     }
@@ -209,7 +205,8 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
     }
     for r in &rules {
         if let Some(rule) = &r.policy.countries {
-            let listed = |list: &Vec<String>| m.country.as_ref().is_some_and(|c| list.iter().any(|l| l.eq_ignore_ascii_case(c)));
+            let listed =
+                |list: &Vec<String>| m.country.as_ref().is_some_and(|c| list.iter().any(|l| l.eq_ignore_ascii_case(c)));
             allow_block(rule, listed, DeclineReason::CountryNotAllowed, r.owner, "countries")?;
         }
     }
@@ -259,7 +256,8 @@ fn allow_block(
 }
 
 fn check_groups(rule: &AllowBlock, mcc: Option<&str>, catalog: &Catalog, owner: &str) -> Outcome {
-    let in_group = |name: &String| mcc.is_some_and(|mcc| catalog.groups.get(name).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
+    let in_group =
+        |name: &String| mcc.is_some_and(|mcc| catalog.groups.get(name).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
     if let Some(allow) = &rule.allow
         && !allow.iter().any(in_group)
     {
@@ -277,8 +275,8 @@ fn within_hours(hours: &crate::domain::policy::ActiveHours, now: Timestamp) -> b
     let minute = u32::from(local.hour() as u8) * 60 + u32::from(local.minute() as u8);
     let (Some(from), Some(to)) = (parse_clock(&hours.from), parse_clock(&hours.to)) else { return false };
     let in_time = if from < to { (from..to).contains(&minute) } else { minute >= from || minute < to };
-    let day_ok = hours.days.is_empty()
-        || hours.days.iter().any(|d| *d as i8 + 1 == local.weekday().to_monday_one_offset());
+    let day_ok =
+        hours.days.is_empty() || hours.days.iter().any(|d| *d as i8 + 1 == local.weekday().to_monday_one_offset());
     in_time && day_ok
 }
 
@@ -306,14 +304,21 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// Whether a spend (or the request) falls under the limit's filters.
-fn matches_filters(limit: &Limit, catalog: &Catalog, rail: Rail, mcc: Option<&str>, merchant: (&Option<String>, &str)) -> bool {
+fn matches_filters(
+    limit: &Limit,
+    catalog: &Catalog,
+    rail: Rail,
+    mcc: Option<&str>,
+    merchant: (&Option<String>, &str),
+) -> bool {
     if !limit.rails.is_empty() && !limit.rails.contains(&rail) {
         return false;
     }
     if !limit.mcc.is_empty() || !limit.mcc_groups.is_empty() {
         let Some(mcc) = mcc else { return false };
         let direct = limit.mcc.iter().any(|c| c == mcc);
-        let grouped = || limit.mcc_groups.iter().any(|g| catalog.groups.get(g).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
+        let grouped =
+            || limit.mcc_groups.iter().any(|g| catalog.groups.get(g).is_some_and(|g| g.mcc.iter().any(|c| c == mcc)));
         if !direct && !grouped() {
             return false;
         }

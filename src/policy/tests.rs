@@ -97,6 +97,7 @@ impl World {
         assert!(d.approved(), "setup spend declined: {d:?}");
         let a = d.amounts.unwrap();
         self.spends.push(Spend {
+            authorization_id: format!("auth_{}", self.spends.len()),
             card_id: Some(self.card.id.clone()),
             card_currency: Some(self.card.currency),
             trace_id: req.trace_id.clone(),
@@ -235,7 +236,8 @@ fn country_allow_and_block() {
 #[test]
 fn active_hours_in_a_timezone_including_overnight_spans() {
     // 12:00 UTC on a Sunday is 07:00 in New York (UTC-5).
-    let w = World::new().agent_policy(json!({"active_hours": {"timezone": "America/New_York", "from": "08:00", "to": "20:00"}}));
+    let w = World::new()
+        .agent_policy(json!({"active_hours": {"timezone": "America/New_York", "from": "08:00", "to": "20:00"}}));
     assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::OutsideActiveHours, "agent.active_hours"));
     assert!(w.decide_at(&req(1), "2026-11-22T13:00:00Z").approved());
     assert!(!w.decide_at(&req(1), "2026-11-23T01:00:00Z").approved(), "20:00 is already outside");
@@ -243,7 +245,9 @@ fn active_hours_in_a_timezone_including_overnight_spans() {
     assert!(night.decide_at(&req(1), "2026-11-22T23:00:00Z").approved());
     assert!(night.decide_at(&req(1), "2026-11-22T05:59:00Z").approved());
     assert!(!night.decide_at(&req(1), "2026-11-22T06:00:00Z").approved());
-    let weekdays = World::new().agent_policy(json!({"active_hours": {"from": "00:00", "to": "23:59", "days": ["mon", "tue", "wed", "thu", "fri"]}}));
+    let weekdays = World::new().agent_policy(
+        json!({"active_hours": {"from": "00:00", "to": "23:59", "days": ["mon", "tue", "wed", "thu", "fri"]}}),
+    );
     assert!(!weekdays.decide(&req(1)).approved(), "Sunday");
     assert!(weekdays.decide_at(&req(1), "2026-11-23T12:00:00Z").approved(), "Monday");
 }
@@ -277,7 +281,10 @@ fn calendar_limits_reset_at_midnight_in_their_timezone() {
         {"id": "day_la", "scope": "card", "window": {"calendar": "day", "timezone": "America/Los_Angeles"}, "amount": 1_000}]}));
     // 2026-11-22T07:00Z is 23:00 on the 21st in Los Angeles.
     w.spent(&req(1_000), "2026-11-22T07:00:00Z");
-    assert_eq!(declined(&w.decide_at(&req(1), "2026-11-22T07:59:59Z")), (DeclineReason::LimitExceeded, "card.limit.day_la"));
+    assert_eq!(
+        declined(&w.decide_at(&req(1), "2026-11-22T07:59:59Z")),
+        (DeclineReason::LimitExceeded, "card.limit.day_la")
+    );
     assert!(w.decide_at(&req(1_000), "2026-11-22T08:00:00Z").approved());
 }
 
@@ -411,7 +418,10 @@ fn unknown_and_unrated_currencies_decline() {
     let w = World::new();
     assert_eq!(declined(&w.decide(&with(req(1), |r| r.currency = "ZZZ".into()))).0, DeclineReason::UnsupportedCurrency);
     // BHD is ISO 4217 but not in the ECB table.
-    assert_eq!(declined(&w.decide(&with(req(1), |r| r.currency = "BHD".into()))), (DeclineReason::UnsupportedCurrency, "fx.rates"));
+    assert_eq!(
+        declined(&w.decide(&with(req(1), |r| r.currency = "BHD".into()))),
+        (DeclineReason::UnsupportedCurrency, "fx.rates")
+    );
 }
 
 #[test]
@@ -439,14 +449,14 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
     };
     fn snap(w: &World) -> Snapshot<'_> {
         Snapshot {
-        agent: &w.agent,
-        card: None,
-        card_used: false,
-        spends: &w.spends,
-        available: w.available,
-        rates: &w.rates,
-        fx: w.fx,
-        catalog: crate::fixtures::catalog(),
+            agent: &w.agent,
+            card: None,
+            card_used: false,
+            spends: &w.spends,
+            available: w.available,
+            rates: &w.rates,
+            fx: w.fx,
+            catalog: crate::fixtures::catalog(),
         }
     }
     assert!(evaluate(&call(500, "api.example.com"), &snap(&w), at(NOW)).approved());

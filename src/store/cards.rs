@@ -85,6 +85,11 @@ pub fn find(conn: &mut DbConnection, id: &CardId) -> Result<Option<Card>> {
         .transpose()
 }
 
+pub fn agent_of(conn: &mut DbConnection, id: &CardId) -> Result<Option<AgentId>> {
+    let agent: Option<String> = cards::table.find(id.as_str()).select(cards::agent_id).first(conn).optional()?;
+    Ok(agent.map(AgentId::from_stored))
+}
+
 pub fn exists_for_processor(conn: &mut DbConnection, processor: &str, processor_card_id: &str) -> Result<bool> {
     let found: i64 = cards::table
         .filter(cards::processor.eq(processor))
@@ -142,6 +147,8 @@ pub fn set_trace(conn: &mut DbConnection, id: &CardId, trace_id: Option<&str>, n
 /// A card's rules changed: its agent's config_version tells every node's decision path that
 /// its cached snapshot is stale.
 fn bump_agent_config(conn: &mut DbConnection, id: &CardId) -> Result<()> {
-    let agent_id: String = cards::table.find(id.as_str()).select(cards::agent_id).first(conn)?;
-    super::agents::bump_config(conn, &AgentId::from_stored(agent_id))
+    match agent_of(conn, id)? {
+        Some(agent) => super::agents::bump_config(conn, &agent),
+        None => Ok(()),
+    }
 }

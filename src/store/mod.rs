@@ -5,6 +5,7 @@ pub mod agents;
 pub mod cards;
 pub mod events;
 pub mod keys;
+pub mod ledger;
 mod schema;
 
 use std::path::Path;
@@ -51,7 +52,7 @@ impl Target {
 }
 
 /// Opens connections of the right variant directly, so a SQLite path is never offered to libpq.
-struct Manager(Target);
+pub struct Manager(Target);
 
 impl ManageConnection for Manager {
     type Connection = DbConnection;
@@ -173,6 +174,12 @@ impl Db {
         })
         .await
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
+    }
+
+    /// A connection for the ledger's writer thread (a plain thread, not a tokio task): on SQLite
+    /// the one writer connection, which admin writes share between ledger batches.
+    pub fn ledger_connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
+        Ok(self.writer.get()?)
     }
 
     /// Whether the database answers a trivial query now (for `/readyz`).

@@ -35,6 +35,7 @@ pub struct TestApp {
     pub database_url: String,
     pub http: reqwest::Client,
     storage: Storage,
+    pub ledger: spendgate::ledger::Ledger,
 }
 
 /// The PostgreSQL URL for tests, or None to skip them. In CI (CI set) it must be there.
@@ -72,6 +73,8 @@ fn fresh_storage(backend: Backend) -> (String, Storage) {
     }
 }
 
+pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+
 pub fn test_config(database_url: &str, owner_key: &str) -> Config {
     Config {
         listen: "127.0.0.1:0".into(),
@@ -79,17 +82,32 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         database_pool_size: 4,
         workers: 1,
         bootstrap_admin_key: Some(Secret::new(owner_key)),
+        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
         ..Config::default()
     }
 }
 
 pub async fn spawn(backend: Backend) -> TestApp {
+    spawn_with(backend, |_| {}).await
+}
+
+/// A server on a fresh database, with `adjust` applied to its configuration.
+pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> TestApp {
     let (database_url, storage) = fresh_storage(backend);
     let owner_key = format!("sgk_{}", hex::encode(rand::random::<[u8; 32]>()));
-    let started = spendgate::start(&test_config(&database_url, &owner_key)).await.expect("server starts");
+    let mut config = test_config(&database_url, &owner_key);
+    adjust(&mut config);
+    let started = spendgate::start(&config).await.expect("server starts");
     let base = format!("http://{}", started.addr);
+    let ledger = started.ledger.clone();
     actix_web::rt::spawn(started.server);
-    TestApp { base, owner_key, database_url, http: reqwest::Client::new(), storage }
+    TestApp { base, owner_key, database_url, http: reqwest::Client::new(), storage, ledger }
+}
+
+/// `Spendgate-Signature` for `body`, made now with the test secret.
+pub fn sign(body: &[u8]) -> String {
+    let keys = spendgate::http::webhooks::Keys::new(Some(&Secret::new(WEBHOOK_SECRET)), None).unwrap();
+    keys.sign(body, jiff::Timestamp::now().as_second())
 }
 
 impl TestApp {
@@ -145,6 +163,48 @@ impl TestApp {
     }
 
     /// Everything the database holds, as text: to prove what is *not* stored.
+    /// POSTs a signed native webhook body.
+    pub async fn signed(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let bytes = serde_json::to_vec(body).unwrap();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Spendgate-Signature", sign(&bytes))
+            .header("Content-Type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A native authorization of `amount` USD cents at an OpenAI-like merchant.
+    pub async fn authorize(&self, id: &str, card: &str, amount: i64) -> Value {
+        let body = serde_json::json!({"id": id, "card_id": card, "amount": amount, "currency": "USD",
+            "merchant": {"id": "m_openai", "name": "OPENAI *API", "mcc": "5734", "country": "US"}});
+        let (status, decision) = self.signed("/v1/authorizations", &body).await;
+        assert_eq!(status, StatusCode::OK, "{decision}");
+        decision
+    }
+
+    pub async fn fund(&self, agent: &str, amount: i64) {
+        let id = format!("fund-{}", hex::encode(rand::random::<[u8; 8]>()));
+        let (status, t) = self
+            .post(
+                &format!("/v1/agents/{agent}/fund"),
+                serde_json::json!({"id": id, "amount": amount, "currency": "USD"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{t}");
+    }
+
+    pub async fn balance(&self, agent: &str) -> Value {
+        let (status, b) = self.get(&format!("/v1/agents/{agent}/balance")).await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+        b
+    }
+
     pub fn stored_text(&self) -> String {
         match &self.storage {
             Storage::Sqlite(dir) => {

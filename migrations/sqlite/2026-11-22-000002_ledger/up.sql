@@ -30,7 +30,9 @@ CREATE TABLE authorizations (
     currency       TEXT NOT NULL,
     -- The request converted to the agent's currency (cap_amount) and the card's (card_amount).
     cap_amount     BIGINT NOT NULL,
+    cap_currency   TEXT NOT NULL,
     card_amount    BIGINT NOT NULL,
+    card_currency  TEXT NOT NULL,
     fx_rate        TEXT,
     fx_date        TEXT,
     -- Still held, already posted, and what the spending windows count (held + posted), in the agent's
@@ -39,6 +41,7 @@ CREATE TABLE authorizations (
     posted         BIGINT NOT NULL CHECK (posted >= 0),
     counted        BIGINT NOT NULL CHECK (counted >= 0),
     counted_card   BIGINT NOT NULL CHECK (counted_card >= 0),
+    refunded       BIGINT NOT NULL CHECK (refunded >= 0),
     merchant_id    TEXT,
     merchant_name  TEXT NOT NULL,
     mcc            TEXT,

@@ -1,0 +1,100 @@
+//! Money operations of the admin API: fund an agent, read its balance and its ledger.
+
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::agents::parse_agent_id;
+use super::{Admin, Page, PageQuery, require, required_text};
+use crate::domain::access::{Permission, Principal};
+use crate::domain::money::Money;
+use crate::error::{Error, Result};
+use crate::ledger::{BalanceView, LedgerEntry, TransferView};
+use crate::store::ledger::LedgerFilter;
+
+/// `POST /v1/agents/{agent_id}/fund`: `id` is the caller's idempotency key.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundRequest {
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerQuery {
+    /// Only this card's authorizations and transfers.
+    pub card: Option<String>,
+    /// Only this trace's.
+    pub trace: Option<String>,
+    /// From this time (RFC 3339), inclusive.
+    pub from: Option<String>,
+    /// Until this time (RFC 3339), exclusive.
+    pub to: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// Most that one funding may add: far above any real balance, far below i64 overflow.
+const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+pub fn check_amount(field: &str, amount: i64) -> Result<()> {
+    if !(1..=MAX_AMOUNT).contains(&amount) {
+        return Err(Error::validation(format!("{field} must be a positive number of minor units up to {MAX_AMOUNT}")));
+    }
+    Ok(())
+}
+
+fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
+    value
+        .map(|v| {
+            v.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|_| {
+                Error::validation(format!("{field} must be an RFC 3339 time such as 2026-11-22T00:00:00Z"))
+            })
+        })
+        .transpose()
+}
+
+impl Admin {
+    /// Adds to the agent's prepaid balance. Idempotent by `id`: the same id again returns the
+    /// first transfer (`replayed`), a different amount under it is a 409.
+    pub async fn fund(&self, who: &Principal, agent_id: &str, input: FundRequest) -> Result<(TransferView, bool)> {
+        let agent_id = parse_agent_id(agent_id)?;
+        require(who, Permission::Manage, Some(&agent_id))?;
+        let id = required_text("id", &input.id, 200)?;
+        check_amount("amount", input.amount)?;
+        let currency = input.currency.parse().map_err(|e: String| Error::validation(format!("currency: {e}")))?;
+        let (transfer, replayed) = self.ledger.fund(&agent_id, &id, Money { amount: input.amount, currency }).await?;
+        if !replayed {
+            tracing::info!(agent = %agent_id, actor = %who.key_id, amount = %transfer.amount, "agent funded");
+        }
+        Ok((transfer, replayed))
+    }
+
+    pub async fn balance(&self, who: &Principal, agent_id: &str) -> Result<BalanceView> {
+        let agent_id = parse_agent_id(agent_id)?;
+        require(who, Permission::Read, Some(&agent_id))?;
+        self.ledger.balance(&agent_id).await
+    }
+
+    pub async fn ledger_entries(&self, who: &Principal, agent_id: &str, q: LedgerQuery) -> Result<Page<LedgerEntry>> {
+        let agent_id = parse_agent_id(agent_id)?;
+        require(who, Permission::Read, Some(&agent_id))?;
+        // Make sure the agent exists, so a typo is a 404 rather than an empty page.
+        self.ledger.balance(&agent_id).await?;
+        let size = PageQuery { limit: q.limit, cursor: None }.size()?;
+        if let Some(c) = &q.cursor
+            && (c.len() != 26 || !c.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(Error::validation("cursor must be a next_cursor from a previous page"));
+        }
+        let filter = LedgerFilter {
+            card_id: q.card,
+            trace_id: q.trace,
+            from_ms: parse_time("from", q.from.as_deref())?,
+            to_ms: parse_time("to", q.to.as_deref())?,
+        };
+        let (data, next_cursor) = self.ledger.entries(&agent_id, filter, q.cursor, size).await?;
+        Ok(Page { data, next_cursor })
+    }
+}

@@ -1,0 +1,293 @@
+//! The native authorization webhook, spendgate's own processor-neutral format: signed JSON in,
+//! the decision out. `Spendgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`.
+
+use actix_web::{HttpRequest, HttpResponse, post, web};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use utoipa::ToSchema;
+
+use super::AppState;
+use crate::config::Secret;
+use crate::domain::authorization::{AuthRequest, Merchant, Rail};
+use crate::domain::ids::CardId;
+use crate::error::{Error, Result};
+use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement};
+
+pub const SIGNATURE_HEADER: &str = "Spendgate-Signature";
+/// How far a signature's timestamp may be from now, either way.
+const TOLERANCE_SECONDS: i64 = 300;
+/// Largest amount accepted, in minor units: far above any card authorization, far below overflow.
+const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
+/// The secrets a signature may be made with: the current one and, during a rotation, the previous.
+#[derive(Clone)]
+pub struct Keys(Vec<Vec<u8>>);
+
+impl Keys {
+    pub fn new(current: Option<&Secret>, previous: Option<&Secret>) -> Option<Keys> {
+        let current = current?;
+        let mut keys = vec![current.expose().as_bytes().to_vec()];
+        keys.extend(previous.map(|p| p.expose().as_bytes().to_vec()));
+        Some(Keys(keys))
+    }
+
+    /// Checks the header against the raw body; the error says why, for the security log only.
+    pub fn verify(&self, header: Option<&str>, body: &[u8], now: i64) -> std::result::Result<(), &'static str> {
+        let header = header.ok_or("missing signature")?;
+        let mut timestamp = None;
+        let mut signatures = Vec::new();
+        for part in header.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+                Some(("v1", sig)) => signatures.extend(hex::decode(sig).ok()),
+                _ => {}
+            }
+        }
+        let t = timestamp.ok_or("signature has no valid t=")?;
+        if (now - t).abs() > TOLERANCE_SECONDS {
+            return Err("signature timestamp outside the tolerance");
+        }
+        if signatures.is_empty() {
+            return Err("signature has no v1=");
+        }
+        for key in &self.0 {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+            mac.update(t.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            // verify_slice compares in constant time.
+            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+                return Ok(());
+            }
+        }
+        Err("signature does not match")
+    }
+
+    /// The header value for `body` at `t` with the current key (for clients and tests).
+    pub fn sign(&self, body: &[u8], t: i64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0[0]).expect("HMAC takes keys of any length");
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// Verifies the request's signature and parses its body; 404 when no secret is configured.
+fn signed<T: serde::de::DeserializeOwned>(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<T> {
+    let Some(keys) = &state.webhook else {
+        return Err(Error::NotFound("the native webhook is not configured (set SPENDGATE_WEBHOOK_SECRET)".into()));
+    };
+    let header = req.headers().get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok());
+    if let Err(why) = keys.verify(header, body, jiff::Timestamp::now().as_second()) {
+        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        tracing::warn!(target: "security", path = req.path(), %peer, why, "webhook refused");
+        metrics::counter!("spendgate_webhook_refused_total", "source" => "native").increment(1);
+        return Err(Error::BadSignature);
+    }
+    serde_json::from_slice(body).map_err(|e| Error::InvalidJson(format!("invalid JSON body: {e}")))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NativeAuthorization {
+    /// The caller's id for this authorization: its idempotency key.
+    pub id: String,
+    pub card_id: String,
+    /// Minor units of `currency`.
+    pub amount: i64,
+    pub currency: String,
+    pub merchant: Merchant,
+    pub trace_id: Option<String>,
+}
+
+fn text(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
+        return Err(Error::validation(format!("{field} must be 1 to {max} printable characters")));
+    }
+    Ok(())
+}
+
+impl NativeAuthorization {
+    fn check(&self) -> Result<()> {
+        text("id", &self.id, 255)?;
+        text("card_id", &self.card_id, 100)?;
+        text("currency", &self.currency, 8)?;
+        if !(0..=MAX_AMOUNT).contains(&self.amount) {
+            return Err(Error::validation(format!("amount must be 0 to {MAX_AMOUNT} minor units")));
+        }
+        let m = &self.merchant;
+        if !m.name.is_empty() {
+            text("merchant.name", &m.name, 255)?;
+        }
+        if let Some(id) = &m.id {
+            text("merchant.id", id, 255)?;
+        }
+        if let Some(mcc) = &m.mcc
+            && (mcc.len() != 4 || !mcc.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(Error::validation("merchant.mcc must be four digits"));
+        }
+        if let Some(c) = &m.country
+            && (c.len() != 2 || !c.bytes().all(|b| b.is_ascii_alphabetic()))
+        {
+            return Err(Error::validation("merchant.country must be an ISO 3166 alpha-2 code"));
+        }
+        if let Some(t) = &self.trace_id {
+            text("trace_id", t, 200)?;
+        }
+        Ok(())
+    }
+}
+
+/// Decide an authorization. Always 200 with the decision once the signature and body are good:
+/// an unknown card, a frozen one or an internal failure are declines, never errors.
+#[utoipa::path(post, path = "/v1/authorizations", tag = "authorizations", request_body = NativeAuthorization,
+    responses((status = 200, body = AuthOutcome), (status = 401, description = "missing, stale or wrong signature")))]
+#[post("/v1/authorizations")]
+pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+    let input: NativeAuthorization = signed(&state, &req, &body)?;
+    input.check()?;
+    let request = AuthRequest {
+        rail: Rail::Card,
+        amount: input.amount,
+        currency: input.currency.trim().to_ascii_uppercase(),
+        merchant: Merchant { country: input.merchant.country.map(|c| c.to_ascii_uppercase()), ..input.merchant },
+        trace_id: input.trace_id,
+    };
+    let Some(card_id) = CardId::parse(&input.card_id) else {
+        return Ok(HttpResponse::Ok()
+            .json(AuthOutcome::failed(crate::domain::authorization::DeclineReason::UnknownCard, &request)));
+    };
+    let outcome = state.ledger.authorize(Authorize { source: "native", external_id: input.id, card_id, request }).await;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBody {
+    /// Idempotency key of this capture.
+    pub id: String,
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseBody {
+    pub id: String,
+    /// Omitted: the whole remaining hold.
+    pub amount: Option<i64>,
+    /// Defaults to the authorization's currency.
+    pub currency: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub id: String,
+    pub amount: i64,
+    /// Defaults to the authorization's currency.
+    pub currency: Option<String>,
+}
+
+async fn lifecycle(state: &AppState, authorization_id: &str, id: &str, movement: Movement) -> Result<HttpResponse> {
+    text("id", id, 255)?;
+    let amount = match &movement {
+        Movement::Capture { amount, .. } | Movement::Refund { amount, .. } => Some(*amount),
+        Movement::Reverse { amount, .. } => *amount,
+    };
+    if amount.is_some_and(|a| !(1..=MAX_AMOUNT).contains(&a)) {
+        return Err(Error::validation(format!("amount must be 1 to {MAX_AMOUNT} minor units")));
+    }
+    let outcome: LifecycleOutcome = state.ledger.movement(authorization_id, id, movement).await?;
+    Ok(HttpResponse::Ok().json(outcome))
+}
+
+/// Post (capture) an authorization: a partial capture releases the rest of the hold; a capture
+/// above it records the excess as its own transfer.
+#[utoipa::path(post, path = "/v1/authorizations/{authorization_id}/capture", tag = "authorizations",
+    request_body = CaptureBody, responses((status = 200, body = LifecycleOutcome)))]
+#[post("/v1/authorizations/{authorization_id}/capture")]
+pub async fn capture(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let b: CaptureBody = signed(&state, &req, &body)?;
+    lifecycle(&state, &path, &b.id, Movement::Capture { amount: b.amount, currency: b.currency }).await
+}
+
+/// Void the hold, all of it or part.
+#[utoipa::path(post, path = "/v1/authorizations/{authorization_id}/reverse", tag = "authorizations",
+    request_body = ReverseBody, responses((status = 200, body = LifecycleOutcome)))]
+#[post("/v1/authorizations/{authorization_id}/reverse")]
+pub async fn reverse(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let b: ReverseBody = signed(&state, &req, &body)?;
+    lifecycle(&state, &path, &b.id, Movement::Reverse { amount: b.amount, currency: b.currency }).await
+}
+
+/// Credit a refund to the agent's balance. Limits are not restored.
+#[utoipa::path(post, path = "/v1/authorizations/{authorization_id}/refund", tag = "authorizations",
+    request_body = RefundBody, responses((status = 200, body = LifecycleOutcome)))]
+#[post("/v1/authorizations/{authorization_id}/refund")]
+pub async fn refund(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let b: RefundBody = signed(&state, &req, &body)?;
+    lifecycle(&state, &path, &b.id, Movement::Refund { amount: b.amount, currency: b.currency }).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Keys {
+        Keys::new(Some(&Secret::new("whsec_current_0123456789")), Some(&Secret::new("whsec_previous_0123456789")))
+            .unwrap()
+    }
+
+    #[test]
+    fn signatures_verify_on_the_raw_bytes() {
+        let k = keys();
+        let body = br#"{"id":"a"}"#;
+        let header = k.sign(body, 1_000);
+        assert_eq!(k.verify(Some(&header), body, 1_000), Ok(()));
+        assert_eq!(k.verify(Some(&header), br#"{"id": "a"}"#, 1_000), Err("signature does not match"));
+        assert_eq!(k.verify(None, body, 1_000), Err("missing signature"));
+        assert_eq!(k.verify(Some(&header), body, 1_301), Err("signature timestamp outside the tolerance"));
+        assert_eq!(k.verify(Some(&header), body, 699), Err("signature timestamp outside the tolerance"));
+        assert_eq!(k.verify(Some("t=1000"), body, 1_000), Err("signature has no v1="));
+        assert_eq!(k.verify(Some("v1=00"), body, 1_000), Err("signature has no valid t="));
+    }
+
+    #[test]
+    fn the_previous_secret_verifies_during_rotation_and_any_v1_may_match() {
+        let old = Keys::new(Some(&Secret::new("whsec_previous_0123456789")), None).unwrap();
+        let body = b"{}";
+        let header = old.sign(body, 50);
+        assert_eq!(keys().verify(Some(&header), body, 50), Ok(()));
+        let two = format!("t=50,v1={},{}", "00".repeat(32), header.split_once(',').unwrap().1);
+        assert_eq!(keys().verify(Some(&two), body, 50), Ok(()));
+        let stranger = Keys::new(Some(&Secret::new("whsec_someone_else_000")), None).unwrap();
+        assert!(stranger.verify(Some(&header), body, 50).is_err());
+    }
+
+    #[test]
+    fn a_known_answer() {
+        // printf '1700000000.{}' | openssl dgst -sha256 -hmac 'whsec_current_0123456789'
+        let k = Keys::new(Some(&Secret::new("whsec_current_0123456789")), None).unwrap();
+        let expected = "t=1700000000,v1=48cf457751d0a03858899cd13b8d96ff35f596ed8982e703b108be9e32769b69";
+        assert_eq!(k.sign(b"{}", 1_700_000_000), expected);
+        assert_eq!(k.verify(Some(expected), b"{}", 1_700_000_000), Ok(()));
+    }
+}

@@ -1,0 +1,179 @@
+//! The two-phase ledger and the decision path: `authorize` = snapshot → `policy::evaluate` →
+//! durable hold (or recorded decline), atomically; then post, void, refund, fund and expire.
+//!
+//! Every write goes through one writer thread per process, which batches whatever is queued into
+//! one transaction (group commit): a batch locks its agents' rows in id order, brings each agent's
+//! in-memory book up to date from the rows changed since it last looked, decides, writes, and
+//! commits before any answer leaves. Correctness across processes rests on the row locks and the
+//! database, not on this process's memory.
+
+mod book;
+mod views;
+mod writer;
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::cache::Snapshots;
+use crate::domain::authorization::{AuthRequest, DeclineReason};
+use crate::domain::ids::{AgentId, CardId};
+use crate::domain::money::Money;
+use crate::error::{Error, Result};
+use crate::policy::FxRules;
+use crate::policy::fx::RateTable;
+use crate::store::Db;
+use crate::store::ledger::LedgerFilter;
+pub use views::{AuthOutcome, AuthorizationView, BalanceView, LedgerEntry, LifecycleOutcome, TransferView};
+use writer::Command;
+
+/// The current rate table, replaced whole by the refresher.
+pub type Rates = Arc<RwLock<Arc<RateTable>>>;
+
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    /// How long a decision may take before it is answered as a `timeout` decline.
+    pub budget: Duration,
+    pub fx: FxRules,
+    /// Most commands in one transaction.
+    pub max_batch: usize,
+    /// Most commands waiting for the writer; beyond it callers wait (within their budget).
+    pub queue: usize,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::Sender<Command>,
+    db: Db,
+    snapshots: Snapshots,
+    budget: Duration,
+}
+
+/// An authorization request as a rail hands it over.
+#[derive(Debug, Clone)]
+pub struct Authorize {
+    /// `native`, `stripe`, `lithic`, `marqeta`, `x402`: with `external_id`, the idempotency key.
+    pub source: &'static str,
+    pub external_id: String,
+    pub card_id: CardId,
+    pub request: AuthRequest,
+}
+
+/// What happens to an authorization after its hold.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Movement {
+    /// Post (capture) this amount: any rest of the hold is released, any excess recorded.
+    Capture { amount: i64, currency: String },
+    /// Void all of the hold, or part of it. Amounts default to the authorization's currency.
+    Reverse { amount: Option<i64>, currency: Option<String> },
+    /// Credit the balance; limits are not restored.
+    Refund { amount: i64, currency: Option<String> },
+}
+
+impl Ledger {
+    /// Starts the writer thread.
+    pub fn start(db: Db, snapshots: Snapshots, rates: Rates, settings: LedgerSettings) -> Ledger {
+        let (tx, rx) = mpsc::channel(settings.queue.max(1));
+        writer::spawn(db.clone(), snapshots.clone(), rates, &settings, rx);
+        Ledger { tx, db, snapshots, budget: settings.budget }
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+
+    /// Decides and records one authorization, always within the budget. Never an error: a
+    /// failure anywhere is a recorded decline (`internal_error`, `timeout`), so the path fails closed.
+    pub async fn authorize(&self, auth: Authorize) -> AuthOutcome {
+        let deadline = Instant::now() + self.budget;
+        let request = auth.request.clone();
+        let attempt = tokio::time::timeout_at(deadline, self.try_authorize(auth.clone(), deadline)).await;
+        let reason = match attempt {
+            Ok(Ok(outcome)) => return outcome,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, source = auth.source, "authorization failed; declined");
+                DeclineReason::InternalError
+            }
+            Err(_) => {
+                tracing::warn!(
+                    source = auth.source,
+                    budget_ms = self.budget.as_millis() as u64,
+                    "decision budget exceeded; declined"
+                );
+                DeclineReason::Timeout
+            }
+        };
+        metrics::counter!("spendgate_decisions_failed_total", "reason" => reason.as_str()).increment(1);
+        // Record the decline, and void any hold the writer may still commit for it.
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.try_send(Command::Abandon(Box::new(writer::AbandonCmd { auth, reason, reply })));
+        AuthOutcome::failed(reason, &request)
+    }
+
+    async fn try_authorize(&self, auth: Authorize, deadline: Instant) -> Result<AuthOutcome> {
+        let Some((card, agent)) = self.snapshots.card(&self.db, &auth.card_id).await? else {
+            metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
+            return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request));
+        };
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline: deadline.into_std(), reply };
+        self.send(Command::Authorize(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    pub async fn movement(
+        &self,
+        authorization_id: &str,
+        external_id: &str,
+        movement: Movement,
+    ) -> Result<LifecycleOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::MovementCmd {
+            authorization_id: authorization_id.to_owned(),
+            external_id: external_id.to_owned(),
+            movement,
+            reply,
+        };
+        self.send(Command::Movement(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    pub async fn fund(&self, agent_id: &AgentId, external_id: &str, amount: Money) -> Result<(TransferView, bool)> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::FundCmd { agent_id: agent_id.clone(), external_id: external_id.to_owned(), amount, reply };
+        self.send(Command::Fund(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    /// Voids holds authorized before `before`; returns how many.
+    pub async fn expire_holds(&self, before: jiff::Timestamp) -> Result<usize> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Expire { before_ms: before.as_millisecond(), reply }).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    async fn send(&self, cmd: Command) -> Result<()> {
+        self.tx.send(cmd).await.map_err(|_| Error::Internal("the ledger writer stopped".into()))
+    }
+
+    pub async fn balance(&self, agent_id: &AgentId) -> Result<BalanceView> {
+        let id = agent_id.clone();
+        let found = self.db.read(move |conn| crate::store::ledger::balance(conn, &id)).await?;
+        let (currency, b) = found.ok_or_else(|| Error::not_found("agent", agent_id.as_str()))?;
+        BalanceView::new(&currency, &b)
+    }
+
+    /// The agent's authorizations and transfers, oldest first, merged by time.
+    pub async fn entries(
+        &self,
+        agent_id: &AgentId,
+        filter: LedgerFilter,
+        cursor: Option<String>,
+        limit: i64,
+    ) -> Result<(Vec<LedgerEntry>, Option<String>)> {
+        let id = agent_id.clone();
+        self.db.read(move |conn| views::entries(conn, &id, &filter, cursor.as_deref(), limit)).await
+    }
+}

@@ -1,0 +1,234 @@
+//! What the ledger answers: decisions, authorizations, transfers and balances as the API shows them.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant};
+use crate::domain::ids::AgentId;
+use crate::domain::money::{Currency, Money};
+use crate::error::Result;
+use crate::store::ledger::{self, AuthorizationRow, Balance, LedgerFilter, TransferRow};
+use crate::store::{DbConnection, corrupt, from_millis};
+
+/// An amount as the request gave it (its currency may be one spendgate does not know).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct RequestedAmount {
+    pub amount: i64,
+    pub currency: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DecisionAmounts {
+    /// As requested, in the merchant's currency.
+    pub merchant: RequestedAmount,
+    /// In the agent's (cap and balance) currency; 0 when the request was declined before it was converted.
+    pub cap: Option<Money>,
+}
+
+/// The answer to an authorization.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuthOutcome {
+    pub approved: bool,
+    /// Absent only when nothing could be recorded (an unknown card).
+    pub authorization_id: Option<String>,
+    pub reason: Option<DeclineReason>,
+    pub rule: Option<String>,
+    pub amount: DecisionAmounts,
+    /// The agent's available balance after this decision.
+    pub available: Option<Money>,
+    pub fx: Option<FxUsed>,
+    /// True when this answers a retry of an authorization already decided.
+    pub replayed: bool,
+}
+
+impl AuthOutcome {
+    pub fn failed(reason: DeclineReason, req: &AuthRequest) -> Self {
+        AuthOutcome {
+            approved: false,
+            authorization_id: None,
+            reason: Some(reason),
+            rule: None,
+            amount: DecisionAmounts {
+                merchant: RequestedAmount { amount: req.amount, currency: req.currency.clone() },
+                cap: None,
+            },
+            available: None,
+            fx: None,
+            replayed: false,
+        }
+    }
+
+    pub(super) fn from_row(row: &AuthorizationRow, agent_currency: Currency, available: i64, replayed: bool) -> Self {
+        let view = AuthorizationView::from_row(row);
+        AuthOutcome {
+            approved: view.approved,
+            authorization_id: Some(row.id.clone()),
+            reason: view.reason,
+            rule: view.rule,
+            amount: DecisionAmounts { merchant: view.amount, cap: view.cap },
+            available: Some(Money { amount: available, currency: agent_currency }),
+            fx: view.fx,
+            replayed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct AuthorizationView {
+    pub id: String,
+    /// `pending` (held), `posted`, `voided`, `expired` or `declined`.
+    pub status: String,
+    pub approved: bool,
+    pub reason: Option<DeclineReason>,
+    pub rule: Option<String>,
+    pub rail: String,
+    pub card_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub amount: RequestedAmount,
+    pub cap: Option<Money>,
+    /// Still held, posted and refunded, in the agent's currency.
+    pub held: i64,
+    pub posted: i64,
+    pub refunded: i64,
+    pub merchant: Merchant,
+    pub fx: Option<FxUsed>,
+    #[schema(value_type = String, format = DateTime)]
+    pub authorized_at: jiff::Timestamp,
+}
+
+impl AuthorizationView {
+    pub(super) fn from_row(row: &AuthorizationRow) -> Self {
+        let reason = row.reason.as_deref().and_then(DeclineReason::parse);
+        // A hold voided because its answer came too late was a decline to the caller.
+        let approved = row.status != "declined" && reason.is_none();
+        AuthorizationView {
+            id: row.id.clone(),
+            status: row.status.clone(),
+            approved,
+            reason,
+            rule: row.rule.clone(),
+            rail: row.rail.clone(),
+            card_id: row.card_id.clone(),
+            trace_id: row.trace_id.clone(),
+            amount: RequestedAmount { amount: row.amount, currency: row.currency.clone() },
+            cap: row.cap_currency.parse().ok().map(|currency| Money { amount: row.cap_amount, currency }),
+            held: row.held,
+            posted: row.posted,
+            refunded: row.refunded,
+            merchant: Merchant {
+                id: row.merchant_id.clone(),
+                name: row.merchant_name.clone(),
+                mcc: row.mcc.clone(),
+                country: row.country.clone(),
+            },
+            fx: match (&row.fx_rate, &row.fx_date) {
+                (Some(rate), Some(date)) => Some(FxUsed { rate: rate.clone(), date: date.clone() }),
+                _ => None,
+            },
+            authorized_at: from_millis(row.authorized_at).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TransferView {
+    pub id: String,
+    pub external_id: String,
+    /// `fund`, `post`, `excess`, `void`, `expire` or `refund`.
+    pub kind: String,
+    pub authorization_id: Option<String>,
+    pub card_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub amount: Money,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+}
+
+impl TransferView {
+    pub(super) fn from_row(row: &TransferRow) -> Result<Self> {
+        Ok(TransferView {
+            id: row.id.clone(),
+            external_id: row.external_id.clone(),
+            kind: row.kind.clone(),
+            authorization_id: row.authorization_id.clone(),
+            card_id: row.card_id.clone(),
+            trace_id: row.trace_id.clone(),
+            amount: Money {
+                amount: row.amount,
+                currency: row.currency.parse().map_err(|_| corrupt("transfer currency", &row.currency))?,
+            },
+            created_at: from_millis(row.created_at)?,
+        })
+    }
+}
+
+/// The result of a capture, reversal or refund.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct LifecycleOutcome {
+    pub authorization: AuthorizationView,
+    pub transfers: Vec<TransferView>,
+    /// True when this answers a retry with an id already applied.
+    pub replayed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct BalanceView {
+    pub currency: Currency,
+    pub funded: i64,
+    pub refunded: i64,
+    pub held: i64,
+    pub spent: i64,
+    pub available: i64,
+}
+
+impl BalanceView {
+    pub fn new(currency: &str, b: &Balance) -> Result<Self> {
+        Ok(BalanceView {
+            currency: currency.parse().map_err(|_| corrupt("agent currency", currency))?,
+            funded: b.funded,
+            refunded: b.refunded,
+            held: b.held,
+            spent: b.spent,
+            available: b.available(),
+        })
+    }
+}
+
+/// One line of an agent's ledger.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum LedgerEntry {
+    Authorization(AuthorizationView),
+    Transfer(TransferView),
+}
+
+fn ulid_part(id: &str) -> &str {
+    id.rsplit('_').next().unwrap_or(id)
+}
+
+/// Authorizations and transfers merged in time order. Ids end in a ULID from one monotonic
+/// generator, so the ULID part orders both tables and is the cursor.
+pub(super) fn entries(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    filter: &LedgerFilter,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<(Vec<LedgerEntry>, Option<String>)> {
+    let auth_cursor = cursor.map(|c| format!("auth_{c}"));
+    let trf_cursor = cursor.map(|c| format!("trf_{c}"));
+    let auths = ledger::list_authorizations(conn, agent, filter, auth_cursor.as_deref(), limit + 1)?;
+    let transfers = ledger::list_transfers(conn, agent, filter, trf_cursor.as_deref(), limit + 1)?;
+    let mut merged: Vec<(String, LedgerEntry)> = Vec::with_capacity(auths.len() + transfers.len());
+    for a in &auths {
+        merged.push((ulid_part(&a.id).to_owned(), LedgerEntry::Authorization(AuthorizationView::from_row(a))));
+    }
+    for t in &transfers {
+        merged.push((ulid_part(&t.id).to_owned(), LedgerEntry::Transfer(TransferView::from_row(t)?)));
+    }
+    merged.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = merged.len() as i64 > limit;
+    merged.truncate(limit as usize);
+    let next = if more { merged.last().map(|(k, _)| k.clone()) } else { None };
+    Ok((merged.into_iter().map(|(_, e)| e).collect(), next))
+}

@@ -1,0 +1,733 @@
+//! The writer thread: group commit of ledger commands. Everything here runs inside one database
+//! transaction per batch; nothing is answered before that transaction commits.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use diesel::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::book::Book;
+use super::views::{AuthOutcome, AuthorizationView, LifecycleOutcome, TransferView};
+use super::{Authorize, LedgerSettings, Movement, Rates};
+use crate::cache::{self, Snapshots, Versioned};
+use crate::domain::agent::Agent;
+use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
+use crate::domain::card::Card;
+use crate::domain::catalog::Catalog;
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, AuthorizationId, CardId, EventId, TransferId};
+use crate::domain::money::{Currency, Money};
+use crate::error::{Error, Result};
+use crate::policy::{self, FxRules, Snapshot};
+use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow, TransferRow};
+use crate::store::{self, Db, DbConnection};
+
+pub(super) enum Command {
+    Authorize(Box<AuthorizeCmd>),
+    Abandon(Box<AbandonCmd>),
+    Movement(Box<MovementCmd>),
+    Fund(Box<FundCmd>),
+    Expire { before_ms: i64, reply: oneshot::Sender<Result<usize>> },
+}
+
+pub(super) struct AuthorizeCmd {
+    pub auth: Authorize,
+    pub card: Arc<Versioned<Card>>,
+    pub agent: Arc<Versioned<Agent>>,
+    pub deadline: Instant,
+    pub reply: oneshot::Sender<Result<AuthOutcome>>,
+}
+
+/// The caller answered with a decline (timeout, internal error): record it, and void any hold
+/// that was written for the same authorization after all.
+pub(super) struct AbandonCmd {
+    pub auth: Authorize,
+    pub reason: DeclineReason,
+    pub reply: oneshot::Sender<()>,
+}
+
+pub(super) struct MovementCmd {
+    pub authorization_id: String,
+    pub external_id: String,
+    pub movement: Movement,
+    pub reply: oneshot::Sender<Result<LifecycleOutcome>>,
+}
+
+pub(super) struct FundCmd {
+    pub agent_id: AgentId,
+    pub external_id: String,
+    pub amount: Money,
+    pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
+}
+
+enum Reply {
+    Auth(AuthOutcome),
+    Movement(LifecycleOutcome),
+    Fund(TransferView, bool),
+    Expired(usize),
+    Done,
+}
+
+impl Command {
+    fn answer(self, reply: Reply) {
+        match (self, reply) {
+            (Command::Authorize(c), Reply::Auth(o)) => drop(c.reply.send(Ok(o))),
+            (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(o))),
+            (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
+            (Command::Abandon(c), _) => {
+                let _ = c.reply.send(());
+            }
+            (cmd, _) => cmd.fail(Error::Internal("mismatched ledger reply".into())),
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Command::Authorize(c) => drop(c.reply.send(Err(e))),
+            Command::Movement(c) => drop(c.reply.send(Err(e))),
+            Command::Fund(c) => drop(c.reply.send(Err(e))),
+            Command::Expire { reply, .. } => drop(reply.send(Err(e))),
+            Command::Abandon(c) => {
+                tracing::error!(error = %e, external_id = %c.auth.external_id, "could not record an abandoned authorization");
+                let _ = c.reply.send(());
+            }
+        }
+    }
+}
+
+struct Writer {
+    db: Db,
+    snapshots: Snapshots,
+    rates: Rates,
+    fx: FxRules,
+    catalog: &'static Catalog,
+    max_batch: usize,
+    books: HashMap<AgentId, Book>,
+}
+
+pub(super) fn spawn(
+    db: Db,
+    snapshots: Snapshots,
+    rates: Rates,
+    settings: &LedgerSettings,
+    rx: mpsc::Receiver<Command>,
+) {
+    let mut writer = Writer {
+        db,
+        snapshots,
+        rates,
+        fx: settings.fx,
+        catalog: crate::fixtures::catalog(),
+        max_batch: settings.max_batch.max(1),
+        books: HashMap::new(),
+    };
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || writer.run(rx))
+        .expect("the ledger writer thread starts");
+}
+
+/// One batch's view of an agent it has locked.
+struct Locked {
+    ledger: AgentLedger,
+    currency: Currency,
+    dirty: bool,
+    agent: Option<Arc<Versioned<Agent>>>,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+            metrics::histogram!("spendgate_ledger_batch_size").record(batch.len() as f64);
+            self.process(std::mem::take(&mut batch));
+        }
+    }
+
+    /// Commits the batch and answers it; if the batch fails, each command is tried alone so that
+    /// one bad command cannot fail the others.
+    fn process(&mut self, batch: Vec<Command>) {
+        let mut touched = Vec::new();
+        let result = self
+            .db
+            .ledger_connection()
+            .and_then(|mut conn| Connection::transaction(&mut *conn, |conn| self.apply(conn, &batch, &mut touched)));
+        match result {
+            Ok(replies) => batch.into_iter().zip(replies).for_each(|(cmd, reply)| cmd.answer(reply)),
+            Err(e) => {
+                // What the books saw of the rolled-back transaction is not true: forget it.
+                touched.iter().for_each(|a| drop(self.books.remove(a)));
+                if batch.len() > 1 {
+                    tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
+                    batch.into_iter().for_each(|cmd| self.process(vec![cmd]));
+                } else if let Some(cmd) = batch.into_iter().next() {
+                    cmd.fail(e);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, conn: &mut DbConnection, batch: &[Command], touched: &mut Vec<AgentId>) -> Result<Vec<Reply>> {
+        let now = store::now();
+        let now_ms = now.as_millisecond();
+
+        // Which agents the batch touches, so their rows can be locked in one order (no deadlock
+        // between two processes) before anything is read.
+        let mut agent_ids = BTreeSet::new();
+        let mut targets: Vec<Option<AuthorizationRow>> = Vec::with_capacity(batch.len());
+        let mut expiring = Vec::new();
+        for cmd in batch {
+            let mut target = None;
+            match cmd {
+                Command::Authorize(c) => {
+                    agent_ids.insert(c.card.value.agent_id.clone());
+                }
+                Command::Abandon(c) => {
+                    if let Some(agent) = store::cards::agent_of(conn, &c.auth.card_id)? {
+                        agent_ids.insert(agent);
+                    }
+                }
+                Command::Movement(c) => {
+                    target = rows::find(conn, &c.authorization_id)?;
+                    if let Some(row) = &target {
+                        agent_ids.insert(AgentId::from_stored(row.agent_id.clone()));
+                    }
+                }
+                Command::Fund(c) => {
+                    agent_ids.insert(c.agent_id.clone());
+                }
+                Command::Expire { before_ms, .. } => {
+                    expiring = rows::pending_before(conn, *before_ms, 500)?;
+                    agent_ids.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
+                }
+            }
+            targets.push(target);
+        }
+
+        let mut locked: HashMap<AgentId, Locked> = HashMap::with_capacity(agent_ids.len());
+        for id in agent_ids {
+            let Some(ledger) = rows::lock_agent(conn, &id)? else { continue };
+            touched.push(id.clone());
+            self.catch_up(conn, &id, ledger.seq)?;
+            let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
+            locked.insert(id, Locked { ledger, currency, dirty: false, agent: None });
+        }
+
+        // Retries of authorizations already recorded answer with the first result.
+        let external: Vec<&str> = batch
+            .iter()
+            .filter_map(|cmd| match cmd {
+                Command::Authorize(c) => Some(c.auth.external_id.as_str()),
+                Command::Abandon(c) => Some(c.auth.external_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut recorded: HashMap<(String, String), AuthorizationRow> = HashMap::new();
+        if !external.is_empty() {
+            for row in rows::find_by_external(conn, &external)? {
+                recorded.insert((row.source.clone(), row.external_id.clone()), row);
+            }
+        }
+
+        let mut replies = Vec::with_capacity(batch.len());
+        for (cmd, target) in batch.iter().zip(targets) {
+            let reply = match cmd {
+                Command::Authorize(c) => Reply::Auth(self.authorize(conn, c, &mut locked, &mut recorded, now)?),
+                Command::Abandon(c) => {
+                    self.abandon(conn, c, &mut locked, &mut recorded, now)?;
+                    Reply::Done
+                }
+                Command::Movement(c) => Reply::Movement(self.movement(conn, c, target, &mut locked, now_ms)?),
+                Command::Fund(c) => {
+                    let (t, replayed) = self.fund(conn, c, &mut locked, now_ms)?;
+                    Reply::Fund(t, replayed)
+                }
+                Command::Expire { .. } => Reply::Expired(self.expire(conn, &expiring, &mut locked, now_ms)?),
+            };
+            replies.push(reply);
+        }
+
+        for (id, l) in &locked {
+            if l.dirty {
+                rows::save_balance(conn, id, &l.ledger.balance)?;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Brings the agent's book up to `seq - 1` (the state before this batch) from the rows written
+    /// since it last looked: by another process, or never loaded.
+    fn catch_up(&mut self, conn: &mut DbConnection, agent: &AgentId, seq: i64) -> Result<()> {
+        let book = self.books.entry(agent.clone()).or_insert_with(Book::unloaded);
+        if book.seq != seq - 1 {
+            for row in rows::approved_since(conn, agent, book.seq)? {
+                book.apply(&row);
+            }
+        }
+        book.seq = seq;
+        Ok(())
+    }
+
+    fn authorize(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AuthorizeCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        recorded: &mut HashMap<(String, String), AuthorizationRow>,
+        now: jiff::Timestamp,
+    ) -> Result<AuthOutcome> {
+        let key = (c.auth.source.to_owned(), c.auth.external_id.clone());
+        let agent_id = &c.card.value.agent_id;
+        let Some(l) = locked.get_mut(agent_id) else {
+            return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request));
+        };
+        if let Some(row) = recorded.get(&key) {
+            return Ok(AuthOutcome::from_row(row, l.currency, l.ledger.balance.available(), true));
+        }
+        // A snapshot older than the agent's config_version is read again, under the lock.
+        let version = l.ledger.config_version;
+        let agent = match (&l.agent, c.agent.version == version) {
+            (_, true) => c.agent.clone(),
+            (Some(fresh), false) => fresh.clone(),
+            (None, false) => {
+                let fresh = Arc::new(
+                    cache::load_agent(conn, agent_id)?.ok_or_else(|| Error::not_found("agent", agent_id.as_str()))?,
+                );
+                self.snapshots.put_agent(fresh.clone());
+                fresh
+            }
+        };
+        l.agent = Some(agent.clone());
+        let card = if c.card.version == version {
+            c.card.clone()
+        } else {
+            match cache::load_card(conn, &c.card.value.id)? {
+                Some(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    self.snapshots.put_card(fresh.clone());
+                    fresh
+                }
+                None => return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request)),
+            }
+        };
+
+        // The card's active trace tags requests that carry none, for trace limits as for the record.
+        let tagged;
+        let request = match (&c.auth.request.trace_id, &card.value.trace_id) {
+            (None, Some(trace)) => {
+                tagged = AuthRequest { trace_id: Some(trace.clone()), ..c.auth.request.clone() };
+                &tagged
+            }
+            _ => &c.auth.request,
+        };
+        let book = self.books.get(agent_id).expect("locked agents have a book");
+        let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let decision = if Instant::now() > c.deadline {
+            Decision::decline(DeclineReason::Timeout, None)
+        } else {
+            let snap = Snapshot {
+                agent: &agent.value,
+                card: Some(&card.value),
+                card_used: book.card_used(&card.value.id),
+                spends: book.spends(),
+                available: l.ledger.balance.available(),
+                rates: &rates,
+                fx: self.fx,
+                catalog: self.catalog,
+            };
+            policy::evaluate(request, &snap, now)
+        };
+
+        let row = new_row(&c.auth, &card.value, l, &decision, request.trace_id.clone(), now.as_millisecond());
+        rows::insert_authorizations(conn, std::slice::from_ref(&row))?;
+        if decision.approved() {
+            l.ledger.balance.held += row.held;
+            l.dirty = true;
+            if let Some(book) = self.books.get_mut(agent_id) {
+                book.apply(&row);
+            }
+        } else {
+            record_decline_event(conn, &row, now)?;
+        }
+        let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+        let label = if decision.approved() { "approved" } else { "declined" };
+        metrics::counter!("spendgate_decisions_total", "outcome" => label).increment(1);
+        recorded.insert(key, row);
+        Ok(outcome)
+    }
+
+    fn abandon(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AbandonCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        recorded: &mut HashMap<(String, String), AuthorizationRow>,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let key = (c.auth.source.to_owned(), c.auth.external_id.clone());
+        if let Some(row) = recorded.get(&key).cloned() {
+            let agent = AgentId::from_stored(row.agent_id.clone());
+            let Some(l) = locked.get_mut(&agent) else { return Ok(()) };
+            if row.status == "pending" && row.reason.is_none() {
+                let mut row = row;
+                row.reason = Some(c.reason.as_str().to_owned());
+                let held = row.held;
+                let external_id = format!("abandoned:{}", row.id);
+                self.release(conn, &mut row, l, held, "void", &external_id, now.as_millisecond())?;
+                recorded.insert(key, row);
+            }
+            return Ok(());
+        }
+        let Some(card) = cache::load_card(conn, &c.auth.card_id)? else { return Ok(()) };
+        let Some(l) = locked.get_mut(&card.value.agent_id) else { return Ok(()) };
+        let decision = Decision::decline(c.reason, None);
+        let row = new_row(&c.auth, &card.value, l, &decision, c.auth.request.trace_id.clone(), now.as_millisecond());
+        rows::insert_authorizations(conn, std::slice::from_ref(&row))?;
+        record_decline_event(conn, &row, now)?;
+        recorded.insert(key, row);
+        Ok(())
+    }
+
+    /// Voids `amount` of the row's hold (kind `void` or `expire`), freeing it in the windows.
+    #[allow(clippy::too_many_arguments)]
+    fn release(
+        &mut self,
+        conn: &mut DbConnection,
+        row: &mut AuthorizationRow,
+        l: &mut Locked,
+        amount: i64,
+        kind: &str,
+        external_id: &str,
+        now_ms: i64,
+    ) -> Result<TransferRow> {
+        row.held -= amount;
+        row.counted -= amount;
+        row.counted_card = card_share(row);
+        if row.held == 0 {
+            row.status = match (row.posted > 0, kind) {
+                (true, _) => "posted",
+                (false, "expire") => "expired",
+                (false, _) => "voided",
+            }
+            .to_owned();
+        }
+        l.ledger.balance.held -= amount;
+        l.dirty = true;
+        self.save_row(conn, row, l, now_ms)?;
+        let t = transfer(row, external_id, kind, amount, now_ms);
+        rows::insert_transfer(conn, &t)?;
+        Ok(t)
+    }
+
+    fn save_row(&mut self, conn: &mut DbConnection, row: &mut AuthorizationRow, l: &Locked, now_ms: i64) -> Result<()> {
+        row.seq = l.ledger.seq;
+        row.updated_at = now_ms;
+        rows::update_amounts(conn, row)?;
+        if let Some(book) = self.books.get_mut(&AgentId::from_stored(row.agent_id.clone())) {
+            book.apply(row);
+        }
+        Ok(())
+    }
+
+    fn movement(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &MovementCmd,
+        target: Option<AuthorizationRow>,
+        locked: &mut HashMap<AgentId, Locked>,
+        now_ms: i64,
+    ) -> Result<LifecycleOutcome> {
+        let missing = || Error::not_found("authorization", &c.authorization_id);
+        let Some(stale) = target else { return Err(missing()) };
+        // Read again under the agent's lock: the row may have moved since.
+        let mut row = rows::find(conn, &stale.id)?.ok_or_else(missing)?;
+        let agent = AgentId::from_stored(row.agent_id.clone());
+        let l = locked.get_mut(&agent).ok_or_else(missing)?;
+
+        let prior = rows::find_transfers(conn, &agent, &c.external_id)?;
+        if let Some(first) = prior.first() {
+            let same_kind = match c.movement {
+                Movement::Capture { .. } => first.kind == "post",
+                Movement::Reverse { .. } => first.kind == "void",
+                Movement::Refund { .. } => first.kind == "refund",
+            };
+            if first.authorization_id.as_deref() != Some(row.id.as_str()) || !same_kind {
+                return Err(conflict(
+                    "idempotency_conflict",
+                    format!("id {} was already used for another transfer", c.external_id),
+                ));
+            }
+            let transfers = prior.iter().map(TransferView::from_row).collect::<Result<_>>()?;
+            return Ok(LifecycleOutcome {
+                authorization: AuthorizationView::from_row(&row),
+                transfers,
+                replayed: true,
+            });
+        }
+        if row.status == "declined" {
+            return Err(conflict("authorization_declined", "the authorization was declined: nothing was held".into()));
+        }
+
+        let mut transfers = Vec::new();
+        match &c.movement {
+            Movement::Capture { amount, currency } => {
+                let amount = self.in_cap_currency(&row, *amount, currency)?;
+                let post = amount.min(row.held);
+                let excess = amount - post;
+                let released = row.held - post;
+                l.ledger.balance.held -= row.held;
+                l.ledger.balance.spent += amount;
+                l.dirty = true;
+                row.held = 0;
+                row.posted += amount;
+                row.counted = row.posted;
+                row.counted_card = card_share(&row);
+                row.status = "posted".into();
+                self.save_row(conn, &mut row, l, now_ms)?;
+                transfers.push(transfer(&row, &c.external_id, "post", post, now_ms));
+                if excess > 0 {
+                    transfers.push(transfer(&row, &format!("{}:excess", c.external_id), "excess", excess, now_ms));
+                }
+                if released > 0 {
+                    transfers.push(transfer(&row, &format!("{}:release", c.external_id), "void", released, now_ms));
+                }
+                for t in &transfers {
+                    rows::insert_transfer(conn, t)?;
+                }
+            }
+            Movement::Reverse { amount, currency } => {
+                if row.held == 0 {
+                    return Err(conflict("nothing_held", format!("authorization {} holds nothing to reverse", row.id)));
+                }
+                let amount = match amount {
+                    Some(a) => {
+                        let currency = currency.clone().unwrap_or_else(|| row.currency.clone());
+                        self.in_cap_currency(&row, *a, &currency)?
+                    }
+                    None => row.held,
+                };
+                let amount = amount.min(row.held);
+                transfers.push(self.release(conn, &mut row, l, amount, "void", &c.external_id, now_ms)?);
+            }
+            Movement::Refund { amount, currency } => {
+                let currency = currency.clone().unwrap_or_else(|| row.currency.clone());
+                let amount = self.in_cap_currency(&row, *amount, &currency)?;
+                if row.refunded + amount > row.posted {
+                    return Err(conflict(
+                        "refund_exceeds_posted",
+                        format!("refunds would total more than the {} posted", row.posted),
+                    ));
+                }
+                row.refunded += amount;
+                l.ledger.balance.refunded += amount;
+                l.dirty = true;
+                self.save_row(conn, &mut row, l, now_ms)?;
+                let t = transfer(&row, &c.external_id, "refund", amount, now_ms);
+                rows::insert_transfer(conn, &t)?;
+                transfers.push(t);
+            }
+        }
+        let transfers = transfers.iter().map(TransferView::from_row).collect::<Result<_>>()?;
+        Ok(LifecycleOutcome { authorization: AuthorizationView::from_row(&row), transfers, replayed: false })
+    }
+
+    /// A movement's amount in the agent's currency: at the authorization's own rate when it is in
+    /// the authorization's currency, as is when in the agent's, else at today's rate. Rounded up.
+    fn in_cap_currency(&self, row: &AuthorizationRow, amount: i64, currency: &str) -> Result<i64> {
+        if amount <= 0 {
+            return Err(Error::validation("amount must be a positive number of minor units"));
+        }
+        if currency.eq_ignore_ascii_case(&row.currency) && row.amount > 0 {
+            return Ok(scale_up(amount, row.cap_amount, row.amount));
+        }
+        if currency.eq_ignore_ascii_case(&row.cap_currency) {
+            return Ok(amount);
+        }
+        let unsupported = || Error::Unprocessable {
+            code: "unsupported_currency",
+            message: format!("cannot convert {currency} to {}", row.cap_currency),
+        };
+        let from: Currency = currency.parse().map_err(|_| unsupported())?;
+        let to: Currency = row.cap_currency.parse().map_err(|_| unsupported())?;
+        let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
+        rates.convert(amount, from, to).map(|c| c.amount).map_err(|_| unsupported())
+    }
+
+    fn fund(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &FundCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        now_ms: i64,
+    ) -> Result<(TransferView, bool)> {
+        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
+        if let Some(first) = rows::find_transfers(conn, &c.agent_id, &c.external_id)?.first() {
+            if first.kind != "fund" || first.amount != c.amount.amount || first.currency != c.amount.currency.code() {
+                return Err(conflict(
+                    "idempotency_conflict",
+                    format!("id {} was already used for another transfer", c.external_id),
+                ));
+            }
+            return Ok((TransferView::from_row(first)?, true));
+        }
+        if c.amount.currency != l.currency {
+            return Err(Error::Unprocessable {
+                code: "currency_mismatch",
+                message: format!("the agent's balance is in {}, not {}", l.currency, c.amount.currency),
+            });
+        }
+        l.ledger.balance.funded += c.amount.amount;
+        l.dirty = true;
+        let t = TransferRow {
+            id: TransferId::generate().to_string(),
+            external_id: c.external_id.clone(),
+            agent_id: c.agent_id.to_string(),
+            authorization_id: None,
+            card_id: None,
+            trace_id: None,
+            kind: "fund".into(),
+            amount: c.amount.amount,
+            currency: l.currency.code().to_owned(),
+            created_at: now_ms,
+        };
+        rows::insert_transfer(conn, &t)?;
+        Ok((TransferView::from_row(&t)?, false))
+    }
+
+    fn expire(
+        &mut self,
+        conn: &mut DbConnection,
+        expiring: &[AuthorizationRow],
+        locked: &mut HashMap<AgentId, Locked>,
+        now_ms: i64,
+    ) -> Result<usize> {
+        let mut n = 0;
+        for stale in expiring {
+            let Some(mut row) = rows::find(conn, &stale.id)? else { continue };
+            let Some(l) = locked.get_mut(&AgentId::from_stored(row.agent_id.clone())) else { continue };
+            if row.status != "pending" || row.held == 0 {
+                continue;
+            }
+            let held = row.held;
+            let external_id = format!("expire:{}", row.id);
+            self.release(conn, &mut row, l, held, "expire", &external_id, now_ms)?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(count = n, "expired holds voided");
+        }
+        Ok(n)
+    }
+}
+
+fn conflict(code: &'static str, message: String) -> Error {
+    Error::Conflict { code, message }
+}
+
+/// ⌈amount × num / den⌉ without overflow.
+fn scale_up(amount: i64, num: i64, den: i64) -> i64 {
+    let (a, n, d) = (i128::from(amount), i128::from(num), i128::from(den));
+    i64::try_from((a * n + d - 1) / d).unwrap_or(i64::MAX)
+}
+
+/// What the row counts in the card's currency, in proportion to what it counts in the agent's.
+fn card_share(row: &AuthorizationRow) -> i64 {
+    if row.cap_amount > 0 { scale_up(row.counted, row.card_amount, row.cap_amount) } else { row.counted }
+}
+
+fn new_row(
+    auth: &Authorize,
+    card: &Card,
+    l: &Locked,
+    decision: &Decision,
+    trace: Option<String>,
+    now_ms: i64,
+) -> AuthorizationRow {
+    let (cap, card_amount) = decision.amounts.map_or((0, 0), |a| (a.agent.amount, a.card.amount));
+    let held = if decision.approved() { cap } else { 0 };
+    let req = &auth.request;
+    AuthorizationRow {
+        id: AuthorizationId::generate().to_string(),
+        source: auth.source.to_owned(),
+        external_id: auth.external_id.clone(),
+        agent_id: card.agent_id.to_string(),
+        card_id: Some(card.id.to_string()),
+        rail: match req.rail {
+            crate::domain::authorization::Rail::Card => "card",
+            crate::domain::authorization::Rail::Usdc => "usdc",
+        }
+        .to_owned(),
+        status: if decision.approved() { "pending" } else { "declined" }.to_owned(),
+        reason: decision.decline.map(|r| r.as_str().to_owned()),
+        rule: decision.rule.clone(),
+        amount: req.amount,
+        currency: req.currency.clone(),
+        cap_amount: cap,
+        cap_currency: l.currency.code().to_owned(),
+        card_amount,
+        card_currency: card.currency.code().to_owned(),
+        fx_rate: decision.fx.as_ref().map(|f| f.rate.clone()),
+        fx_date: decision.fx.as_ref().map(|f| f.date.clone()),
+        held,
+        posted: 0,
+        counted: held,
+        counted_card: if decision.approved() { card_amount } else { 0 },
+        refunded: 0,
+        merchant_id: req.merchant.id.clone(),
+        merchant_name: req.merchant.name.clone(),
+        mcc: req.merchant.mcc.clone(),
+        country: req.merchant.country.clone(),
+        trace_id: trace,
+        seq: l.ledger.seq,
+        authorized_at: now_ms,
+        updated_at: now_ms,
+    }
+}
+
+fn transfer(row: &AuthorizationRow, external_id: &str, kind: &str, amount: i64, now_ms: i64) -> TransferRow {
+    TransferRow {
+        id: TransferId::generate().to_string(),
+        external_id: external_id.to_owned(),
+        agent_id: row.agent_id.clone(),
+        authorization_id: Some(row.id.clone()),
+        card_id: row.card_id.clone(),
+        trace_id: row.trace_id.clone(),
+        kind: kind.to_owned(),
+        amount,
+        currency: row.cap_currency.clone(),
+        created_at: now_ms,
+    }
+}
+
+/// Declines show in the card's trail, attempts on frozen cards included.
+fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: jiff::Timestamp) -> Result<()> {
+    let data = serde_json::json!({
+        "authorization_id": row.id,
+        "reason": row.reason,
+        "rule": row.rule,
+        "amount": {"amount": row.amount, "currency": row.currency},
+        "merchant": {"id": row.merchant_id, "name": row.merchant_name, "mcc": row.mcc, "country": row.country},
+        "trace_id": row.trace_id,
+    });
+    let event = Event {
+        id: EventId::generate(),
+        agent_id: AgentId::from_stored(row.agent_id.clone()),
+        card_id: row.card_id.clone().map(CardId::from_stored),
+        kind: "authorization_declined".into(),
+        actor: None,
+        reason: row.reason.clone(),
+        data: Some(data),
+        created_at: now,
+    };
+    store::events::insert(conn, &event)
+}

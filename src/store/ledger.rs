@@ -1,0 +1,271 @@
+//! The ledger's tables: authorizations (holds and declined attempts), transfers (every movement
+//! after a hold, and funding), and the balance columns of each agent's row.
+
+use diesel::prelude::*;
+
+use super::DbConnection;
+use super::schema::{agents, authorizations, transfers};
+use crate::domain::ids::AgentId;
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = authorizations)]
+pub struct AuthorizationRow {
+    pub id: String,
+    pub source: String,
+    pub external_id: String,
+    pub agent_id: String,
+    pub card_id: Option<String>,
+    pub rail: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub rule: Option<String>,
+    pub amount: i64,
+    pub currency: String,
+    pub cap_amount: i64,
+    pub cap_currency: String,
+    pub card_amount: i64,
+    pub card_currency: String,
+    pub fx_rate: Option<String>,
+    pub fx_date: Option<String>,
+    pub held: i64,
+    pub posted: i64,
+    pub counted: i64,
+    pub counted_card: i64,
+    pub refunded: i64,
+    pub merchant_id: Option<String>,
+    pub merchant_name: String,
+    pub mcc: Option<String>,
+    pub country: Option<String>,
+    pub trace_id: Option<String>,
+    pub seq: i64,
+    pub authorized_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = transfers)]
+pub struct TransferRow {
+    pub id: String,
+    pub external_id: String,
+    pub agent_id: String,
+    pub authorization_id: Option<String>,
+    pub card_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub kind: String,
+    pub amount: i64,
+    pub currency: String,
+    pub created_at: i64,
+}
+
+/// An agent's ledger state as its row holds it, read while the row is locked.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct AgentLedger {
+    pub seq: i64,
+    pub config_version: i64,
+    pub currency: String,
+    pub balance: Balance,
+}
+
+/// Minor units of the agent's currency. Available = funded + refunded − held − spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Queryable)]
+pub struct Balance {
+    pub funded: i64,
+    pub refunded: i64,
+    pub held: i64,
+    pub spent: i64,
+}
+
+impl Balance {
+    pub fn available(&self) -> i64 {
+        self.funded + self.refunded - self.held - self.spent
+    }
+}
+
+/// Locks the agent's row for the rest of the transaction (an UPDATE takes the row lock on
+/// PostgreSQL; SQLite's single writer holds the database) and numbers this change of its ledger.
+pub fn lock_agent(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<AgentLedger>> {
+    Ok(diesel::update(agents::table.find(agent.as_str()))
+        .set(agents::ledger_seq.eq(agents::ledger_seq + 1))
+        .returning((
+            agents::ledger_seq,
+            agents::config_version,
+            agents::currency,
+            (agents::funded, agents::refunded, agents::held, agents::spent),
+        ))
+        .get_result::<AgentLedger>(conn)
+        .optional()?)
+}
+
+pub fn save_balance(conn: &mut DbConnection, agent: &AgentId, b: &Balance) -> Result<()> {
+    diesel::update(agents::table.find(agent.as_str()))
+        .set((
+            agents::funded.eq(b.funded),
+            agents::refunded.eq(b.refunded),
+            agents::held.eq(b.held),
+            agents::spent.eq(b.spent),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(String, Balance)>> {
+    Ok(agents::table
+        .find(agent.as_str())
+        .select((agents::currency, (agents::funded, agents::refunded, agents::held, agents::spent)))
+        .first(conn)
+        .optional()?)
+}
+
+/// The agent's approved authorizations written after ledger change `seq` (all of them for -1).
+pub fn approved_since(conn: &mut DbConnection, agent: &AgentId, seq: i64) -> Result<Vec<AuthorizationRow>> {
+    Ok(authorizations::table
+        .filter(authorizations::agent_id.eq(agent.as_str()))
+        .filter(authorizations::seq.gt(seq))
+        .filter(authorizations::status.ne("declined"))
+        .select(AuthorizationRow::as_select())
+        .load(conn)?)
+}
+
+pub fn find_by_external(conn: &mut DbConnection, external_ids: &[&str]) -> Result<Vec<AuthorizationRow>> {
+    Ok(authorizations::table
+        .filter(authorizations::external_id.eq_any(external_ids))
+        .select(AuthorizationRow::as_select())
+        .load(conn)?)
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<AuthorizationRow>> {
+    Ok(authorizations::table.find(id).select(AuthorizationRow::as_select()).first(conn).optional()?)
+}
+
+pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow]) -> Result<()> {
+    // One statement per row: SQLite's statement cache makes that cheap, and diesel's
+    // multi-row insert is not available for every backend of a MultiConnection.
+    for row in rows {
+        diesel::insert_into(authorizations::table).values(row).execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Writes an authorization's new amounts and status (after a post, void or expiry).
+pub fn update_amounts(conn: &mut DbConnection, row: &AuthorizationRow) -> Result<()> {
+    diesel::update(authorizations::table.find(&row.id))
+        .set((
+            authorizations::status.eq(&row.status),
+            authorizations::reason.eq(&row.reason),
+            authorizations::held.eq(row.held),
+            authorizations::posted.eq(row.posted),
+            authorizations::counted.eq(row.counted),
+            authorizations::counted_card.eq(row.counted_card),
+            authorizations::refunded.eq(row.refunded),
+            authorizations::seq.eq(row.seq),
+            authorizations::updated_at.eq(row.updated_at),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn find_transfers(conn: &mut DbConnection, agent: &AgentId, external_id: &str) -> Result<Vec<TransferRow>> {
+    // A capture can make up to three transfers: `<id>` (post), `<id>:excess` and `<id>:release`.
+    let ids = [external_id.to_owned(), format!("{external_id}:excess"), format!("{external_id}:release")];
+    Ok(transfers::table
+        .filter(transfers::agent_id.eq(agent.as_str()))
+        .filter(transfers::external_id.eq_any(ids))
+        .select(TransferRow::as_select())
+        .order(transfers::id)
+        .load(conn)?)
+}
+
+pub fn insert_transfer(conn: &mut DbConnection, row: &TransferRow) -> Result<()> {
+    diesel::insert_into(transfers::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+/// Holds still pending that were authorized before `before_ms`, oldest first.
+pub fn pending_before(conn: &mut DbConnection, before_ms: i64, limit: i64) -> Result<Vec<AuthorizationRow>> {
+    Ok(authorizations::table
+        .filter(authorizations::status.eq("pending"))
+        .filter(authorizations::authorized_at.lt(before_ms))
+        .order(authorizations::authorized_at)
+        .limit(limit)
+        .select(AuthorizationRow::as_select())
+        .load(conn)?)
+}
+
+/// What the ledger listing filters by.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFilter {
+    pub card_id: Option<String>,
+    pub trace_id: Option<String>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+}
+
+/// An agent's authorizations, oldest first, after the cursor (an authorization id).
+pub fn list_authorizations(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    f: &LedgerFilter,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<AuthorizationRow>> {
+    let mut q = authorizations::table
+        .filter(authorizations::agent_id.eq(agent.as_str().to_owned()))
+        .select(AuthorizationRow::as_select())
+        .order(authorizations::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(c) = cursor {
+        q = q.filter(authorizations::id.gt(c.to_owned()));
+    }
+    if let Some(card) = &f.card_id {
+        q = q.filter(authorizations::card_id.eq(card.clone()));
+    }
+    if let Some(trace) = &f.trace_id {
+        q = q.filter(authorizations::trace_id.eq(trace.clone()));
+    }
+    if let Some(from) = f.from_ms {
+        q = q.filter(authorizations::authorized_at.ge(from));
+    }
+    if let Some(to) = f.to_ms {
+        q = q.filter(authorizations::authorized_at.lt(to));
+    }
+    Ok(q.load(conn)?)
+}
+
+/// An agent's transfers, oldest first, after the cursor (a transfer id).
+pub fn list_transfers(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    f: &LedgerFilter,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<TransferRow>> {
+    let mut q = transfers::table
+        .filter(transfers::agent_id.eq(agent.as_str().to_owned()))
+        .select(TransferRow::as_select())
+        .order(transfers::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(c) = cursor {
+        q = q.filter(transfers::id.gt(c.to_owned()));
+    }
+    if let Some(card) = &f.card_id {
+        q = q.filter(transfers::card_id.eq(card.clone()));
+    }
+    if let Some(trace) = &f.trace_id {
+        q = q.filter(transfers::trace_id.eq(trace.clone()));
+    }
+    if let Some(from) = f.from_ms {
+        q = q.filter(transfers::created_at.ge(from));
+    }
+    if let Some(to) = f.to_ms {
+        q = q.filter(transfers::created_at.lt(to));
+    }
+    Ok(q.load(conn)?)
+}
+
+/// The agent's config_version, read before the rows it versions (see the snapshot cache).
+pub fn config_version(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<i64>> {
+    Ok(agents::table.find(agent.as_str()).select(agents::config_version).first(conn).optional()?)
+}

@@ -1,0 +1,234 @@
+//! The decision core through the native webhook: limits under concurrency, idempotent retries of
+//! every event, the two-phase ledger, freezes, FX and bad input, on SQLite and PostgreSQL.
+
+mod common;
+
+use common::TestApp;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn agent_with_card(app: &TestApp, policy: Value, fund: i64) -> (String, String) {
+    let (status, agent) = app.post("/v1/agents", json!({"name": "bot", "policy": policy})).await;
+    assert_eq!(status, StatusCode::CREATED, "{agent}");
+    let agent = agent["id"].as_str().unwrap().to_owned();
+    if fund > 0 {
+        app.fund(&agent, fund).await;
+    }
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await;
+    (agent, card["id"].as_str().unwrap().to_owned())
+}
+
+async fn concurrent_authorizations_never_exceed_a_limit(app: TestApp) {
+    let policy = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 50_000}]});
+    let (agent, card) = agent_with_card(&app, policy, 100_000).await;
+    let app = std::sync::Arc::new(app);
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let (app, card) = (app.clone(), card.clone());
+        tasks.push(actix_web::rt::spawn(async move { app.authorize(&format!("race-{i}"), &card, 1_000).await }));
+    }
+    let mut approved = 0;
+    for t in tasks {
+        let d = t.await.unwrap();
+        if d["approved"] == true {
+            approved += 1;
+        } else {
+            assert_eq!(d["reason"], "limit_exceeded", "{d}");
+            assert_eq!(d["rule"], "agent.limit.daily");
+        }
+    }
+    assert_eq!(approved, 50, "500 concurrent $10 against a $500 limit");
+    let b = app.balance(&agent).await;
+    assert_eq!((b["held"].as_i64(), b["available"].as_i64()), (Some(50_000), Some(50_000)), "{b}");
+}
+
+async fn retries_of_every_event_are_idempotent(app: TestApp) {
+    let (agent, card) = agent_with_card(&app, json!({}), 10_000).await;
+    let first = app.authorize("auth-1", &card, 2_000).await;
+    let again = app.authorize("auth-1", &card, 2_000).await;
+    assert_eq!(first["authorization_id"], again["authorization_id"]);
+    assert_eq!((first["replayed"].as_bool(), again["replayed"].as_bool()), (Some(false), Some(true)));
+    assert_eq!(app.balance(&agent).await["held"], 2_000, "held once");
+    let id = first["authorization_id"].as_str().unwrap();
+
+    let capture = json!({"id": "cap-1", "amount": 1_500, "currency": "USD"});
+    let (s1, c1) = app.signed(&format!("/v1/authorizations/{id}/capture"), &capture).await;
+    let (s2, c2) = app.signed(&format!("/v1/authorizations/{id}/capture"), &capture).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{c1} {c2}");
+    assert_eq!(c1["transfers"], c2["transfers"]);
+    assert_eq!(c2["replayed"], true);
+    let kinds: Vec<&str> = c1["transfers"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["post", "void"], "a partial capture releases the rest");
+    let refund = json!({"id": "ref-1", "amount": 500});
+    let (_, r1) = app.signed(&format!("/v1/authorizations/{id}/refund"), &refund).await;
+    let (_, r2) = app.signed(&format!("/v1/authorizations/{id}/refund"), &refund).await;
+    assert_eq!(r1["transfers"], r2["transfers"], "{r1} {r2}");
+    let b = app.balance(&agent).await;
+    assert_eq!(
+        (b["held"].as_i64(), b["spent"].as_i64(), b["refunded"].as_i64(), b["available"].as_i64()),
+        (Some(0), Some(1_500), Some(500), Some(9_000)),
+        "{b}"
+    );
+    // The same id for a different movement is a conflict, not a second transfer.
+    let (status, e) =
+        app.signed(&format!("/v1/authorizations/{id}/refund"), &json!({"id": "cap-1", "amount": 1})).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("idempotency_conflict")));
+
+    let fund = json!({"id": "top-up-1", "amount": 700, "currency": "USD"});
+    let (s1, f1) = app.post(&format!("/v1/agents/{agent}/fund"), fund.clone()).await;
+    let (s2, f2) = app.post(&format!("/v1/agents/{agent}/fund"), fund).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(f1, f2);
+    let (s3, _) = app
+        .post(&format!("/v1/agents/{agent}/fund"), json!({"id": "top-up-1", "amount": 701, "currency": "USD"}))
+        .await;
+    assert_eq!(s3, StatusCode::CONFLICT);
+    assert_eq!(app.balance(&agent).await["available"], 9_700);
+
+    // Reversals: partial, then the rest, then a retry of the first.
+    let second = app.authorize("auth-2", &card, 1_000).await;
+    let id2 = second["authorization_id"].as_str().unwrap();
+    let part = json!({"id": "rev-1", "amount": 400});
+    let (_, v1) = app.signed(&format!("/v1/authorizations/{id2}/reverse"), &part).await;
+    assert_eq!(v1["authorization"]["held"], 600, "{v1}");
+    let (_, v2) = app.signed(&format!("/v1/authorizations/{id2}/reverse"), &json!({"id": "rev-2"})).await;
+    assert_eq!(
+        (v2["authorization"]["held"].as_i64(), v2["authorization"]["status"].as_str()),
+        (Some(0), Some("voided"))
+    );
+    let (s, v1b) = app.signed(&format!("/v1/authorizations/{id2}/reverse"), &part).await;
+    assert_eq!((s, v1b["replayed"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, e) = app.signed(&format!("/v1/authorizations/{id2}/reverse"), &json!({"id": "rev-3"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("nothing_held")));
+    assert_eq!(app.balance(&agent).await["held"], 0);
+}
+
+async fn voids_free_the_window_refunds_do_not_and_excess_counts(app: TestApp) {
+    let policy = json!({"limits": [{"id": "cap", "scope": "card", "window": "lifetime", "amount": 3_000}]});
+    let (_agent, card) = agent_with_card(&app, json!({}), 100_000).await;
+    let (s, _) = app.put(&format!("/v1/agents/{_agent}/cards/{card}/policy"), policy).await;
+    assert_eq!(s, StatusCode::OK);
+    let a = app.authorize("w-1", &card, 3_000).await;
+    assert_eq!(a["approved"], true);
+    assert_eq!(app.authorize("w-2", &card, 1).await["reason"], "limit_exceeded");
+    let id = a["authorization_id"].as_str().unwrap();
+    app.signed(&format!("/v1/authorizations/{id}/reverse"), &json!({"id": "v", "amount": 1_000})).await;
+    assert_eq!(app.authorize("w-3", &card, 1_000).await["approved"], true, "a void frees its amount");
+    let (_, c) = app
+        .signed(&format!("/v1/authorizations/{id}/capture"), &json!({"id": "c", "amount": 2_500, "currency": "USD"}))
+        .await;
+    let kinds: Vec<&str> = c["transfers"].as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["post", "excess"], "{c}");
+    // 2,500 posted + 1,000 held is above the cap already: nothing more is approved.
+    assert_eq!(app.authorize("w-4", &card, 1).await["reason"], "limit_exceeded");
+    app.signed(&format!("/v1/authorizations/{id}/refund"), &json!({"id": "r", "amount": 2_500})).await;
+    assert_eq!(app.authorize("w-5", &card, 1).await["reason"], "limit_exceeded", "a refund does not restore the limit");
+}
+
+async fn a_freeze_applies_to_the_next_request_and_declines_are_recorded(app: TestApp) {
+    let (agent, card) = agent_with_card(&app, json!({}), 10_000).await;
+    assert_eq!(app.authorize("f-1", &card, 100).await["approved"], true);
+    let (s, _) = app.post(&format!("/v1/agents/{agent}/cards/{card}/freeze"), json!({"reason": "test"})).await;
+    assert_eq!(s, StatusCode::OK);
+    let d = app.authorize("f-2", &card, 100).await;
+    assert_eq!((d["reason"].as_str(), d["rule"].as_str()), (Some("card_frozen"), Some("card.status")));
+    app.post(&format!("/v1/agents/{agent}/cards/{card}/unfreeze"), json!({"reason": "ok"})).await;
+    assert_eq!(app.authorize("f-3", &card, 100).await["approved"], true);
+    app.post(&format!("/v1/agents/{agent}/freeze"), json!({"reason": "agent"})).await;
+    assert_eq!(app.authorize("f-4", &card, 100).await["reason"], "agent_frozen");
+
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{card}/events")).await;
+    let declines: Vec<&Value> =
+        events["data"].as_array().unwrap().iter().filter(|e| e["kind"] == "authorization_declined").collect();
+    assert_eq!(declines.len(), 2, "{events}");
+    assert_eq!(declines[0]["reason"], "card_frozen");
+    assert_eq!(declines[0]["data"]["merchant"]["name"], "OPENAI *API");
+    let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger?card={card}")).await;
+    let statuses: Vec<&str> = ledger["data"].as_array().unwrap().iter().filter_map(|e| e["status"].as_str()).collect();
+    assert_eq!(statuses, ["pending", "declined", "pending", "declined"], "{ledger}");
+}
+
+async fn traces_tag_authorizations_and_filter_the_ledger(app: TestApp) {
+    let policy = json!({"limits": [{"id": "per_pr", "scope": "trace", "window": "lifetime", "amount": 1_000}]});
+    let (agent, card) = agent_with_card(&app, policy, 10_000).await;
+    let (s, c) = app.put(&format!("/v1/agents/{agent}/cards/{card}/trace"), json!({"trace_id": "pr-42"})).await;
+    assert_eq!((s, c["trace_id"].as_str()), (StatusCode::OK, Some("pr-42")));
+    assert_eq!(app.authorize("t-1", &card, 1_000).await["approved"], true);
+    assert_eq!(app.authorize("t-2", &card, 1).await["rule"], "agent.limit.per_pr");
+    app.put(&format!("/v1/agents/{agent}/cards/{card}/trace"), json!({"trace_id": "pr-43"})).await;
+    assert_eq!(app.authorize("t-3", &card, 1_000).await["approved"], true);
+    let (_, page) = app.get(&format!("/v1/agents/{agent}/ledger?trace=pr-42")).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2, "{page}");
+}
+
+async fn bad_input_is_refused_and_changes_nothing(app: TestApp) {
+    let (agent, card) = agent_with_card(&app, json!({}), 10_000).await;
+    let body = json!({"id": "x", "card_id": card, "amount": 100, "currency": "USD", "merchant": {"name": "A"}});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let url = format!("{}/v1/authorizations", app.base);
+    let post = |sig: Option<String>, bytes: Vec<u8>| {
+        let mut r = app.http.post(&url).body(bytes);
+        if let Some(sig) = sig {
+            r = r.header("Spendgate-Signature", sig);
+        }
+        r.send()
+    };
+    assert_eq!(post(None, bytes.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let stale = format!("t={},v1=00", jiff::Timestamp::now().as_second() - 301);
+    assert_eq!(post(Some(stale), bytes.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let mut forged = bytes.clone();
+    forged[10] ^= 1;
+    assert_eq!(post(Some(common::sign(&bytes)), forged).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let garbage = b"{not json".to_vec();
+    let r = post(Some(common::sign(&garbage)), garbage).await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let huge = vec![b' '; 300 * 1024];
+    assert_eq!(post(Some(common::sign(&huge)), huge).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _) = app
+        .signed(
+            "/v1/authorizations",
+            &json!({"id": "n", "card_id": card, "amount": -1, "currency": "USD", "merchant": {}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, page) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "only the funding: {page}");
+    // An unknown card and an unknown currency are declines.
+    let d = app.authorize("u-1", "card_01nonexistent0000000000000", 100).await;
+    assert_eq!((d["approved"].as_bool(), d["reason"].as_str()), (Some(false), Some("unknown_card")));
+    let (s, d) = app
+        .signed(
+            "/v1/authorizations",
+            &json!({"id": "u-2", "card_id": card, "amount": 5, "currency": "ZZZ", "merchant": {}}),
+        )
+        .await;
+    assert_eq!((s, d["reason"].as_str()), (StatusCode::OK, Some("unsupported_currency")));
+    let (s, e) = app
+        .signed(
+            "/v1/authorizations/auth_01nothere00000000000000000/capture",
+            &json!({"id": "c", "amount": 1, "currency": "USD"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{e}");
+}
+
+async fn holds_expire_and_free_their_amount(app: TestApp) {
+    let (agent, card) = agent_with_card(&app, json!({}), 1_000).await;
+    assert_eq!(app.authorize("e-1", &card, 1_000).await["approved"], true);
+    assert_eq!(app.authorize("e-2", &card, 1).await["reason"], "insufficient_funds");
+    let expired = app.ledger.expire_holds(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1)).await.unwrap();
+    assert_eq!(expired, 1);
+    let b = app.balance(&agent).await;
+    assert_eq!((b["held"].as_i64(), b["available"].as_i64()), (Some(0), Some(1_000)));
+    assert_eq!(app.authorize("e-3", &card, 1_000).await["approved"], true);
+}
+
+on_both_backends!(
+    concurrent_authorizations_never_exceed_a_limit,
+    retries_of_every_event_are_idempotent,
+    voids_free_the_window_refunds_do_not_and_excess_counts,
+    a_freeze_applies_to_the_next_request_and_declines_are_recorded,
+    traces_tag_authorizations_and_filter_the_ledger,
+    bad_input_is_refused_and_changes_nothing,
+    holds_expire_and_free_their_amount,
+);
