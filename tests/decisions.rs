@@ -232,3 +232,60 @@ on_both_backends!(
     bad_input_is_refused_and_changes_nothing,
     holds_expire_and_free_their_amount,
 );
+
+/// A local server speaking the ECB's daily file format, dated today.
+async fn fx_feed() -> String {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><gesmes:Envelope xmlns:gesmes=\"http://www.gesmes.org/xml/2002-08-01\" \
+         xmlns=\"http://www.ecb.int/vocabulary/2002-08-01/eurofxref\"><Cube><Cube time='{today}'>\
+         <Cube currency='USD' rate='1.2500'/><Cube currency='JPY' rate='150.00'/></Cube></Cube></gesmes:Envelope>"
+    );
+    let server = HttpServer::new(move || {
+        let xml = xml.clone();
+        App::new().route(
+            "/eurofxref-daily.xml",
+            web::get().to(move || {
+                let xml = xml.clone();
+                async move { HttpResponse::Ok().content_type("text/xml").body(xml) }
+            }),
+        )
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    actix_web::rt::spawn(server.run());
+    format!("http://{addr}/eurofxref-daily.xml")
+}
+
+#[actix_web::test]
+async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
+    // The built-in table is weeks old: a cross-currency authorization declines.
+    let app = common::spawn(common::Backend::Sqlite).await;
+    let (_, card) = agent_with_card(&app, json!({}), 100_000).await;
+    let eur =
+        json!({"id": "fx-1", "card_id": card, "amount": 1_000, "currency": "EUR", "merchant": {"name": "AWS EMEA"}});
+    let (_, d) = app.signed("/v1/authorizations", &eur).await;
+    assert_eq!((d["reason"].as_str(), d["rule"].as_str()), (Some("stale_fx"), Some("fx.max_age")), "{d}");
+    assert_eq!(app.authorize("fx-2", &card, 1_000).await["approved"], true, "same currency needs no rate");
+
+    let url = fx_feed().await;
+    let app = common::spawn_with(common::Backend::Sqlite, |c| c.fx_url = Some(url)).await;
+    let (_, card) = agent_with_card(&app, json!({}), 100_000).await;
+    let mut decision = Value::Null;
+    for i in 0..50 {
+        let jpy = json!({"id": format!("fx-{i}"), "card_id": card, "amount": 1_000, "currency": "JPY", "merchant": {"name": "AWS JP"}});
+        decision = app.signed("/v1/authorizations", &jpy).await.1;
+        if decision["approved"] == true {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(decision["approved"], true, "{decision}");
+    // 1000 JPY at 150 JPY and 1.25 USD per euro is 8.333… USD, rounded up to 8.34.
+    assert_eq!(decision["amount"]["cap"], json!({"amount": 834, "currency": "USD"}));
+    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().to_string();
+    assert_eq!(decision["fx"]["date"], today);
+}

@@ -1,6 +1,8 @@
 //! Test helpers: the real server on a random port with a fresh database, SQLite or PostgreSQL.
 #![allow(dead_code)]
 
+pub mod process;
+
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};
@@ -14,7 +16,7 @@ pub enum Backend {
 }
 
 /// Where the test's data lives; removed when the app is dropped.
-enum Storage {
+pub enum Storage {
     Sqlite(tempfile::TempDir),
     Postgres { admin_url: String, schema: String },
 }
@@ -53,7 +55,7 @@ pub fn postgres_url() -> Option<String> {
 }
 
 /// A fresh database of `backend`: a temporary SQLite file, or a new PostgreSQL schema.
-fn fresh_storage(backend: Backend) -> (String, Storage) {
+pub fn fresh_storage(backend: Backend) -> (String, Storage) {
     match backend {
         Backend::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");

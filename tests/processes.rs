@@ -1,0 +1,192 @@
+//! Invariants that need real processes: two servers sharing one PostgreSQL never exceed a limit
+//! together, and a server killed with SIGKILL under load loses no approval a client received.
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::process::{Server, serve};
+use common::{Backend, WEBHOOK_SECRET, fresh_storage, postgres_url, sign};
+use serde_json::{Value, json};
+
+const OWNER: &str = "sgk_process_test_owner_key_0123456789abcdef012345";
+
+fn start(dir: &Path, database_url: &str) -> Server {
+    serve(
+        dir,
+        &[],
+        &[
+            ("SPENDGATE_DATABASE_URL", database_url),
+            ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+            ("SPENDGATE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ],
+    )
+}
+
+async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
+    let r = http.post(format!("{base}{path}")).bearer_auth(OWNER).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
+/// An agent funded with `fund` cents under `policy`, and one card. Returns (agent, card).
+async fn setup(http: &reqwest::Client, base: &str, policy: Value, fund: i64) -> (String, String) {
+    let agent = admin(http, base, "/v1/agents", json!({"name": "bot", "policy": policy})).await;
+    let agent = agent["id"].as_str().unwrap().to_owned();
+    admin(http, base, &format!("/v1/agents/{agent}/fund"), json!({"id": "f", "amount": fund, "currency": "USD"})).await;
+    let card = admin(http, base, &format!("/v1/agents/{agent}/cards"), json!({"label": "openai"})).await;
+    (agent, card["id"].as_str().unwrap().to_owned())
+}
+
+async fn authorize(
+    http: &reqwest::Client,
+    base: &str,
+    id: &str,
+    card: &str,
+    amount: i64,
+) -> Result<Value, reqwest::Error> {
+    let body = serde_json::to_vec(&json!({"id": id, "card_id": card, "amount": amount, "currency": "USD",
+        "merchant": {"name": "OPENAI *API", "mcc": "5734"}}))
+    .unwrap();
+    let r = http
+        .post(format!("{base}/v1/authorizations"))
+        .header("Spendgate-Signature", sign(&body))
+        .body(body)
+        .send()
+        .await?;
+    r.json().await
+}
+
+#[actix_web::test]
+async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let (url, _storage) = fresh_storage(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (start(dir.path(), &url), start(dir.path(), &url));
+    let http = reqwest::Client::new();
+    let policy = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 50_000}]});
+    let (agent, card) = setup(&http, &a.base, policy, 100_000).await;
+
+    let bases = Arc::new([a.base.clone(), b.base.clone()]);
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let (http, bases, card) = (http.clone(), bases.clone(), card.clone());
+        tasks.push(actix_web::rt::spawn(async move {
+            authorize(&http, &bases[i % 2], &format!("two-{i}"), &card, 1_000).await.unwrap()
+        }));
+    }
+    let mut approved_by = [0, 0];
+    for (i, t) in tasks.into_iter().enumerate() {
+        if t.await.unwrap()["approved"] == true {
+            approved_by[i % 2] += 1;
+        }
+    }
+    assert_eq!(approved_by[0] + approved_by[1], 50, "approved per process: {approved_by:?}");
+    assert!(approved_by[0] > 0 && approved_by[1] > 0, "both processes decided: {approved_by:?}");
+    let balance: Value = http
+        .get(format!("{}/v1/agents/{agent}/balance", b.base))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(balance["held"], 50_000, "{balance}");
+}
+
+async fn sigkill_under_load(backend: Backend) {
+    let (url, _storage) = fresh_storage(backend);
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = start(dir.path(), &url);
+    let http = reqwest::Client::new();
+    let (agent, card) = setup(&http, &server.base, json!({}), 1_000_000_000).await;
+
+    // 16 clients authorize as fast as they can; the server is killed once 200 approvals are in.
+    let approvals = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let (http, base, card, approvals) = (http.clone(), server.base.clone(), card.clone(), approvals.clone());
+        clients.push(actix_web::rt::spawn(async move {
+            for i in 0.. {
+                match authorize(&http, &base, &format!("k-{c}-{i}"), &card, 100).await {
+                    Ok(d) if d["approved"] == true => {
+                        approvals.lock().unwrap().push(d["authorization_id"].as_str().unwrap().to_owned())
+                    }
+                    Ok(d) => panic!("unexpected decline {d}"),
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    while approvals.lock().unwrap().len() < 200 {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let seen: HashSet<String> = approvals.lock().unwrap().iter().cloned().collect();
+
+    let again = start(dir.path(), &url);
+    let mut stored = HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = http
+            .get(format!("{}/v1/agents/{agent}/ledger?limit=500{cursor}", again.base))
+            .bearer_auth(OWNER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for e in page["data"].as_array().unwrap() {
+            if e["type"] == "authorization" && e["status"] == "pending" {
+                stored.insert(e["id"].as_str().unwrap().to_owned());
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    let lost: Vec<&String> = seen.difference(&stored).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} approvals the clients saw are not holds after restart: {lost:?}",
+        lost.len(),
+        seen.len()
+    );
+    let balance: Value = http
+        .get(format!("{}/v1/agents/{agent}/balance", again.base))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        balance["held"].as_i64(),
+        Some(100 * stored.len() as i64),
+        "the balance agrees with the holds: {balance}"
+    );
+}
+
+#[actix_web::test]
+async fn sigkill_under_load_loses_no_approval_on_sqlite() {
+    sigkill_under_load(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+async fn sigkill_under_load_loses_no_approval_on_postgresql() {
+    if postgres_url().is_some() {
+        sigkill_under_load(Backend::Postgres).await;
+    }
+}
