@@ -3,6 +3,11 @@
 //! stalled server shows up in the tail instead of silently slowing the generator (no coordinated
 //! omission). Each round runs the baseline path (`/healthz`) and then the target at the same rate,
 //! so the ratio of the two factors out the noise of a shared machine.
+//!
+//! Without `--path` it drives signed native authorizations (`POST /v1/authorizations`): it sets up
+//! `--agents` funded agents with a rolling-24h limit and `--cards` cards over them through the admin
+//! API, sends unique authorization ids spread over the cards, and afterwards checks through the
+//! admin API that no agent went past its limit and that every approval is a hold.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +24,27 @@ struct Args {
     /// Bearer API key for the target.
     #[arg(long, env = "SPENDGATE_API_KEY")]
     key: Option<String>,
-    /// Target path, e.g. /v1/agents/agt_…/cards.
+    /// Target path, e.g. /v1/agents/agt_…/cards; without it, signed native authorizations.
     #[arg(long)]
-    path: String,
+    path: Option<String>,
+    /// The native webhook secret (SPENDGATE_WEBHOOK_SECRET of the server).
+    #[arg(long, env = "SPENDGATE_WEBHOOK_SECRET")]
+    secret: Option<String>,
+    /// Agents to set up for authorizations.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Cards to set up, spread over the agents.
+    #[arg(long, default_value_t = 1000)]
+    cards: usize,
+    /// Each agent's rolling-24h limit, in cents.
+    #[arg(long, default_value_t = 1_000_000)]
+    limit: i64,
+    /// Each authorization's amount, in cents.
+    #[arg(long, default_value_t = 100)]
+    amount: i64,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
     #[arg(long, default_value = "POST")]
     method: String,
     /// JSON body; `{n}` is replaced by the request's sequence number.
@@ -49,7 +72,35 @@ struct Run {
     latencies_us: Vec<u64>,
     errors: u64,
     dropped: u64,
+    approved: u64,
+    declined: u64,
     first_error: Option<String>,
+    seconds: f64,
+}
+
+/// What each request of a run is.
+enum Target {
+    Plain {
+        method: Method,
+        path: String,
+        body: Option<String>,
+    },
+    /// Signed native authorizations with ids `<run>-<n>`, round-robin over the cards.
+    Authorize {
+        run: String,
+        cards: Vec<String>,
+        secret: String,
+        amount: i64,
+    },
+}
+
+fn signature(secret: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 impl Run {
@@ -62,7 +113,7 @@ impl Run {
     }
 }
 
-async fn run_once(client: &reqwest::Client, args: &Args, method: Method, path: &str, body: Option<&str>) -> Run {
+async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run {
     let total = u64::from(args.rate) * args.seconds;
     let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
     let result = Arc::new(Mutex::new(Run::default()));
@@ -76,19 +127,47 @@ async fn run_once(client: &reqwest::Client, args: &Args, method: Method, path: &
             result.lock().unwrap().dropped += 1;
             continue;
         }
+        if n > 0 && n % u64::from(args.rate) == 0 && !args.json {
+            let r = result.lock().unwrap();
+            eprintln!(
+                "    {:>3} s: sent {n}, answered {}, errors {}, in flight {}",
+                n / u64::from(args.rate),
+                r.latencies_us.len(),
+                r.errors,
+                in_flight.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut request = client.request(method.clone(), format!("{}{path}", args.base));
-        if let Some(key) = &args.key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.header("Content-Type", "application/json").body(body.replace("{n}", &n.to_string()));
-        }
+        let request = match target {
+            Target::Plain { method, path, body } => {
+                let mut request = client.request(method.clone(), format!("{}{path}", args.base));
+                if let Some(key) = &args.key {
+                    request = request.bearer_auth(key);
+                }
+                if let Some(body) = body {
+                    request =
+                        request.header("Content-Type", "application/json").body(body.replace("{n}", &n.to_string()));
+                }
+                request
+            }
+            Target::Authorize { run, cards, secret, amount } => {
+                let body = serde_json::to_vec(&serde_json::json!({
+                    "id": format!("{run}-{n}"), "card_id": cards[n as usize % cards.len()], "amount": amount,
+                    "currency": "USD", "merchant": {"id": "m_openai", "name": "OPENAI *API", "mcc": "5734", "country": "US"}
+                }))
+                .unwrap();
+                client
+                    .post(format!("{}/v1/authorizations", args.base))
+                    .header("Spendgate-Signature", signature(secret, &body))
+                    .header("Content-Type", "application/json")
+                    .body(body)
+            }
+        };
         let result = result.clone();
         let in_flight = in_flight.clone();
         handles.push(tokio::task::spawn_local(async move {
             let outcome = match request.send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.map(|_| ()).map_err(|e| e.to_string()),
+                Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
                 Ok(r) => Err(format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default())),
                 Err(e) => Err(e.to_string()),
             };
@@ -96,7 +175,14 @@ async fn run_once(client: &reqwest::Client, args: &Args, method: Method, path: &
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let mut run = result.lock().unwrap();
             match outcome {
-                Ok(()) => run.latencies_us.push(micros),
+                Ok(body) => {
+                    run.latencies_us.push(micros);
+                    if body.starts_with(b"{\"approved\":true") {
+                        run.approved += 1;
+                    } else if body.starts_with(b"{\"approved\":false") {
+                        run.declined += 1;
+                    }
+                }
                 Err(e) => {
                     run.errors += 1;
                     run.first_error.get_or_insert(e);
@@ -107,7 +193,9 @@ async fn run_once(client: &reqwest::Client, args: &Args, method: Method, path: &
     for h in handles {
         let _ = h.await;
     }
+    let seconds = start.elapsed().as_secs_f64();
     let mut run = result.lock().unwrap().clone();
+    run.seconds = seconds;
     run.latencies_us.sort_unstable();
     run
 }
@@ -118,9 +206,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn describe(label: &str, run: &Run) {
+    let rate = run.latencies_us.len() as f64 / run.seconds;
     println!(
-        "  {label:<9} ok {:>6}  errors {:>4}  dropped {:>4}  p50 {:>7.2} ms  p90 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  max {:>7.2} ms",
+        "  {label:<9} ok {:>6} ({rate:.0}/s)  approved {:>6}  declined {:>5}  errors {:>4}  dropped {:>4}  \
+         p50 {:>6.2} ms  p90 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  max {:>7.2} ms",
         run.latencies_us.len(),
+        run.approved,
+        run.declined,
         run.errors,
         run.dropped,
         run.percentile(50.0),
@@ -134,9 +226,72 @@ fn describe(label: &str, run: &Run) {
     }
 }
 
+async fn admin(client: &reqwest::Client, args: &Args, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let key = args.key.as_deref().expect("--key (an admin API key) is needed to set up agents and cards");
+    let r = client.post(format!("{}{path}", args.base)).bearer_auth(key).json(&body).send().await.expect("admin API");
+    let status = r.status();
+    let value: serde_json::Value = r.json().await.expect("admin API JSON");
+    assert!(status.is_success(), "{path}: {status} {value}");
+    value
+}
+
+/// Funded agents with a rolling-24h limit, and cards spread over them. Returns (agents, cards).
+async fn set_up(client: &reqwest::Client, args: &Args) -> (Vec<String>, Vec<String>) {
+    let policy = serde_json::json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": args.limit}]});
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let agent =
+            admin(client, args, "/v1/agents", serde_json::json!({"name": format!("load-{i}"), "policy": policy})).await;
+        let id = agent["id"].as_str().unwrap().to_owned();
+        let fund = serde_json::json!({"id": format!("load-fund-{id}"), "amount": args.limit * 10, "currency": "USD"});
+        admin(client, args, &format!("/v1/agents/{id}/fund"), fund).await;
+        agents.push(id);
+    }
+    let mut cards = Vec::new();
+    for i in 0..args.cards {
+        let agent = &agents[i % agents.len()];
+        let card =
+            admin(client, args, &format!("/v1/agents/{agent}/cards"), serde_json::json!({"label": format!("c{i}")}))
+                .await;
+        cards.push(card["id"].as_str().unwrap().to_owned());
+    }
+    (agents, cards)
+}
+
+/// After the load: no agent past its limit, and the holds add up to the approvals the client saw.
+async fn check(client: &reqwest::Client, args: &Args, agents: &[String], approved: u64) -> (bool, String) {
+    let key = args.key.as_deref().unwrap_or_default();
+    let (mut over, mut held, mut most) = (0, 0i64, 0i64);
+    for agent in agents {
+        let b: serde_json::Value = client
+            .get(format!("{}/v1/agents/{agent}/balance", args.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("balance")
+            .json()
+            .await
+            .expect("balance JSON");
+        let counted = b["held"].as_i64().unwrap_or(0) + b["spent"].as_i64().unwrap_or(0);
+        most = most.max(counted);
+        held += b["held"].as_i64().unwrap_or(0);
+        if counted > args.limit {
+            over += 1;
+        }
+    }
+    let expected = approved as i64 * args.amount;
+    let ok = over == 0 && held == expected;
+    let text = format!(
+        "{} agents over their limit (largest spend {most} of {}); holds {held} = approvals × amount {expected}: {}",
+        over,
+        args.limit,
+        if held == expected { "yes" } else { "NO" }
+    );
+    (ok, text)
+}
+
 fn main() {
     let args = Args::parse();
-    let method: Method = args.method.parse().expect("an HTTP method");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
@@ -145,32 +300,90 @@ fn main() {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
-        println!(
-            "{} {} at {} req/s for {} s, {} round(s), each beside {} at the same rate",
-            args.method, args.path, args.rate, args.seconds, args.rounds, args.baseline
-        );
-        let (mut target_p50, mut target_p99, mut base_p50, mut base_p99, mut ratios) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        for round in 1..=args.rounds {
-            println!("round {round}");
-            let base = run_once(&client, &args, Method::GET, &args.baseline, None).await;
-            describe("baseline", &base);
-            let target = run_once(&client, &args, method.clone(), &args.path, args.body.as_deref()).await;
-            describe("target", &target);
-            base_p50.push(base.percentile(50.0));
-            base_p99.push(base.percentile(99.0));
-            target_p50.push(target.percentile(50.0));
-            target_p99.push(target.percentile(99.0));
-            ratios.push(target.percentile(99.0) / base.percentile(99.0));
+        let mut agents = Vec::new();
+        let (label, mut make): (String, Box<dyn FnMut(usize) -> Target>) = match &args.path {
+            Some(path) => {
+                let method: Method = args.method.parse().expect("an HTTP method");
+                let (p, b) = (path.clone(), args.body.clone());
+                (format!("{} {path}", args.method), Box::new(move |_| Target::Plain { method: method.clone(), path: p.clone(), body: b.clone() }))
+            }
+            None => {
+                let secret = args.secret.clone().expect("--secret (the server's SPENDGATE_WEBHOOK_SECRET) is needed");
+                let (a, cards) = set_up(&client, &args).await;
+                agents = a;
+                let (amount, stamp) = (args.amount, std::process::id());
+                (
+                    format!("signed authorizations over {} cards of {} agents", cards.len(), agents.len()),
+                    Box::new(move |round| Target::Authorize {
+                        run: format!("load-{stamp}-{round}"),
+                        cards: cards.clone(),
+                        secret: secret.clone(),
+                        amount,
+                    }),
+                )
+            }
+        };
+        if !args.json {
+            println!("{label} at {} req/s for {} s, {} round(s), each beside {} at the same rate", args.rate, args.seconds, args.rounds, args.baseline);
         }
-        println!(
-            "median of {} rounds: target p50 {:.2} ms, p99 {:.2} ms; baseline p50 {:.2} ms, p99 {:.2} ms; p99 ratio target/baseline {:.2}",
-            args.rounds,
-            median(target_p50),
-            median(target_p99),
-            median(base_p50),
-            median(base_p99),
-            median(ratios)
-        );
+        let baseline = Target::Plain { method: Method::GET, path: args.baseline.clone(), body: None };
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds {
+            if !args.json {
+                println!("round {round}");
+            }
+            let base = run_once(&client, &args, &baseline).await;
+            let target = run_once(&client, &args, &make(round)).await;
+            if !args.json {
+                describe("healthz", &base);
+                describe("target", &target);
+            }
+            rounds.push((base, target));
+        }
+        let med = |f: &dyn Fn(&(Run, Run)) -> f64| median(rounds.iter().map(f).collect());
+        let summary = serde_json::json!({
+            "target": label, "rate": args.rate, "seconds": args.seconds, "rounds": args.rounds,
+            "p50_ms": med(&|r| r.1.percentile(50.0)), "p90_ms": med(&|r| r.1.percentile(90.0)),
+            "p99_ms": med(&|r| r.1.percentile(99.0)), "p99_9_ms": med(&|r| r.1.percentile(99.9)),
+            "max_ms": med(&|r| r.1.percentile(100.0)),
+            "achieved_rate": med(&|r| r.1.latencies_us.len() as f64 / r.1.seconds),
+            "healthz_p50_ms": med(&|r| r.0.percentile(50.0)), "healthz_p99_ms": med(&|r| r.0.percentile(99.0)),
+            "p50_ratio": med(&|r| r.1.percentile(50.0) / r.0.percentile(50.0)),
+            "p99_ratio": med(&|r| r.1.percentile(99.0) / r.0.percentile(99.0)),
+            "errors": rounds.iter().map(|r| r.1.errors + r.1.dropped).sum::<u64>(),
+            "approved": rounds.iter().map(|r| r.1.approved).sum::<u64>(),
+            "declined": rounds.iter().map(|r| r.1.declined).sum::<u64>(),
+        });
+        let mut ok = summary["errors"] == 0;
+        let mut check_text = None;
+        if !agents.is_empty() {
+            let approved = summary["approved"].as_u64().unwrap_or(0);
+            let (fine, text) = check(&client, &args, &agents, approved).await;
+            ok &= fine;
+            check_text = Some(text);
+        }
+        if args.json {
+            let mut out = summary.clone();
+            out["check"] = serde_json::json!(check_text);
+            out["ok"] = serde_json::json!(ok);
+            println!("{out}");
+        } else {
+            println!(
+                "median of {} rounds: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms at {:.0}/s; \
+                 healthz p50 {:.2} ms, p99 {:.2} ms; decision p50 / healthz p50 = {:.2}, p99 ratio {:.2}",
+                args.rounds, summary["p50_ms"].as_f64().unwrap_or(f64::NAN), summary["p90_ms"].as_f64().unwrap_or(f64::NAN),
+                summary["p99_ms"].as_f64().unwrap_or(f64::NAN), summary["p99_9_ms"].as_f64().unwrap_or(f64::NAN),
+                summary["max_ms"].as_f64().unwrap_or(f64::NAN), summary["achieved_rate"].as_f64().unwrap_or(f64::NAN),
+                summary["healthz_p50_ms"].as_f64().unwrap_or(f64::NAN), summary["healthz_p99_ms"].as_f64().unwrap_or(f64::NAN),
+                summary["p50_ratio"].as_f64().unwrap_or(f64::NAN), summary["p99_ratio"].as_f64().unwrap_or(f64::NAN),
+            );
+            println!("errors {}, approved {}, declined {}", summary["errors"], summary["approved"], summary["declined"]);
+            if let Some(t) = check_text {
+                println!("check: {t}");
+            }
+        }
+        if !ok {
+            std::process::exit(1);
+        }
     });
 }

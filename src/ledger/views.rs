@@ -198,7 +198,7 @@ impl BalanceView {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum LedgerEntry {
-    Authorization(AuthorizationView),
+    Authorization(Box<AuthorizationView>),
     Transfer(TransferView),
 }
 
@@ -221,7 +221,8 @@ pub(super) fn entries(
     let transfers = ledger::list_transfers(conn, agent, filter, trf_cursor.as_deref(), limit + 1)?;
     let mut merged: Vec<(String, LedgerEntry)> = Vec::with_capacity(auths.len() + transfers.len());
     for a in &auths {
-        merged.push((ulid_part(&a.id).to_owned(), LedgerEntry::Authorization(AuthorizationView::from_row(a))));
+        merged
+            .push((ulid_part(&a.id).to_owned(), LedgerEntry::Authorization(Box::new(AuthorizationView::from_row(a)))));
     }
     for t in &transfers {
         merged.push((ulid_part(&t.id).to_owned(), LedgerEntry::Transfer(TransferView::from_row(t)?)));

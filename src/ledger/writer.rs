@@ -64,7 +64,7 @@ pub(super) struct FundCmd {
 
 enum Reply {
     Auth(AuthOutcome),
-    Movement(LifecycleOutcome),
+    Movement(Box<LifecycleOutcome>),
     Fund(TransferView, bool),
     Expired(usize),
     Done,
@@ -74,7 +74,7 @@ impl Command {
     fn answer(self, reply: Reply) {
         match (self, reply) {
             (Command::Authorize(c), Reply::Auth(o)) => drop(c.reply.send(Ok(o))),
-            (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(o))),
+            (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(*o))),
             (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
             (Command::Abandon(c), _) => {
@@ -247,7 +247,9 @@ impl Writer {
                     self.abandon(conn, c, &mut locked, &mut recorded, now)?;
                     Reply::Done
                 }
-                Command::Movement(c) => Reply::Movement(self.movement(conn, c, target, &mut locked, now_ms)?),
+                Command::Movement(c) => {
+                    Reply::Movement(Box::new(self.movement(conn, c, target, &mut locked, now_ms)?))
+                }
                 Command::Fund(c) => {
                     let (t, replayed) = self.fund(conn, c, &mut locked, now_ms)?;
                     Reply::Fund(t, replayed)

@@ -50,7 +50,8 @@ CREATE TABLE authorizations (
     seq            BIGINT NOT NULL,
     authorized_at  BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL,
-    UNIQUE (source, external_id)
+    -- external_id first: the idempotency lookup is by external ids, then source.
+    UNIQUE (external_id, source)
 );
 CREATE INDEX authorizations_agent_seq ON authorizations (agent_id, seq);
 CREATE INDEX authorizations_agent ON authorizations (agent_id, id);
