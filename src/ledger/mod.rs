@@ -88,8 +88,7 @@ impl Ledger {
     /// failure anywhere is a recorded decline (`internal_error`, `timeout`), so the path fails closed.
     pub async fn authorize(&self, auth: Authorize) -> AuthOutcome {
         let deadline = Instant::now() + self.budget;
-        let request = auth.request.clone();
-        let attempt = tokio::time::timeout_at(deadline, self.try_authorize(auth.clone(), deadline)).await;
+        let attempt = tokio::time::timeout_at(deadline, self.try_authorize(&auth, deadline)).await;
         let reason = match attempt {
             Ok(Ok(outcome)) => return outcome,
             Ok(Err(e)) => {
@@ -107,18 +106,20 @@ impl Ledger {
         };
         metrics::counter!("spendgate_decisions_failed_total", "reason" => reason.as_str()).increment(1);
         // Record the decline, and void any hold the writer may still commit for it.
+        let failed = AuthOutcome::failed(reason, &auth.request);
         let (reply, _) = oneshot::channel();
         let _ = self.tx.try_send(Command::Abandon(Box::new(writer::AbandonCmd { auth, reason, reply })));
-        AuthOutcome::failed(reason, &request)
+        failed
     }
 
-    async fn try_authorize(&self, auth: Authorize, deadline: Instant) -> Result<AuthOutcome> {
+    /// Borrows the request so that `authorize` keeps it for a decline: one copy goes to the writer.
+    async fn try_authorize(&self, auth: &Authorize, deadline: Instant) -> Result<AuthOutcome> {
         let Some((card, agent)) = self.snapshots.card(&self.db, &auth.card_id).await? else {
             metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request));
         };
         let (reply, answer) = oneshot::channel();
-        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline: deadline.into_std(), reply };
+        let cmd = writer::AuthorizeCmd { auth: auth.clone(), card, agent, deadline: deadline.into_std(), reply };
         self.send(Command::Authorize(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
