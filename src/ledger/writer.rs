@@ -134,7 +134,6 @@ pub(super) fn spawn(
 struct Locked {
     ledger: AgentLedger,
     currency: Currency,
-    dirty: bool,
     agent: Option<Arc<Versioned<Agent>>>,
 }
 
@@ -151,6 +150,9 @@ impl Writer {
             }
             metrics::histogram!("spendgate_ledger_batch_size").record(batch.len() as f64);
             self.process(std::mem::take(&mut batch));
+            if let Err(e) = self.db.settle_wal() {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
         }
     }
 
@@ -220,7 +222,7 @@ impl Writer {
             touched.push(id.clone());
             self.catch_up(conn, &id, ledger.seq)?;
             let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
-            locked.insert(id, Locked { ledger, currency, dirty: false, agent: None });
+            locked.insert(id, Locked { ledger, currency, agent: None });
         }
 
         // Retries of authorizations already recorded answer with the first result.
@@ -260,9 +262,7 @@ impl Writer {
         }
 
         for (id, l) in &locked {
-            if l.dirty {
-                rows::save_balance(conn, id, &l.ledger.balance)?;
-            }
+            rows::save_ledger(conn, id, &l.ledger)?;
         }
         Ok(replies)
     }
@@ -354,7 +354,6 @@ impl Writer {
         rows::insert_authorizations(conn, std::slice::from_ref(&row))?;
         if decision.approved() {
             l.ledger.balance.held += row.held;
-            l.dirty = true;
             if let Some(book) = self.books.get_mut(agent_id) {
                 book.apply(&row);
             }
@@ -424,7 +423,6 @@ impl Writer {
             .to_owned();
         }
         l.ledger.balance.held -= amount;
-        l.dirty = true;
         self.save_row(conn, row, l, now_ms)?;
         let t = transfer(row, external_id, kind, amount, now_ms);
         rows::insert_transfer(conn, &t)?;
@@ -489,7 +487,6 @@ impl Writer {
                 let released = row.held - post;
                 l.ledger.balance.held -= row.held;
                 l.ledger.balance.spent += amount;
-                l.dirty = true;
                 row.held = 0;
                 row.posted += amount;
                 row.counted = row.posted;
@@ -532,7 +529,6 @@ impl Writer {
                 }
                 row.refunded += amount;
                 l.ledger.balance.refunded += amount;
-                l.dirty = true;
                 self.save_row(conn, &mut row, l, now_ms)?;
                 let t = transfer(&row, &c.external_id, "refund", amount, now_ms);
                 rows::insert_transfer(conn, &t)?;
@@ -589,7 +585,6 @@ impl Writer {
             });
         }
         l.ledger.balance.funded += c.amount.amount;
-        l.dirty = true;
         let t = TransferRow {
             id: TransferId::generate().to_string(),
             external_id: c.external_id.clone(),

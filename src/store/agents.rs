@@ -59,7 +59,7 @@ pub fn find(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Agent>> {
     agents::table
         .find(id.as_str())
         .select(AgentRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(AgentRow::into_domain)
         .transpose()

@@ -79,14 +79,14 @@ pub fn find(conn: &mut DbConnection, id: &CardId) -> Result<Option<Card>> {
     cards::table
         .find(id.as_str())
         .select(CardRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(CardRow::into_domain)
         .transpose()
 }
 
 pub fn agent_of(conn: &mut DbConnection, id: &CardId) -> Result<Option<AgentId>> {
-    let agent: Option<String> = cards::table.find(id.as_str()).select(cards::agent_id).first(conn).optional()?;
+    let agent: Option<String> = cards::table.find(id.as_str()).select(cards::agent_id).get_result(conn).optional()?;
     Ok(agent.map(AgentId::from_stored))
 }
 

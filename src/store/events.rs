@@ -8,6 +8,8 @@ use crate::error::Result;
 
 #[derive(Queryable, Selectable, Insertable)]
 #[diesel(table_name = events)]
+// NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
+#[diesel(treat_none_as_default_value = false)]
 struct EventRow {
     id: String,
     agent_id: String,
@@ -62,7 +64,7 @@ pub fn list_for_card(
         .filter(events::card_id.eq(card.as_str().to_owned()))
         .filter(events::kind.eq("issued"))
         .select(events::id)
-        .first(conn)?;
+        .get_result(conn)?;
     let agent_wide =
         events::card_id.is_null().and(events::agent_id.eq(agent.as_str().to_owned())).and(events::id.gt(issued));
     let mut query = events::table

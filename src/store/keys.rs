@@ -58,7 +58,7 @@ pub fn principal_by_hash(conn: &mut DbConnection, key_hash: &str) -> Result<Opti
         .filter(api_keys::key_hash.eq(key_hash))
         .filter(api_keys::revoked_at.is_null())
         .select((api_keys::id, api_keys::role, api_keys::agent_id))
-        .first(conn)
+        .get_result(conn)
         .optional()?;
     row.map(|(id, role, agent_id)| {
         Ok(Principal {
@@ -74,7 +74,7 @@ pub fn find(conn: &mut DbConnection, id: &KeyId) -> Result<Option<ApiKey>> {
     api_keys::table
         .find(id.as_str())
         .select(KeyRow::as_select())
-        .first(conn)
+        .get_result(conn)
         .optional()?
         .map(KeyRow::into_domain)
         .transpose()

@@ -10,6 +10,8 @@ use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = authorizations)]
+// NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
+#[diesel(treat_none_as_default_value = false)]
 pub struct AuthorizationRow {
     pub id: String,
     pub source: String,
@@ -45,6 +47,8 @@ pub struct AuthorizationRow {
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = transfers)]
+// NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
+#[diesel(treat_none_as_default_value = false)]
 pub struct TransferRow {
     pub id: String,
     pub external_id: String,
@@ -82,24 +86,31 @@ impl Balance {
     }
 }
 
-/// Locks the agent's row for the rest of the transaction (an UPDATE takes the row lock on
-/// PostgreSQL; SQLite's single writer holds the database) and numbers this change of its ledger.
+/// Reads the agent's ledger state for this transaction to change, numbering the change: the
+/// returned `seq` is the stored one plus one, and `save_ledger` must write it back. On PostgreSQL
+/// the row stays locked until the transaction ends; on SQLite the one writer holds the database.
+/// A plain SELECT, unlike an UPDATE, is a cached prepared statement.
 pub fn lock_agent(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<AgentLedger>> {
-    Ok(diesel::update(agents::table.find(agent.as_str()))
-        .set(agents::ledger_seq.eq(agents::ledger_seq + 1))
-        .returning((
-            agents::ledger_seq,
-            agents::config_version,
-            agents::currency,
-            (agents::funded, agents::refunded, agents::held, agents::spent),
-        ))
-        .get_result::<AgentLedger>(conn)
-        .optional()?)
+    let columns = (
+        agents::ledger_seq,
+        agents::config_version,
+        agents::currency,
+        (agents::funded, agents::refunded, agents::held, agents::spent),
+    );
+    let query = agents::table.find(agent.as_str()).select(columns);
+    let found = match conn {
+        DbConnection::Postgresql(pg) => query.for_update().get_result::<AgentLedger>(pg).optional()?,
+        DbConnection::Sqlite(lite) => query.get_result::<AgentLedger>(lite).optional()?,
+    };
+    Ok(found.map(|ledger| AgentLedger { seq: ledger.seq + 1, ..ledger }))
 }
 
-pub fn save_balance(conn: &mut DbConnection, agent: &AgentId, b: &Balance) -> Result<()> {
+/// Writes what a transaction made of the agent's ledger: its change number and its balance.
+pub fn save_ledger(conn: &mut DbConnection, agent: &AgentId, ledger: &AgentLedger) -> Result<()> {
+    let b = &ledger.balance;
     diesel::update(agents::table.find(agent.as_str()))
         .set((
+            agents::ledger_seq.eq(ledger.seq),
             agents::funded.eq(b.funded),
             agents::refunded.eq(b.refunded),
             agents::held.eq(b.held),
@@ -113,7 +124,7 @@ pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(Strin
     Ok(agents::table
         .find(agent.as_str())
         .select((agents::currency, (agents::funded, agents::refunded, agents::held, agents::spent)))
-        .first(conn)
+        .get_result(conn)
         .optional()?)
 }
 
@@ -127,15 +138,28 @@ pub fn approved_since(conn: &mut DbConnection, agent: &AgentId, seq: i64) -> Res
         .load(conn)?)
 }
 
+/// The authorizations recorded under any of these external ids (of any source).
 pub fn find_by_external(conn: &mut DbConnection, external_ids: &[&str]) -> Result<Vec<AuthorizationRow>> {
-    Ok(authorizations::table
-        .filter(authorizations::external_id.eq_any(external_ids))
-        .select(AuthorizationRow::as_select())
-        .load(conn)?)
+    let by_id = |id| authorizations::table.filter(authorizations::external_id.eq(id));
+    match conn {
+        // In process, one cached lookup per id costs less than parsing a new IN list per batch.
+        DbConnection::Sqlite(_) => {
+            let mut found = Vec::new();
+            for id in external_ids {
+                found.extend(by_id(*id).select(AuthorizationRow::as_select()).load(conn)?);
+            }
+            Ok(found)
+        }
+        // Over the network, one round trip.
+        DbConnection::Postgresql(_) => Ok(authorizations::table
+            .filter(authorizations::external_id.eq_any(external_ids))
+            .select(AuthorizationRow::as_select())
+            .load(conn)?),
+    }
 }
 
 pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<AuthorizationRow>> {
-    Ok(authorizations::table.find(id).select(AuthorizationRow::as_select()).first(conn).optional()?)
+    Ok(authorizations::table.find(id).select(AuthorizationRow::as_select()).get_result(conn).optional()?)
 }
 
 pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow]) -> Result<()> {
@@ -267,5 +291,5 @@ pub fn list_transfers(
 
 /// The agent's config_version, read before the rows it versions (see the snapshot cache).
 pub fn config_version(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<i64>> {
-    Ok(agents::table.find(agent.as_str()).select(agents::config_version).first(conn).optional()?)
+    Ok(agents::table.find(agent.as_str()).select(agents::config_version).get_result(conn).optional()?)
 }

@@ -1,5 +1,8 @@
 //! Storage: diesel on SQLite (the embedded default) or PostgreSQL, chosen by the URL.
 //! diesel is synchronous, so every query runs on tokio's blocking pool, never on a server worker.
+//!
+//! Lookups by a unique key use `get_result`, not `first`: `first` binds its LIMIT as a parameter,
+//! and SQLite prepares a statement again each time such a parameter is bound.
 
 pub mod agents;
 pub mod cards;
@@ -9,6 +12,8 @@ pub mod ledger;
 mod schema;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -64,10 +69,12 @@ impl ManageConnection for Manager {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // Per connection: wait for the writer instead of failing, WAL so readers never block it,
                 // and FULL sync: a commit is on disk before it is acknowledged, even across a power
-                // loss (NORMAL would survive only a process crash).
+                // loss (NORMAL would survive only a process crash). No commit checkpoints by itself:
+                // that would stall the ledger writer; the checkpointer thread does it instead.
                 conn.batch_execute(
-                    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+                    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA journal_size_limit = 67108864;",
                 )
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -96,6 +103,9 @@ pub struct Db {
     /// SQLite allows one writer at a time: a single writer connection queues writes in-process
     /// instead of racing for the file lock. PostgreSQL shares one pool for both.
     writer: DbPool,
+    /// SQLite: set by the checkpointer thread after each pass (see `settle_wal`); the thread
+    /// runs while any clone of this handle lives.
+    checkpointed: Option<Arc<AtomicBool>>,
 }
 
 impl Db {
@@ -106,6 +116,9 @@ impl Db {
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
+                // A SQLite file does not go away under an open connection; a PostgreSQL
+                // connection may, and is better tested than found broken mid-batch.
+                .test_on_check_out(matches!(target, Target::Postgres(_)))
                 .connection_timeout(Duration::from_secs(5))
                 .build(Manager(target))
                 .map_err(|e| Error::StorageUnavailable(format!("cannot open the database: {e}")))
@@ -116,13 +129,16 @@ impl Db {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
+                let file = path.clone();
                 let writer = build(1, target.clone())?;
                 let reader = build(pool_size.max(1), target)?;
-                Ok(Db { reader, writer })
+                let checkpointed = Arc::new(AtomicBool::new(false));
+                spawn_checkpointer(file, Arc::downgrade(&checkpointed));
+                Ok(Db { reader, writer, checkpointed: Some(checkpointed) })
             }
             Target::Postgres(_) => {
                 let pool = build(pool_size.max(2), target)?;
-                Ok(Db { reader: pool.clone(), writer: pool })
+                Ok(Db { reader: pool.clone(), writer: pool, checkpointed: None })
             }
         }
     }
@@ -182,10 +198,65 @@ impl Db {
         Ok(self.writer.get()?)
     }
 
+    /// SQLite, for the one writer to call between two writes: once the checkpointer thread has
+    /// copied the WAL, a checkpoint here copies only the pages written since, and with no write
+    /// under way it gets them all, so the next write starts the WAL over instead of growing it.
+    pub fn settle_wal(&self) -> Result<()> {
+        let Some(flag) = &self.checkpointed else { return Ok(()) };
+        if flag.swap(false, Ordering::AcqRel)
+            && let DbConnection::Sqlite(c) = &mut *self.writer.get()?
+        {
+            checkpoint(c)?;
+        }
+        Ok(())
+    }
+
     /// Whether the database answers a trivial query now (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
         self.read(|conn| conn.batch_execute("SELECT 1").map_err(Error::from)).await
     }
+}
+
+/// Copies committed WAL pages back into the SQLite file twice a second, off the writer's path,
+/// so that no commit waits for a checkpoint; pages written several times in between are copied
+/// once. A PASSIVE checkpoint never blocks the writer, but under steady writes never quite
+/// catches up either, and the WAL starts over only once one has: see `Db::settle_wal`.
+fn spawn_checkpointer(path: String, checkpointed: Weak<AtomicBool>) {
+    const EVERY: Duration = Duration::from_millis(500);
+    let run = move || {
+        let mut conn = match SqliteConnection::establish(&path) {
+            Ok(conn) => conn,
+            Err(e) => return tracing::error!(error = %e, "the SQLite checkpointer cannot open the database"),
+        };
+        loop {
+            std::thread::sleep(EVERY);
+            let Some(flag) = checkpointed.upgrade() else { return };
+            match checkpoint(&mut conn) {
+                Ok(_) => flag.store(true, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(run) {
+        tracing::error!(error = %e, "cannot start the SQLite checkpointer");
+    }
+}
+
+/// The answer of `PRAGMA wal_checkpoint`: frames in the WAL, and how many are in the file.
+#[derive(diesel::QueryableByName)]
+struct Checkpointed {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    busy: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    log: i32,
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    checkpointed: i32,
+}
+
+/// Whether every frame of the WAL is now in the database file.
+fn checkpoint(conn: &mut SqliteConnection) -> QueryResult<bool> {
+    let c: Checkpointed = diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)").get_result(conn)?;
+    Ok(c.busy == 0 && c.log == c.checkpointed)
 }
 
 fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> {
@@ -210,4 +281,32 @@ pub(crate) fn from_millis(ms: i64) -> Result<jiff::Timestamp> {
 /// For stored values that must parse; a failure means the row was written by something else.
 pub(crate) fn corrupt(what: &str, value: &str) -> Error {
     Error::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes that never pause still let the WAL start over: it holds about what the checkpointer's
+    /// interval of writes fills, not everything ever written.
+    #[test]
+    fn the_wal_starts_over_under_steady_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal.db");
+        let db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
+        db.ledger_connection().unwrap().batch_execute("CREATE TABLE filler (data BLOB NOT NULL)").unwrap();
+
+        let row = format!("INSERT INTO filler (data) VALUES (randomblob({}))", 16 << 10);
+        let (mut written, started) = (0u64, std::time::Instant::now());
+        while started.elapsed() < Duration::from_secs(3) {
+            let mut conn = db.ledger_connection().unwrap();
+            conn.transaction(|c| c.batch_execute(&row)).unwrap();
+            written += 16 << 10;
+            drop(conn);
+            db.settle_wal().unwrap();
+        }
+        let wal = std::fs::metadata(format!("{}-wal", path.display())).unwrap().len();
+        assert!(written > 8 * (64 << 10), "the test wrote too little to tell: {written} bytes");
+        assert!(wal < written / 2, "the WAL holds {wal} of the {written} bytes written: it never started over");
+    }
 }
