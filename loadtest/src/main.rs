@@ -18,9 +18,12 @@ use reqwest::Method;
 #[derive(Parser, Debug)]
 #[command(about = "Fixed-rate load against one spendgate endpoint, interleaved with a baseline")]
 struct Args {
-    /// Server base URL.
+    /// Server base URL: setup and the post-run check go here.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     base: String,
+    /// More servers sharing the database (repeatable): requests go round-robin over all of them.
+    #[arg(long = "also")]
+    also: Vec<String>,
     /// Bearer API key for the target.
     #[arg(long, env = "SPENDGATE_API_KEY")]
     key: Option<String>,
@@ -138,9 +141,13 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
             );
         }
         in_flight.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = match n as usize % (1 + args.also.len()) {
+            0 => &args.base,
+            i => &args.also[i - 1],
+        };
         let request = match target {
             Target::Plain { method, path, body } => {
-                let mut request = client.request(method.clone(), format!("{}{path}", args.base));
+                let mut request = client.request(method.clone(), format!("{base}{path}"));
                 if let Some(key) = &args.key {
                     request = request.bearer_auth(key);
                 }
@@ -157,7 +164,7 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
                 }))
                 .unwrap();
                 client
-                    .post(format!("{}/v1/authorizations", args.base))
+                    .post(format!("{base}/v1/authorizations"))
                     .header("Spendgate-Signature", signature(secret, &body))
                     .header("Content-Type", "application/json")
                     .body(body)

@@ -150,9 +150,7 @@ impl Writer {
             }
             metrics::histogram!("spendgate_ledger_batch_size").record(batch.len() as f64);
             self.process(std::mem::take(&mut batch));
-            if let Err(e) = self.db.settle_wal() {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
-            }
+            self.db.settle_wal();
         }
     }
 
