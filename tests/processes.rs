@@ -68,8 +68,10 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (start(dir.path(), &url), start(dir.path(), &url));
     let http = reqwest::Client::new();
-    let policy = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 50_000}]});
-    let (agent, card) = setup(&http, &a.base, policy, 100_000).await;
+    let policy =
+        json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 250_000}]});
+    // The cap falls half-way through, so that both processes approve some before either declines.
+    let (agent, card) = setup(&http, &a.base, policy, 1_000_000).await;
 
     let bases = Arc::new([a.base.clone(), b.base.clone()]);
     let mut tasks = Vec::new();
@@ -85,7 +87,7 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
             approved_by[i % 2] += 1;
         }
     }
-    assert_eq!(approved_by[0] + approved_by[1], 50, "approved per process: {approved_by:?}");
+    assert_eq!(approved_by[0] + approved_by[1], 250, "approved per process: {approved_by:?}");
     assert!(approved_by[0] > 0 && approved_by[1] > 0, "both processes decided: {approved_by:?}");
     let balance: Value = http
         .get(format!("{}/v1/agents/{agent}/balance", b.base))
@@ -96,7 +98,7 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
         .json()
         .await
         .unwrap();
-    assert_eq!(balance["held"], 50_000, "{balance}");
+    assert_eq!(balance["held"], 250_000, "{balance}");
 }
 
 async fn sigkill_under_load(backend: Backend) {

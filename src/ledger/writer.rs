@@ -106,6 +106,8 @@ struct Writer {
     catalog: &'static Catalog,
     max_batch: usize,
     books: HashMap<AgentId, Book>,
+    /// This batch's new authorizations, inserted together (one round trip on PostgreSQL).
+    unwritten: Vec<AuthorizationRow>,
 }
 
 pub(super) fn spawn(
@@ -123,6 +125,7 @@ pub(super) fn spawn(
         catalog: crate::fixtures::catalog(),
         max_batch: settings.max_batch.max(1),
         books: HashMap::new(),
+        unwritten: Vec::new(),
     };
     std::thread::Builder::new()
         .name("ledger-writer".into())
@@ -167,6 +170,7 @@ impl Writer {
             Err(e) => {
                 // What the books saw of the rolled-back transaction is not true: forget it.
                 touched.iter().for_each(|a| drop(self.books.remove(a)));
+                self.unwritten.clear();
                 if batch.len() > 1 {
                     tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
                     batch.into_iter().for_each(|cmd| self.process(vec![cmd]));
@@ -214,14 +218,14 @@ impl Writer {
             targets.push(target);
         }
 
+        let agent_ids: Vec<AgentId> = agent_ids.into_iter().collect();
         let mut locked: HashMap<AgentId, Locked> = HashMap::with_capacity(agent_ids.len());
-        for id in agent_ids {
-            let Some(ledger) = rows::lock_agent(conn, &id)? else { continue };
+        for (id, ledger) in rows::lock_agents(conn, &agent_ids)? {
             touched.push(id.clone());
-            self.catch_up(conn, &id, ledger.seq)?;
             let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
             locked.insert(id, Locked { ledger, currency, agent: None });
         }
+        self.catch_up(conn, &locked)?;
 
         // Retries of authorizations already recorded answer with the first result.
         let external: Vec<&str> = batch
@@ -241,6 +245,9 @@ impl Writer {
 
         let mut replies = Vec::with_capacity(batch.len());
         for (cmd, target) in batch.iter().zip(targets) {
+            if !matches!(cmd, Command::Authorize(_)) {
+                self.write_authorizations(conn)?;
+            }
             let reply = match cmd {
                 Command::Authorize(c) => Reply::Auth(self.authorize(conn, c, &mut locked, &mut recorded, now)?),
                 Command::Abandon(c) => {
@@ -259,23 +266,34 @@ impl Writer {
             replies.push(reply);
         }
 
-        for (id, l) in &locked {
-            rows::save_ledger(conn, id, &l.ledger)?;
-        }
+        self.write_authorizations(conn)?;
+        rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
         Ok(replies)
     }
 
-    /// Brings the agent's book up to `seq - 1` (the state before this batch) from the rows written
-    /// since it last looked: by another process, or never loaded.
-    fn catch_up(&mut self, conn: &mut DbConnection, agent: &AgentId, seq: i64) -> Result<()> {
-        let book = self.books.entry(agent.clone()).or_insert_with(Book::unloaded);
-        if book.seq != seq - 1 {
-            for row in rows::approved_since(conn, agent, book.seq)? {
+    /// Brings each locked agent's book up to the state before this batch (`seq - 1`) from the
+    /// rows written since it last looked: by another process, or never loaded.
+    fn catch_up(&mut self, conn: &mut DbConnection, locked: &HashMap<AgentId, Locked>) -> Result<()> {
+        let mut behind = Vec::new();
+        for (id, l) in locked {
+            let book = self.books.entry(id.clone()).or_insert_with(Book::unloaded);
+            if book.seq != l.ledger.seq - 1 {
+                behind.push((id.clone(), book.seq));
+            }
+            book.seq = l.ledger.seq;
+        }
+        for row in rows::approved_since(conn, &behind)? {
+            if let Some(book) = self.books.get_mut(&AgentId::from_stored(row.agent_id.clone())) {
                 book.apply(&row);
             }
         }
-        book.seq = seq;
         Ok(())
+    }
+
+    /// Inserts the authorizations decided so far in this batch: at its end, or before a command
+    /// that may read them back.
+    fn write_authorizations(&mut self, conn: &mut DbConnection) -> Result<()> {
+        rows::insert_authorizations(conn, &std::mem::take(&mut self.unwritten))
     }
 
     fn authorize(
@@ -349,7 +367,7 @@ impl Writer {
         };
 
         let row = new_row(&c.auth, &card.value, l, &decision, request.trace_id.clone(), now.as_millisecond());
-        rows::insert_authorizations(conn, std::slice::from_ref(&row))?;
+        self.unwritten.push(row.clone());
         if decision.approved() {
             l.ledger.balance.held += row.held;
             if let Some(book) = self.books.get_mut(agent_id) {
@@ -391,7 +409,7 @@ impl Writer {
         let Some(l) = locked.get_mut(&card.value.agent_id) else { return Ok(()) };
         let decision = Decision::decline(c.reason, None);
         let row = new_row(&c.auth, &card.value, l, &decision, c.auth.request.trace_id.clone(), now.as_millisecond());
-        rows::insert_authorizations(conn, std::slice::from_ref(&row))?;
+        self.unwritten.push(row.clone());
         record_decline_event(conn, &row, now)?;
         recorded.insert(key, row);
         Ok(())

@@ -86,37 +86,88 @@ impl Balance {
     }
 }
 
-/// Reads the agent's ledger state for this transaction to change, numbering the change: the
-/// returned `seq` is the stored one plus one, and `save_ledger` must write it back. On PostgreSQL
-/// the row stays locked until the transaction ends; on SQLite the one writer holds the database.
-/// A plain SELECT, unlike an UPDATE, is a cached prepared statement.
-pub fn lock_agent(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<AgentLedger>> {
+/// Reads the ledger state of the agents a transaction is about to change, numbering the change:
+/// each returned `seq` is the stored one plus one, and `save_ledgers` must write it back. On
+/// PostgreSQL the rows stay locked until the transaction ends, taken in id order in one round trip
+/// (so two processes never deadlock); on SQLite the one writer holds the database, and one cached
+/// SELECT per agent costs less than parsing a new IN list.
+pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(AgentId, AgentLedger)>> {
     let columns = (
-        agents::ledger_seq,
-        agents::config_version,
-        agents::currency,
-        (agents::funded, agents::refunded, agents::held, agents::spent),
+        agents::id,
+        (
+            agents::ledger_seq,
+            agents::config_version,
+            agents::currency,
+            (agents::funded, agents::refunded, agents::held, agents::spent),
+        ),
     );
-    let query = agents::table.find(agent.as_str()).select(columns);
-    let found = match conn {
-        DbConnection::Postgresql(pg) => query.for_update().get_result::<AgentLedger>(pg).optional()?,
-        DbConnection::Sqlite(lite) => query.get_result::<AgentLedger>(lite).optional()?,
+    let found: Vec<(String, AgentLedger)> = match conn {
+        DbConnection::Postgresql(pg) => {
+            let ids: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+            agents::table.filter(agents::id.eq_any(ids)).order(agents::id).select(columns).for_update().load(pg)?
+        }
+        DbConnection::Sqlite(lite) => {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.extend(agents::table.find(id.as_str()).select(columns).get_result(lite).optional()?);
+            }
+            found
+        }
     };
-    Ok(found.map(|ledger| AgentLedger { seq: ledger.seq + 1, ..ledger }))
+    Ok(found
+        .into_iter()
+        .map(|(id, ledger)| (AgentId::from_stored(id), AgentLedger { seq: ledger.seq + 1, ..ledger }))
+        .collect())
 }
 
-/// Writes what a transaction made of the agent's ledger: its change number and its balance.
-pub fn save_ledger(conn: &mut DbConnection, agent: &AgentId, ledger: &AgentLedger) -> Result<()> {
-    let b = &ledger.balance;
-    diesel::update(agents::table.find(agent.as_str()))
-        .set((
-            agents::ledger_seq.eq(ledger.seq),
-            agents::funded.eq(b.funded),
-            agents::refunded.eq(b.refunded),
-            agents::held.eq(b.held),
-            agents::spent.eq(b.spent),
-        ))
-        .execute(conn)?;
+/// Writes what a transaction made of each agent's ledger: its change number and its balance.
+pub fn save_ledgers<'a>(
+    conn: &mut DbConnection,
+    ledgers: impl Iterator<Item = (&'a AgentId, &'a AgentLedger)>,
+) -> Result<()> {
+    match conn {
+        // One round trip for all of them.
+        DbConnection::Postgresql(pg) => {
+            use diesel::sql_types::{Array, BigInt, Text};
+            let (mut ids, mut seqs, mut funded, mut refunded, mut held, mut spent) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (id, l) in ledgers {
+                ids.push(id.as_str());
+                seqs.push(l.seq);
+                funded.push(l.balance.funded);
+                refunded.push(l.balance.refunded);
+                held.push(l.balance.held);
+                spent.push(l.balance.spent);
+            }
+            diesel::sql_query(
+                "UPDATE agents AS a SET ledger_seq = v.seq, funded = v.funded, refunded = v.refunded, \
+                 held = v.held, spent = v.spent \
+                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+                 AS v(id, seq, funded, refunded, held, spent) WHERE a.id = v.id",
+            )
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<BigInt>, _>(seqs)
+            .bind::<Array<BigInt>, _>(funded)
+            .bind::<Array<BigInt>, _>(refunded)
+            .bind::<Array<BigInt>, _>(held)
+            .bind::<Array<BigInt>, _>(spent)
+            .execute(pg)?;
+        }
+        DbConnection::Sqlite(lite) => {
+            for (id, l) in ledgers {
+                let b = &l.balance;
+                diesel::update(agents::table.find(id.as_str()))
+                    .set((
+                        agents::ledger_seq.eq(l.seq),
+                        agents::funded.eq(b.funded),
+                        agents::refunded.eq(b.refunded),
+                        agents::held.eq(b.held),
+                        agents::spent.eq(b.spent),
+                    ))
+                    .execute(lite)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -128,14 +179,35 @@ pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(Strin
         .optional()?)
 }
 
-/// The agent's approved authorizations written after ledger change `seq` (all of them for -1).
-pub fn approved_since(conn: &mut DbConnection, agent: &AgentId, seq: i64) -> Result<Vec<AuthorizationRow>> {
-    Ok(authorizations::table
-        .filter(authorizations::agent_id.eq(agent.as_str()))
-        .filter(authorizations::seq.gt(seq))
-        .filter(authorizations::status.ne("declined"))
-        .select(AuthorizationRow::as_select())
-        .load(conn)?)
+/// The approved authorizations written after ledger change `seq` of each given agent (all of
+/// them for -1).
+pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Result<Vec<AuthorizationRow>> {
+    let mut found = Vec::new();
+    match conn {
+        // One round trip: (agent = a1 AND seq > s1) OR (agent = a2 AND seq > s2) …
+        DbConnection::Postgresql(pg) => {
+            let mut query = authorizations::table.select(AuthorizationRow::as_select()).into_boxed();
+            for (agent, seq) in since {
+                query = query.or_filter(authorizations::agent_id.eq(agent.as_str()).and(authorizations::seq.gt(*seq)));
+            }
+            if !since.is_empty() {
+                found = query.load(pg)?;
+            }
+        }
+        DbConnection::Sqlite(lite) => {
+            for (agent, seq) in since {
+                found.extend(
+                    authorizations::table
+                        .filter(authorizations::agent_id.eq(agent.as_str()))
+                        .filter(authorizations::seq.gt(seq))
+                        .select(AuthorizationRow::as_select())
+                        .load(lite)?,
+                );
+            }
+        }
+    }
+    found.retain(|row| row.status != "declined");
+    Ok(found)
 }
 
 /// The authorizations recorded under any of these external ids (of any source).
@@ -163,10 +235,18 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<AuthorizationRow
 }
 
 pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow]) -> Result<()> {
-    // One statement per row: SQLite's statement cache makes that cheap, and diesel's
-    // multi-row insert is not available for every backend of a MultiConnection.
-    for row in rows {
-        diesel::insert_into(authorizations::table).values(row).execute(conn)?;
+    match conn {
+        // One round trip for the lot.
+        DbConnection::Postgresql(pg) if !rows.is_empty() => {
+            diesel::insert_into(authorizations::table).values(rows).execute(pg)?;
+        }
+        DbConnection::Postgresql(_) => {}
+        // In process, one cached statement per row costs less than parsing a new one per batch.
+        DbConnection::Sqlite(lite) => {
+            for row in rows {
+                diesel::insert_into(authorizations::table).values(row).execute(lite)?;
+            }
+        }
     }
     Ok(())
 }

@@ -81,7 +81,11 @@ impl ManageConnection for Manager {
                 Ok(DbConnection::Sqlite(conn))
             }
             Target::Postgres(url) => {
-                PgConnection::establish(url).map(DbConnection::Postgresql).map_err(r2d2::Error::ConnectionError)
+                let mut conn = PgConnection::establish(url).map_err(r2d2::Error::ConnectionError)?;
+                // Plan each execution with the table as it is now: a generic plan cached while the
+                // authorizations table was small goes on scanning it whole once it is large.
+                conn.batch_execute("SET plan_cache_mode = force_custom_plan").map_err(r2d2::Error::QueryError)?;
+                Ok(DbConnection::Postgresql(conn))
             }
         }
     }
