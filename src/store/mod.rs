@@ -57,26 +57,31 @@ impl Target {
 }
 
 /// Opens connections of the right variant directly, so a SQLite path is never offered to libpq.
-pub struct Manager(Target);
+pub struct Manager {
+    target: Target,
+    /// SQLite page cache in KiB: large for the writer, whose every batch touches index pages all
+    /// over the file; SQLite's default (2 MiB) for readers, which mostly read a row once.
+    cache_kib: u32,
+}
 
 impl ManageConnection for Manager {
     type Connection = DbConnection;
     type Error = r2d2::Error;
 
     fn connect(&self) -> Result<DbConnection, r2d2::Error> {
-        match &self.0 {
+        match &self.target {
             Target::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
                 // Per connection: wait for the writer instead of failing, WAL so readers never block it,
                 // and FULL sync: a commit is on disk before it is acknowledged, even across a power
                 // loss (NORMAL would survive only a process crash). No commit checkpoints by itself:
-                // that would stall the ledger writer; the checkpointer thread does it instead. A page
-                // cache of 64 MiB (not 2) holds the index pages that every agent's writes touch.
-                conn.batch_execute(
+                // that would stall the ledger writer; the checkpointer thread does it instead.
+                conn.batch_execute(&format!(
                     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                      PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
-                     PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -65536;",
-                )
+                     PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -{};",
+                    self.cache_kib
+                ))
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
             }
@@ -119,7 +124,7 @@ impl Db {
     /// Connects, creating the SQLite file and its directory if needed. Does not migrate.
     pub fn connect(url: &str, pool_size: u32) -> Result<Db> {
         let target = Target::parse(url)?;
-        let build = |size: u32, target: Target| {
+        let build = |size: u32, target: Target, cache_kib: u32| {
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
@@ -127,7 +132,7 @@ impl Db {
                 // connection may, and is better tested than found broken mid-batch.
                 .test_on_check_out(matches!(target, Target::Postgres(_)))
                 .connection_timeout(Duration::from_secs(5))
-                .build(Manager(target))
+                .build(Manager { target, cache_kib })
                 .map_err(|e| Error::StorageUnavailable(format!("cannot open the database: {e}")))
         };
         match &target {
@@ -137,14 +142,14 @@ impl Db {
                         .map_err(|e| Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
                 let file = path.clone();
-                let writer = build(1, target.clone())?;
-                let reader = build(pool_size.max(1), target)?;
+                let writer = build(1, target.clone(), 64 << 10)?;
+                let reader = build(pool_size.max(1), target, 2 << 10)?;
                 let wal_frames = Arc::new(AtomicI32::new(0));
                 spawn_checkpointer(file, Arc::downgrade(&wal_frames));
                 Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames: SETTLE_FRAMES })
             }
             Target::Postgres(_) => {
-                let pool = build(pool_size.max(2), target)?;
+                let pool = build(pool_size.max(2), target, 0)?;
                 Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: SETTLE_FRAMES })
             }
         }
