@@ -192,6 +192,7 @@ pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Resu
             }
             if !since.is_empty() {
                 found = query.load(pg)?;
+                found.retain(|row| row.status != "declined");
             }
         }
         DbConnection::Sqlite(lite) => {
@@ -200,25 +201,25 @@ pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Resu
                     authorizations::table
                         .filter(authorizations::agent_id.eq(agent.as_str()))
                         .filter(authorizations::seq.gt(seq))
+                        .filter(authorizations::status.ne("declined"))
                         .select(AuthorizationRow::as_select())
                         .load(lite)?,
                 );
             }
         }
     }
-    found.retain(|row| row.status != "declined");
     Ok(found)
 }
 
 /// The authorizations recorded under any of these external ids (of any source).
 pub fn find_by_external(conn: &mut DbConnection, external_ids: &[&str]) -> Result<Vec<AuthorizationRow>> {
-    let by_id = |id| authorizations::table.filter(authorizations::external_id.eq(id));
     match conn {
         // In process, one cached lookup per id costs less than parsing a new IN list per batch.
         DbConnection::Sqlite(_) => {
             let mut found = Vec::new();
             for id in external_ids {
-                found.extend(by_id(*id).select(AuthorizationRow::as_select()).load(conn)?);
+                let query = authorizations::table.filter(authorizations::external_id.eq(*id));
+                found.extend(query.select(AuthorizationRow::as_select()).load(conn)?);
             }
             Ok(found)
         }
