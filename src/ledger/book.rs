@@ -12,6 +12,12 @@ use crate::store::ledger::AuthorizationRow;
 #[derive(Debug, Default)]
 pub struct Book {
     pub seq: i64,
+    /// How long spends are kept (`policy::horizon_ms` of the agent's and its cards' policies; None:
+    /// for ever), as of the agent's `config_version` in `horizon_of`.
+    pub horizon: Option<i64>,
+    pub horizon_of: Option<i64>,
+    /// When spends past the horizon were last dropped.
+    pub pruned_at_ms: i64,
     spends: Vec<Spend>,
     /// Authorization id -> position in `spends`.
     index: HashMap<String, usize>,
@@ -30,6 +36,12 @@ impl Book {
 
     pub fn card_used(&self, card: &CardId) -> bool {
         self.used_cards.contains(card.as_str())
+    }
+
+    /// Drops the spends authorized before `before_ms`: no window can count them any more.
+    pub fn prune(&mut self, before_ms: i64) {
+        self.spends.retain(|s| s.at_ms >= before_ms);
+        self.index = self.spends.iter().enumerate().map(|(i, s)| (s.authorization_id.clone(), i)).collect();
     }
 
     /// Takes in an approved authorization as it now stands (new, posted, partly or fully voided).
@@ -68,5 +80,68 @@ fn spend_of(row: &AuthorizationRow) -> Spend {
         at_ms: row.authorized_at,
         counted: row.counted,
         counted_card: row.counted_card,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, at_ms: i64, counted: i64) -> AuthorizationRow {
+        AuthorizationRow {
+            id: id.into(),
+            source: "native".into(),
+            external_id: id.into(),
+            agent_id: "agt_1".into(),
+            card_id: Some("crd_1".into()),
+            rail: "card".into(),
+            status: "pending".into(),
+            reason: None,
+            rule: None,
+            amount: counted,
+            currency: "USD".into(),
+            cap_amount: counted,
+            cap_currency: "USD".into(),
+            card_amount: counted,
+            card_currency: "USD".into(),
+            fx_rate: None,
+            fx_date: None,
+            held: counted,
+            posted: 0,
+            counted,
+            counted_card: counted,
+            refunded: 0,
+            merchant_id: None,
+            merchant_name: "OPENAI".into(),
+            mcc: Some("5734".into()),
+            country: Some("US".into()),
+            trace_id: None,
+            seq: 1,
+            authorized_at: at_ms,
+            updated_at: at_ms,
+        }
+    }
+
+    fn counted(book: &Book) -> Vec<(String, i64)> {
+        let mut all: Vec<_> = book.spends().iter().map(|s| (s.authorization_id.clone(), s.counted)).collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn pruning_drops_old_spends_and_keeps_the_rest_updatable() {
+        let mut book = Book::unloaded();
+        for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("d", 4_000)] {
+            book.apply(&row(id, at, 100));
+        }
+        book.prune(2_500);
+        assert_eq!(counted(&book), [("c".into(), 100), ("d".into(), 100)]);
+
+        // Later changes still land on the right spend, and a pruned one coming back is taken in.
+        book.apply(&row("d", 4_000, 40));
+        book.apply(&row("c", 3_000, 0));
+        book.apply(&row("a", 1_000, 70));
+        assert_eq!(counted(&book), [("a".into(), 70), ("d".into(), 40)]);
+        assert!(book.card_used(&CardId::from_stored("crd_1".into())));
     }
 }

@@ -88,6 +88,16 @@ struct Rules<'a> {
     currency: Currency,
 }
 
+/// How long spends must be kept for these policies' limits to see every one that can still
+/// count (the longest window reach); None when some limit looks back for ever.
+pub fn horizon_ms<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Option<i64> {
+    let mut horizon = 0;
+    for limit in policies.into_iter().flat_map(|p| &p.limits) {
+        horizon = horizon.max(window::reach_ms(&limit.window)?);
+    }
+    Some(horizon)
+}
+
 pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decision {
     let mut fx = None;
     let amounts = match status(snap, now).and_then(|()| convert(req, snap, now, &mut fx)) {

@@ -476,3 +476,22 @@ fn every_reason_code_round_trips() {
         assert_eq!(serde_json::to_value(r).unwrap(), json!(r.as_str()));
     }
 }
+
+#[test]
+fn the_horizon_is_the_longest_window_or_for_ever() {
+    let hourly =
+        policy(json!({"limits": [{"id": "h", "scope": "agent", "window": {"rolling": "1h"}, "amount": 1}]}), "USD");
+    let monthly = policy(
+        json!({"limits": [
+            {"id": "d", "scope": "card", "window": {"calendar": "day", "timezone": "UTC"}, "count": 3},
+            {"id": "m", "scope": "trace", "window": {"calendar": "month", "timezone": "UTC"}, "amount": 9}
+        ]}),
+        "USD",
+    );
+    let forever = policy(json!({"limits": [{"id": "l", "scope": "agent", "window": "lifetime", "amount": 1}]}), "USD");
+    let none = policy(json!({}), "USD");
+    assert_eq!(horizon_ms([&hourly]), Some(3_600_000));
+    assert_eq!(horizon_ms([&hourly, &monthly]), Some(32 * 86_400_000));
+    assert_eq!(horizon_ms([&hourly, &forever, &monthly]), None);
+    assert_eq!(horizon_ms([&none]), Some(0));
+}

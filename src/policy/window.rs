@@ -22,6 +22,20 @@ pub fn start_ms(window: &Window, now: Timestamp) -> i64 {
     }
 }
 
+/// How long after its authorization a spend can still count in the window: None for ever.
+/// Calendar windows are bounded generously (a day in any timezone, DST included, lasts at most 25
+/// hours): keeping a spend a little longer than needed costs memory, dropping it early a wrong cap.
+pub fn reach_ms(window: &Window) -> Option<i64> {
+    const DAY: i64 = 86_400_000;
+    match window {
+        Window::Rolling { seconds, .. } => Some(seconds * 1_000),
+        Window::Calendar { unit: CalendarUnit::Day, .. } => Some(2 * DAY),
+        Window::Calendar { unit: CalendarUnit::Week, .. } => Some(8 * DAY),
+        Window::Calendar { unit: CalendarUnit::Month, .. } => Some(32 * DAY),
+        Window::Lifetime => None,
+    }
+}
+
 fn calendar_start(unit: CalendarUnit, now: Timestamp, tz: TimeZone) -> Option<i64> {
     let today = now.to_zoned(tz.clone()).date();
     let first = match unit {
@@ -47,6 +61,33 @@ mod tests {
 
     fn start(window: &Window, now: &str) -> Timestamp {
         Timestamp::from_millisecond(start_ms(window, at(now))).unwrap()
+    }
+
+    #[test]
+    fn every_window_starts_within_its_reach() {
+        let windows = [
+            Window::Rolling { text: "90d".into(), seconds: 90 * 86_400 },
+            cal(CalendarUnit::Day, "Pacific/Kiritimati"),
+            cal(CalendarUnit::Day, "America/Los_Angeles"),
+            cal(CalendarUnit::Week, "Pacific/Pago_Pago"),
+            cal(CalendarUnit::Month, "Asia/Kathmandu"),
+        ];
+        // Late in long months and weeks, and around DST changes, where windows reach furthest back.
+        let nows = [
+            "2026-01-31T18:00:00Z",
+            "2026-01-31T23:59:59Z",
+            "2026-03-09T06:59:59Z",
+            "2026-11-01T23:59:59Z",
+            "2026-12-27T10:00:00Z",
+        ];
+        for w in &windows {
+            let reach = reach_ms(w).unwrap();
+            for now in nows {
+                let back = at(now).as_millisecond() - start_ms(w, at(now));
+                assert!(back <= reach, "{w:?} at {now} looks back {back} ms, past its reach of {reach}");
+            }
+        }
+        assert_eq!(reach_ms(&Window::Lifetime), None);
     }
 
     #[test]

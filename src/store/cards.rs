@@ -72,7 +72,17 @@ pub fn insert(conn: &mut DbConnection, card: &Card) -> Result<()> {
         trace_id: card.trace_id.clone(),
     };
     diesel::insert_into(cards::table).values(&row).execute(conn)?;
-    Ok(())
+    // A new card's rules count as a change of the agent's: the ledger keeps history for them.
+    super::agents::bump_config(conn, &card.agent_id)
+}
+
+/// The policies of all the agent's cards.
+pub fn policies_of_agent(conn: &mut DbConnection, agent: &AgentId) -> Result<Vec<Policy>> {
+    let rows: Vec<(String, String)> =
+        cards::table.filter(cards::agent_id.eq(agent.as_str())).select((cards::id, cards::policy)).load(conn)?;
+    rows.into_iter()
+        .map(|(id, policy)| serde_json::from_str(&policy).map_err(|_| corrupt("card policy", &id)))
+        .collect()
 }
 
 pub fn find(conn: &mut DbConnection, id: &CardId) -> Result<Option<Card>> {
