@@ -31,6 +31,12 @@ async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> V
     r.json().await.unwrap()
 }
 
+async fn read(http: &reqwest::Client, base: &str, path: &str) -> Value {
+    let r = http.get(format!("{base}{path}")).bearer_auth(OWNER).send().await.unwrap();
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().await.unwrap()
+}
+
 /// An agent funded with `fund` cents under `policy`, and one card. Returns (agent, card).
 async fn setup(http: &reqwest::Client, base: &str, policy: Value, fund: i64) -> (String, String) {
     let agent = admin(http, base, "/v1/agents", json!({"name": "bot", "policy": policy})).await;
@@ -89,15 +95,7 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
     }
     assert_eq!(approved_by[0] + approved_by[1], 250, "approved per process: {approved_by:?}");
     assert!(approved_by[0] > 0 && approved_by[1] > 0, "both processes decided: {approved_by:?}");
-    let balance: Value = http
-        .get(format!("{}/v1/agents/{agent}/balance", b.base))
-        .bearer_auth(OWNER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let balance: Value = read(&http, &b.base, &format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(balance["held"], 250_000, "{balance}");
 }
 
@@ -139,15 +137,7 @@ async fn sigkill_under_load(backend: Backend) {
     let mut stored = HashSet::new();
     let mut cursor = String::new();
     loop {
-        let page: Value = http
-            .get(format!("{}/v1/agents/{agent}/ledger?limit=500{cursor}", again.base))
-            .bearer_auth(OWNER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = read(&http, &again.base, &format!("/v1/agents/{agent}/ledger?limit=500{cursor}")).await;
         for e in page["data"].as_array().unwrap() {
             if e["type"] == "authorization" && e["status"] == "pending" {
                 stored.insert(e["id"].as_str().unwrap().to_owned());
@@ -165,15 +155,7 @@ async fn sigkill_under_load(backend: Backend) {
         lost.len(),
         seen.len()
     );
-    let balance: Value = http
-        .get(format!("{}/v1/agents/{agent}/balance", again.base))
-        .bearer_auth(OWNER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let balance: Value = read(&http, &again.base, &format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(
         balance["held"].as_i64(),
         Some(100 * stored.len() as i64),
