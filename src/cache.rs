@@ -23,11 +23,32 @@ pub struct Versioned<T> {
 pub struct Snapshots {
     cards: Cache<CardId, Arc<Versioned<Card>>>,
     agents: Cache<AgentId, Arc<Versioned<Agent>>>,
+    /// (processor, processor card id) → card: fixed once a card is registered, so never invalidated.
+    by_processor: Cache<(&'static str, String), CardId>,
 }
 
 impl Snapshots {
     pub fn new(capacity: u64) -> Self {
-        Snapshots { cards: Cache::new(capacity), agents: Cache::new(capacity / 10 + 1_000) }
+        Snapshots {
+            cards: Cache::new(capacity),
+            agents: Cache::new(capacity / 10 + 1_000),
+            by_processor: Cache::new(capacity),
+        }
+    }
+
+    /// The card a processor knows by `processor_card_id`. A miss is not remembered: the card may be
+    /// registered a moment later.
+    pub async fn card_for_processor(&self, db: &Db, processor: &'static str, id: &str) -> Result<Option<CardId>> {
+        let key = (processor, id.to_owned());
+        if let Some(card) = self.by_processor.get(&key) {
+            return Ok(Some(card));
+        }
+        let pid = key.1.clone();
+        let found = db.read(move |conn| store::cards::id_for_processor(conn, processor, &pid)).await?;
+        if let Some(card) = &found {
+            self.by_processor.insert(key, card.clone());
+        }
+        Ok(found)
     }
 
     /// The card and its agent, from the cache or else the database. `None` if the card does not exist.

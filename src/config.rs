@@ -50,6 +50,19 @@ pub struct Config {
     pub webhook_secret: Option<Secret>,
     /// Also accepted while a new `webhook_secret` is rolled out.
     pub webhook_secret_previous: Option<Secret>,
+    /// Stripe Issuing's webhook signing secret (`whsec_…`): enables `/webhooks/stripe/authorizations`
+    /// and `/webhooks/stripe`.
+    pub stripe_webhook_secret: Option<Secret>,
+    pub stripe_webhook_secret_previous: Option<Secret>,
+    /// Lithic's Standard Webhooks secret (`whsec_` + base64): enables `/webhooks/lithic/asa` and `/webhooks/lithic`.
+    pub lithic_webhook_secret: Option<Secret>,
+    pub lithic_webhook_secret_previous: Option<Secret>,
+    /// How long Lithic waits for an ASA answer; the decision budget keeps a margin below it.
+    pub lithic_deadline_ms: u64,
+    /// The Basic credentials set on Marqeta's gateway funding source: enable `/webhooks/marqeta/jit`.
+    pub marqeta_username: Option<Secret>,
+    pub marqeta_password: Option<Secret>,
+    pub marqeta_password_previous: Option<Secret>,
     /// Time a decision may take before it is answered as a `timeout` decline.
     pub decision_budget_ms: u64,
     /// Holds still pending after this many hours are voided.
@@ -81,6 +94,14 @@ impl Default for Config {
             log: "info".into(),
             webhook_secret: None,
             webhook_secret_previous: None,
+            stripe_webhook_secret: None,
+            stripe_webhook_secret_previous: None,
+            lithic_webhook_secret: None,
+            lithic_webhook_secret_previous: None,
+            lithic_deadline_ms: 3_000,
+            marqeta_username: None,
+            marqeta_password: None,
+            marqeta_password_previous: None,
             decision_budget_ms: 1_500,
             hold_expiry_hours: 7 * 24,
             fx_url: None,
@@ -132,9 +153,14 @@ impl Config {
                 "SPENDGATE_BOOTSTRAP_ADMIN_KEY must be at least 32 printable characters without spaces"
             );
         }
-        for (name, secret) in
-            [("webhook_secret", &self.webhook_secret), ("webhook_secret_previous", &self.webhook_secret_previous)]
-        {
+        for (name, secret) in [
+            ("webhook_secret", &self.webhook_secret),
+            ("webhook_secret_previous", &self.webhook_secret_previous),
+            ("stripe_webhook_secret", &self.stripe_webhook_secret),
+            ("stripe_webhook_secret_previous", &self.stripe_webhook_secret_previous),
+            ("marqeta_password", &self.marqeta_password),
+            ("marqeta_password_previous", &self.marqeta_password_previous),
+        ] {
             if let Some(s) = secret {
                 anyhow::ensure!(
                     s.expose().len() >= 16,
@@ -144,6 +170,11 @@ impl Config {
             }
         }
         anyhow::ensure!((1..=60_000).contains(&self.decision_budget_ms), "decision_budget_ms must be 1 to 60000");
+        anyhow::ensure!((500..=30_000).contains(&self.lithic_deadline_ms), "lithic_deadline_ms must be 500 to 30000");
+        anyhow::ensure!(
+            self.marqeta_username.is_some() == self.marqeta_password.is_some(),
+            "SPENDGATE_MARQETA_USERNAME and SPENDGATE_MARQETA_PASSWORD are set together"
+        );
         anyhow::ensure!(self.hold_expiry_hours >= 1, "hold_expiry_hours must be at least 1");
         anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
         anyhow::ensure!((1..=10_000).contains(&self.ledger_batch), "ledger_batch must be 1 to 10000");

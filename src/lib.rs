@@ -15,6 +15,7 @@ pub mod fixtures;
 pub mod http;
 pub mod ledger;
 pub mod policy;
+pub mod rails;
 pub mod rates;
 pub mod store;
 
@@ -32,6 +33,7 @@ use crate::cache::Snapshots;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::policy::FxRules;
+use crate::rails::card::signature::{BasicAuth, HexSignature, ReplayGuard, StandardWebhooks};
 use crate::store::Db;
 
 /// A server that is listening; await `server` to run it until shutdown.
@@ -66,16 +68,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let listener = std::net::TcpListener::bind(&config.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
     let addr = listener.local_addr()?;
-    let webhook = http::webhooks::Keys::new(config.webhook_secret.as_ref(), config.webhook_secret_previous.as_ref());
+    let webhook = HexSignature::new(config.webhook_secret.as_ref(), config.webhook_secret_previous.as_ref());
     if webhook.is_none() {
         tracing::warn!("SPENDGATE_WEBHOOK_SECRET is not set: the native authorization webhook answers 404");
     }
+    let processors = processors(config)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
         db,
         metrics: metrics_handle(),
         ledger: ledger.clone(),
         webhook,
+        processors,
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
@@ -85,6 +89,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         server = server.workers(config.workers);
     }
     Ok(Started { addr, admin, first_key, ledger, server: server.run() })
+}
+
+/// The processors' credentials; each endpoint whose credentials are not set says so once.
+fn processors(config: &Config) -> anyhow::Result<http::processors::Processors> {
+    let lithic =
+        StandardWebhooks::new(config.lithic_webhook_secret.as_ref(), config.lithic_webhook_secret_previous.as_ref())
+            .map_err(|e| anyhow::anyhow!("SPENDGATE_LITHIC_WEBHOOK_SECRET {e}"))?;
+    let p = http::processors::Processors {
+        stripe: HexSignature::new(
+            config.stripe_webhook_secret.as_ref(),
+            config.stripe_webhook_secret_previous.as_ref(),
+        ),
+        lithic,
+        lithic_deadline: Duration::from_millis(config.lithic_deadline_ms),
+        marqeta: BasicAuth::new(
+            config.marqeta_username.as_ref(),
+            config.marqeta_password.as_ref(),
+            config.marqeta_password_previous.as_ref(),
+        ),
+        replays: ReplayGuard::default(),
+    };
+    if p.stripe.is_none() {
+        tracing::info!("SPENDGATE_STRIPE_WEBHOOK_SECRET is not set: the Stripe endpoints answer 404");
+    }
+    if p.lithic.is_none() {
+        tracing::info!("SPENDGATE_LITHIC_WEBHOOK_SECRET is not set: the Lithic endpoints answer 404");
+    }
+    if p.marqeta.is_none() {
+        tracing::info!("SPENDGATE_MARQETA_USERNAME/PASSWORD are not set: the Marqeta JIT endpoint answers 404");
+    }
+    Ok(p)
 }
 
 /// The hold expiry sweep and, when configured, the FX refresher.

@@ -63,10 +63,12 @@ pub enum DeclineReason {
     InsufficientFunds,
     Timeout,
     InternalError,
+    /// The processor declined on its own (its controls, or its stand-in when spendgate was not asked).
+    ProcessorDeclined,
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 21] = {
+    pub const ALL: [DeclineReason; 22] = {
         use DeclineReason::*;
         [
             UnknownCard,
@@ -90,6 +92,7 @@ impl DeclineReason {
             InsufficientFunds,
             Timeout,
             InternalError,
+            ProcessorDeclined,
         ]
     };
 
@@ -117,6 +120,7 @@ impl DeclineReason {
             InsufficientFunds => "insufficient_funds",
             Timeout => "timeout",
             InternalError => "internal_error",
+            ProcessorDeclined => "processor_declined",
         }
     }
 

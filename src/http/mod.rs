@@ -8,6 +8,7 @@ pub mod error;
 mod keys;
 mod ledger;
 pub mod openapi;
+pub mod processors;
 mod system;
 pub mod webhooks;
 
@@ -22,6 +23,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::admin::Admin;
 use crate::error::Error;
 use crate::ledger::Ledger;
+use crate::rails::card::signature::HexSignature;
 use crate::store::Db;
 
 pub struct AppState {
@@ -30,7 +32,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     pub ledger: Ledger,
     /// None when no webhook secret is configured: the native webhook answers 404.
-    pub webhook: Option<webhooks::Keys>,
+    pub webhook: Option<HexSignature>,
+    pub processors: processors::Processors,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -71,6 +74,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(webhooks::capture)
         .service(webhooks::reverse)
         .service(webhooks::refund)
+        .service(processors::stripe_authorization)
+        .service(processors::stripe_event)
+        .service(processors::lithic_asa)
+        .service(processors::lithic_event)
+        .service(processors::marqeta_jit)
         .default_service(web::to(no_route));
 }
 

@@ -2,76 +2,17 @@
 //! the decision out. `Spendgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`.
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
-use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
-use sha2::Sha256;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::config::Secret;
 use crate::domain::authorization::{AuthRequest, Merchant, Rail};
 use crate::domain::ids::CardId;
 use crate::error::{Error, Result};
-use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement};
+use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement, Target};
 
 pub const SIGNATURE_HEADER: &str = "Spendgate-Signature";
-/// How far a signature's timestamp may be from now, either way.
-const TOLERANCE_SECONDS: i64 = 300;
-/// Largest amount accepted, in minor units: far above any card authorization, far below overflow.
-const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
-
-/// The secrets a signature may be made with: the current one and, during a rotation, the previous.
-#[derive(Clone)]
-pub struct Keys(Vec<Vec<u8>>);
-
-impl Keys {
-    pub fn new(current: Option<&Secret>, previous: Option<&Secret>) -> Option<Keys> {
-        let current = current?;
-        let mut keys = vec![current.expose().as_bytes().to_vec()];
-        keys.extend(previous.map(|p| p.expose().as_bytes().to_vec()));
-        Some(Keys(keys))
-    }
-
-    /// Checks the header against the raw body; the error says why, for the security log only.
-    pub fn verify(&self, header: Option<&str>, body: &[u8], now: i64) -> std::result::Result<(), &'static str> {
-        let header = header.ok_or("missing signature")?;
-        let mut timestamp = None;
-        let mut signatures = Vec::new();
-        for part in header.split(',') {
-            match part.trim().split_once('=') {
-                Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-                Some(("v1", sig)) => signatures.extend(hex::decode(sig).ok()),
-                _ => {}
-            }
-        }
-        let t = timestamp.ok_or("signature has no valid t=")?;
-        if (now - t).abs() > TOLERANCE_SECONDS {
-            return Err("signature timestamp outside the tolerance");
-        }
-        if signatures.is_empty() {
-            return Err("signature has no v1=");
-        }
-        for key in &self.0 {
-            let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
-            // verify_slice compares in constant time.
-            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
-                return Ok(());
-            }
-        }
-        Err("signature does not match")
-    }
-
-    /// The header value for `body` at `t` with the current key (for clients and tests).
-    pub fn sign(&self, body: &[u8], t: i64) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0[0]).expect("HMAC takes keys of any length");
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(body);
-        format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
-    }
-}
+use crate::rails::card::MAX_AMOUNT;
 
 /// Verifies the request's signature and parses its body; 404 when no secret is configured.
 fn signed<T: serde::de::DeserializeOwned>(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<T> {
@@ -196,11 +137,13 @@ async fn lifecycle(state: &AppState, authorization_id: &str, id: &str, movement:
     let amount = match &movement {
         Movement::Capture { amount, .. } | Movement::Refund { amount, .. } => Some(*amount),
         Movement::Reverse { amount, .. } => *amount,
+        Movement::Adjust { amount, .. } => Some(*amount),
     };
     if amount.is_some_and(|a| !(1..=MAX_AMOUNT).contains(&a)) {
         return Err(Error::validation(format!("amount must be 1 to {MAX_AMOUNT} minor units")));
     }
-    let outcome: LifecycleOutcome = state.ledger.movement(authorization_id, id, movement).await?;
+    let target = Target::Id(authorization_id.to_owned());
+    let outcome: LifecycleOutcome = state.ledger.movement(target, id, movement).await?;
     Ok(HttpResponse::Ok().json(outcome))
 }
 
@@ -245,49 +188,4 @@ pub async fn refund(
 ) -> Result<HttpResponse> {
     let b: RefundBody = signed(&state, &req, &body)?;
     lifecycle(&state, &path, &b.id, Movement::Refund { amount: b.amount, currency: b.currency }).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn keys() -> Keys {
-        Keys::new(Some(&Secret::new("whsec_current_0123456789")), Some(&Secret::new("whsec_previous_0123456789")))
-            .unwrap()
-    }
-
-    #[test]
-    fn signatures_verify_on_the_raw_bytes() {
-        let k = keys();
-        let body = br#"{"id":"a"}"#;
-        let header = k.sign(body, 1_000);
-        assert_eq!(k.verify(Some(&header), body, 1_000), Ok(()));
-        assert_eq!(k.verify(Some(&header), br#"{"id": "a"}"#, 1_000), Err("signature does not match"));
-        assert_eq!(k.verify(None, body, 1_000), Err("missing signature"));
-        assert_eq!(k.verify(Some(&header), body, 1_301), Err("signature timestamp outside the tolerance"));
-        assert_eq!(k.verify(Some(&header), body, 699), Err("signature timestamp outside the tolerance"));
-        assert_eq!(k.verify(Some("t=1000"), body, 1_000), Err("signature has no v1="));
-        assert_eq!(k.verify(Some("v1=00"), body, 1_000), Err("signature has no valid t="));
-    }
-
-    #[test]
-    fn the_previous_secret_verifies_during_rotation_and_any_v1_may_match() {
-        let old = Keys::new(Some(&Secret::new("whsec_previous_0123456789")), None).unwrap();
-        let body = b"{}";
-        let header = old.sign(body, 50);
-        assert_eq!(keys().verify(Some(&header), body, 50), Ok(()));
-        let two = format!("t=50,v1={},{}", "00".repeat(32), header.split_once(',').unwrap().1);
-        assert_eq!(keys().verify(Some(&two), body, 50), Ok(()));
-        let stranger = Keys::new(Some(&Secret::new("whsec_someone_else_000")), None).unwrap();
-        assert!(stranger.verify(Some(&header), body, 50).is_err());
-    }
-
-    #[test]
-    fn a_known_answer() {
-        // printf '1700000000.{}' | openssl dgst -sha256 -hmac 'whsec_current_0123456789'
-        let k = Keys::new(Some(&Secret::new("whsec_current_0123456789")), None).unwrap();
-        let expected = "t=1700000000,v1=48cf457751d0a03858899cd13b8d96ff35f596ed8982e703b108be9e32769b69";
-        assert_eq!(k.sign(b"{}", 1_700_000_000), expected);
-        assert_eq!(k.verify(Some(expected), b"{}", 1_700_000_000), Ok(()));
-    }
 }

@@ -61,6 +61,32 @@ pub struct Authorize {
     pub request: AuthRequest,
 }
 
+/// An authorization that a processor decided without spendgate's answer (its own controls, a
+/// stand-in on timeout, a force post): recorded as a fact, with no rule applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approved,
+    Declined,
+}
+
+/// Which authorization a movement is about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// spendgate's authorization id.
+    Id(String),
+    /// The id the rail gave it (a processor's authorization or transaction id).
+    External { source: &'static str, external_id: String },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Id(id) => f.write_str(id),
+            Target::External { source, external_id } => write!(f, "{source}:{external_id}"),
+        }
+    }
+}
+
 /// What happens to an authorization after its hold.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Movement {
@@ -70,6 +96,8 @@ pub enum Movement {
     Reverse { amount: Option<i64>, currency: Option<String> },
     /// Credit the balance; limits are not restored.
     Refund { amount: i64, currency: Option<String> },
+    /// The processor changed the amount it holds: the hold becomes this total, up or down.
+    Adjust { amount: i64, currency: String },
 }
 
 impl Ledger {
@@ -84,10 +112,21 @@ impl Ledger {
         &self.snapshots
     }
 
+    /// The card a processor knows by `processor_card_id`.
+    pub async fn card_for_processor(&self, processor: &'static str, id: &str) -> Result<Option<CardId>> {
+        self.snapshots.card_for_processor(&self.db, processor, id).await
+    }
+
     /// Decides and records one authorization, always within the budget. Never an error: a
     /// failure anywhere is a recorded decline (`internal_error`, `timeout`), so the path fails closed.
     pub async fn authorize(&self, auth: Authorize) -> AuthOutcome {
-        let deadline = Instant::now() + self.budget;
+        self.authorize_within(auth, self.budget).await
+    }
+
+    /// `authorize` within `budget` or the configured budget, whichever is shorter: a processor's
+    /// deadline, less a margin for the answer to reach it.
+    pub async fn authorize_within(&self, auth: Authorize, budget: Duration) -> AuthOutcome {
+        let deadline = Instant::now() + budget.min(self.budget);
         let attempt = tokio::time::timeout_at(deadline, self.try_authorize(&auth, deadline)).await;
         let reason = match attempt {
             Ok(Ok(outcome)) => return outcome,
@@ -98,7 +137,7 @@ impl Ledger {
             Err(_) => {
                 tracing::warn!(
                     source = auth.source,
-                    budget_ms = self.budget.as_millis() as u64,
+                    budget_ms = budget.min(self.budget).as_millis() as u64,
                     "decision budget exceeded; declined"
                 );
                 DeclineReason::Timeout
@@ -119,24 +158,27 @@ impl Ledger {
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request));
         };
         let (reply, answer) = oneshot::channel();
-        let cmd = writer::AuthorizeCmd { auth: auth.clone(), card, agent, deadline: deadline.into_std(), reply };
+        let deadline = deadline.into_std();
+        let cmd = writer::AuthorizeCmd { auth: auth.clone(), card, agent, deadline, verdict: None, reply };
         self.send(Command::Authorize(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
 
-    pub async fn movement(
-        &self,
-        authorization_id: &str,
-        external_id: &str,
-        movement: Movement,
-    ) -> Result<LifecycleOutcome> {
+    /// Records an authorization the processor decided on its own. Idempotent by external id; an
+    /// approval over spendgate's own decline (a stand-in after a late answer) turns it into a hold.
+    /// Returns None when the card is unknown.
+    pub async fn record(&self, auth: Authorize, verdict: Verdict) -> Result<Option<AuthOutcome>> {
+        let Some((card, agent)) = self.snapshots.card(&self.db, &auth.card_id).await? else { return Ok(None) };
         let (reply, answer) = oneshot::channel();
-        let cmd = writer::MovementCmd {
-            authorization_id: authorization_id.to_owned(),
-            external_id: external_id.to_owned(),
-            movement,
-            reply,
-        };
+        let deadline = std::time::Instant::now() + self.budget;
+        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: Some(verdict), reply };
+        self.send(Command::Authorize(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?.map(Some)
+    }
+
+    pub async fn movement(&self, target: Target, external_id: &str, movement: Movement) -> Result<LifecycleOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::MovementCmd { target, external_id: external_id.to_owned(), movement, reply };
         self.send(Command::Movement(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::book::Book;
 use super::views::{AuthOutcome, AuthorizationView, LifecycleOutcome, TransferView};
-use super::{Authorize, LedgerSettings, Movement, Rates};
+use super::{Authorize, LedgerSettings, Movement, Rates, Target, Verdict};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
@@ -37,6 +37,8 @@ pub(super) struct AuthorizeCmd {
     pub card: Arc<Versioned<Card>>,
     pub agent: Arc<Versioned<Agent>>,
     pub deadline: Instant,
+    /// None: decide by policy. Some: the processor already decided; record it.
+    pub verdict: Option<Verdict>,
     pub reply: oneshot::Sender<Result<AuthOutcome>>,
 }
 
@@ -49,7 +51,7 @@ pub(super) struct AbandonCmd {
 }
 
 pub(super) struct MovementCmd {
-    pub authorization_id: String,
+    pub target: Target,
     pub external_id: String,
     pub movement: Movement,
     pub reply: oneshot::Sender<Result<LifecycleOutcome>>,
@@ -202,7 +204,10 @@ impl Writer {
                     }
                 }
                 Command::Movement(c) => {
-                    target = rows::find(conn, &c.authorization_id)?;
+                    target = match &c.target {
+                        Target::Id(id) => rows::find(conn, id)?,
+                        Target::External { source, external_id } => rows::find_external(conn, source, external_id)?,
+                    };
                     if let Some(row) = &target {
                         agent_ids.insert(AgentId::from_stored(row.agent_id.clone()));
                     }
@@ -325,7 +330,29 @@ impl Writer {
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request));
         };
         if let Some(row) = recorded.get(&key) {
-            return Ok(AuthOutcome::from_row(row, l.currency, l.ledger.balance.available(), true));
+            let overridden = c.verdict == Some(Verdict::Approved)
+                && row.posted == 0
+                && row.held == 0
+                && (row.status == "declined" || row.reason.is_some());
+            let withdrawn = c.verdict == Some(Verdict::Declined) && row.status == "pending" && row.posted == 0;
+            if withdrawn {
+                // The processor declined what spendgate approved (its answer came too late, or its own
+                // controls said no): nothing will be captured, so the hold goes.
+                self.write_authorizations(conn)?;
+                let mut row = row.clone();
+                let held = row.held;
+                row.reason = Some(DeclineReason::ProcessorDeclined.as_str().to_owned());
+                let external_id = format!("declined:{}", row.id);
+                self.release(conn, &mut row, l, held, "void", &external_id, now.as_millisecond())?;
+                let data = serde_json::json!({"authorization_id": row.id, "previous_reason": null});
+                record_event(conn, &row, "authorization_overridden", row.reason.clone(), data, now)?;
+                let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+                recorded.insert(key, row);
+                return Ok(outcome);
+            }
+            if !overridden {
+                return Ok(AuthOutcome::from_row(row, l.currency, l.ledger.balance.available(), true));
+            }
         }
         // A snapshot older than the agent's config_version is read again, under the lock.
         let version = l.ledger.config_version;
@@ -365,21 +392,24 @@ impl Writer {
         };
         let book = self.books.get(agent_id).expect("locked agents have a book");
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let decision = if Instant::now() > c.deadline {
-            Decision::decline(DeclineReason::Timeout, None)
-        } else {
-            let snap = Snapshot {
-                agent: &agent.value,
-                card: Some(&card.value),
-                card_used: book.card_used(&card.value.id),
-                spends: book.spends(),
-                available: l.ledger.balance.available(),
-                rates: &rates,
-                fx: self.fx,
-                catalog: self.catalog,
-            };
-            policy::evaluate(request, &snap, now)
+        let snap = Snapshot {
+            agent: &agent.value,
+            card: Some(&card.value),
+            card_used: book.card_used(&card.value.id),
+            spends: book.spends(),
+            available: l.ledger.balance.available(),
+            rates: &rates,
+            fx: self.fx,
+            catalog: self.catalog,
         };
+        let decision = match c.verdict {
+            Some(verdict) => processor_decision(verdict, request, &snap, now)?,
+            None if Instant::now() > c.deadline => Decision::decline(DeclineReason::Timeout, None),
+            None => policy::evaluate(request, &snap, now),
+        };
+        if let Some(previous) = recorded.get(&key).cloned() {
+            return self.override_decline(conn, previous, &decision, l, recorded, key, now);
+        }
 
         let row = new_row(&c.auth, &card.value, l, &decision, request.trace_id.clone(), now.as_millisecond());
         self.unwritten.push(row.clone());
@@ -394,6 +424,38 @@ impl Writer {
         let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
         let label = if decision.approved() { "approved" } else { "declined" };
         metrics::counter!("spendgate_decisions_total", "outcome" => label).increment(1);
+        recorded.insert(key, row);
+        Ok(outcome)
+    }
+
+    /// The processor approved what spendgate declined (or answered too late for): the attempt
+    /// becomes a hold after all, and the card's trail says whose decision it was.
+    #[allow(clippy::too_many_arguments)]
+    fn override_decline(
+        &mut self,
+        conn: &mut DbConnection,
+        mut row: AuthorizationRow,
+        decision: &Decision,
+        l: &mut Locked,
+        recorded: &mut HashMap<(String, String), AuthorizationRow>,
+        key: (String, String),
+        now: jiff::Timestamp,
+    ) -> Result<AuthOutcome> {
+        self.write_authorizations(conn)?;
+        let amounts = decision.amounts.ok_or_else(|| Error::Internal("an approval without amounts".into()))?;
+        let previous = row.reason.take();
+        row.status = "pending".into();
+        row.rule = decision.rule.clone();
+        row.cap_amount = amounts.agent.amount;
+        row.card_amount = amounts.card.amount;
+        row.held = amounts.agent.amount;
+        row.counted = row.held;
+        row.counted_card = amounts.card.amount;
+        l.ledger.balance.held += row.held;
+        self.save_row(conn, &mut row, l, now.as_millisecond())?;
+        let data = serde_json::json!({"authorization_id": row.id, "previous_reason": previous});
+        record_event(conn, &row, "authorization_overridden", previous.clone(), data, now)?;
+        let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
         recorded.insert(key, row);
         Ok(outcome)
     }
@@ -478,7 +540,7 @@ impl Writer {
         locked: &mut HashMap<AgentId, Locked>,
         now_ms: i64,
     ) -> Result<LifecycleOutcome> {
-        let missing = || Error::not_found("authorization", &c.authorization_id);
+        let missing = || Error::not_found("authorization", &c.target.to_string());
         let Some(stale) = target else { return Err(missing()) };
         // Read again under the agent's lock: the row may have moved since.
         let mut row = rows::find(conn, &stale.id)?.ok_or_else(missing)?;
@@ -491,6 +553,7 @@ impl Writer {
                 Movement::Capture { .. } => first.kind == "post",
                 Movement::Reverse { .. } => first.kind == "void",
                 Movement::Refund { .. } => first.kind == "refund",
+                Movement::Adjust { .. } => first.kind == "void" || first.kind == "increase",
             };
             if first.authorization_id.as_deref() != Some(row.id.as_str()) || !same_kind {
                 return Err(conflict(
@@ -564,6 +627,27 @@ impl Writer {
                 let t = transfer(&row, &c.external_id, "refund", amount, now_ms);
                 rows::insert_transfer(conn, &t)?;
                 transfers.push(t);
+            }
+            Movement::Adjust { amount, currency } => {
+                if row.status != "pending" {
+                    return Err(conflict("nothing_held", format!("authorization {} is {}", row.id, row.status)));
+                }
+                let total = self.in_cap_currency(&row, *amount, currency)?;
+                if total < row.held {
+                    let less = row.held - total;
+                    transfers.push(self.release(conn, &mut row, l, less, "void", &c.external_id, now_ms)?);
+                } else if total > row.held {
+                    // The processor has already approved the increase: a fact to record, not a request.
+                    let more = total - row.held;
+                    row.held += more;
+                    row.counted += more;
+                    row.counted_card = card_share(&row);
+                    l.ledger.balance.held += more;
+                    self.save_row(conn, &mut row, l, now_ms)?;
+                    let t = transfer(&row, &c.external_id, "increase", more, now_ms);
+                    rows::insert_transfer(conn, &t)?;
+                    transfers.push(t);
+                }
             }
         }
         let transfers = transfers.iter().map(TransferView::from_row).collect::<Result<_>>()?;
@@ -747,6 +831,48 @@ fn transfer(row: &AuthorizationRow, external_id: &str, kind: &str, amount: i64, 
     }
 }
 
+/// What a processor decided on its own, in the agent's and card's currencies.
+fn processor_decision(
+    verdict: Verdict,
+    request: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: jiff::Timestamp,
+) -> Result<Decision> {
+    let rule = Some("processor".to_owned());
+    match (verdict, policy::amounts_of(request, snap, now)) {
+        (Verdict::Approved, Ok((amounts, fx))) => Ok(Decision { decline: None, rule, amounts: Some(amounts), fx }),
+        (Verdict::Approved, Err(_)) => Err(Error::Unprocessable {
+            code: "unsupported_currency",
+            message: format!("cannot convert {} to the agent's currency to record the hold", request.currency),
+        }),
+        (Verdict::Declined, converted) => {
+            let (amounts, fx) = converted.map_or((None, None), |(a, fx)| (Some(a), fx));
+            Ok(Decision { decline: Some(DeclineReason::ProcessorDeclined), rule, amounts, fx })
+        }
+    }
+}
+
+fn record_event(
+    conn: &mut DbConnection,
+    row: &AuthorizationRow,
+    kind: &str,
+    reason: Option<String>,
+    data: serde_json::Value,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    let event = Event {
+        id: EventId::generate(),
+        agent_id: AgentId::from_stored(row.agent_id.clone()),
+        card_id: row.card_id.clone().map(CardId::from_stored),
+        kind: kind.into(),
+        actor: None,
+        reason,
+        data: Some(data),
+        created_at: now,
+    };
+    store::events::insert(conn, &event)
+}
+
 /// Declines show in the card's trail, attempts on frozen cards included.
 fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: jiff::Timestamp) -> Result<()> {
     let data = serde_json::json!({
@@ -757,15 +883,5 @@ fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: ji
         "merchant": {"id": row.merchant_id, "name": row.merchant_name, "mcc": row.mcc, "country": row.country},
         "trace_id": row.trace_id,
     });
-    let event = Event {
-        id: EventId::generate(),
-        agent_id: AgentId::from_stored(row.agent_id.clone()),
-        card_id: row.card_id.clone().map(CardId::from_stored),
-        kind: "authorization_declined".into(),
-        actor: None,
-        reason: row.reason.clone(),
-        data: Some(data),
-        created_at: now,
-    };
-    store::events::insert(conn, &event)
+    record_event(conn, row, "authorization_declined", row.reason.clone(), data, now)
 }

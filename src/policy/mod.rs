@@ -111,6 +111,19 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
     Decision { decline, rule, amounts: Some(amounts), fx }
 }
 
+/// The request in the agent's and the card's currencies, for recording what a processor decided on
+/// its own: no rule applies, and stale rates still convert (the money has moved either way).
+pub fn amounts_of(
+    req: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: Timestamp,
+) -> Result<(Amounts, Option<FxUsed>), DeclineReason> {
+    let lenient = Snapshot { fx: FxRules { decline_stale: false, ..snap.fx }, ..*snap };
+    let mut fx = None;
+    let amounts = convert(req, &lenient, now, &mut fx).map_err(|(reason, _)| reason)?;
+    Ok((amounts, fx))
+}
+
 /// Card and agent status come first: a frozen card declines even in a currency nobody can convert.
 fn status(snap: &Snapshot<'_>, now: Timestamp) -> Outcome {
     if let Some(card) = snap.card {

@@ -100,6 +100,17 @@ pub fn agent_of(conn: &mut DbConnection, id: &CardId) -> Result<Option<AgentId>>
     Ok(agent.map(AgentId::from_stored))
 }
 
+/// The card a processor knows by `processor_card_id`.
+pub fn id_for_processor(conn: &mut DbConnection, processor: &str, processor_card_id: &str) -> Result<Option<CardId>> {
+    let id: Option<String> = cards::table
+        .filter(cards::processor.eq(processor))
+        .filter(cards::processor_card_id.eq(processor_card_id))
+        .select(cards::id)
+        .get_result(conn)
+        .optional()?;
+    Ok(id.map(CardId::from_stored))
+}
+
 pub fn exists_for_processor(conn: &mut DbConnection, processor: &str, processor_card_id: &str) -> Result<bool> {
     let found: i64 = cards::table
         .filter(cards::processor.eq(processor))

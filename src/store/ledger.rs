@@ -231,6 +231,16 @@ pub fn find_by_external(conn: &mut DbConnection, external_ids: &[&str]) -> Resul
     }
 }
 
+/// The authorization a processor knows by its own id.
+pub fn find_external(conn: &mut DbConnection, source: &str, external_id: &str) -> Result<Option<AuthorizationRow>> {
+    Ok(authorizations::table
+        .filter(authorizations::external_id.eq(external_id))
+        .filter(authorizations::source.eq(source))
+        .select(AuthorizationRow::as_select())
+        .get_result(conn)
+        .optional()?)
+}
+
 pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<AuthorizationRow>> {
     Ok(authorizations::table.find(id).select(AuthorizationRow::as_select()).get_result(conn).optional()?)
 }
@@ -252,12 +262,16 @@ pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow])
     Ok(())
 }
 
-/// Writes an authorization's new amounts and status (after a post, void or expiry).
+/// Writes an authorization's new amounts and status (after a post, void or expiry, or a processor's
+/// own verdict overriding spendgate's).
 pub fn update_amounts(conn: &mut DbConnection, row: &AuthorizationRow) -> Result<()> {
     diesel::update(authorizations::table.find(&row.id))
         .set((
             authorizations::status.eq(&row.status),
             authorizations::reason.eq(&row.reason),
+            authorizations::rule.eq(&row.rule),
+            authorizations::cap_amount.eq(row.cap_amount),
+            authorizations::card_amount.eq(row.card_amount),
             authorizations::held.eq(row.held),
             authorizations::posted.eq(row.posted),
             authorizations::counted.eq(row.counted),

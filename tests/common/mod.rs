@@ -108,7 +108,7 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> T
 
 /// `Spendgate-Signature` for `body`, made now with the test secret.
 pub fn sign(body: &[u8]) -> String {
-    let keys = spendgate::http::webhooks::Keys::new(Some(&Secret::new(WEBHOOK_SECRET)), None).unwrap();
+    let keys = spendgate::rails::card::signature::HexSignature::new(Some(&Secret::new(WEBHOOK_SECRET)), None).unwrap();
     keys.sign(body, jiff::Timestamp::now().as_second())
 }
 

@@ -1,0 +1,201 @@
+//! The card processors' endpoints: Stripe Issuing, Lithic and Marqeta. Each verifies the caller on the
+//! raw body, hands the parsed request to `rails::card::<processor>` and the ledger, and renders the
+//! processor's answer. A refused caller gets 401 and changes nothing; a malformed body 400; an unknown
+//! card or a failure inside spendgate a decline (fail closed), never a 5xx on the decision path.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, post, web};
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::domain::authorization::{AuthRequest, DeclineReason};
+use crate::error::{Error, Result};
+use crate::ledger::{AuthOutcome, Authorize, Ledger};
+use crate::rails::card::signature::{BasicAuth, HexSignature, Refusal, ReplayGuard, StandardWebhooks, WebhookHeaders};
+use crate::rails::card::{self, Applied, lithic, marqeta, stripe};
+
+/// The processors' credentials as configured; None answers 404.
+pub struct Processors {
+    pub stripe: Option<HexSignature>,
+    pub lithic: Option<StandardWebhooks>,
+    pub lithic_deadline: Duration,
+    pub marqeta: Option<BasicAuth>,
+    pub replays: ReplayGuard,
+}
+
+fn refuse(req: &HttpRequest, source: &'static str, why: Refusal) -> Error {
+    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    tracing::warn!(target: "security", path = req.path(), %peer, source, why, "webhook refused");
+    metrics::counter!("spendgate_webhook_refused_total", "source" => source).increment(1);
+    Error::BadSignature
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|h| h.to_str().ok())
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidJson(format!("invalid JSON body: {e}")))
+}
+
+fn now() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+fn not_configured(what: &str, setting: &str) -> Error {
+    Error::NotFound(format!("the {what} endpoint is not configured (set {setting})"))
+}
+
+fn verify_stripe(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<()> {
+    let keys =
+        state.processors.stripe.as_ref().ok_or_else(|| not_configured("Stripe", "SPENDGATE_STRIPE_WEBHOOK_SECRET"))?;
+    let now = now();
+    keys.verify(header(req, stripe::SIGNATURE_HEADER), body, now)
+        .and_then(|sig| state.processors.replays.first_use(&sig, now))
+        .map_err(|why| refuse(req, stripe::SOURCE, why))
+}
+
+fn verify_lithic(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<()> {
+    let keys =
+        state.processors.lithic.as_ref().ok_or_else(|| not_configured("Lithic", "SPENDGATE_LITHIC_WEBHOOK_SECRET"))?;
+    let headers = WebhookHeaders {
+        id: header(req, "webhook-id"),
+        timestamp: header(req, "webhook-timestamp"),
+        signature: header(req, "webhook-signature"),
+    };
+    let now = now();
+    keys.verify(&headers, body, now)
+        .and_then(|sig| state.processors.replays.first_use(&sig, now))
+        .map_err(|why| refuse(req, lithic::SOURCE, why))
+}
+
+fn verify_marqeta(state: &AppState, req: &HttpRequest) -> Result<()> {
+    let auth =
+        state.processors.marqeta.as_ref().ok_or_else(|| {
+            not_configured("Marqeta JIT", "SPENDGATE_MARQETA_USERNAME and SPENDGATE_MARQETA_PASSWORD")
+        })?;
+    auth.verify(header(req, "Authorization")).map_err(|why| refuse(req, marqeta::SOURCE, why))
+}
+
+/// Finds the card and decides within `budget`. Every failure is a decline: an unknown card is not
+/// recorded (there is no agent to record it against); anything else the ledger records.
+async fn decide(
+    ledger: &Ledger,
+    source: &'static str,
+    external_id: String,
+    card: Option<&str>,
+    request: AuthRequest,
+    budget: Duration,
+) -> AuthOutcome {
+    let Some(card) = card else { return AuthOutcome::failed(DeclineReason::UnknownCard, &request) };
+    let card_id = match tokio::time::timeout(budget, ledger.card_for_processor(source, card)).await {
+        Ok(Ok(Some(id))) => id,
+        Ok(Ok(None)) => {
+            metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
+            return AuthOutcome::failed(DeclineReason::UnknownCard, &request);
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, source, "card lookup failed; declined");
+            return AuthOutcome::failed(DeclineReason::InternalError, &request);
+        }
+        Err(_) => return AuthOutcome::failed(DeclineReason::Timeout, &request),
+    };
+    ledger.authorize_within(Authorize { source, external_id, card_id, request }, budget).await
+}
+
+fn acknowledged(kind: &str, done: Applied) -> HttpResponse {
+    for why in &done.skipped {
+        tracing::info!(kind, why = %why, "processor event step skipped");
+    }
+    HttpResponse::Ok().json(serde_json::json!({"received": true, "applied": done.applied, "skipped": done.skipped}))
+}
+
+/// Stripe's real-time authorization request: answered with `{"approved", "metadata"}` and `Stripe-Version`.
+#[post("/webhooks/stripe/authorizations")]
+pub async fn stripe_authorization(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    verify_stripe(&state, &req, &body)?;
+    let event: stripe::Event = parse(&body)?;
+    let ask = stripe::decide(&event)?;
+    let budget = card::budget(stripe::DEADLINE);
+    let outcome =
+        decide(&state.ledger, stripe::SOURCE, ask.authorization_id, Some(&ask.card), ask.request, budget).await;
+    Ok(HttpResponse::Ok().insert_header(("Stripe-Version", ask.api_version)).json(stripe::answer(&outcome)))
+}
+
+/// Stripe's events: authorizations created or updated, transactions (captures and refunds).
+#[post("/webhooks/stripe")]
+pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+    verify_stripe(&state, &req, &body)?;
+    let event: stripe::Event = parse(&body)?;
+    let steps = stripe::steps(&event)?;
+    if steps.is_empty() {
+        tracing::info!(kind = %event.kind, id = %event.id, "Stripe event ignored");
+    }
+    let done = card::apply(&state.ledger, stripe::SOURCE, steps).await?;
+    Ok(acknowledged(&event.kind, done))
+}
+
+/// Lithic's Auth Stream Access request: answered with `{"token", "result"}`.
+#[post("/webhooks/lithic/asa")]
+pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+    verify_lithic(&state, &req, &body)?;
+    let request: lithic::ApprovalRequest = parse(&body)?;
+    let (token, outcome) = match lithic::asa(&request)? {
+        lithic::Asa::Approve { token } => return Ok(HttpResponse::Ok().json(lithic::answer(&token, None))),
+        lithic::Asa::Decide { token, card: card_token, request } => {
+            let budget = card::budget(state.processors.lithic_deadline);
+            let outcome =
+                decide(&state.ledger, lithic::SOURCE, token.clone(), card_token.as_deref(), request, budget).await;
+            (token, outcome)
+        }
+    };
+    let decline = if outcome.approved { None } else { Some(outcome.reason.unwrap_or(DeclineReason::InternalError)) };
+    Ok(HttpResponse::Ok().json(lithic::answer(&token, decline)))
+}
+
+/// Lithic's events: `card_transaction.updated` carries the lifecycle; other types are acknowledged.
+#[post("/webhooks/lithic")]
+pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+    verify_lithic(&state, &req, &body)?;
+    let value: serde_json::Value = parse(&body)?;
+    let kind = value.get("event_type").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+    if kind != "card_transaction.updated" {
+        tracing::info!(kind = %kind, "Lithic event ignored");
+        return Ok(acknowledged(&kind, Applied::default()));
+    }
+    let transaction: lithic::Transaction =
+        serde_json::from_value(value).map_err(|e| Error::validation(format!("card_transaction.updated: {e}")))?;
+    let done = card::apply(&state.ledger, lithic::SOURCE, lithic::steps(&transaction)?).await?;
+    Ok(acknowledged(&kind, done))
+}
+
+/// Marqeta's JIT funding: approve = 200 echoing `jit_funding`; decline = 402 with its `decline_reason`.
+#[post("/webhooks/marqeta/jit")]
+pub async fn marqeta_jit(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
+    verify_marqeta(&state, &req)?;
+    let message: marqeta::Message = parse(&body)?;
+    let funding = marqeta::jit_funding(&message)?;
+    match marqeta::read(&message)? {
+        marqeta::Jit::Decide { token, card: card_token, request } => {
+            let budget = card::budget(marqeta::DEADLINE);
+            let outcome = decide(&state.ledger, marqeta::SOURCE, token, card_token.as_deref(), request, budget).await;
+            if outcome.approved {
+                return Ok(HttpResponse::Ok().json(marqeta::answer(funding, None)));
+            }
+            let reason = outcome.reason.unwrap_or(DeclineReason::InternalError);
+            Ok(HttpResponse::PaymentRequired().json(marqeta::answer(funding, Some(reason))))
+        }
+        marqeta::Jit::Inform(steps) => {
+            let done = card::apply(&state.ledger, marqeta::SOURCE, steps).await?;
+            for why in &done.skipped {
+                tracing::info!(why = %why, "Marqeta funding message step skipped");
+            }
+            Ok(HttpResponse::Ok().json(marqeta::answer(funding, None)))
+        }
+    }
+}
