@@ -76,6 +76,11 @@ pub fn fresh_storage(backend: Backend) -> (String, Storage) {
 }
 
 pub const WEBHOOK_SECRET: &str = "whsec_test_0123456789abcdef";
+pub const STRIPE_SECRET: &str = "whsec_stripe_test_0123456789abcdef";
+/// `whsec_` + base64 of 32 bytes, as Lithic hands it out.
+pub const LITHIC_SECRET: &str = "whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE=";
+pub const MARQETA_USER: &str = "marqeta_gateway";
+pub const MARQETA_PASSWORD: &str = "Jit-Gateway-Pass-0123456789!";
 
 pub fn test_config(database_url: &str, owner_key: &str) -> Config {
     Config {
@@ -85,6 +90,10 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         workers: 1,
         bootstrap_admin_key: Some(Secret::new(owner_key)),
         webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+        stripe_webhook_secret: Some(Secret::new(STRIPE_SECRET)),
+        lithic_webhook_secret: Some(Secret::new(LITHIC_SECRET)),
+        marqeta_username: Some(Secret::new(MARQETA_USER)),
+        marqeta_password: Some(Secret::new(MARQETA_PASSWORD)),
         ..Config::default()
     }
 }
