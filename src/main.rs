@@ -48,6 +48,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::CardsCommand,
     },
+    /// Send one authorization to a running server in a processor's format, signed with the configured
+    /// secret, and print the decision.
+    Simulate(cli::simulate::SimulateArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Keys { client, command } => cli::run(client, cli::Command::Keys(command)),
         Command::Agents { client, command } => cli::run(client, cli::Command::Agents(command)),
         Command::Cards { client, command } => cli::run(client, cli::Command::Cards(command)),
+        Command::Simulate(args) => Config::load(cli.config.as_deref()).and_then(|c| cli::simulate::run(&c, args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -177,3 +177,78 @@ fn migrate_applies_once() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("sqlite:// or postgres://"));
 }
+
+/// `simulate` signs a request in each processor's format with the server's own settings and prints the decision.
+#[actix_web::test]
+async fn simulate_sends_each_processors_request_and_prints_the_decision() {
+    let secrets = [
+        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+        ("SPENDGATE_STRIPE_WEBHOOK_SECRET", "whsec_cli_stripe_0123456789abcdef"),
+        ("SPENDGATE_LITHIC_WEBHOOK_SECRET", "whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE="),
+        ("SPENDGATE_MARQETA_USERNAME", "jit"),
+        ("SPENDGATE_MARQETA_PASSWORD", "Jit-Pass-0123456789!"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[], &secrets);
+    let base = server.base.as_str();
+    let http = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let request = http.post(format!("{base}{path}")).bearer_auth(OWNER).json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let agent =
+        post("/v1/agents".into(), serde_json::json!({"name": "sim", "policy": {"per_transaction": 1_000}})).await;
+    let agent = agent["id"].as_str().unwrap();
+    post(format!("/v1/agents/{agent}/fund"), serde_json::json!({"id": "f1", "amount": 10_000, "currency": "USD"}))
+        .await;
+    let cards = [
+        ("stripe", "ic_sim", "per_transaction_exceeded"),
+        ("lithic", "lithic-sim", "VELOCITY_EXCEEDED"),
+        ("marqeta", "mq-sim", "AMOUNT_LIMIT_EXCEEDED"),
+    ];
+    for (processor, card, _) in cards {
+        let body =
+            serde_json::json!({"label": processor, "processor": processor, "processor_card_id": card, "last4": "0001"});
+        post(format!("/v1/agents/{agent}/cards"), body).await;
+    }
+    for (processor, card, code) in cards {
+        let simulate = |amount: &str| {
+            Command::new(BIN)
+                .args([
+                    "simulate",
+                    processor,
+                    "--card",
+                    card,
+                    "--amount",
+                    amount,
+                    "--merchant",
+                    "OPENAI",
+                    "--country",
+                    "US",
+                ])
+                .env_clear()
+                .env("SPENDGATE_URL", base)
+                .envs(secrets)
+                .output()
+                .expect("run simulate")
+        };
+        let approved = text_of(&simulate("5.00"));
+        assert!(approved.starts_with("approved"), "{processor}: {approved}");
+        let declined = text_of(&simulate("12.50"));
+        assert!(declined.starts_with(&format!("declined: {code}")), "{processor}: {declined}");
+    }
+    let balance: Value = http
+        .get(format!("{base}/v1/agents/{agent}/balance"))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(balance["held"], 1_500, "three approvals of 5.00: {balance}");
+}

@@ -7,7 +7,9 @@
 //! Without `--path` it drives signed native authorizations (`POST /v1/authorizations`): it sets up
 //! `--agents` funded agents with a rolling-24h limit and `--cards` cards over them through the admin
 //! API, sends unique authorization ids spread over the cards, and afterwards checks through the
-//! admin API that no agent went past its limit and that every approval is a hold.
+//! admin API that no agent went past its limit and that every approval is a hold. `--format stripe |
+//! lithic | marqeta` sends the same authorizations in that processor's format and signature scheme
+//! instead (cards registered under processor card ids), to measure what the adapters cost.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,9 +32,13 @@ struct Args {
     /// Target path, e.g. /v1/agents/agt_…/cards; without it, signed native authorizations.
     #[arg(long)]
     path: Option<String>,
-    /// The native webhook secret (SPENDGATE_WEBHOOK_SECRET of the server).
+    /// The format's secret: the server's SPENDGATE_WEBHOOK_SECRET (native), STRIPE_WEBHOOK_SECRET,
+    /// LITHIC_WEBHOOK_SECRET, or `user:password` of MARQETA_USERNAME/PASSWORD.
     #[arg(long, env = "SPENDGATE_WEBHOOK_SECRET")]
     secret: Option<String>,
+    /// The authorization format: native, stripe, lithic or marqeta.
+    #[arg(long, default_value = "native")]
+    format: Format,
     /// Agents to set up for authorizations.
     #[arg(long, default_value_t = 100)]
     agents: usize,
@@ -70,6 +76,25 @@ struct Args {
     max_in_flight: usize,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Native,
+    Stripe,
+    Lithic,
+    Marqeta,
+}
+
+impl Format {
+    fn processor(self) -> Option<&'static str> {
+        match self {
+            Format::Native => None,
+            Format::Stripe => Some("stripe"),
+            Format::Lithic => Some("lithic"),
+            Format::Marqeta => Some("marqeta"),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Run {
     latencies_us: Vec<u64>,
@@ -88,22 +113,105 @@ enum Target {
         path: String,
         body: Option<String>,
     },
-    /// Signed native authorizations with ids `<run>-<n>`, round-robin over the cards.
+    /// Signed authorizations with ids `<run>-<n>`, round-robin over the cards (spendgate's card ids
+    /// for the native format, the processor's for the others).
     Authorize {
         run: String,
         cards: Vec<String>,
         secret: String,
         amount: i64,
+        format: Format,
     },
 }
 
-fn signature(secret: &str, body: &[u8]) -> String {
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     use hmac::{Hmac, KeyInit, Mac};
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    parts.iter().for_each(|p| mac.update(p));
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// `t=…,v1=…`: spendgate's own scheme and Stripe's.
+fn signature(secret: &str, body: &[u8]) -> String {
+    let t = unix_now();
+    format!("t={t},v1={}", hex::encode(hmac(secret.as_bytes(), &[format!("{t}.").as_bytes(), body])))
+}
+
+/// One authorization in `format`: the path, its headers and body.
+fn authorization(
+    format: Format,
+    secret: &str,
+    id: &str,
+    card: &str,
+    amount: i64,
+) -> (&'static str, Vec<(&'static str, String)>, Vec<u8>) {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let json = |v: serde_json::Value| serde_json::to_vec(&v).unwrap();
+    match format {
+        Format::Native => {
+            let body = json(serde_json::json!({"id": id, "card_id": card, "amount": amount, "currency": "USD",
+                "merchant": {"id": "m_openai", "name": "OPENAI *API", "mcc": "5734", "country": "US"}}));
+            ("/v1/authorizations", vec![("Spendgate-Signature", signature(secret, &body))], body)
+        }
+        Format::Stripe => {
+            let body = json(
+                serde_json::json!({"id": format!("evt_{id}"), "object": "event", "api_version": "2025-03-31.basil",
+                "type": "issuing_authorization.request", "data": {"object": {"id": format!("iauth_{id}"),
+                "object": "issuing.authorization", "amount": 0, "currency": "usd", "approved": false, "status": "pending",
+                "card": {"id": card, "object": "issuing.card"}, "merchant_amount": 0, "merchant_currency": "usd",
+                "merchant_data": {"category_code": "5734", "name": "OPENAI *API", "network_id": "m_openai", "country": "US"},
+                "pending_request": {"amount": amount, "currency": "usd", "merchant_amount": amount, "merchant_currency": "usd",
+                    "is_amount_controllable": false}, "request_history": []}}}),
+            );
+            ("/webhooks/stripe/authorizations", vec![("Stripe-Signature", signature(secret, &body))], body)
+        }
+        Format::Lithic => {
+            let body = json(serde_json::json!({"event_type": "card_authorization.approval_request", "token": id,
+                "status": "AUTHORIZATION", "card": {"token": card},
+                "amounts": {"cardholder": {"amount": amount, "conversion_rate": "1.0", "currency": "USD"},
+                    "merchant": {"amount": amount, "currency": "USD"}},
+                "merchant": {"acceptor_id": "m_openai", "descriptor": "OPENAI *API", "mcc": "5734", "country": "USA"}}));
+            let key = b64.decode(secret.strip_prefix("whsec_").unwrap_or(secret)).expect("a whsec_ base64 secret");
+            let t = unix_now().to_string();
+            let sig = b64.encode(hmac(&key, &[id.as_bytes(), b".", t.as_bytes(), b".", &body]));
+            let headers = vec![
+                ("webhook-id", id.to_owned()),
+                ("webhook-timestamp", t),
+                ("webhook-signature", format!("v1,{sig}")),
+            ];
+            ("/webhooks/lithic/asa", headers, body)
+        }
+        Format::Marqeta => {
+            let major = format!("{}.{:02}", amount / 100, amount % 100);
+            let body = json(serde_json::json!({"type": "authorization", "card_token": card, "currency_code": "USD",
+                "gpa_order": {"jit_funding": {"token": id, "method": "pgfs.authorization", "user_token": "load", "amount": major}},
+                "card_acceptor": {"mid": "m_openai", "mcc": "5734", "name": "OPENAI *API", "country_code": "USA"}}));
+            ("/webhooks/marqeta/jit", vec![("Authorization", format!("Basic {}", b64.encode(secret)))], body)
+        }
+    }
+}
+
+/// Whether an answer approved: each format says it its own way.
+fn approved(format: Format, status: u16, body: &[u8]) -> Option<bool> {
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    match format {
+        Format::Native | Format::Stripe => {
+            if body.starts_with(b"{\"approved\":true") {
+                Some(true)
+            } else if body.starts_with(b"{\"approved\":false") {
+                Some(false)
+            } else {
+                None
+            }
+        }
+        Format::Lithic => Some(has(b"\"result\":\"APPROVED\"")),
+        Format::Marqeta => Some(status == 200),
+    }
 }
 
 impl Run {
@@ -157,24 +265,30 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
                 }
                 request
             }
-            Target::Authorize { run, cards, secret, amount } => {
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "id": format!("{run}-{n}"), "card_id": cards[n as usize % cards.len()], "amount": amount,
-                    "currency": "USD", "merchant": {"id": "m_openai", "name": "OPENAI *API", "mcc": "5734", "country": "US"}
-                }))
-                .unwrap();
-                client
-                    .post(format!("{base}/v1/authorizations"))
-                    .header("Spendgate-Signature", signature(secret, &body))
-                    .header("Content-Type", "application/json")
-                    .body(body)
+            Target::Authorize { run, cards, secret, amount, format } => {
+                let id = format!("{run}-{n}");
+                let (path, headers, body) =
+                    authorization(*format, secret, &id, &cards[n as usize % cards.len()], *amount);
+                let mut request = client.post(format!("{base}{path}")).header("Content-Type", "application/json");
+                for (name, value) in headers {
+                    request = request.header(name, value);
+                }
+                request.body(body)
             }
+        };
+        let format = match target {
+            Target::Authorize { format, .. } => Some(*format),
+            Target::Plain { .. } => None,
         };
         let result = result.clone();
         let in_flight = in_flight.clone();
         handles.push(tokio::task::spawn_local(async move {
             let outcome = match request.send().await {
-                Ok(r) if r.status().is_success() => r.bytes().await.map_err(|e| e.to_string()),
+                // Marqeta's decline is a 402 with its answer.
+                Ok(r) if r.status().is_success() || (format == Some(Format::Marqeta) && r.status().as_u16() == 402) => {
+                    let status = r.status().as_u16();
+                    r.bytes().await.map(|b| (status, b)).map_err(|e| e.to_string())
+                }
                 Ok(r) => Err(format!("HTTP {}: {}", r.status(), r.text().await.unwrap_or_default())),
                 Err(e) => Err(e.to_string()),
             };
@@ -182,12 +296,12 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
             in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let mut run = result.lock().unwrap();
             match outcome {
-                Ok(body) => {
+                Ok((status, body)) => {
                     run.latencies_us.push(micros);
-                    if body.starts_with(b"{\"approved\":true") {
-                        run.approved += 1;
-                    } else if body.starts_with(b"{\"approved\":false") {
-                        run.declined += 1;
+                    match format.and_then(|f| approved(f, status, &body)) {
+                        Some(true) => run.approved += 1,
+                        Some(false) => run.declined += 1,
+                        None => {}
                     }
                 }
                 Err(e) => {
@@ -242,7 +356,8 @@ async fn admin(client: &reqwest::Client, args: &Args, path: &str, body: serde_js
     value
 }
 
-/// Funded agents with a rolling-24h limit, and cards spread over them. Returns (agents, cards).
+/// Funded agents with a rolling-24h limit, and cards spread over them. Returns (agents, the ids
+/// requests name the cards by).
 async fn set_up(client: &reqwest::Client, args: &Args) -> (Vec<String>, Vec<String>) {
     let policy = serde_json::json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": args.limit}]});
     let mut agents = Vec::new();
@@ -255,12 +370,17 @@ async fn set_up(client: &reqwest::Client, args: &Args) -> (Vec<String>, Vec<Stri
         agents.push(id);
     }
     let mut cards = Vec::new();
+    let stamp = std::process::id();
     for i in 0..args.cards {
         let agent = &agents[i % agents.len()];
-        let card =
-            admin(client, args, &format!("/v1/agents/{agent}/cards"), serde_json::json!({"label": format!("c{i}")}))
-                .await;
-        cards.push(card["id"].as_str().unwrap().to_owned());
+        let body = match args.format.processor() {
+            None => serde_json::json!({"label": format!("c{i}")}),
+            Some(processor) => serde_json::json!({"label": format!("c{i}"), "processor": processor,
+                "processor_card_id": format!("load-{stamp}-{i}"), "last4": "0000"}),
+        };
+        let card = admin(client, args, &format!("/v1/agents/{agent}/cards"), body).await;
+        let id = if args.format == Format::Native { &card["id"] } else { &card["processor_card_id"] };
+        cards.push(id.as_str().unwrap().to_owned());
     }
     (agents, cards)
 }
@@ -315,17 +435,19 @@ fn main() {
                 (format!("{} {path}", args.method), Box::new(move |_| Target::Plain { method: method.clone(), path: p.clone(), body: b.clone() }))
             }
             None => {
-                let secret = args.secret.clone().expect("--secret (the server's SPENDGATE_WEBHOOK_SECRET) is needed");
+                let secret = args.secret.clone().expect("--secret (the format's webhook secret) is needed");
+                let format = args.format;
                 let (a, cards) = set_up(&client, &args).await;
                 agents = a;
                 let (amount, stamp) = (args.amount, std::process::id());
                 (
-                    format!("signed authorizations over {} cards of {} agents", cards.len(), agents.len()),
+                    format!("{format:?} authorizations over {} cards of {} agents", cards.len(), agents.len()),
                     Box::new(move |round| Target::Authorize {
                         run: format!("load-{stamp}-{round}"),
                         cards: cards.clone(),
                         secret: secret.clone(),
                         amount,
+                        format,
                     }),
                 )
             }

@@ -1,6 +1,8 @@
 //! The command-line client: talks to a running server over the admin API, printing tables for
 //! people and JSON (`--json`) for scripts.
 
+pub mod simulate;
+
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
