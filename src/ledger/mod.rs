@@ -96,7 +96,7 @@ pub enum Movement {
     Reverse { amount: Option<i64>, currency: Option<String> },
     /// Credit the balance; limits are not restored.
     Refund { amount: i64, currency: Option<String> },
-    /// The processor changed the amount it holds: the hold becomes this total, up or down.
+    /// The processor changed the amount it holds: the hold becomes this total (decreases only, so far).
     Adjust { amount: i64, currency: String },
 }
 

@@ -553,7 +553,7 @@ impl Writer {
                 Movement::Capture { .. } => first.kind == "post",
                 Movement::Reverse { .. } => first.kind == "void",
                 Movement::Refund { .. } => first.kind == "refund",
-                Movement::Adjust { .. } => first.kind == "void" || first.kind == "increase",
+                Movement::Adjust { .. } => first.kind == "void",
             };
             if first.authorization_id.as_deref() != Some(row.id.as_str()) || !same_kind {
                 return Err(conflict(
@@ -637,14 +637,15 @@ impl Writer {
                     let less = row.held - total;
                     transfers.push(self.release(conn, &mut row, l, less, "void", &c.external_id, now_ms)?);
                 } else if total > row.held {
-                    // The processor has already approved the increase: a fact to record, not a request.
-                    let more = total - row.held;
-                    row.held += more;
-                    row.counted += more;
-                    row.counted_card = card_share(&row);
-                    l.ledger.balance.held += more;
-                    self.save_row(conn, &mut row, l, now_ms)?;
-                    let t = transfer(&row, &c.external_id, "increase", more, now_ms);
+                    // The stored transfer kinds have no increase yet: refused (and reported), not guessed.
+                    return Err(conflict(
+                        "hold_increase_unsupported",
+                        format!("authorization {} holds {}; increasing a hold is not recorded yet", row.id, row.held),
+                    ));
+                } else {
+                    // Nothing moves, but the id is spent (a void of 0): the same event delivered again
+                    // after a later change must not set the hold back to this amount.
+                    let t = transfer(&row, &c.external_id, "void", 0, now_ms);
                     rows::insert_transfer(conn, &t)?;
                     transfers.push(t);
                 }

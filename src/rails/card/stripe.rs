@@ -209,7 +209,8 @@ pub fn steps(event: &Event) -> Result<Vec<Step>> {
             }];
             let movement = match (a.status.as_str(), a.approved) {
                 ("reversed" | "expired", true) => Some(Movement::Reverse { amount: None, currency: None }),
-                ("pending", true) => {
+                // The amount Stripe holds changed (an increment or a partial reversal).
+                ("pending", true) if event.kind.ends_with(".updated") => {
                     Some(Movement::Adjust { amount: amount("amount", a.amount)?, currency: a.currency })
                 }
                 _ => None,
