@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Step, alpha2, amount, clean, id, mcc};
-use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, Rail};
+use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant};
 use crate::error::{Error, Result};
 use crate::ledger::{Movement, Verdict};
 
@@ -91,13 +91,7 @@ fn cardholder_amount(
 }
 
 fn request(amount_minor: i64, currency: &str, m: &LithicMerchant) -> Result<AuthRequest> {
-    Ok(AuthRequest {
-        rail: Rail::Card,
-        amount: amount("amount", amount_minor)?,
-        currency: clean(currency, 8).to_ascii_uppercase(),
-        merchant: merchant(m),
-        trace_id: None,
-    })
+    super::request(amount_minor, currency, merchant(m))
 }
 
 /// What to do with an ASA request.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{Step, clean, id, mcc};
-use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, Rail};
+use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant};
 use crate::domain::money::Currency;
 use crate::error::{Error, Result};
 use crate::ledger::{Movement, Verdict};
@@ -101,18 +101,13 @@ pub fn read(message: &Message) -> Result<Jit> {
     let currency = clean(message.currency_code.as_deref().unwrap_or("USD"), 8).to_ascii_uppercase();
     let amount = minor_units(funding.amount, &currency)?;
     let a = &message.card_acceptor;
-    let request = AuthRequest {
-        rail: Rail::Card,
-        amount,
-        currency: currency.clone(),
-        merchant: Merchant {
-            id: a.mid.as_deref().map(|v| clean(v, 255)).filter(|v| !v.is_empty()),
-            name: a.name.as_deref().map(|v| clean(v, 255)).unwrap_or_default(),
-            mcc: mcc(a.mcc.as_deref()),
-            country: a.country_code.as_deref().or(a.country.as_deref()).and_then(country),
-        },
-        trace_id: None,
+    let merchant = Merchant {
+        id: a.mid.as_deref().map(|v| clean(v, 255)).filter(|v| !v.is_empty()),
+        name: a.name.as_deref().map(|v| clean(v, 255)).unwrap_or_default(),
+        mcc: mcc(a.mcc.as_deref()),
+        country: a.country_code.as_deref().or(a.country.as_deref()).and_then(country),
     };
+    let request = super::request(amount, &currency, merchant)?;
     let card = message.card_token.as_deref().map(|c| id("card_token", c)).transpose()?;
     let original =
         funding.original_jit_funding_token.as_deref().map(|t| id("original_jit_funding_token", t)).transpose()?;

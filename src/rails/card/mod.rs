@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::domain::authorization::AuthRequest;
+use crate::domain::authorization::{AuthRequest, Merchant, Rail};
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Movement, Target, Verdict};
 
@@ -101,6 +101,17 @@ pub fn amount(field: &str, value: i64) -> Result<i64> {
         return Err(Error::validation(format!("{field} must be 0 to {MAX_AMOUNT} minor units")));
     }
     Ok(value)
+}
+
+/// A card authorization of `amount_minor` of `currency` at `merchant`, as every processor's adapter builds it.
+pub fn request(amount_minor: i64, currency: &str, merchant: Merchant) -> Result<AuthRequest> {
+    Ok(AuthRequest {
+        rail: Rail::Card,
+        amount: amount("amount", amount_minor)?,
+        currency: clean(currency, 8).to_ascii_uppercase(),
+        merchant,
+        trace_id: None,
+    })
 }
 
 /// A four-digit MCC, or none.

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Step, amount, clean, id, mcc};
-use crate::domain::authorization::{AuthRequest, Merchant, Rail};
+use crate::domain::authorization::{AuthRequest, Merchant};
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Movement, Verdict};
 
@@ -125,13 +125,7 @@ fn merchant(m: &MerchantData) -> Merchant {
 }
 
 fn request(amount_minor: i64, currency: &str, m: &MerchantData) -> Result<AuthRequest> {
-    Ok(AuthRequest {
-        rail: Rail::Card,
-        amount: amount("amount", amount_minor)?,
-        currency: clean(currency, 8).to_ascii_uppercase(),
-        merchant: merchant(m),
-        trace_id: None,
-    })
+    super::request(amount_minor, currency, merchant(m))
 }
 
 /// A real-time authorization request to decide.
