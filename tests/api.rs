@@ -484,6 +484,11 @@ async fn concurrent_status_changes_never_reopen_a_closed_card(app: TestApp) {
     });
     let statuses = futures_join_all(requests).await;
     assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
+    let mut closes = statuses.iter().enumerate().filter(|(i, _)| actions[i % actions.len()] == "close");
+    assert!(
+        closes.clone().count() > 0 && closes.all(|(_, s)| *s == StatusCode::OK),
+        "a close always lands: {statuses:?}"
+    );
     let (_, after) = app.get(&base).await;
     assert_eq!(after["status"], "closed", "a closed card stays closed");
     let (_, events) = app.get(&format!("{base}/events")).await;

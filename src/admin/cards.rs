@@ -12,6 +12,9 @@ use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::store::{self, DbConnection};
 
+/// How often a status change re-reads a card that a concurrent change moved under it.
+const STATUS_ATTEMPTS: usize = 8;
+
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCard {
@@ -226,27 +229,33 @@ impl Admin {
         let card = self
             .db
             .write(move |conn| {
-                let mut card = load_card(conn, Some(&agent_id), &card_id)?;
-                let next = card
-                    .status
-                    .apply(action)
-                    .map_err(|message| Error::Conflict { code: "card_closed", message: message.to_owned() })?;
-                if next == card.status {
+                // A concurrent change between the read and the compare-and-swap (PostgreSQL, several
+                // nodes) is read again and the action applied to what is there now: a close always
+                // lands, and nothing reopens a closed card.
+                for _ in 0..STATUS_ATTEMPTS {
+                    let mut card = load_card(conn, Some(&agent_id), &card_id)?;
+                    let next = card
+                        .status
+                        .apply(action)
+                        .map_err(|message| Error::Conflict { code: "card_closed", message: message.to_owned() })?;
+                    if next == card.status {
+                        return Ok(card);
+                    }
+                    let now = store::now();
+                    if !store::cards::update_status(conn, &card_id, card.status, next, now)? {
+                        continue;
+                    }
+                    let event = Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now)
+                        .reason(Some(reason.clone()));
+                    store::events::insert(conn, &event)?;
+                    card.status = next;
+                    card.updated_at = now;
                     return Ok(card);
                 }
-                let now = store::now();
-                if !store::cards::update_status(conn, &card_id, card.status, next, now)? {
-                    return Err(Error::Conflict {
-                        code: "concurrent_update",
-                        message: "the card changed while this request ran; retry".into(),
-                    });
-                }
-                let event =
-                    Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now).reason(Some(reason));
-                store::events::insert(conn, &event)?;
-                card.status = next;
-                card.updated_at = now;
-                Ok(card)
+                Err(Error::Conflict {
+                    code: "concurrent_update",
+                    message: "the card kept changing while this request ran; retry".into(),
+                })
             })
             .await?;
         self.snapshots().invalidate_card(&card.id);
