@@ -63,6 +63,15 @@ pub struct Config {
     pub marqeta_username: Option<Secret>,
     pub marqeta_password: Option<Secret>,
     pub marqeta_password_previous: Option<Secret>,
+    /// 32 bytes, base64: seals agents' wallet keys (AES-256-GCM). Unset, the USDC rail is off.
+    pub master_key: Option<Secret>,
+    /// More x402 assets to pay with, beside USDC on Base and Base Sepolia: `<network>=<token address>,…`
+    /// (USD-pegged, 6 decimals).
+    pub x402_assets: String,
+    /// Time allowed for each request to an x402 server.
+    pub x402_timeout_ms: u64,
+    /// Longest validity of a signed payment, whatever the server's `maxTimeoutSeconds`.
+    pub x402_max_valid_seconds: u64,
     /// Time a decision may take before it is answered as a `timeout` decline.
     pub decision_budget_ms: u64,
     /// Holds still pending after this many hours are voided.
@@ -102,6 +111,10 @@ impl Default for Config {
             marqeta_username: None,
             marqeta_password: None,
             marqeta_password_previous: None,
+            master_key: None,
+            x402_assets: String::new(),
+            x402_timeout_ms: 30_000,
+            x402_max_valid_seconds: 300,
             decision_budget_ms: 1_500,
             hold_expiry_hours: 7 * 24,
             fx_url: None,
@@ -176,6 +189,17 @@ impl Config {
             "SPENDGATE_MARQETA_USERNAME and SPENDGATE_MARQETA_PASSWORD are set together"
         );
         anyhow::ensure!(self.hold_expiry_hours >= 1, "hold_expiry_hours must be at least 1");
+        anyhow::ensure!((100..=300_000).contains(&self.x402_timeout_ms), "x402_timeout_ms must be 100 to 300000");
+        anyhow::ensure!(
+            (10..=3_600).contains(&self.x402_max_valid_seconds),
+            "x402_max_valid_seconds must be 10 to 3600"
+        );
+        crate::rails::usdc::x402::parse_assets(&self.x402_assets)
+            .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_ASSETS: {e}"))?;
+        if let Some(key) = &self.master_key {
+            crate::rails::usdc::wallet::MasterKey::from_base64(key.expose())
+                .map_err(|e| anyhow::anyhow!("SPENDGATE_MASTER_KEY: {e}"))?;
+        }
         anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
         anyhow::ensure!((1..=10_000).contains(&self.ledger_batch), "ledger_batch must be 1 to 10000");
         if let Some(url) = &self.fx_url {

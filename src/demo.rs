@@ -7,6 +7,7 @@ use crate::admin::PageQuery;
 use crate::admin::agents::NewAgent;
 use crate::admin::cards::NewCard;
 use crate::admin::ledger::FundRequest;
+use crate::rails::usdc::Usdc;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,16 +35,25 @@ pub struct DemoSetup {
     pub loaded: bool,
 }
 
-pub async fn setup(admin: &Admin) -> anyhow::Result<DemoSetup> {
+pub async fn setup(admin: &Admin, usdc: &Usdc) -> anyhow::Result<DemoSetup> {
     let (owner, key) = admin.replace_named_owner_key("demo").await?;
-    let existing = admin.list_agents(&owner, PageQuery { limit: Some(1), cursor: None }).await?;
+    let existing = admin.list_agents(&owner, PageQuery { limit: Some(100), cursor: None }).await?;
     if !existing.data.is_empty() {
+        // Agents made before the USDC rail was on get their wallets now.
+        if usdc.enabled() {
+            for agent in &existing.data {
+                usdc.create_wallet(&agent.id).await?;
+            }
+        }
         return Ok(DemoSetup { key, loaded: false });
     }
     let demo: Demo = serde_json::from_str(crate::fixtures::DEMO)?;
     for entry in demo.agents {
         let input = NewAgent { name: entry.name, department: entry.department, policy: entry.policy };
         let agent = admin.create_agent(&owner, input).await?;
+        if usdc.enabled() {
+            usdc.create_wallet(&agent.id).await?;
+        }
         for card in entry.cards {
             admin.issue_card(&owner, agent.id.as_str(), card).await?;
         }

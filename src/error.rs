@@ -26,6 +26,15 @@ pub enum Error {
     /// Well-formed but refers to something that cannot be used (422).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// A payment spendgate will not make: a policy decline or a 402 it cannot pay (402).
+    #[error("{message}")]
+    PaymentRefused { code: String, message: String },
+    /// A part of spendgate that is not configured on this server (503).
+    #[error("{message}")]
+    Disabled { code: &'static str, message: String },
+    /// The upstream server of a proxied request failed or answered something unusable (502).
+    #[error("{0}")]
+    Upstream(String),
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("request body is larger than {0} bytes")]
@@ -42,7 +51,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> &str {
         match self {
             Error::Validation(_) => "validation_failed",
             Error::InvalidJson(_) => "invalid_json",
@@ -50,7 +59,9 @@ impl Error {
             Error::BadSignature => "invalid_signature",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
-            Error::Conflict { code, .. } | Error::Unprocessable { code, .. } => code,
+            Error::Conflict { code, .. } | Error::Unprocessable { code, .. } | Error::Disabled { code, .. } => code,
+            Error::PaymentRefused { code, .. } => code,
+            Error::Upstream(_) => "upstream_failed",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",

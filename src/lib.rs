@@ -34,6 +34,9 @@ use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::policy::FxRules;
 use crate::rails::card::signature::{BasicAuth, HexSignature, ReplayGuard, StandardWebhooks};
+use crate::rails::usdc::wallet::MasterKey;
+use crate::rails::usdc::x402::parse_assets;
+use crate::rails::usdc::{Usdc, UsdcSettings};
 use crate::store::Db;
 
 /// A server that is listening; await `server` to run it until shutdown.
@@ -42,11 +45,19 @@ pub struct Started {
     pub admin: Admin,
     pub first_key: FirstKey,
     pub ledger: Ledger,
+    pub usdc: Usdc,
     pub server: actix_web::dev::Server,
+}
+
+/// Makes ring the process's TLS provider, once, before any HTTP client is built.
+pub fn install_tls() {
+    // An error means a provider is installed already, which is all this asks.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Opens and migrates the database, makes the first key if none exists, and binds the listener.
 pub async fn start(config: &Config) -> anyhow::Result<Started> {
+    install_tls();
     let catalog = fixtures::catalog();
     let db = Db::connect(&config.database_url, config.database_pool_size)?;
     db.migrate().await?;
@@ -73,6 +84,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         tracing::warn!("SPENDGATE_WEBHOOK_SECRET is not set: the native authorization webhook answers 404");
     }
     let processors = processors(config)?;
+    let usdc = usdc(config, &db, &ledger)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
         db,
@@ -80,6 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         ledger: ledger.clone(),
         webhook,
         processors,
+        usdc: usdc.clone(),
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
@@ -88,7 +101,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     if config.workers > 0 {
         server = server.workers(config.workers);
     }
-    Ok(Started { addr, admin, first_key, ledger, server: server.run() })
+    Ok(Started { addr, admin, first_key, ledger, usdc, server: server.run() })
 }
 
 /// The processors' credentials; each endpoint whose credentials are not set says so once.
@@ -120,6 +133,28 @@ fn processors(config: &Config) -> anyhow::Result<http::processors::Processors> {
         tracing::info!("SPENDGATE_MARQETA_USERNAME/PASSWORD are not set: the Marqeta JIT endpoint answers 404");
     }
     Ok(p)
+}
+
+/// The USDC rail, on when a master key is set.
+fn usdc(config: &Config, db: &Db, ledger: &Ledger) -> anyhow::Result<Usdc> {
+    let master_key = match &config.master_key {
+        Some(key) => {
+            Some(MasterKey::from_base64(key.expose()).map_err(|e| anyhow::anyhow!("SPENDGATE_MASTER_KEY: {e}"))?)
+        }
+        None => {
+            tracing::warn!(
+                "SPENDGATE_MASTER_KEY is not set: the USDC rail is off (wallet and x402 endpoints answer 503 usdc_rail_disabled)"
+            );
+            None
+        }
+    };
+    let settings = UsdcSettings {
+        master_key,
+        assets: parse_assets(&config.x402_assets).map_err(|e| anyhow::anyhow!("SPENDGATE_X402_ASSETS: {e}"))?,
+        max_valid_seconds: config.x402_max_valid_seconds,
+        timeout: Duration::from_millis(config.x402_timeout_ms),
+    };
+    Usdc::new(settings, db.clone(), ledger.clone())
 }
 
 /// The hold expiry sweep and, when configured, the FX refresher.

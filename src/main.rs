@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +54,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    spendgate::install_tls();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { demo } => load_config(cli.config).and_then(|c| serve(c, demo)),
@@ -95,7 +96,10 @@ fn migrate(config: Config) -> anyhow::Result<()> {
     })
 }
 
-fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
+fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
+    if demo && config.master_key.is_none() {
+        config.master_key = Some(demo_master_key(&config)?);
+    }
     actix_web::rt::System::new().block_on(async move {
         let started = spendgate::start(&config).await?;
         let base = format!("http://{}", started.addr);
@@ -107,7 +111,7 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
             FirstKey::Existing => {}
         }
         if demo {
-            let setup = spendgate::demo::setup(&started.admin).await?;
+            let setup = spendgate::demo::setup(&started.admin, &started.usdc).await?;
             if setup.loaded {
                 println!("Demo data loaded: 2 agents with cards and policies.");
             }
@@ -123,6 +127,40 @@ fn serve(config: Config, demo: bool) -> anyhow::Result<()> {
         started.server.await?;
         Ok(())
     })
+}
+
+/// `serve --demo` without SPENDGATE_MASTER_KEY: the key in `master.key` beside the SQLite file,
+/// made (mode 0600) on the first start. Wallet keys sealed with it open only with it.
+fn demo_master_key(config: &Config) -> anyhow::Result<spendgate::config::Secret> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let dir = config
+        .database_url
+        .strip_prefix("sqlite://")
+        .and_then(|path| Path::new(path).parent())
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("data"))
+        .to_path_buf();
+    let path = dir.join("master.key");
+    if path.exists() {
+        let key = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        return Ok(spendgate::config::Secret::new(key.trim()));
+    }
+    std::fs::create_dir_all(&dir)?;
+    let key = spendgate::rails::usdc::wallet::MasterKey::generate_base64();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    writeln!(file, "{}", key.as_str())?;
+    println!(
+        "Generated the wallet master key into {} (mode 0600). Keep it: agents' wallet keys open only with it.",
+        path.display()
+    );
+    Ok(spendgate::config::Secret::new(key.as_str()))
 }
 
 /// The database URL without its password, for the log.

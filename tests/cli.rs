@@ -170,7 +170,7 @@ fn migrate_applies_once() {
             .unwrap()
     };
     let first = text_of(&run());
-    assert!(first.starts_with("applied 2 migration(s):"), "{first}");
+    assert!(first.starts_with("applied 3 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
     let bad =
         Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();
@@ -191,7 +191,7 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[], &secrets);
     let base = server.base.as_str();
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let post = |path: String, body: Value| {
         let request = http.post(format!("{base}{path}")).bearer_auth(OWNER).json(&body);
         async move {

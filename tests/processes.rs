@@ -73,7 +73,7 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
     let (url, _storage) = fresh_storage(Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (start(dir.path(), &url), start(dir.path(), &url));
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let policy =
         json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 250_000}]});
     // The cap falls half-way through, so that both processes approve some before either declines.
@@ -103,7 +103,7 @@ async fn sigkill_under_load(backend: Backend) {
     let (url, _storage) = fresh_storage(backend);
     let dir = tempfile::tempdir().unwrap();
     let mut server = start(dir.path(), &url);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let (agent, card) = setup(&http, &server.base, json!({}), 1_000_000_000).await;
 
     // 16 clients authorize as fast as they can; the server is killed once 200 approvals are in.

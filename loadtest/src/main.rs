@@ -56,9 +56,13 @@ struct Args {
     json: bool,
     #[arg(long, default_value = "POST")]
     method: String,
-    /// JSON body; `{n}` is replaced by the request's sequence number.
+    /// JSON body; `{n}` is replaced by the request's sequence number, `{run}` by a value unique to the run.
     #[arg(long)]
     body: Option<String>,
+    /// An extra request header, `Name: value` (repeatable), with the same `{n}` and `{run}`, e.g.
+    /// `--header 'Idempotency-Key: {run}-{n}'`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Requests per second.
     #[arg(long, default_value_t = 200)]
     rate: u32,
@@ -112,6 +116,8 @@ enum Target {
         method: Method,
         path: String,
         body: Option<String>,
+        headers: Vec<(String, String)>,
+        run: String,
     },
     /// Signed authorizations with ids `<run>-<n>`, round-robin over the cards (spendgate's card ids
     /// for the native format, the processor's for the others).
@@ -254,14 +260,17 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
             i => &args.also[i - 1],
         };
         let request = match target {
-            Target::Plain { method, path, body } => {
+            Target::Plain { method, path, body, headers, run } => {
+                let fill = |text: &str| text.replace("{n}", &n.to_string()).replace("{run}", run);
                 let mut request = client.request(method.clone(), format!("{base}{path}"));
                 if let Some(key) = &args.key {
                     request = request.bearer_auth(key);
                 }
+                for (name, value) in headers {
+                    request = request.header(name, fill(value));
+                }
                 if let Some(body) = body {
-                    request =
-                        request.header("Content-Type", "application/json").body(body.replace("{n}", &n.to_string()));
+                    request = request.header("Content-Type", "application/json").body(fill(body));
                 }
                 request
             }
@@ -419,6 +428,8 @@ async fn check(client: &reqwest::Client, args: &Args, agents: &[String], approve
 
 fn main() {
     let args = Args::parse();
+    // Already installed is fine: all this needs is some provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async {
@@ -432,7 +443,25 @@ fn main() {
             Some(path) => {
                 let method: Method = args.method.parse().expect("an HTTP method");
                 let (p, b) = (path.clone(), args.body.clone());
-                (format!("{} {path}", args.method), Box::new(move |_| Target::Plain { method: method.clone(), path: p.clone(), body: b.clone() }))
+                let headers: Vec<(String, String)> = args
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        let (name, value) = h.split_once(':').expect("--header is `Name: value`");
+                        (name.trim().to_owned(), value.trim().to_owned())
+                    })
+                    .collect();
+                let stamp = format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis());
+                (
+                    format!("{} {path}", args.method),
+                    Box::new(move |round| Target::Plain {
+                        method: method.clone(),
+                        path: p.clone(),
+                        body: b.clone(),
+                        headers: headers.clone(),
+                        run: format!("{stamp}-{round}"),
+                    }),
+                )
             }
             None => {
                 let secret = args.secret.clone().expect("--secret (the format's webhook secret) is needed");
@@ -455,7 +484,13 @@ fn main() {
         if !args.json {
             println!("{label} at {} req/s for {} s, {} round(s), each beside {} at the same rate", args.rate, args.seconds, args.rounds, args.baseline);
         }
-        let baseline = Target::Plain { method: Method::GET, path: args.baseline.clone(), body: None };
+        let baseline = Target::Plain {
+            method: Method::GET,
+            path: args.baseline.clone(),
+            body: None,
+            headers: Vec::new(),
+            run: String::new(),
+        };
         let mut rounds = Vec::new();
         for round in 1..=args.rounds {
             if !args.json {

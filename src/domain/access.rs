@@ -57,7 +57,11 @@ pub enum Permission {
     Read,
     Freeze,
     Manage,
+    /// Pay from the agent's wallet (x402).
+    Pay,
     ManageKeys,
+    /// Read an agent's wallet key out.
+    ExportWallet,
 }
 
 impl Permission {
@@ -66,7 +70,9 @@ impl Permission {
             Permission::Read => "read",
             Permission::Freeze => "freeze",
             Permission::Manage => "change agents, cards and policies or unfreeze",
+            Permission::Pay => "pay from an agent's wallet",
             Permission::ManageKeys => "manage API keys",
+            Permission::ExportWallet => "export wallet keys",
         }
     }
 }
@@ -85,14 +91,18 @@ impl Principal {
     pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), String> {
         let allowed = match self.role {
             Role::Owner => true,
-            Role::Manager => permission != Permission::ManageKeys,
+            Role::Manager => !matches!(permission, Permission::ManageKeys | Permission::ExportWallet),
             Role::Operator => matches!(permission, Permission::Read | Permission::Freeze),
-            Role::Agent => permission == Permission::Read && agent.is_some() && agent == self.agent_id.as_ref(),
+            Role::Agent => {
+                matches!(permission, Permission::Read | Permission::Pay)
+                    && agent.is_some()
+                    && agent == self.agent_id.as_ref()
+            }
         };
         if allowed {
             Ok(())
-        } else if self.role == Role::Agent && permission == Permission::Read {
-            Err("an agent key may only read its own agent".into())
+        } else if self.role == Role::Agent && matches!(permission, Permission::Read | Permission::Pay) {
+            Err("an agent key may only read and pay for its own agent".into())
         } else {
             Err(format!("the {} role may not {}", self.role, permission.describe()))
         }
@@ -114,11 +124,14 @@ mod tests {
         let owner = principal(Role::Owner, None);
         let manager = principal(Role::Manager, None);
         let operator = principal(Role::Operator, None);
-        for p in [Read, Freeze, Manage, ManageKeys] {
+        for p in [Read, Freeze, Manage, Pay, ManageKeys, ExportWallet] {
             assert!(owner.check(p, Some(&a)).is_ok());
         }
         assert!(manager.check(Manage, Some(&a)).is_ok());
+        assert!(manager.check(Pay, Some(&a)).is_ok());
         assert!(manager.check(ManageKeys, None).is_err());
+        assert!(manager.check(ExportWallet, Some(&a)).is_err());
+        assert!(operator.check(Pay, Some(&a)).is_err());
         assert!(operator.check(Read, None).is_ok());
         assert!(operator.check(Freeze, Some(&a)).is_ok());
         assert!(operator.check(Manage, Some(&a)).is_err());
@@ -133,5 +146,8 @@ mod tests {
         assert!(agent.check(Permission::Read, Some(&other)).is_err());
         assert!(agent.check(Permission::Read, None).is_err());
         assert!(agent.check(Permission::Freeze, Some(&mine)).is_err());
+        assert!(agent.check(Permission::Pay, Some(&mine)).is_ok());
+        assert!(agent.check(Permission::Pay, Some(&other)).is_err());
+        assert!(agent.check(Permission::ExportWallet, Some(&mine)).is_err());
     }
 }

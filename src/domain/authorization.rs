@@ -35,6 +35,9 @@ pub struct AuthRequest {
     pub currency: String,
     pub merchant: Merchant,
     pub trace_id: Option<String>,
+    /// A ceiling the caller sets on this one request (x402's `max_amount`), in minor units of the
+    /// agent's currency.
+    pub max_amount: Option<i64>,
 }
 
 /// Why an authorization was declined. The codes are stable: processors' responses, metrics and

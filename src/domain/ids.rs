@@ -77,6 +77,10 @@ prefixed_id!(
     /// A ledger movement: fund, post, excess, void, expire or refund.
     TransferId, "trf"
 );
+prefixed_id!(
+    /// An x402 payment: what was signed for one request, and how it ended.
+    PaymentId, "pay"
+);
 
 #[cfg(test)]
 mod tests {

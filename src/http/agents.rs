@@ -19,6 +19,12 @@ pub async fn create_agent(
     body: web::Json<NewAgent>,
 ) -> Result<HttpResponse> {
     let agent = state.admin.create_agent(&who, body.into_inner()).await?;
+    // Every new agent gets its wallet when the USDC rail is on; POST /wallet makes one later otherwise.
+    if state.usdc.enabled()
+        && let Err(e) = state.usdc.create_wallet(&agent.id).await
+    {
+        tracing::warn!(agent = %agent.id, error = %e, "the new agent has no wallet yet");
+    }
     Ok(HttpResponse::Created().json(agent))
 }
 

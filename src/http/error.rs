@@ -33,6 +33,9 @@ impl ResponseError for Error {
             Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PaymentRefused { .. } => StatusCode::PAYMENT_REQUIRED,
+            Error::Disabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -10,6 +10,7 @@ mod ledger;
 pub mod openapi;
 pub mod processors;
 mod system;
+mod usdc;
 pub mod webhooks;
 
 use std::time::Instant;
@@ -24,6 +25,7 @@ use crate::admin::Admin;
 use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::rails::card::signature::HexSignature;
+use crate::rails::usdc::Usdc;
 use crate::store::Db;
 
 pub struct AppState {
@@ -34,6 +36,7 @@ pub struct AppState {
     /// None when no webhook secret is configured: the native webhook answers 404.
     pub webhook: Option<HexSignature>,
     pub processors: processors::Processors,
+    pub usdc: Usdc,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -79,6 +82,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(processors::lithic_asa)
         .service(processors::lithic_event)
         .service(processors::marqeta_jit)
+        .service(usdc::get_wallet)
+        .service(usdc::create_wallet)
+        .service(usdc::export_wallet)
+        .service(usdc::fetch)
+        .service(usdc::authorize)
+        .service(usdc::get_payment)
+        .service(usdc::report_settlement)
         .default_service(web::to(no_route));
 }
 

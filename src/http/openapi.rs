@@ -1,7 +1,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, cards, keys, ledger, system, webhooks};
+use super::{agents, cards, keys, ledger, system, usdc, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,6 +15,8 @@ use super::{agents, cards, keys, ledger, system, webhooks};
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
+        usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment,
+        usdc::report_settlement,
     ),
     modifiers(&BearerAuth)
 )]

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::error::{Error, Result};
-use crate::ledger::{AuthOutcome, Authorize, Ledger};
+use crate::ledger::{AuthOutcome, Authorize, Ledger, Payer};
 use crate::rails::card::signature::{BasicAuth, HexSignature, Refusal, ReplayGuard, StandardWebhooks, WebhookHeaders};
 use crate::rails::card::{self, Applied, lithic, marqeta, stripe};
 
@@ -101,7 +101,7 @@ async fn decide(
         }
         Err(_) => return AuthOutcome::failed(DeclineReason::Timeout, &request),
     };
-    ledger.authorize_within(Authorize { source, external_id, card_id, request }, budget).await
+    ledger.authorize_within(Authorize { source, external_id, payer: Payer::Card(card_id), request }, budget).await
 }
 
 fn acknowledged(kind: &str, done: Applied) -> HttpResponse {

@@ -9,7 +9,7 @@ use super::AppState;
 use crate::domain::authorization::{AuthRequest, Merchant, Rail};
 use crate::domain::ids::CardId;
 use crate::error::{Error, Result};
-use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement, Target};
+use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement, Payer, Target};
 
 pub const SIGNATURE_HEADER: &str = "Spendgate-Signature";
 use crate::rails::card::MAX_AMOUNT;
@@ -95,12 +95,16 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         currency: input.currency.trim().to_ascii_uppercase(),
         merchant: Merchant { country: input.merchant.country.map(|c| c.to_ascii_uppercase()), ..input.merchant },
         trace_id: input.trace_id,
+        max_amount: None,
     };
     let Some(card_id) = CardId::parse(&input.card_id) else {
         return Ok(HttpResponse::Ok()
             .json(AuthOutcome::failed(crate::domain::authorization::DeclineReason::UnknownCard, &request)));
     };
-    let outcome = state.ledger.authorize(Authorize { source: "native", external_id: input.id, card_id, request }).await;
+    let outcome = state
+        .ledger
+        .authorize(Authorize { source: "native", external_id: input.id, payer: Payer::Card(card_id), request })
+        .await;
     Ok(HttpResponse::Ok().json(outcome))
 }
 

@@ -17,8 +17,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::cache::Snapshots;
+use crate::cache::{Snapshots, Versioned};
+use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
+use crate::domain::card::Card;
 use crate::domain::ids::{AgentId, CardId};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
@@ -57,8 +59,17 @@ pub struct Authorize {
     /// `native`, `stripe`, `lithic`, `marqeta`, `x402`: with `external_id`, the idempotency key.
     pub source: &'static str,
     pub external_id: String,
-    pub card_id: CardId,
+    pub payer: Payer,
     pub request: AuthRequest,
+}
+
+/// Whose money an authorization spends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payer {
+    /// A card: the card's rules and its agent's apply.
+    Card(CardId),
+    /// The agent's wallet (USDC rail): the agent's rules apply.
+    Wallet(AgentId),
 }
 
 /// An authorization that a processor decided without spendgate's answer (its own controls, a
@@ -153,7 +164,7 @@ impl Ledger {
 
     /// Borrows the request so that `authorize` keeps it for a decline: one copy goes to the writer.
     async fn try_authorize(&self, auth: &Authorize, deadline: Instant) -> Result<AuthOutcome> {
-        let Some((card, agent)) = self.snapshots.card(&self.db, &auth.card_id).await? else {
+        let Some((card, agent)) = self.payer(&auth.payer).await? else {
             metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request));
         };
@@ -168,12 +179,20 @@ impl Ledger {
     /// approval over spendgate's own decline (a stand-in after a late answer) turns it into a hold.
     /// Returns None when the card is unknown.
     pub async fn record(&self, auth: Authorize, verdict: Verdict) -> Result<Option<AuthOutcome>> {
-        let Some((card, agent)) = self.snapshots.card(&self.db, &auth.card_id).await? else { return Ok(None) };
+        let Some((card, agent)) = self.payer(&auth.payer).await? else { return Ok(None) };
         let (reply, answer) = oneshot::channel();
         let deadline = std::time::Instant::now() + self.budget;
         let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: Some(verdict), reply };
         self.send(Command::Authorize(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?.map(Some)
+    }
+
+    /// The payer's card (none for a wallet) and agent snapshots; None when either does not exist.
+    async fn payer(&self, payer: &Payer) -> Result<Option<(Option<Arc<Versioned<Card>>>, Arc<Versioned<Agent>>)>> {
+        Ok(match payer {
+            Payer::Card(id) => self.snapshots.card(&self.db, id).await?.map(|(card, agent)| (Some(card), agent)),
+            Payer::Wallet(id) => self.snapshots.agent(&self.db, id).await?.map(|agent| (None, agent)),
+        })
     }
 
     pub async fn movement(&self, target: Target, external_id: &str, movement: Movement) -> Result<LifecycleOutcome> {

@@ -1,5 +1,7 @@
 //! What the ledger answers: decisions, authorizations, transfers and balances as the API shows them.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -8,6 +10,7 @@ use crate::domain::ids::AgentId;
 use crate::domain::money::{Currency, Money};
 use crate::error::Result;
 use crate::store::ledger::{self, AuthorizationRow, Balance, LedgerFilter, TransferRow};
+use crate::store::x402::PaymentRow;
 use crate::store::{DbConnection, corrupt, from_millis};
 
 /// An amount as the request gave it (its currency may be one spendgate does not know).
@@ -94,6 +97,37 @@ pub struct AuthorizationView {
     pub fx: Option<FxUsed>,
     #[schema(value_type = String, format = DateTime)]
     pub authorized_at: jiff::Timestamp,
+    /// The x402 payment behind a USDC authorization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x402: Option<X402Payment>,
+}
+
+/// Where a USDC payment went, and how it settled.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct X402Payment {
+    pub payment_id: String,
+    pub network: String,
+    pub asset: String,
+    pub pay_to: String,
+    /// Atomic units of the asset.
+    pub amount: String,
+    /// `signed`, `settled`, `failed` or `unknown`.
+    pub status: String,
+    pub transaction_hash: Option<String>,
+}
+
+impl X402Payment {
+    fn from_row(row: &PaymentRow) -> Self {
+        X402Payment {
+            payment_id: row.id.clone(),
+            network: row.network.clone(),
+            asset: row.asset.clone(),
+            pay_to: row.pay_to.clone(),
+            amount: row.amount.clone(),
+            status: row.status.clone(),
+            transaction_hash: row.transaction_hash.clone(),
+        }
+    }
 }
 
 impl AuthorizationView {
@@ -126,6 +160,7 @@ impl AuthorizationView {
                 _ => None,
             },
             authorized_at: from_millis(row.authorized_at).unwrap_or_default(),
+            x402: None,
         }
     }
 }
@@ -219,10 +254,16 @@ pub(super) fn entries(
     let trf_cursor = cursor.map(|c| format!("trf_{c}"));
     let auths = ledger::list_authorizations(conn, agent, filter, auth_cursor.as_deref(), limit + 1)?;
     let transfers = ledger::list_transfers(conn, agent, filter, trf_cursor.as_deref(), limit + 1)?;
+    let usdc: Vec<&str> = auths.iter().filter(|a| a.rail == "usdc").map(|a| a.id.as_str()).collect();
+    let payments: HashMap<String, PaymentRow> = crate::store::x402::for_authorizations(conn, &usdc)?
+        .into_iter()
+        .map(|p| (p.authorization_id.clone(), p))
+        .collect();
     let mut merged: Vec<(String, LedgerEntry)> = Vec::with_capacity(auths.len() + transfers.len());
     for a in &auths {
-        merged
-            .push((ulid_part(&a.id).to_owned(), LedgerEntry::Authorization(Box::new(AuthorizationView::from_row(a)))));
+        let mut view = AuthorizationView::from_row(a);
+        view.x402 = payments.get(&a.id).map(X402Payment::from_row);
+        merged.push((ulid_part(&a.id).to_owned(), LedgerEntry::Authorization(Box::new(view))));
     }
     for t in &transfers {
         merged.push((ulid_part(&t.id).to_owned(), LedgerEntry::Transfer(TransferView::from_row(t)?)));

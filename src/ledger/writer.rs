@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::book::Book;
 use super::views::{AuthOutcome, AuthorizationView, LifecycleOutcome, TransferView};
-use super::{Authorize, LedgerSettings, Movement, Rates, Target, Verdict};
+use super::{Authorize, LedgerSettings, Movement, Payer, Rates, Target, Verdict};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
@@ -34,7 +34,8 @@ pub(super) enum Command {
 
 pub(super) struct AuthorizeCmd {
     pub auth: Authorize,
-    pub card: Arc<Versioned<Card>>,
+    /// None for a wallet payment.
+    pub card: Option<Arc<Versioned<Card>>>,
     pub agent: Arc<Versioned<Agent>>,
     pub deadline: Instant,
     /// None: decide by policy. Some: the processor already decided; record it.
@@ -196,13 +197,12 @@ impl Writer {
             let mut target = None;
             match cmd {
                 Command::Authorize(c) => {
-                    agent_ids.insert(c.card.value.agent_id.clone());
+                    agent_ids.insert(c.agent.value.id.clone());
                 }
-                Command::Abandon(c) => {
-                    if let Some(agent) = store::cards::agent_of(conn, &c.auth.card_id)? {
-                        agent_ids.insert(agent);
-                    }
-                }
+                Command::Abandon(c) => match &c.auth.payer {
+                    Payer::Card(card) => agent_ids.extend(store::cards::agent_of(conn, card)?),
+                    Payer::Wallet(agent) => drop(agent_ids.insert(agent.clone())),
+                },
                 Command::Movement(c) => {
                     target = match &c.target {
                         Target::Id(id) => rows::find(conn, id)?,
@@ -325,7 +325,7 @@ impl Writer {
         now: jiff::Timestamp,
     ) -> Result<AuthOutcome> {
         let key = (c.auth.source.to_owned(), c.auth.external_id.clone());
-        let agent_id = &c.card.value.agent_id;
+        let agent_id = &c.agent.value.id;
         let Some(l) = locked.get_mut(agent_id) else {
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request));
         };
@@ -368,22 +368,23 @@ impl Writer {
             }
         };
         l.agent = Some(agent.clone());
-        let card = if c.card.version == version {
-            c.card.clone()
-        } else {
-            match cache::load_card(conn, &c.card.value.id)? {
+        let card = match &c.card {
+            None => None,
+            Some(card) if card.version == version => Some(card.clone()),
+            Some(card) => match cache::load_card(conn, &card.value.id)? {
                 Some(fresh) => {
                     let fresh = Arc::new(fresh);
                     self.snapshots.put_card(fresh.clone());
-                    fresh
+                    Some(fresh)
                 }
                 None => return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request)),
-            }
+            },
         };
+        let card = card.as_ref().map(|c| &c.value);
 
         // The card's active trace tags requests that carry none, for trace limits as for the record.
         let tagged;
-        let request = match (&c.auth.request.trace_id, &card.value.trace_id) {
+        let request = match (&c.auth.request.trace_id, card.and_then(|c| c.trace_id.as_ref())) {
             (None, Some(trace)) => {
                 tagged = AuthRequest { trace_id: Some(trace.clone()), ..c.auth.request.clone() };
                 &tagged
@@ -394,8 +395,8 @@ impl Writer {
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
         let snap = Snapshot {
             agent: &agent.value,
-            card: Some(&card.value),
-            card_used: book.card_used(&card.value.id),
+            card,
+            card_used: card.is_some_and(|card| book.card_used(&card.id)),
             spends: book.spends(),
             available: l.ledger.balance.available(),
             rates: &rates,
@@ -411,7 +412,7 @@ impl Writer {
             return self.override_decline(conn, previous, &decision, l, recorded, key, now);
         }
 
-        let row = new_row(&c.auth, &card.value, l, &decision, request.trace_id.clone(), now.as_millisecond());
+        let row = new_row(&c.auth, agent_id, card, l, &decision, request.trace_id.clone(), now.as_millisecond());
         self.unwritten.push(row.clone());
         if decision.approved() {
             l.ledger.balance.held += row.held;
@@ -482,10 +483,17 @@ impl Writer {
             }
             return Ok(());
         }
-        let Some(card) = cache::load_card(conn, &c.auth.card_id)? else { return Ok(()) };
-        let Some(l) = locked.get_mut(&card.value.agent_id) else { return Ok(()) };
+        let (agent_id, card) = match &c.auth.payer {
+            Payer::Card(id) => match cache::load_card(conn, id)? {
+                Some(card) => (card.value.agent_id.clone(), Some(card.value)),
+                None => return Ok(()),
+            },
+            Payer::Wallet(agent) => (agent.clone(), None),
+        };
+        let Some(l) = locked.get_mut(&agent_id) else { return Ok(()) };
         let decision = Decision::decline(c.reason, None);
-        let row = new_row(&c.auth, &card.value, l, &decision, c.auth.request.trace_id.clone(), now.as_millisecond());
+        let trace = c.auth.request.trace_id.clone();
+        let row = new_row(&c.auth, &agent_id, card.as_ref(), l, &decision, trace, now.as_millisecond());
         self.unwritten.push(row.clone());
         record_decline_event(conn, &row, now)?;
         recorded.insert(key, row);
@@ -770,7 +778,8 @@ fn card_share(row: &AuthorizationRow) -> i64 {
 
 fn new_row(
     auth: &Authorize,
-    card: &Card,
+    agent_id: &AgentId,
+    card: Option<&Card>,
     l: &Locked,
     decision: &Decision,
     trace: Option<String>,
@@ -783,8 +792,8 @@ fn new_row(
         id: AuthorizationId::generate().to_string(),
         source: auth.source.to_owned(),
         external_id: auth.external_id.clone(),
-        agent_id: card.agent_id.to_string(),
-        card_id: Some(card.id.to_string()),
+        agent_id: agent_id.to_string(),
+        card_id: card.map(|c| c.id.to_string()),
         rail: match req.rail {
             crate::domain::authorization::Rail::Card => "card",
             crate::domain::authorization::Rail::Usdc => "usdc",
@@ -798,7 +807,7 @@ fn new_row(
         cap_amount: cap,
         cap_currency: l.currency.code().to_owned(),
         card_amount,
-        card_currency: card.currency.code().to_owned(),
+        card_currency: card.map_or(l.currency, |c| c.currency).code().to_owned(),
         fx_rate: decision.fx.as_ref().map(|f| f.rate.clone()),
         fx_date: decision.fx.as_ref().map(|f| f.date.clone()),
         held,

@@ -248,6 +248,13 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
             return deny(DeclineReason::PerCallExceeded, format!("{}.x402.per_call", r.owner));
         }
     }
+    if req.max_amount.is_some_and(|max| amounts.agent.amount > max) {
+        let reason = match req.rail {
+            Rail::Usdc => DeclineReason::PerCallExceeded,
+            Rail::Card => DeclineReason::PerTransactionExceeded,
+        };
+        return deny(reason, "request.max_amount");
+    }
     for r in &rules {
         for limit in &r.policy.limits {
             check_limit(limit, r, req, snap, now)?;

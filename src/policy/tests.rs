@@ -124,6 +124,7 @@ fn req(amount: i64) -> AuthRequest {
             country: Some("US".into()),
         },
         trace_id: None,
+        max_amount: None,
     }
 }
 
@@ -446,6 +447,7 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
         currency: "USD".into(),
         merchant: Merchant { id: Some("0xpay".into()), name: host.into(), mcc: None, country: None },
         trace_id: None,
+        max_amount: None,
     };
     fn snap(w: &World) -> Snapshot<'_> {
         Snapshot {
@@ -464,6 +466,11 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
     assert_eq!(declined(&d), (DeclineReason::PerCallExceeded, "agent.x402.per_call"));
     let d = evaluate(&call(1, "evil.example.com"), &snap(&w), at(NOW));
     assert_eq!(declined(&d), (DeclineReason::HostNotAllowed, "agent.x402.allow_hosts"));
+    // The caller's own ceiling, in the agent's currency.
+    let capped = |max| AuthRequest { max_amount: Some(max), ..call(300, "api.example.com") };
+    assert!(evaluate(&capped(300), &snap(&w), at(NOW)).approved());
+    let d = evaluate(&capped(299), &snap(&w), at(NOW));
+    assert_eq!(declined(&d), (DeclineReason::PerCallExceeded, "request.max_amount"));
     // x402 rules do not apply to card spend.
     w.card.policy = policy(json!({}), "USD");
     assert!(w.decide(&req(10_000)).approved());

@@ -2,3 +2,4 @@
 //! canonical `AuthRequest` / ledger movements; none holds a rule.
 
 pub mod card;
+pub mod usdc;

@@ -10,6 +10,8 @@ pub mod events;
 pub mod keys;
 pub mod ledger;
 mod schema;
+pub mod wallets;
+pub mod x402;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};

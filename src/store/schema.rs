@@ -117,5 +117,51 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    wallets (agent_id) {
+        agent_id -> Text,
+        address -> Text,
+        sealed_key -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    x402_payments (id) {
+        id -> Text,
+        agent_id -> Text,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        authorization_id -> Text,
+        url -> Text,
+        x402_version -> Integer,
+        network -> Text,
+        asset -> Text,
+        pay_to -> Text,
+        amount -> Text,
+        payer -> Text,
+        valid_before -> BigInt,
+        header_name -> Text,
+        header_value -> Text,
+        status -> Text,
+        transaction_hash -> Nullable<Text>,
+        error -> Nullable<Text>,
+        response_status -> Nullable<Integer>,
+        response_headers -> Nullable<Text>,
+        response_body -> Nullable<Binary>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::joinable!(cards -> agents (agent_id));
-diesel::allow_tables_to_appear_in_same_query!(agents, api_keys, cards, events, authorizations, transfers);
+diesel::allow_tables_to_appear_in_same_query!(
+    agents,
+    api_keys,
+    cards,
+    events,
+    authorizations,
+    transfers,
+    wallets,
+    x402_payments
+);

@@ -81,6 +81,10 @@ pub const STRIPE_SECRET: &str = "whsec_stripe_test_0123456789abcdef";
 pub const LITHIC_SECRET: &str = "whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE=";
 pub const MARQETA_USER: &str = "marqeta_gateway";
 pub const MARQETA_PASSWORD: &str = "Jit-Gateway-Pass-0123456789!";
+/// Seals the test agents' wallet keys: 32 bytes, base64.
+pub const MASTER_KEY: &str = "c3BlbmRnYXRlLXRlc3QtbWFzdGVyLWtleS0zMi1ieXQ=";
+/// A test token on Base Sepolia's chain id, paid like USDC (6 decimals) once configured.
+pub const TEST_TOKEN: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
 
 pub fn test_config(database_url: &str, owner_key: &str) -> Config {
     Config {
@@ -94,6 +98,9 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         lithic_webhook_secret: Some(Secret::new(LITHIC_SECRET)),
         marqeta_username: Some(Secret::new(MARQETA_USER)),
         marqeta_password: Some(Secret::new(MARQETA_PASSWORD)),
+        master_key: Some(Secret::new(MASTER_KEY)),
+        x402_assets: format!("eip155:84532={TEST_TOKEN}"),
+        x402_timeout_ms: 2_000,
         ..Config::default()
     }
 }
@@ -112,7 +119,13 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> T
     let base = format!("http://{}", started.addr);
     let ledger = started.ledger.clone();
     actix_web::rt::spawn(started.server);
-    TestApp { base, owner_key, database_url, http: reqwest::Client::new(), storage, ledger }
+    TestApp { base, owner_key, database_url, http: http_client(), storage, ledger }
+}
+
+/// An HTTP client for the tests (TLS by ring, as in spendgate itself).
+pub fn http_client() -> reqwest::Client {
+    spendgate::install_tls();
+    reqwest::Client::new()
 }
 
 /// `Spendgate-Signature` for `body`, made now with the test secret.
@@ -235,7 +248,7 @@ impl TestApp {
                 }
                 let mut conn = PgConnection::establish(&self.database_url).expect("connect");
                 let mut out = String::new();
-                for table in ["agents", "cards", "events", "api_keys"] {
+                for table in ["agents", "cards", "events", "api_keys", "wallets", "x402_payments"] {
                     let rows: Vec<Row> =
                         diesel::sql_query(format!("SELECT row_to_json(t)::text AS row FROM {table} t"))
                             .load(&mut conn)

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crate::domain::authorization::{AuthRequest, Merchant, Rail};
 use crate::error::{Error, Result};
-use crate::ledger::{Ledger, Movement, Target, Verdict};
+use crate::ledger::{Ledger, Movement, Payer, Target, Verdict};
 
 /// Largest amount accepted, in minor units: far above any card authorization, far below overflow.
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
@@ -54,7 +54,7 @@ pub async fn apply(ledger: &Ledger, source: &'static str, steps: Vec<Step>) -> R
                     done.skipped.push(format!("unknown card {card}"));
                     continue;
                 };
-                let auth = crate::ledger::Authorize { source, external_id, card_id, request };
+                let auth = crate::ledger::Authorize { source, external_id, payer: Payer::Card(card_id), request };
                 ledger.record(auth, verdict).await.map(|_| ())
             }
             Step::Move { authorization, id, movement } => {
@@ -111,6 +111,7 @@ pub fn request(amount_minor: i64, currency: &str, merchant: Merchant) -> Result<
         currency: clean(currency, 8).to_ascii_uppercase(),
         merchant,
         trace_id: None,
+        max_amount: None,
     })
 }
 

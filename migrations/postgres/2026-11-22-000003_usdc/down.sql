@@ -1,0 +1,2 @@
+DROP TABLE x402_payments;
+DROP TABLE wallets;

@@ -1,0 +1,148 @@
+//! The USDC rail's routes: wallets and x402 payments.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::ErrorBody;
+use crate::admin::agents::parse_agent_id;
+use crate::domain::access::{Permission, Principal};
+use crate::domain::ids::AgentId;
+use crate::error::{Error, Result};
+use crate::rails::usdc::{AuthorizeRequest, Authorized, ExportedWallet, FetchRequest, PaymentView, WalletView};
+
+/// The agent, once the caller may act on it this way.
+fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
+    let agent = parse_agent_id(id)?;
+    who.check(permission, Some(&agent)).map_err(Error::Forbidden)?;
+    Ok(agent)
+}
+
+fn idempotency_key(req: &HttpRequest) -> &str {
+    req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[utoipa::path(tag = "usdc", security(("bearer" = [])),
+    responses((status = 200, body = WalletView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}/wallet")]
+pub async fn get_wallet(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::Read)?;
+    Ok(HttpResponse::Ok().json(state.usdc.wallet(&agent).await?))
+}
+
+/// Gives the agent a wallet (201), or returns the one it has (200).
+#[utoipa::path(tag = "usdc", security(("bearer" = [])),
+    responses((status = 201, body = WalletView), (status = 200, body = WalletView), (status = 503, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/wallet")]
+pub async fn create_wallet(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::Manage)?;
+    let (wallet, created) = state.usdc.create_wallet(&agent).await?;
+    Ok(HttpResponse::build(if created { StatusCode::CREATED } else { StatusCode::OK }).json(wallet))
+}
+
+/// The wallet's private key. Owner only; recorded in the agent's audit trail.
+#[utoipa::path(tag = "usdc", security(("bearer" = [])),
+    responses((status = 200, body = ExportedWallet), (status = 403, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/wallet/export")]
+pub async fn export_wallet(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::ExportWallet)?;
+    let exported = state.usdc.export_wallet(&agent, &who.key_id).await?;
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(exported))
+}
+
+/// Calls `url` for the agent; an x402 402 is paid if the agent's policy allows, and the call made
+/// again with the payment. The answer is the upstream one, with `Spendgate-*` headers; a refused
+/// payment is a 402 with spendgate's error (`code` = the decline reason). Needs `Idempotency-Key`.
+#[utoipa::path(tag = "usdc", request_body = FetchRequest, security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "one payment per key")),
+    responses((status = 200, description = "the upstream answer"), (status = 402, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/x402/fetch")]
+pub async fn fetch(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<FetchRequest>,
+) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::Pay)?;
+    let fetched = state.usdc.fetch(&agent, idempotency_key(&req), body.into_inner()).await?;
+    let status = StatusCode::from_u16(fetched.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = HttpResponse::build(status);
+    for (name, value) in &fetched.headers {
+        response.append_header((name.as_str(), value.as_str()));
+    }
+    if let Some(paid) = &fetched.paid {
+        response
+            .insert_header(("Spendgate-Payment", paid.payment.id.as_str()))
+            .insert_header(("Spendgate-Settlement", paid.payment.status.as_str()))
+            .insert_header(("Spendgate-Cost", paid.cost.amount.to_string()))
+            .insert_header(("Spendgate-Remaining", paid.remaining.amount.to_string()))
+            .insert_header(("Spendgate-Currency", paid.cost.currency.code()));
+    }
+    Ok(response.body(fetched.body))
+}
+
+/// Decides and signs a payment for an agent that makes the HTTP call itself: send `header: value`.
+#[utoipa::path(tag = "usdc", request_body = AuthorizeRequest, security(("bearer" = [])),
+    params(("Idempotency-Key" = String, Header, description = "one payment per key")),
+    responses((status = 200, body = Authorized), (status = 402, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/x402/authorize")]
+pub async fn authorize(
+    state: web::Data<AppState>,
+    who: Principal,
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<AuthorizeRequest>,
+) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::Pay)?;
+    Ok(HttpResponse::Ok().json(state.usdc.authorize(&agent, idempotency_key(&req), body.into_inner()).await?))
+}
+
+#[utoipa::path(tag = "usdc", security(("bearer" = [])),
+    responses((status = 200, body = PaymentView), (status = 404, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}/x402/payments/{payment_id}")]
+pub async fn get_payment(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (agent, payment) = path.into_inner();
+    let agent = agent_for(&who, &agent, Permission::Read)?;
+    Ok(HttpResponse::Ok().json(state.usdc.payment(&agent, &payment).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementReport {
+    /// The server's `PAYMENT-RESPONSE` (or `X-PAYMENT-RESPONSE`) header value.
+    pub payment_response: String,
+}
+
+/// The settlement of a payment from `/x402/authorize`, as the server answered it: a success posts
+/// the hold; a failure voids it, and only a manager or owner may report one.
+#[utoipa::path(tag = "usdc", request_body = SettlementReport, security(("bearer" = [])),
+    responses((status = 200, body = PaymentView), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/x402/payments/{payment_id}/settlement")]
+pub async fn report_settlement(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+    body: web::Json<SettlementReport>,
+) -> Result<HttpResponse> {
+    let (agent, payment) = path.into_inner();
+    let agent = agent_for(&who, &agent, Permission::Pay)?;
+    let may_void = who.check(Permission::Manage, Some(&agent)).is_ok();
+    let view = state.usdc.report(&agent, &payment, &body.payment_response, may_void).await?;
+    Ok(HttpResponse::Ok().json(view))
+}

@@ -1,0 +1,862 @@
+//! The USDC rail: agents pay x402 APIs from their wallets. A 402 is read (`x402`), the cheapest
+//! payable requirement is decided by the same ledger and policy core as card spend (rail `usdc`),
+//! and only an approved payment, whose hold is already durable, is signed (`eip3009`) and sent.
+//!
+//! One payment per (agent, idempotency key): the signed payload is stored before it leaves, and a
+//! retry re-sends that payload (same nonce, so it can settle at most once) instead of signing again.
+//! Settlement has three outcomes: settled (the hold is posted), failed (voided), unknown (the hold
+//! stays, so the spend keeps counting until someone knows better).
+
+pub mod eip3009;
+pub mod wallet;
+pub mod x402;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use alloy_primitives::{B256, U256};
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::domain::authorization::{AuthRequest, Merchant, Rail};
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, KeyId, PaymentId};
+use crate::domain::money::Money;
+use crate::error::{Error, Result};
+use crate::ledger::{AuthOutcome, Authorize, Ledger, Movement, Payer, Target};
+use crate::store::wallets::WalletRow;
+use crate::store::x402::PaymentRow;
+use crate::store::{self, Db};
+use eip3009::Transfer;
+use wallet::{MasterKey, Wallet};
+use x402::{Asset, Challenge, Offer, Settlement};
+
+/// Largest upstream body passed back to the agent.
+const MAX_UPSTREAM_BODY: usize = 10 << 20;
+/// Largest upstream body kept to answer a retry of a finished payment.
+const MAX_STORED_BODY: usize = 1 << 20;
+/// Facilitators refuse an authorization that expires sooner than this; it is not re-sent then.
+const MIN_VALIDITY_SECONDS: i64 = 6;
+/// Headers that describe one hop, not the message: never forwarded either way.
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length"];
+
+#[derive(Debug)]
+pub struct UsdcSettings {
+    /// None: the rail is off (no `SPENDGATE_MASTER_KEY`).
+    pub master_key: Option<MasterKey>,
+    pub assets: Vec<Asset>,
+    /// Upper bound on an authorization's validity, whatever the server's `maxTimeoutSeconds`.
+    pub max_valid_seconds: u64,
+    /// Time allowed for each upstream request.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Usdc {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: UsdcSettings,
+    http: reqwest::Client,
+    db: Db,
+    ledger: Ledger,
+    /// One payment per key at a time in this process; across processes the unique key in the
+    /// database decides, and the loser re-sends the winner's payload.
+    in_flight: KeyLocks,
+}
+
+/// What an agent asks spendgate to call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchRequest {
+    pub url: String,
+    /// GET (default), POST, PUT, PATCH, DELETE or HEAD.
+    pub method: Option<String>,
+    #[serde(default)]
+    pub headers: HashMap<String, String>,
+    pub body: Option<String>,
+    pub trace_id: Option<String>,
+    /// The most this call may cost, in minor units of the agent's currency.
+    pub max_amount: Option<i64>,
+}
+
+/// An agent that makes the HTTP call itself asks for the payment header only.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    pub url: String,
+    /// The 402's `PAYMENT-REQUIRED` header value (v2), or its JSON body (v1), or the decoded v2 document.
+    #[schema(value_type = Object)]
+    pub payment_required: serde_json::Value,
+    pub trace_id: Option<String>,
+    pub max_amount: Option<i64>,
+}
+
+/// The payment header to send, and the payment it belongs to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Authorized {
+    pub header: String,
+    pub value: String,
+    pub payment: PaymentView,
+    pub cost: Money,
+    pub remaining: Money,
+}
+
+/// The upstream answer, and what was paid for it.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub paid: Option<Paid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Paid {
+    pub payment: PaymentView,
+    /// What the payment counts against limits, in the agent's currency.
+    pub cost: Money,
+    pub remaining: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct WalletView {
+    pub agent_id: String,
+    /// EIP-55 checksummed.
+    pub address: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExportedWallet {
+    pub address: String,
+    /// 0x-hex secp256k1 private key.
+    pub private_key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct PaymentView {
+    pub id: String,
+    pub authorization_id: String,
+    pub url: String,
+    pub x402_version: i32,
+    pub network: String,
+    pub asset: String,
+    pub pay_to: String,
+    /// Atomic units of the asset (USDC: 6 decimals).
+    pub amount: String,
+    pub payer: String,
+    /// `signed` (sent or handed out, no answer yet), `settled`, `failed` or `unknown`.
+    pub status: String,
+    pub transaction_hash: Option<String>,
+    pub error: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub valid_before: jiff::Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+}
+
+impl PaymentView {
+    pub fn from_row(row: &PaymentRow) -> Self {
+        let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap_or_default();
+        PaymentView {
+            id: row.id.clone(),
+            authorization_id: row.authorization_id.clone(),
+            url: row.url.clone(),
+            x402_version: row.x402_version,
+            network: row.network.clone(),
+            asset: row.asset.clone(),
+            pay_to: row.pay_to.clone(),
+            amount: row.amount.clone(),
+            payer: row.payer.clone(),
+            status: row.status.clone(),
+            transaction_hash: row.transaction_hash.clone(),
+            error: row.error.clone(),
+            valid_before: jiff::Timestamp::from_second(row.valid_before).unwrap_or_default(),
+            created_at: at(row.created_at),
+        }
+    }
+}
+
+/// A call to make upstream, checked.
+struct Call {
+    method: reqwest::Method,
+    url: Url,
+    headers: Vec<(String, String)>,
+    body: Option<String>,
+}
+
+/// What came back from upstream.
+struct Upstream {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Upstream {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+
+    fn settlement(&self) -> Option<Settlement> {
+        x402::settlement(self.header("payment-response").or_else(|| self.header("x-payment-response")))
+    }
+}
+
+/// The payment requirements to pay, and where.
+struct Purchase {
+    url: Url,
+    version: u8,
+    offer: Offer,
+    resource: Option<serde_json::Value>,
+    trace_id: Option<String>,
+    max_amount: Option<i64>,
+    request_hash: String,
+}
+
+impl Usdc {
+    pub fn new(settings: UsdcSettings, db: Db, ledger: Ledger) -> anyhow::Result<Usdc> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
+        Ok(Usdc { inner: Arc::new(Inner { settings, http, db, ledger, in_flight: KeyLocks::default() }) })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.inner.settings.master_key.is_some()
+    }
+
+    fn master(&self) -> Result<&MasterKey> {
+        self.inner.settings.master_key.as_ref().ok_or_else(|| Error::Disabled {
+            code: "usdc_rail_disabled",
+            message: "the USDC rail is off: set SPENDGATE_MASTER_KEY (32 bytes, base64) and restart".into(),
+        })
+    }
+
+    /// Gives the agent a wallet unless it has one; returns it and whether it is new.
+    pub async fn create_wallet(&self, agent: &AgentId) -> Result<(WalletView, bool)> {
+        let master = self.master()?;
+        self.agent_exists(agent).await?;
+        let wallet = Wallet::generate();
+        let row = WalletRow {
+            agent_id: agent.to_string(),
+            address: wallet.address().to_checksum(None),
+            sealed_key: master.seal(agent, &wallet),
+            created_at: store::now().as_millisecond(),
+        };
+        let agent_id = agent.clone();
+        let written = self.inner.db.write(move |conn| store::wallets::insert_or_get(conn, &row)).await;
+        let (stored, created) = match written {
+            // Another process gave the agent a wallet at the same moment: that one stands.
+            Err(Error::Conflict { code: "already_exists", .. }) => (self.wallet_row(&agent_id).await?, false),
+            other => other?,
+        };
+        if created {
+            tracing::info!(agent = %agent, address = %stored.address, "wallet created");
+        }
+        Ok((wallet_view(&stored), created))
+    }
+
+    pub async fn wallet(&self, agent: &AgentId) -> Result<WalletView> {
+        self.agent_exists(agent).await?;
+        Ok(wallet_view(&self.wallet_row(agent).await?))
+    }
+
+    /// The wallet's private key, for its owner to move the funds elsewhere: recorded in the audit trail.
+    pub async fn export_wallet(&self, agent: &AgentId, actor: &KeyId) -> Result<ExportedWallet> {
+        let master = self.master()?;
+        self.agent_exists(agent).await?;
+        let row = self.wallet_row(agent).await?;
+        let wallet = master.open(agent, &row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut event = Event::new(agent, None, "wallet_exported", actor, store::now());
+        event.data = Some(serde_json::json!({"address": row.address}));
+        self.inner.db.write(move |conn| store::events::insert(conn, &event)).await?;
+        tracing::warn!(target: "security", agent = %agent, address = %row.address, key = %actor, "wallet key exported");
+        Ok(ExportedWallet { address: row.address, private_key: wallet.export_hex().to_string() })
+    }
+
+    pub async fn payment(&self, agent: &AgentId, id: &str) -> Result<PaymentView> {
+        self.agent_exists(agent).await?;
+        let (agent_id, id) = (agent.clone(), id.to_owned());
+        let row = self.inner.db.read(move |conn| store::x402::find(conn, &agent_id, &id)).await?;
+        row.map(|r| PaymentView::from_row(&r)).ok_or_else(|| Error::NotFound("payment not found".into()))
+    }
+
+    /// Calls `url`; on an x402 402, pays it if the policy allows and calls again with the payment.
+    pub async fn fetch(&self, agent: &AgentId, key: &str, input: FetchRequest) -> Result<Fetched> {
+        self.master()?;
+        let key = idempotency_key(key)?;
+        let call = check_call(&input)?;
+        let max_amount = check_max_amount(input.max_amount)?;
+        let trace_id = check_trace(input.trace_id)?;
+        self.agent_exists(agent).await?;
+        let request_hash = hash(&["fetch", call.method.as_str(), call.url.as_str()]);
+        let _one_at_a_time = self.inner.in_flight.lock(format!("{agent}:{key}")).await;
+
+        if let Some(previous) = self.find_payment(agent, &key).await? {
+            return self.resume(previous, &request_hash, &call).await;
+        }
+        let first = self.send(&call, None).await.map_err(|e| Error::Upstream(format!("calling {}: {e}", call.url)))?;
+        if first.status != 402 {
+            return Ok(first.into_fetched(None));
+        }
+        let www_authenticate = first.headers_named("www-authenticate");
+        let challenge = x402::challenge(first.header("payment-required"), &www_authenticate, &first.body);
+        let (version, accepts, resource) = match challenge {
+            None => return Ok(first.into_fetched(None)),
+            Some(Challenge::Mpp) => {
+                return Err(refused(
+                    "unsupported_payment_protocol",
+                    "the server asks for MPP (WWW-Authenticate: Payment), which spendgate does not pay; nothing was signed",
+                ));
+            }
+            Some(Challenge::X402 { version, accepts, resource }) => (version, accepts, resource),
+        };
+        let offer = self.choose(version, &accepts)?;
+        let url = call.url.clone();
+        let purchase =
+            Purchase { url, version, offer, resource, trace_id, max_amount, request_hash: request_hash.clone() };
+        let ((row, ours), outcome) = self.sign(agent, &key, purchase).await?;
+        if !ours {
+            // Another process signed for this key first: its payload is the one that goes.
+            return self.resume(row, &request_hash, &call).await;
+        }
+        self.deliver(row, &call, true, Some(&outcome)).await
+    }
+
+    /// Decides and signs a payment for the agent to send itself.
+    pub async fn authorize(&self, agent: &AgentId, key: &str, input: AuthorizeRequest) -> Result<Authorized> {
+        self.master()?;
+        let key = idempotency_key(key)?;
+        let url = check_url(&input.url)?;
+        let max_amount = check_max_amount(input.max_amount)?;
+        let trace_id = check_trace(input.trace_id)?;
+        self.agent_exists(agent).await?;
+        let (version, accepts, resource) = match &input.payment_required {
+            serde_json::Value::String(header) => x402::challenge(Some(header), &[], b""),
+            doc => x402::required(doc),
+        }
+        .and_then(|c| match c {
+            Challenge::X402 { version, accepts, resource } => Some((version, accepts, resource)),
+            Challenge::Mpp => None,
+        })
+        .ok_or_else(|| {
+            Error::validation(
+                "payment_required must be the PAYMENT-REQUIRED header value (x402 v2) or the 402's JSON body (x402 v1)",
+            )
+        })?;
+        let request_hash = hash(&["authorize", url.as_str(), &input.payment_required.to_string()]);
+        let _one_at_a_time = self.inner.in_flight.lock(format!("{agent}:{key}")).await;
+        let (row, cost, remaining) = match self.find_payment(agent, &key).await? {
+            Some(previous) => {
+                same_request(&previous, &request_hash)?;
+                let (cost, remaining) = self.amounts_of(&previous).await?;
+                (previous, cost, remaining)
+            }
+            None => {
+                let offer = self.choose(version, &accepts)?;
+                let purchase = Purchase { url, version, offer, resource, trace_id, max_amount, request_hash };
+                let ((row, _), outcome) = self.sign(agent, &key, purchase).await?;
+                let (cost, remaining) = costs(&outcome)?;
+                (row, cost, remaining)
+            }
+        };
+        Ok(Authorized {
+            header: row.header_name.clone(),
+            value: row.header_value.clone(),
+            payment: PaymentView::from_row(&row),
+            cost,
+            remaining,
+        })
+    }
+
+    /// The server's `PAYMENT-RESPONSE` for a payment the agent sent itself. A success posts the
+    /// hold; a failure voids it only when `may_void` (a manager's report): an agent cannot free
+    /// its own budget by saying a payment failed.
+    pub async fn report(
+        &self,
+        agent: &AgentId,
+        id: &str,
+        payment_response: &str,
+        may_void: bool,
+    ) -> Result<PaymentView> {
+        self.agent_exists(agent).await?;
+        let settlement = x402::settlement(Some(payment_response)).ok_or_else(|| {
+            Error::validation("payment_response must be the server's PAYMENT-RESPONSE (or X-PAYMENT-RESPONSE) value")
+        })?;
+        let (agent_id, pid) = (agent.clone(), id.to_owned());
+        let row = self.inner.db.read(move |conn| store::x402::find(conn, &agent_id, &pid)).await?;
+        let row = row.ok_or_else(|| Error::NotFound("payment not found".into()))?;
+        let final_status = match &settlement {
+            Settlement::Settled { .. } => "settled",
+            Settlement::Failed { .. } => "failed",
+        };
+        if row.status == final_status {
+            return Ok(PaymentView::from_row(&row));
+        }
+        if matches!(row.status.as_str(), "settled" | "failed") {
+            return Err(Error::Conflict {
+                code: "payment_final",
+                message: format!("payment {} is already {}", row.id, row.status),
+            });
+        }
+        if final_status == "failed" && !may_void {
+            return Err(Error::Forbidden("only a manager or owner may report that a payment failed".into()));
+        }
+        let row = self.conclude(row, Some(settlement), None, true).await?;
+        Ok(PaymentView::from_row(&row))
+    }
+
+    fn choose(&self, version: u8, accepts: &[serde_json::Value]) -> Result<Offer> {
+        x402::choose(version, accepts, &self.inner.settings.assets).map_err(|why| {
+            refused("no_payable_requirement", &format!("no payment requirement spendgate can pay: {why}"))
+        })
+    }
+
+    /// Decides the payment (the hold is durable before anything is signed), signs it and stores
+    /// the payload. Returns the stored payment (and whether it is this call's) and the decision.
+    async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<((PaymentRow, bool), AuthOutcome)> {
+        let master = self.master()?;
+        let wallet_row = self.wallet_row(agent).await?;
+        let wallet = master.open(agent, &wallet_row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
+        let host = match p.url.port() {
+            Some(port) => format!("{}:{port}", p.url.host_str().unwrap_or_default()),
+            None => p.url.host_str().unwrap_or_default().to_owned(),
+        };
+        let request = AuthRequest {
+            rail: Rail::Usdc,
+            amount: x402::atomic_to_cents(p.offer.amount),
+            currency: "USD".into(),
+            merchant: Merchant {
+                id: Some(p.offer.pay_to.to_checksum(None)),
+                name: host.to_ascii_lowercase(),
+                mcc: None,
+                country: None,
+            },
+            trace_id: p.trace_id,
+            max_amount: p.max_amount,
+        };
+        let external_id = format!("{agent}:{key}");
+        let auth = Authorize { source: "x402", external_id, payer: Payer::Wallet(agent.clone()), request };
+        let outcome = self.inner.ledger.authorize(auth).await;
+        let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
+            let reason = outcome.reason.map_or("declined", |r| r.as_str());
+            let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+            return Err(refused(reason, &format!("the payment was declined: {reason}{rule}; nothing was signed")));
+        };
+        if outcome.replayed {
+            // The hold of an earlier attempt with this key (which stored no payload) must still stand.
+            let id = authorization_id.clone();
+            let hold = self.inner.db.read(move |conn| store::ledger::find(conn, &id)).await?;
+            if hold.is_none_or(|h| h.status != "pending") {
+                return Err(Error::Conflict {
+                    code: "idempotency_key_used",
+                    message: format!(
+                        "the hold {authorization_id} of this key's earlier attempt was released; use a new key"
+                    ),
+                });
+            }
+        }
+
+        let now = jiff::Timestamp::now().as_second();
+        let validity = p.offer.max_timeout_seconds.min(self.inner.settings.max_valid_seconds) as i64;
+        let mut nonce = B256::ZERO;
+        rand::RngCore::fill_bytes(&mut rand::rng(), nonce.as_mut_slice());
+        let transfer = Transfer {
+            from: wallet.address(),
+            to: p.offer.pay_to,
+            value: p.offer.amount,
+            valid_after: (now - 600).max(0) as u64,
+            valid_before: (now + validity) as u64,
+            nonce,
+        };
+        let (signature, authorization) =
+            transfer.sign(&wallet, &p.offer.domain).map_err(|e| Error::Internal(e.to_string()))?;
+        drop(wallet);
+        let (header_name, header_value) =
+            x402::payment_header(p.version, &p.offer, p.resource.as_ref(), signature, &authorization);
+        let now_ms = store::now().as_millisecond();
+        let row = PaymentRow {
+            id: PaymentId::generate().to_string(),
+            agent_id: agent.to_string(),
+            idempotency_key: key.to_owned(),
+            request_hash: p.request_hash,
+            authorization_id,
+            url: p.url.to_string(),
+            x402_version: i32::from(p.version),
+            network: p.offer.network.caip2.to_owned(),
+            asset: p.offer.asset.to_checksum(None),
+            pay_to: p.offer.pay_to.to_checksum(None),
+            amount: p.offer.amount.to_string(),
+            payer: wallet_row.address,
+            valid_before: transfer.valid_before as i64,
+            header_name: header_name.to_owned(),
+            header_value,
+            status: "signed".into(),
+            transaction_hash: None,
+            error: None,
+            response_status: None,
+            response_headers: None,
+            response_body: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+        };
+        let stored = self.inner.db.write(move |conn| store::x402::insert_or_get(conn, &row)).await;
+        match stored {
+            Ok(stored) => Ok((stored, outcome)),
+            // Another process stored a payment for this key at the same moment: that one goes.
+            Err(Error::Conflict { code: "already_exists", .. }) => match self.find_payment(agent, key).await? {
+                Some(winner) => Ok(((winner, false), outcome)),
+                None => Err(Error::Internal("a payment vanished after a conflicting insert".into())),
+            },
+            Err(e) => {
+                // Nothing was sent: the hold must not outlive the payload it was for.
+                let id = outcome.authorization_id.clone().unwrap_or_default();
+                let void = Movement::Reverse { amount: None, currency: None };
+                if let Err(v) =
+                    self.inner.ledger.movement(Target::Id(id.clone()), &format!("{id}:unsigned"), void).await
+                {
+                    tracing::error!(error = %v, authorization = %id, "could not void the hold of an unstored payment");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A retry with a key already used: replay a finished payment's answer, or re-send the same
+    /// payload while it is still valid. Never a second signature.
+    async fn resume(&self, row: PaymentRow, request_hash: &str, call: &Call) -> Result<Fetched> {
+        same_request(&row, request_hash)?;
+        if matches!(row.status.as_str(), "settled" | "failed") {
+            let (cost, remaining) = self.amounts_of(&row).await?;
+            let paid = Paid { payment: PaymentView::from_row(&row), cost, remaining };
+            return match (row.response_status, &row.response_headers, &row.response_body) {
+                (Some(status), Some(headers), Some(body)) => Ok(Fetched {
+                    status: status as u16,
+                    headers: serde_json::from_str(headers).unwrap_or_default(),
+                    body: body.clone(),
+                    paid: Some(paid),
+                }),
+                _ => Err(Error::Conflict {
+                    code: "idempotency_key_used",
+                    message: format!("payment {} is {}; its answer was too large to keep", row.id, row.status),
+                }),
+            };
+        }
+        if row.valid_before <= jiff::Timestamp::now().as_second() + MIN_VALIDITY_SECONDS {
+            return Err(Error::Conflict {
+                code: "payment_outcome_unknown",
+                message: format!(
+                    "payment {} was signed and its outcome is unknown; its authorization has expired, so it is \
+                     not sent again and nothing new is signed (its hold stays until the payment is resolved)",
+                    row.id
+                ),
+            });
+        }
+        self.deliver(row, call, false, None).await
+    }
+
+    /// Sends the stored payload with the call and records what the answer says. `first`: this
+    /// payload was never sent before, so a refusal means nothing moved.
+    async fn deliver(
+        &self,
+        row: PaymentRow,
+        call: &Call,
+        first: bool,
+        outcome: Option<&AuthOutcome>,
+    ) -> Result<Fetched> {
+        let answer = self.send(call, Some((&row.header_name, &row.header_value))).await;
+        let (settlement, upstream) = match answer {
+            Ok(upstream) => {
+                let settlement = upstream.settlement().or_else(|| {
+                    // A fresh payload answered by a new 402 with requirements was refused before settling.
+                    let again = upstream.status == 402 && upstream.header("payment-required").is_some();
+                    (first && again).then(|| Settlement::Failed { reason: "payment_rejected".into() })
+                });
+                (settlement, Some(upstream))
+            }
+            Err(e) => {
+                tracing::warn!(payment = %row.id, error = %e, "x402 paid request failed; the payment's outcome is unknown");
+                (None, None)
+            }
+        };
+        let row = self.conclude(row, settlement, upstream.as_ref(), first).await?;
+        let (cost, remaining) = match outcome {
+            Some(o) if row.status != "failed" => costs(o)?,
+            _ => self.amounts_of(&row).await?,
+        };
+        let paid = Paid { payment: PaymentView::from_row(&row), cost, remaining };
+        match upstream {
+            Some(upstream) => Ok(upstream.into_fetched(Some(paid))),
+            None => Err(Error::Upstream(format!(
+                "no answer from {} to the paid request; payment {} is unknown and its hold stays; retry with the \
+                 same Idempotency-Key to send the same payment again",
+                call.url, paid.payment.id
+            ))),
+        }
+    }
+
+    /// Records the settlement (or that it is unknown) and moves the hold: posted when settled,
+    /// voided when a refusal is final (`refusal_voids`: the payload was never sent before), kept otherwise.
+    async fn conclude(
+        &self,
+        mut row: PaymentRow,
+        settlement: Option<Settlement>,
+        upstream: Option<&Upstream>,
+        refusal_voids: bool,
+    ) -> Result<PaymentRow> {
+        let target = Target::Id(row.authorization_id.clone());
+        match settlement {
+            Some(Settlement::Settled { transaction, .. }) => {
+                let cents = x402::atomic_to_cents(row.amount.parse::<U256>().unwrap_or(U256::MAX));
+                let capture = Movement::Capture { amount: cents, currency: "USD".into() };
+                self.inner.ledger.movement(target, &format!("{}:settled", row.id), capture).await?;
+                row.status = "settled".into();
+                row.transaction_hash = Some(transaction).filter(|t| !t.is_empty());
+                row.error = None;
+            }
+            Some(Settlement::Failed { reason }) if refusal_voids => {
+                let void = Movement::Reverse { amount: None, currency: None };
+                self.inner.ledger.movement(target, &format!("{}:failed", row.id), void).await?;
+                row.status = "failed".into();
+                row.error = Some(reason);
+            }
+            // A re-sent payload refused may have settled the first time (its nonce is then used):
+            // the spend keeps counting.
+            Some(Settlement::Failed { reason }) => {
+                row.status = "unknown".into();
+                row.error = Some(reason);
+            }
+            None => {
+                row.status = "unknown".into();
+                row.error = Some("no readable settlement answer".into());
+            }
+        }
+        if let Some(up) = upstream.filter(|_| matches!(row.status.as_str(), "settled" | "failed")) {
+            row.response_status = Some(i32::from(up.status));
+            row.response_headers = serde_json::to_string(&up.headers).ok();
+            row.response_body = (up.body.len() <= MAX_STORED_BODY).then(|| up.body.clone());
+            if row.response_body.is_none() {
+                row.response_headers = None;
+            }
+        }
+        row.updated_at = store::now().as_millisecond();
+        let saved = row.clone();
+        self.inner.db.write(move |conn| store::x402::update_outcome(conn, &saved)).await?;
+        tracing::info!(payment = %row.id, status = %row.status, transaction = ?row.transaction_hash, "x402 payment");
+        Ok(row)
+    }
+
+    async fn send(&self, call: &Call, payment: Option<(&str, &str)>) -> std::result::Result<Upstream, String> {
+        let mut request = self.inner.http.request(call.method.clone(), call.url.clone());
+        for (name, value) in &call.headers {
+            request = request.header(name, value);
+        }
+        if let Some((name, value)) = payment {
+            request = request.header(name, value);
+        }
+        if let Some(body) = &call.body {
+            request = request.body(body.clone());
+        }
+        let mut response = request.send().await.map_err(|e| e.without_url().to_string())?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
+                return Err(format!("the answer is larger than {MAX_UPSTREAM_BODY} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Upstream { status, headers, body })
+    }
+
+    async fn agent_exists(&self, agent: &AgentId) -> Result<()> {
+        match self.inner.ledger.snapshots().agent(&self.inner.db, agent).await? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found("agent", agent.as_str())),
+        }
+    }
+
+    async fn wallet_row(&self, agent: &AgentId) -> Result<WalletRow> {
+        let id = agent.clone();
+        let row = self.inner.db.read(move |conn| store::wallets::find(conn, &id)).await?;
+        row.ok_or_else(|| Error::Conflict {
+            code: "no_wallet",
+            message: format!("agent {agent} has no wallet: POST /v1/agents/{agent}/wallet creates one"),
+        })
+    }
+
+    async fn find_payment(&self, agent: &AgentId, key: &str) -> Result<Option<PaymentRow>> {
+        let (id, key) = (agent.clone(), key.to_owned());
+        self.inner.db.read(move |conn| store::x402::find_by_key(conn, &id, &key)).await
+    }
+
+    /// What a recorded payment counts, and the agent's available balance now.
+    async fn amounts_of(&self, row: &PaymentRow) -> Result<(Money, Money)> {
+        let agent = AgentId::from_stored(row.agent_id.clone());
+        let balance = self.inner.ledger.balance(&agent).await?;
+        let auth_id = row.authorization_id.clone();
+        let auth = self.inner.db.read(move |conn| store::ledger::find(conn, &auth_id)).await?;
+        let counted = auth.map_or(0, |a| a.counted);
+        Ok((
+            Money { amount: counted, currency: balance.currency },
+            Money { amount: balance.available, currency: balance.currency },
+        ))
+    }
+}
+
+impl Upstream {
+    fn into_fetched(self, paid: Option<Paid>) -> Fetched {
+        Fetched { status: self.status, headers: self.headers, body: self.body, paid }
+    }
+}
+
+fn costs(outcome: &AuthOutcome) -> Result<(Money, Money)> {
+    match (&outcome.amount.cap, &outcome.available) {
+        (Some(cost), Some(remaining)) => Ok((*cost, *remaining)),
+        _ => Err(Error::Internal("an approved payment without amounts".into())),
+    }
+}
+
+fn refused(code: &str, message: &str) -> Error {
+    Error::PaymentRefused { code: code.to_owned(), message: message.to_owned() }
+}
+
+fn wallet_view(row: &WalletRow) -> WalletView {
+    WalletView {
+        agent_id: row.agent_id.clone(),
+        address: row.address.clone(),
+        created_at: jiff::Timestamp::from_millisecond(row.created_at).unwrap_or_default(),
+    }
+}
+
+fn same_request(row: &PaymentRow, request_hash: &str) -> Result<()> {
+    if row.request_hash == request_hash {
+        return Ok(());
+    }
+    Err(Error::Conflict {
+        code: "idempotency_key_reused",
+        message: format!("this Idempotency-Key was used for another request (payment {})", row.id),
+    })
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+fn idempotency_key(key: &str) -> Result<String> {
+    let key = key.trim();
+    let ok = (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(Error::validation("the Idempotency-Key header is required: 1 to 255 printable characters"));
+    }
+    Ok(key.to_owned())
+}
+
+fn check_url(url: &str) -> Result<Url> {
+    let parsed = Url::parse(url).map_err(|e| Error::validation(format!("url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::validation("url must be an http or https URL with a host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(Error::validation("url must not carry credentials"));
+    }
+    Ok(parsed)
+}
+
+fn check_call(input: &FetchRequest) -> Result<Call> {
+    let url = check_url(&input.url)?;
+    let method = match input.method.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("GET") => reqwest::Method::GET,
+        Some("POST") => reqwest::Method::POST,
+        Some("PUT") => reqwest::Method::PUT,
+        Some("PATCH") => reqwest::Method::PATCH,
+        Some("DELETE") => reqwest::Method::DELETE,
+        Some("HEAD") => reqwest::Method::HEAD,
+        Some(other) => {
+            return Err(Error::validation(format!(
+                "method {other:?} is not one of GET, POST, PUT, PATCH, DELETE, HEAD"
+            )));
+        }
+    };
+    let mut headers = Vec::with_capacity(input.headers.len());
+    for (name, value) in &input.headers {
+        let lower = name.to_ascii_lowercase();
+        if HOP_BY_HOP.contains(&lower.as_str()) || lower == "host" {
+            return Err(Error::validation(format!("headers.{name}: set by spendgate, not by the caller")));
+        }
+        if matches!(lower.as_str(), "payment-signature" | "x-payment") {
+            return Err(Error::validation(format!("headers.{name}: spendgate adds the payment itself")));
+        }
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            return Err(Error::validation(format!("headers.{name}: not a valid HTTP header")));
+        }
+        headers.push((name.clone(), value.clone()));
+    }
+    Ok(Call { method, url, headers, body: input.body.clone() })
+}
+
+fn check_max_amount(max: Option<i64>) -> Result<Option<i64>> {
+    match max {
+        Some(m) if m < 0 => {
+            Err(Error::validation("max_amount must be 0 or more (minor units of the agent's currency)"))
+        }
+        other => Ok(other),
+    }
+}
+
+fn check_trace(trace: Option<String>) -> Result<Option<String>> {
+    match trace {
+        Some(t) if t.trim().is_empty() || t.len() > 200 => {
+            Err(Error::validation("trace_id must be 1 to 200 characters"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// Per-key async locks, dropped when nobody holds them.
+#[derive(Default)]
+struct KeyLocks(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl KeyLocks {
+    async fn lock(&self, key: String) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, held| held.strong_count() > 0);
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}

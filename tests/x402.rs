@@ -1,0 +1,423 @@
+//! The USDC rail end to end: agents pay a local x402 server (v1 and v2) from their wallets through
+//! the same policy core and ledger as card spend. On SQLite and PostgreSQL.
+
+mod common;
+#[path = "common/x402_server.rs"]
+mod x402_server;
+
+use std::rc::Rc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use common::{Backend, TEST_TOKEN, TestApp, spawn_with};
+use reqwest::StatusCode;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use x402_server::X402Server;
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+async fn post_keyed(app: &TestApp, path: &str, api_key: &str, idempotency: Option<&str>, body: Value) -> Answer {
+    let mut request = app.http.post(format!("{}{path}", app.base)).bearer_auth(api_key).json(&body);
+    if let Some(key) = idempotency {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("request sent");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+async fn fetch(app: &TestApp, agent: &str, key: &str, body: Value) -> Answer {
+    post_keyed(app, &format!("/v1/agents/{agent}/x402/fetch"), &app.owner_key, Some(key), body).await
+}
+
+async fn wallet_address(app: &TestApp, agent: &str) -> String {
+    let (status, wallet) = app.get(&format!("/v1/agents/{agent}/wallet")).await;
+    assert_eq!(status, StatusCode::OK, "{wallet}");
+    wallet["address"].as_str().unwrap().to_owned()
+}
+
+/// A funded agent (with its wallet) and the local x402 server.
+async fn setup(app: &TestApp, balance: i64) -> (String, X402Server) {
+    let agent = app.create_agent("payer").await;
+    if balance > 0 {
+        app.fund(&agent, balance).await;
+    }
+    (agent, X402Server::start(TEST_TOKEN).await)
+}
+
+async fn ledger_authorizations(app: &TestApp, agent: &str) -> Vec<Value> {
+    let (status, page) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    page["data"].as_array().unwrap().iter().filter(|e| e["type"] == "authorization").cloned().collect()
+}
+
+async fn pays_a_v2_api_and_answers_a_retry_without_paying_again(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let address = wallet_address(&app, &agent).await;
+    let url = server.url("/v2/paid");
+    let paid = fetch(&app, &agent, "call-1", json!({"url": url, "trace_id": "research-7"})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(paid.body["data"], "paid content");
+    assert_eq!(paid.header("x-upstream"), "yes", "upstream headers pass through");
+    assert_eq!(paid.header("spendgate-settlement"), "settled");
+    assert_eq!(paid.header("spendgate-cost"), "25", "250000 atomic units = 25 cents");
+    assert_eq!(paid.header("spendgate-remaining"), "975");
+    let settled = server.settled();
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0].payer.to_checksum(None), address, "signed by the agent's wallet");
+    assert_eq!(settled[0].value, alloy_primitives::U256::from(250_000), "exactly the price");
+
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["spent"].as_i64(), balance["held"].as_i64()), (Some(25), Some(0)), "{balance}");
+    let auths = ledger_authorizations(&app, &agent).await;
+    assert_eq!(auths.len(), 1);
+    let a = &auths[0];
+    assert_eq!(
+        (a["rail"].as_str(), a["status"].as_str(), a["trace_id"].as_str()),
+        (Some("usdc"), Some("posted"), Some("research-7"))
+    );
+    assert_eq!(a["merchant"]["id"], x402_server::PAY_TO);
+    assert_eq!(a["x402"]["network"], "eip155:84532");
+    assert_eq!(a["x402"]["asset"], server.token.to_checksum(None));
+    assert_eq!(a["x402"]["pay_to"], x402_server::PAY_TO);
+    assert_eq!(a["x402"]["transaction_hash"], json!(settled[0].transaction));
+
+    // The same key again: the first answer, no second payment, no second signature.
+    let again = fetch(&app, &agent, "call-1", json!({"url": url, "trace_id": "research-7"})).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body, paid.body);
+    assert_eq!(again.header("spendgate-payment"), paid.header("spendgate-payment"));
+    assert_eq!(server.payment_headers().len(), 1);
+    assert_eq!(app.balance(&agent).await["spent"], 25);
+    // The same key for another request is refused.
+    let other = fetch(&app, &agent, "call-1", json!({"url": server.url("/v2/paid?price=10000")})).await;
+    assert_eq!(
+        (other.status, other.body["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("idempotency_key_reused"))
+    );
+}
+
+async fn pays_a_v1_api_with_x_payment(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let paid = fetch(&app, &agent, "v1-call", json!({"url": server.url("/v1/paid?price=10000")})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(paid.header("spendgate-settlement"), "settled");
+    assert_eq!(paid.header("spendgate-cost"), "1");
+    let header = &server.payment_headers()[0];
+    let payload: Value = serde_json::from_slice(&BASE64.decode(header).unwrap()).unwrap();
+    assert_eq!((payload["x402Version"].as_u64(), payload["network"].as_str()), (Some(1), Some("base-sepolia")));
+    assert_eq!(app.balance(&agent).await["spent"], 1);
+}
+
+async fn policy_declines_sign_nothing(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    // Allowed hosts name the port when the URL does: 127.0.0.1 alone does not match 127.0.0.1:<port>.
+    let policy = json!({"x402": {"per_call": 30, "allow_hosts": ["127.0.0.1"]}});
+    let (status, body) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let refused = fetch(&app, &agent, "host", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(refused.body["error"]["code"], "host_not_allowed", "{}", refused.body);
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let policy = json!({"x402": {"per_call": 30, "allow_hosts": [format!("127.0.0.1:{port}")]}});
+    app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+
+    let cases = [
+        ("/v2/paid?price=400000", None, "per_call_exceeded", "agent.x402.per_call"),
+        ("/v2/paid", Some(20), "per_call_exceeded", "request.max_amount"),
+    ];
+    for (i, (path, max, code, rule)) in cases.into_iter().enumerate() {
+        let refused =
+            fetch(&app, &agent, &format!("no-{i}"), json!({"url": server.url(path), "max_amount": max})).await;
+        assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED, "{}", refused.body);
+        assert_eq!(refused.body["error"]["code"], code);
+        assert!(refused.body["error"]["message"].as_str().unwrap().contains(rule), "{}", refused.body);
+    }
+    // Frozen: nothing is paid.
+    let (status, _) = app.post(&format!("/v1/agents/{agent}/freeze"), json!({"reason": "test"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let refused = fetch(&app, &agent, "frozen", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(refused.body["error"]["code"], "agent_frozen", "{}", refused.body);
+
+    assert!(server.payment_headers().is_empty(), "a declined payment is never signed or sent");
+    assert_eq!(server.unpaid(), 4, "each attempt read the price, no more");
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["held"].as_i64(), balance["spent"].as_i64()), (Some(0), Some(0)));
+    let auths = ledger_authorizations(&app, &agent).await;
+    assert_eq!(auths.len(), 4, "each decline is recorded as an attempt");
+    assert!(auths.iter().all(|a| a["status"] == "declined" && a["rail"] == "usdc"));
+
+    // Unfrozen and within the rules, it pays.
+    app.post(&format!("/v1/agents/{agent}/unfreeze"), json!({"reason": "test"})).await;
+    let paid = fetch(&app, &agent, "ok", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    // Insufficient funds: 975 left, a $10 call.
+    let policy = json!({});
+    app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    let poor = fetch(&app, &agent, "poor", json!({"url": server.url("/v2/paid?price=10000000")})).await;
+    assert_eq!(poor.body["error"]["code"], "insufficient_funds", "{}", poor.body);
+    assert_eq!(server.payment_headers().len(), 1);
+}
+
+async fn an_unknown_settlement_keeps_the_hold_and_a_retry_resends_the_same_payment(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    for (mode, key) in [("silent", "s-1"), ("slow", "w-1")] {
+        let before = server.payment_headers().len();
+        let url = server.url(&format!("/v2/{mode}"));
+        let first = fetch(&app, &agent, key, json!({"url": url})).await;
+        match mode {
+            // The answer came, without a settlement header: passed on, marked unknown.
+            "silent" => {
+                assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+                assert_eq!(first.header("spendgate-settlement"), "unknown");
+            }
+            // No answer in time: a 502 that says the payment is unknown and how to retry.
+            _ => {
+                assert_eq!(first.status, StatusCode::BAD_GATEWAY, "{}", first.body);
+                assert!(first.body["error"]["message"].as_str().unwrap().contains("Idempotency-Key"));
+            }
+        }
+        let balance = app.balance(&agent).await;
+        assert_eq!(balance["held"], 25, "the hold stays while the outcome is unknown: {balance}");
+
+        let retry = fetch(&app, &agent, key, json!({"url": url})).await;
+        assert_eq!(retry.status, StatusCode::OK, "{}", retry.body);
+        assert_eq!(retry.header("spendgate-settlement"), "settled");
+        let headers = server.payment_headers();
+        assert_eq!(headers.len(), before + 2);
+        assert_eq!(headers[before], headers[before + 1], "the retry re-sent the same signed payment");
+    }
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["held"].as_i64(), balance["spent"].as_i64()), (Some(0), Some(50)), "{balance}");
+    assert_eq!(server.settled().len(), 2);
+}
+
+async fn a_failed_settlement_voids_the_hold(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let failed = fetch(&app, &agent, "r-1", json!({"url": server.url("/v2/reject")})).await;
+    assert_eq!(failed.status, StatusCode::PAYMENT_REQUIRED, "the upstream answer is passed on");
+    assert_eq!(failed.header("spendgate-settlement"), "failed");
+    assert_eq!(failed.header("spendgate-cost"), "0");
+    let balance = app.balance(&agent).await;
+    assert_eq!(
+        (balance["held"].as_i64(), balance["spent"].as_i64(), balance["available"].as_i64()),
+        (Some(0), Some(0), Some(1_000))
+    );
+    let auths = ledger_authorizations(&app, &agent).await;
+    assert_eq!((auths[0]["status"].as_str(), auths[0]["x402"]["status"].as_str()), (Some("voided"), Some("failed")));
+    // A retry replays the failure; it does not sign again.
+    let again = fetch(&app, &agent, "r-1", json!({"url": server.url("/v2/reject")})).await;
+    assert_eq!(again.header("spendgate-settlement"), "failed");
+    assert_eq!(server.payment_headers().len(), 1);
+}
+
+async fn one_agent_limit_spans_card_and_usdc_spend(app: TestApp) {
+    let (agent, server) = setup(&app, 10_000).await;
+    let policy = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 100}]});
+    let (status, body) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await;
+    let card = card["id"].as_str().unwrap();
+    assert_eq!(app.authorize("card-1", card, 60).await["approved"], true);
+    // 60 on the card + 25 in USDC fits; another 25 does not.
+    let paid = fetch(&app, &agent, "u-1", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    let refused = fetch(&app, &agent, "u-2", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(refused.body["error"]["code"], "limit_exceeded", "{}", refused.body);
+    // And the USDC spend counts against the card's next authorization.
+    let card_decision = app.authorize("card-2", card, 20).await;
+    assert_eq!(
+        (card_decision["approved"].as_bool(), card_decision["reason"].as_str()),
+        (Some(false), Some("limit_exceeded"))
+    );
+    assert_eq!(app.authorize("card-3", card, 15).await["approved"], true);
+    assert_eq!(server.settled().len(), 1);
+}
+
+async fn concurrent_payments_never_exceed_the_balance_and_one_key_signs_once(app: TestApp) {
+    let (agent, server) = setup(&app, 100).await;
+    let app = Rc::new(app);
+    let url = server.url("/v2/paid");
+    // Ten concurrent payments with their own keys: the balance pays four.
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let (app, agent, url) = (app.clone(), agent.clone(), url.clone());
+            actix_web::rt::spawn(async move { fetch(&app, &agent, &format!("c-{i}"), json!({"url": url})).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for call in calls {
+        statuses.push(call.await.unwrap().status);
+    }
+    let paid = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(paid, 4, "100 cents pay four 25-cent calls: {statuses:?}");
+    assert_eq!(server.settled().len(), 4);
+    assert_eq!(app.balance(&agent).await["available"], 0);
+
+    // Eight concurrent requests with one key: one payment, one signature.
+    app.fund(&agent, 100).await;
+    let same: Vec<_> = (0..8)
+        .map(|_| {
+            let (app, agent, url) = (app.clone(), agent.clone(), url.clone());
+            actix_web::rt::spawn(async move { fetch(&app, &agent, "same-key", json!({"url": url})).await })
+        })
+        .collect();
+    for call in same {
+        let answer = call.await.unwrap();
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    assert_eq!(server.settled().len(), 5);
+    assert_eq!(server.payment_headers().len(), 5);
+    assert_eq!(app.balance(&agent).await["spent"], 125);
+}
+
+async fn agents_that_make_the_call_themselves(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let agent_key = app.create_key("agent", Some(&agent)).await;
+    // The agent calls the API, gets a 402, and asks spendgate for the payment header.
+    let url = server.url("/v2/paid");
+    let unpaid = app.http.get(&url).send().await.unwrap();
+    assert_eq!(unpaid.status(), StatusCode::PAYMENT_REQUIRED);
+    let required = unpaid.headers()["payment-required"].to_str().unwrap().to_owned();
+    let path = format!("/v1/agents/{agent}/x402/authorize");
+    let body = json!({"url": url, "payment_required": required});
+    let authorized = post_keyed(&app, &path, &agent_key, Some("self-1"), body.clone()).await;
+    assert_eq!(authorized.status, StatusCode::OK, "{}", authorized.body);
+    assert_eq!(authorized.body["header"], "PAYMENT-SIGNATURE");
+    assert_eq!(authorized.body["cost"]["amount"], 25);
+    // Idempotent: the same header again, not a second signature.
+    let again = post_keyed(&app, &path, &agent_key, Some("self-1"), body).await;
+    assert_eq!(again.body["value"], authorized.body["value"]);
+
+    let paid = app
+        .http
+        .get(&url)
+        .header("PAYMENT-SIGNATURE", authorized.body["value"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), StatusCode::OK);
+    let receipt = paid.headers()["payment-response"].to_str().unwrap().to_owned();
+    let payment = authorized.body["payment"]["id"].as_str().unwrap();
+    assert_eq!(app.balance(&agent).await["held"], 25, "held until the settlement is reported");
+
+    // An agent may not free its own budget by reporting a failure.
+    let report = format!("/v1/agents/{agent}/x402/payments/{payment}/settlement");
+    let fake = BASE64.encode(json!({"success": false, "errorReason": "x", "transaction": ""}).to_string());
+    let refused = post_keyed(&app, &report, &agent_key, None, json!({"payment_response": fake})).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
+    let reported = post_keyed(&app, &report, &agent_key, None, json!({"payment_response": receipt})).await;
+    assert_eq!(reported.status, StatusCode::OK, "{}", reported.body);
+    assert_eq!(reported.body["status"], "settled");
+    assert_eq!(reported.body["transaction_hash"], json!(server.settled()[0].transaction));
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["held"].as_i64(), balance["spent"].as_i64()), (Some(0), Some(25)));
+    let bad = post_keyed(&app, &report, &agent_key, None, json!({"payment_response": "nope"})).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+async fn wallets_are_sealed_exported_by_owners_only_and_scoped(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let other = app.create_agent("other").await;
+    let address = wallet_address(&app, &agent).await;
+    // Creating again returns the same wallet.
+    let (status, wallet) = app.post(&format!("/v1/agents/{agent}/wallet"), json!({})).await;
+    assert_eq!((status, wallet["address"].as_str()), (StatusCode::OK, Some(address.as_str())));
+
+    let manager = app.create_key("manager", None).await;
+    let export = format!("/v1/agents/{agent}/wallet/export");
+    let denied = post_keyed(&app, &export, &manager, None, json!({})).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    let exported = post_keyed(&app, &export, &app.owner_key, None, json!({})).await;
+    assert_eq!(exported.status, StatusCode::OK, "{}", exported.body);
+    assert_eq!(exported.header("cache-control"), "no-store");
+    let secret = exported.body["private_key"].as_str().unwrap().trim_start_matches("0x").to_owned();
+    let key = spendgate::rails::usdc::wallet::Wallet::from_secret(&hex::decode(&secret).unwrap()).unwrap();
+    assert_eq!(key.address().to_checksum(None), address);
+    assert!(!app.stored_text().contains(&secret), "the wallet key is stored sealed, never in plaintext");
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    assert!(events["data"].as_array().unwrap().iter().any(|e| e["kind"] == "wallet_exported"), "{events}");
+
+    // An agent key pays for its own agent only; an operator key does not pay.
+    let agent_key = app.create_key("agent", Some(&agent)).await;
+    let operator = app.create_key("operator", None).await;
+    let url = json!({"url": server.url("/v2/paid")});
+    let theirs = post_keyed(&app, &format!("/v1/agents/{other}/x402/fetch"), &agent_key, Some("k"), url.clone()).await;
+    assert_eq!(theirs.status, StatusCode::FORBIDDEN);
+    let op = post_keyed(&app, &format!("/v1/agents/{agent}/x402/fetch"), &operator, Some("k"), url.clone()).await;
+    assert_eq!(op.status, StatusCode::FORBIDDEN);
+    let mine = post_keyed(&app, &format!("/v1/agents/{agent}/x402/fetch"), &agent_key, Some("k"), url).await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+    assert_eq!(server.settled()[0].payer.to_checksum(None), address);
+}
+
+async fn other_answers_and_bad_input(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let free = fetch(&app, &agent, "f", json!({"url": server.url("/free")})).await;
+    assert_eq!((free.status, free.body.as_str()), (StatusCode::OK, Some("free content")));
+    assert_eq!(free.header("spendgate-cost"), "", "nothing paid, no cost header");
+    let odd = fetch(&app, &agent, "o", json!({"url": server.url("/odd402")})).await;
+    assert_eq!(
+        (odd.status, odd.body.as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("pay me somehow")),
+        "returned as is"
+    );
+    let mpp = fetch(&app, &agent, "m", json!({"url": server.url("/mpp")})).await;
+    assert_eq!(
+        (mpp.status, mpp.body["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("unsupported_payment_protocol"))
+    );
+
+    let path = format!("/v1/agents/{agent}/x402/fetch");
+    let no_key = post_keyed(&app, &path, &app.owner_key, None, json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(no_key.status, StatusCode::BAD_REQUEST, "{}", no_key.body);
+    for bad in [
+        json!({"url": "ftp://example.com/x"}),
+        json!({"url": "not a url"}),
+        json!({"url": server.url("/v2/paid"), "method": "TRACE"}),
+        json!({"url": server.url("/v2/paid"), "headers": {"PAYMENT-SIGNATURE": "x"}}),
+        json!({"url": server.url("/v2/paid"), "max_amount": -1}),
+        json!({"url": server.url("/v2/paid"), "surprise": true}),
+    ] {
+        let refused = fetch(&app, &agent, "bad", bad.clone()).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad} → {}", refused.body);
+    }
+    let unknown = fetch(&app, "agt_01jd8r6w3kq2v5x7y9z0abcdef", "u", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert!(server.payment_headers().is_empty());
+    assert_eq!(app.balance(&agent).await["held"], 0);
+}
+
+on_both_backends!(
+    pays_a_v2_api_and_answers_a_retry_without_paying_again,
+    pays_a_v1_api_with_x_payment,
+    policy_declines_sign_nothing,
+    an_unknown_settlement_keeps_the_hold_and_a_retry_resends_the_same_payment,
+    a_failed_settlement_voids_the_hold,
+    one_agent_limit_spans_card_and_usdc_spend,
+    concurrent_payments_never_exceed_the_balance_and_one_key_signs_once,
+    agents_that_make_the_call_themselves,
+    wallets_are_sealed_exported_by_owners_only_and_scoped,
+    other_answers_and_bad_input,
+);
+
+#[actix_web::test]
+async fn without_a_master_key_the_usdc_rail_is_off() {
+    let app = spawn_with(Backend::Sqlite, |c| c.master_key = None).await;
+    let agent = app.create_agent("no wallet").await;
+    let (status, body) = app.post(&format!("/v1/agents/{agent}/wallet"), json!({})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("usdc_rail_disabled")));
+    let paid = fetch(&app, &agent, "k", json!({"url": "http://127.0.0.1:9/x"})).await;
+    assert_eq!(paid.status, StatusCode::SERVICE_UNAVAILABLE);
+}
