@@ -112,5 +112,7 @@ pub fn load_card(conn: &mut DbConnection, id: &CardId) -> Result<Option<Versione
 
 pub fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Versioned<Agent>>> {
     let Some(version) = store::ledger::config_version(conn, id)? else { return Ok(None) };
-    Ok(store::agents::find(conn, id)?.map(|value| Versioned { value, version }))
+    let Some(mut value) = store::agents::find(conn, id)? else { return Ok(None) };
+    value.allowances = store::approvals::allowances(conn, id, store::now().as_millisecond())?;
+    Ok(Some(Versioned { value, version }))
 }

@@ -88,6 +88,20 @@ pub struct Config {
     pub cache_capacity: u64,
     /// Most ledger commands committed in one transaction.
     pub ledger_batch: usize,
+    /// Where people reach this server: the base of the approval links, e.g. `https://spendgate.example.com`.
+    pub public_url: String,
+    /// Signs approval links (HMAC-SHA256). Unset, approvals are decided only through the API.
+    pub approval_secret: Option<Secret>,
+    /// How long an approval request (and its links) stays open.
+    pub approval_ttl_hours: u64,
+    /// A Slack incoming webhook URL: approval requests are posted there. Unset, none are posted.
+    pub slack_webhook_url: Option<Secret>,
+    /// The Slack app's signing secret: enables `/slack/interactions` (Approve/Deny buttons).
+    pub slack_signing_secret: Option<Secret>,
+    /// Time allowed for each request to Slack.
+    pub slack_timeout_ms: u64,
+    /// The pause before the second attempt to post a message; doubled for each after it (5 in all).
+    pub slack_retry_ms: u64,
 }
 
 impl Default for Config {
@@ -123,6 +137,13 @@ impl Default for Config {
             fx_stale_declines: true,
             cache_capacity: 1_000_000,
             ledger_batch: 256,
+            public_url: "http://127.0.0.1:8080".into(),
+            approval_secret: None,
+            approval_ttl_hours: 24,
+            slack_webhook_url: None,
+            slack_signing_secret: None,
+            slack_timeout_ms: 5_000,
+            slack_retry_ms: 1_000,
         }
     }
 }
@@ -173,6 +194,7 @@ impl Config {
             ("stripe_webhook_secret_previous", &self.stripe_webhook_secret_previous),
             ("marqeta_password", &self.marqeta_password),
             ("marqeta_password_previous", &self.marqeta_password_previous),
+            ("approval_secret", &self.approval_secret),
         ] {
             if let Some(s) = secret {
                 anyhow::ensure!(
@@ -201,6 +223,24 @@ impl Config {
                 .map_err(|e| anyhow::anyhow!("SPENDGATE_MASTER_KEY: {e}"))?;
         }
         anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
+        anyhow::ensure!(
+            self.public_url.starts_with("http://") || self.public_url.starts_with("https://"),
+            "public_url must be an http(s) URL"
+        );
+        anyhow::ensure!((1..=24 * 30).contains(&self.approval_ttl_hours), "approval_ttl_hours must be 1 to 720");
+        if let Some(url) = &self.slack_webhook_url {
+            let url = url.expose();
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "SPENDGATE_SLACK_WEBHOOK_URL must be an http(s) URL"
+            );
+            anyhow::ensure!(
+                self.approval_secret.is_some(),
+                "SPENDGATE_SLACK_WEBHOOK_URL needs SPENDGATE_APPROVAL_SECRET to sign its links"
+            );
+        }
+        anyhow::ensure!((100..=60_000).contains(&self.slack_timeout_ms), "slack_timeout_ms must be 100 to 60000");
+        anyhow::ensure!((10..=60_000).contains(&self.slack_retry_ms), "slack_retry_ms must be 10 to 60000");
         anyhow::ensure!((1..=10_000).contains(&self.ledger_batch), "ledger_batch must be 1 to 10000");
         if let Some(url) = &self.fx_url {
             anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "fx_url must be an http(s) URL");

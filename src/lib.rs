@@ -5,6 +5,7 @@
 //! rules) → `domain` (plain types); `admin`, `ledger` and `cache` read and write through `store` (diesel).
 
 pub mod admin;
+pub mod approvals;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -29,6 +30,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::admin::Admin;
 use crate::admin::keys::FirstKey;
+use crate::approvals::link::LinkSigner;
+use crate::approvals::slack::SlackSignature;
+use crate::approvals::{ApprovalSettings, Approvals};
 use crate::cache::Snapshots;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
@@ -62,6 +66,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let db = Db::connect(&config.database_url, config.database_pool_size)?;
     db.migrate().await?;
     let rates = rates::built_in();
+    // New approval requests go to Slack when a webhook is set; a bounded queue, swept from the database.
+    let (asked_tx, asked_rx) = match config.slack_webhook_url {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1_024);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let settings = LedgerSettings {
         budget: Duration::from_millis(config.decision_budget_ms),
         fx: FxRules {
@@ -70,6 +82,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         },
         max_batch: config.ledger_batch,
         queue: 16_384,
+        approval_ttl: Duration::from_secs(config.approval_ttl_hours * 3_600),
+        asked: asked_tx,
     };
     let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), settings);
     let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone());
@@ -85,6 +99,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     }
     let processors = processors(config)?;
     let usdc = usdc(config, &db, &ledger)?;
+    let approvals = approvals(config, &db, &ledger, asked_rx)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
         db,
@@ -93,6 +108,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         webhook,
         processors,
         usdc: usdc.clone(),
+        approvals,
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
@@ -155,6 +171,31 @@ fn usdc(config: &Config, db: &Db, ledger: &Ledger) -> anyhow::Result<Usdc> {
         timeout: Duration::from_millis(config.x402_timeout_ms),
     };
     Usdc::new(settings, db.clone(), ledger.clone())
+}
+
+/// Approval links, Slack messages and Slack's buttons, each on when its setting is.
+fn approvals(
+    config: &Config,
+    db: &Db,
+    ledger: &Ledger,
+    asked: Option<tokio::sync::mpsc::Receiver<String>>,
+) -> anyhow::Result<Approvals> {
+    if config.approval_secret.is_none() {
+        tracing::info!("SPENDGATE_APPROVAL_SECRET is not set: approvals are decided through the API only");
+    }
+    if config.slack_webhook_url.is_none() {
+        tracing::info!("SPENDGATE_SLACK_WEBHOOK_URL is not set: approval requests are not posted to Slack");
+    }
+    let settings = ApprovalSettings {
+        public_url: config.public_url.clone(),
+        links: config.approval_secret.as_ref().map(LinkSigner::new),
+        slack_webhook_url: config.slack_webhook_url.clone(),
+        slack_signature: config.slack_signing_secret.as_ref().map(SlackSignature::new),
+        slack_timeout: Duration::from_millis(config.slack_timeout_ms),
+        retry_base: Duration::from_millis(config.slack_retry_ms),
+        max_attempts: 5,
+    };
+    Ok(Approvals::start(settings, db.clone(), ledger.clone(), asked)?)
 }
 
 /// The hold expiry sweep and, when configured, the FX refresher.

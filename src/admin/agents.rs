@@ -52,6 +52,7 @@ impl Admin {
             policy,
             created_at: now,
             updated_at: now,
+            allowances: Vec::new(),
         };
         let event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
         let stored = agent.clone();

@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::approval::Allowance;
 use super::ids::AgentId;
 use super::money::Currency;
 use super::policy::Policy;
@@ -44,4 +45,7 @@ pub struct Agent {
     pub created_at: jiff::Timestamp,
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: jiff::Timestamp,
+    /// What people approved past these rules and is still in force; loaded for decisions only.
+    #[serde(skip)]
+    pub allowances: Vec<Allowance>,
 }

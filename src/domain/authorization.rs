@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::approval::Ask;
 use super::money::Money;
 pub use super::policy::Rail;
 
@@ -163,6 +164,10 @@ pub struct Decision {
     pub rule: Option<String>,
     pub amounts: Option<Amounts>,
     pub fx: Option<FxUsed>,
+    /// The approval whose allowance let this authorization through.
+    pub allowance: Option<String>,
+    /// For an `approval_required` decline: what to ask a person.
+    pub ask: Option<Ask>,
 }
 
 impl Decision {
@@ -171,6 +176,6 @@ impl Decision {
     }
 
     pub fn decline(reason: DeclineReason, rule: Option<String>) -> Self {
-        Decision { decline: Some(reason), rule, amounts: None, fx: None }
+        Decision { decline: Some(reason), rule, amounts: None, fx: None, allowance: None, ask: None }
     }
 }

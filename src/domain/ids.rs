@@ -81,6 +81,10 @@ prefixed_id!(
     /// An x402 payment: what was signed for one request, and how it ended.
     PaymentId, "pay"
 );
+prefixed_id!(
+    /// A request for a human's approval, and what the human decided.
+    ApprovalId, "apr"
+);
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod approval;
 pub mod authorization;
 pub mod card;
 pub mod catalog;

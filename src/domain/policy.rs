@@ -86,6 +86,24 @@ pub struct Limit {
     pub merchants: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rails: Vec<Rail>,
+    /// What a request that would cross the limit gets: a decline, or a request for a person's
+    /// approval (`ask`) that raises the limit for the rest of its window when granted.
+    #[serde(default, skip_serializing_if = "OnExceed::is_decline")]
+    pub on_exceed: OnExceed,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExceed {
+    #[default]
+    Decline,
+    Ask,
+}
+
+impl OnExceed {
+    fn is_decline(&self) -> bool {
+        *self == OnExceed::Decline
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -2,6 +2,7 @@
 //! Handlers translate between HTTP and `admin`; they hold no rule.
 
 mod agents;
+mod approvals;
 mod auth;
 mod cards;
 pub mod error;
@@ -22,6 +23,7 @@ use actix_web::{HttpRequest, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admin::Admin;
+use crate::approvals::Approvals;
 use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::rails::card::signature::HexSignature;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub webhook: Option<HexSignature>,
     pub processors: processors::Processors,
     pub usdc: Usdc,
+    pub approvals: Approvals,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -89,6 +92,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usdc::authorize)
         .service(usdc::get_payment)
         .service(usdc::report_settlement)
+        .service(approvals::list_approvals)
+        .service(approvals::get_approval)
+        .service(approvals::approve)
+        .service(approvals::deny)
+        .service(approvals::approval_page)
+        .service(approvals::approval_submit)
+        .service(approvals::slack_interactions)
         .default_service(web::to(no_route));
 }
 

@@ -1,7 +1,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, cards, keys, ledger, system, usdc, webhooks};
+use super::{agents, approvals, cards, keys, ledger, system, usdc, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use super::{agents, cards, keys, ledger, system, usdc, webhooks};
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment,
         usdc::report_settlement,
+        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
     ),
     modifiers(&BearerAuth)
 )]

@@ -101,7 +101,12 @@ async fn decide(
         }
         Err(_) => return AuthOutcome::failed(DeclineReason::Timeout, &request),
     };
-    ledger.authorize_within(Authorize { source, external_id, payer: Payer::Card(card_id), request }, budget).await
+    ledger
+        .authorize_within(
+            Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None },
+            budget,
+        )
+        .await
 }
 
 fn acknowledged(kind: &str, done: Applied) -> HttpResponse {

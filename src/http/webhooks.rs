@@ -103,7 +103,13 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
     };
     let outcome = state
         .ledger
-        .authorize(Authorize { source: "native", external_id: input.id, payer: Payer::Card(card_id), request })
+        .authorize(Authorize {
+            source: "native",
+            external_id: input.id,
+            payer: Payer::Card(card_id),
+            request,
+            deferred: None,
+        })
         .await;
     Ok(HttpResponse::Ok().json(outcome))
 }

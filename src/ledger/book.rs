@@ -22,6 +22,8 @@ pub struct Book {
     /// Authorization id -> position in `spends`.
     index: HashMap<String, usize>,
     used_cards: HashSet<String>,
+    /// Single-use approvals some authorization has used.
+    used_approvals: HashSet<String>,
 }
 
 impl Book {
@@ -38,6 +40,10 @@ impl Book {
         self.used_cards.contains(card.as_str())
     }
 
+    pub fn approval_used(&self, approval_id: &str) -> bool {
+        self.used_approvals.contains(approval_id)
+    }
+
     /// Drops the spends authorized before `before_ms`: no window can count them any more.
     pub fn prune(&mut self, before_ms: i64) {
         self.spends.retain(|s| s.at_ms >= before_ms);
@@ -48,6 +54,9 @@ impl Book {
     pub fn apply(&mut self, row: &AuthorizationRow) {
         if let Some(card) = &row.card_id {
             self.used_cards.insert(card.clone());
+        }
+        if let Some(approval) = &row.approval_id {
+            self.used_approvals.insert(approval.clone());
         }
         if row.counted > 0 {
             let spend = spend_of(row);
@@ -119,6 +128,7 @@ mod tests {
             seq: 1,
             authorized_at: at_ms,
             updated_at: at_ms,
+            approval_id: None,
         }
     }
 

@@ -28,7 +28,9 @@ use crate::policy::FxRules;
 use crate::policy::fx::RateTable;
 use crate::store::Db;
 use crate::store::ledger::LedgerFilter;
-pub use views::{AuthOutcome, AuthorizationView, BalanceView, LedgerEntry, LifecycleOutcome, TransferView};
+pub use views::{
+    AuthOutcome, AuthorizationView, BalanceView, LedgerEntry, LifecycleOutcome, RequestedAmount, TransferView,
+};
 use writer::Command;
 
 /// The current rate table, replaced whole by the refresher.
@@ -43,6 +45,11 @@ pub struct LedgerSettings {
     pub max_batch: usize,
     /// Most commands waiting for the writer; beyond it callers wait (within their budget).
     pub queue: usize,
+    /// How long a request for a person's approval stays open.
+    pub approval_ttl: Duration,
+    /// Told the id of each approval request once it is stored, to send it to people (the notifier
+    /// also finds any it misses in the database).
+    pub asked: Option<mpsc::Sender<String>>,
 }
 
 #[derive(Clone)]
@@ -61,6 +68,9 @@ pub struct Authorize {
     pub external_id: String,
     pub payer: Payer,
     pub request: AuthRequest,
+    /// What to do if a person approves what this request asks (JSON the rail replays, e.g. an
+    /// x402 fetch); None when the agent retries by itself.
+    pub deferred: Option<String>,
 }
 
 /// Whose money an authorization spends.

@@ -42,6 +42,9 @@ pub struct AuthOutcome {
     pub fx: Option<FxUsed>,
     /// True when this answers a retry of an authorization already decided.
     pub replayed: bool,
+    /// For an `approval_required` decline, the request a person is asked to decide; for an
+    /// approval, the person's approval that let it through.
+    pub approval_id: Option<String>,
 }
 
 impl AuthOutcome {
@@ -58,6 +61,7 @@ impl AuthOutcome {
             available: None,
             fx: None,
             replayed: false,
+            approval_id: None,
         }
     }
 
@@ -72,6 +76,7 @@ impl AuthOutcome {
             available: Some(Money { amount: available, currency: agent_currency }),
             fx: view.fx,
             replayed,
+            approval_id: view.approval_id,
         }
     }
 }
@@ -100,6 +105,9 @@ pub struct AuthorizationView {
     /// The x402 payment behind a USDC authorization.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x402: Option<X402Payment>,
+    /// The approval request this decline made, or the approval this authorization used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 /// Where a USDC payment went, and how it settled.
@@ -161,6 +169,7 @@ impl AuthorizationView {
             },
             authorized_at: from_millis(row.authorized_at).unwrap_or_default(),
             x402: None,
+            approval_id: row.approval_id.clone(),
         }
     }
 }

@@ -13,14 +13,16 @@ use super::views::{AuthOutcome, AuthorizationView, LifecycleOutcome, TransferVie
 use super::{Authorize, LedgerSettings, Movement, Payer, Rates, Target, Verdict};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
+use crate::domain::approval::{Allowance, ApprovalStatus, Ask};
 use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, AuthorizationId, CardId, EventId, TransferId};
+use crate::domain::ids::{AgentId, ApprovalId, AuthorizationId, CardId, EventId, TransferId};
 use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
 use crate::policy::{self, FxRules, Snapshot};
+use crate::store::approvals::ApprovalRow;
 use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow, TransferRow};
 use crate::store::{self, Db, DbConnection};
 
@@ -111,6 +113,11 @@ struct Writer {
     books: HashMap<AgentId, Book>,
     /// This batch's new authorizations, inserted together (one round trip on PostgreSQL).
     unwritten: Vec<AuthorizationRow>,
+    approval_ttl_ms: i64,
+    /// Where new approval requests are announced once their batch commits.
+    notify: Option<mpsc::Sender<String>>,
+    /// This batch's new approval requests.
+    asked: Vec<String>,
 }
 
 pub(super) fn spawn(
@@ -129,6 +136,9 @@ pub(super) fn spawn(
         max_batch: settings.max_batch.max(1),
         books: HashMap::new(),
         unwritten: Vec::new(),
+        approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
+        notify: settings.asked.clone(),
+        asked: Vec::new(),
     };
     std::thread::Builder::new()
         .name("ledger-writer".into())
@@ -169,11 +179,15 @@ impl Writer {
             .ledger_connection()
             .and_then(|mut conn| Connection::transaction(&mut *conn, |conn| self.apply(conn, &batch, &mut touched)));
         match result {
-            Ok(replies) => batch.into_iter().zip(replies).for_each(|(cmd, reply)| cmd.answer(reply)),
+            Ok(replies) => {
+                batch.into_iter().zip(replies).for_each(|(cmd, reply)| cmd.answer(reply));
+                self.announce();
+            }
             Err(e) => {
                 // What the books saw of the rolled-back transaction is not true: forget it.
                 touched.iter().for_each(|a| drop(self.books.remove(a)));
                 self.unwritten.clear();
+                self.asked.clear();
                 if batch.len() > 1 {
                     tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
                     batch.into_iter().for_each(|cmd| self.process(vec![cmd]));
@@ -274,6 +288,68 @@ impl Writer {
         self.write_authorizations(conn)?;
         rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
         Ok(replies)
+    }
+
+    /// Hands the committed batch's approval requests to the notifier, never waiting: a full queue
+    /// leaves them to the notifier's sweep of the database.
+    fn announce(&mut self) {
+        for id in self.asked.drain(..) {
+            if let Some(notify) = &self.notify
+                && notify.try_send(id).is_err()
+            {
+                tracing::warn!("approval notifier queue full; its sweep will send the message");
+            }
+        }
+    }
+
+    /// Stores a request for a person's approval of what `row` asked, or finds the same request
+    /// still open; returns its id.
+    fn ask(
+        &mut self,
+        conn: &mut DbConnection,
+        row: &AuthorizationRow,
+        ask: &Ask,
+        deferred: Option<&String>,
+        now_ms: i64,
+    ) -> Result<String> {
+        let request = ApprovalRow {
+            id: ApprovalId::generate().to_string(),
+            agent_id: row.agent_id.clone(),
+            card_id: row.card_id.clone(),
+            authorization_id: row.id.clone(),
+            rail: row.rail.clone(),
+            rule: row.rule.clone().unwrap_or_default(),
+            single_use: ask.single_use,
+            amount: row.amount,
+            currency: row.currency.clone(),
+            cap_amount: ask.amount,
+            cap_currency: ask.currency.code().to_owned(),
+            cap: ask.cap,
+            spent: ask.spent,
+            window_end_at: ask.window_end_ms,
+            merchant_id: row.merchant_id.clone(),
+            merchant_name: row.merchant_name.clone(),
+            mcc: row.mcc.clone(),
+            country: row.country.clone(),
+            trace_id: row.trace_id.clone(),
+            deferred: deferred.cloned(),
+            status: ApprovalStatus::Pending.as_str().to_owned(),
+            expires_at: now_ms + self.approval_ttl_ms,
+            decided_by: None,
+            decided_at: None,
+            allowance_until: None,
+            notify_status: if self.notify.is_some() { "pending" } else { "off" }.to_owned(),
+            notify_attempts: 0,
+            notify_error: None,
+            created_at: now_ms,
+            updated_at: now_ms,
+        };
+        if let Some(open) = store::approvals::find_pending_like(conn, &request, now_ms)? {
+            return Ok(open.id);
+        }
+        store::approvals::insert(conn, &request)?;
+        self.asked.push(request.id.clone());
+        Ok(request.id)
     }
 
     /// Brings each locked agent's book up to the state before this batch (`seq - 1`) from the
@@ -393,6 +469,13 @@ impl Writer {
         };
         let book = self.books.get(agent_id).expect("locked agents have a book");
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let allowances: Vec<Allowance> = agent
+            .value
+            .allowances
+            .iter()
+            .filter(|a| !(a.single_use && book.approval_used(&a.approval_id)))
+            .cloned()
+            .collect();
         let snap = Snapshot {
             agent: &agent.value,
             card,
@@ -402,6 +485,7 @@ impl Writer {
             rates: &rates,
             fx: self.fx,
             catalog: self.catalog,
+            allowances: &allowances,
         };
         let decision = match c.verdict {
             Some(verdict) => processor_decision(verdict, request, &snap, now)?,
@@ -412,7 +496,10 @@ impl Writer {
             return self.override_decline(conn, previous, &decision, l, recorded, key, now);
         }
 
-        let row = new_row(&c.auth, agent_id, card, l, &decision, request.trace_id.clone(), now.as_millisecond());
+        let mut row = new_row(&c.auth, agent_id, card, l, &decision, request.trace_id.clone(), now.as_millisecond());
+        if let (Some(ask), None) = (&decision.ask, c.verdict) {
+            row.approval_id = Some(self.ask(conn, &row, ask, c.auth.deferred.as_ref(), now.as_millisecond())?);
+        }
         self.unwritten.push(row.clone());
         if decision.approved() {
             l.ledger.balance.held += row.held;
@@ -445,6 +532,8 @@ impl Writer {
         self.write_authorizations(conn)?;
         let amounts = decision.amounts.ok_or_else(|| Error::Internal("an approval without amounts".into()))?;
         let previous = row.reason.take();
+        // The approval it asked for, if any, was not what let it through.
+        row.approval_id = None;
         row.status = "pending".into();
         row.rule = decision.rule.clone();
         row.cap_amount = amounts.agent.amount;
@@ -823,6 +912,7 @@ fn new_row(
         seq: l.ledger.seq,
         authorized_at: now_ms,
         updated_at: now_ms,
+        approval_id: decision.allowance.clone(),
     }
 }
 
@@ -850,14 +940,16 @@ fn processor_decision(
 ) -> Result<Decision> {
     let rule = Some("processor".to_owned());
     match (verdict, policy::amounts_of(request, snap, now)) {
-        (Verdict::Approved, Ok((amounts, fx))) => Ok(Decision { decline: None, rule, amounts: Some(amounts), fx }),
+        (Verdict::Approved, Ok((amounts, fx))) => {
+            Ok(Decision { decline: None, rule, amounts: Some(amounts), fx, allowance: None, ask: None })
+        }
         (Verdict::Approved, Err(_)) => Err(Error::Unprocessable {
             code: "unsupported_currency",
             message: format!("cannot convert {} to the agent's currency to record the hold", request.currency),
         }),
         (Verdict::Declined, converted) => {
             let (amounts, fx) = converted.map_or((None, None), |(a, fx)| (Some(a), fx));
-            Ok(Decision { decline: Some(DeclineReason::ProcessorDeclined), rule, amounts, fx })
+            Ok(Decision { rule, amounts, fx, ..Decision::decline(DeclineReason::ProcessorDeclined, None) })
         }
     }
 }
@@ -892,6 +984,7 @@ fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: ji
         "amount": {"amount": row.amount, "currency": row.currency},
         "merchant": {"id": row.merchant_id, "name": row.merchant_name, "mcc": row.mcc, "country": row.country},
         "trace_id": row.trace_id,
+        "approval_id": row.approval_id,
     });
     record_event(conn, row, "authorization_declined", row.reason.clone(), data, now)
 }

@@ -10,9 +10,13 @@
 //! 5. country allow/block
 //! 6. active hours
 //! 7. per-transaction cap, x402 per-call cap (USDC rail)
-//! 8. each limit: amount (`limit_exceeded`) and count (`velocity_exceeded`)
-//! 9. approval threshold
+//! 8. each limit: amount (`limit_exceeded`) and count (`velocity_exceeded`), or `approval_required`
+//!    for a limit that asks a person (`on_exceed: ask`)
+//! 9. approval threshold (`approval_required`)
 //! 10. prepaid balance
+//!
+//! A person's approval is an allowance in the snapshot: it raises the limit that asked, or lets one
+//! authorization past the threshold that asked. The decision names the allowance it used.
 //!
 //! Where both have the rule, the card's policy is checked before the agent's. The rule that fired
 //! is named `<card|agent>.<rule>`, e.g. `card.mcc.allow` or `agent.limit.daily`.
@@ -23,12 +27,13 @@ pub mod window;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::agent::{Agent, AgentStatus};
+use crate::domain::approval::{Allowance, Ask};
 use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, Rail};
 use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
 use crate::domain::ids::CardId;
 use crate::domain::money::{Currency, Money};
-use crate::domain::policy::{AllowBlock, Limit, Policy, Scope, parse_clock};
+use crate::domain::policy::{AllowBlock, Limit, OnExceed, Policy, Scope, parse_clock};
 use fx::{FxError, RateTable};
 
 /// One authorization that still counts against spending windows (a hold or a posted amount).
@@ -72,6 +77,15 @@ pub struct Snapshot<'a> {
     pub rates: &'a RateTable,
     pub fx: FxRules,
     pub catalog: &'a Catalog,
+    /// What people have approved for this agent and not yet spent (single-use ones already used are left out).
+    pub allowances: &'a [Allowance],
+}
+
+/// What the checks noticed on the way besides the verdict.
+#[derive(Default)]
+struct Trail {
+    allowance: Option<String>,
+    ask: Option<Ask>,
 }
 
 type Outcome<T = ()> = Result<T, (DeclineReason, String)>;
@@ -102,13 +116,19 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
     let mut fx = None;
     let amounts = match status(snap, now).and_then(|()| convert(req, snap, now, &mut fx)) {
         Ok(amounts) => amounts,
-        Err((reason, rule)) => return Decision { decline: Some(reason), rule: Some(rule), amounts: None, fx },
+        Err((reason, rule)) => return Decision { rule: Some(rule), fx, ..Decision::decline(reason, None) },
     };
-    let (decline, rule) = match check(req, snap, now, amounts) {
+    let mut trail = Trail::default();
+    let (decline, rule) = match check(req, snap, now, amounts, &mut trail) {
         Ok(()) => (None, None),
         Err((reason, rule)) => (Some(reason), Some(rule)),
     };
-    Decision { decline, rule, amounts: Some(amounts), fx }
+    let (allowance, ask) = match decline {
+        None => (trail.allowance, None),
+        Some(DeclineReason::ApprovalRequired) => (None, trail.ask),
+        Some(_) => (None, None),
+    };
+    Decision { decline, rule, amounts: Some(amounts), fx, allowance, ask }
 }
 
 /// The request in the agent's and the card's currencies, for recording what a processor decided on
@@ -193,7 +213,7 @@ fn convert(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, fx_used: &mut
     Ok(Amounts { agent, card })
 }
 
-fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts) -> Outcome {
+fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts, trail: &mut Trail) -> Outcome {
     let mut rules = Vec::with_capacity(2);
     if let Some(card) = snap.card {
         rules.push(Rules { owner: "card", policy: &card.policy, amount: amounts.card.amount, currency: card.currency });
@@ -257,12 +277,33 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
     }
     for r in &rules {
         for limit in &r.policy.limits {
-            check_limit(limit, r, req, snap, now)?;
+            check_limit(limit, r, req, snap, now, trail)?;
         }
     }
     for r in &rules {
-        if r.policy.approval.as_ref().is_some_and(|a| r.amount > a.above) {
-            return deny(DeclineReason::ApprovalRequired, format!("{}.approval", r.owner));
+        let Some(threshold) = r.policy.approval.as_ref().filter(|a| r.amount > a.above) else { continue };
+        let rule = format!("{}.approval", r.owner);
+        let card = snap.card.map(|c| &c.id);
+        let pass = snap.allowances.iter().find(|a| {
+            a.rule == rule
+                && a.until_ms > now.as_millisecond()
+                && a.amount >= r.amount
+                && (r.owner != "card" || a.card_id.as_ref() == card)
+        });
+        match pass {
+            Some(a) => drop(trail.allowance.get_or_insert_with(|| a.approval_id.clone())),
+            None => {
+                let ask = Ask {
+                    amount: r.amount,
+                    currency: r.currency,
+                    cap: Some(threshold.above),
+                    spent: None,
+                    window_end_ms: None,
+                    single_use: true,
+                };
+                trail.ask = Some(ask);
+                return deny(DeclineReason::ApprovalRequired, rule);
+            }
         }
     }
     if amounts.agent.amount > snap.available {
@@ -363,7 +404,14 @@ fn matches_filters(
     true
 }
 
-fn check_limit(limit: &Limit, r: &Rules<'_>, req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Outcome {
+fn check_limit(
+    limit: &Limit,
+    r: &Rules<'_>,
+    req: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: Timestamp,
+    trail: &mut Trail,
+) -> Outcome {
     let m: &Merchant = &req.merchant;
     if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (&m.id, &m.name)) {
         return Ok(());
@@ -391,13 +439,51 @@ fn check_limit(limit: &Limit, r: &Rules<'_>, req: &AuthRequest, snap: &Snapshot<
             count += 1;
         }
     }
-    if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap) {
-        return deny(DeclineReason::LimitExceeded, format!("{}.limit.{}", r.owner, limit.id));
+    let crosses = |extra_amount: i64, extra_count: i64| {
+        if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap.saturating_add(extra_amount)) {
+            Some(DeclineReason::LimitExceeded)
+        } else if limit.count.is_some_and(|cap| count + 1 > cap.saturating_add(extra_count)) {
+            Some(DeclineReason::VelocityExceeded)
+        } else {
+            None
+        }
+    };
+    if crosses(0, 0).is_none() {
+        return Ok(());
     }
-    if limit.count.is_some_and(|cap| count + 1 > cap) {
-        return deny(DeclineReason::VelocityExceeded, format!("{}.limit.{}", r.owner, limit.id));
+    // People's approvals raise the limit for what they cover: this card, this trace, or the agent.
+    let rule = format!("{}.limit.{}", r.owner, limit.id);
+    let now_ms = now.as_millisecond();
+    let granted: Vec<&Allowance> = snap
+        .allowances
+        .iter()
+        .filter(|a| {
+            a.rule == rule
+                && a.until_ms > now_ms
+                && match limit.scope {
+                    Scope::Agent => true,
+                    Scope::Card => a.card_id.as_ref() == card_id,
+                    Scope::Trace => a.trace_id.is_some() && a.trace_id == req.trace_id,
+                }
+        })
+        .collect();
+    let extra = granted.iter().fold(0i64, |sum, a| sum.saturating_add(a.amount));
+    let Some(reason) = crosses(extra, granted.len() as i64) else {
+        trail.allowance.get_or_insert_with(|| granted[0].approval_id.clone());
+        return Ok(());
+    };
+    if limit.on_exceed == OnExceed::Ask {
+        trail.ask = Some(Ask {
+            amount: r.amount,
+            currency: r.currency,
+            cap: limit.amount.map(|cap| cap.saturating_add(extra)),
+            spent: Some(sum),
+            window_end_ms: window::end_ms(&limit.window, now),
+            single_use: false,
+        });
+        return deny(DeclineReason::ApprovalRequired, rule);
     }
-    Ok(())
+    deny(reason, rule)
 }
 
 /// A spend in `currency`: recorded amounts where they are in it, else converted (rounded up).

@@ -25,6 +25,7 @@ struct World {
     available: i64,
     rates: RateTable,
     fx: FxRules,
+    allowances: Vec<Allowance>,
 }
 
 impl World {
@@ -39,6 +40,7 @@ impl World {
             policy: policy(json!({}), "USD"),
             created_at: now,
             updated_at: now,
+            allowances: Vec::new(),
         };
         let card = Card {
             id: CardId::generate(),
@@ -60,7 +62,16 @@ impl World {
         };
         let rates = RateTable::parse_ecb(include_str!("../../fixtures/ecb_rates.xml")).unwrap();
         let fx = FxRules { max_age: SignedDuration::from_hours(24 * 365 * 10), decline_stale: true };
-        World { agent, card, card_used: false, spends: Vec::new(), available: 1_000_000, rates, fx }
+        World {
+            agent,
+            card,
+            card_used: false,
+            spends: Vec::new(),
+            available: 1_000_000,
+            rates,
+            fx,
+            allowances: Vec::new(),
+        }
     }
 
     fn card_policy(mut self, doc: serde_json::Value) -> Self {
@@ -83,6 +94,7 @@ impl World {
             rates: &self.rates,
             fx: self.fx,
             catalog: crate::fixtures::catalog(),
+            allowances: &self.allowances,
         };
         evaluate(req, &snap, at(now))
     }
@@ -361,6 +373,80 @@ fn approval_threshold_then_balance() {
     assert_eq!(declined(&w.decide(&req(501))), (DeclineReason::InsufficientFunds, "agent.balance"));
 }
 
+impl World {
+    fn allow(&mut self, rule: &str, amount: i64, until: &str, single_use: bool) {
+        self.allowances.push(Allowance {
+            approval_id: format!("apr_{}", self.allowances.len()),
+            rule: rule.into(),
+            card_id: Some(self.card.id.clone()),
+            trace_id: None,
+            amount,
+            until_ms: at(until).as_millisecond(),
+            single_use,
+        });
+    }
+}
+
+#[test]
+fn a_limit_that_asks_declines_with_what_to_ask() {
+    let mut w = World::new().card_policy(json!({"limits": [
+        {"id": "daily", "scope": "card", "window": {"calendar": "day", "timezone": "UTC"}, "amount": 1_000, "on_exceed": "ask"},
+        {"id": "quiet", "scope": "card", "window": {"rolling": "1h"}, "count": 1}]}));
+    w.spent(&req(700), "2026-11-22T11:30:00Z");
+    let d = w.decide(&req(400));
+    assert_eq!(declined(&d), (DeclineReason::ApprovalRequired, "card.limit.daily"));
+    let ask = d.ask.expect("an approval_required decline says what to ask");
+    assert_eq!((ask.amount, ask.spent, ask.cap, ask.single_use), (400, Some(700), Some(1_000), false));
+    assert_eq!(ask.window_end_ms, Some(at("2026-11-23T00:00:00Z").as_millisecond()));
+    // A limit without on_exceed declines as before, and says nothing to ask.
+    let d = w.decide(&req(100));
+    assert_eq!(declined(&d), (DeclineReason::VelocityExceeded, "card.limit.quiet"));
+    assert!(d.ask.is_none());
+}
+
+#[test]
+fn an_allowance_raises_the_limit_that_asked_until_it_ends() {
+    let mut w = World::new().card_policy(json!({"limits": [
+        {"id": "daily", "scope": "card", "window": {"calendar": "day", "timezone": "UTC"}, "amount": 1_000, "on_exceed": "ask"}]}));
+    w.spent(&req(700), "2026-11-22T11:00:00Z");
+    w.allow("card.limit.daily", 400, "2026-11-23T00:00:00Z", false);
+    let d = w.decide(&req(400));
+    assert!(d.approved(), "{d:?}");
+    assert_eq!(d.allowance.as_deref(), Some("apr_0"), "the decision names the approval it used");
+    w.spent(&req(400), NOW);
+    // The limit is 1,400 for the rest of the day: the same purchase again asks again.
+    assert_eq!(declined(&w.decide(&req(400))), (DeclineReason::ApprovalRequired, "card.limit.daily"));
+    assert!(w.decide(&req(300)).approved());
+    // The next day the raise is gone with the window.
+    assert_eq!(w.allowances[0].until_ms, at("2026-11-23T00:00:00Z").as_millisecond());
+    let d = w.decide_at(&req(1_001), "2026-11-23T00:00:00Z");
+    assert_eq!(declined(&d), (DeclineReason::ApprovalRequired, "card.limit.daily"));
+    // Another rule's allowance, another card's, or an ended one raises nothing.
+    let mut w = World::new().card_policy(json!({"limits": [
+        {"id": "daily", "scope": "card", "window": "lifetime", "amount": 100, "on_exceed": "ask"}]}));
+    w.allow("card.limit.weekly", 1_000, "2026-11-23T00:00:00Z", false);
+    w.allow("card.limit.daily", 1_000, NOW, false);
+    w.allow("card.limit.daily", 1_000, "2026-11-23T00:00:00Z", false);
+    w.allowances[2].card_id = Some(CardId::generate());
+    assert_eq!(declined(&w.decide(&req(101))), (DeclineReason::ApprovalRequired, "card.limit.daily"));
+}
+
+#[test]
+fn an_allowance_lets_one_authorization_past_the_threshold() {
+    let mut w = World::new().agent_policy(json!({"approval": {"above": 10_000}}));
+    let d = w.decide(&req(25_000));
+    assert_eq!(declined(&d), (DeclineReason::ApprovalRequired, "agent.approval"));
+    let ask = d.ask.unwrap();
+    assert_eq!((ask.amount, ask.cap, ask.single_use), (25_000, Some(10_000), true));
+    w.allow("agent.approval", 25_000, "2026-11-23T00:00:00Z", true);
+    assert_eq!(w.decide(&req(25_000)).allowance.as_deref(), Some("apr_0"));
+    assert!(w.decide(&req(20_000)).approved(), "a smaller amount passes too");
+    assert_eq!(declined(&w.decide(&req(25_001))), (DeclineReason::ApprovalRequired, "agent.approval"));
+    // Balance still applies after an approval.
+    w.available = 100;
+    assert_eq!(declined(&w.decide(&req(25_000))), (DeclineReason::InsufficientFunds, "agent.balance"));
+}
+
 #[test]
 fn checks_run_in_the_documented_order() {
     // A request that breaks every rule is declined by the first one.
@@ -459,6 +545,7 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
             rates: &w.rates,
             fx: w.fx,
             catalog: crate::fixtures::catalog(),
+            allowances: &w.allowances,
         }
     }
     assert!(evaluate(&call(500, "api.example.com"), &snap(&w), at(NOW)).approved());

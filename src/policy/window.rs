@@ -22,6 +22,22 @@ pub fn start_ms(window: &Window, now: Timestamp) -> i64 {
     }
 }
 
+/// When the current calendar window ends (the next one starts); None for rolling and lifetime
+/// windows, which never turn over.
+pub fn end_ms(window: &Window, now: Timestamp) -> Option<i64> {
+    let Window::Calendar { unit, timezone } = window else { return None };
+    let tz = TimeZone::get(timezone).ok()?;
+    let today = now.to_zoned(tz.clone()).date();
+    let next = match unit {
+        CalendarUnit::Day => today.tomorrow().ok()?,
+        CalendarUnit::Week => {
+            today.checked_add((7 - i64::from(today.weekday().to_monday_zero_offset())).days()).ok()?
+        }
+        CalendarUnit::Month => today.first_of_month().checked_add(1.month()).ok()?,
+    };
+    Some(next.to_zoned(tz).ok()?.timestamp().as_millisecond())
+}
+
 /// How long after its authorization a spend can still count in the window: None for ever.
 /// Calendar windows are bounded generously (a day in any timezone, DST included, lasts at most 25
 /// hours): keeping a spend a little longer than needed costs memory, dropping it early a wrong cap.
@@ -120,6 +136,20 @@ mod tests {
         // A day that starts in a DST gap (Santiago moves 00:00 -> 01:00 on 2026-09-06).
         let day = cal(CalendarUnit::Day, "America/Santiago");
         assert_eq!(start(&day, "2026-09-06T12:00:00Z"), at("2026-09-06T04:00:00Z"));
+    }
+
+    #[test]
+    fn calendar_windows_end_where_the_next_starts() {
+        let end = |w: &Window, now: &str| Timestamp::from_millisecond(end_ms(w, at(now)).unwrap()).unwrap();
+        assert_eq!(
+            end(&cal(CalendarUnit::Day, "America/Los_Angeles"), "2026-11-22T07:59:00Z"),
+            at("2026-11-22T08:00:00Z")
+        );
+        assert_eq!(end(&cal(CalendarUnit::Week, "UTC"), "2026-11-22T23:00:00Z"), at("2026-11-23T00:00:00Z"));
+        assert_eq!(end(&cal(CalendarUnit::Week, "UTC"), "2026-11-23T00:00:00Z"), at("2026-11-30T00:00:00Z"));
+        assert_eq!(end(&cal(CalendarUnit::Month, "Europe/Berlin"), "2026-10-31T22:30:00Z"), at("2026-10-31T23:00:00Z"));
+        assert_eq!(end_ms(&Window::Rolling { text: "24h".into(), seconds: 86_400 }, at("2026-11-22T00:00:00Z")), None);
+        assert_eq!(end_ms(&Window::Lifetime, at("2026-11-22T00:00:00Z")), None);
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl AgentRow {
             department: self.department,
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
+            allowances: Vec::new(),
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct AuthorizationRow {
     pub seq: i64,
     pub authorized_at: i64,
     pub updated_at: i64,
+    /// The approval whose allowance let this authorization through.
+    pub approval_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]

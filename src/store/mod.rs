@@ -5,6 +5,7 @@
 //! and SQLite prepares a statement again each time such a parameter is bound.
 
 pub mod agents;
+pub mod approvals;
 pub mod cards;
 pub mod events;
 pub mod keys;

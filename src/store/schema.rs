@@ -99,6 +99,42 @@ diesel::table! {
         seq -> BigInt,
         authorized_at -> BigInt,
         updated_at -> BigInt,
+        approval_id -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    approvals (id) {
+        id -> Text,
+        agent_id -> Text,
+        card_id -> Nullable<Text>,
+        authorization_id -> Text,
+        rail -> Text,
+        rule -> Text,
+        single_use -> Bool,
+        amount -> BigInt,
+        currency -> Text,
+        cap_amount -> BigInt,
+        cap_currency -> Text,
+        cap -> Nullable<BigInt>,
+        spent -> Nullable<BigInt>,
+        window_end_at -> Nullable<BigInt>,
+        merchant_id -> Nullable<Text>,
+        merchant_name -> Text,
+        mcc -> Nullable<Text>,
+        country -> Nullable<Text>,
+        trace_id -> Nullable<Text>,
+        deferred -> Nullable<Text>,
+        status -> Text,
+        expires_at -> BigInt,
+        decided_by -> Nullable<Text>,
+        decided_at -> Nullable<BigInt>,
+        allowance_until -> Nullable<BigInt>,
+        notify_status -> Text,
+        notify_attempts -> Integer,
+        notify_error -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
     }
 }
 
@@ -158,6 +194,7 @@ diesel::joinable!(cards -> agents (agent_id));
 diesel::allow_tables_to_appear_in_same_query!(
     agents,
     api_keys,
+    approvals,
     cards,
     events,
     authorizations,

@@ -54,7 +54,13 @@ pub async fn apply(ledger: &Ledger, source: &'static str, steps: Vec<Step>) -> R
                     done.skipped.push(format!("unknown card {card}"));
                     continue;
                 };
-                let auth = crate::ledger::Authorize { source, external_id, payer: Payer::Card(card_id), request };
+                let auth = crate::ledger::Authorize {
+                    source,
+                    external_id,
+                    payer: Payer::Card(card_id),
+                    request,
+                    deferred: None,
+                };
                 ledger.record(auth, verdict).await.map(|_| ())
             }
             Step::Move { authorization, id, movement } => {

@@ -449,7 +449,8 @@ impl Usdc {
             max_amount: p.max_amount,
         };
         let external_id = format!("{agent}:{key}");
-        let auth = Authorize { source: "x402", external_id, payer: Payer::Wallet(agent.clone()), request };
+        let auth =
+            Authorize { source: "x402", external_id, payer: Payer::Wallet(agent.clone()), request, deferred: None };
         let outcome = self.inner.ledger.authorize(auth).await;
         let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
             let reason = outcome.reason.map_or("declined", |r| r.as_str());

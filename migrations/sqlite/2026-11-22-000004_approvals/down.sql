@@ -1,0 +1,2 @@
+ALTER TABLE authorizations DROP COLUMN approval_id;
+DROP TABLE approvals;

@@ -1,0 +1,393 @@
+//! Human approvals. A decision that needs a person is stored as an approval request by the ledger
+//! (in the same transaction as the declined attempt); this module tells people about it (Slack),
+//! takes their decision (signed links, Slack buttons, the API) and turns an approval into an
+//! allowance the policy core reads. Nothing here is on the authorization path: a slow or absent
+//! Slack never delays an answer.
+
+pub mod link;
+pub mod page;
+pub mod slack;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+
+use crate::config::Secret;
+use crate::domain::access::{Permission, Principal};
+use crate::domain::approval::{ApprovalAction, ApprovalStatus};
+use crate::domain::authorization::Merchant;
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, ApprovalId, CardId, EventId, KeyId};
+use crate::domain::money::Money;
+use crate::error::{Error, Result};
+use crate::ledger::{Ledger, RequestedAmount};
+use crate::store::approvals::ApprovalRow;
+use crate::store::{self, Db};
+use link::{LinkSigner, TokenError};
+use slack::SlackSignature;
+
+/// How long an approved limit raise lasts when its window has no end of its own (rolling,
+/// lifetime), and how long an approved threshold pass waits for the agent's retry.
+const ALLOWANCE_HOURS: i64 = 24;
+
+pub struct ApprovalSettings {
+    /// Base of the approval links.
+    pub public_url: String,
+    pub links: Option<LinkSigner>,
+    pub slack_webhook_url: Option<Secret>,
+    pub slack_signature: Option<SlackSignature>,
+    pub slack_timeout: Duration,
+    /// First pause between two attempts to reach Slack; doubled after each.
+    pub retry_base: Duration,
+    pub max_attempts: i32,
+}
+
+#[derive(Clone)]
+pub struct Approvals {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    ledger: Ledger,
+    settings: ApprovalSettings,
+    http: reqwest::Client,
+}
+
+/// Who decided: a Slack user, someone holding a link, or an API key.
+#[derive(Debug, Clone)]
+pub enum Approver {
+    Slack(String),
+    Link,
+    Key(KeyId),
+}
+
+impl Approver {
+    fn stored(&self) -> String {
+        match self {
+            Approver::Slack(user) => format!("slack:{user}"),
+            Approver::Link => "link".to_owned(),
+            Approver::Key(key) => key.to_string(),
+        }
+    }
+}
+
+/// An approval request as the API, the page and Slack show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ApprovalView {
+    pub id: String,
+    /// `pending`, `approved`, `denied`, or `expired` (nobody decided in time).
+    pub status: ApprovalStatus,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub card_id: Option<String>,
+    pub card_label: Option<String>,
+    pub rail: String,
+    /// The rule that asked: `card.limit.daily`, `agent.approval`, …
+    pub rule: String,
+    /// What was asked, in the merchant's currency.
+    pub amount: RequestedAmount,
+    /// The same in the rule's cap currency.
+    pub cap_amount: Money,
+    /// The limit's cap or the approval threshold, in the cap currency.
+    pub cap: Option<Money>,
+    /// What the limit's window had counted before the request.
+    pub spent: Option<Money>,
+    pub merchant: Merchant,
+    pub trace_id: Option<String>,
+    /// The declined attempt that asked.
+    pub authorization_id: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: jiff::Timestamp,
+    /// `slack:<user id>`, `link`, or the API key that decided.
+    pub decided_by: Option<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub decided_at: Option<jiff::Timestamp>,
+    /// Until when an approval's allowance applies.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub allowance_until: Option<jiff::Timestamp>,
+    /// One authorization passes (an approval threshold), or the limit is raised by `cap_amount` (a limit).
+    pub single_use: bool,
+    pub notification: Notification,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+}
+
+/// Delivery of the Slack message.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Notification {
+    /// `pending`, `sent`, `failed` (every attempt failed) or `off` (no Slack webhook set).
+    pub status: String,
+    pub attempts: i32,
+    pub error: Option<String>,
+}
+
+fn ts(ms: i64) -> jiff::Timestamp {
+    store::from_millis(ms).unwrap_or_default()
+}
+
+impl ApprovalView {
+    fn new(row: ApprovalRow, agent_name: String, card_label: Option<String>, now_ms: i64) -> Result<Self> {
+        let cap_currency = row.cap_currency.parse().map_err(|_| store::corrupt("approval currency", &row.id))?;
+        let money = |amount| Money { amount, currency: cap_currency };
+        let stored = ApprovalStatus::parse(&row.status).ok_or_else(|| store::corrupt("approval status", &row.id))?;
+        let status = match stored {
+            ApprovalStatus::Pending if row.expires_at <= now_ms => ApprovalStatus::Expired,
+            other => other,
+        };
+        Ok(ApprovalView {
+            status,
+            agent_id: row.agent_id,
+            agent_name,
+            card_id: row.card_id,
+            card_label,
+            rail: row.rail,
+            rule: row.rule,
+            amount: RequestedAmount { amount: row.amount, currency: row.currency },
+            cap_amount: money(row.cap_amount),
+            cap: row.cap.map(money),
+            spent: row.spent.map(money),
+            merchant: Merchant { id: row.merchant_id, name: row.merchant_name, mcc: row.mcc, country: row.country },
+            trace_id: row.trace_id,
+            authorization_id: row.authorization_id,
+            expires_at: ts(row.expires_at),
+            decided_by: row.decided_by,
+            decided_at: row.decided_at.map(ts),
+            allowance_until: row.allowance_until.map(ts),
+            single_use: row.single_use,
+            notification: Notification {
+                status: row.notify_status,
+                attempts: row.notify_attempts,
+                error: row.notify_error,
+            },
+            created_at: ts(row.created_at),
+            id: row.id,
+        })
+    }
+
+    /// The request in words: `12.00 USD at OPENAI *API`.
+    pub fn summary(&self) -> String {
+        format!("{} at {}", self.cap_amount, self.merchant.name)
+    }
+}
+
+fn load_view(conn: &mut store::DbConnection, id: &str, now_ms: i64) -> Result<Option<ApprovalView>> {
+    let Some(row) = store::approvals::find(conn, id)? else { return Ok(None) };
+    let agent = AgentId::from_stored(row.agent_id.clone());
+    let agent_name = store::agents::find(conn, &agent)?.map(|a| a.name).unwrap_or_default();
+    let card_label = match &row.card_id {
+        Some(card) => store::cards::find(conn, &CardId::from_stored(card.clone()))?.map(|c| c.label),
+        None => None,
+    };
+    ApprovalView::new(row, agent_name, card_label, now_ms).map(Some)
+}
+
+impl Approvals {
+    /// Starts the Slack notifier when a webhook is set; `asked` announces new requests.
+    pub fn start(
+        settings: ApprovalSettings,
+        db: Db,
+        ledger: Ledger,
+        asked: Option<mpsc::Receiver<String>>,
+    ) -> Result<Approvals> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.slack_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+        let approvals = Approvals { inner: Arc::new(Inner { db, ledger, settings, http }) };
+        if let Some(asked) = asked {
+            actix_web::rt::spawn(slack::notify_forever(approvals.clone(), asked));
+        }
+        Ok(approvals)
+    }
+
+    pub fn links_enabled(&self) -> bool {
+        self.inner.settings.links.is_some()
+    }
+
+    fn now_ms() -> i64 {
+        store::now().as_millisecond()
+    }
+
+    /// One approval, for anyone who may read its agent.
+    pub async fn get(&self, who: &Principal, id: &str) -> Result<ApprovalView> {
+        require(who)?;
+        self.view(id).await
+    }
+
+    pub async fn list(
+        &self,
+        who: &Principal,
+        status: Option<&str>,
+        cursor: Option<String>,
+        limit: i64,
+    ) -> Result<(Vec<ApprovalView>, Option<String>)> {
+        require(who)?;
+        let status = status.map(|s| {
+            ApprovalStatus::parse(s).ok_or_else(|| {
+                Error::Validation(format!("status must be pending, approved, denied or expired, not {s:?}"))
+            })
+        });
+        let wanted = status.transpose()?;
+        // Expired requests are stored as pending: read pending ones and sort by what they are now.
+        let stored = wanted.map(|s| if s == ApprovalStatus::Expired { ApprovalStatus::Pending } else { s });
+        let now_ms = Self::now_ms();
+        self.inner
+            .db
+            .read(move |conn| {
+                let mut views = Vec::new();
+                let mut cursor = cursor;
+                // Filtering by the status people see may skip rows: read on until the page is full.
+                loop {
+                    let rows =
+                        store::approvals::list(conn, stored.map(|s| s.as_str()), None, cursor.as_deref(), limit + 1)?;
+                    let exhausted = rows.len() as i64 <= limit;
+                    for row in rows.into_iter().take(limit as usize) {
+                        cursor = Some(row.id.clone());
+                        if let Some(view) = load_view(conn, &row.id, now_ms)?
+                            && wanted.is_none_or(|w| w == view.status)
+                        {
+                            views.push(view);
+                        }
+                        if views.len() as i64 == limit {
+                            return Ok((views, (!exhausted).then(|| cursor.clone()).flatten()));
+                        }
+                    }
+                    if exhausted {
+                        return Ok((views, None));
+                    }
+                }
+            })
+            .await
+    }
+
+    /// For the approval page and Slack, whose callers prove themselves with a token or a signature.
+    pub async fn view(&self, id: &str) -> Result<ApprovalView> {
+        let key = parse_id(id)?;
+        let now_ms = Self::now_ms();
+        self.inner
+            .db
+            .read(move |conn| load_view(conn, &key, now_ms))
+            .await?
+            .ok_or_else(|| Error::not_found("approval", id))
+    }
+
+    /// Checks an approval link's token.
+    pub fn check_link(&self, id: &str, action: ApprovalAction, token: &str) -> std::result::Result<(), TokenError> {
+        let signer = self.inner.settings.links.as_ref().ok_or(TokenError::Forged)?;
+        signer.verify(id, action, token, jiff::Timestamp::now().as_second())
+    }
+
+    /// The Approve and Deny links for a request.
+    pub fn links(&self, view: &ApprovalView) -> Option<(String, String)> {
+        let signer = self.inner.settings.links.as_ref()?;
+        let base = self.inner.settings.public_url.trim_end_matches('/');
+        let expires = view.expires_at.as_second();
+        let link = |action: ApprovalAction| {
+            let token = signer.sign(&view.id, action, expires);
+            format!("{base}/approvals/{}?action={}&token={token}", view.id, action.as_str())
+        };
+        Some((link(ApprovalAction::Approve), link(ApprovalAction::Deny)))
+    }
+
+    /// Through the API: a manager or owner key.
+    pub async fn decide_as(&self, who: &Principal, id: &str, action: ApprovalAction) -> Result<ApprovalView> {
+        who.check(Permission::Manage, None).map_err(Error::Forbidden)?;
+        self.decide(id, action, Approver::Key(who.key_id.clone())).await
+    }
+
+    /// Applies a person's decision, once: a request already decided or expired is a conflict.
+    /// An approval becomes an allowance the very next decision about the agent sees.
+    pub async fn decide(&self, id: &str, action: ApprovalAction, by: Approver) -> Result<ApprovalView> {
+        let key = parse_id(id)?;
+        let decided_by = by.stored();
+        let view = self
+            .inner
+            .db
+            .write(move |conn| {
+                let now = store::now();
+                let now_ms = now.as_millisecond();
+                let row = store::approvals::find(conn, &key)?.ok_or_else(|| Error::not_found("approval", &key))?;
+                let until = match action {
+                    ApprovalAction::Approve => {
+                        let day = now_ms + ALLOWANCE_HOURS * 3_600_000;
+                        Some(if row.single_use { day } else { row.window_end_at.unwrap_or(day) })
+                    }
+                    ApprovalAction::Deny => None,
+                };
+                let status = action.status().as_str();
+                if !store::approvals::decide(conn, &key, status, &decided_by, until, now_ms)? {
+                    let current = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
+                    return Err(already(&current));
+                }
+                let agent = AgentId::from_stored(row.agent_id.clone());
+                // The agent's rules (and so its allowances) changed: every node re-reads them.
+                store::agents::bump_config(conn, &agent)?;
+                let card = row.card_id.clone().map(CardId::from_stored);
+                let kind = match action {
+                    ApprovalAction::Approve => "approval_granted",
+                    ApprovalAction::Deny => "approval_denied",
+                };
+                let data = serde_json::json!({
+                        "approval_id": row.id,
+                        "authorization_id": row.authorization_id,
+                        "rule": row.rule,
+                        "decided_by": decided_by,
+                        "allowance": until.map(|until| serde_json::json!({
+                            "amount": {"amount": row.cap_amount, "currency": row.cap_currency},
+                            "until": ts(until),
+                            "single_use": row.single_use,
+                        })),
+                });
+                let event = Event {
+                    id: EventId::generate(),
+                    agent_id: agent,
+                    card_id: card,
+                    kind: kind.to_owned(),
+                    actor: match &by {
+                        Approver::Key(key) => Some(key.clone()),
+                        _ => None,
+                    },
+                    reason: None,
+                    data: Some(data),
+                    created_at: now,
+                };
+                store::events::insert(conn, &event)?;
+                load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))
+            })
+            .await?;
+        self.inner.ledger.snapshots().invalidate_agent(&AgentId::from_stored(view.agent_id.clone()));
+        tracing::info!(approval = %view.id, status = view.status.as_str(), by = ?view.decided_by, "approval decided");
+        Ok(view)
+    }
+}
+
+fn require(who: &Principal) -> Result<()> {
+    who.check(Permission::Manage, None).map_err(Error::Forbidden)
+}
+
+fn parse_id(id: &str) -> Result<String> {
+    ApprovalId::parse(id).map(|id| id.to_string()).ok_or_else(|| Error::not_found("approval", id))
+}
+
+/// The conflict for a request that can no longer be decided.
+fn already(view: &ApprovalView) -> Error {
+    match view.status {
+        ApprovalStatus::Expired => {
+            Error::Conflict { code: "approval_expired", message: format!("approval {} has expired", view.id) }
+        }
+        status => Error::Conflict {
+            code: "approval_decided",
+            message: format!(
+                "approval {} was already {} by {}",
+                view.id,
+                status.as_str(),
+                view.decided_by.as_deref().unwrap_or("someone")
+            ),
+        },
+    }
+}

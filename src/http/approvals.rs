@@ -1,0 +1,174 @@
+//! Approvals: the API (managers and owners), the approval page behind the signed links, and
+//! Slack's interactivity endpoint.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use super::AppState;
+use super::error::ErrorBody;
+use crate::admin::{Page, PageQuery};
+use crate::approvals::link::TokenError;
+use crate::approvals::{ApprovalView, Approver, page};
+use crate::domain::access::Principal;
+use crate::domain::approval::ApprovalAction;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ApprovalQuery {
+    /// `pending`, `approved`, `denied` or `expired`.
+    pub status: Option<String>,
+    /// 1 to 500, default 100.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(tag = "approvals", params(ApprovalQuery), security(("bearer" = [])),
+    responses((status = 200, body = Page<ApprovalView>), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[get("/v1/approvals")]
+pub async fn list_approvals(
+    state: web::Data<AppState>,
+    who: Principal,
+    query: web::Query<ApprovalQuery>,
+) -> Result<HttpResponse> {
+    let q = query.into_inner();
+    let limit = PageQuery { limit: q.limit, cursor: None }.size()?;
+    let (data, next_cursor) = state.approvals.list(&who, q.status.as_deref(), q.cursor, limit).await?;
+    Ok(HttpResponse::Ok().json(Page { data, next_cursor }))
+}
+
+#[utoipa::path(tag = "approvals", security(("bearer" = [])),
+    responses((status = 200, body = ApprovalView), (status = 404, body = ErrorBody)))]
+#[get("/v1/approvals/{approval_id}")]
+pub async fn get_approval(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.approvals.get(&who, &path).await?))
+}
+
+/// Approves: the limit that asked is raised by the amount (or one authorization passes the threshold).
+#[utoipa::path(tag = "approvals", security(("bearer" = [])),
+    responses((status = 200, body = ApprovalView), (status = 409, body = ErrorBody)))]
+#[post("/v1/approvals/{approval_id}/approve")]
+pub async fn approve(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.approvals.decide_as(&who, &path, ApprovalAction::Approve).await?))
+}
+
+#[utoipa::path(tag = "approvals", security(("bearer" = [])),
+    responses((status = 200, body = ApprovalView), (status = 409, body = ErrorBody)))]
+#[post("/v1/approvals/{approval_id}/deny")]
+pub async fn deny(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.approvals.decide_as(&who, &path, ApprovalAction::Deny).await?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LinkParams {
+    pub action: Option<String>,
+    pub token: Option<String>,
+}
+
+/// An HTML page; never cached, never framed, and never telling another site the token in its URL.
+fn html(status: StatusCode, body: String) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .insert_header(("X-Frame-Options", "DENY"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .insert_header(("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"))
+        .body(body)
+}
+
+fn refused(status: StatusCode, title: &str, message: &str) -> HttpResponse {
+    html(status, page::refused(title, message))
+}
+
+/// The link's approval and action, once its token holds; else the page that says why not.
+async fn checked_link(
+    state: &AppState,
+    id: &str,
+    params: &LinkParams,
+) -> std::result::Result<(ApprovalView, ApprovalAction, String), HttpResponse> {
+    let action = params.action.as_deref().and_then(ApprovalAction::parse);
+    let (Some(action), Some(token)) = (action, params.token.clone()) else {
+        return Err(refused(StatusCode::BAD_REQUEST, "Incomplete link", TokenError::Malformed.message()));
+    };
+    if !state.approvals.links_enabled() {
+        return Err(refused(StatusCode::NOT_FOUND, "Links are off", "This server does not sign approval links."));
+    }
+    if let Err(e) = state.approvals.check_link(id, action, &token) {
+        tracing::warn!(target: "security", approval = id, why = ?e, "approval link refused");
+        let status = match e {
+            TokenError::Malformed => StatusCode::BAD_REQUEST,
+            TokenError::Forged => StatusCode::FORBIDDEN,
+            TokenError::Expired => StatusCode::GONE,
+        };
+        return Err(refused(status, "This link cannot be used", e.message()));
+    }
+    match state.approvals.view(id).await {
+        Ok(view) => Ok((view, action, token)),
+        Err(Error::NotFound(_)) => Err(refused(StatusCode::NOT_FOUND, "Not found", "There is no such request.")),
+        Err(e) => {
+            tracing::error!(error = %e, "approval page");
+            Err(refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again",
+                "The request could not be read. Try again shortly.",
+            ))
+        }
+    }
+}
+
+/// Shows the request and a button confirming the link's action. Changes nothing.
+#[get("/approvals/{approval_id}")]
+pub async fn approval_page(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    params: web::Query<LinkParams>,
+) -> HttpResponse {
+    match checked_link(&state, &path, &params).await {
+        Ok((view, action, token)) => html(StatusCode::OK, page::confirm(&view, action, &token)),
+        Err(page) => page,
+    }
+}
+
+/// Applies the decision the confirm button carries.
+#[post("/approvals/{approval_id}")]
+pub async fn approval_submit(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    form: web::Form<LinkParams>,
+) -> HttpResponse {
+    let (_, action, _) = match checked_link(&state, &path, &form).await {
+        Ok(checked) => checked,
+        Err(page) => return page,
+    };
+    match state.approvals.decide(&path, action, Approver::Link).await {
+        Ok(view) => html(StatusCode::OK, page::decided(&view)),
+        Err(Error::Conflict { message, .. }) => refused(StatusCode::CONFLICT, "Already settled", &message),
+        Err(e) => {
+            tracing::error!(error = %e, "approval decision");
+            refused(StatusCode::SERVICE_UNAVAILABLE, "Try again", "The decision could not be saved. Try again shortly.")
+        }
+    }
+}
+
+/// Slack's interactivity requests (the Approve and Deny buttons), signed with the app's signing secret.
+#[post("/slack/interactions")]
+pub async fn slack_interactions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let Some(signature) = state.approvals.slack_signature() else {
+        return Err(Error::NotFound("Slack interactivity is not configured on this server".into()));
+    };
+    let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok());
+    let now = jiff::Timestamp::now().as_second();
+    if let Err(why) = signature.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now) {
+        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        tracing::warn!(target: "security", path = req.path(), %peer, why, "Slack request refused");
+        return Err(Error::BadSignature);
+    }
+    state.approvals.interaction(&body).await.map_err(Error::Validation)?;
+    Ok(HttpResponse::Ok().finish())
+}

@@ -1,0 +1,175 @@
+//! Approval requests and what people decided about them.
+
+use diesel::prelude::*;
+
+use super::DbConnection;
+use super::schema::approvals;
+use crate::domain::approval::Allowance;
+use crate::domain::ids::{AgentId, CardId};
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = approvals)]
+#[diesel(treat_none_as_default_value = false)]
+pub struct ApprovalRow {
+    pub id: String,
+    pub agent_id: String,
+    pub card_id: Option<String>,
+    pub authorization_id: String,
+    pub rail: String,
+    pub rule: String,
+    pub single_use: bool,
+    pub amount: i64,
+    pub currency: String,
+    pub cap_amount: i64,
+    pub cap_currency: String,
+    pub cap: Option<i64>,
+    pub spent: Option<i64>,
+    pub window_end_at: Option<i64>,
+    pub merchant_id: Option<String>,
+    pub merchant_name: String,
+    pub mcc: Option<String>,
+    pub country: Option<String>,
+    pub trace_id: Option<String>,
+    pub deferred: Option<String>,
+    pub status: String,
+    pub expires_at: i64,
+    pub decided_by: Option<String>,
+    pub decided_at: Option<i64>,
+    pub allowance_until: Option<i64>,
+    pub notify_status: String,
+    pub notify_attempts: i32,
+    pub notify_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+pub fn insert(conn: &mut DbConnection, row: &ApprovalRow) -> Result<()> {
+    diesel::insert_into(approvals::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<ApprovalRow>> {
+    Ok(approvals::table.find(id).select(ApprovalRow::as_select()).get_result(conn).optional()?)
+}
+
+/// A request still waiting for a person that asks the same thing (same payer, rule, merchant and
+/// amount): an agent retrying before anyone decided asks once, not once per retry.
+pub fn find_pending_like(conn: &mut DbConnection, row: &ApprovalRow, now_ms: i64) -> Result<Option<ApprovalRow>> {
+    let mut query = approvals::table
+        .filter(approvals::agent_id.eq(&row.agent_id))
+        .filter(approvals::status.eq("pending"))
+        .filter(approvals::expires_at.gt(now_ms))
+        .filter(approvals::rule.eq(&row.rule))
+        .filter(approvals::merchant_name.eq(&row.merchant_name))
+        .filter(approvals::amount.eq(row.amount))
+        .filter(approvals::currency.eq(&row.currency))
+        .select(ApprovalRow::as_select())
+        .into_boxed();
+    query = match &row.card_id {
+        Some(card) => query.filter(approvals::card_id.eq(card)),
+        None => query.filter(approvals::card_id.is_null()),
+    };
+    // A deferred payment is one request: another with the same terms is its own approval.
+    if row.deferred.is_some() {
+        return Ok(None);
+    }
+    Ok(query.filter(approvals::deferred.is_null()).first(conn).optional()?)
+}
+
+/// Newest first, optionally only those in one stored status, before `cursor` (an approval id).
+pub fn list(
+    conn: &mut DbConnection,
+    status: Option<&str>,
+    agent: Option<&AgentId>,
+    cursor: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ApprovalRow>> {
+    let mut query =
+        approvals::table.select(ApprovalRow::as_select()).order(approvals::id.desc()).limit(limit).into_boxed();
+    if let Some(status) = status {
+        query = query.filter(approvals::status.eq(status.to_owned()));
+    }
+    if let Some(agent) = agent {
+        query = query.filter(approvals::agent_id.eq(agent.as_str().to_owned()));
+    }
+    if let Some(cursor) = cursor {
+        query = query.filter(approvals::id.lt(cursor.to_owned()));
+    }
+    Ok(query.load(conn)?)
+}
+
+/// Records a person's decision, if the request is still pending and unexpired; false otherwise
+/// (decided already, or expired): the first decision is the only one.
+pub fn decide(
+    conn: &mut DbConnection,
+    id: &str,
+    status: &str,
+    by: &str,
+    allowance_until: Option<i64>,
+    now_ms: i64,
+) -> Result<bool> {
+    let changed = diesel::update(
+        approvals::table.find(id).filter(approvals::status.eq("pending")).filter(approvals::expires_at.gt(now_ms)),
+    )
+    .set((
+        approvals::status.eq(status),
+        approvals::decided_by.eq(by),
+        approvals::decided_at.eq(now_ms),
+        approvals::allowance_until.eq(allowance_until),
+        approvals::updated_at.eq(now_ms),
+    ))
+    .execute(conn)?;
+    Ok(changed == 1)
+}
+
+/// The allowances in force for an agent: approved, and not yet ended.
+pub fn allowances(conn: &mut DbConnection, agent: &AgentId, now_ms: i64) -> Result<Vec<Allowance>> {
+    let rows: Vec<ApprovalRow> = approvals::table
+        .filter(approvals::agent_id.eq(agent.as_str()))
+        .filter(approvals::status.eq("approved"))
+        .filter(approvals::allowance_until.gt(now_ms))
+        .select(ApprovalRow::as_select())
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| Allowance {
+            approval_id: r.id,
+            rule: r.rule,
+            card_id: r.card_id.map(CardId::from_stored),
+            trace_id: r.trace_id,
+            amount: r.cap_amount,
+            until_ms: r.allowance_until.unwrap_or(0),
+            single_use: r.single_use,
+        })
+        .collect())
+}
+
+/// Requests whose Slack message is still to be sent (after a restart, or a full queue).
+pub fn unsent(conn: &mut DbConnection, limit: i64) -> Result<Vec<String>> {
+    Ok(approvals::table
+        .filter(approvals::notify_status.eq("pending"))
+        .select(approvals::id)
+        .order(approvals::id)
+        .limit(limit)
+        .load(conn)?)
+}
+
+pub fn set_notified(
+    conn: &mut DbConnection,
+    id: &str,
+    status: &str,
+    attempts: i32,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<()> {
+    diesel::update(approvals::table.find(id))
+        .set((
+            approvals::notify_status.eq(status),
+            approvals::notify_attempts.eq(attempts),
+            approvals::notify_error.eq(error),
+            approvals::updated_at.eq(now_ms),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
