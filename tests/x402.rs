@@ -410,7 +410,37 @@ on_both_backends!(
     agents_that_make_the_call_themselves,
     wallets_are_sealed_exported_by_owners_only_and_scoped,
     other_answers_and_bad_input,
+    a_payment_that_needs_approval_is_paid_only_after_it,
 );
+
+async fn a_payment_that_needs_approval_is_paid_only_after_it(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let policy = json!({"limits": [{"id": "daily_usdc", "scope": "agent", "window": {"rolling": "24h"},
+        "amount": 20, "rails": ["usdc"], "on_exceed": "ask"}]});
+    let (status, body) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let url = server.url("/v2/paid");
+    let refused = fetch(&app, &agent, "ask-1", json!({"url": url})).await;
+    assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "approval_required");
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    let id = message.split_whitespace().find(|w| w.starts_with("apr_")).expect("the approval is named").to_owned();
+    assert!(server.payment_headers().is_empty(), "nothing is signed before a person approves");
+
+    let (status, a) = app.get(&format!("/v1/approvals/{id}")).await;
+    assert_eq!(
+        (status, a["rail"].clone(), a["rule"].clone()),
+        (StatusCode::OK, json!("usdc"), json!("agent.limit.daily_usdc"))
+    );
+    let (status, _) = app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let paid = fetch(&app, &agent, "ask-2", json!({"url": url})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(server.payment_headers().len(), 1, "paid once, after the approval");
+    let again = fetch(&app, &agent, "ask-3", json!({"url": url})).await;
+    assert_eq!(again.body["error"]["code"], "approval_required", "the raise covered one call");
+    assert_eq!(server.payment_headers().len(), 1);
+}
 
 #[actix_web::test]
 async fn without_a_master_key_the_usdc_rail_is_off() {

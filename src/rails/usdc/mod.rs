@@ -455,7 +455,14 @@ impl Usdc {
         let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
             let reason = outcome.reason.map_or("declined", |r| r.as_str());
             let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
-            return Err(refused(reason, &format!("the payment was declined: {reason}{rule}; nothing was signed")));
+            let asked = match &outcome.approval_id {
+                Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
+                None => String::new(),
+            };
+            return Err(refused(
+                reason,
+                &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
+            ));
         };
         if outcome.replayed {
             // The hold of an earlier attempt with this key (which stored no payload) must still stand.
