@@ -56,6 +56,10 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<ApprovalRow>> {
 /// A request still waiting for a person that asks the same thing (same payer, rule, merchant and
 /// amount): an agent retrying before anyone decided asks once, not once per retry.
 pub fn find_pending_like(conn: &mut DbConnection, row: &ApprovalRow, now_ms: i64) -> Result<Option<ApprovalRow>> {
+    // A deferred payment is one request: another with the same terms is its own approval.
+    if row.deferred.is_some() {
+        return Ok(None);
+    }
     let mut query = approvals::table
         .filter(approvals::agent_id.eq(&row.agent_id))
         .filter(approvals::status.eq("pending"))
@@ -70,10 +74,6 @@ pub fn find_pending_like(conn: &mut DbConnection, row: &ApprovalRow, now_ms: i64
         Some(card) => query.filter(approvals::card_id.eq(card)),
         None => query.filter(approvals::card_id.is_null()),
     };
-    // A deferred payment is one request: another with the same terms is its own approval.
-    if row.deferred.is_some() {
-        return Ok(None);
-    }
     Ok(query.filter(approvals::deferred.is_null()).first(conn).optional()?)
 }
 
