@@ -2,11 +2,12 @@
 //! under `SPENDGATE_APPROVAL_SECRET`: it names its approval and its action, carries its own expiry,
 //! and cannot be made without the secret. It works once because an approval is decided once.
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::config::Secret;
 use crate::domain::approval::ApprovalAction;
+use crate::rails::card::signature::mac;
 
 #[derive(Clone)]
 pub struct LinkSigner(Vec<u8>);
@@ -36,7 +37,7 @@ impl LinkSigner {
     }
 
     fn mac(&self, id: &str, action: ApprovalAction, expires: i64) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac = mac(&self.0);
         mac.update(format!("{id}:{}:{expires}", action.as_str()).as_bytes());
         mac
     }

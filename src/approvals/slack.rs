@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::{ApprovalView, Approvals};
 use crate::config::Secret;
 use crate::domain::approval::ApprovalStatus;
+use crate::rails::card::signature::mac;
 use crate::store;
 
 /// Slack's own limit on a request's age.
@@ -31,7 +32,7 @@ impl SlackSignature {
     }
 
     fn mac(&self, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac = mac(&self.0);
         mac.update(b"v0:");
         mac.update(timestamp.as_bytes());
         mac.update(b":");

@@ -18,7 +18,8 @@ pub const TOLERANCE_SECONDS: i64 = 300;
 /// Why a request was refused: for the security log only, never for the caller.
 pub type Refusal = &'static str;
 
-fn mac(key: &[u8]) -> Hmac<Sha256> {
+/// HMAC-SHA256 under `key`: every signature spendgate checks or makes is one.
+pub(crate) fn mac(key: &[u8]) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
