@@ -1,5 +1,5 @@
-//! The one error type. Each variant has a stable machine code; `http::error` is the one place
-//! that turns it into a status and the `{"error": {"code", "message"}}` body.
+//! The one error type. Each variant has a stable machine code and an HTTP status; `http::error`
+//! is the one place that renders it as the `{"error": {"code", "message"}}` body.
 
 use crate::domain::policy::PolicyError;
 
@@ -67,6 +67,25 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::StorageUnavailable(_) => "storage_unavailable",
             Error::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::Validation(_) | Error::InvalidJson(_) => 400,
+            Error::Unauthenticated | Error::BadSignature => 401,
+            Error::PaymentRefused { .. } => 402,
+            Error::Forbidden(_) => 403,
+            Error::NotFound(_) => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::Conflict { .. } => 409,
+            Error::PayloadTooLarge(_) => 413,
+            Error::UnsupportedMediaType(_) => 415,
+            Error::Unprocessable { .. } => 422,
+            Error::Internal(_) => 500,
+            Error::Upstream(_) => 502,
+            Error::Disabled { .. } | Error::StorageUnavailable(_) => 503,
         }
     }
 

@@ -99,7 +99,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     }
     let processors = processors(config)?;
     let usdc = usdc(config, &db, &ledger)?;
-    let approvals = approvals(config, &db, &ledger, asked_rx)?;
+    // Approved x402 fetches that waited for a person are paid by the rail, off the request path.
+    let approved_tx = usdc.enabled().then(|| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1_024);
+        actix_web::rt::spawn(usdc.clone().pay_approved_forever(rx));
+        tx
+    });
+    let approvals = approvals(config, &db, &ledger, asked_rx, approved_tx)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
         db,
@@ -179,6 +185,7 @@ fn approvals(
     db: &Db,
     ledger: &Ledger,
     asked: Option<tokio::sync::mpsc::Receiver<String>>,
+    approved: Option<tokio::sync::mpsc::Sender<String>>,
 ) -> anyhow::Result<Approvals> {
     if config.approval_secret.is_none() {
         tracing::info!("SPENDGATE_APPROVAL_SECRET is not set: approvals are decided through the API only");
@@ -195,7 +202,7 @@ fn approvals(
         retry_base: Duration::from_millis(config.slack_retry_ms),
         max_attempts: 5,
     };
-    Ok(Approvals::start(settings, db.clone(), ledger.clone(), asked)?)
+    Ok(Approvals::start(settings, db.clone(), ledger.clone(), asked, approved)?)
 }
 
 /// The hold expiry sweep and, when configured, the FX refresher.

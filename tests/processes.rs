@@ -2,13 +2,15 @@
 //! together, and a server killed with SIGKILL under load loses no approval a client received.
 
 mod common;
+#[path = "common/x402_server.rs"]
+mod x402_server;
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use common::process::{Server, serve};
-use common::{Backend, WEBHOOK_SECRET, fresh_storage, postgres_url, sign};
+use common::{Backend, MASTER_KEY, TEST_TOKEN, WEBHOOK_SECRET, fresh_storage, postgres_url, sign};
 use serde_json::{Value, json};
 
 const OWNER: &str = "sgk_process_test_owner_key_0123456789abcdef012345";
@@ -173,4 +175,70 @@ async fn sigkill_under_load_loses_no_approval_on_postgresql() {
     if postgres_url().is_some() {
         sigkill_under_load(Backend::Postgres).await;
     }
+}
+
+/// A person approved a payment that waited, and the server died before paying it: the server
+/// that comes up next pays it, once.
+#[actix_web::test]
+async fn an_approved_payment_left_by_a_killed_server_is_paid_after_restart() {
+    let (url, _storage) = fresh_storage(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let assets = format!("eip155:84532={TEST_TOKEN}");
+    let env = [
+        ("SPENDGATE_DATABASE_URL", url.as_str()),
+        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+        ("SPENDGATE_MASTER_KEY", MASTER_KEY),
+        ("SPENDGATE_X402_ASSETS", assets.as_str()),
+    ];
+    let mut server = serve(dir.path(), &[], &env);
+    let http = common::http_client();
+    let upstream = x402_server::X402Server::start(TEST_TOKEN).await;
+    let policy = json!({"limits": [{"id": "usdc", "scope": "agent", "window": {"rolling": "24h"},
+        "amount": 20, "rails": ["usdc"], "on_exceed": "ask"}]});
+    let (agent, _) = setup(&http, &server.base, policy, 1_000).await;
+    admin(&http, &server.base, &format!("/v1/agents/{agent}/wallet"), json!({})).await;
+    let waiting = http
+        .post(format!("{}/v1/agents/{agent}/x402/fetch", server.base))
+        .bearer_auth(OWNER)
+        .header("Idempotency-Key", "crash-1")
+        .json(&json!({"url": upstream.url("/v2/paid")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(waiting.status(), reqwest::StatusCode::ACCEPTED);
+    let waiting: Value = waiting.json().await.unwrap();
+    let approval = waiting["approval_id"].as_str().unwrap().to_owned();
+
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    // What the dead server had done: recorded the approval (two minutes ago) and paid nothing.
+    let db = spendgate::store::Db::connect(&url, 1).unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let id = approval.clone();
+    let decided = db
+        .write(move |conn| {
+            spendgate::store::approvals::decide(conn, &id, "approved", "link", Some(now + 3_600_000), now - 120_000)
+        })
+        .await
+        .unwrap();
+    assert!(decided);
+    drop(db);
+    assert!(upstream.payment_headers().is_empty());
+
+    let again = serve(dir.path(), &[], &env);
+    let status_url = format!("{}{}", again.base, waiting["status_url"].as_str().unwrap());
+    let mut answer = None;
+    for _ in 0..200 {
+        let r = http.get(&status_url).bearer_auth(OWNER).send().await.unwrap();
+        if r.status() != reqwest::StatusCode::ACCEPTED {
+            answer = Some((r.status(), r.json::<Value>().await.unwrap()));
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = answer.expect("the restarted server pays the approved fetch");
+    assert_eq!((status, body["data"].as_str()), (reqwest::StatusCode::OK, Some("paid content")), "{body}");
+    assert_eq!(upstream.payment_headers().len(), 1, "paid once");
+    let balance = read(&http, &again.base, &format!("/v1/agents/{agent}/balance")).await;
+    assert_eq!(balance["spent"], 25, "{balance}");
 }

@@ -18,8 +18,15 @@ fn now() -> i64 {
 /// A distinct recent timestamp for each delivery: Stripe signs every delivery anew, and the same
 /// signature twice is refused as a replay.
 fn delivery_time() -> i64 {
-    static SENT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-    now() - SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 200
+    // Counting back from now by a counter alone repeats a second once the clock ticks between
+    // two sends; remembering the seconds handed out never does.
+    static USED: std::sync::Mutex<Option<std::collections::HashSet<i64>>> = std::sync::Mutex::new(None);
+    let mut used = USED.lock().unwrap();
+    let used = used.get_or_insert_with(Default::default);
+    let now = now();
+    let t = (now - 250..=now).rev().find(|t| !used.contains(t)).expect("at most 250 Stripe deliveries in 250 s");
+    used.insert(t);
+    t
 }
 
 struct Reply {

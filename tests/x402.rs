@@ -410,36 +410,128 @@ on_both_backends!(
     agents_that_make_the_call_themselves,
     wallets_are_sealed_exported_by_owners_only_and_scoped,
     other_answers_and_bad_input,
-    a_payment_that_needs_approval_is_paid_only_after_it,
+    a_payment_that_needs_approval_waits_and_is_paid_once_approved,
+    a_denied_or_no_longer_allowed_payment_is_never_signed,
 );
 
-async fn a_payment_that_needs_approval_is_paid_only_after_it(app: TestApp) {
-    let (agent, server) = setup(&app, 1_000).await;
+async fn get_answer(app: &TestApp, path: &str) -> Answer {
+    let response = app.http.get(format!("{}{path}", app.base)).bearer_auth(&app.owner_key).send().await.unwrap();
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+}
+
+/// The status URL's answer once it no longer says 202 (spendgate pays in the background).
+async fn outcome_of(app: &TestApp, status_url: &str) -> Answer {
+    for _ in 0..200 {
+        let answer = get_answer(app, status_url).await;
+        if answer.status != StatusCode::ACCEPTED {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{status_url} still says 202 after 5 s");
+}
+
+/// A fetch that asks for approval: its 202 answer's approval id and status URL.
+async fn fetch_waiting(app: &TestApp, agent: &str, key: &str, body: Value) -> (String, String) {
+    let waiting = fetch(app, agent, key, body).await;
+    assert_eq!(waiting.status, StatusCode::ACCEPTED, "{}", waiting.body);
+    assert_eq!(waiting.body["status"], "pending");
+    let id = waiting.body["approval_id"].as_str().expect("names its approval").to_owned();
+    let status_url = waiting.body["status_url"].as_str().unwrap().to_owned();
+    assert_eq!(status_url, format!("/v1/agents/{agent}/x402/approvals/{id}"));
+    assert_eq!(waiting.header("location"), status_url);
+    (id, status_url)
+}
+
+async fn ask_above_20_cents(app: &TestApp, agent: &str) {
     let policy = json!({"limits": [{"id": "daily_usdc", "scope": "agent", "window": {"rolling": "24h"},
         "amount": 20, "rails": ["usdc"], "on_exceed": "ask"}]});
     let (status, body) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let url = server.url("/v2/paid");
-    let refused = fetch(&app, &agent, "ask-1", json!({"url": url})).await;
-    assert_eq!(refused.status, StatusCode::PAYMENT_REQUIRED, "{}", refused.body);
-    assert_eq!(refused.body["error"]["code"], "approval_required");
-    let message = refused.body["error"]["message"].as_str().unwrap();
-    let id = message.split_whitespace().find(|w| w.starts_with("apr_")).expect("the approval is named").to_owned();
-    assert!(server.payment_headers().is_empty(), "nothing is signed before a person approves");
+}
 
+async fn a_payment_that_needs_approval_waits_and_is_paid_once_approved(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    ask_above_20_cents(&app, &agent).await;
+    let url = server.url("/v2/paid");
+    let body = json!({"url": url, "headers": {"Authorization": "Bearer upstream-secret-7"}, "trace_id": "pr-9"});
+    let (id, status_url) = fetch_waiting(&app, &agent, "ask-1", body.clone()).await;
+    assert!(server.payment_headers().is_empty(), "nothing is signed before a person approves");
+    assert!(!app.stored_text().contains("upstream-secret-7"), "the waiting fetch is sealed at rest");
+
+    // Before anyone decides, a retry with the same key is the same wait, not a second request.
+    let again = fetch(&app, &agent, "ask-1", body.clone()).await;
+    assert_eq!((again.status, again.body["approval_id"].as_str()), (StatusCode::ACCEPTED, Some(id.as_str())));
+    let (_, pending) = app.get("/v1/approvals?status=pending").await;
+    assert_eq!(pending["data"].as_array().unwrap().len(), 1, "{pending}");
     let (status, a) = app.get(&format!("/v1/approvals/{id}")).await;
     assert_eq!(
         (status, a["rail"].clone(), a["rule"].clone()),
         (StatusCode::OK, json!("usdc"), json!("agent.limit.daily_usdc"))
     );
+    let waiting = get_answer(&app, &status_url).await;
+    assert_eq!((waiting.status, waiting.body["status"].as_str()), (StatusCode::ACCEPTED, Some("pending")));
+
     let (status, _) = app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await;
     assert_eq!(status, StatusCode::OK);
-    let paid = fetch(&app, &agent, "ask-2", json!({"url": url})).await;
+    let paid = outcome_of(&app, &status_url).await;
     assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(paid.body["data"], "paid content");
+    assert_eq!(paid.header("spendgate-settlement"), "settled");
+    assert_eq!(paid.header("spendgate-cost"), "25");
     assert_eq!(server.payment_headers().len(), 1, "paid once, after the approval");
-    let again = fetch(&app, &agent, "ask-3", json!({"url": url})).await;
-    assert_eq!(again.body["error"]["code"], "approval_required", "the raise covered one call");
+    assert_eq!(app.balance(&agent).await["spent"], 25);
+    let posted: Vec<Value> =
+        ledger_authorizations(&app, &agent).await.into_iter().filter(|a| a["status"] == "posted").collect();
+    assert_eq!(posted.len(), 1);
+    assert_eq!((posted[0]["trace_id"].as_str(), posted[0]["approval_id"].as_str()), (Some("pr-9"), Some(id.as_str())));
+
+    // The agent's retry of the same key gets the same answer and pays nothing more.
+    let retried = fetch(&app, &agent, "ask-1", body).await;
+    assert_eq!((retried.status, &retried.body), (StatusCode::OK, &paid.body));
+    assert_eq!(retried.header("spendgate-payment"), paid.header("spendgate-payment"));
     assert_eq!(server.payment_headers().len(), 1);
+    // The raise covered one payment: the next one asks again.
+    let (next, _) = fetch_waiting(&app, &agent, "ask-2", json!({"url": url})).await;
+    assert_ne!(next, id);
+    assert_eq!(server.payment_headers().len(), 1);
+}
+
+async fn a_denied_or_no_longer_allowed_payment_is_never_signed(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    ask_above_20_cents(&app, &agent).await;
+    let url = server.url("/v2/paid");
+    let (id, status_url) = fetch_waiting(&app, &agent, "deny-1", json!({"url": url})).await;
+    let (status, _) = app.post(&format!("/v1/approvals/{id}/deny"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let denied = get_answer(&app, &status_url).await;
+    assert_eq!(
+        (denied.status, denied.body["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("approval_denied"))
+    );
+    let retried = fetch(&app, &agent, "deny-1", json!({"url": url})).await;
+    assert_eq!(retried.body["error"]["code"], "approval_denied", "a retry of a denied fetch is refused");
+
+    // Approved, but the agent was frozen meanwhile: the payment made after the approval is decided
+    // by the policy core again, and declined.
+    let (id, status_url) = fetch_waiting(&app, &agent, "deny-2", json!({"url": url})).await;
+    let (status, _) = app.post(&format!("/v1/agents/{agent}/freeze"), json!({"reason": "review"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let frozen = outcome_of(&app, &status_url).await;
+    assert_eq!(
+        (frozen.status, frozen.body["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("agent_frozen"))
+    );
+
+    assert!(server.payment_headers().is_empty(), "nothing was ever signed");
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["held"].as_i64(), balance["spent"].as_i64()), (Some(0), Some(0)), "{balance}");
+    let unknown = get_answer(&app, &format!("/v1/agents/{agent}/x402/approvals/apr_01JZZZZZZZZZZZZZZZZZZZZZZZ")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 }
 
 #[actix_web::test]

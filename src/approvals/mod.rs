@@ -55,6 +55,9 @@ struct Inner {
     ledger: Ledger,
     settings: ApprovalSettings,
     http: reqwest::Client,
+    /// Told each approved request that carries a deferred payment, for the rail to make it (the
+    /// rail also sweeps the database for any it misses).
+    approved: Option<mpsc::Sender<String>>,
 }
 
 /// Who decided: a Slack user, someone holding a link, or an API key.
@@ -186,19 +189,21 @@ fn load_view(conn: &mut store::DbConnection, id: &str, now_ms: i64) -> Result<Op
 }
 
 impl Approvals {
-    /// Starts the Slack notifier when a webhook is set; `asked` announces new requests.
+    /// Starts the Slack notifier when a webhook is set; `asked` announces new requests, and
+    /// `approved` is told of approved deferred payments.
     pub fn start(
         settings: ApprovalSettings,
         db: Db,
         ledger: Ledger,
         asked: Option<mpsc::Receiver<String>>,
+        approved: Option<mpsc::Sender<String>>,
     ) -> Result<Approvals> {
         let http = reqwest::Client::builder()
             .timeout(settings.slack_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
-        let approvals = Approvals { inner: Arc::new(Inner { db, ledger, settings, http }) };
+        let approvals = Approvals { inner: Arc::new(Inner { db, ledger, settings, http, approved }) };
         if let Some(asked) = asked {
             actix_web::rt::spawn(slack::notify_forever(approvals.clone(), asked));
         }
@@ -305,7 +310,7 @@ impl Approvals {
     pub async fn decide(&self, id: &str, action: ApprovalAction, by: Approver) -> Result<ApprovalView> {
         let key = parse_id(id)?;
         let decided_by = by.stored();
-        let view = self
+        let (view, deferred) = self
             .inner
             .db
             .write(move |conn| {
@@ -357,10 +362,16 @@ impl Approvals {
                     created_at: now,
                 };
                 store::events::insert(conn, &event)?;
-                load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))
+                let view = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
+                Ok((view, row.deferred.is_some()))
             })
             .await?;
         self.inner.ledger.snapshots().invalidate_agent(&AgentId::from_stored(view.agent_id.clone()));
+        if let (true, ApprovalStatus::Approved, Some(approved)) = (deferred, view.status, &self.inner.approved)
+            && approved.try_send(view.id.clone()).is_err()
+        {
+            tracing::warn!(approval = %view.id, "deferred payment queue full; the sweep makes the payment");
+        }
         tracing::info!(approval = %view.id, status = view.status.as_str(), by = ?view.decided_by, "approval decided");
         Ok(view)
     }

@@ -1,4 +1,4 @@
-//! The one place an `Error` becomes an HTTP status and `{"error": {"code", "message"}}`.
+//! The one place an `Error` becomes an HTTP answer: its status and `{"error": {"code", "message"}}`.
 
 use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
 use actix_web::http::StatusCode;
@@ -23,22 +23,7 @@ pub struct ErrorDetail {
 
 impl ResponseError for Error {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Error::Validation(_) | Error::InvalidJson(_) => StatusCode::BAD_REQUEST,
-            Error::Unauthenticated | Error::BadSignature => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::PaymentRefused { .. } => StatusCode::PAYMENT_REQUIRED,
-            Error::Disabled { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Error::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {

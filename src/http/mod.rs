@@ -91,6 +91,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usdc::fetch)
         .service(usdc::authorize)
         .service(usdc::get_payment)
+        .service(usdc::deferred_status)
         .service(usdc::report_settlement)
         .service(approvals::list_approvals)
         .service(approvals::get_approval)

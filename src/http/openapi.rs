@@ -15,7 +15,7 @@ use super::{agents, approvals, cards, keys, ledger, system, usdc, webhooks};
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
-        usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment,
+        usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
     ),

@@ -6,12 +6,15 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, ErrorDetail};
 use crate::admin::agents::parse_agent_id;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::ids::AgentId;
 use crate::error::{Error, Result};
-use crate::rails::usdc::{AuthorizeRequest, Authorized, ExportedWallet, FetchRequest, PaymentView, WalletView};
+use crate::rails::usdc::{
+    AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentView,
+    WalletView,
+};
 
 /// The agent, once the caller may act on it this way.
 fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
@@ -62,11 +65,13 @@ pub async fn export_wallet(
 
 /// Calls `url` for the agent; an x402 402 is paid if the agent's policy allows, and the call made
 /// again with the payment. The answer is the upstream one, with `Spendgate-*` headers; a refused
-/// payment is a 402 with spendgate's error (`code` = the decline reason). Needs `Idempotency-Key`.
+/// payment is a 402 with spendgate's error (`code` = the decline reason). A payment that needs a
+/// person's approval answers 202 with a status URL, and spendgate pays once someone approves.
+/// Needs `Idempotency-Key`.
 #[utoipa::path(tag = "usdc", request_body = FetchRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header, description = "one payment per key")),
-    responses((status = 200, description = "the upstream answer"), (status = 402, body = ErrorBody),
-        (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+    responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
+        (status = 402, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 #[post("/v1/agents/{agent_id}/x402/fetch")]
 pub async fn fetch(
     state: web::Data<AppState>,
@@ -76,21 +81,51 @@ pub async fn fetch(
     body: web::Json<FetchRequest>,
 ) -> Result<HttpResponse> {
     let agent = agent_for(&who, &path, Permission::Pay)?;
-    let fetched = state.usdc.fetch(&agent, idempotency_key(&req), body.into_inner()).await?;
-    let status = StatusCode::from_u16(fetched.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = HttpResponse::build(status);
-    for (name, value) in &fetched.headers {
+    Ok(match state.usdc.fetch(&agent, idempotency_key(&req), body.into_inner()).await? {
+        FetchOutcome::Answered(fetched) => {
+            let (status, headers, body) = fetched.into_parts();
+            upstream_answer(status, &headers, body)
+        }
+        FetchOutcome::Deferred(status) => deferred_answer(status),
+    })
+}
+
+/// An x402 fetch that waited for a person's approval: 202 while it waits (or is being paid), then
+/// what the fetch would have answered: the upstream answer once paid, or spendgate's refusal
+/// (`approval_denied`, `approval_expired`, or the decline of the payment made after the approval).
+#[utoipa::path(tag = "usdc", security(("bearer" = [])),
+    responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
+        (status = 402, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}/x402/approvals/{approval_id}")]
+pub async fn deferred_status(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse> {
+    let (agent, approval) = path.into_inner();
+    let agent = agent_for(&who, &agent, Permission::Read)?;
+    Ok(deferred_answer(state.usdc.deferred_status(&agent, &approval).await?))
+}
+
+fn deferred_answer(status: DeferredStatus) -> HttpResponse {
+    match status {
+        DeferredStatus::Waiting(waiting) => {
+            HttpResponse::Accepted().insert_header(("Location", waiting.status_url.as_str())).json(waiting)
+        }
+        DeferredStatus::Answer { status, headers, body } => upstream_answer(status, &headers, body),
+        DeferredStatus::Refused { status, code, message } => {
+            HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::PAYMENT_REQUIRED))
+                .json(ErrorBody { error: ErrorDetail { code, message } })
+        }
+    }
+}
+
+fn upstream_answer(status: u16, headers: &[(String, String)], body: Vec<u8>) -> HttpResponse {
+    let mut response = HttpResponse::build(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY));
+    for (name, value) in headers {
         response.append_header((name.as_str(), value.as_str()));
     }
-    if let Some(paid) = &fetched.paid {
-        response
-            .insert_header(("Spendgate-Payment", paid.payment.id.as_str()))
-            .insert_header(("Spendgate-Settlement", paid.payment.status.as_str()))
-            .insert_header(("Spendgate-Cost", paid.cost.amount.to_string()))
-            .insert_header(("Spendgate-Remaining", paid.remaining.amount.to_string()))
-            .insert_header(("Spendgate-Currency", paid.cost.currency.code()));
-    }
-    Ok(response.body(fetched.body))
+    response.body(body)
 }
 
 /// Decides and signs a payment for an agent that makes the HTTP call itself: send `header: value`.

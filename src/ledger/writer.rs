@@ -343,6 +343,7 @@ impl Writer {
             notify_error: None,
             created_at: now_ms,
             updated_at: now_ms,
+            deferred_result: None,
         };
         if let Some(open) = store::approvals::find_pending_like(conn, &request, now_ms)? {
             return Ok(open.id);

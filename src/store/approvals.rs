@@ -42,6 +42,8 @@ pub struct ApprovalRow {
     pub notify_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// What an approved deferred fetch came to (JSON the rail replays).
+    pub deferred_result: Option<String>,
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ApprovalRow) -> Result<()> {
@@ -172,4 +174,26 @@ pub fn set_notified(
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// Approved deferred payments with no result yet, decided before `decided_before`: a process
+/// that died while paying one leaves it here for the sweep.
+pub fn unfinished_deferred(conn: &mut DbConnection, decided_before: i64, limit: i64) -> Result<Vec<String>> {
+    Ok(approvals::table
+        .filter(approvals::status.eq("approved"))
+        .filter(approvals::deferred.is_not_null())
+        .filter(approvals::deferred_result.is_null())
+        .filter(approvals::decided_at.lt(decided_before))
+        .select(approvals::id)
+        .order(approvals::id)
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Records what a deferred payment came to, once: false if a result was recorded already.
+pub fn set_deferred_result(conn: &mut DbConnection, id: &str, result: &str, now_ms: i64) -> Result<bool> {
+    let changed = diesel::update(approvals::table.find(id).filter(approvals::deferred_result.is_null()))
+        .set((approvals::deferred_result.eq(result), approvals::updated_at.eq(now_ms)))
+        .execute(conn)?;
+    Ok(changed == 1)
 }

@@ -135,6 +135,7 @@ diesel::table! {
         notify_error -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        deferred_result -> Nullable<Text>,
     }
 }
 

@@ -7,6 +7,8 @@
 //! with mode `paid` (settles), `silent` (settles, but the first answer carries no settlement
 //! header), `slow` (the first paid answer comes after the client gave up), `reject` (settlement
 //! fails); a `paid` payload delivered again is refused (its nonce is used), as on chain; `/mpp` (an MPP challenge), `/odd402` (a 402 in no known format), `/free`.
+// Each test binary that includes this uses a different part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,11 @@
 //! retry re-sends that payload (same nonce, so it can settle at most once) instead of signing again.
 //! Settlement has three outcomes: settled (the hold is posted), failed (voided), unknown (the hold
 //! stays, so the spend keeps counting until someone knows better).
+//!
+//! A fetch whose payment needs a person's approval waits (`deferred`): the agent gets 202 and a
+//! status URL, and spendgate pays by itself once someone approves.
 
+mod deferred;
 pub mod eip3009;
 pub mod wallet;
 pub mod x402;
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::domain::authorization::{AuthRequest, Merchant, Rail};
+use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, Rail};
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, KeyId, PaymentId};
 use crate::domain::money::Money;
@@ -33,6 +37,8 @@ use crate::store::{self, Db};
 use eip3009::Transfer;
 use wallet::{MasterKey, Wallet};
 use x402::{Asset, Challenge, Offer, Settlement};
+
+pub use deferred::{Awaiting, DeferredStatus};
 
 /// Largest upstream body passed back to the agent.
 const MAX_UPSTREAM_BODY: usize = 10 << 20;
@@ -71,7 +77,7 @@ struct Inner {
 }
 
 /// What an agent asks spendgate to call.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchRequest {
     pub url: String,
@@ -107,6 +113,15 @@ pub struct Authorized {
     pub remaining: Money,
 }
 
+/// What a fetch came to: the upstream answer, or, for a payment that needs a person's approval,
+/// what its status URL answers (waiting, refused, or the answer once paid).
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per request, moved once: boxing saves nothing
+pub enum FetchOutcome {
+    Answered(Fetched),
+    Deferred(DeferredStatus),
+}
+
 /// The upstream answer, and what was paid for it.
 #[derive(Debug)]
 pub struct Fetched {
@@ -114,6 +129,24 @@ pub struct Fetched {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub paid: Option<Paid>,
+}
+
+impl Fetched {
+    /// Status, headers and body for the agent: the upstream ones, plus `Spendgate-*` headers
+    /// saying what was paid.
+    pub fn into_parts(self) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = self.headers;
+        if let Some(paid) = &self.paid {
+            headers.extend([
+                ("Spendgate-Payment".to_owned(), paid.payment.id.clone()),
+                ("Spendgate-Settlement".to_owned(), paid.payment.status.clone()),
+                ("Spendgate-Cost".to_owned(), paid.cost.amount.to_string()),
+                ("Spendgate-Remaining".to_owned(), paid.remaining.amount.to_string()),
+                ("Spendgate-Currency".to_owned(), paid.cost.currency.code().to_owned()),
+            ]);
+        }
+        (self.status, headers, self.body)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +255,18 @@ struct Purchase {
     trace_id: Option<String>,
     max_amount: Option<i64>,
     request_hash: String,
+    /// The ledger's idempotency key for this decision.
+    external_id: String,
+    /// The sealed fetch to replay if the payment needs a person's approval (fetches only).
+    deferred: Option<String>,
+}
+
+/// What `sign` came to: a stored payment (and whether this call stored it), or a wait for the
+/// named approval.
+#[allow(clippy::large_enum_variant)] // one per request, moved once: boxing saves nothing
+enum Signed {
+    Payment { row: PaymentRow, ours: bool, outcome: AuthOutcome },
+    Awaiting(String),
 }
 
 impl Usdc {
@@ -295,27 +340,41 @@ impl Usdc {
     }
 
     /// Calls `url`; on an x402 402, pays it if the policy allows and calls again with the payment.
-    pub async fn fetch(&self, agent: &AgentId, key: &str, input: FetchRequest) -> Result<Fetched> {
-        self.master()?;
+    /// A payment that needs a person's approval waits for one, and is then paid by spendgate.
+    pub async fn fetch(&self, agent: &AgentId, key: &str, input: FetchRequest) -> Result<FetchOutcome> {
+        self.fetch_as(agent, key, input, None).await
+    }
+
+    /// `approval`: the approval this fetch runs under (spendgate paying a deferred fetch), which
+    /// gives its decision an idempotency key of its own beside the declined attempt's.
+    async fn fetch_as(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        input: FetchRequest,
+        approval: Option<&str>,
+    ) -> Result<FetchOutcome> {
+        let master = self.master()?;
         let key = idempotency_key(key)?;
         let call = check_call(&input)?;
         let max_amount = check_max_amount(input.max_amount)?;
+        let sealed = deferred::seal(master, agent, &key, &input);
         let trace_id = check_trace(input.trace_id)?;
         self.agent_exists(agent).await?;
         let request_hash = hash(&["fetch", call.method.as_str(), call.url.as_str()]);
         let _one_at_a_time = self.inner.in_flight.lock(format!("{agent}:{key}")).await;
 
         if let Some(previous) = self.find_payment(agent, &key).await? {
-            return self.resume(previous, &request_hash, &call).await;
+            return self.resume(previous, &request_hash, &call).await.map(FetchOutcome::Answered);
         }
         let first = self.send(&call, None).await.map_err(|e| Error::Upstream(format!("calling {}: {e}", call.url)))?;
         if first.status != 402 {
-            return Ok(first.into_fetched(None));
+            return Ok(FetchOutcome::Answered(first.into_fetched(None)));
         }
         let www_authenticate = first.headers_named("www-authenticate");
         let challenge = x402::challenge(first.header("payment-required"), &www_authenticate, &first.body);
         let (version, accepts, resource) = match challenge {
-            None => return Ok(first.into_fetched(None)),
+            None => return Ok(FetchOutcome::Answered(first.into_fetched(None))),
             Some(Challenge::Mpp) => {
                 return Err(refused(
                     "unsupported_payment_protocol",
@@ -325,15 +384,32 @@ impl Usdc {
             Some(Challenge::X402 { version, accepts, resource }) => (version, accepts, resource),
         };
         let offer = self.choose(version, &accepts)?;
+        let external_id = match approval {
+            None => format!("{agent}:{key}"),
+            Some(approval) => format!("{agent}:{key}:{approval}"),
+        };
         let url = call.url.clone();
-        let purchase =
-            Purchase { url, version, offer, resource, trace_id, max_amount, request_hash: request_hash.clone() };
-        let ((row, ours), outcome) = self.sign(agent, &key, purchase).await?;
-        if !ours {
+        let purchase = Purchase {
+            url,
+            version,
+            offer,
+            resource,
+            trace_id,
+            max_amount,
+            request_hash: request_hash.clone(),
+            external_id,
+            deferred: Some(sealed),
+        };
+        match self.sign(agent, &key, purchase).await? {
+            Signed::Awaiting(approval) => self.deferred_status(agent, &approval).await.map(FetchOutcome::Deferred),
             // Another process signed for this key first: its payload is the one that goes.
-            return self.resume(row, &request_hash, &call).await;
+            Signed::Payment { row, ours: false, .. } => {
+                self.resume(row, &request_hash, &call).await.map(FetchOutcome::Answered)
+            }
+            Signed::Payment { row, ours: true, outcome } => {
+                self.deliver(row, &call, true, Some(&outcome)).await.map(FetchOutcome::Answered)
+            }
         }
-        self.deliver(row, &call, true, Some(&outcome)).await
     }
 
     /// Decides and signs a payment for the agent to send itself.
@@ -367,8 +443,21 @@ impl Usdc {
             }
             None => {
                 let offer = self.choose(version, &accepts)?;
-                let purchase = Purchase { url, version, offer, resource, trace_id, max_amount, request_hash };
-                let ((row, _), outcome) = self.sign(agent, &key, purchase).await?;
+                let external_id = format!("{agent}:{key}");
+                let purchase = Purchase {
+                    url,
+                    version,
+                    offer,
+                    resource,
+                    trace_id,
+                    max_amount,
+                    request_hash,
+                    external_id,
+                    deferred: None,
+                };
+                let Signed::Payment { row, outcome, .. } = self.sign(agent, &key, purchase).await? else {
+                    return Err(Error::Internal("a payment with nothing to defer waits for an approval".into()));
+                };
                 let (cost, remaining) = costs(&outcome)?;
                 (row, cost, remaining)
             }
@@ -426,8 +515,8 @@ impl Usdc {
     }
 
     /// Decides the payment (the hold is durable before anything is signed), signs it and stores
-    /// the payload. Returns the stored payment (and whether it is this call's) and the decision.
-    async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<((PaymentRow, bool), AuthOutcome)> {
+    /// the payload. A decline is refused, unless it asks for an approval of a deferrable fetch.
+    async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<Signed> {
         let master = self.master()?;
         let wallet_row = self.wallet_row(agent).await?;
         let wallet = master.open(agent, &wallet_row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
@@ -448,11 +537,21 @@ impl Usdc {
             trace_id: p.trace_id,
             max_amount: p.max_amount,
         };
-        let external_id = format!("{agent}:{key}");
-        let auth =
-            Authorize { source: "x402", external_id, payer: Payer::Wallet(agent.clone()), request, deferred: None };
+        let deferrable = p.deferred.is_some();
+        let auth = Authorize {
+            source: "x402",
+            external_id: p.external_id,
+            payer: Payer::Wallet(agent.clone()),
+            request,
+            deferred: p.deferred,
+        };
         let outcome = self.inner.ledger.authorize(auth).await;
         let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
+            if let (true, Some(DeclineReason::ApprovalRequired), Some(id)) =
+                (deferrable, outcome.reason, &outcome.approval_id)
+            {
+                return Ok(Signed::Awaiting(id.clone()));
+            }
             let reason = outcome.reason.map_or("declined", |r| r.as_str());
             let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
             let asked = match &outcome.approval_id {
@@ -523,10 +622,10 @@ impl Usdc {
         };
         let stored = self.inner.db.write(move |conn| store::x402::insert_or_get(conn, &row)).await;
         match stored {
-            Ok(stored) => Ok((stored, outcome)),
+            Ok((row, ours)) => Ok(Signed::Payment { row, ours, outcome }),
             // Another process stored a payment for this key at the same moment: that one goes.
             Err(Error::Conflict { code: "already_exists", .. }) => match self.find_payment(agent, key).await? {
-                Some(winner) => Ok(((winner, false), outcome)),
+                Some(winner) => Ok(Signed::Payment { row: winner, ours: false, outcome }),
                 None => Err(Error::Internal("a payment vanished after a conflicting insert".into())),
             },
             Err(e) => {

@@ -53,26 +53,36 @@ impl MasterKey {
 
     /// Seals the wallet's key, bound to its agent: a sealed key copied to another agent does not open.
     pub fn seal(&self, agent: &AgentId, wallet: &Wallet) -> String {
+        let secret = Zeroizing::new(wallet.key.to_bytes());
+        self.seal_bytes(agent.as_str().as_bytes(), secret.as_slice())
+    }
+
+    pub fn open(&self, agent: &AgentId, sealed: &str) -> Result<Wallet, WalletError> {
+        let fail = || WalletError::Sealed(agent.to_string());
+        let secret = self.open_bytes(agent.as_str().as_bytes(), sealed).ok_or_else(fail)?;
+        Wallet::from_secret(&secret).ok_or_else(fail)
+    }
+
+    /// Seals any secret, bound to `context`: it opens only with the same master key and context.
+    pub fn seal_bytes(&self, context: &[u8], secret: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let secret = Zeroizing::new(wallet.key.to_bytes());
-        let payload = Payload { msg: secret.as_slice(), aad: agent.as_str().as_bytes() };
-        let sealed = self.0.encrypt(Nonce::from_slice(&nonce), payload).expect("AES-GCM seals 32 bytes");
+        let payload = Payload { msg: secret, aad: context };
+        let sealed = self.0.encrypt(Nonce::from_slice(&nonce), payload).expect("AES-GCM seals any length we store");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
         format!("{SEALED_PREFIX}{}", BASE64.encode(out))
     }
 
-    pub fn open(&self, agent: &AgentId, sealed: &str) -> Result<Wallet, WalletError> {
-        let fail = || WalletError::Sealed(agent.to_string());
-        let bytes = sealed.strip_prefix(SEALED_PREFIX).and_then(|b| BASE64.decode(b).ok()).ok_or_else(fail)?;
+    /// None: not sealed by this master key for this context, or altered.
+    pub fn open_bytes(&self, context: &[u8], sealed: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let bytes = sealed.strip_prefix(SEALED_PREFIX).and_then(|b| BASE64.decode(b).ok())?;
         if bytes.len() <= NONCE_LEN {
-            return Err(fail());
+            return None;
         }
         let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
-        let payload = Payload { msg: ciphertext, aad: agent.as_str().as_bytes() };
-        let secret = Zeroizing::new(self.0.decrypt(Nonce::from_slice(nonce), payload).map_err(|_| fail())?);
-        Wallet::from_secret(&secret).ok_or_else(fail)
+        let payload = Payload { msg: ciphertext, aad: context };
+        self.0.decrypt(Nonce::from_slice(nonce), payload).ok().map(Zeroizing::new)
     }
 }
 
