@@ -298,6 +298,22 @@ async fn stripe_lifecycle_leaves_the_ledger_exact(app: TestApp) {
     // The window holds 1,500 + 700 (posted) + 400 (held) = 2,600 of 5,000.
     assert_eq!(stripe_ask(&app, "iauth_f", "ic_life", 2_401, "5734").await.body["approved"], false);
     assert_eq!(stripe_ask(&app, "iauth_g", "ic_life", 2_400, "5734").await.body["approved"], true);
+
+    // Stripe raised a hold it approved (an incremental authorization): recorded, and counted.
+    let raised =
+        event("evt_inc", "issuing_authorization.updated", stripe_decided("iauth_g", "ic_life", 2_900, true, "pending"));
+    for _ in 0..2 {
+        let r = stripe(&app, "/webhooks/stripe", &raised).await;
+        assert_eq!((r.status, r.body["skipped"].as_array().map(Vec::len)), (StatusCode::OK, Some(0)), "{}", r.body);
+        assert_eq!(balance(&app, &agent).await.0, 400 + 2_900);
+    }
+    let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    let increases: Vec<&Value> =
+        ledger["data"].as_array().unwrap().iter().filter(|e| e["kind"] == "increase").collect();
+    assert_eq!(increases.len(), 1, "{ledger}");
+    assert_eq!(increases[0]["amount"]["amount"], 500);
+    // The window now holds more than its cap (a processor's fact): the next request is declined.
+    assert_eq!(stripe_ask(&app, "iauth_h", "ic_life", 1, "5734").await.body["approved"], false);
     let (_, events) = app.get(&format!("/v1/agents/{agent}/events")).await;
     assert!(events["data"].as_array().unwrap().iter().any(|e| e["kind"] == "authorization_overridden"), "{events}");
 }
@@ -428,6 +444,12 @@ async fn lithic_lifecycle_leaves_the_ledger_exact(app: TestApp) {
         let r = lithic(&app, events, &lithic_transaction("tx-c", "card-life", json!([advice, advice2]))).await;
         assert_eq!(balance(&app, &agent).await.0, 600, "{}", r.body);
     }
+    // an advice for more: the hold grows to it, once however often it is delivered
+    let advice3 = lithic_event("ev-c3", "AUTHORIZATION_ADVICE", 900, "USD");
+    for _ in 0..2 {
+        let r = lithic(&app, events, &lithic_transaction("tx-c", "card-life", json!([advice, advice2, advice3]))).await;
+        assert_eq!(balance(&app, &agent).await.0, 900, "{}", r.body);
+    }
     // a force post: a clearing with no authorization at all
     lithic(
         &app,
@@ -435,7 +457,7 @@ async fn lithic_lifecycle_leaves_the_ledger_exact(app: TestApp) {
         &lithic_transaction("tx-d", "card-life", json!([lithic_event("ev-d1", "CLEARING", 250, "USD")])),
     )
     .await;
-    assert_eq!(balance(&app, &agent).await, (600, 1_750, 500, 98_150));
+    assert_eq!(balance(&app, &agent).await, (900, 1_750, 500, 97_850));
     // other event types are acknowledged and change nothing
     let r = lithic(&app, events, &json!({"event_type": "card.created", "token": "c"})).await;
     assert_eq!((r.status, r.body["applied"].as_i64()), (StatusCode::OK, Some(0)));

@@ -117,7 +117,8 @@ pub enum Movement {
     Reverse { amount: Option<i64>, currency: Option<String> },
     /// Credit the balance; limits are not restored.
     Refund { amount: i64, currency: Option<String> },
-    /// The processor changed the amount it holds: the hold becomes this total (decreases only, so far).
+    /// The processor changed the amount it holds: the hold becomes this total (less releases the
+    /// difference, more is recorded as an `increase`).
     Adjust { amount: i64, currency: String },
 }
 

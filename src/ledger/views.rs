@@ -178,7 +178,7 @@ impl AuthorizationView {
 pub struct TransferView {
     pub id: String,
     pub external_id: String,
-    /// `fund`, `post`, `excess`, `void`, `expire` or `refund`.
+    /// `fund`, `post`, `excess`, `increase` (a processor raised the hold), `void`, `expire` or `refund`.
     pub kind: String,
     pub authorization_id: Option<String>,
     pub card_id: Option<String>,

@@ -651,7 +651,7 @@ impl Writer {
                 Movement::Capture { .. } => first.kind == "post",
                 Movement::Reverse { .. } => first.kind == "void",
                 Movement::Refund { .. } => first.kind == "refund",
-                Movement::Adjust { .. } => first.kind == "void",
+                Movement::Adjust { .. } => matches!(first.kind.as_str(), "void" | "increase"),
             };
             if first.authorization_id.as_deref() != Some(row.id.as_str()) || !same_kind {
                 return Err(conflict(
@@ -735,11 +735,17 @@ impl Writer {
                     let less = row.held - total;
                     transfers.push(self.release(conn, &mut row, l, less, "void", &c.external_id, now_ms)?);
                 } else if total > row.held {
-                    // The stored transfer kinds have no increase yet: refused (and reported), not guessed.
-                    return Err(conflict(
-                        "hold_increase_unsupported",
-                        format!("authorization {} holds {}; increasing a hold is not recorded yet", row.id, row.held),
-                    ));
+                    // The processor approved more (an incremental authorization, an advice): a fact,
+                    // recorded, and counted against limits like any hold.
+                    let more = total - row.held;
+                    row.held += more;
+                    row.counted += more;
+                    row.counted_card = card_share(&row);
+                    l.ledger.balance.held += more;
+                    self.save_row(conn, &mut row, l, now_ms)?;
+                    let t = transfer(&row, &c.external_id, "increase", more, now_ms);
+                    rows::insert_transfer(conn, &t)?;
+                    transfers.push(t);
                 } else {
                     // Nothing moves, but the id is spent (a void of 0): the same event delivered again
                     // after a later change must not set the hold back to this amount.
