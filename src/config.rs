@@ -63,6 +63,19 @@ pub struct Config {
     pub marqeta_username: Option<Secret>,
     pub marqeta_password: Option<Secret>,
     pub marqeta_password_previous: Option<Secret>,
+    /// Stripe's secret API key (`sk_…` or a restricted `rk_…` with Issuing write): cards issued with
+    /// `processor: "stripe"` and no `processor_card_id` are then created at Stripe.
+    pub stripe_api_key: Option<Secret>,
+    pub stripe_api_url: String,
+    /// The Stripe cardholder (`ich_…`) new cards are issued to; required with `stripe_api_key`.
+    pub stripe_cardholder: Option<String>,
+    /// Lithic's API key: cards issued with `processor: "lithic"` and no `processor_card_id` are then
+    /// created at Lithic.
+    pub lithic_api_key: Option<Secret>,
+    /// `https://api.lithic.com`, or `https://sandbox.lithic.com` for the sandbox.
+    pub lithic_api_url: String,
+    /// Time allowed for each request to a processor's API.
+    pub processor_timeout_ms: u64,
     /// 32 bytes, base64: seals agents' wallet keys (AES-256-GCM). Unset, the USDC rail is off.
     pub master_key: Option<Secret>,
     /// More x402 assets to pay with, beside USDC on Base and Base Sepolia: `<network>=<token address>,…`
@@ -125,6 +138,12 @@ impl Default for Config {
             marqeta_username: None,
             marqeta_password: None,
             marqeta_password_previous: None,
+            stripe_api_key: None,
+            stripe_api_url: "https://api.stripe.com".into(),
+            stripe_cardholder: None,
+            lithic_api_key: None,
+            lithic_api_url: "https://api.lithic.com".into(),
+            processor_timeout_ms: 10_000,
             master_key: None,
             x402_assets: String::new(),
             x402_timeout_ms: 30_000,
@@ -209,6 +228,17 @@ impl Config {
         anyhow::ensure!(
             self.marqeta_username.is_some() == self.marqeta_password.is_some(),
             "SPENDGATE_MARQETA_USERNAME and SPENDGATE_MARQETA_PASSWORD are set together"
+        );
+        anyhow::ensure!(
+            self.stripe_api_key.is_none() || self.stripe_cardholder.as_deref().is_some_and(|c| c.starts_with("ich_")),
+            "SPENDGATE_STRIPE_API_KEY needs SPENDGATE_STRIPE_CARDHOLDER, the cardholder (ich_…) cards are issued to"
+        );
+        for (name, url) in [("stripe_api_url", &self.stripe_api_url), ("lithic_api_url", &self.lithic_api_url)] {
+            anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "{name} must be an http(s) URL");
+        }
+        anyhow::ensure!(
+            (100..=120_000).contains(&self.processor_timeout_ms),
+            "processor_timeout_ms must be 100 to 120000"
         );
         anyhow::ensure!(self.hold_expiry_hours >= 1, "hold_expiry_hours must be at least 1");
         anyhow::ensure!((100..=300_000).contains(&self.x402_timeout_ms), "x402_timeout_ms must be 100 to 300000");

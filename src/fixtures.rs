@@ -1,5 +1,6 @@
 //! Reference and demo data from `fixtures/`, compiled into the binary.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use crate::domain::catalog::Catalog;
@@ -8,6 +9,7 @@ const MCC_CODES: &str = include_str!("../fixtures/mcc_codes.csv");
 const MCC_GROUPS: &str = include_str!("../fixtures/mcc_groups.json");
 const POLICY_TEMPLATES: &str = include_str!("../fixtures/policy_templates.json");
 pub const DEMO: &str = include_str!("../fixtures/demo.json");
+const STRIPE_CATEGORIES: &str = include_str!("../fixtures/stripe_categories.csv");
 
 /// The built-in catalog. The fixtures are checked by this crate's tests, so a failure here is a
 /// build defect, reported at start before anything listens.
@@ -16,6 +18,19 @@ pub fn catalog() -> &'static Catalog {
     CATALOG.get_or_init(|| {
         Catalog::from_sources(MCC_CODES, MCC_GROUPS, POLICY_TEMPLATES)
             .unwrap_or_else(|e| panic!("built-in fixtures are invalid: {e}"))
+    })
+}
+
+/// MCC → Stripe Issuing category slug (`spending_controls` name merchants by these).
+pub fn stripe_categories() -> &'static HashMap<String, String> {
+    static CATEGORIES: OnceLock<HashMap<String, String>> = OnceLock::new();
+    CATEGORIES.get_or_init(|| {
+        let mut reader = csv::Reader::from_reader(STRIPE_CATEGORIES.as_bytes());
+        reader
+            .records()
+            .map(|r| r.unwrap_or_else(|e| panic!("built-in Stripe categories are invalid: {e}")))
+            .map(|r| (r.get(0).unwrap_or_default().to_owned(), r.get(2).unwrap_or_default().to_owned()))
+            .collect()
     })
 }
 
@@ -32,6 +47,9 @@ mod tests {
             assert!(catalog.is_known_group(group), "{group}");
         }
         assert!(catalog.is_known_country("DE"));
+        let stripe = stripe_categories();
+        assert_eq!(stripe.get("5734").map(String::as_str), Some("computer_software_stores"));
+        assert_eq!(stripe.len(), 287, "one Stripe category per MCC in Stripe's table");
         assert!(!catalog.is_known_country("XX"));
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on those below it:
 //! `http` (actix-web) → `admin` (operations) → `ledger` (decisions and money) → `policy` (the pure
-//! rules) → `domain` (plain types); `admin`, `ledger` and `cache` read and write through `store` (diesel).
+//! rules) → `domain` (plain types); `admin` makes cards at processors through `rails::card::issuing`;
+//! `admin`, `ledger` and `cache` read and write through `store` (diesel).
 
 pub mod admin;
 pub mod approvals;
@@ -37,6 +38,7 @@ use crate::cache::Snapshots;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::policy::FxRules;
+use crate::rails::card::issuing::{Issuer, IssuingSettings, LithicApi, StripeApi};
 use crate::rails::card::signature::{BasicAuth, HexSignature, ReplayGuard, StandardWebhooks};
 use crate::rails::usdc::wallet::MasterKey;
 use crate::rails::usdc::x402::parse_assets;
@@ -86,7 +88,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         asked: asked_tx,
     };
     let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), settings);
-    let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone());
+    let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone(), issuer(config)?);
     spawn_background(config, &ledger, &rates);
     let first_key = admin.ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose())).await?;
 
@@ -155,6 +157,24 @@ fn processors(config: &Config) -> anyhow::Result<http::processors::Processors> {
         tracing::info!("SPENDGATE_MARQETA_USERNAME/PASSWORD are not set: the Marqeta JIT endpoint answers 404");
     }
     Ok(p)
+}
+
+/// Issuing at Stripe and Lithic, each on when its API key is set.
+fn issuer(config: &Config) -> anyhow::Result<Issuer> {
+    let stripe = config.stripe_api_key.clone().map(|api_key| StripeApi {
+        api_key,
+        base_url: config.stripe_api_url.clone(),
+        cardholder: config.stripe_cardholder.clone().unwrap_or_default(),
+    });
+    let lithic =
+        config.lithic_api_key.clone().map(|api_key| LithicApi { api_key, base_url: config.lithic_api_url.clone() });
+    for (name, on) in [("Stripe", stripe.is_some()), ("Lithic", lithic.is_some())] {
+        if on {
+            tracing::info!("cards issued with processor {name} and no processor_card_id are created at {name}");
+        }
+    }
+    let settings = IssuingSettings { stripe, lithic, timeout: Duration::from_millis(config.processor_timeout_ms) };
+    Issuer::new(settings, fixtures::stripe_categories(), fixtures::catalog())
 }
 
 /// The USDC rail, on when a master key is set.

@@ -23,6 +23,7 @@ struct Driver {
     session: String,
     http: reqwest::Client,
     process: Child,
+    _profile: tempfile::TempDir,
 }
 
 impl Drop for Driver {
@@ -43,6 +44,7 @@ impl Driver {
             .expect("chromedriver starts");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
+        let profile = tempfile::tempdir().unwrap();
         for _ in 0..100 {
             if http.get(format!("{base}/status")).send().await.is_ok() {
                 break;
@@ -51,9 +53,13 @@ impl Driver {
         }
         let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": CHROMIUM,
+            // No background traffic: on a machine without a network its refused connections slow
+            // the first page down; a fresh profile each time.
             "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--no-first-run", format!("--user-data-dir={}", profile.path().display()),
                      "--window-size=390,844", "--blink-settings=scriptEnabled=false"]}}}});
-        let mut driver = Driver { base, session: String::new(), http, process };
+        let mut driver = Driver { base, session: String::new(), http, process, _profile: profile };
         let created = driver.call(reqwest::Method::POST, "/session", capabilities).await;
         driver.session = created["sessionId"].as_str().expect("a WebDriver session").to_owned();
         driver
@@ -78,10 +84,19 @@ impl Driver {
         self.session(reqwest::Method::POST, "/url", json!({"url": url})).await;
     }
 
+    /// The element, waited for up to 10 s: on a busy machine the page may still be coming.
     async fn find(&self, css: &str) -> String {
-        let found =
-            self.session(reqwest::Method::POST, "/element", json!({"using": "css selector", "value": css})).await;
-        found[ELEMENT].as_str().unwrap_or_else(|| panic!("element {css}: {found}")).to_owned()
+        let wanted = json!({"using": "css selector", "value": css});
+        let path = format!("{}/session/{}/element", self.base, self.session);
+        for _ in 0..200 {
+            let answer: Value = self.http.post(&path).json(&wanted).send().await.unwrap().json().await.unwrap();
+            if let Some(id) = answer["value"][ELEMENT].as_str() {
+                return id.to_owned();
+            }
+            assert_eq!(answer["value"]["error"], "no such element", "WebDriver {path}: {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no element {css} after 10 s");
     }
 
     async fn text(&self, css: &str) -> String {

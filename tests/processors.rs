@@ -3,8 +3,11 @@
 //! that must leave the ledger and the limits exact. On SQLite and PostgreSQL.
 
 mod common;
+#[path = "common/processor_api.rs"]
+mod processor_api;
 
-use common::{LITHIC_SECRET, MARQETA_PASSWORD, MARQETA_USER, STRIPE_SECRET, TestApp};
+use common::{Backend, LITHIC_SECRET, MARQETA_PASSWORD, MARQETA_USER, STRIPE_SECRET, TestApp, spawn_with};
+use processor_api::{LITHIC_KEY, Mode, ProcessorApi, STRIPE_CARDHOLDER, STRIPE_KEY};
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
@@ -603,4 +606,212 @@ async fn a_capture_in_another_currency_postgres() {
 #[actix_web::test]
 async fn processors_without_credentials_answer_404() {
     unconfigured_processors_answer_404(common::spawn(common::Backend::Sqlite).await).await;
+}
+
+// ---------------------------------------------------------------- Issuing at the processor
+
+/// The app with Stripe's and Lithic's issuing APIs at the local stand-in.
+async fn issuing_app(backend: Backend, api: &ProcessorApi) -> TestApp {
+    let base = api.base.clone();
+    spawn_with(backend, move |c| {
+        c.stripe_api_key = Some(Secret::new(STRIPE_KEY));
+        c.stripe_api_url = base.clone();
+        c.stripe_cardholder = Some(STRIPE_CARDHOLDER.into());
+        c.lithic_api_key = Some(Secret::new(LITHIC_KEY));
+        c.lithic_api_url = base;
+    })
+    .await
+}
+
+macro_rules! with_processor_api {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use super::*;
+
+                #[actix_web::test]
+                async fn sqlite() {
+                    let api = ProcessorApi::start().await;
+                    super::$case(issuing_app(Backend::Sqlite, &api).await, api).await;
+                }
+
+                #[actix_web::test]
+                async fn postgres() {
+                    if common::postgres_url().is_none() {
+                        return;
+                    }
+                    let api = ProcessorApi::start().await;
+                    super::$case(issuing_app(Backend::Postgres, &api).await, api).await;
+                }
+            }
+        )*
+    };
+}
+
+with_processor_api!(
+    cards_issued_at_stripe_mirror_their_rules_and_follow_every_change,
+    cards_issued_at_lithic_carry_their_limit_and_state,
+    a_processor_that_refuses_or_fails_leaves_no_card,
+);
+
+async fn card_post(app: &TestApp, agent: &str, card: &str, action: &str) {
+    let (status, body) =
+        app.post(&format!("/v1/agents/{agent}/cards/{card}/{action}"), json!({"reason": "test"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn cards_issued_at_stripe_mirror_their_rules_and_follow_every_change(app: TestApp, api: ProcessorApi) {
+    let agent = app.create_agent("stripe-issued").await;
+    app.fund(&agent, 100_000).await;
+    let card = app
+        .issue_card(
+            &agent,
+            json!({"label": "openai", "processor": "stripe",
+            "policy": {"mcc": {"allow": ["5734"]}, "countries": {"allow": ["US"]}, "per_transaction": 2_500}}),
+        )
+        .await;
+    let (card_id, stripe_id) = (card["id"].as_str().unwrap(), card["processor_card_id"].as_str().unwrap().to_owned());
+    assert!(stripe_id.starts_with("ic_1Test"), "{card}");
+    assert_eq!(
+        (card["last4"].as_str(), card["exp_month"].as_i64(), card["exp_year"].as_i64()),
+        (Some("0005"), Some(8), Some(2029)),
+        "Stripe's card, as Stripe made it"
+    );
+    assert_eq!((card["processor_managed"].as_bool(), &card["number"]), (Some(true), &Value::Null));
+    let seen = api.seen();
+    assert_eq!(seen.len(), 1);
+    let created = &seen[0];
+    assert_eq!((created.method.as_str(), created.path.as_str()), ("POST", "/v1/issuing/cards"));
+    assert_eq!(created.field("cardholder"), Some(STRIPE_CARDHOLDER));
+    assert_eq!((created.field("currency"), created.field("type")), (Some("usd"), Some("virtual")));
+    assert_eq!(created.field("spending_controls[allowed_categories][0]"), Some("computer_software_stores"));
+    assert_eq!(created.field("spending_controls[allowed_merchant_countries][0]"), Some("US"));
+    assert_eq!(created.field("spending_controls[spending_limits][0][amount]"), Some("2500"));
+    assert_eq!(created.field("spending_controls[spending_limits][0][interval]"), Some("per_authorization"));
+    assert_eq!(created.field("metadata[spendgate_card_id]"), Some(card_id));
+    assert_eq!(created.header("idempotency-key"), card_id, "one card per issue, whatever the retries");
+    assert!(!created.header("stripe-version").is_empty());
+
+    // Stripe's questions about its new card are decided by the card's rules here.
+    assert_eq!(stripe_ask(&app, "iauth_new_1", &stripe_id, 2_000, "5734").await.body["approved"], true);
+    assert_eq!(stripe_ask(&app, "iauth_new_2", &stripe_id, 3_000, "5734").await.body["approved"], false);
+
+    // Every change here follows at Stripe.
+    let update = format!("/v1/issuing/cards/{stripe_id}");
+    card_post(&app, &agent, card_id, "freeze").await;
+    let last = api.seen().pop().unwrap();
+    assert_eq!((last.path.as_str(), last.field("status")), (update.as_str(), Some("inactive")));
+    assert_eq!(last.field("spending_controls[allowed_categories][0]"), Some("computer_software_stores"));
+    let (status, body) = app.put(&format!("/v1/agents/{agent}/cards/{card_id}/policy"), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let last = api.seen().pop().unwrap();
+    assert_eq!(last.field("status"), Some("inactive"), "still frozen");
+    assert_eq!(last.field("spending_controls[allowed_categories]"), Some(""), "a wider policy clears the mirror");
+    assert_eq!(last.field("spending_controls[spending_limits]"), Some(""));
+    card_post(&app, &agent, card_id, "unfreeze").await;
+    assert_eq!(api.seen().pop().unwrap().field("status"), Some("active"));
+    card_post(&app, &agent, card_id, "close").await;
+    let last = api.seen().pop().unwrap();
+    assert_eq!((last.field("status"), last.form.len()), (Some("canceled"), 1));
+
+    // A registered card (made at Stripe by someone else) is never changed there.
+    let before = api.seen().len();
+    let registered = app
+        .issue_card(
+            &agent,
+            json!({"label": "aws", "processor": "stripe", "processor_card_id": "ic_theirs", "last4": "1111"}),
+        )
+        .await;
+    assert_eq!(registered["processor_managed"], false);
+    card_post(&app, &agent, registered["id"].as_str().unwrap(), "freeze").await;
+    assert_eq!(api.seen().len(), before, "nothing sent for a registered card");
+}
+
+async fn cards_issued_at_lithic_carry_their_limit_and_state(app: TestApp, api: ProcessorApi) {
+    let agent = app.create_agent("lithic-issued").await;
+    let card = app
+        .issue_card(
+            &agent,
+            json!({"label": "anthropic", "processor": "lithic", "single_use": true,
+            "policy": {"per_transaction": 1_500}}),
+        )
+        .await;
+    let token = card["processor_card_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (card["last4"].as_str(), card["exp_month"].as_i64(), card["exp_year"].as_i64()),
+        (Some("4142"), Some(6), Some(2030))
+    );
+    let created = &api.seen()[0];
+    assert_eq!((created.method.as_str(), created.path.as_str()), ("POST", "/v1/cards"));
+    assert_eq!(created.header("authorization"), LITHIC_KEY, "Lithic takes the bare key");
+    assert_eq!(
+        created.json,
+        json!({"type": "SINGLE_USE", "memo": "anthropic", "state": "OPEN", "spend_limit": 1_500,
+            "spend_limit_duration": "TRANSACTION"})
+    );
+    let card_id = card["id"].as_str().unwrap();
+    card_post(&app, &agent, card_id, "freeze").await;
+    let last = api.seen().pop().unwrap();
+    assert_eq!((last.method.as_str(), last.path.clone()), ("PATCH", format!("/v1/cards/{token}")));
+    assert_eq!(last.json, json!({"state": "PAUSED", "spend_limit": 1_500, "spend_limit_duration": "TRANSACTION"}));
+    let (status, _) = app.put(&format!("/v1/agents/{agent}/cards/{card_id}/policy"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.seen().pop().unwrap().json["spend_limit"], 0, "0 removes Lithic's limit");
+    card_post(&app, &agent, card_id, "close").await;
+    assert_eq!(api.seen().pop().unwrap().json, json!({"state": "CLOSED"}));
+
+    // Lithic issues USD cards only: refused before anything is sent.
+    let before = api.seen().len();
+    let (status, body) = app
+        .post(&format!("/v1/agents/{agent}/cards"), json!({"label": "eu", "processor": "lithic", "currency": "EUR"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("processor_currency_unsupported"))
+    );
+    assert_eq!(api.seen().len(), before);
+}
+
+async fn a_processor_that_refuses_or_fails_leaves_no_card(app: TestApp, api: ProcessorApi) {
+    let agent = app.create_agent("unlucky").await;
+    api.set_mode(Mode::Refuse);
+    let (status, body) =
+        app.post(&format!("/v1/agents/{agent}/cards"), json!({"label": "x", "processor": "stripe"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("processor_refused")));
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("not eligible"),
+        "Stripe's reason is passed on: {body}"
+    );
+    api.set_mode(Mode::Down);
+    let (status, body) =
+        app.post(&format!("/v1/agents/{agent}/cards"), json!({"label": "x", "processor": "lithic"})).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::BAD_GATEWAY, Some("upstream_failed")));
+    let (_, listed) = app.get(&format!("/v1/agents/{agent}/cards")).await;
+    assert_eq!(listed["data"], json!([]), "nothing is recorded for a card the processor did not make");
+    let (status, _) =
+        app.post("/v1/agents/agt_01JZZZZZZZZZZZZZZZZZZZZZZZ/cards", json!({"label": "x", "processor": "stripe"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api.seen().len(), 2, "an unknown agent's card is not made at Stripe");
+
+    // A change that cannot reach the processor still holds here, and the trail says so.
+    api.set_mode(Mode::Normal);
+    let card = app.issue_card(&agent, json!({"label": "y", "processor": "stripe"})).await;
+    let card_id = card["id"].as_str().unwrap();
+    api.set_mode(Mode::Down);
+    card_post(&app, &agent, card_id, "freeze").await;
+    let (_, events) = app.get(&format!("/v1/agents/{agent}/cards/{card_id}/events")).await;
+    let kinds: Vec<&str> = events["data"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"frozen") && kinds.contains(&"processor_sync_failed"), "{kinds:?}");
+    let (_, after) = app.get(&format!("/v1/agents/{agent}/cards/{card_id}")).await;
+    assert_eq!(after["status"], "frozen");
+}
+
+#[actix_web::test]
+async fn without_an_api_key_a_processor_card_must_be_registered() {
+    let app = common::spawn(Backend::Sqlite).await;
+    let agent = app.create_agent("no keys").await;
+    let (status, body) =
+        app.post(&format!("/v1/agents/{agent}/cards"), json!({"label": "x", "processor": "stripe"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("SPENDGATE_STRIPE_API_KEY"), "{body}");
 }

@@ -6,10 +6,11 @@ use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, require, required_
 use crate::domain::access::{Permission, Principal};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, CardId};
+use crate::domain::ids::{AgentId, CardId, KeyId};
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
+use crate::rails::card::issuing::NewCardAt;
 use crate::store::{self, DbConnection};
 
 /// How often a status change re-reads a card that a concurrent change moved under it.
@@ -33,8 +34,10 @@ pub struct NewCard {
     /// spendgate declines every authorization after this instant.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<jiff::Timestamp>,
-    /// `simulator` (default) issues here; for `stripe`, `lithic` or `marqeta` the card already exists
-    /// at the processor and is registered with its `processor_card_id` and `last4`.
+    /// `simulator` (default) issues here. `stripe` or `lithic` with that processor's API key set
+    /// and no `processor_card_id` creates the card at the processor; otherwise (and always for
+    /// `marqeta`) the card already exists there and is registered with its `processor_card_id`
+    /// and `last4`.
     pub processor: Option<String>,
     pub processor_card_id: Option<String>,
     pub last4: Option<String>,
@@ -98,7 +101,10 @@ impl Admin {
         if input.expires_at.is_some_and(|at| at <= now) {
             return Err(Error::validation("expires_at: must be in the future"));
         }
-        let (exp_month, exp_year) = expiry_month(&input, now)?;
+        let (mut exp_month, mut exp_year) = expiry_month(&input, now)?;
+        let card_id = CardId::generate();
+        let issue_there =
+            processor != Processor::Simulator && input.processor_card_id.is_none() && self.issuer.issues(processor);
         let (number, processor_card_id, last4) = match processor {
             Processor::Simulator => {
                 if input.processor_card_id.is_some() || input.last4.is_some() {
@@ -111,9 +117,34 @@ impl Admin {
                 let id = format!("sim_{}", hex::encode(rand::random::<[u8; 12]>()));
                 (Some(number), id, last4)
             }
+            _ if issue_there => {
+                if input.last4.is_some() {
+                    return Err(Error::validation(format!("last4 is set by {processor} when it issues the card")));
+                }
+                // The agent must exist before the processor makes a card for it.
+                let agent = agent_id.clone();
+                self.db.read(move |conn| load_agent(conn, &agent)).await?;
+                let new = NewCardAt {
+                    card_id: &card_id,
+                    agent_id: &agent_id,
+                    label: &label,
+                    currency,
+                    single_use: input.single_use,
+                    policy: &policy,
+                };
+                let made = self.issuer.create(processor, &new).await?;
+                exp_month = made.exp_month.unwrap_or(exp_month);
+                exp_year = made.exp_year.unwrap_or(exp_year);
+                (None, made.id, made.last4)
+            }
             _ => {
                 let id = input.processor_card_id.as_deref().ok_or_else(|| {
-                    Error::validation(format!("processor_card_id: required to register a {processor} card"))
+                    let hint = match processor {
+                        Processor::Stripe => " (or set SPENDGATE_STRIPE_API_KEY to issue it at Stripe)",
+                        Processor::Lithic => " (or set SPENDGATE_LITHIC_API_KEY to issue it at Lithic)",
+                        _ => "",
+                    };
+                    Error::validation(format!("processor_card_id: required to register a {processor} card{hint}"))
                 })?;
                 let id = required_text("processor_card_id", id, 128)?;
                 let last4 = match input.last4.as_deref() {
@@ -126,7 +157,7 @@ impl Admin {
             }
         };
         let card = Card {
-            id: CardId::generate(),
+            id: card_id,
             agent_id: agent_id.clone(),
             label,
             currency,
@@ -138,15 +169,18 @@ impl Admin {
             status: CardStatus::Active,
             processor,
             processor_card_id,
+            processor_managed: issue_there,
             trace_id: None,
             policy,
             created_at: now,
             updated_at: now,
         };
-        let data = serde_json::json!({ "label": card.label, "template": input.template, "processor": processor });
+        let data = serde_json::json!({ "label": card.label, "template": input.template, "processor": processor,
+            "processor_managed": issue_there });
         let event = Event::new(&agent_id, Some(&card.id), "issued", &who.key_id, now).data(data);
         let stored = card.clone();
-        self.db
+        let written = self
+            .db
             .write(move |conn| {
                 load_agent(conn, &stored.agent_id)?;
                 if store::cards::exists_for_processor(conn, stored.processor.as_str(), &stored.processor_card_id)? {
@@ -161,7 +195,18 @@ impl Admin {
                 store::cards::insert(conn, &stored)?;
                 store::events::insert(conn, &event)
             })
-            .await?;
+            .await;
+        if let Err(e) = written {
+            if issue_there {
+                // Not recorded here, so it must not stay usable there.
+                let closed = self.issuer.update(processor, &card.processor_card_id, CardStatus::Closed, &card.policy);
+                if let Err(close) = closed.await {
+                    tracing::error!(processor = %processor, processor_card = %card.processor_card_id, error = %close,
+                        "a card made at the processor was not recorded and could not be closed there: close it by hand");
+                }
+            }
+            return Err(e);
+        }
         tracing::info!(card = %card.id, agent = %card.agent_id, actor = %who.key_id, "card issued");
         Ok(IssuedCard { card, number })
     }
@@ -260,6 +305,7 @@ impl Admin {
             .await?;
         self.snapshots().invalidate_card(&card.id);
         tracing::info!(card = %card.id, actor = %who.key_id, status = card.status.as_str(), "card status");
+        self.sync_processor(&card, &who.key_id).await;
         Ok(card)
     }
 
@@ -279,11 +325,10 @@ impl Admin {
         require(who, Permission::Manage, Some(&agent_id))?;
         let catalog = self.catalog;
         let actor = who.key_id.clone();
-        let key = card_id.clone();
-        let policy = self
+        let card = self
             .db
             .write(move |conn| {
-                let card = load_card(conn, Some(&agent_id), &card_id)?;
+                let mut card = load_card(conn, Some(&agent_id), &card_id)?;
                 if card.status == CardStatus::Closed {
                     return Err(Error::Conflict { code: "card_closed", message: "the card is closed".into() });
                 }
@@ -295,11 +340,32 @@ impl Admin {
                     conn,
                     &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now).data(data),
                 )?;
-                Ok(policy)
+                card.policy = policy;
+                Ok(card)
             })
             .await?;
-        self.snapshots().invalidate_card(&key);
-        Ok(policy)
+        self.snapshots().invalidate_card(&card.id);
+        self.sync_processor(&card, &who.key_id).await;
+        Ok(card.policy)
+    }
+
+    /// Brings a card spendgate issued at its processor in step with its status and policy here.
+    /// spendgate decides whatever the processor asks about, so a failure here is logged and put
+    /// in the card's trail, and the change made here stands.
+    async fn sync_processor(&self, card: &Card, actor: &KeyId) {
+        if !card.processor_managed || !self.issuer.issues(card.processor) {
+            return;
+        }
+        let synced = self.issuer.update(card.processor, &card.processor_card_id, card.status, &card.policy).await;
+        if let Err(e) = synced {
+            tracing::warn!(card = %card.id, processor = %card.processor, error = %e, "the processor's card is not in step");
+            let data = serde_json::json!({"processor": card.processor, "error": e.to_string()});
+            let event =
+                Event::new(&card.agent_id, Some(&card.id), "processor_sync_failed", actor, store::now()).data(data);
+            if let Err(e) = self.db.write(move |conn| store::events::insert(conn, &event)).await {
+                tracing::warn!(error = %e, "could not record a processor sync failure");
+            }
+        }
     }
 
     /// Sets (or with `None` clears) the trace that authorizations on the card are tagged with

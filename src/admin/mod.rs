@@ -7,6 +7,8 @@ pub mod cards;
 pub mod keys;
 pub mod ledger;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -18,6 +20,7 @@ use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
+use crate::rails::card::issuing::Issuer;
 use crate::store::{Db, DbConnection};
 
 #[derive(Clone)]
@@ -26,11 +29,12 @@ pub struct Admin {
     catalog: &'static Catalog,
     simulator_bin: String,
     ledger: Ledger,
+    issuer: Arc<Issuer>,
 }
 
 impl Admin {
-    pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String, ledger: Ledger) -> Self {
-        Admin { db, catalog, simulator_bin, ledger }
+    pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String, ledger: Ledger, issuer: Issuer) -> Self {
+        Admin { db, catalog, simulator_bin, ledger, issuer: Arc::new(issuer) }
     }
 
     /// The decision path's snapshots, which every write to a card or agent invalidates.
@@ -92,7 +96,7 @@ impl Admin {
 
 /// A policy document from a request body, validated and normalized.
 /// `currency` is the card's, which a card policy must use.
-fn parse_policy(catalog: &Catalog, doc: serde_json::Value, currency: Option<Currency>) -> Result<Policy> {
+pub(crate) fn parse_policy(catalog: &Catalog, doc: serde_json::Value, currency: Option<Currency>) -> Result<Policy> {
     let mut policy = Policy::from_json(doc).map_err(|e| Error::policy("policy", e))?;
     policy.normalize(catalog, currency).map_err(|e| Error::policy("policy", e))?;
     Ok(policy)

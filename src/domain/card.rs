@@ -126,6 +126,9 @@ pub struct Card {
     pub status: CardStatus,
     pub processor: Processor,
     pub processor_card_id: String,
+    /// spendgate created the card at the processor: its status and mirrored spending controls
+    /// there follow every change made here.
+    pub processor_managed: bool,
     /// The trace authorizations on this card are tagged with when the processor sends none.
     pub trace_id: Option<String>,
     pub policy: Policy,

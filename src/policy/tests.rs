@@ -55,6 +55,7 @@ impl World {
             status: CardStatus::Active,
             processor: crate::domain::card::Processor::Simulator,
             processor_card_id: "x".into(),
+            processor_managed: false,
             trace_id: None,
             policy: policy(json!({}), "USD"),
             created_at: now,

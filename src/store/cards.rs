@@ -27,6 +27,7 @@ struct CardRow {
     created_at: i64,
     updated_at: i64,
     trace_id: Option<String>,
+    processor_managed: bool,
 }
 
 impl CardRow {
@@ -46,6 +47,7 @@ impl CardRow {
             single_use: self.single_use,
             processor_card_id: self.processor_card_id,
             trace_id: self.trace_id,
+            processor_managed: self.processor_managed,
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
         })
@@ -70,6 +72,7 @@ pub fn insert(conn: &mut DbConnection, card: &Card) -> Result<()> {
         created_at: to_millis(card.created_at),
         updated_at: to_millis(card.updated_at),
         trace_id: card.trace_id.clone(),
+        processor_managed: card.processor_managed,
     };
     diesel::insert_into(cards::table).values(&row).execute(conn)?;
     // A new card's rules count as a change of the agent's: the ledger keeps history for them.

@@ -51,6 +51,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         trace_id -> Nullable<Text>,
+        processor_managed -> Bool,
     }
 }
 

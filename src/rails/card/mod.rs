@@ -1,8 +1,10 @@
 //! Card processors' authorization webhooks and lifecycle events: one module per processor, each
-//! verifying, parsing into the canonical `AuthRequest` or ledger `Step`s, and rendering its answer.
-//! The ledger decides and records; nothing here holds a rule.
+//! verifying, parsing into the canonical `AuthRequest` or ledger `Step`s, and rendering its answer;
+//! and `issuing`, which creates cards at Stripe and Lithic. The ledger decides and records;
+//! nothing here holds a rule.
 
 pub mod codes;
+pub mod issuing;
 pub mod lithic;
 pub mod marqeta;
 pub mod signature;
