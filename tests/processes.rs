@@ -242,3 +242,89 @@ async fn an_approved_payment_left_by_a_killed_server_is_paid_after_restart() {
     let balance = read(&http, &again.base, &format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(balance["spent"], 25, "{balance}");
 }
+
+/// Agents signing x402 payments as fast as they can, and the server killed with SIGKILL: after a
+/// restart every payment a client was handed is stored with its hold, and no hold is without its
+/// signed payment (the two are one commit), so nothing can be paid twice or without a hold.
+#[actix_web::test]
+async fn sigkill_while_signing_x402_payments_leaves_every_payment_with_its_hold() {
+    let (url, _storage) = fresh_storage(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let assets = format!("eip155:84532={TEST_TOKEN}");
+    let env = [
+        ("SPENDGATE_DATABASE_URL", url.as_str()),
+        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+        ("SPENDGATE_MASTER_KEY", MASTER_KEY),
+        ("SPENDGATE_X402_ASSETS", assets.as_str()),
+    ];
+    let mut server = serve(dir.path(), &[], &env);
+    let http = common::http_client();
+    let (agent, _) = setup(&http, &server.base, json!({}), 1_000_000_000).await;
+    admin(&http, &server.base, &format!("/v1/agents/{agent}/wallet"), json!({})).await;
+    let required = json!({"x402Version": 2, "resource": {"url": "https://api.example.com/x"},
+        "accepts": [{"scheme": "exact", "network": "eip155:84532", "amount": "10000", "asset": TEST_TOKEN,
+            "payTo": x402_server::PAY_TO, "maxTimeoutSeconds": 60,
+            "extra": {"name": x402_server::TOKEN_NAME, "version": x402_server::TOKEN_VERSION}}]});
+    let body = json!({"url": "https://api.example.com/x", "payment_required": required});
+
+    let handed = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let mut clients = Vec::new();
+    for c in 0..8 {
+        let (http, base, agent, body, handed) =
+            (http.clone(), server.base.clone(), agent.clone(), body.clone(), handed.clone());
+        clients.push(actix_web::rt::spawn(async move {
+            for i in 0.. {
+                let sent = http
+                    .post(format!("{base}/v1/agents/{agent}/x402/authorize"))
+                    .bearer_auth(OWNER)
+                    .header("Idempotency-Key", format!("k-{c}-{i}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return }; // the server is gone
+                let Ok(answer) = response.json::<Value>().await else { return };
+                let payment = &answer["payment"];
+                assert!(payment["id"].is_string(), "{answer}");
+                let id = payment["id"].as_str().unwrap().to_owned();
+                handed.lock().unwrap().push((id, payment["authorization_id"].as_str().unwrap().to_owned()));
+            }
+        }));
+    }
+    while handed.lock().unwrap().len() < 100 {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    let again = serve(dir.path(), &[], &env);
+    let handed = handed.lock().unwrap().clone();
+    for (payment, hold) in &handed {
+        let stored = read(&http, &again.base, &format!("/v1/agents/{agent}/x402/payments/{payment}")).await;
+        assert_eq!(
+            (stored["status"].as_str(), stored["authorization_id"].as_str()),
+            (Some("signed"), Some(hold.as_str()))
+        );
+    }
+    // Every hold on the wallet is a stored payment's, and the balance agrees with them.
+    let mut holds = 0;
+    let mut cursor = String::new();
+    loop {
+        let page = read(&http, &again.base, &format!("/v1/agents/{agent}/ledger?limit=500{cursor}")).await;
+        for e in page["data"].as_array().unwrap() {
+            if e["type"] == "authorization" && e["status"] == "pending" {
+                holds += 1;
+                assert!(e["x402"]["payment_id"].is_string(), "a hold without its payment: {e}");
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => break,
+        }
+    }
+    assert!(holds >= handed.len(), "{holds} holds, {} payments handed out", handed.len());
+    let balance = read(&http, &again.base, &format!("/v1/agents/{agent}/balance")).await;
+    assert_eq!(balance["held"].as_i64(), Some(holds as i64), "one cent held per payment: {balance}");
+}

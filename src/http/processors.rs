@@ -103,7 +103,7 @@ async fn decide(
     };
     ledger
         .authorize_within(
-            Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None },
+            Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None, payment: None },
             budget,
         )
         .await

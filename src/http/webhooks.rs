@@ -109,6 +109,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
             payer: Payer::Card(card_id),
             request,
             deferred: None,
+            payment: None,
         })
         .await;
     Ok(HttpResponse::Ok().json(outcome))

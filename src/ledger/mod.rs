@@ -28,6 +28,7 @@ use crate::policy::FxRules;
 use crate::policy::fx::RateTable;
 use crate::store::Db;
 use crate::store::ledger::LedgerFilter;
+use crate::store::x402::PaymentRow;
 pub use views::{
     AuthOutcome, AuthorizationView, BalanceView, LedgerEntry, LifecycleOutcome, RequestedAmount, TransferView,
 };
@@ -71,6 +72,9 @@ pub struct Authorize {
     /// What to do if a person approves what this request asks (JSON the rail replays, e.g. an
     /// x402 fetch); None when the agent retries by itself.
     pub deferred: Option<String>,
+    /// Written in the hold's own transaction if approved (x402: the signed payment, which must be
+    /// durable before it is sent), with its `authorization_id` set to the hold's.
+    pub payment: Option<Box<PaymentRow>>,
 }
 
 /// Whose money an authorization spends.
@@ -207,8 +211,29 @@ impl Ledger {
     }
 
     pub async fn movement(&self, target: Target, external_id: &str, movement: Movement) -> Result<LifecycleOutcome> {
+        self.move_hold(target, external_id, movement, None).await
+    }
+
+    /// A movement and the outcome of the payment it settles, in one commit.
+    pub async fn settle(
+        &self,
+        target: Target,
+        external_id: &str,
+        movement: Movement,
+        payment: PaymentRow,
+    ) -> Result<LifecycleOutcome> {
+        self.move_hold(target, external_id, movement, Some(Box::new(payment))).await
+    }
+
+    async fn move_hold(
+        &self,
+        target: Target,
+        external_id: &str,
+        movement: Movement,
+        payment: Option<Box<PaymentRow>>,
+    ) -> Result<LifecycleOutcome> {
         let (reply, answer) = oneshot::channel();
-        let cmd = writer::MovementCmd { target, external_id: external_id.to_owned(), movement, reply };
+        let cmd = writer::MovementCmd { target, external_id: external_id.to_owned(), movement, payment, reply };
         self.send(Command::Movement(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }

@@ -45,6 +45,9 @@ pub struct AuthOutcome {
     /// For an `approval_required` decline, the request a person is asked to decide; for an
     /// approval, the person's approval that let it through.
     pub approval_id: Option<String>,
+    /// The request's payment (`Authorize::payment`) was committed with this hold.
+    #[serde(skip)]
+    pub payment_stored: bool,
 }
 
 impl AuthOutcome {
@@ -62,6 +65,7 @@ impl AuthOutcome {
             fx: None,
             replayed: false,
             approval_id: None,
+            payment_stored: false,
         }
     }
 
@@ -77,6 +81,7 @@ impl AuthOutcome {
             fx: view.fx,
             replayed,
             approval_id: view.approval_id,
+            payment_stored: false,
         }
     }
 }

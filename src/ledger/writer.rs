@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::policy::{self, FxRules, Snapshot};
 use crate::store::approvals::ApprovalRow;
 use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow, TransferRow};
+use crate::store::x402::PaymentRow;
 use crate::store::{self, Db, DbConnection};
 
 pub(super) enum Command {
@@ -57,6 +58,8 @@ pub(super) struct MovementCmd {
     pub target: Target,
     pub external_id: String,
     pub movement: Movement,
+    /// A payment's outcome, recorded in the movement's own transaction.
+    pub payment: Option<Box<PaymentRow>>,
     pub reply: oneshot::Sender<Result<LifecycleOutcome>>,
 }
 
@@ -113,6 +116,8 @@ struct Writer {
     books: HashMap<AgentId, Book>,
     /// This batch's new authorizations, inserted together (one round trip on PostgreSQL).
     unwritten: Vec<AuthorizationRow>,
+    /// Payments approved in this batch, inserted right after their holds.
+    unwritten_payments: Vec<PaymentRow>,
     approval_ttl_ms: i64,
     /// Where new approval requests are announced once their batch commits.
     notify: Option<mpsc::Sender<String>>,
@@ -136,6 +141,7 @@ pub(super) fn spawn(
         max_batch: settings.max_batch.max(1),
         books: HashMap::new(),
         unwritten: Vec::new(),
+        unwritten_payments: Vec::new(),
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
         asked: Vec::new(),
@@ -187,6 +193,7 @@ impl Writer {
                 // What the books saw of the rolled-back transaction is not true: forget it.
                 touched.iter().for_each(|a| drop(self.books.remove(a)));
                 self.unwritten.clear();
+                self.unwritten_payments.clear();
                 self.asked.clear();
                 if batch.len() > 1 {
                     tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
@@ -274,7 +281,11 @@ impl Writer {
                     Reply::Done
                 }
                 Command::Movement(c) => {
-                    Reply::Movement(Box::new(self.movement(conn, c, target, &mut locked, now_ms)?))
+                    let moved = self.movement(conn, c, target, &mut locked, now_ms)?;
+                    if let Some(payment) = &c.payment {
+                        store::x402::update_outcome(conn, payment)?;
+                    }
+                    Reply::Movement(Box::new(moved))
                 }
                 Command::Fund(c) => {
                     let (t, replayed) = self.fund(conn, c, &mut locked, now_ms)?;
@@ -390,7 +401,25 @@ impl Writer {
     /// Inserts the authorizations decided so far in this batch: at its end, or before a command
     /// that may read them back.
     fn write_authorizations(&mut self, conn: &mut DbConnection) -> Result<()> {
-        rows::insert_authorizations(conn, &std::mem::take(&mut self.unwritten))
+        rows::insert_authorizations(conn, &std::mem::take(&mut self.unwritten))?;
+        for payment in std::mem::take(&mut self.unwritten_payments) {
+            store::x402::insert(conn, &payment)?;
+        }
+        Ok(())
+    }
+
+    /// Stages an approved request's payment to be written with its hold; false when one is already
+    /// stored (or staged) under its idempotency key, which then stands.
+    fn stage_payment(&mut self, conn: &mut DbConnection, payment: &PaymentRow, hold: &str) -> Result<bool> {
+        let same = |p: &PaymentRow| p.agent_id == payment.agent_id && p.idempotency_key == payment.idempotency_key;
+        let agent = AgentId::from_stored(payment.agent_id.clone());
+        if self.unwritten_payments.iter().any(same)
+            || store::x402::find_by_key(conn, &agent, &payment.idempotency_key)?.is_some()
+        {
+            return Ok(false);
+        }
+        self.unwritten_payments.push(PaymentRow { authorization_id: hold.to_owned(), ..payment.clone() });
+        Ok(true)
     }
 
     fn authorize(
@@ -502,15 +531,20 @@ impl Writer {
             row.approval_id = Some(self.ask(conn, &row, ask, c.auth.deferred.as_ref(), now.as_millisecond())?);
         }
         self.unwritten.push(row.clone());
+        let mut payment_stored = false;
         if decision.approved() {
             l.ledger.balance.held += row.held;
             if let Some(book) = self.books.get_mut(agent_id) {
                 book.apply(&row);
             }
+            if let Some(payment) = &c.auth.payment {
+                payment_stored = self.stage_payment(conn, payment, &row.id)?;
+            }
         } else {
             record_decline_event(conn, &row, now)?;
         }
-        let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+        let mut outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+        outcome.payment_stored = payment_stored;
         let label = if decision.approved() { "approved" } else { "declined" };
         metrics::counter!("spendgate_decisions_total", "outcome" => label).increment(1);
         recorded.insert(key, row);
@@ -569,6 +603,8 @@ impl Writer {
                 let held = row.held;
                 let external_id = format!("abandoned:{}", row.id);
                 self.release(conn, &mut row, l, held, "void", &external_id, now.as_millisecond())?;
+                // Its caller was told "declined": the payment committed with the hold is never sent.
+                store::x402::fail_unsent(conn, &row.id, "the decision came after its budget", now.as_millisecond())?;
                 recorded.insert(key, row);
             }
             return Ok(());

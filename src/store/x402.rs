@@ -76,6 +76,23 @@ pub fn insert_or_get(conn: &mut DbConnection, row: &PaymentRow) -> Result<(Payme
     Ok((row.clone(), true))
 }
 
+pub fn insert(conn: &mut DbConnection, row: &PaymentRow) -> Result<()> {
+    diesel::insert_into(x402_payments::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+/// Marks a payment that was never sent as failed, so that no retry sends it.
+pub fn fail_unsent(conn: &mut DbConnection, authorization_id: &str, why: &str, now_ms: i64) -> Result<()> {
+    diesel::update(
+        x402_payments::table
+            .filter(x402_payments::authorization_id.eq(authorization_id))
+            .filter(x402_payments::status.eq("signed")),
+    )
+    .set((x402_payments::status.eq("failed"), x402_payments::error.eq(why), x402_payments::updated_at.eq(now_ms)))
+    .execute(conn)?;
+    Ok(())
+}
+
 /// Records how the payment ended (or that it is still unknown), with the answer to replay.
 pub fn update_outcome(conn: &mut DbConnection, row: &PaymentRow) -> Result<()> {
     diesel::update(x402_payments::table.find(&row.id))

@@ -62,6 +62,7 @@ pub async fn apply(ledger: &Ledger, source: &'static str, steps: Vec<Step>) -> R
                     payer: Payer::Card(card_id),
                     request,
                     deferred: None,
+                    payment: None,
                 };
                 ledger.record(auth, verdict).await.map(|_| ())
             }

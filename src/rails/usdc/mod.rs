@@ -1,6 +1,6 @@
 //! The USDC rail: agents pay x402 APIs from their wallets. A 402 is read (`x402`), the cheapest
-//! payable requirement is decided by the same ledger and policy core as card spend (rail `usdc`),
-//! and only an approved payment, whose hold is already durable, is signed (`eip3009`) and sent.
+//! payable requirement is signed (`eip3009`) and decided by the same ledger and policy core as
+//! card spend (rail `usdc`); only an approved payment, committed with its hold, is ever sent.
 //!
 //! One payment per (agent, idempotency key): the signed payload is stored before it leaves, and a
 //! retry re-sends that payload (same nonce, so it can settle at most once) instead of signing again.
@@ -74,6 +74,8 @@ struct Inner {
     /// One payment per key at a time in this process; across processes the unique key in the
     /// database decides, and the loser re-sends the winner's payload.
     in_flight: KeyLocks,
+    /// Wallets as stored (the key sealed): an agent's wallet never changes once made.
+    wallets: moka::sync::Cache<AgentId, WalletRow>,
 }
 
 /// What an agent asks spendgate to call.
@@ -276,7 +278,8 @@ impl Usdc {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
-        Ok(Usdc { inner: Arc::new(Inner { settings, http, db, ledger, in_flight: KeyLocks::default() }) })
+        let wallets = moka::sync::Cache::new(100_000);
+        Ok(Usdc { inner: Arc::new(Inner { settings, http, db, ledger, in_flight: KeyLocks::default(), wallets }) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -435,31 +438,33 @@ impl Usdc {
         })?;
         let request_hash = hash(&["authorize", url.as_str(), &input.payment_required.to_string()]);
         let _one_at_a_time = self.inner.in_flight.lock(format!("{agent}:{key}")).await;
-        let (row, cost, remaining) = match self.find_payment(agent, &key).await? {
-            Some(previous) => {
-                same_request(&previous, &request_hash)?;
-                let (cost, remaining) = self.amounts_of(&previous).await?;
-                (previous, cost, remaining)
-            }
-            None => {
-                let offer = self.choose(version, &accepts)?;
-                let external_id = format!("{agent}:{key}");
-                let purchase = Purchase {
-                    url,
-                    version,
-                    offer,
-                    resource,
-                    trace_id,
-                    max_amount,
-                    request_hash,
-                    external_id,
-                    deferred: None,
-                };
-                let Signed::Payment { row, outcome, .. } = self.sign(agent, &key, purchase).await? else {
-                    return Err(Error::Internal("a payment with nothing to defer waits for an approval".into()));
-                };
+        // No look-up first: a key used before is a retry the ledger recognizes, and then the
+        // payment made the first time is the answer (nothing signed now is ever stored or sent).
+        let offer = self.choose(version, &accepts)?;
+        let external_id = format!("{agent}:{key}");
+        let purchase = Purchase {
+            url,
+            version,
+            offer,
+            resource,
+            trace_id,
+            max_amount,
+            request_hash: request_hash.clone(),
+            external_id,
+            deferred: None,
+        };
+        let (row, cost, remaining) = match self.sign(agent, &key, purchase).await? {
+            Signed::Payment { row, ours: true, outcome } => {
                 let (cost, remaining) = costs(&outcome)?;
                 (row, cost, remaining)
+            }
+            Signed::Payment { row, ours: false, .. } => {
+                same_request(&row, &request_hash)?;
+                let (cost, remaining) = self.amounts_of(&row).await?;
+                (row, cost, remaining)
+            }
+            Signed::Awaiting(_) => {
+                return Err(Error::Internal("a payment with nothing to defer waits for an approval".into()));
             }
         };
         Ok(Authorized {
@@ -514,12 +519,17 @@ impl Usdc {
         })
     }
 
-    /// Decides the payment (the hold is durable before anything is signed), signs it and stores
-    /// the payload. A decline is refused, unless it asks for an approval of a deferrable fetch.
+    /// Signs the payment, then has the ledger decide it: an approval commits the hold and the
+    /// signed payload in one transaction, so nothing is sent before both are durable and a crash
+    /// never leads to a second signature. A decline drops the payload unsent; it is refused,
+    /// unless it asks for an approval of a deferrable fetch.
     async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<Signed> {
         let master = self.master()?;
         let wallet_row = self.wallet_row(agent).await?;
         let wallet = master.open(agent, &wallet_row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
+        if wallet.address().to_checksum(None) != wallet_row.address {
+            return Err(Error::Internal(format!("agent {agent}'s wallet key does not match its stored address")));
+        }
         let host = match p.url.port() {
             Some(port) => format!("{}:{port}", p.url.host_str().unwrap_or_default()),
             None => p.url.host_str().unwrap_or_default().to_owned(),
@@ -537,45 +547,6 @@ impl Usdc {
             trace_id: p.trace_id,
             max_amount: p.max_amount,
         };
-        let deferrable = p.deferred.is_some();
-        let auth = Authorize {
-            source: "x402",
-            external_id: p.external_id,
-            payer: Payer::Wallet(agent.clone()),
-            request,
-            deferred: p.deferred,
-        };
-        let outcome = self.inner.ledger.authorize(auth).await;
-        let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
-            if let (true, Some(DeclineReason::ApprovalRequired), Some(id)) =
-                (deferrable, outcome.reason, &outcome.approval_id)
-            {
-                return Ok(Signed::Awaiting(id.clone()));
-            }
-            let reason = outcome.reason.map_or("declined", |r| r.as_str());
-            let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
-            let asked = match &outcome.approval_id {
-                Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
-                None => String::new(),
-            };
-            return Err(refused(
-                reason,
-                &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
-            ));
-        };
-        if outcome.replayed {
-            // The hold of an earlier attempt with this key (which stored no payload) must still stand.
-            let id = authorization_id.clone();
-            let hold = self.inner.db.read(move |conn| store::ledger::find(conn, &id)).await?;
-            if hold.is_none_or(|h| h.status != "pending") {
-                return Err(Error::Conflict {
-                    code: "idempotency_key_used",
-                    message: format!(
-                        "the hold {authorization_id} of this key's earlier attempt was released; use a new key"
-                    ),
-                });
-            }
-        }
 
         let now = jiff::Timestamp::now().as_second();
         let validity = p.offer.max_timeout_seconds.min(self.inner.settings.max_valid_seconds) as i64;
@@ -595,12 +566,13 @@ impl Usdc {
         let (header_name, header_value) =
             x402::payment_header(p.version, &p.offer, p.resource.as_ref(), signature, &authorization);
         let now_ms = store::now().as_millisecond();
-        let row = PaymentRow {
+        let mut row = PaymentRow {
             id: PaymentId::generate().to_string(),
             agent_id: agent.to_string(),
             idempotency_key: key.to_owned(),
             request_hash: p.request_hash,
-            authorization_id,
+            // Set by the ledger to the hold's id.
+            authorization_id: String::new(),
             url: p.url.to_string(),
             x402_version: i32::from(p.version),
             network: p.offer.network.caip2.to_owned(),
@@ -620,6 +592,54 @@ impl Usdc {
             created_at: now_ms,
             updated_at: now_ms,
         };
+
+        let deferrable = p.deferred.is_some();
+        let auth = Authorize {
+            source: "x402",
+            external_id: p.external_id,
+            payer: Payer::Wallet(agent.clone()),
+            request,
+            deferred: p.deferred,
+            payment: Some(Box::new(row.clone())),
+        };
+        let outcome = self.inner.ledger.authorize(auth).await;
+        let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
+            if let (true, Some(DeclineReason::ApprovalRequired), Some(id)) =
+                (deferrable, outcome.reason, &outcome.approval_id)
+            {
+                return Ok(Signed::Awaiting(id.clone()));
+            }
+            let reason = outcome.reason.map_or("declined", |r| r.as_str());
+            let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+            let asked = match &outcome.approval_id {
+                Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
+                None => String::new(),
+            };
+            return Err(refused(
+                reason,
+                &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
+            ));
+        };
+        row.authorization_id = authorization_id.clone();
+        if outcome.payment_stored {
+            return Ok(Signed::Payment { row, ours: true, outcome });
+        }
+
+        // A retry of a decision already made: its payment (made by this or another process) goes.
+        if let Some(earlier) = self.find_payment(agent, key).await? {
+            return Ok(Signed::Payment { row: earlier, ours: false, outcome });
+        }
+        // An earlier attempt's hold with no payment: it must still stand to pay against it.
+        let id = authorization_id.clone();
+        let hold = self.inner.db.read(move |conn| store::ledger::find(conn, &id)).await?;
+        if hold.is_none_or(|h| h.status != "pending") {
+            return Err(Error::Conflict {
+                code: "idempotency_key_used",
+                message: format!(
+                    "the hold {authorization_id} of this key's earlier attempt was released; use a new key"
+                ),
+            });
+        }
         let stored = self.inner.db.write(move |conn| store::x402::insert_or_get(conn, &row)).await;
         match stored {
             Ok((row, ours)) => Ok(Signed::Payment { row, ours, outcome }),
@@ -630,12 +650,11 @@ impl Usdc {
             },
             Err(e) => {
                 // Nothing was sent: the hold must not outlive the payload it was for.
-                let id = outcome.authorization_id.clone().unwrap_or_default();
                 let void = Movement::Reverse { amount: None, currency: None };
-                if let Err(v) =
-                    self.inner.ledger.movement(Target::Id(id.clone()), &format!("{id}:unsigned"), void).await
+                let target = Target::Id(authorization_id.clone());
+                if let Err(v) = self.inner.ledger.movement(target, &format!("{authorization_id}:unsigned"), void).await
                 {
-                    tracing::error!(error = %v, authorization = %id, "could not void the hold of an unstored payment");
+                    tracing::error!(error = %v, authorization = %authorization_id, "could not void the hold of an unstored payment");
                 }
                 Err(e)
             }
@@ -658,7 +677,12 @@ impl Usdc {
                 }),
                 _ => Err(Error::Conflict {
                     code: "idempotency_key_used",
-                    message: format!("payment {} is {}; its answer was too large to keep", row.id, row.status),
+                    message: format!(
+                        "payment {} is {}{}; no answer was kept to replay (too large, or none came)",
+                        row.id,
+                        row.status,
+                        row.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+                    ),
                 }),
             };
         }
@@ -724,33 +748,32 @@ impl Usdc {
         upstream: Option<&Upstream>,
         refusal_voids: bool,
     ) -> Result<PaymentRow> {
-        let target = Target::Id(row.authorization_id.clone());
-        match settlement {
+        let movement = match settlement {
             Some(Settlement::Settled { transaction, .. }) => {
                 let cents = x402::atomic_to_cents(row.amount.parse::<U256>().unwrap_or(U256::MAX));
-                let capture = Movement::Capture { amount: cents, currency: "USD".into() };
-                self.inner.ledger.movement(target, &format!("{}:settled", row.id), capture).await?;
                 row.status = "settled".into();
                 row.transaction_hash = Some(transaction).filter(|t| !t.is_empty());
                 row.error = None;
+                Some(("settled", Movement::Capture { amount: cents, currency: "USD".into() }))
             }
             Some(Settlement::Failed { reason }) if refusal_voids => {
-                let void = Movement::Reverse { amount: None, currency: None };
-                self.inner.ledger.movement(target, &format!("{}:failed", row.id), void).await?;
                 row.status = "failed".into();
                 row.error = Some(reason);
+                Some(("failed", Movement::Reverse { amount: None, currency: None }))
             }
             // A re-sent payload refused may have settled the first time (its nonce is then used):
             // the spend keeps counting.
             Some(Settlement::Failed { reason }) => {
                 row.status = "unknown".into();
                 row.error = Some(reason);
+                None
             }
             None => {
                 row.status = "unknown".into();
                 row.error = Some("no readable settlement answer".into());
+                None
             }
-        }
+        };
         if let Some(up) = upstream.filter(|_| matches!(row.status.as_str(), "settled" | "failed")) {
             row.response_status = Some(i32::from(up.status));
             row.response_headers = serde_json::to_string(&up.headers).ok();
@@ -760,8 +783,18 @@ impl Usdc {
             }
         }
         row.updated_at = store::now().as_millisecond();
-        let saved = row.clone();
-        self.inner.db.write(move |conn| store::x402::update_outcome(conn, &saved)).await?;
+        match movement {
+            // The hold moves and the payment's outcome is recorded in one commit.
+            Some((outcome, movement)) => {
+                let target = Target::Id(row.authorization_id.clone());
+                let external_id = format!("{}:{outcome}", row.id);
+                self.inner.ledger.settle(target, &external_id, movement, row.clone()).await?;
+            }
+            None => {
+                let saved = row.clone();
+                self.inner.db.write(move |conn| store::x402::update_outcome(conn, &saved)).await?;
+            }
+        }
         tracing::info!(payment = %row.id, status = %row.status, transaction = ?row.transaction_hash, "x402 payment");
         Ok(row)
     }
@@ -803,12 +836,17 @@ impl Usdc {
     }
 
     async fn wallet_row(&self, agent: &AgentId) -> Result<WalletRow> {
+        if let Some(row) = self.inner.wallets.get(agent) {
+            return Ok(row);
+        }
         let id = agent.clone();
         let row = self.inner.db.read(move |conn| store::wallets::find(conn, &id)).await?;
-        row.ok_or_else(|| Error::Conflict {
+        let row = row.ok_or_else(|| Error::Conflict {
             code: "no_wallet",
             message: format!("agent {agent} has no wallet: POST /v1/agents/{agent}/wallet creates one"),
-        })
+        })?;
+        self.inner.wallets.insert(agent.clone(), row.clone());
+        Ok(row)
     }
 
     async fn find_payment(&self, agent: &AgentId, key: &str) -> Result<Option<PaymentRow>> {
