@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use crate::domain::authorization::Rail;
 use crate::domain::ids::CardId;
 use crate::policy::Spend;
+use crate::policy::totals::Totals;
 use crate::store::ledger::AuthorizationRow;
 
 #[derive(Debug, Default)]
@@ -18,9 +19,13 @@ pub struct Book {
     pub horizon_of: Option<i64>,
     /// When spends past the horizon were last dropped.
     pub pruned_at_ms: i64,
+    /// In time order; a spend that no longer counts stays, at 0, until pruned.
     spends: Vec<Spend>,
     /// Authorization id -> position in `spends`.
     index: HashMap<String, usize>,
+    /// Running totals of `spends` per limit, as of the agent's `config_version` in `totals_of`.
+    pub totals: Totals,
+    pub totals_of: Option<i64>,
     used_cards: HashSet<String>,
     /// Single-use approvals some authorization has used.
     used_approvals: HashSet<String>,
@@ -44,9 +49,20 @@ impl Book {
         self.used_approvals.contains(approval_id)
     }
 
-    /// Drops the spends authorized before `before_ms`: no window can count them any more.
+    /// The spends, and the totals to bring up to date over them.
+    pub fn spends_and_totals(&mut self) -> (&[Spend], &mut Totals) {
+        (&self.spends, &mut self.totals)
+    }
+
+    /// Drops the spends authorized before `before_ms` (no window can count them any more) and
+    /// those that no longer count; the totals start over.
     pub fn prune(&mut self, before_ms: i64) {
-        self.spends.retain(|s| s.at_ms >= before_ms);
+        self.spends.retain(|s| s.at_ms >= before_ms && s.counted > 0);
+        self.reindex();
+        self.totals.clear();
+    }
+
+    fn reindex(&mut self) {
         self.index = self.spends.iter().enumerate().map(|(i, s)| (s.authorization_id.clone(), i)).collect();
     }
 
@@ -58,20 +74,25 @@ impl Book {
         if let Some(approval) = &row.approval_id {
             self.used_approvals.insert(approval.clone());
         }
-        if row.counted > 0 {
-            let spend = spend_of(row);
-            match self.index.get(&row.id) {
-                Some(&i) => self.spends[i] = spend,
-                None => {
+        let spend = spend_of(row);
+        match self.index.get(&row.id) {
+            Some(&i) => {
+                let before = std::mem::replace(&mut self.spends[i], spend);
+                self.totals.apply(Some(&before), Some(&self.spends[i]));
+            }
+            None if row.counted > 0 => {
+                self.totals.apply(None, Some(&spend));
+                // Spends arrive in time order but for other processes' (caught up later).
+                if self.spends.last().is_none_or(|last| last.at_ms <= spend.at_ms) {
                     self.index.insert(row.id.clone(), self.spends.len());
                     self.spends.push(spend);
+                } else {
+                    let at = self.spends.partition_point(|s| s.at_ms <= spend.at_ms);
+                    self.spends.insert(at, spend);
+                    self.reindex();
                 }
             }
-        } else if let Some(i) = self.index.remove(&row.id) {
-            self.spends.swap_remove(i);
-            if let Some(moved) = self.spends.get(i) {
-                self.index.insert(moved.authorization_id.clone(), i);
-            }
+            None => {}
         }
     }
 }
@@ -133,7 +154,8 @@ mod tests {
     }
 
     fn counted(book: &Book) -> Vec<(String, i64)> {
-        let mut all: Vec<_> = book.spends().iter().map(|s| (s.authorization_id.clone(), s.counted)).collect();
+        let mut all: Vec<_> =
+            book.spends().iter().filter(|s| s.counted > 0).map(|s| (s.authorization_id.clone(), s.counted)).collect();
         all.sort();
         all
     }

@@ -497,7 +497,17 @@ impl Writer {
             }
             _ => &c.auth.request,
         };
-        let book = self.books.get(agent_id).expect("locked agents have a book");
+        let book = self.books.get_mut(agent_id).expect("locked agents have a book");
+        if c.verdict.is_none() {
+            // The running totals follow the rules they sum for: a new version starts them over.
+            if book.totals_of != Some(version) {
+                book.totals.clear();
+                book.totals_of = Some(version);
+            }
+            let (spends, totals) = book.spends_and_totals();
+            totals.prepare(request, &agent.value, card, spends, self.catalog, now);
+        }
+        let book = &*book;
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
         let allowances: Vec<Allowance> = agent
             .value
@@ -516,6 +526,7 @@ impl Writer {
             fx: self.fx,
             catalog: self.catalog,
             allowances: &allowances,
+            totals: Some(&book.totals),
         };
         let decision = match c.verdict {
             Some(verdict) => processor_decision(verdict, request, &snap, now)?,

@@ -22,6 +22,7 @@
 //! is named `<card|agent>.<rule>`, e.g. `card.mcc.allow` or `agent.limit.daily`.
 
 pub mod fx;
+pub mod totals;
 pub mod window;
 
 use jiff::{SignedDuration, Timestamp};
@@ -70,8 +71,10 @@ pub struct Snapshot<'a> {
     pub card: Option<&'a Card>,
     /// The card has approved an authorization before (for single-use cards).
     pub card_used: bool,
-    /// The agent's spends that may still count in some window.
+    /// The agent's spends that may still count in some window, in time order.
     pub spends: &'a [Spend],
+    /// Running totals of those spends per limit, where kept: a limit without one is summed by a scan.
+    pub totals: Option<&'a totals::Totals>,
     /// The agent's available balance, in its currency.
     pub available: i64,
     pub rates: &'a RateTable,
@@ -276,8 +279,8 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
         return deny(reason, "request.max_amount");
     }
     for r in &rules {
-        for limit in &r.policy.limits {
-            check_limit(limit, r, req, snap, now, trail)?;
+        for (index, limit) in r.policy.limits.iter().enumerate() {
+            check_limit(index, limit, r, req, snap, now, trail)?;
         }
     }
     for r in &rules {
@@ -405,6 +408,7 @@ fn matches_filters(
 }
 
 fn check_limit(
+    index: usize,
     limit: &Limit,
     r: &Rules<'_>,
     req: &AuthRequest,
@@ -429,16 +433,23 @@ fn check_limit(
         },
     };
     let start = window::start_ms(&limit.window, now);
-    let (mut sum, mut count) = (0i64, 0i64);
-    for s in snap.spends {
-        if s.at_ms >= start
-            && in_scope(s)
-            && matches_filters(limit, snap.catalog, s.rail, s.mcc.as_deref(), (&s.merchant_id, &s.merchant_name))
-        {
-            sum = sum.saturating_add(spend_in(s, r.currency, snap));
-            count += 1;
+    let owner = if r.owner == "card" { snap.card.map(|c| c.id.as_str()) } else { None };
+    let kept =
+        snap.totals.zip(totals::key_for(index, limit, owner, snap.card, req)).and_then(|(t, k)| t.get(&k, start));
+    let (sum, count) = kept.unwrap_or_else(|| {
+        let (mut sum, mut count) = (0i64, 0i64);
+        for s in snap.spends {
+            if s.at_ms >= start
+                && s.counted > 0
+                && in_scope(s)
+                && matches_filters(limit, snap.catalog, s.rail, s.mcc.as_deref(), (&s.merchant_id, &s.merchant_name))
+            {
+                sum = sum.saturating_add(spend_in(s, r.currency, snap));
+                count += 1;
+            }
         }
-    }
+        (sum, count)
+    });
     let crosses = |extra_amount: i64, extra_count: i64| {
         if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap.saturating_add(extra_amount)) {
             Some(DeclineReason::LimitExceeded)

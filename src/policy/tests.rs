@@ -96,8 +96,17 @@ impl World {
             fx: self.fx,
             catalog: crate::fixtures::catalog(),
             allowances: &self.allowances,
+            totals: None,
         };
-        evaluate(req, &snap, at(now))
+        let scanned = evaluate(req, &snap, at(now));
+        // The running totals, built for this request, decide exactly as the scan does.
+        let mut spends = self.spends.clone();
+        spends.sort_by_key(|s| s.at_ms);
+        let mut totals = crate::policy::totals::Totals::default();
+        totals.prepare(req, &self.agent, Some(&self.card), &spends, crate::fixtures::catalog(), at(now));
+        let kept = evaluate(req, &Snapshot { spends: &spends, totals: Some(&totals), ..snap }, at(now));
+        assert_eq!(kept, scanned, "totals and scan disagree");
+        scanned
     }
 
     fn decide(&self, req: &AuthRequest) -> Decision {
@@ -547,6 +556,7 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
             fx: w.fx,
             catalog: crate::fixtures::catalog(),
             allowances: &w.allowances,
+            totals: None,
         }
     }
     assert!(evaluate(&call(500, "api.example.com"), &snap(&w), at(NOW)).approved());
@@ -589,4 +599,98 @@ fn the_horizon_is_the_longest_window_or_for_ever() {
     assert_eq!(horizon_ms([&hourly, &monthly]), Some(32 * 86_400_000));
     assert_eq!(horizon_ms([&hourly, &forever, &monthly]), None);
     assert_eq!(horizon_ms([&none]), Some(0));
+}
+
+#[test]
+fn running_totals_stay_what_a_scan_would_sum_as_spends_change_and_windows_slide() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let mut w = World::new();
+    w.agent.policy = policy(
+        json!({"limits": [
+            {"id": "roll", "scope": "agent", "window": {"rolling": "90s"}, "amount": 40_000},
+            {"id": "day", "scope": "agent", "window": {"calendar": "day", "timezone": "Europe/Berlin"},
+                "amount": 10_000_000, "count": 1_000_000},
+            {"id": "ever", "scope": "agent", "window": "lifetime", "amount": 10_000_000},
+            {"id": "ai", "scope": "agent", "window": {"rolling": "1h"}, "amount": 150_000, "mcc_groups": ["ai_apis"]},
+            {"id": "trace", "scope": "trace", "window": {"rolling": "5m"}, "amount": 30_000},
+            {"id": "openai", "scope": "agent", "window": {"rolling": "10m"}, "count": 120, "merchants": ["OPENAI*"]},
+            {"id": "cards", "scope": "agent", "window": {"rolling": "20m"}, "amount": 400_000, "rails": ["card"]}
+        ]}),
+        "USD",
+    );
+    w.card.policy = policy(
+        json!({"limits": [{"id": "card", "scope": "card", "window": {"rolling": "2m"}, "amount": 25_000, "count": 40}]}),
+        "USD",
+    );
+    let cards = [Some(w.card.id.clone()), Some(CardId::generate()), None];
+    let traces = [None, Some("pr-1".to_owned()), Some("pr-2".to_owned())];
+    let merchants = [("OPENAI *API", "5734"), ("AWS EMEA", "4816"), ("OPENAI *CHATGPT", "5818")];
+    let mut rng = StdRng::seed_from_u64(2026);
+    let mut spends: Vec<Spend> = Vec::new();
+    let mut totals = crate::policy::totals::Totals::default();
+    // From 22:00 UTC, over about two hours: across midnight in Berlin, so the calendar day turns over.
+    let mut t = at(NOW).as_millisecond() - 14 * 3_600_000;
+    let (mut compared, mut declined) = (0, 0);
+    for step in 0..4_000 {
+        t += rng.random_range(0..4_000);
+        let now = Timestamp::from_millisecond(t).unwrap();
+        if rng.random_range(0..10) < 7 {
+            let (name, mcc) = merchants[rng.random_range(0..merchants.len())];
+            let counted = rng.random_range(1..2_000);
+            let spend = Spend {
+                authorization_id: format!("auth_{step}"),
+                card_id: cards[rng.random_range(0..cards.len())].clone(),
+                card_currency: Some(Currency::USD),
+                trace_id: traces[rng.random_range(0..traces.len())].clone(),
+                rail: if rng.random_range(0..4) == 0 { Rail::Usdc } else { Rail::Card },
+                mcc: Some(mcc.to_owned()),
+                merchant_id: None,
+                merchant_name: name.to_owned(),
+                // Now and then one from another process, caught up late.
+                at_ms: t - if rng.random_range(0..8) == 0 { rng.random_range(0..60_000) } else { 0 },
+                counted,
+                counted_card: counted,
+            };
+            totals.apply(None, Some(&spend));
+            let at = spends.partition_point(|s| s.at_ms <= spend.at_ms);
+            spends.insert(at, spend);
+        } else if !spends.is_empty() {
+            // A void (partial or whole) or a capture of less.
+            let i = rng.random_range(0..spends.len());
+            let before = spends[i].clone();
+            spends[i].counted = rng.random_range(0..=before.counted);
+            spends[i].counted_card = spends[i].counted;
+            totals.apply(Some(&before), Some(&spends[i]));
+        }
+        let (name, mcc) = merchants[rng.random_range(0..merchants.len())];
+        let req = AuthRequest {
+            rail: Rail::Card,
+            amount: rng.random_range(1..3_000),
+            currency: "USD".into(),
+            merchant: Merchant { id: None, name: name.into(), mcc: Some(mcc.into()), country: Some("US".into()) },
+            trace_id: traces[rng.random_range(0..traces.len())].clone(),
+            max_amount: None,
+        };
+        totals.prepare(&req, &w.agent, Some(&w.card), &spends, crate::fixtures::catalog(), now);
+        compared += totals.assert_exact(&spends);
+        let snap = |totals| Snapshot {
+            agent: &w.agent,
+            card: Some(&w.card),
+            card_used: false,
+            spends: &spends,
+            available: i64::MAX / 4,
+            rates: &w.rates,
+            fx: w.fx,
+            catalog: crate::fixtures::catalog(),
+            allowances: &w.allowances,
+            totals,
+        };
+        let scanned = evaluate(&req, &snap(None), now);
+        assert_eq!(evaluate(&req, &snap(Some(&totals)), now), scanned, "step {step}");
+        declined += usize::from(!scanned.approved());
+    }
+    assert!(compared > 10_000, "totals were kept and compared: {compared}");
+    assert!((100..3_900).contains(&declined), "the limits bite some of the time: {declined} declines");
 }
