@@ -27,6 +27,21 @@ fn start(dir: &Path, database_url: &str) -> Server {
     )
 }
 
+/// A server with the USDC rail on, paying with the local x402 server's test token.
+fn start_usdc(dir: &Path, database_url: &str) -> Server {
+    let assets = format!("eip155:84532={TEST_TOKEN}");
+    serve(
+        dir,
+        &[],
+        &[
+            ("SPENDGATE_DATABASE_URL", database_url),
+            ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+            ("SPENDGATE_MASTER_KEY", MASTER_KEY),
+            ("SPENDGATE_X402_ASSETS", &assets),
+        ],
+    )
+}
+
 async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> Value {
     let r = http.post(format!("{base}{path}")).bearer_auth(OWNER).json(&body).send().await.unwrap();
     assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -183,14 +198,7 @@ async fn sigkill_under_load_loses_no_approval_on_postgresql() {
 async fn an_approved_payment_left_by_a_killed_server_is_paid_after_restart() {
     let (url, _storage) = fresh_storage(Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let assets = format!("eip155:84532={TEST_TOKEN}");
-    let env = [
-        ("SPENDGATE_DATABASE_URL", url.as_str()),
-        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
-        ("SPENDGATE_MASTER_KEY", MASTER_KEY),
-        ("SPENDGATE_X402_ASSETS", assets.as_str()),
-    ];
-    let mut server = serve(dir.path(), &[], &env);
+    let mut server = start_usdc(dir.path(), &url);
     let http = common::http_client();
     let upstream = x402_server::X402Server::start(TEST_TOKEN).await;
     let policy = json!({"limits": [{"id": "usdc", "scope": "agent", "window": {"rolling": "24h"},
@@ -225,7 +233,7 @@ async fn an_approved_payment_left_by_a_killed_server_is_paid_after_restart() {
     drop(db);
     assert!(upstream.payment_headers().is_empty());
 
-    let again = serve(dir.path(), &[], &env);
+    let again = start_usdc(dir.path(), &url);
     let status_url = format!("{}{}", again.base, waiting["status_url"].as_str().unwrap());
     let mut answer = None;
     for _ in 0..200 {
@@ -250,14 +258,7 @@ async fn an_approved_payment_left_by_a_killed_server_is_paid_after_restart() {
 async fn sigkill_while_signing_x402_payments_leaves_every_payment_with_its_hold() {
     let (url, _storage) = fresh_storage(Backend::Sqlite);
     let dir = tempfile::tempdir().unwrap();
-    let assets = format!("eip155:84532={TEST_TOKEN}");
-    let env = [
-        ("SPENDGATE_DATABASE_URL", url.as_str()),
-        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
-        ("SPENDGATE_MASTER_KEY", MASTER_KEY),
-        ("SPENDGATE_X402_ASSETS", assets.as_str()),
-    ];
-    let mut server = serve(dir.path(), &[], &env);
+    let mut server = start_usdc(dir.path(), &url);
     let http = common::http_client();
     let (agent, _) = setup(&http, &server.base, json!({}), 1_000_000_000).await;
     admin(&http, &server.base, &format!("/v1/agents/{agent}/wallet"), json!({})).await;
@@ -299,7 +300,7 @@ async fn sigkill_while_signing_x402_payments_leaves_every_payment_with_its_hold(
         c.await.unwrap();
     }
 
-    let again = serve(dir.path(), &[], &env);
+    let again = start_usdc(dir.path(), &url);
     let handed = handed.lock().unwrap().clone();
     for (payment, hold) in &handed {
         let stored = read(&http, &again.base, &format!("/v1/agents/{agent}/x402/payments/{payment}")).await;
