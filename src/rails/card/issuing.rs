@@ -105,6 +105,15 @@ impl Issuer {
     }
 
     pub async fn create(&self, processor: Processor, card: &NewCardAt<'_>) -> Result<CardAtProcessor> {
+        let made = self.make(processor, card).await?;
+        let last4_ok = made.last4.len() == 4 && made.last4.bytes().all(|b| b.is_ascii_digit());
+        if path_segment(&made.id).is_err() || !last4_ok {
+            return Err(Error::Upstream(format!("{processor} answered with a card id or last4 spendgate cannot use")));
+        }
+        Ok(made)
+    }
+
+    async fn make(&self, processor: Processor, card: &NewCardAt<'_>) -> Result<CardAtProcessor> {
         match (processor, &self.settings.stripe, &self.settings.lithic) {
             (Processor::Stripe, Some(api), _) => {
                 let mut form = vec![

@@ -624,6 +624,13 @@ impl Usdc {
         if outcome.payment_stored {
             return Ok(Signed::Payment { row, ours: true, outcome });
         }
+        if !outcome.replayed {
+            // A fresh hold, but a payment under this key was made by another decision: that one
+            // stands, and this hold must not stay behind without a payment.
+            let void = Movement::Reverse { amount: None, currency: None };
+            let target = Target::Id(authorization_id.clone());
+            self.inner.ledger.movement(target, &format!("{authorization_id}:duplicate"), void).await?;
+        }
 
         // A retry of a decision already made: its payment (made by this or another process) goes.
         if let Some(earlier) = self.find_payment(agent, key).await? {
