@@ -21,8 +21,9 @@ pub struct Book {
     pub pruned_at_ms: i64,
     /// In time order; a spend that no longer counts stays, at 0, until pruned.
     spends: Vec<Spend>,
-    /// Authorization id -> position in `spends`.
-    index: HashMap<String, usize>,
+    /// Authorization id -> its authorization time, where a binary search of `spends` finds it
+    /// (positions would move with every spend caught up out of order).
+    index: HashMap<String, i64>,
     /// Running totals of `spends` per limit, as of the agent's `config_version` in `totals_of`.
     pub totals: Totals,
     pub totals_of: Option<i64>,
@@ -63,7 +64,17 @@ impl Book {
     }
 
     fn reindex(&mut self) {
-        self.index = self.spends.iter().enumerate().map(|(i, s)| (s.authorization_id.clone(), i)).collect();
+        self.index = self.spends.iter().map(|s| (s.authorization_id.clone(), s.at_ms)).collect();
+    }
+
+    /// Where the spend of this authorization, authorized at `at_ms`, is in `spends`.
+    fn position(&self, id: &str, at_ms: i64) -> Option<usize> {
+        let from = self.spends.partition_point(|s| s.at_ms < at_ms);
+        self.spends[from..]
+            .iter()
+            .take_while(|s| s.at_ms == at_ms)
+            .position(|s| s.authorization_id == id)
+            .map(|i| from + i)
     }
 
     /// Takes in an approved authorization as it now stands (new, posted, partly or fully voided).
@@ -75,22 +86,17 @@ impl Book {
             self.used_approvals.insert(approval.clone());
         }
         let spend = spend_of(row);
-        match self.index.get(&row.id) {
-            Some(&i) => {
+        match self.index.get(&row.id).and_then(|&at_ms| self.position(&row.id, at_ms)) {
+            Some(i) => {
                 let before = std::mem::replace(&mut self.spends[i], spend);
                 self.totals.apply(Some(&before), Some(&self.spends[i]));
             }
             None if row.counted > 0 => {
                 self.totals.apply(None, Some(&spend));
-                // Spends arrive in time order but for other processes' (caught up later).
-                if self.spends.last().is_none_or(|last| last.at_ms <= spend.at_ms) {
-                    self.index.insert(row.id.clone(), self.spends.len());
-                    self.spends.push(spend);
-                } else {
-                    let at = self.spends.partition_point(|s| s.at_ms <= spend.at_ms);
-                    self.spends.insert(at, spend);
-                    self.reindex();
-                }
+                // In time order: other processes' spends, caught up later, go in near the end.
+                let at = self.spends.partition_point(|s| s.at_ms <= spend.at_ms);
+                self.index.insert(row.id.clone(), spend.at_ms);
+                self.spends.insert(at, spend);
             }
             None => {}
         }
@@ -175,5 +181,23 @@ mod tests {
         book.apply(&row("a", 1_000, 70));
         assert_eq!(counted(&book), [("a".into(), 70), ("d".into(), 40)]);
         assert!(book.card_used(&CardId::from_stored("crd_1".into())));
+    }
+
+    #[test]
+    fn spends_caught_up_out_of_order_stay_in_time_order_and_updatable() {
+        let mut book = Book::unloaded();
+        for (id, at) in [("a", 1_000), ("b", 3_000), ("c", 2_000), ("d", 3_000), ("e", 500)] {
+            book.apply(&row(id, at, 100));
+        }
+        let order: Vec<(&str, i64)> = book.spends().iter().map(|s| (s.authorization_id.as_str(), s.at_ms)).collect();
+        assert_eq!(order, [("e", 500), ("a", 1_000), ("c", 2_000), ("b", 3_000), ("d", 3_000)]);
+        // Each is found again, also among others of the same millisecond.
+        book.apply(&row("b", 3_000, 10));
+        book.apply(&row("d", 3_000, 20));
+        book.apply(&row("e", 500, 0));
+        assert_eq!(counted(&book), [("a".into(), 100), ("b".into(), 10), ("c".into(), 100), ("d".into(), 20)]);
+        assert_eq!(book.spends().len(), 5, "a spend that stops counting stays, at 0, until pruned");
+        book.prune(0);
+        assert_eq!(book.spends().len(), 4);
     }
 }
