@@ -118,7 +118,7 @@ pub struct Totals {
 
 /// The policies a decision reads, as `check` orders them: the card's (if any), then the agent's;
 /// each with its cap currency and its owner's card id.
-pub(super) fn policies<'a>(
+fn policies<'a>(
     agent: &'a Agent,
     card: Option<&'a Card>,
 ) -> impl Iterator<Item = (&'a Policy, Currency, Option<&'a str>)> {
