@@ -207,7 +207,7 @@ impl Issuer {
         }
     }
 
-    pub fn stripe_controls(&self, policy: &Policy) -> StripeControls {
+    fn stripe_controls(&self, policy: &Policy) -> StripeControls {
         stripe_controls(policy, self.catalog, self.categories)
     }
 
