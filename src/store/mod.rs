@@ -79,10 +79,12 @@ impl ManageConnection for Manager {
                 // and FULL sync: a commit is on disk before it is acknowledged, even across a power
                 // loss (NORMAL would survive only a process crash). No commit checkpoints by itself:
                 // that would stall the ledger writer; the checkpointer thread does it instead.
+                // A new file gets small pages: a batch touches a leaf of each index per agent, and
+                // every touched page is written whole to the WAL and again into the file.
                 conn.batch_execute(&format!(
-                    "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                     PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
-                     PRAGMA journal_size_limit = 67108864; PRAGMA cache_size = -{};",
+                    "PRAGMA page_size = {PAGE_SIZE}; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA journal_size_limit = {SETTLE_BYTES}; PRAGMA cache_size = -{};",
                     self.cache_kib
                 ))
                 .map_err(r2d2::Error::QueryError)?;
@@ -147,13 +149,14 @@ impl Db {
                 let file = path.clone();
                 let writer = build(1, target.clone(), 64 << 10)?;
                 let reader = build(pool_size.max(1), target, 2 << 10)?;
+                let settle_frames = SETTLE_BYTES / page_size(&writer)?;
                 let wal_frames = Arc::new(AtomicI32::new(0));
                 spawn_checkpointer(file, Arc::downgrade(&wal_frames));
-                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames: SETTLE_FRAMES })
+                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames })
             }
             Target::Postgres(_) => {
                 let pool = build(pool_size.max(2), target, 0)?;
-                Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: SETTLE_FRAMES })
+                Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: 0 })
             }
         }
     }
@@ -219,7 +222,7 @@ impl Db {
         Ok(self.writer.get()?)
     }
 
-    /// SQLite, for the one writer to call between two writes once the WAL holds `SETTLE_FRAMES`:
+    /// SQLite, for the one writer to call between two writes once the WAL holds `SETTLE_BYTES`:
     /// the checkpointer thread has copied it up to a moment ago, so a checkpoint here copies only
     /// the pages written since, and with no write under way it gets them all: the next write then
     /// starts the WAL over instead of growing it. This is the one stall checkpoints still cost
@@ -258,8 +261,11 @@ impl Db {
     }
 }
 
-/// WAL frames (pages of 4 KiB) past which the writer lets the WAL start over.
-const SETTLE_FRAMES: i32 = 16 << 10;
+/// The page size of a new SQLite file (an existing file keeps its own).
+const PAGE_SIZE: i32 = 2048;
+
+/// WAL bytes past which the writer lets the WAL start over.
+const SETTLE_BYTES: i32 = 64 << 20;
 
 /// Copies committed WAL pages back into the SQLite file twice a second, off the writer's path,
 /// so that no commit waits for a checkpoint; pages written several times in between are copied
@@ -285,6 +291,18 @@ fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
     if let Err(e) = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(run) {
         tracing::error!(error = %e, "cannot start the SQLite checkpointer");
     }
+}
+
+/// The page size of the SQLite file behind `pool`: what one WAL frame holds.
+fn page_size(pool: &DbPool) -> Result<i32> {
+    #[derive(diesel::QueryableByName)]
+    struct PageSize {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        page_size: i32,
+    }
+    let mut conn = pool.get()?;
+    let size: PageSize = diesel::sql_query("PRAGMA page_size").get_result(&mut *conn)?;
+    Ok(size.page_size.max(512))
 }
 
 /// The answer of `PRAGMA wal_checkpoint`: frames in the WAL, and how many are in the file.
@@ -331,6 +349,24 @@ pub(crate) fn corrupt(what: &str, value: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new file gets the small pages; a file made before keeps its own, and the WAL's settle
+    /// mark counts frames of whichever size the file has.
+    #[test]
+    fn page_size_is_set_on_new_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = Db::connect(&format!("sqlite://{}", dir.path().join("new.db").display()), 1).unwrap();
+        assert_eq!(page_size(&fresh.writer).unwrap(), PAGE_SIZE);
+        assert_eq!(fresh.settle_frames, SETTLE_BYTES / PAGE_SIZE);
+
+        let old = dir.path().join("old.db");
+        let mut conn = SqliteConnection::establish(old.to_str().unwrap()).unwrap();
+        conn.batch_execute("PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER)").unwrap();
+        drop(conn);
+        let existing = Db::connect(&format!("sqlite://{}", old.display()), 1).unwrap();
+        assert_eq!(page_size(&existing.writer).unwrap(), 4096);
+        assert_eq!(existing.settle_frames, SETTLE_BYTES / 4096);
+    }
 
     /// Writes that never pause still let the WAL start over: it holds about what fills it to the
     /// settle mark plus one interval of the checkpointer, not everything ever written.
