@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -17,6 +19,7 @@ on_both_backends!(
     policies_are_validated_and_nothing_changes_on_refusal,
     roles_hold,
     keys_are_revoked_at_once,
+    a_key_revoked_by_another_process_stops_within_seconds,
     bad_input_gets_a_clear_4xx_and_writes_nothing,
     concurrent_status_changes_never_reopen_a_closed_card,
     concurrent_issues_all_land,
@@ -403,6 +406,32 @@ async fn keys_are_revoked_at_once(app: TestApp) {
     let (status, _) = app.call(Method::DELETE, &owner_path, Some(&second), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.get("/v1/agents").await.0, StatusCode::UNAUTHORIZED);
+}
+
+/// Another process sharing the database revokes a key this one has cached: it stops working here
+/// within the live-key cache's 5 s.
+async fn a_key_revoked_by_another_process_stops_within_seconds(app: TestApp) {
+    let (status, created) = app.post("/v1/keys", json!({"role": "operator"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (secret, id) = (created["key"].as_str().unwrap().to_owned(), created["id"].as_str().unwrap().to_owned());
+    assert_eq!(app.call(Method::GET, "/v1/agents", Some(&secret), None).await.0, StatusCode::OK);
+
+    app.execute_elsewhere(&format!("UPDATE api_keys SET revoked_at = 1 WHERE id = '{id}'"));
+    let revoked = std::time::Instant::now();
+    loop {
+        let (status, body) = app.call(Method::GET, "/v1/agents", Some(&secret), None).await;
+        if status == StatusCode::UNAUTHORIZED {
+            assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthenticated");
+            break;
+        }
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            revoked.elapsed() < Duration::from_secs(7),
+            "the revoked key still works after {:?}",
+            revoked.elapsed()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn bad_input_gets_a_clear_4xx_and_writes_nothing(app: TestApp) {

@@ -1,3 +1,7 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -54,11 +58,60 @@ pub enum FirstKey {
     Created(String),
 }
 
+/// How long a live key is believed without asking the database. A key revoked through this
+/// process stops at once; one revoked through another process sharing the database, within this.
+const LIVE_KEY_TTL: Duration = Duration::from_secs(5);
+
+/// Live keys by the hash of their secret (never the secret), so that a request does not wait on a
+/// database read to learn who sent it. Only live keys are kept: a new key works at once anywhere.
+pub(super) struct LiveKeys {
+    cache: Cache<String, Principal>,
+    /// Bumped by every revocation, under the lock that also guards inserts: a key read as live
+    /// before a revocation committed is never cached after it.
+    generation: Mutex<u64>,
+}
+
+impl LiveKeys {
+    pub(super) fn new() -> Self {
+        LiveKeys {
+            cache: Cache::builder().max_capacity(10_000).time_to_live(LIVE_KEY_TTL).build(),
+            generation: Mutex::new(0),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, hash: String, principal: &Principal, read_at: u64) {
+        let generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        if *generation == read_at {
+            self.cache.insert(hash, principal.clone());
+        }
+    }
+
+    /// After a revocation has committed.
+    fn forget_all(&self) {
+        let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        *generation += 1;
+        self.cache.invalidate_all();
+    }
+}
+
 impl Admin {
     /// The caller a bearer secret stands for, if it is a live key.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>> {
         let hash = key::hash_secret(secret);
-        self.db.read(move |conn| store::keys::principal_by_hash(conn, &hash)).await
+        if let Some(principal) = self.live_keys.cache.get(&hash) {
+            return Ok(Some(principal));
+        }
+        let read_at = self.live_keys.generation();
+        let lookup = hash.clone();
+        let found = self.db.read(move |conn| store::keys::principal_by_hash(conn, &lookup)).await?;
+        if let Some(principal) = &found {
+            self.live_keys.remember(hash, principal, read_at);
+        }
+        Ok(found)
     }
 
     /// On a database with no key: makes the first owner key from `bootstrap`, or a fresh one.
@@ -87,7 +140,8 @@ impl Admin {
     /// Replaces the owner key named `name` with a fresh one (for `serve --demo`, which prints it).
     pub async fn replace_named_owner_key(&self, name: &str) -> Result<(Principal, String)> {
         let name = name.to_owned();
-        self.db
+        let replaced = self
+            .db
             .write(move |conn| {
                 let secret = key::generate_secret();
                 let info = new_key(Role::Owner, Some(name.clone()), None, &secret);
@@ -95,7 +149,9 @@ impl Admin {
                 insert_key(conn, &info, &secret)?;
                 Ok((Principal { key_id: info.id, role: Role::Owner, agent_id: None }, secret))
             })
-            .await
+            .await;
+        self.live_keys.forget_all();
+        replaced
     }
 
     pub async fn create_key(&self, who: &Principal, input: NewKey) -> Result<CreatedKey> {
@@ -164,7 +220,35 @@ impl Admin {
                 Ok(key)
             })
             .await?;
+        self.live_keys.forget_all();
         tracing::info!(key = %key.id, actor = %who.key_id, "API key revoked");
         Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        Principal { key_id: KeyId::generate(), role: Role::Operator, agent_id: None }
+    }
+
+    /// A key read as live before a revocation committed is not cached after it; one read after
+    /// it is.
+    #[test]
+    fn a_revocation_outruns_a_read_in_flight() {
+        let keys = LiveKeys::new();
+        let (before, after) = (principal(), principal());
+        keys.remember("held".into(), &before, keys.generation());
+        assert!(keys.cache.get("held").is_some());
+
+        let read_at = keys.generation();
+        keys.forget_all();
+        assert!(keys.cache.get("held").is_none(), "a revocation forgets every cached key");
+        keys.remember("in-flight".into(), &before, read_at);
+        assert!(keys.cache.get("in-flight").is_none(), "read before the revocation: not cached");
+        keys.remember("fresh".into(), &after, keys.generation());
+        assert_eq!(keys.cache.get("fresh"), Some(after));
     }
 }

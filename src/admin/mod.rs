@@ -30,11 +30,19 @@ pub struct Admin {
     simulator_bin: String,
     ledger: Ledger,
     issuer: Arc<Issuer>,
+    live_keys: Arc<keys::LiveKeys>,
 }
 
 impl Admin {
     pub fn new(db: Db, catalog: &'static Catalog, simulator_bin: String, ledger: Ledger, issuer: Issuer) -> Self {
-        Admin { db, catalog, simulator_bin, ledger, issuer: Arc::new(issuer) }
+        Admin {
+            db,
+            catalog,
+            simulator_bin,
+            ledger,
+            issuer: Arc::new(issuer),
+            live_keys: Arc::new(keys::LiveKeys::new()),
+        }
     }
 
     /// The decision path's snapshots, which every write to a card or agent invalidates.

@@ -230,6 +230,20 @@ impl TestApp {
         b
     }
 
+    /// Runs `sql` on the database from outside the server, as another process sharing it would.
+    pub fn execute_elsewhere(&self, sql: &str) {
+        match &self.storage {
+            Storage::Sqlite(dir) => {
+                let path = dir.path().join("nested/dir/spendgate.db");
+                let mut conn = SqliteConnection::establish(path.to_str().unwrap()).expect("connect");
+                conn.batch_execute(&format!("PRAGMA busy_timeout = 5000; {sql}")).expect("execute");
+            }
+            Storage::Postgres { .. } => {
+                PgConnection::establish(&self.database_url).expect("connect").batch_execute(sql).expect("execute")
+            }
+        }
+    }
+
     pub fn stored_text(&self) -> String {
         match &self.storage {
             Storage::Sqlite(dir) => {
