@@ -171,7 +171,9 @@ impl Writer {
                 }
             }
             metrics::histogram!("spendgate_ledger_batch_size").record(batch.len() as f64);
+            let started = Instant::now();
             self.process(std::mem::take(&mut batch));
+            metrics::histogram!("spendgate_ledger_batch_seconds").record(started.elapsed().as_secs_f64());
             self.db.settle_wal();
         }
     }

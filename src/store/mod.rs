@@ -248,10 +248,12 @@ impl Db {
     }
 
     fn checkpoint_on(&self, conn: &mut DbConnection) {
-        if let DbConnection::Sqlite(c) = conn
-            && let Err(e) = checkpoint(c)
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
+        if let DbConnection::Sqlite(c) = conn {
+            let started = std::time::Instant::now();
+            if let Err(e) = checkpoint(c) {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+            metrics::histogram!("spendgate_sqlite_settle_seconds").record(started.elapsed().as_secs_f64());
         }
     }
 
@@ -281,7 +283,10 @@ fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
         loop {
             std::thread::sleep(EVERY);
             let Some(frames) = wal_frames.upgrade() else { return };
-            match checkpoint(&mut conn) {
+            let started = std::time::Instant::now();
+            let copied = checkpoint(&mut conn);
+            metrics::histogram!("spendgate_sqlite_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+            match copied {
                 Ok(Some(copied)) => frames.store(copied, Ordering::Release),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
