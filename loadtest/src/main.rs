@@ -148,6 +148,16 @@ fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 /// One authorization in `format`: the path, its headers and body.
+/// Processors' authorization ids are random, so each lands on its own leaf of the idempotency
+/// index; a counter would insert next to the last one. A bijection of `n`: still unique.
+fn scatter(n: u64) -> u64 {
+    // The splitmix64 finalizer.
+    let mut z = n.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn authorization(
     format: Format,
     secret: &str,
@@ -275,7 +285,7 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
                 request
             }
             Target::Authorize { run, cards, secret, amount, format } => {
-                let id = format!("{run}-{n}");
+                let id = format!("{run}-{:016x}", scatter(n));
                 let (path, headers, body) =
                     authorization(*format, secret, &id, &cards[n as usize % cards.len()], *amount);
                 let mut request = client.post(format!("{base}{path}")).header("Content-Type", "application/json");
@@ -550,4 +560,18 @@ fn main() {
             std::process::exit(1);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scatter;
+
+    #[test]
+    fn scattered_ids_are_unique_and_out_of_order() {
+        let ids: Vec<u64> = (0..100_000).map(scatter).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        let rising = ids.windows(2).filter(|w| w[0] < w[1]).count();
+        assert!((40_000..60_000).contains(&rising), "{rising} of 99,999 neighbours rise: not scattered");
+    }
 }
