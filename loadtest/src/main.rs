@@ -147,7 +147,6 @@ fn signature(secret: &str, body: &[u8]) -> String {
     format!("t={t},v1={}", hex::encode(hmac(secret.as_bytes(), &[format!("{t}.").as_bytes(), body])))
 }
 
-/// One authorization in `format`: the path, its headers and body.
 /// Processors' authorization ids are random, so each lands on its own leaf of the idempotency
 /// index; a counter would insert next to the last one. A bijection of `n`: still unique.
 fn scatter(n: u64) -> u64 {
@@ -158,6 +157,7 @@ fn scatter(n: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// One authorization in `format`: the path, its headers and body.
 fn authorization(
     format: Format,
     secret: &str,
