@@ -2,7 +2,8 @@
 //! that have been used, and the ledger_seq it reflects. It is a cache of the database, checked
 //! against the locked agent row before every use and caught up from the rows changed since.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use crate::domain::authorization::Rail;
 use crate::domain::ids::CardId;
@@ -19,17 +20,17 @@ pub struct Book {
     pub horizon_of: Option<i64>,
     /// When spends past the horizon were last dropped.
     pub pruned_at_ms: i64,
-    /// In time order; a spend that no longer counts stays, at 0, until pruned.
+    /// In time order, so a binary search by the row's authorization time (which never changes)
+    /// finds a spend again; a spend that no longer counts stays, at 0, until pruned.
     spends: Vec<Spend>,
-    /// Authorization id -> its authorization time, where a binary search of `spends` finds it
-    /// (positions would move with every spend caught up out of order).
-    index: HashMap<String, i64>,
     /// Running totals of `spends` per limit, as of the agent's `config_version` in `totals_of`.
     pub totals: Totals,
     pub totals_of: Option<i64>,
     used_cards: HashSet<String>,
     /// Single-use approvals some authorization has used.
     used_approvals: HashSet<String>,
+    /// One copy of each string the spends share (cards, traces, MCCs, merchants).
+    strings: HashSet<Arc<str>>,
 }
 
 impl Book {
@@ -59,12 +60,8 @@ impl Book {
     /// those that no longer count; the totals start over.
     pub fn prune(&mut self, before_ms: i64) {
         self.spends.retain(|s| s.at_ms >= before_ms && s.counted > 0);
-        self.reindex();
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
         self.totals.clear();
-    }
-
-    fn reindex(&mut self) {
-        self.index = self.spends.iter().map(|s| (s.authorization_id.clone(), s.at_ms)).collect();
     }
 
     /// Where the spend of this authorization, authorized at `at_ms`, is in `spends`.
@@ -77,6 +74,33 @@ impl Book {
             .map(|i| from + i)
     }
 
+    fn spend_of(&mut self, row: &AuthorizationRow) -> Spend {
+        Spend {
+            authorization_id: row.id.clone(),
+            card_id: row.card_id.as_deref().map(|s| self.shared(s)),
+            card_currency: row.card_currency.parse().ok(),
+            trace_id: row.trace_id.as_deref().map(|s| self.shared(s)),
+            rail: if row.rail == "usdc" { Rail::Usdc } else { Rail::Card },
+            mcc: row.mcc.as_deref().map(|s| self.shared(s)),
+            merchant_id: row.merchant_id.as_deref().map(|s| self.shared(s)),
+            merchant_name: self.shared(&row.merchant_name),
+            at_ms: row.authorized_at,
+            counted: row.counted,
+            counted_card: row.counted_card,
+        }
+    }
+
+    fn shared(&mut self, s: &str) -> Arc<str> {
+        match self.strings.get(s) {
+            Some(shared) => shared.clone(),
+            None => {
+                let shared: Arc<str> = Arc::from(s);
+                self.strings.insert(shared.clone());
+                shared
+            }
+        }
+    }
+
     /// Takes in an approved authorization as it now stands (new, posted, partly or fully voided).
     pub fn apply(&mut self, row: &AuthorizationRow) {
         if let Some(card) = &row.card_id {
@@ -85,8 +109,8 @@ impl Book {
         if let Some(approval) = &row.approval_id {
             self.used_approvals.insert(approval.clone());
         }
-        let spend = spend_of(row);
-        match self.index.get(&row.id).and_then(|&at_ms| self.position(&row.id, at_ms)) {
+        let spend = self.spend_of(row);
+        match self.position(&row.id, row.authorized_at) {
             Some(i) => {
                 let before = std::mem::replace(&mut self.spends[i], spend);
                 self.totals.apply(Some(&before), Some(&self.spends[i]));
@@ -95,27 +119,10 @@ impl Book {
                 self.totals.apply(None, Some(&spend));
                 // In time order: other processes' spends, caught up later, go in near the end.
                 let at = self.spends.partition_point(|s| s.at_ms <= spend.at_ms);
-                self.index.insert(row.id.clone(), spend.at_ms);
                 self.spends.insert(at, spend);
             }
             None => {}
         }
-    }
-}
-
-fn spend_of(row: &AuthorizationRow) -> Spend {
-    Spend {
-        authorization_id: row.id.clone(),
-        card_id: row.card_id.clone().map(CardId::from_stored),
-        card_currency: row.card_currency.parse().ok(),
-        trace_id: row.trace_id.clone(),
-        rail: if row.rail == "usdc" { Rail::Usdc } else { Rail::Card },
-        mcc: row.mcc.clone(),
-        merchant_id: row.merchant_id.clone(),
-        merchant_name: row.merchant_name.clone(),
-        at_ms: row.authorized_at,
-        counted: row.counted,
-        counted_card: row.counted_card,
     }
 }
 
@@ -181,6 +188,19 @@ mod tests {
         book.apply(&row("a", 1_000, 70));
         assert_eq!(counted(&book), [("a".into(), 70), ("d".into(), 40)]);
         assert!(book.card_used(&CardId::from_stored("crd_1".into())));
+    }
+
+    #[test]
+    fn spends_share_repeated_strings_until_pruned() {
+        let mut book = Book::unloaded();
+        book.apply(&row("a", 1_000, 100));
+        book.apply(&row("b", 2_000, 100));
+        let [a, b] = book.spends() else { panic!("two spends") };
+        assert!(Arc::ptr_eq(&a.merchant_name, &b.merchant_name));
+        assert!(Arc::ptr_eq(a.card_id.as_ref().unwrap(), b.card_id.as_ref().unwrap()));
+        assert_eq!(book.strings.len(), 3, "card, MCC and merchant name, once each");
+        book.prune(3_000);
+        assert!(book.strings.is_empty(), "strings no spend holds are let go");
     }
 
     #[test]

@@ -32,22 +32,24 @@ use crate::domain::approval::{Allowance, Ask};
 use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, Rail};
 use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
-use crate::domain::ids::CardId;
 use crate::domain::money::{Currency, Money};
 use crate::domain::policy::{AllowBlock, Limit, OnExceed, Policy, Scope, parse_clock};
 use fx::{FxError, RateTable};
+use std::sync::Arc;
 
 /// One authorization that still counts against spending windows (a hold or a posted amount).
+/// The strings many spends repeat (card, trace, MCC, merchant) are shared: an agent's book holds
+/// every spend its longest window still counts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spend {
     pub authorization_id: String,
-    pub card_id: Option<CardId>,
+    pub card_id: Option<Arc<str>>,
     pub card_currency: Option<Currency>,
-    pub trace_id: Option<String>,
+    pub trace_id: Option<Arc<str>>,
     pub rail: Rail,
-    pub mcc: Option<String>,
-    pub merchant_id: Option<String>,
-    pub merchant_name: String,
+    pub mcc: Option<Arc<str>>,
+    pub merchant_id: Option<Arc<str>>,
+    pub merchant_name: Arc<str>,
     /// Authorization time, Unix milliseconds: windows count spends by when they were authorized.
     pub at_ms: i64,
     /// In the agent's currency.
@@ -383,7 +385,7 @@ fn matches_filters(
     catalog: &Catalog,
     rail: Rail,
     mcc: Option<&str>,
-    merchant: (&Option<String>, &str),
+    merchant: (Option<&str>, &str),
 ) -> bool {
     if !limit.rails.is_empty() && !limit.rails.contains(&rail) {
         return false;
@@ -399,7 +401,7 @@ fn matches_filters(
     }
     if !limit.merchants.is_empty() {
         let (id, name) = merchant;
-        let hit = limit.merchants.iter().any(|p| id.as_deref() == Some(p.as_str()) || glob_match(p, name));
+        let hit = limit.merchants.iter().any(|p| id == Some(p.as_str()) || glob_match(p, name));
         if !hit {
             return false;
         }
@@ -417,18 +419,18 @@ fn check_limit(
     trail: &mut Trail,
 ) -> Outcome {
     let m: &Merchant = &req.merchant;
-    if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (&m.id, &m.name)) {
+    if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (m.id.as_deref(), &m.name)) {
         return Ok(());
     }
     let card_id = snap.card.map(|c| &c.id);
     let in_scope: Box<dyn Fn(&Spend) -> bool> = match limit.scope {
         Scope::Agent => Box::new(|_| true),
         Scope::Card => match card_id {
-            Some(id) => Box::new(move |s: &Spend| s.card_id.as_ref() == Some(id)),
+            Some(id) => Box::new(move |s: &Spend| s.card_id.as_deref() == Some(id.as_str())),
             None => return Ok(()),
         },
         Scope::Trace => match &req.trace_id {
-            Some(trace) => Box::new(move |s: &Spend| s.trace_id.as_ref() == Some(trace)),
+            Some(trace) => Box::new(move |s: &Spend| s.trace_id.as_deref() == Some(trace.as_str())),
             None => return Ok(()),
         },
     };
@@ -442,7 +444,13 @@ fn check_limit(
             if s.at_ms >= start
                 && s.counted > 0
                 && in_scope(s)
-                && matches_filters(limit, snap.catalog, s.rail, s.mcc.as_deref(), (&s.merchant_id, &s.merchant_name))
+                && matches_filters(
+                    limit,
+                    snap.catalog,
+                    s.rail,
+                    s.mcc.as_deref(),
+                    (s.merchant_id.as_deref(), &s.merchant_name),
+                )
             {
                 sum = sum.saturating_add(spend_in(s, r.currency, snap));
                 count += 1;

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, CardId};
 
 fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -120,13 +120,13 @@ impl World {
         let a = d.amounts.unwrap();
         self.spends.push(Spend {
             authorization_id: format!("auth_{}", self.spends.len()),
-            card_id: Some(self.card.id.clone()),
+            card_id: Some(self.card.id.as_str().into()),
             card_currency: Some(self.card.currency),
-            trace_id: req.trace_id.clone(),
+            trace_id: req.trace_id.as_deref().map(Into::into),
             rail: req.rail,
-            mcc: req.merchant.mcc.clone(),
-            merchant_id: req.merchant.id.clone(),
-            merchant_name: req.merchant.name.clone(),
+            mcc: req.merchant.mcc.as_deref().map(Into::into),
+            merchant_id: req.merchant.id.as_deref().map(Into::into),
+            merchant_name: req.merchant.name.as_str().into(),
             at_ms: at(when).as_millisecond(),
             counted: a.agent.amount,
             counted_card: a.card.amount,
@@ -641,13 +641,13 @@ fn running_totals_stay_what_a_scan_would_sum_as_spends_change_and_windows_slide(
             let counted = rng.random_range(1..2_000);
             let spend = Spend {
                 authorization_id: format!("auth_{step}"),
-                card_id: cards[rng.random_range(0..cards.len())].clone(),
+                card_id: cards[rng.random_range(0..cards.len())].as_ref().map(|c| c.as_str().into()),
                 card_currency: Some(Currency::USD),
-                trace_id: traces[rng.random_range(0..traces.len())].clone(),
+                trace_id: traces[rng.random_range(0..traces.len())].as_deref().map(Into::into),
                 rail: if rng.random_range(0..4) == 0 { Rail::Usdc } else { Rail::Card },
-                mcc: Some(mcc.to_owned()),
+                mcc: Some(mcc.into()),
                 merchant_id: None,
-                merchant_name: name.to_owned(),
+                merchant_name: name.into(),
                 // Now and then one from another process, caught up late.
                 at_ms: t - if rng.random_range(0..8) == 0 { rng.random_range(0..60_000) } else { 0 },
                 counted,

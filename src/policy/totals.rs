@@ -91,14 +91,14 @@ impl Filter {
     fn matches(&self, s: &Spend) -> bool {
         let in_scope = match self.scope {
             Scope::Agent => true,
-            Scope::Card => s.card_id.as_ref().map(|c| c.as_str()) == self.scope_id.as_deref(),
-            Scope::Trace => s.trace_id.is_some() && s.trace_id == self.scope_id,
+            Scope::Card => s.card_id.as_deref() == self.scope_id.as_deref(),
+            Scope::Trace => s.trace_id.is_some() && s.trace_id.as_deref() == self.scope_id.as_deref(),
         };
         if !in_scope || (!self.rails.is_empty() && !self.rails.contains(&s.rail)) {
             return false;
         }
         if let Some(mccs) = &self.mccs
-            && !s.mcc.as_ref().is_some_and(|m| mccs.contains(m))
+            && !s.mcc.as_deref().is_some_and(|m| mccs.contains(m))
         {
             return false;
         }
@@ -171,7 +171,7 @@ impl Totals {
         for (policy, currency, owner) in policies(agent, card) {
             for (index, limit) in policy.limits.iter().enumerate() {
                 let m = &req.merchant;
-                if !matches_filters(limit, catalog, req.rail, m.mcc.as_deref(), (&m.id, &m.name)) {
+                if !matches_filters(limit, catalog, req.rail, m.mcc.as_deref(), (m.id.as_deref(), &m.name)) {
                     continue;
                 }
                 let Some(key) = key_for(index, limit, owner, card, req) else { continue };
