@@ -305,13 +305,13 @@ fn mccs(codes: Option<&AllowBlock>, groups: Option<&AllowBlock>, catalog: &Catal
 /// intervals express exactly (per authorization, all time) are mirrored.
 pub fn stripe_controls(policy: &Policy, catalog: &Catalog, categories: &HashMap<String, String>) -> StripeControls {
     let mut controls = StripeControls::default();
-    let allowed = mccs(policy.mcc.as_ref(), policy.mcc_groups.as_ref(), catalog, true);
+    let allowed = mccs(policy.mcc.as_deref(), policy.mcc_groups.as_deref(), catalog, true);
     let slugs: Option<BTreeSet<String>> = allowed.iter().map(|m| categories.get(m).cloned()).collect();
     match slugs {
         Some(slugs) if !allowed.is_empty() => controls.allowed_categories = slugs.into_iter().collect(),
         // Stripe takes an allow list or a block list; inside an allow list spendgate blocks the rest.
         _ if allowed.is_empty() => {
-            let blocked = mccs(policy.mcc.as_ref(), policy.mcc_groups.as_ref(), catalog, false);
+            let blocked = mccs(policy.mcc.as_deref(), policy.mcc_groups.as_deref(), catalog, false);
             let slugs: BTreeSet<String> = blocked.iter().filter_map(|m| categories.get(m).cloned()).collect();
             controls.blocked_categories = slugs.into_iter().collect();
         }
