@@ -256,11 +256,11 @@ impl Writer {
         self.catch_up(conn, &locked, now_ms)?;
 
         // Retries of authorizations already recorded answer with the first result.
-        let external: Vec<&str> = batch
+        let external: Vec<(&str, &str)> = batch
             .iter()
             .filter_map(|cmd| match cmd {
-                Command::Authorize(c) => Some(c.auth.external_id.as_str()),
-                Command::Abandon(c) => Some(c.auth.external_id.as_str()),
+                Command::Authorize(c) => Some((c.auth.source, c.auth.external_id.as_str())),
+                Command::Abandon(c) => Some((c.auth.source, c.auth.external_id.as_str())),
                 _ => None,
             })
             .collect();
