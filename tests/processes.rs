@@ -95,6 +95,12 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
         json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 250_000}]});
     // The cap falls half-way through, so that both processes approve some before either declines.
     let (agent, card) = setup(&http, &a.base, policy, 1_000_000).await;
+    // One approval through each first, so that neither starts the burst cold (its caches, pool and
+    // book still to load) and the other takes the whole cap before it decides anything.
+    for (base, id) in [(&a.base, "warm-a"), (&b.base, "warm-b")] {
+        let warm = authorize(&http, base, id, &card, 1_000).await.unwrap();
+        assert_eq!(warm["approved"], true, "{warm}");
+    }
 
     let bases = Arc::new([a.base.clone(), b.base.clone()]);
     let mut tasks = Vec::new();
@@ -110,7 +116,7 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
             approved_by[i % 2] += 1;
         }
     }
-    assert_eq!(approved_by[0] + approved_by[1], 250, "approved per process: {approved_by:?}");
+    assert_eq!(approved_by[0] + approved_by[1], 248, "approved per process: {approved_by:?}");
     assert!(approved_by[0] > 0 && approved_by[1] > 0, "both processes decided: {approved_by:?}");
     let balance: Value = read(&http, &b.base, &format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(balance["held"], 250_000, "{balance}");

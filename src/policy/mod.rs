@@ -25,6 +25,8 @@ pub mod fx;
 pub mod totals;
 pub mod window;
 
+use std::sync::Arc;
+
 use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::agent::{Agent, AgentStatus};
@@ -35,7 +37,6 @@ use crate::domain::catalog::Catalog;
 use crate::domain::money::{Currency, Money};
 use crate::domain::policy::{AllowBlock, Limit, OnExceed, Policy, Scope, parse_clock};
 use fx::{FxError, RateTable};
-use std::sync::Arc;
 
 /// One authorization that still counts against spending windows (a hold or a posted amount).
 /// The strings many spends repeat (card, trace, MCC, merchant) are shared: an agent's book holds

@@ -270,7 +270,7 @@ const PAGE_SIZE: i32 = 2048;
 /// WAL bytes past which the writer lets the WAL start over.
 const SETTLE_BYTES: i32 = 64 << 20;
 
-/// Copies committed WAL pages back into the SQLite file twice a second, off the writer's path,
+/// Copies committed WAL pages back into the SQLite file ten times a second, off the writer's path,
 /// so that no commit waits for a checkpoint; pages written several times in between are copied
 /// once. A PASSIVE checkpoint never blocks the writer, but under steady writes never quite
 /// catches up either, and the WAL starts over only once one has: see `Db::settle_wal`.
@@ -279,7 +279,10 @@ const SETTLE_BYTES: i32 = 64 << 20;
 /// since (measured: 5–50 ms of the writer's time, about once per 64 MiB). So this thread syncs
 /// what it copied itself.
 fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
-    const EVERY: Duration = Duration::from_millis(500);
+    // Small passes: a pass copies and syncs what was written since the last on one of the few
+    // cores the decisions need too (at 5,000/s, p99.9 10.6–12.0 ms every 100 ms against 17.5–19.4
+    // every 500 ms), for a quarter more bytes written (a page changed in two passes is copied twice).
+    const EVERY: Duration = Duration::from_millis(100);
     let run = move || {
         let mut conn = match SqliteConnection::establish(&path) {
             Ok(conn) => conn,
