@@ -1,1 +1,0 @@
-CREATE INDEX authorizations_agent_seq ON authorizations (agent_id, seq);
