@@ -1,5 +1,5 @@
 //! The writer thread: group commit of ledger commands. Everything here runs inside one database
-//! transaction per batch; nothing is answered before that transaction commits.
+//! transaction per batch; nothing is answered before that transaction is on disk.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -106,6 +106,65 @@ impl Command {
     }
 }
 
+/// A committed batch's answers and the approval requests it made, to be delivered once durable.
+struct Committed {
+    answers: Vec<(Command, Reply)>,
+    asked: Vec<String>,
+}
+
+impl Committed {
+    /// Answers, and hands the approval requests to the notifier, never waiting: a full queue
+    /// leaves them to the notifier's sweep of the database.
+    fn deliver(self, notify: Option<&mpsc::Sender<String>>) {
+        self.answers.into_iter().for_each(|(cmd, reply)| cmd.answer(reply));
+        for id in self.asked {
+            if let Some(notify) = notify
+                && notify.try_send(id).is_err()
+            {
+                tracing::warn!("approval notifier queue full; its sweep will send the message");
+            }
+        }
+    }
+
+    /// Committed but not known to be durable: each caller is told it failed, so nothing is
+    /// approved that a power loss could take back (an authorization's caller declines it and has
+    /// its hold voided, see `Ledger::authorize_within`).
+    fn fail(self, why: &str) {
+        let e = || Error::StorageUnavailable(why.to_owned());
+        self.answers.into_iter().for_each(|(cmd, _)| cmd.fail(e()));
+    }
+}
+
+/// SQLite: answers committed batches once the WAL holding them is synced. Meanwhile the writer
+/// goes on with the next batch, so the disk's sync no longer holds up the decisions queued
+/// behind it, and one sync covers every batch committed before it started.
+fn spawn_acknowledger(
+    mut sync: impl FnMut() -> Result<()> + Send + 'static,
+    notify: Option<mpsc::Sender<String>>,
+) -> std::sync::mpsc::Sender<Committed> {
+    let (tx, rx) = std::sync::mpsc::channel::<Committed>();
+    let run = move || {
+        while let Ok(first) = rx.recv() {
+            let group: Vec<Committed> = std::iter::once(first).chain(rx.try_iter()).collect();
+            let started = Instant::now();
+            let synced = sync();
+            metrics::histogram!("spendgate_sqlite_wal_sync_seconds").record(started.elapsed().as_secs_f64());
+            match synced {
+                Ok(()) => group.into_iter().for_each(|c| c.deliver(notify.as_ref())),
+                Err(e) => {
+                    let why = match e {
+                        Error::StorageUnavailable(why) => why,
+                        other => other.to_string(),
+                    };
+                    group.into_iter().for_each(|c| c.fail(&why));
+                }
+            }
+        }
+    };
+    std::thread::Builder::new().name("ledger-acks".into()).spawn(run).expect("the acknowledging thread starts");
+    tx
+}
+
 struct Writer {
     db: Db,
     snapshots: Snapshots,
@@ -119,10 +178,12 @@ struct Writer {
     /// Payments approved in this batch, inserted right after their holds.
     unwritten_payments: Vec<PaymentRow>,
     approval_ttl_ms: i64,
-    /// Where new approval requests are announced once their batch commits.
+    /// Where new approval requests are announced once their batch is on disk.
     notify: Option<mpsc::Sender<String>>,
     /// This batch's new approval requests.
     asked: Vec<String>,
+    /// SQLite: where committed batches wait for the WAL sync that makes them durable.
+    acknowledger: Option<std::sync::mpsc::Sender<Committed>>,
 }
 
 pub(super) fn spawn(
@@ -145,7 +206,11 @@ pub(super) fn spawn(
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
         asked: Vec::new(),
+        acknowledger: None,
     };
+    if let Some(wal) = writer.db.wal() {
+        writer.acknowledger = Some(spawn_acknowledger(move || wal.sync(), writer.notify.clone()));
+    }
     std::thread::Builder::new()
         .name("ledger-writer".into())
         .spawn(move || writer.run(rx))
@@ -188,8 +253,18 @@ impl Writer {
             .and_then(|mut conn| Connection::transaction(&mut *conn, |conn| self.apply(conn, &batch, &mut touched)));
         match result {
             Ok(replies) => {
-                batch.into_iter().zip(replies).for_each(|(cmd, reply)| cmd.answer(reply));
-                self.announce();
+                let committed = Committed {
+                    answers: batch.into_iter().zip(replies).collect(),
+                    asked: std::mem::take(&mut self.asked),
+                };
+                match &self.acknowledger {
+                    Some(acknowledger) => {
+                        if let Err(unsent) = acknowledger.send(committed) {
+                            unsent.0.fail("the acknowledging thread has stopped");
+                        }
+                    }
+                    None => committed.deliver(self.notify.as_ref()),
+                }
             }
             Err(e) => {
                 // What the books saw of the rolled-back transaction is not true: forget it.
@@ -301,18 +376,6 @@ impl Writer {
         self.write_authorizations(conn)?;
         rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
         Ok(replies)
-    }
-
-    /// Hands the committed batch's approval requests to the notifier, never waiting: a full queue
-    /// leaves them to the notifier's sweep of the database.
-    fn announce(&mut self) {
-        for id in self.asked.drain(..) {
-            if let Some(notify) = &self.notify
-                && notify.try_send(id).is_err()
-            {
-                tracing::warn!("approval notifier queue full; its sweep will send the message");
-            }
-        }
     }
 
     /// Stores a request for a person's approval of what `row` asked, or finds the same request
@@ -1043,4 +1106,47 @@ fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: ji
         "approval_id": row.approval_id,
     });
     record_event(conn, row, "authorization_declined", row.reason.clone(), data, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc as std_mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn expired(n: usize) -> (Committed, oneshot::Receiver<Result<usize>>) {
+        let (reply, answer) = oneshot::channel();
+        (
+            Committed { answers: vec![(Command::Expire { before_ms: 0, reply }, Reply::Expired(n))], asked: vec![] },
+            answer,
+        )
+    }
+
+    #[test]
+    fn nothing_is_answered_before_its_sync_returns() {
+        let (open_gate, gate) = std_mpsc::channel::<()>();
+        let acknowledger =
+            spawn_acknowledger(move || gate.recv().map_err(|_| Error::Internal("gate gone".into())), None);
+        let (committed, mut answer) = expired(3);
+        acknowledger.send(committed).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(answer.try_recv().is_err(), "answered while the sync was still under way");
+        open_gate.send(()).unwrap();
+        let answered = answer.blocking_recv().unwrap().unwrap();
+        assert_eq!(answered, 3);
+    }
+
+    #[test]
+    fn a_failed_sync_fails_its_batches_and_the_next_sync_decides_for_the_next() {
+        let outcomes = std::sync::Mutex::new(vec![Ok(()), Err(Error::StorageUnavailable("disk gone".into()))]);
+        let acknowledger = spawn_acknowledger(move || outcomes.lock().unwrap().pop().unwrap_or(Ok(())), None);
+        let (first, first_answer) = expired(1);
+        acknowledger.send(first).unwrap();
+        let failed = first_answer.blocking_recv().unwrap().unwrap_err();
+        assert!(matches!(&failed, Error::StorageUnavailable(why) if why.contains("disk gone")), "{failed:?}");
+        let (second, second_answer) = expired(2);
+        acknowledger.send(second).unwrap();
+        assert_eq!(second_answer.blocking_recv().unwrap().unwrap(), 2);
+    }
 }

@@ -14,9 +14,12 @@ mod schema;
 pub mod wallets;
 pub mod x402;
 
-use std::path::Path;
+use std::fs::File;
+use std::mem::ManuallyDrop;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -66,6 +69,9 @@ pub struct Manager {
     /// over the file (16 MiB kept it as busy as 64 or 256 MiB did, measured at 5,000/s); SQLite's
     /// default (2 MiB) for readers, which mostly read a row once.
     cache_kib: u32,
+    /// SQLite `synchronous`: NORMAL for the writer, whose commits `WalFile::sync` makes durable
+    /// before anything is acknowledged; FULL for the rest.
+    synchronous: &'static str,
 }
 
 impl ManageConnection for Manager {
@@ -76,17 +82,19 @@ impl ManageConnection for Manager {
         match &self.target {
             Target::Sqlite(path) => {
                 let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
-                // Per connection: wait for the writer instead of failing, WAL so readers never block it,
-                // and FULL sync: a commit is on disk before it is acknowledged, even across a power
-                // loss (NORMAL would survive only a process crash). No commit checkpoints by itself:
-                // that would stall the ledger writer; the checkpointer thread does it instead.
+                // Per connection: wait for the writer instead of failing, WAL so readers never block it.
+                // The writer commits without syncing (NORMAL) and whoever acknowledges a write syncs
+                // the WAL first (`WalFile`), so a commit is on disk before it is acknowledged, even
+                // across a power loss, while the writer goes on with the next one. No commit
+                // checkpoints by itself: that would stall the ledger writer; the checkpointer thread
+                // does it instead.
                 // A new file gets small pages: a batch touches a leaf of each index per agent, and
                 // every touched page is written whole to the WAL and again into the file.
                 conn.batch_execute(&format!(
                     "PRAGMA page_size = {PAGE_SIZE}; PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
-                     PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
+                     PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0; \
                      PRAGMA journal_size_limit = {SETTLE_BYTES}; PRAGMA cache_size = -{};",
-                    self.cache_kib
+                    self.synchronous, self.cache_kib
                 ))
                 .map_err(r2d2::Error::QueryError)?;
                 Ok(DbConnection::Sqlite(conn))
@@ -124,13 +132,15 @@ pub struct Db {
     wal_frames: Option<Arc<AtomicI32>>,
     /// How many frames the WAL may hold before the writer lets it start over.
     settle_frames: i32,
+    /// SQLite: the writer's commits are durable only once this is synced.
+    wal: Option<Arc<WalFile>>,
 }
 
 impl Db {
     /// Connects, creating the SQLite file and its directory if needed. Does not migrate.
     pub fn connect(url: &str, pool_size: u32) -> Result<Db> {
         let target = Target::parse(url)?;
-        let build = |size: u32, target: Target, cache_kib: u32| {
+        let build = |size: u32, target: Target, cache_kib: u32, synchronous: &'static str| {
             Pool::builder()
                 .max_size(size)
                 .min_idle(Some(1))
@@ -138,7 +148,7 @@ impl Db {
                 // connection may, and is better tested than found broken mid-batch.
                 .test_on_check_out(matches!(target, Target::Postgres(_)))
                 .connection_timeout(Duration::from_secs(5))
-                .build(Manager { target, cache_kib })
+                .build(Manager { target, cache_kib, synchronous })
                 .map_err(|e| Error::StorageUnavailable(format!("cannot open the database: {e}")))
         };
         match &target {
@@ -148,16 +158,17 @@ impl Db {
                         .map_err(|e| Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display())))?;
                 }
                 let file = path.clone();
-                let writer = build(1, target.clone(), 16 << 10)?;
-                let reader = build(pool_size.max(1), target, 2 << 10)?;
+                let wal = Arc::new(WalFile::of(&file));
+                let writer = build(1, target.clone(), 16 << 10, "NORMAL")?;
+                let reader = build(pool_size.max(1), target, 2 << 10, "FULL")?;
                 let settle_frames = SETTLE_BYTES / page_size(&writer)?;
                 let wal_frames = Arc::new(AtomicI32::new(0));
                 spawn_checkpointer(file, Arc::downgrade(&wal_frames));
-                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames })
+                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames, wal: Some(wal) })
             }
             Target::Postgres(_) => {
-                let pool = build(pool_size.max(2), target, 0)?;
-                Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: 0 })
+                let pool = build(pool_size.max(2), target, 0, "FULL")?;
+                Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: 0, wal: None })
             }
         }
     }
@@ -178,6 +189,7 @@ impl Db {
             applied.map_err(|e| Error::Internal(format!("migration failed: {e}")))
         })
         .await
+        .and_then(|applied| self.sync_wal().map(|()| applied))
     }
 
     /// Runs `f` on a reader connection.
@@ -189,7 +201,8 @@ impl Db {
         self.run(self.reader.clone(), f).await
     }
 
-    /// Runs `f` in one transaction on the writer: all of it is stored, or none.
+    /// Runs `f` in one transaction on the writer: all of it is stored, or none, and on disk
+    /// once this returns.
     pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut DbConnection) -> Result<T> + Send + 'static,
@@ -199,9 +212,25 @@ impl Db {
         self.run(self.writer.clone(), move |conn| {
             let written = conn.transaction(f);
             db.settle_wal_on(conn);
-            written
+            let written = written?;
+            db.sync_wal()?;
+            Ok(written)
         })
         .await
+    }
+
+    /// SQLite: the WAL the writer appends to, which must be synced before one of its commits is
+    /// acknowledged (see `sync_wal`). None on PostgreSQL, whose commits are durable on return.
+    pub fn wal(&self) -> Option<Arc<WalFile>> {
+        self.wal.clone()
+    }
+
+    /// Makes every commit the writer has made so far durable.
+    pub fn sync_wal(&self) -> Result<()> {
+        match &self.wal {
+            Some(wal) => wal.sync(),
+            None => Ok(()),
+        }
     }
 
     async fn run<T, F>(&self, pool: DbPool, f: F) -> Result<T>
@@ -261,6 +290,58 @@ impl Db {
     /// Whether the database answers a trivial query now (for `/readyz`).
     pub async fn ping(&self) -> Result<()> {
         self.read(|conn| conn.batch_execute("SELECT 1").map_err(Error::from)).await
+    }
+}
+
+/// A SQLite database's write-ahead log, for syncing what the writer committed with `synchronous =
+/// NORMAL`: frames are written to the WAL at commit, and an fdatasync of that file (of any of its
+/// descriptors: Linux syncs the file, not the descriptor) makes them durable. Until then a power
+/// loss may take the newest commits, never a part of one, so nothing may be acknowledged before.
+pub struct WalFile {
+    path: PathBuf,
+    state: Mutex<WalState>,
+}
+
+#[derive(Default)]
+struct WalState {
+    /// Never closed, for the reason the checkpointer's is not (see `spawn_checkpointer`). Opened
+    /// again should the WAL be a new file (SQLite deletes it when its last connection closes).
+    file: Option<ManuallyDrop<File>>,
+    /// Set by a failed fdatasync: the kernel may then have dropped the unsynced pages and report
+    /// the next sync as a success, so no later commit can be vouched for until a restart
+    /// recovers from what is on disk.
+    failed: Option<String>,
+}
+
+impl WalFile {
+    fn of(database: &str) -> WalFile {
+        WalFile { path: PathBuf::from(format!("{database}-wal")), state: Mutex::default() }
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        let unsynced =
+            |e: &dyn std::fmt::Display| Error::StorageUnavailable(format!("cannot sync {}: {e}", self.path.display()));
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(failed) = &state.failed {
+            return Err(unsynced(failed));
+        }
+        let current = match std::fs::metadata(&self.path) {
+            Ok(m) => m.ino(),
+            // SQLite deletes the WAL only after copying all of it into the file, synced.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(unsynced(&e)),
+        };
+        let file = match state.file.take() {
+            Some(f) if f.metadata().is_ok_and(|m| m.ino() == current) => f,
+            _ => ManuallyDrop::new(File::options().write(true).open(&self.path).map_err(|e| unsynced(&e))?),
+        };
+        let synced = file.sync_data();
+        state.file = Some(file);
+        synced.map_err(|e| {
+            tracing::error!(error = %e, "syncing the WAL failed: every write fails until spendgate restarts");
+            state.failed = Some(e.to_string());
+            unsynced(&e)
+        })
     }
 }
 
@@ -376,6 +457,48 @@ pub(crate) fn corrupt(what: &str, value: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The writer commits without syncing and its WAL is synced by `WalFile`; every other
+    /// connection keeps SQLite's FULL.
+    #[test]
+    fn only_the_writer_leaves_syncing_to_the_wal_file() {
+        #[derive(diesel::QueryableByName)]
+        struct Synchronous {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            synchronous: i32,
+        }
+        let synchronous = |pool: &DbPool| {
+            let s: Synchronous = diesel::sql_query("PRAGMA synchronous").get_result(&mut *pool.get().unwrap()).unwrap();
+            s.synchronous
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("sync.db").display()), 1).unwrap();
+        assert_eq!((synchronous(&db.writer), synchronous(&db.reader)), (1, 2), "writer NORMAL, readers FULL");
+        assert!(db.wal().is_some());
+    }
+
+    /// The WAL is synced through a descriptor of the file that is there now: none while there is
+    /// no WAL, and a new one once the WAL is a new file.
+    #[test]
+    fn the_wal_file_follows_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = dir.path().join("follow.db").display().to_string();
+        let wal = WalFile::of(&database);
+        let inode = |wal: &WalFile| wal.state.lock().unwrap().file.as_ref().map(|f| f.metadata().unwrap().ino());
+        wal.sync().unwrap();
+        assert_eq!(inode(&wal), None, "nothing to sync without a WAL");
+
+        std::fs::write(format!("{database}-wal"), b"first").unwrap();
+        wal.sync().unwrap();
+        let first = inode(&wal).unwrap();
+        std::fs::remove_file(format!("{database}-wal")).unwrap();
+        std::fs::write(format!("{database}-wal.new"), b"second").unwrap();
+        std::fs::rename(format!("{database}-wal.new"), format!("{database}-wal")).unwrap();
+        wal.sync().unwrap();
+        let second = inode(&wal).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second, std::fs::metadata(format!("{database}-wal")).unwrap().ino());
+    }
 
     /// A new file gets the small pages; a file made before keeps its own, and the WAL's settle
     /// mark counts frames of whichever size the file has.
