@@ -500,6 +500,99 @@ mod tests {
         assert_eq!(second, std::fs::metadata(format!("{database}-wal")).unwrap().ino());
     }
 
+    /// The ledger's rows are checked without a temporary index per row (a constant IN list of more
+    /// than two values is one in SQLite), and the checks still refuse what they did.
+    #[test]
+    fn the_ledgers_checks_build_no_temporary_index() {
+        #[derive(diesel::QueryableByName)]
+        struct Op {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            opcode: String,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("checks.db").display()), 1).unwrap();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        let mut conn = db.writer.get().unwrap();
+        let authorization = "INSERT INTO authorizations (id, source, external_id, agent_id, rail, status, amount, \
+            currency, cap_amount, cap_currency, card_amount, card_currency, held, posted, counted, counted_card, \
+            refunded, merchant_name, seq, authorized_at, updated_at) VALUES ('auth_1', 'native', 'e1', 'agt_none', \
+            'card', '{status}', 100, 'USD', 100, 'USD', 100, 'USD', 100, 0, 100, 100, 0, 'm', 1, 0, 0)";
+        let transfer = "INSERT INTO transfers (id, external_id, agent_id, kind, amount, currency, created_at) \
+            VALUES ('trf_1', 'x', 'agt_none', '{kind}', 1, 'USD', 0)";
+        for sql in [
+            authorization.replace("{status}", "pending"),
+            "UPDATE authorizations SET status = 'posted' WHERE id = 'auth_1'".to_owned(),
+            transfer.replace("{kind}", "post"),
+        ] {
+            let program: Vec<Op> = diesel::sql_query(format!("EXPLAIN {sql}")).load(&mut *conn).unwrap();
+            assert!(!program.is_empty());
+            assert!(!program.iter().any(|op| op.opcode == "OpenEphemeral"), "a temporary index in {sql}");
+        }
+        for sql in [authorization.replace("{status}", "settled"), transfer.replace("{kind}", "gift")] {
+            let refused = conn.batch_execute(&sql).unwrap_err().to_string();
+            assert!(refused.contains("CHECK constraint failed"), "{refused}");
+        }
+    }
+
+    /// Rebuilding the ledger's tables for those checks keeps their rows, their indexes and the
+    /// foreign keys that name them, and leaves foreign keys on.
+    #[test]
+    fn the_rebuild_for_plain_checks_keeps_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = SqliteConnection::establish(dir.path().join("old.db").to_str().unwrap()).unwrap();
+        conn.batch_execute("PRAGMA foreign_keys = ON").unwrap();
+        while !conn.pending_migrations(SQLITE_MIGRATIONS).unwrap()[0].name().to_string().ends_with("plain_checks") {
+            conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
+        }
+        conn.batch_execute(
+            "INSERT INTO agents (id, name, status, policy, created_at, updated_at) VALUES ('agt_1', 'a', 'active', '{}', 0, 0);
+             INSERT INTO authorizations (id, source, external_id, agent_id, rail, status, amount, currency, cap_amount,
+                 cap_currency, card_amount, card_currency, held, posted, counted, counted_card, refunded, merchant_name,
+                 seq, authorized_at, updated_at)
+                 VALUES ('auth_1', 'native', 'e1', 'agt_1', 'card', 'posted', 100, 'USD', 100, 'USD', 100, 'USD',
+                 0, 100, 100, 100, 0, 'm', 1, 5, 5);
+             INSERT INTO transfers (id, external_id, agent_id, authorization_id, kind, amount, currency, created_at)
+                 VALUES ('trf_1', 'c1', 'agt_1', 'auth_1', 'post', 100, 'USD', 5);",
+        )
+        .unwrap();
+
+        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let count =
+            |conn: &mut SqliteConnection, sql: &str| diesel::sql_query(sql).get_result::<Count>(conn).unwrap().n;
+        assert_eq!(
+            count(&mut conn, "SELECT count(*) AS n FROM authorizations WHERE status = 'posted' AND posted = 100"),
+            1
+        );
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM transfers WHERE authorization_id = 'auth_1'"), 1);
+        assert_eq!(count(&mut conn, "SELECT count(*) AS n FROM pragma_foreign_key_check"), 0);
+        assert_eq!(count(&mut conn, "SELECT foreign_keys AS n FROM pragma_foreign_keys"), 1);
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT count(*) AS n FROM pragma_foreign_key_list('transfers') WHERE \"table\" = 'authorizations'"
+            ),
+            1
+        );
+        assert_eq!(
+            count(
+                &mut conn,
+                "SELECT count(*) AS n FROM sqlite_master WHERE tbl_name = 'authorizations' AND name IN \
+                 ('authorizations_agent_seq', 'authorizations_agent', 'authorizations_pending')"
+            ),
+            3
+        );
+        let orphan = "INSERT INTO transfers (id, external_id, agent_id, authorization_id, kind, amount, currency, created_at) \
+            VALUES ('trf_2', 'c2', 'agt_1', 'auth_none', 'post', 1, 'USD', 6)";
+        let refused = conn.batch_execute(orphan).unwrap_err().to_string();
+        assert!(refused.contains("FOREIGN KEY constraint failed"), "{refused}");
+    }
+
     /// A new file gets the small pages; a file made before keeps its own, and the WAL's settle
     /// mark counts frames of whichever size the file has.
     #[test]
