@@ -68,7 +68,7 @@ pub struct Manager {
     /// SQLite page cache in KiB: 4 MiB for the writer, whose batches touch index pages all over the
     /// file; misses are served from the OS's cache, while a larger cache makes commits slower: after
     /// a B-tree split SQLite's commit scans the cache's whole page hash (measured at 5,000/s: 16 MiB
-    /// kept it as busy as 64 or 256 MiB, 4 MiB a fifth less busy). SQLite's default (2 MiB) for
+    /// kept it as busy as 64 or 256 MiB, 4 MiB a sixth less busy). SQLite's default (2 MiB) for
     /// readers, which mostly read a row once.
     cache_kib: u32,
     /// SQLite `synchronous`: NORMAL for the writer, whose commits `WalFile::sync` makes durable
