@@ -306,8 +306,8 @@ pub struct WalFile {
 
 #[derive(Default)]
 struct WalState {
-    /// Never closed, for the reason the checkpointer's is not (see `spawn_checkpointer`). Opened
-    /// again should the WAL be a new file (SQLite deletes it when its last connection closes).
+    /// From `open_for_sync`. Opened again should the WAL be a new file (SQLite deletes it when its
+    /// last connection closes).
     file: Option<ManuallyDrop<File>>,
     /// Set by a failed fdatasync: the kernel may then have dropped the unsynced pages and report
     /// the next sync as a success, so no later commit can be vouched for until a restart
@@ -335,7 +335,7 @@ impl WalFile {
         };
         let file = match state.file.take() {
             Some(f) if f.metadata().is_ok_and(|m| m.ino() == current) => f,
-            _ => ManuallyDrop::new(File::options().write(true).open(&self.path).map_err(|e| unsynced(&e))?),
+            _ => open_for_sync(&self.path).map_err(|e| unsynced(&e))?,
         };
         let synced = file.sync_data();
         state.file = Some(file);
@@ -345,6 +345,13 @@ impl WalFile {
             unsynced(&e)
         })
     }
+}
+
+/// A descriptor of one of SQLite's files, only to sync it, never closed: closing any descriptor of
+/// the file drops every POSIX lock this process holds on it, SQLite's own included
+/// (sqlite.org/howtocorrupt.html, 2.2), so it stays open until exit.
+fn open_for_sync(path: &Path) -> std::io::Result<ManuallyDrop<File>> {
+    File::options().write(true).open(path).map(ManuallyDrop::new)
 }
 
 /// The page size of a new SQLite file (an existing file keeps its own).
@@ -371,13 +378,8 @@ fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
             Ok(conn) => conn,
             Err(e) => return tracing::error!(error = %e, "the SQLite checkpointer cannot open the database"),
         };
-        // Without it the checkpoints still happen; only the writer's settling sync is longer. Never
-        // closed: closing any descriptor of the file drops every POSIX lock this process holds on it,
-        // SQLite's own included (sqlite.org/howtocorrupt.html, 2.2), so it stays open until exit.
-        let file = std::fs::File::options()
-            .write(true)
-            .open(&path)
-            .map(std::mem::ManuallyDrop::new)
+        // Without it the checkpoints still happen; only the writer's settling sync is longer.
+        let file = open_for_sync(Path::new(&path))
             .inspect_err(|e| tracing::warn!(error = %e, "the SQLite checkpointer cannot sync the database file"))
             .ok();
         loop {
