@@ -445,6 +445,9 @@ fn main() {
     local.block_on(&runtime, async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.max_in_flight)
+            // Below the server's keep-alive (actix: 5 s), so the client never picks up an idle
+            // connection in the instant the server closes it (seen as "error sending request").
+            .pool_idle_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
