@@ -182,7 +182,8 @@ pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(Strin
 }
 
 /// The approved authorizations written after ledger change `seq` of each given agent (all of
-/// them for -1).
+/// them for -1): on PostgreSQL, what other processes changed since a book last looked, through
+/// `authorizations_agent_seq`.
 pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Result<Vec<AuthorizationRow>> {
     let mut found = Vec::new();
     match conn {
@@ -199,18 +200,29 @@ pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Resu
         }
         DbConnection::Sqlite(lite) => {
             for (agent, seq) in since {
-                found.extend(
-                    authorizations::table
-                        .filter(authorizations::agent_id.eq(agent.as_str()))
-                        .filter(authorizations::seq.gt(seq))
-                        .filter(authorizations::status.ne("declined"))
-                        .select(AuthorizationRow::as_select())
-                        .load(lite)?,
-                );
+                found.extend(approved_since_on_sqlite(agent, *seq).load(lite)?);
             }
         }
     }
     Ok(found)
+}
+
+/// One agent's approved rows changed after `seq`, on SQLite: read through `authorizations_agent`
+/// (SQLite has no index by seq, since only a book's first load, `seq` = -1, asks).
+pub(super) fn approved_since_on_sqlite(
+    agent: &AgentId,
+    seq: i64,
+) -> authorizations::BoxedQuery<
+    '_,
+    diesel::sqlite::Sqlite,
+    diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<AuthorizationRow, diesel::sqlite::Sqlite>>,
+> {
+    authorizations::table
+        .filter(authorizations::agent_id.eq(agent.as_str()))
+        .filter(authorizations::seq.gt(seq))
+        .filter(authorizations::status.ne("declined"))
+        .select(AuthorizationRow::as_select())
+        .into_boxed()
 }
 
 /// The authorizations recorded under any of these (source, external id) keys.
@@ -240,14 +252,18 @@ pub fn find_by_external(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Resul
     }
 }
 
-/// The authorization a processor knows by its own id.
+/// The authorization a processor knows by its own id. On each backend's own connection: through
+/// `DbConnection`, diesel writes out a statement's whole SQL text on every execution, cached or
+/// not, to collect its binds (and this is one lookup per authorization).
 pub fn find_external(conn: &mut DbConnection, source: &str, external_id: &str) -> Result<Option<AuthorizationRow>> {
-    Ok(authorizations::table
+    let by_key = authorizations::table
         .filter(authorizations::external_id.eq(external_id))
-        .filter(authorizations::source.eq(source))
-        .select(AuthorizationRow::as_select())
-        .get_result(conn)
-        .optional()?)
+        .filter(authorizations::source.eq(source));
+    let found = match conn {
+        DbConnection::Sqlite(lite) => by_key.select(AuthorizationRow::as_select()).get_result(lite),
+        DbConnection::Postgresql(pg) => by_key.select(AuthorizationRow::as_select()).get_result(pg),
+    };
+    Ok(found.optional()?)
 }
 
 pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<AuthorizationRow>> {
