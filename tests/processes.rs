@@ -184,6 +184,23 @@ async fn sigkill_under_load(backend: Backend) {
         Some(100 * stored.len() as i64),
         "the balance agrees with the holds: {balance}"
     );
+
+    // The restarted process's book, loaded from the rows, counts every hold made before the kill:
+    // a limit with room for one more authorization lets exactly one through.
+    let room = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"},
+        "amount": 100 * stored.len() as i64 + 100}]});
+    let put = http
+        .put(format!("{}/v1/agents/{agent}/policy", again.base))
+        .bearer_auth(OWNER)
+        .json(&room)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "policy: {}", put.status());
+    let last = authorize(&http, &again.base, "after-restart-1", &card, 100).await.unwrap();
+    assert_eq!(last["approved"], true, "{last}");
+    let over = authorize(&http, &again.base, "after-restart-2", &card, 100).await.unwrap();
+    assert_eq!((&over["approved"], &over["reason"]), (&json!(false), &json!("limit_exceeded")), "{over}");
 }
 
 #[actix_web::test]

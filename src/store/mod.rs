@@ -560,7 +560,7 @@ mod tests {
         )
         .unwrap();
 
-        conn.run_pending_migrations(SQLITE_MIGRATIONS).unwrap();
+        conn.run_next_migration(SQLITE_MIGRATIONS).unwrap();
 
         #[derive(diesel::QueryableByName)]
         struct Count {
@@ -595,6 +595,47 @@ mod tests {
             VALUES ('trf_2', 'c2', 'agt_1', 'auth_none', 'post', 1, 'USD', 6)";
         let refused = conn.batch_execute(orphan).unwrap_err().to_string();
         assert!(refused.contains("FOREIGN KEY constraint failed"), "{refused}");
+    }
+
+    /// SQLite keeps one index by agent: a book's first load, which reads all of an agent's rows,
+    /// goes through it instead of the whole table, and listing by agent still does.
+    #[test]
+    fn a_book_loads_through_the_one_agent_index() {
+        #[derive(diesel::QueryableByName)]
+        struct Plan {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            detail: String,
+        }
+        #[derive(diesel::QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            name: String,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("index.db").display()), 1).unwrap();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        let mut conn = db.writer.get().unwrap();
+        let indexes: Vec<Name> = diesel::sql_query(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'authorizations' AND sql IS NOT NULL \
+             ORDER BY name",
+        )
+        .load(&mut *conn)
+        .unwrap();
+        let indexes: Vec<String> = indexes.into_iter().map(|i| i.name).collect();
+        assert_eq!(indexes, ["authorizations_agent", "authorizations_pending"]);
+
+        let agent = crate::domain::ids::AgentId::from_stored("agt_1".to_owned());
+        let load = ledger::approved_since_on_sqlite(&agent, -1);
+        let load = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&load).to_string();
+        let sql = load.split(" -- binds").next().unwrap().to_owned();
+        let plan: Vec<Plan> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .bind::<diesel::sql_types::Text, _>("agt_1")
+            .bind::<diesel::sql_types::BigInt, _>(-1)
+            .bind::<diesel::sql_types::Text, _>("declined")
+            .load(&mut *conn)
+            .unwrap();
+        let plan: Vec<String> = plan.into_iter().map(|p| p.detail).collect();
+        assert!(plan.iter().any(|p| p.contains("USING INDEX authorizations_agent ")), "{plan:?}");
     }
 
     /// A new file gets the small pages; a file made before keeps its own, and the WAL's settle

@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS authorizations_agent_seq ON authorizations (agent_id, seq);
