@@ -597,8 +597,8 @@ mod tests {
         assert!(refused.contains("FOREIGN KEY constraint failed"), "{refused}");
     }
 
-    /// SQLite keeps one index by agent: a book's first load, which reads all of an agent's rows,
-    /// goes through it instead of the whole table, and listing by agent still does.
+    /// SQLite keeps one index by agent, `(agent_id, id)`: a book's first load, which reads all of
+    /// an agent's rows, goes through it instead of the whole table.
     #[test]
     fn a_book_loads_through_the_one_agent_index() {
         #[derive(diesel::QueryableByName)]
