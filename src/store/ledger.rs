@@ -157,21 +157,50 @@ pub fn save_ledgers<'a>(
         }
         DbConnection::Sqlite(lite) => {
             for (id, l) in ledgers {
-                let b = &l.balance;
-                diesel::update(agents::table.find(id.as_str()))
-                    .set((
-                        agents::ledger_seq.eq(l.seq),
-                        agents::funded.eq(b.funded),
-                        agents::refunded.eq(b.refunded),
-                        agents::held.eq(b.held),
-                        agents::spent.eq(b.spent),
-                    ))
-                    .execute(lite)?;
+                SaveLedger { id: id.as_str(), seq: l.seq, balance: l.balance }.execute(lite)?;
             }
         }
     }
     Ok(())
 }
+
+/// One agent's ledger state written back on SQLite, as a statement SQLite keeps prepared: diesel
+/// prepares every `update()` anew (it marks them unsafe to cache), and this runs once per agent
+/// of every ledger batch.
+struct SaveLedger<'a> {
+    id: &'a str,
+    seq: i64,
+    balance: Balance,
+}
+
+impl diesel::query_builder::QueryId for SaveLedger<'_> {
+    type QueryId = SaveLedger<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for SaveLedger<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text};
+        let b = &self.balance;
+        out.push_sql("UPDATE agents SET ledger_seq = ");
+        out.push_bind_param::<BigInt, _>(&self.seq)?;
+        for (column, value) in
+            [("funded", &b.funded), ("refunded", &b.refunded), ("held", &b.held), ("spent", &b.spent)]
+        {
+            out.push_sql(", ");
+            out.push_sql(column);
+            out.push_sql(" = ");
+            out.push_bind_param::<BigInt, _>(value)?;
+        }
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<Text, _>(&self.id)
+    }
+}
+
+impl RunQueryDsl<diesel::SqliteConnection> for SaveLedger<'_> {}
 
 pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(String, Balance)>> {
     Ok(agents::table
@@ -412,4 +441,54 @@ pub fn list_transfers(
 /// The agent's config_version, read before the rows it versions (see the snapshot cache).
 pub fn config_version(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<i64>> {
     Ok(agents::table.find(agent.as_str()).select(agents::config_version).get_result(conn).optional()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use diesel::connection::{InstrumentationEvent, SimpleConnection};
+
+    use super::*;
+    use crate::store::Db;
+
+    /// The writer saves each agent's ledger in every batch: SQLite prepares that statement once,
+    /// and it writes what it is given.
+    #[test]
+    fn saving_ledgers_prepares_once_and_writes_the_balance() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("save.db").display()), 1).unwrap();
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        let mut conn = db.writer.get().unwrap();
+        conn.batch_execute(
+            "INSERT INTO agents (id, name, status, policy, created_at, updated_at) VALUES ('agt_1', 'a', 'active', '{}', 0, 0)",
+        )
+        .unwrap();
+        let cached = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = cached.clone();
+        let DbConnection::Sqlite(lite) = &mut *conn else { unreachable!("a SQLite database") };
+        lite.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                seen.lock().unwrap().push(sql.to_owned());
+            }
+        });
+        let agent = AgentId::from_stored("agt_1".to_owned());
+        for seq in 1..=3 {
+            let ledger = AgentLedger {
+                seq,
+                config_version: 0,
+                currency: "USD".into(),
+                balance: Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 },
+            };
+            save_ledgers(&mut conn, [(&agent, &ledger)].into_iter()).unwrap();
+        }
+        let updates = cached.lock().unwrap().iter().filter(|sql| sql.starts_with("UPDATE agents")).count();
+        assert_eq!(updates, 1, "{:?}", cached.lock().unwrap());
+        assert_eq!(
+            balance(&mut conn, &agent).unwrap(),
+            Some(("USD".to_owned(), Balance { funded: 3_000, refunded: 2, held: 9, spent: 4 }))
+        );
+        let locked = lock_agents(&mut conn, std::slice::from_ref(&agent)).unwrap();
+        assert_eq!(locked[0].1.seq, 4, "the stored seq is 3, and a lock numbers the next change");
+    }
 }
