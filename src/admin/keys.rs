@@ -119,6 +119,7 @@ impl Admin {
         let bootstrap = bootstrap.map(str::to_owned);
         self.db
             .write(move |conn| {
+                store::keys::lock_first_key(conn)?;
                 if store::keys::count_all(conn)? > 0 {
                     return Ok(FirstKey::Existing);
                 }

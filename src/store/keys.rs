@@ -1,7 +1,8 @@
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use super::schema::api_keys;
-use super::{DbConnection, corrupt, from_millis, to_millis};
+use super::{DbConnection, FIRST_KEY_LOCK, corrupt, from_millis, to_millis};
 use crate::domain::access::{Principal, Role};
 use crate::domain::ids::{AgentId, KeyId};
 use crate::domain::key::ApiKey;
@@ -88,6 +89,16 @@ pub fn list(conn: &mut DbConnection) -> Result<Vec<ApiKey>> {
         .into_iter()
         .map(KeyRow::into_domain)
         .collect()
+}
+
+/// Makes nodes starting at once on one PostgreSQL check for the first key one after another
+/// (each would find none and insert its own) until this transaction ends. A SQLite file has one
+/// writing process, whose writes are serialized already.
+pub fn lock_first_key(conn: &mut DbConnection) -> Result<()> {
+    if let DbConnection::Postgresql(c) = conn {
+        c.batch_execute(&format!("SELECT pg_advisory_xact_lock({FIRST_KEY_LOCK})"))?;
+    }
+    Ok(())
 }
 
 pub fn count_all(conn: &mut DbConnection) -> Result<i64> {

@@ -182,9 +182,9 @@ impl Db {
             let applied = match conn {
                 DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(names),
                 DbConnection::Postgresql(c) => {
-                    c.batch_execute("SELECT pg_advisory_lock(7140021)")?;
+                    c.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATIONS_LOCK})"))?;
                     let result = c.run_pending_migrations(POSTGRES_MIGRATIONS).map(names);
-                    c.batch_execute("SELECT pg_advisory_unlock(7140021)")?;
+                    c.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATIONS_LOCK})"))?;
                     result
                 }
             };
@@ -353,6 +353,10 @@ impl WalFile {
 fn open_for_sync(path: &Path) -> std::io::Result<ManuallyDrop<File>> {
     File::options().write(true).open(path).map(ManuallyDrop::new)
 }
+
+/// PostgreSQL advisory lock keys, one space per database: the migrations, and the first key.
+const MIGRATIONS_LOCK: i64 = 7_140_021;
+const FIRST_KEY_LOCK: i64 = 7_140_022;
 
 /// The page size of a new SQLite file (an existing file keeps its own).
 const PAGE_SIZE: i32 = 2048;
