@@ -4,6 +4,7 @@
 use diesel::prelude::*;
 
 use super::DbConnection;
+use super::prepared::{ByExternalKeys, InsertAuthorizations, SaveLedger, SaveLedgers};
 use super::schema::{agents, authorizations, transfers};
 use crate::domain::ids::AgentId;
 use crate::error::Result;
@@ -130,30 +131,7 @@ pub fn save_ledgers<'a>(
     match conn {
         // One round trip for all of them.
         DbConnection::Postgresql(pg) => {
-            use diesel::sql_types::{Array, BigInt, Text};
-            let (mut ids, mut seqs, mut funded, mut refunded, mut held, mut spent) =
-                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (id, l) in ledgers {
-                ids.push(id.as_str());
-                seqs.push(l.seq);
-                funded.push(l.balance.funded);
-                refunded.push(l.balance.refunded);
-                held.push(l.balance.held);
-                spent.push(l.balance.spent);
-            }
-            diesel::sql_query(
-                "UPDATE agents AS a SET ledger_seq = v.seq, funded = v.funded, refunded = v.refunded, \
-                 held = v.held, spent = v.spent \
-                 FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) \
-                 AS v(id, seq, funded, refunded, held, spent) WHERE a.id = v.id",
-            )
-            .bind::<Array<Text>, _>(ids)
-            .bind::<Array<BigInt>, _>(seqs)
-            .bind::<Array<BigInt>, _>(funded)
-            .bind::<Array<BigInt>, _>(refunded)
-            .bind::<Array<BigInt>, _>(held)
-            .bind::<Array<BigInt>, _>(spent)
-            .execute(pg)?;
+            SaveLedgers::new(ledgers).execute(pg)?;
         }
         DbConnection::Sqlite(lite) => {
             for (id, l) in ledgers {
@@ -163,44 +141,6 @@ pub fn save_ledgers<'a>(
     }
     Ok(())
 }
-
-/// One agent's ledger state written back on SQLite, as a statement SQLite keeps prepared: diesel
-/// prepares every `update()` anew (it marks them unsafe to cache), and this runs once per agent
-/// of every ledger batch.
-struct SaveLedger<'a> {
-    id: &'a str,
-    seq: i64,
-    balance: Balance,
-}
-
-impl diesel::query_builder::QueryId for SaveLedger<'_> {
-    type QueryId = SaveLedger<'static>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl diesel::query_builder::QueryFragment<diesel::sqlite::Sqlite> for SaveLedger<'_> {
-    fn walk_ast<'b>(
-        &'b self,
-        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::sqlite::Sqlite>,
-    ) -> QueryResult<()> {
-        use diesel::sql_types::{BigInt, Text};
-        let b = &self.balance;
-        out.push_sql("UPDATE agents SET ledger_seq = ");
-        out.push_bind_param::<BigInt, _>(&self.seq)?;
-        for (column, value) in
-            [("funded", &b.funded), ("refunded", &b.refunded), ("held", &b.held), ("spent", &b.spent)]
-        {
-            out.push_sql(", ");
-            out.push_sql(column);
-            out.push_sql(" = ");
-            out.push_bind_param::<BigInt, _>(value)?;
-        }
-        out.push_sql(" WHERE id = ");
-        out.push_bind_param::<Text, _>(&self.id)
-    }
-}
-
-impl RunQueryDsl<diesel::SqliteConnection> for SaveLedger<'_> {}
 
 pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(String, Balance)>> {
     Ok(agents::table
@@ -268,16 +208,10 @@ pub fn find_by_external(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Resul
         // Over the network, one round trip. Matching both columns of the unique key lets the
         // planner count on one row per key even before the table has statistics; by external id
         // alone it guessed a fraction of the table per id and scanned a young table whole.
-        DbConnection::Postgresql(pg) => {
-            use diesel::sql_types::{Array, Bool, Text};
-            let (sources, ids): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-            let by_key = diesel::dsl::sql::<Bool>("(external_id, source) IN (SELECT * FROM unnest(")
-                .bind::<Array<Text>, _>(ids)
-                .sql("::text[], ")
-                .bind::<Array<Text>, _>(sources)
-                .sql("::text[]))");
-            Ok(authorizations::table.filter(by_key).select(AuthorizationRow::as_select()).load(pg)?)
-        }
+        DbConnection::Postgresql(pg) => Ok(authorizations::table
+            .filter(ByExternalKeys::new(keys))
+            .select(AuthorizationRow::as_select())
+            .load(pg)?),
     }
 }
 
@@ -303,7 +237,7 @@ pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow])
     match conn {
         // One round trip for the lot.
         DbConnection::Postgresql(pg) if !rows.is_empty() => {
-            diesel::insert_into(authorizations::table).values(rows).execute(pg)?;
+            InsertAuthorizations::new(rows).execute(pg)?;
         }
         DbConnection::Postgresql(_) => {}
         // In process, one cached statement per row costs less than parsing a new one per batch.

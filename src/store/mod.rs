@@ -10,6 +10,7 @@ pub mod cards;
 pub mod events;
 pub mod keys;
 pub mod ledger;
+mod prepared;
 mod schema;
 pub mod wallets;
 pub mod x402;
