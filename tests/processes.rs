@@ -154,6 +154,37 @@ async fn nodes_starting_at_once_on_postgresql_share_one_first_key() {
     }
 }
 
+/// A PostgreSQL connection closed between two batches (a restarted server, a proxy's idle
+/// timeout) costs no decision: the pool tests a connection before the writer uses it.
+#[actix_web::test]
+async fn a_closed_postgresql_connection_costs_no_decision() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, PgConnection};
+
+    let Some(admin_url) = postgres_url() else { return };
+    let (url, _storage) = fresh_storage(Backend::Postgres);
+    let name = format!("sg_kept_{}", rand::random::<u32>());
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &format!("{url}&application_name={name}"));
+    let http = common::http_client();
+    let (agent, card) = setup(&http, &server.base, json!({}), 1_000_000).await;
+    let first = authorize(&http, &server.base, "kept-1", &card, 1_000).await.unwrap();
+    assert_eq!(first["approved"], true, "{first}");
+
+    let mut admin = PgConnection::establish(&admin_url).unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'"
+        ))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let second = authorize(&http, &server.base, "kept-2", &card, 1_000).await.unwrap();
+    assert_eq!(second["approved"], true, "{second}");
+    let balance = read(&http, &server.base, &format!("/v1/agents/{agent}/balance")).await;
+    assert_eq!(balance["held"], 2_000, "{balance}");
+}
+
 async fn sigkill_under_load(backend: Backend) {
     let (url, _storage) = fresh_storage(backend);
     let dir = tempfile::tempdir().unwrap();
