@@ -3,9 +3,10 @@
 //! the same SQL every time: every `update()`, `sql()` fragments, `sql_query`, and multi-row
 //! inserts (new SQL for each batch size). On PostgreSQL that is a parse per statement per batch
 //! (plans are made per execution either way: see `force_custom_plan` in `Manager::connect`).
-//! Measured with pgbench (one client, those settings, no commit sync), one batch's lookup, insert
-//! and ledger update: 1.29–1.54 ms unprepared against 1.06–1.18 ms prepared. Each type here has a static `QueryId`, so diesel keeps it by
-//! type, and SQL that does not change with the number of rows.
+//! Measured with pgbench (one client, custom plans, `synchronous_commit = off`), one batch's
+//! lookup, insert and ledger update: 1.29–1.54 ms unprepared against 1.06–1.18 ms prepared. Each
+//! type here has a static `QueryId`, so diesel keeps it by type, and SQL that does not change with
+//! the number of rows.
 
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -53,6 +54,7 @@ impl RunQueryDsl<SqliteConnection> for SaveLedger<'_> {}
 /// Every agent's ledger state written back on PostgreSQL in one statement.
 pub(super) struct SaveLedgers<'a> {
     ids: Vec<&'a str>,
+    /// seq, funded, refunded, held and spent, in the order the statement names them.
     columns: [Vec<i64>; 5],
 }
 
