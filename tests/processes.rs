@@ -138,7 +138,8 @@ async fn nodes_starting_at_once_on_postgresql_share_one_first_key() {
         let dir = tempfile::tempdir().unwrap();
         // Migrated first, as a deployment's migration step does, so that the nodes meet at the key.
         let migrated = std::process::Command::new(common::process::BIN)
-            .args(["migrate"])
+            .arg("migrate")
+            .env_clear()
             .env("SPENDGATE_DATABASE_URL", &url)
             .output()
             .unwrap();
