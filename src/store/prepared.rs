@@ -240,10 +240,62 @@ mod tests {
 
     use diesel::Connection;
     use diesel::connection::{InstrumentationEvent, SimpleConnection};
+    use diesel::r2d2::PooledConnection;
 
     use crate::domain::ids::AgentId;
     use crate::store::ledger::{self, AgentLedger, AuthorizationRow, Balance};
-    use crate::store::{Db, DbConnection};
+    use crate::store::{Db, DbConnection, Manager};
+
+    /// Migrates `db` and adds agent `agt_1`; then a writer connection, and the SQL of every
+    /// statement it prepares from here on.
+    fn recording(db: &Db) -> (PooledConnection<Manager>, Arc<Mutex<Vec<String>>>) {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        let mut conn = db.writer.get().unwrap();
+        conn.batch_execute(
+            "INSERT INTO agents (id, name, status, policy, created_at, updated_at) \
+             VALUES ('agt_1', 'a', 'active', '{}', 0, 0)",
+        )
+        .unwrap();
+        let prepared = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = prepared.clone();
+        let record = move |event: InstrumentationEvent<'_>| {
+            if let InstrumentationEvent::CacheQuery { sql, .. } = event {
+                seen.lock().unwrap().push(sql.to_owned());
+            }
+        };
+        match &mut *conn {
+            DbConnection::Sqlite(c) => c.set_instrumentation(record),
+            DbConnection::Postgresql(c) => c.set_instrumentation(record),
+        }
+        (conn, prepared)
+    }
+
+    /// The writer saves each agent's ledger in every batch: SQLite prepares that statement once,
+    /// and it writes what it is given.
+    #[test]
+    fn saving_ledgers_prepares_once_and_writes_the_balance() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::connect(&format!("sqlite://{}", dir.path().join("save.db").display()), 1).unwrap();
+        let (mut conn, prepared) = recording(&db);
+        let agent = AgentId::from_stored("agt_1".to_owned());
+        for seq in 1..=3 {
+            let ledger = AgentLedger {
+                seq,
+                config_version: 0,
+                currency: "USD".into(),
+                balance: Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 },
+            };
+            ledger::save_ledgers(&mut conn, [(&agent, &ledger)].into_iter()).unwrap();
+        }
+        let updates = prepared.lock().unwrap().iter().filter(|sql| sql.starts_with("UPDATE agents")).count();
+        assert_eq!(updates, 1, "{:?}", prepared.lock().unwrap());
+        assert_eq!(
+            ledger::balance(&mut conn, &agent).unwrap(),
+            Some(("USD".to_owned(), Balance { funded: 3_000, refunded: 2, held: 9, spent: 4 }))
+        );
+        let locked = ledger::lock_agents(&mut conn, std::slice::from_ref(&agent)).unwrap();
+        assert_eq!(locked[0].1.seq, 4, "the stored seq is 3, and a lock numbers the next change");
+    }
 
     fn row(n: i64, optional: bool) -> AuthorizationRow {
         let some = |s: &str| optional.then(|| format!("{s}-{n}"));
@@ -298,21 +350,7 @@ mod tests {
         let sep = if url.contains('?') { '&' } else { '?' };
         let db = Db::connect(&format!("{url}{sep}options=-csearch_path%3D{schema}"), 2).unwrap();
         let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
-            let mut conn = db.writer.get().unwrap();
-            conn.batch_execute(
-                "INSERT INTO agents (id, name, status, policy, created_at, updated_at) \
-                 VALUES ('agt_1', 'a', 'active', '{}', 0, 0)",
-            )
-            .unwrap();
-            let prepared = Arc::new(Mutex::new(Vec::<String>::new()));
-            let seen = prepared.clone();
-            let DbConnection::Postgresql(pg) = &mut *conn else { unreachable!("a PostgreSQL database") };
-            pg.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-                if let InstrumentationEvent::CacheQuery { sql, .. } = event {
-                    seen.lock().unwrap().push(sql.to_owned());
-                }
-            });
+            let (mut conn, prepared) = recording(&db);
 
             let rows: Vec<_> = (1..=4).map(|n| row(n, n % 2 == 0)).collect();
             let agent = AgentId::from_stored("agt_1".to_owned());
