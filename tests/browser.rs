@@ -99,13 +99,20 @@ impl Driver {
         panic!("no element {css} after 10 s");
     }
 
+    /// The element's text. After a click the old page may go away between finding an element
+    /// and reading it: a stale reference means the new page is coming, so find it again.
     async fn text(&self, css: &str) -> String {
-        let element = self.find(css).await;
-        self.session(reqwest::Method::GET, &format!("/element/{element}/text"), Value::Null)
-            .await
-            .as_str()
-            .unwrap()
-            .to_owned()
+        for _ in 0..200 {
+            let element = self.find(css).await;
+            let path = format!("{}/session/{}/element/{element}/text", self.base, self.session);
+            let answer: Value = self.http.get(&path).send().await.unwrap().json().await.unwrap();
+            if let Some(text) = answer["value"].as_str() {
+                return text.to_owned();
+            }
+            assert_eq!(answer["value"]["error"], "stale element reference", "WebDriver {path}: {answer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the text of {css} kept going stale for 10 s");
     }
 
     async fn count(&self, css: &str) -> usize {
