@@ -401,7 +401,11 @@ fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
                         frames.store(c.log, Ordering::Release);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "SQLite checkpoint failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                    // Retried at the idle pace: a lasting failure is logged ten times a second, not 500.
+                    pace.pause = CheckpointPace::MAX;
+                }
             }
             metrics::histogram!("spendgate_sqlite_checkpoint_seconds").record(started.elapsed().as_secs_f64());
         }
@@ -432,7 +436,8 @@ impl CheckpointPace {
     /// Takes a pass's result into account; returns how many frames it copied.
     fn passed(&mut self, c: &Checkpointed) -> i32 {
         // -1 while there is no WAL. Fewer than before: the WAL started over in between, and all
-        // of it is new.
+        // of it is new (one that started over and outgrew the last count is undercounted once,
+        // which only delays the next pass: SQLite syncs the file whenever it has copied all of it).
         let checkpointed = c.checkpointed.max(0);
         let copied = if checkpointed >= self.backfilled { checkpointed - self.backfilled } else { checkpointed };
         self.backfilled = checkpointed;
