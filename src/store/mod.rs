@@ -403,8 +403,7 @@ fn spawn_checkpointer(path: String, wal_frames: Weak<AtomicI32>) {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "SQLite checkpoint failed");
-                    // Retried at the idle pace: a lasting failure is logged ten times a second, not 500.
-                    pace.pause = CheckpointPace::MAX;
+                    pace.failed();
                 }
             }
             metrics::histogram!("spendgate_sqlite_checkpoint_seconds").record(started.elapsed().as_secs_f64());
@@ -446,6 +445,12 @@ impl CheckpointPace {
             n => self.pause.mul_f64(Self::FRAMES / f64::from(n)).clamp(Self::MIN, Self::MAX),
         };
         copied
+    }
+
+    /// A failed pass is retried at the idle pace: a lasting failure is logged ten times a second,
+    /// not 500.
+    fn failed(&mut self) {
+        self.pause = Self::MAX;
     }
 }
 
@@ -586,6 +591,12 @@ mod tests {
         assert_eq!(pace.pause, 2 * CheckpointPace::MIN);
         assert_eq!(pass(&mut pace, 32, 32), 0);
         assert_eq!(pace.pause, CheckpointPace::MAX, "idle again");
+
+        // A failed pass under load: the next one at the idle pace.
+        assert_eq!(pass(&mut pace, 672, 672), 640);
+        assert_eq!(pace.pause, Duration::from_millis(10));
+        pace.failed();
+        assert_eq!(pace.pause, CheckpointPace::MAX);
     }
 
     /// The ledger's rows are checked without a temporary index per row (a constant IN list of more
