@@ -16,6 +16,12 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use reqwest::Method;
+use rustix::fd::OwnedFd;
+use rustix::time::{
+    Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec, timerfd_create, timerfd_settime,
+};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 #[derive(Parser, Debug)]
 #[command(about = "Fixed-rate load against one spendgate endpoint, interleaved with a baseline")]
@@ -247,8 +253,8 @@ async fn run_once(client: &reqwest::Client, args: &Args, target: &Target) -> Run
     let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(total as usize);
-    let mut ticks = pace(start, interval, total);
-    while let Some(n) = ticks.recv().await {
+    let mut pacer = Pacer::new(start, interval, total).expect("a timerfd to pace requests");
+    while let Some(n) = pacer.tick().await.expect("the pacing timer") {
         let scheduled = send_time(start, interval, n);
         if in_flight.load(std::sync::atomic::Ordering::Relaxed) >= args.max_in_flight {
             result.lock().unwrap().dropped += 1;
@@ -344,24 +350,54 @@ fn send_time(start: Instant, interval: Duration, n: u64) -> Instant {
     start + interval.mul_f64(n as f64)
 }
 
-/// Yields request numbers at their send times, from a thread of its own: tokio's timer rounds each
-/// deadline up to the next millisecond, so requests would leave in bursts up to 1 ms late and that
-/// lateness would count as the server's. A thread's sleep wakes within tens of microseconds; the
-/// price is two wake-ups per request (this thread's and the runtime's).
-fn pace(start: Instant, interval: Duration, total: u64) -> tokio::sync::mpsc::UnboundedReceiver<u64> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("pacer".into())
-        .spawn(move || {
-            for n in 0..total {
-                std::thread::sleep(send_time(start, interval, n).saturating_duration_since(Instant::now()));
-                if tx.send(n).is_err() {
-                    return;
+/// Yields request numbers at their send times. tokio's timer rounds each deadline up to the next
+/// millisecond, so requests would leave in bursts up to 1 ms late and that lateness would count as
+/// the server's. A timerfd armed for each send time wakes the runtime's own thread within tens of
+/// microseconds (the kernel's high-resolution timer, on its own CPU), with no thread of the
+/// generator's to wake it: on the machine the server shares, every wake-up is CPU taken from it.
+struct Pacer {
+    timer: AsyncFd<OwnedFd>,
+    start: Instant,
+    interval: Duration,
+    next: u64,
+    total: u64,
+}
+
+impl Pacer {
+    fn new(start: Instant, interval: Duration, total: u64) -> std::io::Result<Self> {
+        let timer = timerfd_create(TimerfdClockId::Monotonic, TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC)?;
+        // SAFETY: the OwnedFd is a valid descriptor, owned by the AsyncFd and closed only with it.
+        let timer = unsafe { AsyncFd::register_with_interest(timer, Interest::READABLE) }?;
+        Ok(Self { timer, start, interval, next: 0, total })
+    }
+
+    /// The next request's number, at or after its send time; `None` once all have been yielded.
+    async fn tick(&mut self) -> std::io::Result<Option<u64>> {
+        if self.next == self.total {
+            return Ok(None);
+        }
+        let n = self.next;
+        self.next += 1;
+        let wait = send_time(self.start, self.interval, n).saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Ok(Some(n));
+        }
+        let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+        let value = Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos().into() };
+        timerfd_settime(&self.timer, TimerfdTimerFlags::empty(), &Itimerspec { it_interval: zero, it_value: value })?;
+        loop {
+            let mut ready = self.timer.readable().await?;
+            match ready.try_io(|timer| Ok(rustix::io::read(timer.get_ref(), &mut [0u8; 8])?)) {
+                Ok(expired) => {
+                    expired?;
+                    // The timer fired once and is armed again only after this: no later expiry is lost.
+                    ready.clear_ready();
+                    return Ok(Some(n));
                 }
+                Err(_would_block) => continue,
             }
-        })
-        .expect("the pacing thread starts");
-    rx
+        }
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -593,23 +629,29 @@ fn main() {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{pace, scatter, send_time};
+    use super::{Pacer, scatter, send_time};
 
     #[test]
     fn the_pacer_yields_every_request_in_order_and_none_early() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
         let (start, interval, total) = (Instant::now(), Duration::from_micros(200), 2_000);
-        let mut ticks = pace(start, interval, total);
         let mut seen = 0;
+        let mut late = Vec::with_capacity(total as usize);
         runtime.block_on(async {
-            while let Some(n) = ticks.recv().await {
+            let mut pacer = Pacer::new(start, interval, total).unwrap();
+            while let Some(n) = pacer.tick().await.unwrap() {
                 assert_eq!(n, seen);
                 let early = send_time(start, interval, n).saturating_duration_since(Instant::now());
                 assert_eq!(early, Duration::ZERO, "request {n} yielded {early:?} before its time");
+                late.push(send_time(start, interval, n).elapsed());
                 seen += 1;
             }
         });
         assert_eq!(seen, total);
+        // tokio's millisecond timer would be about 500 µs late at the median.
+        late.sort_unstable();
+        let median = late[late.len() / 2];
+        assert!(median < Duration::from_micros(300), "the median request left {median:?} late");
     }
 
     #[test]
