@@ -85,6 +85,15 @@ pub struct Config {
     pub x402_timeout_ms: u64,
     /// Longest validity of a signed payment, whatever the server's `maxTimeoutSeconds`.
     pub x402_max_valid_seconds: u64,
+    /// Private addresses the x402 fetch may contact on an agent's behalf, which it otherwise refuses
+    /// (loopback, RFC 1918, link-local, …): comma-separated CIDRs and/or `host:port`, e.g.
+    /// `10.20.0.0/16,billing.internal:8443`. Empty: only globally routable addresses.
+    pub x402_private_destinations: String,
+    /// Largest upstream answer an x402 fetch passes back; a larger one is a 502 `upstream_too_large`.
+    pub x402_max_response_bytes: usize,
+    /// x402 fetches in flight at once, in all and per agent; beyond them, 429 `too_many_fetches`.
+    pub x402_max_fetches: usize,
+    pub x402_max_fetches_per_agent: usize,
     /// Time a decision may take before it is answered as a `timeout` decline.
     pub decision_budget_ms: u64,
     /// Holds still pending after this many hours are voided.
@@ -148,6 +157,10 @@ impl Default for Config {
             x402_assets: String::new(),
             x402_timeout_ms: 30_000,
             x402_max_valid_seconds: 300,
+            x402_private_destinations: String::new(),
+            x402_max_response_bytes: 10 << 20,
+            x402_max_fetches: 256,
+            x402_max_fetches_per_agent: 8,
             decision_budget_ms: 1_500,
             hold_expiry_hours: 7 * 24,
             fx_url: None,
@@ -245,6 +258,16 @@ impl Config {
         anyhow::ensure!(
             (10..=3_600).contains(&self.x402_max_valid_seconds),
             "x402_max_valid_seconds must be 10 to 3600"
+        );
+        crate::rails::usdc::destination::Destinations::parse(&self.x402_private_destinations)
+            .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_PRIVATE_DESTINATIONS: {e}"))?;
+        anyhow::ensure!(
+            (1_024..=1 << 30).contains(&self.x402_max_response_bytes),
+            "x402_max_response_bytes must be 1024 to 1073741824"
+        );
+        anyhow::ensure!(
+            self.x402_max_fetches >= 1 && (1..=self.x402_max_fetches).contains(&self.x402_max_fetches_per_agent),
+            "x402_max_fetches must be at least 1, and x402_max_fetches_per_agent 1 to x402_max_fetches"
         );
         crate::rails::usdc::x402::parse_assets(&self.x402_assets)
             .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_ASSETS: {e}"))?;

@@ -35,6 +35,12 @@ pub enum Error {
     /// The upstream server of a proxied request failed or answered something unusable (502).
     #[error("{0}")]
     Upstream(String),
+    /// The upstream answer is larger than spendgate passes on (502).
+    #[error("{0}")]
+    UpstreamTooLarge(String),
+    /// A bound on concurrent work is reached; safe to retry shortly (429).
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("request body is larger than {0} bytes")]
@@ -59,9 +65,13 @@ impl Error {
             Error::BadSignature => "invalid_signature",
             Error::Forbidden(_) => "forbidden",
             Error::NotFound(_) => "not_found",
-            Error::Conflict { code, .. } | Error::Unprocessable { code, .. } | Error::Disabled { code, .. } => code,
+            Error::Conflict { code, .. }
+            | Error::Unprocessable { code, .. }
+            | Error::Disabled { code, .. }
+            | Error::TooManyRequests { code, .. } => code,
             Error::PaymentRefused { code, .. } => code,
             Error::Upstream(_) => "upstream_failed",
+            Error::UpstreamTooLarge(_) => "upstream_too_large",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::PayloadTooLarge(_) => "payload_too_large",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -83,8 +93,9 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::UnsupportedMediaType(_) => 415,
             Error::Unprocessable { .. } => 422,
+            Error::TooManyRequests { .. } => 429,
             Error::Internal(_) => 500,
-            Error::Upstream(_) => 502,
+            Error::Upstream(_) | Error::UpstreamTooLarge(_) => 502,
             Error::Disabled { .. } | Error::StorageUnavailable(_) => 503,
         }
     }

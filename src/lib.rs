@@ -40,6 +40,7 @@ use crate::ledger::{Ledger, LedgerSettings};
 use crate::policy::FxRules;
 use crate::rails::card::issuing::{Issuer, IssuingSettings, LithicApi, StripeApi};
 use crate::rails::card::signature::{BasicAuth, HexSignature, ReplayGuard, StandardWebhooks};
+use crate::rails::usdc::destination::Destinations;
 use crate::rails::usdc::wallet::MasterKey;
 use crate::rails::usdc::x402::parse_assets;
 use crate::rails::usdc::{Usdc, UsdcSettings};
@@ -195,6 +196,11 @@ fn usdc(config: &Config, db: &Db, ledger: &Ledger) -> anyhow::Result<Usdc> {
         assets: parse_assets(&config.x402_assets).map_err(|e| anyhow::anyhow!("SPENDGATE_X402_ASSETS: {e}"))?,
         max_valid_seconds: config.x402_max_valid_seconds,
         timeout: Duration::from_millis(config.x402_timeout_ms),
+        destinations: Destinations::parse(&config.x402_private_destinations)
+            .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_PRIVATE_DESTINATIONS: {e}"))?,
+        max_response_bytes: config.x402_max_response_bytes,
+        max_fetches: config.x402_max_fetches,
+        max_fetches_per_agent: config.x402_max_fetches_per_agent,
     };
     Usdc::new(settings, db.clone(), ledger.clone())
 }

@@ -39,6 +39,8 @@ fn start_usdc(dir: &Path, database_url: &str) -> Server {
             ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
             ("SPENDGATE_MASTER_KEY", MASTER_KEY),
             ("SPENDGATE_X402_ASSETS", &assets),
+            // The local x402 server listens on loopback.
+            ("SPENDGATE_X402_PRIVATE_DESTINATIONS", "127.0.0.1/32"),
         ],
     )
 }
@@ -347,7 +349,9 @@ async fn sigkill_while_signing_x402_payments_leaves_every_payment_with_its_hold(
     let dir = tempfile::tempdir().unwrap();
     let mut server = start_usdc(dir.path(), &url);
     let http = common::http_client();
-    let (agent, _) = setup(&http, &server.base, json!({}), 1_000_000_000).await;
+    // The agent hands in the requirements itself, so the policy must list their recipient.
+    let policy = json!({"x402": {"pay_to": [format!("eip155:84532:{}", x402_server::PAY_TO)]}});
+    let (agent, _) = setup(&http, &server.base, policy, 1_000_000_000).await;
     admin(&http, &server.base, &format!("/v1/agents/{agent}/wallet"), json!({})).await;
     let required = json!({"x402Version": 2, "resource": {"url": "https://api.example.com/x"},
         "accepts": [{"scheme": "exact", "network": "eip155:84532", "amount": "10000", "asset": TEST_TOKEN,
@@ -379,6 +383,11 @@ async fn sigkill_while_signing_x402_payments_leaves_every_payment_with_its_hold(
         }));
     }
     while handed.lock().unwrap().len() < 100 {
+        // A client that stopped while the server runs failed its assertion: say so, do not wait forever.
+        if let Some(done) = clients.iter_mut().find(|c| c.is_finished()) {
+            done.await.unwrap();
+            panic!("a client stopped before the server was killed");
+        }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     server.child.kill().unwrap(); // SIGKILL

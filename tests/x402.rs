@@ -151,11 +151,12 @@ async fn policy_declines_sign_nothing(app: TestApp) {
     assert_eq!(refused.body["error"]["code"], "agent_frozen", "{}", refused.body);
 
     assert!(server.payment_headers().is_empty(), "a declined payment is never signed or sent");
-    assert_eq!(server.unpaid(), 4, "each attempt read the price, no more");
+    // The host outside allow_hosts was never contacted; each other attempt read the price, no more.
+    assert_eq!(server.unpaid(), 3);
     let balance = app.balance(&agent).await;
     assert_eq!((balance["held"].as_i64(), balance["spent"].as_i64()), (Some(0), Some(0)));
     let auths = ledger_authorizations(&app, &agent).await;
-    assert_eq!(auths.len(), 4, "each decline is recorded as an attempt");
+    assert_eq!(auths.len(), 3, "each declined payment is recorded as an attempt");
     assert!(auths.iter().all(|a| a["status"] == "declined" && a["rail"] == "usdc"));
 
     // Unfrozen and within the rules, it pays.
@@ -292,6 +293,35 @@ async fn agents_that_make_the_call_themselves(app: TestApp) {
     let required = unpaid.headers()["payment-required"].to_str().unwrap().to_owned();
     let path = format!("/v1/agents/{agent}/x402/authorize");
     let body = json!({"url": url, "payment_required": required});
+    // Requirements an agent hands in name whoever it likes: without a policy listing the
+    // recipient, nothing is signed.
+    let unlisted = post_keyed(&app, &path, &agent_key, Some("self-0"), body.clone()).await;
+    assert_eq!(
+        (unlisted.status, unlisted.body["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("recipient_not_allowed")),
+        "{}",
+        unlisted.body
+    );
+    assert!(unlisted.body["error"]["message"].as_str().unwrap().contains("request.pay_to"), "{}", unlisted.body);
+    let policy = json!({"x402": {"pay_to": [format!("eip155:84532:{}", x402_server::PAY_TO)]}});
+    let (status, set) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    // The agent swaps in its own address, on an allowed host: refused, nothing signed.
+    let mut doc: Value = serde_json::from_slice(&BASE64.decode(&required).unwrap()).unwrap();
+    doc["accepts"][0]["payTo"] = json!("0x000000000000000000000000000000000000dEaD");
+    let swapped = json!({"url": url, "payment_required": BASE64.encode(doc.to_string())});
+    let refused = post_keyed(&app, &path, &agent_key, Some("self-x"), swapped).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("recipient_not_allowed")),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.get("value").is_none());
+    let declined = ledger_authorizations(&app, &agent).await;
+    assert_eq!(declined.len(), 2, "both attempts are recorded");
+    assert!(declined.iter().all(|a| a["status"] == "declined" && a["reason"] == "recipient_not_allowed"));
+
     let authorized = post_keyed(&app, &path, &agent_key, Some("self-1"), body.clone()).await;
     assert_eq!(authorized.status, StatusCode::OK, "{}", authorized.body);
     assert_eq!(authorized.body["header"], "PAYMENT-SIGNATURE");
@@ -412,6 +442,7 @@ on_both_backends!(
     other_answers_and_bad_input,
     a_payment_that_needs_approval_waits_and_is_paid_once_approved,
     a_denied_or_no_longer_allowed_payment_is_never_signed,
+    allow_hosts_governs_contact,
 );
 
 async fn get_answer(app: &TestApp, path: &str) -> Answer {
@@ -542,4 +573,134 @@ async fn without_a_master_key_the_usdc_rail_is_off() {
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("usdc_rail_disabled")));
     let paid = fetch(&app, &agent, "k", json!({"url": "http://127.0.0.1:9/x"})).await;
     assert_eq!(paid.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// The fetch proxy is no way into the operator's network: with only the x402 server's own
+/// `host:port` allowed, spendgate's own port in every spelling, a name that resolves to loopback,
+/// cloud metadata and private ranges are refused before anything is sent.
+#[actix_web::test]
+async fn the_fetch_proxy_contacts_no_internal_address() {
+    let server = X402Server::start(TEST_TOKEN).await;
+    let port = server.base.rsplit(':').next().unwrap().to_owned();
+    let app = spawn_with(Backend::Sqlite, |c| c.x402_private_destinations = format!("127.0.0.1:{port}")).await;
+    let agent = app.create_agent("prober").await;
+    app.fund(&agent, 1_000).await;
+    let own = app.base.rsplit(':').next().unwrap().to_owned();
+    let targets = [
+        format!("{}/metrics", app.base),
+        format!("http://2130706433:{own}/metrics"),
+        format!("http://127.1:{own}/metrics"),
+        format!("http://0x7f.0.0.1:{own}/metrics"),
+        format!("http://0177.0.0.1:{own}/metrics"),
+        format!("http://127.0.0.1.:{own}/metrics"),
+        format!("http://[::1]:{own}/metrics"),
+        format!("http://[::ffff:127.0.0.1]:{own}/metrics"),
+        format!("http://0:{own}/metrics"),
+        // A name resolving to loopback is refused even on the allowed server's port.
+        format!("http://localhost:{port}/free"),
+        format!("http://127.0.0.2:{port}/free"),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+        "http://10.0.0.1/".to_owned(),
+        "http://[fd00::1]/".to_owned(),
+    ];
+    for (i, url) in targets.iter().enumerate() {
+        let refused = fetch(&app, &agent, &format!("probe-{i}"), json!({"url": url})).await;
+        assert_eq!(
+            (refused.status, refused.body["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("destination_forbidden")),
+            "{url}: {}",
+            refused.body
+        );
+    }
+    assert_eq!(server.requests(), 0, "nothing was sent");
+
+    // The allowed destination works, and the upstream's cookies stay off spendgate's origin.
+    let free = fetch(&app, &agent, "free", json!({"url": server.url("/free")})).await;
+    assert_eq!((free.status, free.header("x-upstream")), (StatusCode::OK, "yes"), "{}", free.body);
+    assert!(free.headers.get("set-cookie").is_none(), "{:?}", free.headers);
+    let paid = fetch(&app, &agent, "paid", json!({"url": server.url("/v2/paid")})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert!(paid.headers.get("set-cookie").is_none());
+}
+
+/// The policy's allowed hosts decide whom the fetch contacts, not only whom it pays.
+async fn allow_hosts_governs_contact(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let policy = json!({"x402": {"allow_hosts": ["api.example.com"]}});
+    let (status, body) = app.put(&format!("/v1/agents/{agent}/policy"), policy).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for path in ["/free", "/v2/paid"] {
+        let refused = fetch(&app, &agent, path, json!({"url": server.url(path)})).await;
+        assert_eq!(
+            (refused.status, refused.body["error"]["code"].as_str()),
+            (StatusCode::PAYMENT_REQUIRED, Some("host_not_allowed")),
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(server.requests(), 0, "a host outside allow_hosts is never contacted");
+}
+
+/// An answer over the size limit is not passed on, and what it paid is recorded once: a retry
+/// pays nothing again.
+#[actix_web::test]
+async fn an_oversized_answer_is_refused_and_never_paid_twice() {
+    let app = spawn_with(Backend::Sqlite, |c| c.x402_max_response_bytes = 4_096).await;
+    let (agent, server) = setup(&app, 1_000).await;
+    let url = server.url("/v2/paid?pad=20000");
+    let big = fetch(&app, &agent, "big", json!({"url": url})).await;
+    assert_eq!(
+        (big.status, big.body["error"]["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("upstream_too_large")),
+        "{}",
+        big.body
+    );
+    assert_eq!(server.settled().len(), 1);
+    let balance = app.balance(&agent).await;
+    assert_eq!((balance["spent"].as_i64(), balance["held"].as_i64()), (Some(25), Some(0)), "settled: {balance}");
+    let again = fetch(&app, &agent, "big", json!({"url": url})).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_eq!(server.payment_headers().len(), 1, "not sent again");
+    assert_eq!(app.balance(&agent).await["spent"], 25);
+}
+
+/// Fetches in flight are bounded per agent and in all; beyond the bound, 429 at once.
+#[actix_web::test]
+async fn fetches_in_flight_are_bounded() {
+    let app = spawn_with(Backend::Sqlite, |c| {
+        c.x402_max_fetches = 2;
+        c.x402_max_fetches_per_agent = 1;
+    })
+    .await;
+    let (a, server) = setup(&app, 0).await;
+    let (b, c) = (app.create_agent("b").await, app.create_agent("c").await);
+    let slow = json!({"url": server.url("/free?wait_ms=1500")});
+    let quick = json!({"url": server.url("/free")});
+    let (first, same_agent, other_agent, third_agent) = tokio::join!(
+        fetch(&app, &a, "a-1", slow.clone()),
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            fetch(&app, &a, "a-2", quick.clone()).await
+        },
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            fetch(&app, &b, "b-1", slow.clone()).await
+        },
+        async {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            fetch(&app, &c, "c-1", quick.clone()).await
+        },
+    );
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(other_agent.status, StatusCode::OK);
+    for (name, refused) in [("same agent", same_agent), ("third agent, total reached", third_agent)] {
+        assert_eq!(
+            (refused.status, refused.body["error"]["code"].as_str(), refused.header("retry-after")),
+            (StatusCode::TOO_MANY_REQUESTS, Some("too_many_fetches"), "1"),
+            "{name}: {}",
+            refused.body
+        );
+    }
+    // Slots are given back.
+    assert_eq!(fetch(&app, &a, "a-3", quick).await.status, StatusCode::OK);
 }

@@ -39,6 +39,32 @@ pub struct AuthRequest {
     /// A ceiling the caller sets on this one request (x402's `max_amount`), in minor units of the
     /// agent's currency.
     pub max_amount: Option<i64>,
+    /// The address an x402 payment goes to (None on the card rail).
+    pub recipient: Option<Recipient>,
+}
+
+/// Who an x402 payment goes to, and who named that recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipient {
+    /// CAIP-10: `<CAIP-2 network>:<address>`, the address in lowercase, e.g. `eip155:8453:0xab…`.
+    pub account: String,
+    pub named_by: NamedBy,
+}
+
+impl Recipient {
+    pub fn new(network: &str, address: &str, named_by: NamedBy) -> Self {
+        Recipient { account: format!("{network}:{}", address.to_ascii_lowercase()), named_by }
+    }
+}
+
+/// Where the payment requirements came from: a recipient is trusted only when the paid server
+/// named it in the 402 spendgate read itself, or when the policy lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamedBy {
+    /// The server, in the 402 spendgate received from it (`x402/fetch`).
+    Server,
+    /// The agent, in requirements it handed in (`x402/authorize`).
+    Agent,
 }
 
 /// Why an authorization was declined. The codes are stable: processors' responses, metrics and
@@ -59,6 +85,7 @@ pub enum DeclineReason {
     CountryNotAllowed,
     OutsideActiveHours,
     HostNotAllowed,
+    RecipientNotAllowed,
     PerTransactionExceeded,
     PerCallExceeded,
     LimitExceeded,
@@ -72,7 +99,7 @@ pub enum DeclineReason {
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 22] = {
+    pub const ALL: [DeclineReason; 23] = {
         use DeclineReason::*;
         [
             UnknownCard,
@@ -88,6 +115,7 @@ impl DeclineReason {
             CountryNotAllowed,
             OutsideActiveHours,
             HostNotAllowed,
+            RecipientNotAllowed,
             PerTransactionExceeded,
             PerCallExceeded,
             LimitExceeded,
@@ -116,6 +144,7 @@ impl DeclineReason {
             CountryNotAllowed => "country_not_allowed",
             OutsideActiveHours => "outside_active_hours",
             HostNotAllowed => "host_not_allowed",
+            RecipientNotAllowed => "recipient_not_allowed",
             PerTransactionExceeded => "per_transaction_exceeded",
             PerCallExceeded => "per_call_exceeded",
             LimitExceeded => "limit_exceeded",

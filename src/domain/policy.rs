@@ -263,6 +263,10 @@ pub struct X402Rules {
     pub per_call: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
+    /// The recipients payments may go to, as CAIP-10 accounts (`eip155:8453:0xAbC…`). Empty: only
+    /// recipients the paid server named in the 402 spendgate read from it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pay_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -270,6 +274,35 @@ pub struct X402Rules {
 pub struct Approval {
     /// Authorizations above this amount need a human's approval.
     pub above: i64,
+}
+
+impl Policy {
+    /// Whether the x402 rules let the agent pay (and so contact) `host` (`name` or `name:port`,
+    /// as the URL gives it). No list allows every host.
+    /// The CAIP-10 recipients the x402 rules list (lowercase); empty when none.
+    pub fn x402_pay_to(&self) -> &[String] {
+        self.x402.as_ref().map_or(&[], |x| x.pay_to.as_slice())
+    }
+
+    pub fn x402_allows_host(&self, host: &str) -> bool {
+        self.x402
+            .as_ref()
+            .is_none_or(|x| x.allow_hosts.is_empty() || x.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    }
+}
+
+/// `eip155:<chain id>:0x<40 hex digits>`: the networks spendgate pays on are EVM chains.
+fn is_evm_account(account: &str) -> bool {
+    let mut parts = account.split(':');
+    let (Some("eip155"), Some(chain), Some(address), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let hex = address.strip_prefix("0x").unwrap_or_default();
+    (1..=32).contains(&chain.len())
+        && chain.bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 40
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Minutes since midnight for `HH:MM`.
@@ -430,6 +463,15 @@ impl Policy {
                     && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':');
                 if !ok {
                     return fail(format!("x402.allow_hosts[{i}]"), format!("{host:?} is not a host name"));
+                }
+            }
+            for (i, account) in x402.pay_to.iter_mut().enumerate() {
+                *account = account.trim().to_ascii_lowercase();
+                if !is_evm_account(account) {
+                    return fail(
+                        format!("x402.pay_to[{i}]"),
+                        format!("{account:?} is not a CAIP-10 account such as eip155:8453:0x<40 hex digits>"),
+                    );
                 }
             }
         }

@@ -96,6 +96,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         merchant: Merchant { country: input.merchant.country.map(|c| c.to_ascii_uppercase()), ..input.merchant },
         trace_id: input.trace_id,
         max_amount: None,
+        recipient: None,
     };
     let Some(card_id) = CardId::parse(&input.card_id) else {
         return Ok(HttpResponse::Ok()

@@ -6,7 +6,7 @@
 //! 1. card status: closed, expired, frozen, single-use already used; then agent frozen
 //! 2. currency: known, convertible, and (when a conversion is needed) rates not stale
 //! 3. MCC allow/block, MCC groups allow/block
-//! 4. merchant lock (network id or descriptor pattern), x402 allowed hosts (USDC rail)
+//! 4. merchant lock (network id or descriptor pattern), x402 allowed hosts and recipients (USDC rail)
 //! 5. country allow/block
 //! 6. active hours
 //! 7. per-transaction cap, x402 per-call cap (USDC rail)
@@ -31,7 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::approval::{Allowance, Ask};
-use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, Rail};
+use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, NamedBy, Rail};
 use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
 use crate::domain::money::{Currency, Money};
@@ -244,13 +244,24 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
                 return deny(DeclineReason::MerchantNotAllowed, format!("{}.merchant_lock", r.owner));
             }
         }
-        if req.rail == Rail::Usdc
-            && let Some(x402) = &r.policy.x402
-            && !x402.allow_hosts.is_empty()
-            && !x402.allow_hosts.iter().any(|h| h.eq_ignore_ascii_case(&m.name))
-        {
+        if req.rail == Rail::Usdc && !r.policy.x402_allows_host(&m.name) {
             return deny(DeclineReason::HostNotAllowed, format!("{}.x402.allow_hosts", r.owner));
         }
+        let listed = r.policy.x402_pay_to();
+        if req.rail == Rail::Usdc
+            && !listed.is_empty()
+            && !req.recipient.as_ref().is_some_and(|to| listed.contains(&to.account))
+        {
+            return deny(DeclineReason::RecipientNotAllowed, format!("{}.x402.pay_to", r.owner));
+        }
+    }
+    // With no list, a recipient is trusted only when the paid server named it: an agent that hands
+    // in requirements could name any address.
+    if req.rail == Rail::Usdc
+        && rules.iter().all(|r| r.policy.x402_pay_to().is_empty())
+        && !req.recipient.as_ref().is_some_and(|to| to.named_by == NamedBy::Server)
+    {
+        return deny(DeclineReason::RecipientNotAllowed, "request.pay_to");
     }
     for r in &rules {
         if let Some(rule) = &r.policy.countries {

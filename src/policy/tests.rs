@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::domain::authorization::Recipient;
 use crate::domain::ids::{AgentId, CardId};
 
 fn at(s: &str) -> Timestamp {
@@ -147,6 +148,7 @@ fn req(amount: i64) -> AuthRequest {
         },
         trace_id: None,
         max_amount: None,
+        recipient: None,
     }
 }
 
@@ -369,7 +371,10 @@ fn limit_filters_select_what_counts() {
     w.spent(&req(1_000), "2026-11-22T10:00:00Z");
     assert_eq!(declined(&w.decide(&req(1))).1, "agent.limit.ai");
     assert!(w.decide(&cloud).approved(), "cloud spend is outside both filters");
-    let usdc = with(req(500), |r| r.rail = Rail::Usdc);
+    let usdc = with(req(500), |r| {
+        r.rail = Rail::Usdc;
+        r.recipient = Some(Recipient::new("eip155:8453", PAY_TO, NamedBy::Server));
+    });
     assert!(w.decide(&usdc).approved(), "the ai limit covers cards only; openai has room for 500");
     assert_eq!(declined(&w.decide(&with(usdc, |r| r.amount = 501))).1, "agent.limit.openai");
 }
@@ -541,9 +546,10 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
         rail: Rail::Usdc,
         amount,
         currency: "USD".into(),
-        merchant: Merchant { id: Some("0xpay".into()), name: host.into(), mcc: None, country: None },
+        merchant: Merchant { id: Some(PAY_TO.into()), name: host.into(), mcc: None, country: None },
         trace_id: None,
         max_amount: None,
+        recipient: Some(Recipient::new("eip155:8453", PAY_TO, NamedBy::Server)),
     };
     fn snap(w: &World) -> Snapshot<'_> {
         Snapshot {
@@ -572,6 +578,58 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
     // x402 rules do not apply to card spend.
     w.card.policy = policy(json!({}), "USD");
     assert!(w.decide(&req(10_000)).approved());
+}
+
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+#[test]
+fn a_usdc_payment_goes_only_to_a_recipient_the_server_named_or_the_policy_lists() {
+    let w = World::new();
+    let snap = Snapshot {
+        agent: &w.agent,
+        card: None,
+        card_used: false,
+        spends: &w.spends,
+        available: w.available,
+        rates: &w.rates,
+        fx: w.fx,
+        catalog: crate::fixtures::catalog(),
+        allowances: &w.allowances,
+        totals: None,
+    };
+    let pay = |to: Option<Recipient>| AuthRequest {
+        rail: Rail::Usdc,
+        amount: 10,
+        currency: "USD".into(),
+        merchant: Merchant { id: Some(PAY_TO.into()), name: "api.example.com".into(), mcc: None, country: None },
+        trace_id: None,
+        max_amount: None,
+        recipient: to,
+    };
+    let named = |by| Some(Recipient::new("eip155:8453", PAY_TO, by));
+    assert!(evaluate(&pay(named(NamedBy::Server)), &snap, at(NOW)).approved());
+    // No list: requirements the agent hands in name nobody the operator trusts.
+    for to in [named(NamedBy::Agent), None] {
+        let d = evaluate(&pay(to), &snap, at(NOW));
+        assert_eq!(declined(&d), (DeclineReason::RecipientNotAllowed, "request.pay_to"));
+    }
+
+    // A list: exactly its accounts, on their network, whoever named them (addresses in any case).
+    let listed = World::new().agent_policy(json!({"x402": {"pay_to": [format!("eip155:8453:{PAY_TO}")]}}));
+    let snap = Snapshot { agent: &listed.agent, ..snap };
+    for by in [NamedBy::Agent, NamedBy::Server] {
+        assert!(evaluate(&pay(named(by)), &snap, at(NOW)).approved());
+        let lower = Some(Recipient::new("eip155:8453", &PAY_TO.to_ascii_lowercase(), by));
+        assert!(evaluate(&pay(lower), &snap, at(NOW)).approved());
+        let other_network = Some(Recipient::new("eip155:84532", PAY_TO, by));
+        let other_address = Some(Recipient::new("eip155:8453", "0x000000000000000000000000000000000000dEaD", by));
+        for to in [other_network, other_address, None] {
+            let d = evaluate(&pay(to), &snap, at(NOW));
+            assert_eq!(declined(&d), (DeclineReason::RecipientNotAllowed, "agent.x402.pay_to"));
+        }
+    }
+    // Card spend has no recipient rule.
+    assert!(listed.decide(&req(100)).approved());
 }
 
 #[test]
@@ -672,6 +730,7 @@ fn running_totals_stay_what_a_scan_would_sum_as_spends_change_and_windows_slide(
             merchant: Merchant { id: None, name: name.into(), mcc: Some(mcc.into()), country: Some("US".into()) },
             trace_id: traces[rng.random_range(0..traces.len())].clone(),
             max_amount: None,
+            recipient: None,
         };
         totals.prepare(&req, &w.agent, Some(&w.card), &spends, crate::fixtures::catalog(), now);
         compared += totals.assert_exact(&spends);

@@ -102,6 +102,8 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         master_key: Some(Secret::new(MASTER_KEY)),
         x402_assets: format!("eip155:84532={TEST_TOKEN}"),
         x402_timeout_ms: 2_000,
+        // The local x402 servers listen on loopback, which the fetch proxy otherwise refuses.
+        x402_private_destinations: "127.0.0.1/32".into(),
         ..Config::default()
     }
 }

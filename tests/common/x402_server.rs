@@ -7,6 +7,8 @@
 //! with mode `paid` (settles), `silent` (settles, but the first answer carries no settlement
 //! header), `slow` (the first paid answer comes after the client gave up), `reject` (settlement
 //! fails); a `paid` payload delivered again is refused (its nonce is used), as on chain; `/mpp` (an MPP challenge), `/odd402` (a 402 in no known format), `/free`.
+//! `?pad=<bytes>` pads a paid answer's body; `/free?wait_ms=<ms>` answers after a pause. Every answer
+//! sets a cookie, which spendgate must not pass back.
 // Each test binary that includes this uses a different part of it.
 #![allow(dead_code)]
 
@@ -48,6 +50,8 @@ pub struct Settled {
 
 #[derive(Default)]
 pub struct Seen {
+    /// Every request that reached the server.
+    pub requests: usize,
     /// Requests without a payment.
     pub unpaid: usize,
     /// Every payment header received, in order.
@@ -91,6 +95,10 @@ impl X402Server {
         self.seen.lock().unwrap().payment_headers.clone()
     }
 
+    pub fn requests(&self) -> usize {
+        self.seen.lock().unwrap().requests
+    }
+
     pub fn unpaid(&self) -> usize {
         self.seen.lock().unwrap().unpaid
     }
@@ -132,10 +140,21 @@ fn settlement_header(version: u8, doc: &Value) -> (&'static str, String) {
 
 async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>) -> HttpResponse {
     let (token, seen) = (state.0, state.1.clone());
+    seen.lock().unwrap().requests += 1;
     let path = req.path().to_owned();
     let url = format!("http://{}{}", req.connection_info().host(), req.uri());
+    let query = web::Query::<HashMap<String, String>>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .unwrap_or_default();
+    let number = |name: &str| query.get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     match path.as_str() {
-        "/free" => return HttpResponse::Ok().insert_header(("X-Upstream", "yes")).body("free content"),
+        "/free" => {
+            tokio::time::sleep(Duration::from_millis(number("wait_ms"))).await;
+            return HttpResponse::Ok()
+                .insert_header(("X-Upstream", "yes"))
+                .insert_header(("Set-Cookie", "upstream_session=1; Path=/"))
+                .body("free content");
+        }
         "/mpp" => {
             return HttpResponse::PaymentRequired()
                 .insert_header((
@@ -154,10 +173,7 @@ async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>)
         _ => return HttpResponse::NotFound().finish(),
     };
     let mode = parts.next().unwrap_or("paid").to_owned();
-    let price = web::Query::<HashMap<String, String>>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.get("price").cloned())
-        .unwrap_or_else(|| "250000".into());
+    let price = query.get("price").cloned().unwrap_or_else(|| "250000".into());
     let requirement = requirement(version, token, &price, &url);
     let header_name = if version == 1 { "X-PAYMENT" } else { "PAYMENT-SIGNATURE" };
     let Some(header) = req.headers().get(header_name).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
@@ -205,13 +221,18 @@ async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>)
     if mode == "slow" && first {
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
-    let body = json!({"data": "paid content", "path": path, "deliveries": deliveries});
+    let pad = "x".repeat(number("pad") as usize);
+    let body = json!({"data": "paid content", "path": path, "deliveries": deliveries, "pad": pad});
     if mode == "silent" && first {
         return HttpResponse::Ok().json(body);
     }
     let doc =
         json!({"success": true, "transaction": transaction, "network": network, "payer": payer.to_checksum(None)});
-    HttpResponse::Ok().insert_header(settlement_header(version, &doc)).insert_header(("X-Upstream", "yes")).json(body)
+    HttpResponse::Ok()
+        .insert_header(settlement_header(version, &doc))
+        .insert_header(("X-Upstream", "yes"))
+        .insert_header(("Set-Cookie", "upstream_session=1; Path=/"))
+        .json(body)
 }
 
 /// Checks a payment as a facilitator would for an EOA payer; returns (payer, value, nonce).

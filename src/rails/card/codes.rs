@@ -5,7 +5,7 @@
 use crate::domain::authorization::DeclineReason;
 
 /// (reason, Lithic ASA `result`, Marqeta `decline_reason`).
-pub const TABLE: [(DeclineReason, &str, &str); 22] = {
+pub const TABLE: [(DeclineReason, &str, &str); 23] = {
     use DeclineReason::*;
     [
         (UnknownCard, "CARD_PAUSED", "INVALID_CARD"),
@@ -21,6 +21,7 @@ pub const TABLE: [(DeclineReason, &str, &str); 22] = {
         (CountryNotAllowed, "UNAUTHORIZED_MERCHANT", "TRANSACTION_NOT_PERMITTED"),
         (OutsideActiveHours, "UNAUTHORIZED_MERCHANT", "TRANSACTION_NOT_PERMITTED"),
         (HostNotAllowed, "UNAUTHORIZED_MERCHANT", "INVALID_MERCHANT"),
+        (RecipientNotAllowed, "UNAUTHORIZED_MERCHANT", "INVALID_MERCHANT"),
         (PerTransactionExceeded, "VELOCITY_EXCEEDED", "AMOUNT_LIMIT_EXCEEDED"),
         (PerCallExceeded, "VELOCITY_EXCEEDED", "AMOUNT_LIMIT_EXCEEDED"),
         (LimitExceeded, "VELOCITY_EXCEEDED", "AMOUNT_LIMIT_EXCEEDED"),

@@ -121,6 +121,7 @@ pub fn request(amount_minor: i64, currency: &str, merchant: Merchant) -> Result<
         merchant,
         trace_id: None,
         max_amount: None,
+        recipient: None,
     })
 }
 

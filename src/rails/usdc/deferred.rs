@@ -139,7 +139,7 @@ fn open(master: &MasterKey, agent: &AgentId, sealed: &str) -> Result<Deferred> {
 
 /// Errors that may pass if tried again (the API or the database was unreachable).
 fn transient(e: &Error) -> bool {
-    matches!(e, Error::Upstream(_) | Error::StorageUnavailable(_) | Error::Internal(_))
+    matches!(e, Error::Upstream(_) | Error::TooManyRequests { .. } | Error::StorageUnavailable(_) | Error::Internal(_))
 }
 
 impl Usdc {

@@ -11,6 +11,7 @@
 //! status URL, and spendgate pays by itself once someone approves.
 
 mod deferred;
+pub mod destination;
 pub mod eip3009;
 pub mod wallet;
 pub mod x402;
@@ -25,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, Rail};
+use crate::cache::Versioned;
+use crate::domain::agent::Agent;
+use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, NamedBy, Rail, Recipient};
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, KeyId, PaymentId};
 use crate::domain::money::Money;
@@ -34,14 +37,13 @@ use crate::ledger::{AuthOutcome, Authorize, Ledger, Movement, Payer, Target};
 use crate::store::wallets::WalletRow;
 use crate::store::x402::PaymentRow;
 use crate::store::{self, Db};
+use destination::Destinations;
 use eip3009::Transfer;
 use wallet::{MasterKey, Wallet};
 use x402::{Asset, Challenge, Offer, Settlement};
 
 pub use deferred::{Awaiting, DeferredStatus};
 
-/// Largest upstream body passed back to the agent.
-const MAX_UPSTREAM_BODY: usize = 10 << 20;
 /// Largest upstream body kept to answer a retry of a finished payment.
 const MAX_STORED_BODY: usize = 1 << 20;
 /// Facilitators refuse an authorization that expires sooner than this; it is not re-sent then.
@@ -49,6 +51,9 @@ const MIN_VALIDITY_SECONDS: i64 = 6;
 /// Headers that describe one hop, not the message: never forwarded either way.
 const HOP_BY_HOP: [&str; 8] =
     ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length"];
+/// Upstream headers that would act on spendgate's own origin (cookies, HSTS, site data): never passed back.
+const ORIGIN_BOUND: [&str; 5] =
+    ["set-cookie", "set-cookie2", "strict-transport-security", "alt-svc", "clear-site-data"];
 
 #[derive(Debug)]
 pub struct UsdcSettings {
@@ -59,6 +64,13 @@ pub struct UsdcSettings {
     pub max_valid_seconds: u64,
     /// Time allowed for each upstream request.
     pub timeout: Duration,
+    /// The private destinations the operator allows; every other non-global address is refused.
+    pub destinations: Destinations,
+    /// Largest upstream answer passed back (and read at all).
+    pub max_response_bytes: usize,
+    /// Fetches in flight at once, in all and for one agent: beyond them, 429.
+    pub max_fetches: usize,
+    pub max_fetches_per_agent: usize,
 }
 
 #[derive(Clone)]
@@ -76,6 +88,7 @@ struct Inner {
     in_flight: KeyLocks,
     /// Wallets as stored (the key sealed): an agent's wallet never changes once made.
     wallets: moka::sync::Cache<AgentId, WalletRow>,
+    fetches: FetchSlots,
 }
 
 /// What an agent asks spendgate to call.
@@ -228,6 +241,7 @@ struct Call {
 }
 
 /// What came back from upstream.
+#[derive(Debug)]
 struct Upstream {
     status: u16,
     headers: Vec<(String, String)>,
@@ -254,6 +268,8 @@ struct Purchase {
     version: u8,
     offer: Offer,
     resource: Option<serde_json::Value>,
+    /// Who named these requirements: the server, or the agent handing them in.
+    named_by: NamedBy,
     trace_id: Option<String>,
     max_amount: Option<i64>,
     request_hash: String,
@@ -273,13 +289,20 @@ enum Signed {
 
 impl Usdc {
     pub fn new(settings: UsdcSettings, db: Db, ledger: Ledger) -> anyhow::Result<Usdc> {
+        // The agent names the URL: no redirect is followed, no proxy from the environment is used
+        // (it would resolve names where the resolver cannot check them), and every name is
+        // resolved by the guarded resolver.
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(settings.destinations.resolver()))
             .build()
             .map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
         let wallets = moka::sync::Cache::new(100_000);
-        Ok(Usdc { inner: Arc::new(Inner { settings, http, db, ledger, in_flight: KeyLocks::default(), wallets }) })
+        let fetches = FetchSlots::new(settings.max_fetches, settings.max_fetches_per_agent);
+        let inner = Inner { settings, http, db, ledger, in_flight: KeyLocks::default(), wallets, fetches };
+        Ok(Usdc { inner: Arc::new(inner) })
     }
 
     pub fn enabled(&self) -> bool {
@@ -363,14 +386,27 @@ impl Usdc {
         let max_amount = check_max_amount(input.max_amount)?;
         let sealed = deferred::seal(master, agent, &key, &input);
         let trace_id = check_trace(input.trace_id)?;
-        self.agent_exists(agent).await?;
+        let snapshot = self.agent(agent).await?;
+        // Contact only hosts the policy lets the agent pay: a host outside them is never called.
+        let host = host_of(&call.url);
+        if !snapshot.value.policy.x402_allows_host(&host) {
+            tracing::warn!(target: "security", agent = %agent, host = %host, "fetch refused: host not in x402.allow_hosts");
+            return Err(refused(
+                DeclineReason::HostNotAllowed.as_str(),
+                &format!(
+                    "{host} is not in the agent's x402.allow_hosts (rule agent.x402.allow_hosts); it was not contacted"
+                ),
+            ));
+        }
+        self.inner.settings.destinations.check_url(&call.url).map_err(destination_refused)?;
+        let _slot = self.inner.fetches.take(agent)?;
         let request_hash = hash(&["fetch", call.method.as_str(), call.url.as_str()]);
         let _one_at_a_time = self.inner.in_flight.lock(format!("{agent}:{key}")).await;
 
         if let Some(previous) = self.find_payment(agent, &key).await? {
             return self.resume(previous, &request_hash, &call).await.map(FetchOutcome::Answered);
         }
-        let first = self.send(&call, None).await.map_err(|e| Error::Upstream(format!("calling {}: {e}", call.url)))?;
+        let first = self.send(&call, None).await.map_err(|e| e.into_error(&call.url, None))?;
         if first.status != 402 {
             return Ok(FetchOutcome::Answered(first.into_fetched(None)));
         }
@@ -397,6 +433,7 @@ impl Usdc {
             version,
             offer,
             resource,
+            named_by: NamedBy::Server,
             trace_id,
             max_amount,
             request_hash: request_hash.clone(),
@@ -447,6 +484,7 @@ impl Usdc {
             version,
             offer,
             resource,
+            named_by: NamedBy::Agent,
             trace_id,
             max_amount,
             request_hash: request_hash.clone(),
@@ -530,22 +568,15 @@ impl Usdc {
         if wallet.address().to_checksum(None) != wallet_row.address {
             return Err(Error::Internal(format!("agent {agent}'s wallet key does not match its stored address")));
         }
-        let host = match p.url.port() {
-            Some(port) => format!("{}:{port}", p.url.host_str().unwrap_or_default()),
-            None => p.url.host_str().unwrap_or_default().to_owned(),
-        };
+        let host = host_of(&p.url);
         let request = AuthRequest {
             rail: Rail::Usdc,
             amount: x402::atomic_to_cents(p.offer.amount),
             currency: "USD".into(),
-            merchant: Merchant {
-                id: Some(p.offer.pay_to.to_checksum(None)),
-                name: host.to_ascii_lowercase(),
-                mcc: None,
-                country: None,
-            },
+            merchant: Merchant { id: Some(p.offer.pay_to.to_checksum(None)), name: host, mcc: None, country: None },
             trace_id: p.trace_id,
             max_amount: p.max_amount,
+            recipient: Some(Recipient::new(p.offer.network.caip2, &p.offer.pay_to.to_checksum(None), p.named_by)),
         };
 
         let now = jiff::Timestamp::now().as_second();
@@ -716,18 +747,23 @@ impl Usdc {
         outcome: Option<&AuthOutcome>,
     ) -> Result<Fetched> {
         let answer = self.send(call, Some((&row.header_name, &row.header_value))).await;
-        let (settlement, upstream) = match answer {
+        let (settlement, upstream, failure) = match answer {
             Ok(upstream) => {
                 let settlement = upstream.settlement().or_else(|| {
                     // A fresh payload answered by a new 402 with requirements was refused before settling.
                     let again = upstream.status == 402 && upstream.header("payment-required").is_some();
                     (first && again).then(|| Settlement::Failed { reason: "payment_rejected".into() })
                 });
-                (settlement, Some(upstream))
+                (settlement, Some(upstream), None)
+            }
+            // The answer's headers say how the payment went even when its body is not passed on.
+            Err(SendError::TooLarge { headers }) => {
+                let settlement = headers.settlement();
+                (settlement, None, Some(SendError::TooLarge { headers }))
             }
             Err(e) => {
                 tracing::warn!(payment = %row.id, error = %e, "x402 paid request failed; the payment's outcome is unknown");
-                (None, None)
+                (None, None, Some(e))
             }
         };
         let row = self.conclude(row, settlement, upstream.as_ref(), first).await?;
@@ -736,13 +772,12 @@ impl Usdc {
             _ => self.amounts_of(&row).await?,
         };
         let paid = Paid { payment: PaymentView::from_row(&row), cost, remaining };
-        match upstream {
-            Some(upstream) => Ok(upstream.into_fetched(Some(paid))),
-            None => Err(Error::Upstream(format!(
-                "no answer from {} to the paid request; payment {} is unknown and its hold stays; retry with the \
-                 same Idempotency-Key to send the same payment again",
-                call.url, paid.payment.id
-            ))),
+        match (upstream, failure) {
+            (Some(upstream), _) => Ok(upstream.into_fetched(Some(paid))),
+            (None, failure) => {
+                let failure = failure.unwrap_or(SendError::Failed("no answer".into()));
+                Err(failure.into_error(&call.url, Some(&paid.payment)))
+            }
         }
     }
 
@@ -806,7 +841,9 @@ impl Usdc {
         Ok(row)
     }
 
-    async fn send(&self, call: &Call, payment: Option<(&str, &str)>) -> std::result::Result<Upstream, String> {
+    /// One request upstream, to a destination the rules allow, its answer read up to the limit.
+    async fn send(&self, call: &Call, payment: Option<(&str, &str)>) -> std::result::Result<Upstream, SendError> {
+        self.inner.settings.destinations.check_url(&call.url).map_err(SendError::Refused)?;
         let mut request = self.inner.http.request(call.method.clone(), call.url.clone());
         for (name, value) in &call.headers {
             request = request.header(name, value);
@@ -817,29 +854,39 @@ impl Usdc {
         if let Some(body) = &call.body {
             request = request.body(body.clone());
         }
-        let mut response = request.send().await.map_err(|e| e.without_url().to_string())?;
+        let mut response = request.send().await.map_err(SendError::from_client)?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
             .iter()
-            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()))
+            .filter(|(name, _)| !HOP_BY_HOP.contains(&name.as_str()) && !ORIGIN_BOUND.contains(&name.as_str()))
             .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
             .collect();
+        let limit = self.inner.settings.max_response_bytes;
+        let too_large = |headers| SendError::TooLarge { headers: Upstream { status, headers, body: Vec::new() } };
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(too_large(headers));
+        }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
-            if body.len() + chunk.len() > MAX_UPSTREAM_BODY {
-                return Err(format!("the answer is larger than {MAX_UPSTREAM_BODY} bytes"));
+        while let Some(chunk) = response.chunk().await.map_err(SendError::from_client)? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(headers));
             }
             body.extend_from_slice(&chunk);
         }
         Ok(Upstream { status, headers, body })
     }
 
-    async fn agent_exists(&self, agent: &AgentId) -> Result<()> {
+    /// The agent's snapshot; NotFound when there is no such agent.
+    async fn agent(&self, agent: &AgentId) -> Result<Arc<Versioned<Agent>>> {
         match self.inner.ledger.snapshots().agent(&self.inner.db, agent).await? {
-            Some(_) => Ok(()),
+            Some(snapshot) => Ok(snapshot),
             None => Err(Error::not_found("agent", agent.as_str())),
         }
+    }
+
+    async fn agent_exists(&self, agent: &AgentId) -> Result<()> {
+        self.agent(agent).await.map(drop)
     }
 
     async fn wallet_row(&self, agent: &AgentId) -> Result<WalletRow> {
@@ -890,6 +937,129 @@ fn costs(outcome: &AuthOutcome) -> Result<(Money, Money)> {
 
 fn refused(code: &str, message: &str) -> Error {
     Error::PaymentRefused { code: code.to_owned(), message: message.to_owned() }
+}
+
+fn destination_refused(refusal: destination::Refused) -> Error {
+    tracing::warn!(target: "security", host = %refusal.host, reason = %refusal.reason, "fetch refused: forbidden destination");
+    Error::Unprocessable {
+        code: "destination_forbidden",
+        message: format!(
+            "{refusal}; it was not contacted (an operator allows private destinations with x402_private_destinations)"
+        ),
+    }
+}
+
+/// The host as policies name it: lowercase, with the port when the URL gives one.
+fn host_of(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    }
+}
+
+/// Why a request upstream got no usable answer.
+#[derive(Debug)]
+enum SendError {
+    /// The destination is not one spendgate contacts (nothing was sent).
+    Refused(destination::Refused),
+    /// The answer is larger than allowed; its status and headers were read.
+    TooLarge {
+        headers: Upstream,
+    },
+    Failed(String),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Refused(r) => r.fmt(f),
+            SendError::TooLarge { .. } => f.write_str("the answer is larger than allowed"),
+            SendError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+impl SendError {
+    fn from_client(e: reqwest::Error) -> SendError {
+        match destination::refusal_in(&e) {
+            Some(refusal) => SendError::Refused(refusal.clone()),
+            None => SendError::Failed(e.without_url().to_string()),
+        }
+    }
+
+    /// The error the agent gets; `paid`: the payment the request carried, if any.
+    fn into_error(self, url: &Url, paid: Option<&PaymentView>) -> Error {
+        let payment = match paid {
+            Some(p) => format!(
+                "; payment {} is {}{}",
+                p.id,
+                p.status,
+                if p.status == "unknown" {
+                    " and its hold stays; retry with the same Idempotency-Key to send the same payment again"
+                } else {
+                    ", and a retry with the same Idempotency-Key pays nothing again"
+                }
+            ),
+            None => String::new(),
+        };
+        match self {
+            SendError::Refused(r) => destination_refused(r),
+            SendError::TooLarge { .. } => Error::UpstreamTooLarge(format!(
+                "the answer from {url} is larger than spendgate passes on (x402_max_response_bytes){payment}"
+            )),
+            SendError::Failed(e) => Error::Upstream(format!("calling {url}: {e}{payment}")),
+        }
+    }
+}
+
+/// Fetches in flight, in all and per agent: a flood from one agent cannot take every connection.
+struct FetchSlots {
+    total: usize,
+    per_agent: usize,
+    in_use: Mutex<(usize, HashMap<AgentId, usize>)>,
+}
+
+/// A fetch's place, given back when dropped.
+struct FetchSlot<'a> {
+    slots: &'a FetchSlots,
+    agent: AgentId,
+}
+
+impl FetchSlots {
+    fn new(total: usize, per_agent: usize) -> Self {
+        FetchSlots { total, per_agent, in_use: Mutex::new((0, HashMap::new())) }
+    }
+
+    fn take(&self, agent: &AgentId) -> Result<FetchSlot<'_>> {
+        let mut guard = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_agent) = &mut *guard;
+        let mine = per_agent.get(agent).copied().unwrap_or(0);
+        if *total >= self.total || mine >= self.per_agent {
+            let which = if mine >= self.per_agent { "this agent's" } else { "spendgate's" };
+            return Err(Error::TooManyRequests {
+                code: "too_many_fetches",
+                message: format!("{which} fetches in flight are at their limit; retry shortly"),
+            });
+        }
+        *total += 1;
+        per_agent.insert(agent.clone(), mine + 1);
+        Ok(FetchSlot { slots: self, agent: agent.clone() })
+    }
+}
+
+impl Drop for FetchSlot<'_> {
+    fn drop(&mut self) {
+        let mut guard = self.slots.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_agent) = &mut *guard;
+        *total -= 1;
+        if let Some(n) = per_agent.get_mut(&self.agent) {
+            *n -= 1;
+            if *n == 0 {
+                per_agent.remove(&self.agent);
+            }
+        }
+    }
 }
 
 fn wallet_view(row: &WalletRow) -> WalletView {
