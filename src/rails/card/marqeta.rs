@@ -61,6 +61,7 @@ struct JitFunding {
 
 /// What a JIT funding message asks.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per request, moved once: boxing saves nothing
 pub enum Jit {
     Decide {
         token: String,
