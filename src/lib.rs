@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::policy::FxRules;
 use crate::rails::card::issuing::{Issuer, IssuingSettings, LithicApi, StripeApi};
-use crate::rails::card::signature::{BasicAuth, HexSignature, ReplayGuard, StandardWebhooks};
+use crate::rails::card::signature::{BasicAuth, HexSignature, StandardWebhooks};
 use crate::rails::usdc::destination::Destinations;
 use crate::rails::usdc::wallet::MasterKey;
 use crate::rails::usdc::x402::parse_assets;
@@ -146,7 +146,6 @@ fn processors(config: &Config) -> anyhow::Result<http::processors::Processors> {
             config.marqeta_password.as_ref(),
             config.marqeta_password_previous.as_ref(),
         ),
-        replays: ReplayGuard::default(),
     };
     if p.stripe.is_none() {
         tracing::info!("SPENDGATE_STRIPE_WEBHOOK_SECRET is not set: the Stripe endpoints answer 404");

@@ -178,12 +178,18 @@ async fn bad_input_is_refused_and_changes_nothing(app: TestApp) {
     assert_eq!(post(Some(stale), bytes.clone()).await.unwrap().status(), StatusCode::UNAUTHORIZED);
     let mut forged = bytes.clone();
     forged[10] ^= 1;
-    assert_eq!(post(Some(common::sign(&bytes)), forged).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(Some(common::sign("/v1/authorizations", &bytes)), forged).await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
     let garbage = b"{not json".to_vec();
-    let r = post(Some(common::sign(&garbage)), garbage).await.unwrap();
+    let r = post(Some(common::sign("/v1/authorizations", &garbage)), garbage).await.unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let huge = vec![b' '; 300 * 1024];
-    assert_eq!(post(Some(common::sign(&huge)), huge).await.unwrap().status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        post(Some(common::sign("/v1/authorizations", &huge)), huge).await.unwrap().status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     let (s, _) = app
         .signed(
             "/v1/authorizations",
@@ -223,7 +229,51 @@ async fn holds_expire_and_free_their_amount(app: TestApp) {
     assert_eq!(app.authorize("e-3", &card, 1_000).await["approved"], true);
 }
 
+/// A lifecycle signature authorizes one action on one authorization: replayed against another
+/// authorization (another agent's too) or another action, it is refused and moves nothing.
+async fn a_lifecycle_signature_is_bound_to_its_path(app: TestApp) {
+    use spendgate::config::Secret;
+    use spendgate::rails::card::signature::{HexSignature, Route};
+    let (victim, victim_card) = agent_with_card(&app, json!({}), 10_000).await;
+    let (_, own_card) = agent_with_card(&app, json!({}), 10_000).await;
+    let theirs = app.authorize("theirs", &victim_card, 4_000).await["authorization_id"].as_str().unwrap().to_owned();
+    let mine = app.authorize("mine", &own_card, 1_000).await["authorization_id"].as_str().unwrap().to_owned();
+    let keys = HexSignature::new(Some(&Secret::new(common::WEBHOOK_SECRET)), None).unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let send = |path: String, signature: String, body: Vec<u8>| {
+        app.http.post(format!("{}{path}", app.base)).header("Spendgate-Signature", signature).body(body).send()
+    };
+
+    // A capture signed for my authorization, sent as a reverse of theirs and as a capture of theirs.
+    let body = serde_json::to_vec(&json!({"id": "cap-x", "amount": 1_000, "currency": "USD"})).unwrap();
+    let my_capture = format!("/v1/authorizations/{mine}/capture");
+    let signature = keys.sign_route(Route { method: "POST", path: &my_capture }, &body, now);
+    for path in [format!("/v1/authorizations/{theirs}/reverse"), format!("/v1/authorizations/{theirs}/capture")] {
+        let r = send(path.clone(), signature.clone(), body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+    }
+    // The old v1 scheme signs the body alone: refused on every route whose path decides.
+    let v1 = keys.sign(&body, now);
+    for action in ["capture", "reverse", "refund"] {
+        let r = send(format!("/v1/authorizations/{mine}/{action}"), v1.clone(), body.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "v1 on {action}");
+    }
+    let b = app.balance(&victim).await;
+    assert_eq!((b["held"].as_i64(), b["spent"].as_i64()), (Some(4_000), Some(0)), "nothing moved: {b}");
+
+    // On its own path it works; and v1 still decides a new authorization, whose body names everything.
+    let r = send(my_capture, signature, body).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let auth = serde_json::to_vec(&json!({"id": "v1-auth", "card_id": own_card, "amount": 100, "currency": "USD",
+        "merchant": {"name": "OPENAI *API"}}))
+    .unwrap();
+    let r = send("/v1/authorizations".into(), keys.sign(&auth, now), auth).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Value>().await.unwrap()["approved"], true);
+}
+
 on_both_backends!(
+    a_lifecycle_signature_is_bound_to_its_path,
     concurrent_authorizations_never_exceed_a_limit,
     retries_of_every_event_are_idempotent,
     voids_free_the_window_refunds_do_not_and_excess_counts,

@@ -78,7 +78,7 @@ async fn authorize(
     .unwrap();
     let r = http
         .post(format!("{base}/v1/authorizations"))
-        .header("Spendgate-Signature", sign(&body))
+        .header("Spendgate-Signature", sign("/v1/authorizations", &body))
         .body(body)
         .send()
         .await?;

@@ -2,6 +2,10 @@
 //! raw body, hands the parsed request to `rails::card::<processor>` and the ledger, and renders the
 //! processor's answer. A refused caller gets 401 and changes nothing; a malformed body 400; an unknown
 //! card or a failure inside spendgate a decline (fail closed), never a 5xx on the decision path.
+//!
+//! A signed request delivered again (a processor's retry, a proxy's, or a captured copy) is not
+//! refused: every step is idempotent by the processor's own ids, so the copy gets the first
+//! decision, on whichever node it lands, and changes nothing.
 
 use std::time::Duration;
 
@@ -12,7 +16,7 @@ use super::AppState;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Authorize, Ledger, Payer};
-use crate::rails::card::signature::{BasicAuth, HexSignature, Refusal, ReplayGuard, StandardWebhooks, WebhookHeaders};
+use crate::rails::card::signature::{BasicAuth, HexSignature, Refusal, StandardWebhooks, WebhookHeaders};
 use crate::rails::card::{self, Applied, lithic, marqeta, stripe};
 
 /// The processors' credentials as configured; None answers 404.
@@ -21,7 +25,6 @@ pub struct Processors {
     pub lithic: Option<StandardWebhooks>,
     pub lithic_deadline: Duration,
     pub marqeta: Option<BasicAuth>,
-    pub replays: ReplayGuard,
 }
 
 fn refuse(req: &HttpRequest, source: &'static str, why: Refusal) -> Error {
@@ -50,10 +53,7 @@ fn not_configured(what: &str, setting: &str) -> Error {
 fn verify_stripe(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<()> {
     let keys =
         state.processors.stripe.as_ref().ok_or_else(|| not_configured("Stripe", "SPENDGATE_STRIPE_WEBHOOK_SECRET"))?;
-    let now = now();
-    keys.verify(header(req, stripe::SIGNATURE_HEADER), body, now)
-        .and_then(|sig| state.processors.replays.first_use(&sig, now))
-        .map_err(|why| refuse(req, stripe::SOURCE, why))
+    keys.verify(header(req, stripe::SIGNATURE_HEADER), body, now()).map_err(|why| refuse(req, stripe::SOURCE, why))
 }
 
 fn verify_lithic(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<()> {
@@ -64,10 +64,7 @@ fn verify_lithic(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<()>
         timestamp: header(req, "webhook-timestamp"),
         signature: header(req, "webhook-signature"),
     };
-    let now = now();
-    keys.verify(&headers, body, now)
-        .and_then(|sig| state.processors.replays.first_use(&sig, now))
-        .map_err(|why| refuse(req, lithic::SOURCE, why))
+    keys.verify(&headers, body, now()).map_err(|why| refuse(req, lithic::SOURCE, why))
 }
 
 fn verify_marqeta(state: &AppState, req: &HttpRequest) -> Result<()> {

@@ -1,5 +1,7 @@
 //! The native authorization webhook, spendgate's own processor-neutral format: signed JSON in,
-//! the decision out. `Spendgate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">`.
+//! the decision out. `Spendgate-Signature: t=<unix seconds>,v2=<hex HMAC-SHA256 of
+//! "<t>.<METHOD>.<path>.<raw body>">`; the older `v1=` (of `"<t>.<raw body>"`) only on
+//! `POST /v1/authorizations`, whose body alone names what it asks.
 
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use serde::Deserialize;
@@ -13,14 +15,21 @@ use crate::ledger::{AuthOutcome, Authorize, LifecycleOutcome, Movement, Payer, T
 
 pub const SIGNATURE_HEADER: &str = "Spendgate-Signature";
 use crate::rails::card::MAX_AMOUNT;
+use crate::rails::card::signature::{Accept, Route};
 
 /// Verifies the request's signature and parses its body; 404 when no secret is configured.
-fn signed<T: serde::de::DeserializeOwned>(state: &AppState, req: &HttpRequest, body: &[u8]) -> Result<T> {
+fn signed<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    req: &HttpRequest,
+    body: &[u8],
+    accept: Accept,
+) -> Result<T> {
     let Some(keys) = &state.webhook else {
         return Err(Error::NotFound("the native webhook is not configured (set SPENDGATE_WEBHOOK_SECRET)".into()));
     };
     let header = req.headers().get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok());
-    if let Err(why) = keys.verify(header, body, jiff::Timestamp::now().as_second()) {
+    let route = Route { method: req.method().as_str(), path: req.uri().path() };
+    if let Err(why) = keys.verify_route(header, route, body, jiff::Timestamp::now().as_second(), accept) {
         let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         tracing::warn!(target: "security", path = req.path(), %peer, why, "webhook refused");
         metrics::counter!("spendgate_webhook_refused_total", "source" => "native").increment(1);
@@ -87,7 +96,7 @@ impl NativeAuthorization {
     responses((status = 200, body = AuthOutcome), (status = 401, description = "missing, stale or wrong signature")))]
 #[post("/v1/authorizations")]
 pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
-    let input: NativeAuthorization = signed(&state, &req, &body)?;
+    let input: NativeAuthorization = signed(&state, &req, &body, Accept::BodyOrRoute)?;
     input.check()?;
     let request = AuthRequest {
         rail: Rail::Card,
@@ -170,7 +179,7 @@ pub async fn capture(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let b: CaptureBody = signed(&state, &req, &body)?;
+    let b: CaptureBody = signed(&state, &req, &body, Accept::Route)?;
     lifecycle(&state, &path, &b.id, Movement::Capture { amount: b.amount, currency: b.currency }).await
 }
 
@@ -184,7 +193,7 @@ pub async fn reverse(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let b: ReverseBody = signed(&state, &req, &body)?;
+    let b: ReverseBody = signed(&state, &req, &body, Accept::Route)?;
     lifecycle(&state, &path, &b.id, Movement::Reverse { amount: b.amount, currency: b.currency }).await
 }
 
@@ -198,6 +207,6 @@ pub async fn refund(
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let b: RefundBody = signed(&state, &req, &body)?;
+    let b: RefundBody = signed(&state, &req, &body, Accept::Route)?;
     lifecycle(&state, &path, &b.id, Movement::Refund { amount: b.amount, currency: b.currency }).await
 }

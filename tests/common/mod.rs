@@ -131,10 +131,11 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// `Spendgate-Signature` for `body`, made now with the test secret.
-pub fn sign(body: &[u8]) -> String {
-    let keys = spendgate::rails::card::signature::HexSignature::new(Some(&Secret::new(WEBHOOK_SECRET)), None).unwrap();
-    keys.sign(body, jiff::Timestamp::now().as_second())
+/// `Spendgate-Signature` (v2) for `body` POSTed to `path`, made now with the test secret.
+pub fn sign(path: &str, body: &[u8]) -> String {
+    use spendgate::rails::card::signature::{HexSignature, Route};
+    let keys = HexSignature::new(Some(&Secret::new(WEBHOOK_SECRET)), None).unwrap();
+    keys.sign_route(Route { method: "POST", path }, body, jiff::Timestamp::now().as_second())
 }
 
 impl TestApp {
@@ -189,6 +190,14 @@ impl TestApp {
         key["key"].as_str().expect("secret").to_owned()
     }
 
+    /// Another server on the same database, as a second node would be: its base URL.
+    pub async fn another_node(&self) -> String {
+        let started = spendgate::start(&test_config(&self.database_url, &self.owner_key)).await.expect("node starts");
+        let base = format!("http://{}", started.addr);
+        actix_web::rt::spawn(started.server);
+        base
+    }
+
     /// Everything the database holds, as text: to prove what is *not* stored.
     /// POSTs a signed native webhook body.
     pub async fn signed(&self, path: &str, body: &Value) -> (StatusCode, Value) {
@@ -196,7 +205,7 @@ impl TestApp {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
-            .header("Spendgate-Signature", sign(&bytes))
+            .header("Spendgate-Signature", sign(path, &bytes))
             .header("Content-Type", "application/json")
             .body(bytes)
             .send()

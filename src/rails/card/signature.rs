@@ -1,9 +1,6 @@
 //! How card processors sign what they send, checked on the raw body bytes before anything is parsed.
 //! Every check takes the clock as an argument, so known-answer vectors with fixed timestamps verify.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
@@ -33,8 +30,52 @@ fn fresh(timestamp: i64, now: i64) -> Result<(), Refusal> {
 /// `t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">[,v1=…]`, keyed with the whole secret
 /// string as bytes (a `whsec_` prefix is part of the key, not decoded): Stripe's `Stripe-Signature`
 /// and spendgate's own `Spendgate-Signature`. Holds the current secret and, during a rotation, the previous.
+///
+/// spendgate's own header also has `v2=`: the HMAC of `"<t>.<METHOD>.<path>.<raw body>"`, which binds
+/// the signature to the route it was made for. `v1` covers the body alone, so a signed capture could
+/// be replayed against another authorization's path as a reverse or a refund; routes whose path names
+/// the object or the action accept `v2` only.
 #[derive(Clone)]
 pub struct HexSignature(Vec<Vec<u8>>);
+
+/// The route a `v2` signature is made for: the method and the path exactly as sent, without the query.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// Which signatures a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// `v1` or `v2`: the body alone says what the request is for.
+    BodyOrRoute,
+    /// `v2` only: the path names the object or the action.
+    Route,
+}
+
+/// A signature header read: its timestamp and the signatures of each version.
+struct Parsed {
+    t: i64,
+    v1: Vec<Vec<u8>>,
+    v2: Vec<Vec<u8>>,
+}
+
+fn parse_hex_header(header: Option<&str>, now: i64) -> Result<Parsed, Refusal> {
+    let header = header.ok_or("missing signature")?;
+    let (mut t, mut v1, mut v2) = (None, Vec::new(), Vec::new());
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", value)) => t = value.parse::<i64>().ok(),
+            Some(("v1", sig)) => v1.extend(hex::decode(sig).ok()),
+            Some(("v2", sig)) => v2.extend(hex::decode(sig).ok()),
+            _ => {}
+        }
+    }
+    let t = t.ok_or("signature has no valid t=")?;
+    fresh(t, now)?;
+    Ok(Parsed { t, v1, v2 })
+}
 
 impl HexSignature {
     pub fn new(current: Option<&Secret>, previous: Option<&Secret>) -> Option<Self> {
@@ -43,43 +84,74 @@ impl HexSignature {
         Some(HexSignature(keys))
     }
 
-    /// On success, the signature that matched (the replay guard's key).
-    pub fn verify(&self, header: Option<&str>, body: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
-        let header = header.ok_or("missing signature")?;
-        let mut timestamp = None;
-        let mut signatures = Vec::new();
-        for part in header.split(',') {
-            match part.trim().split_once('=') {
-                Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
-                Some(("v1", sig)) => signatures.extend(hex::decode(sig).ok()),
-                _ => {}
-            }
-        }
-        let t = timestamp.ok_or("signature has no valid t=")?;
-        fresh(t, now)?;
-        if signatures.is_empty() {
+    /// A `v1` signature of the body (Stripe's scheme).
+    pub fn verify(&self, header: Option<&str>, body: &[u8], now: i64) -> Result<(), Refusal> {
+        let parsed = parse_hex_header(header, now)?;
+        if parsed.v1.is_empty() {
             return Err("signature has no v1=");
         }
+        self.matches(&parsed.v1, |mac| v1_message(mac, parsed.t, body))
+    }
+
+    /// spendgate's own header: a `v2` signature of this route and body, or, where `accept` allows,
+    /// a `v1` signature of the body.
+    pub fn verify_route(
+        &self,
+        header: Option<&str>,
+        route: Route<'_>,
+        body: &[u8],
+        now: i64,
+        accept: Accept,
+    ) -> Result<(), Refusal> {
+        let parsed = parse_hex_header(header, now)?;
+        if !parsed.v2.is_empty() {
+            return self.matches(&parsed.v2, |mac| v2_message(mac, parsed.t, route, body));
+        }
+        match accept {
+            Accept::BodyOrRoute if !parsed.v1.is_empty() => {
+                self.matches(&parsed.v1, |mac| v1_message(mac, parsed.t, body))
+            }
+            Accept::BodyOrRoute => Err("signature has no v1= or v2="),
+            Accept::Route => Err("this route needs a v2= signature (method and path signed)"),
+        }
+    }
+
+    /// Whether any of `signatures` is the MAC, under any key, of what `message` writes.
+    fn matches(&self, signatures: &[Vec<u8>], message: impl Fn(&mut Hmac<Sha256>)) -> Result<(), Refusal> {
         for key in &self.0 {
             let mut mac = mac(key);
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
-            mac.update(body);
+            message(&mut mac);
             // verify_slice compares in constant time, and only slices of the full length.
-            if let Some(sig) = signatures.iter().find(|sig| mac.clone().verify_slice(sig).is_ok()) {
-                return Ok(sig.clone());
+            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+                return Ok(());
             }
         }
         Err("signature does not match")
     }
 
-    /// The header value for `body` at `t` with the current secret (for clients, the simulator and tests).
+    /// The `v1` header value for `body` at `t` with the current secret (Stripe's scheme).
     pub fn sign(&self, body: &[u8], t: i64) -> String {
         let mut mac = mac(&self.0[0]);
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(body);
+        v1_message(&mut mac, t, body);
         format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
     }
+
+    /// The `v2` header value for `body` sent to `route` at `t` with the current secret.
+    pub fn sign_route(&self, route: Route<'_>, body: &[u8], t: i64) -> String {
+        let mut mac = mac(&self.0[0]);
+        v2_message(&mut mac, t, route, body);
+        format!("t={t},v2={}", hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+fn v1_message(mac: &mut Hmac<Sha256>, t: i64, body: &[u8]) {
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+}
+
+fn v2_message(mac: &mut Hmac<Sha256>, t: i64, route: Route<'_>, body: &[u8]) {
+    mac.update(format!("{t}.{}.{}.", route.method, route.path).as_bytes());
+    mac.update(body);
 }
 
 /// Standard Webhooks (Lithic): `webhook-id`, `webhook-timestamp` and `webhook-signature` = space-separated
@@ -120,7 +192,7 @@ impl StandardWebhooks {
         }
     }
 
-    pub fn verify(&self, headers: &WebhookHeaders<'_>, body: &[u8], now: i64) -> Result<Vec<u8>, Refusal> {
+    pub fn verify(&self, headers: &WebhookHeaders<'_>, body: &[u8], now: i64) -> Result<(), Refusal> {
         let id = headers.id.filter(|id| !id.is_empty()).ok_or("missing webhook-id")?;
         let timestamp = headers.timestamp.ok_or("missing webhook-timestamp")?;
         let t: i64 = timestamp.trim().parse().map_err(|_| "webhook-timestamp is not a number")?;
@@ -142,8 +214,8 @@ impl StandardWebhooks {
             mac.update(t.to_string().as_bytes());
             mac.update(b".");
             mac.update(body);
-            if let Some(sig) = signatures.iter().find(|sig| mac.clone().verify_slice(sig).is_ok()) {
-                return Ok(sig.clone());
+            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+                return Ok(());
             }
         }
         Err("signature does not match")
@@ -197,47 +269,6 @@ impl BasicAuth {
     /// The header value for these credentials (for the simulator and tests).
     pub fn header(user: &str, pass: &str) -> String {
         format!("Basic {}", BASE64.encode(format!("{user}:{pass}")))
-    }
-}
-
-/// Refuses a signature seen before within the tolerance: a captured request sent again is a replay
-/// (a processor's own retry is signed anew, with a new timestamp). Two generations of signature
-/// prefixes, each spanning the tolerance, so memory stays bounded by the request rate.
-pub struct ReplayGuard {
-    inner: Mutex<Generations>,
-}
-
-struct Generations {
-    started: i64,
-    current: HashSet<u64>,
-    previous: HashSet<u64>,
-}
-
-impl Default for ReplayGuard {
-    fn default() -> Self {
-        ReplayGuard {
-            inner: Mutex::new(Generations { started: i64::MIN, current: HashSet::new(), previous: HashSet::new() }),
-        }
-    }
-}
-
-impl ReplayGuard {
-    /// Err when `signature` was already presented.
-    pub fn first_use(&self, signature: &[u8], now: i64) -> Result<(), Refusal> {
-        // The first 8 bytes of an HMAC are as unpredictable as the rest.
-        let mut prefix = [0u8; 8];
-        let n = signature.len().min(8);
-        prefix[..n].copy_from_slice(&signature[..n]);
-        let key = u64::from_le_bytes(prefix);
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if now.saturating_sub(g.started) > TOLERANCE_SECONDS {
-            g.previous = std::mem::take(&mut g.current);
-            g.started = now;
-        }
-        if g.previous.contains(&key) || !g.current.insert(key) {
-            return Err("signature replayed");
-        }
-        Ok(())
     }
 }
 
@@ -347,6 +378,36 @@ mod tests {
     }
 
     #[test]
+    fn a_v2_signature_binds_method_and_path() {
+        // printf '1700000000.POST./v1/authorizations/auth_1/capture.{}' | openssl dgst -sha256 -hmac 'whsec_current_0123456789'
+        let k = HexSignature::new(Some(&Secret::new("whsec_current_0123456789")), None).unwrap();
+        let capture = Route { method: "POST", path: "/v1/authorizations/auth_1/capture" };
+        let expected = "t=1700000000,v2=2f5a3eb2d929622ae3f015527ad5d8e56631a8162d5d2e0e6d372701d9b46e61";
+        assert_eq!(k.sign_route(capture, b"{}", 1_700_000_000), expected);
+        let t = 1_700_000_000;
+        assert!(k.verify_route(Some(expected), capture, b"{}", t, Accept::Route).is_ok());
+        // The same signature on another object, another action or another method.
+        for other in [
+            Route { method: "POST", path: "/v1/authorizations/auth_2/capture" },
+            Route { method: "POST", path: "/v1/authorizations/auth_1/refund" },
+            Route { method: "PUT", path: "/v1/authorizations/auth_1/capture" },
+        ] {
+            assert_eq!(k.verify_route(Some(expected), other, b"{}", t, Accept::Route), Err("signature does not match"));
+        }
+        // v1 covers the body only: refused where the path decides, accepted where the body does.
+        let v1 = k.sign(b"{}", t);
+        assert!(k.verify_route(Some(&v1), capture, b"{}", t, Accept::Route).is_err());
+        assert!(k.verify_route(Some(&v1), capture, b"{}", t, Accept::BodyOrRoute).is_ok());
+        // A v2 present is what is checked: a good v1 beside a bad v2 does not pass.
+        let mixed = format!("{v1},v2={}", "00".repeat(32));
+        assert!(k.verify_route(Some(&mixed), capture, b"{}", t, Accept::BodyOrRoute).is_err());
+        assert_eq!(
+            k.verify_route(Some("t=1700000000"), capture, b"{}", t, Accept::BodyOrRoute),
+            Err("signature has no v1= or v2=")
+        );
+    }
+
+    #[test]
     fn basic_auth_accepts_the_configured_credentials_only() {
         let user = Secret::new("marqeta");
         let auth = BasicAuth::new(
@@ -362,18 +423,5 @@ mod tests {
         assert!(auth.verify(Some("Bearer abc")).is_err());
         assert!(auth.verify(Some("Basic !!!")).is_err());
         assert!(auth.verify(None).is_err());
-    }
-
-    #[test]
-    fn a_signature_is_accepted_once_within_the_tolerance() {
-        let guard = ReplayGuard::default();
-        assert!(guard.first_use(b"one-sig-a", 1_000).is_ok());
-        assert!(guard.first_use(b"two-sig-b", 1_000).is_ok());
-        assert_eq!(guard.first_use(b"one-sig-a", 1_100), Err("signature replayed"));
-        // Still remembered one generation later, forgotten after two (by then the timestamp is stale).
-        assert!(guard.first_use(b"three-sig", 1_400).is_ok());
-        assert_eq!(guard.first_use(b"one-sig-a", 1_450), Err("signature replayed"));
-        assert!(guard.first_use(b"four-sig-", 1_800).is_ok());
-        assert!(guard.first_use(b"one-sig-a", 1_801).is_ok());
     }
 }
