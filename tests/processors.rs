@@ -553,6 +553,19 @@ async fn marqeta_jit_funding_decides_and_follows_the_lifecycle(app: TestApp) {
     assert_eq!(r.body["jit_funding"]["amount"], "20.00", "echoed as received");
     assert!(r.body["jit_funding"]["decline_reason"].is_null());
     assert_eq!(balance(&app, &agent).await.0, 2_000);
+    // An amount past decimal arithmetic's range once panicked the handler (an empty reply): now a 400.
+    for huge in [json!(7.93e26), json!("793000000000000000000000000.00")] {
+        let mut message = jit("jf-huge", "pgfs.authorization", "mq-card-1", "1.00", None);
+        message["gpa_order"]["jit_funding"]["amount"] = huge.clone();
+        let r = marqeta(&app, &message).await;
+        assert_eq!(
+            (r.status, r.body["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("validation_failed")),
+            "{huge}: {}",
+            r.body
+        );
+    }
+    assert_eq!(balance(&app, &agent).await.0, 2_000);
 
     let over = marqeta(&app, &jit("jf-2", "pgfs.authorization", "mq-card-1", "35.00", None)).await;
     assert_eq!(over.status, StatusCode::PAYMENT_REQUIRED);

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{ApprovalView, Approvals};
 use crate::config::Secret;
 use crate::domain::approval::ApprovalStatus;
-use crate::rails::card::signature::mac;
+use crate::rails::card::signature::{mac, within};
 use crate::store;
 
 /// Slack's own limit on a request's age.
@@ -54,7 +54,7 @@ impl SlackSignature {
     ) -> Result<(), &'static str> {
         let timestamp = timestamp.ok_or("missing X-Slack-Request-Timestamp")?;
         let t: i64 = timestamp.parse().map_err(|_| "X-Slack-Request-Timestamp is not a number")?;
-        if (now - t).abs() > TOLERANCE_SECONDS {
+        if !within(t, now, TOLERANCE_SECONDS) {
             return Err("X-Slack-Request-Timestamp outside the tolerance");
         }
         let signature = signature.ok_or("missing X-Slack-Signature")?;
@@ -325,6 +325,10 @@ mod tests {
         assert!(secret.verify(Some("1531420618"), Some("v0="), body, 1531420618).is_err(), "empty signature");
         assert!(secret.verify(Some("1531420618"), None, body, 1531420618).is_err());
         assert!(secret.verify(None, Some(expected), body, 1531420618).is_err());
+        // Timestamps at i64's limits are stale, not an overflow.
+        for t in [i64::MIN, i64::MAX] {
+            assert!(secret.verify(Some(&t.to_string()), Some(expected), body, 1531420618).is_err());
+        }
     }
 
     #[test]

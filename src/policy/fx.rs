@@ -109,7 +109,7 @@ impl RateTable {
             .ok_or(FxError::Overflow)?
             .round_dp_with_strategy(0, RoundingStrategy::ToPositiveInfinity);
         let amount = i64::try_from(target).map_err(|_| FxError::Overflow)?;
-        let rate = (*to_rate / *from_rate).round_dp(10).normalize();
+        let rate = to_rate.checked_div(*from_rate).ok_or(FxError::Overflow)?.round_dp(10).normalize();
         Ok(Converted { amount, rate })
     }
 }

@@ -180,7 +180,8 @@ pub fn steps(body: &Transaction) -> Result<Vec<Step>> {
         let Some((amount_minor, currency)) = cardholder_amount(event.amounts.as_ref(), event.amount, None) else {
             continue;
         };
-        let amount_minor = amount("events[].amount", amount_minor.abs())?;
+        // Lithic signs amounts by direction; i64::MIN has no absolute value and is refused.
+        let amount_minor = amount("events[].amount", amount_minor.checked_abs().unwrap_or(-1))?;
         let record = |verdict| -> Result<Step> {
             Ok(Step::Record {
                 card: card.clone(),

@@ -85,7 +85,10 @@ pub fn jit_funding(message: &Message) -> Result<&Value> {
 /// Decimal major units to minor units of `currency`; an amount finer than the currency's minor unit is refused.
 fn minor_units(amount: Decimal, currency: &str) -> Result<i64> {
     let ccy: Currency = currency.parse().map_err(|_| Error::validation(format!("unknown currency_code {currency}")))?;
-    let scaled = amount * Decimal::from(10i64.pow(ccy.exponent()));
+    // Checked: a decimal near its 7.9e28 limit would overflow when scaled.
+    let scaled = amount
+        .checked_mul(Decimal::from(10i64.pow(ccy.exponent())))
+        .ok_or_else(|| Error::validation("jit_funding.amount is too large"))?;
     if scaled.fract() != Decimal::ZERO || scaled.is_sign_negative() {
         return Err(Error::validation(format!(
             "jit_funding.amount {amount} is not a whole number of {currency} minor units"
@@ -176,5 +179,7 @@ mod tests {
         assert!(minor_units("1.005".parse().unwrap(), "USD").is_err());
         assert!(minor_units("-1.00".parse().unwrap(), "USD").is_err());
         assert!(minor_units("1.00".parse().unwrap(), "XYZ").is_err());
+        assert!(minor_units("793000000000000000000000000".parse().unwrap(), "USD").is_err(), "overflows when scaled");
+        assert!(minor_units(Decimal::MAX, "BHD").is_err());
     }
 }

@@ -20,8 +20,14 @@ pub(crate) fn mac(key: &[u8]) -> Hmac<Sha256> {
     Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
+/// Whether a signed timestamp is within `tolerance` seconds of now, either way. `abs_diff`: a
+/// timestamp near i64's limits must not overflow the subtraction.
+pub(crate) fn within(timestamp: i64, now: i64, tolerance: i64) -> bool {
+    now.abs_diff(timestamp) <= tolerance.unsigned_abs()
+}
+
 fn fresh(timestamp: i64, now: i64) -> Result<(), Refusal> {
-    if (now - timestamp).abs() > TOLERANCE_SECONDS {
+    if !within(timestamp, now, TOLERANCE_SECONDS) {
         return Err("signature timestamp outside the tolerance");
     }
     Ok(())

@@ -221,7 +221,8 @@ pub fn steps(event: &Event) -> Result<Vec<Step>> {
                 "capture" => {
                     // Without an authorization it is a force post: the transaction stands for its own hold.
                     let authorization = t.authorization.as_ref().map_or(transaction.clone(), |a| a.id().to_owned());
-                    let captured = amount("amount", -t.amount)?;
+                    // Stripe writes a capture as a negative amount; i64::MIN has no positive.
+                    let captured = amount("amount", t.amount.checked_neg().unwrap_or(-1))?;
                     Ok(vec![
                         Step::Record {
                             card,
