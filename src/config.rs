@@ -38,6 +38,8 @@ pub struct Config {
     pub database_url: String,
     /// Reader connections (SQLite) or pool size (PostgreSQL).
     pub database_pool_size: u32,
+    /// The longest an API request waits for the database before answering 503 `storage_unavailable`.
+    pub database_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Becomes the first owner key when no key exists yet (for automation). At least 32 characters.
@@ -132,6 +134,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://data/spendgate.db".into(),
             database_pool_size: 8,
+            database_timeout_ms: 5_000,
             workers: 0,
             bootstrap_admin_key: None,
             // Visa's test range, as used by processors' sandboxes: never a real card.
@@ -237,6 +240,10 @@ impl Config {
             }
         }
         anyhow::ensure!((1..=60_000).contains(&self.decision_budget_ms), "decision_budget_ms must be 1 to 60000");
+        anyhow::ensure!(
+            (100..=600_000).contains(&self.database_timeout_ms),
+            "database_timeout_ms must be 100 to 600000"
+        );
         anyhow::ensure!((500..=30_000).contains(&self.lithic_deadline_ms), "lithic_deadline_ms must be 500 to 30000");
         anyhow::ensure!(
             self.marqeta_username.is_some() == self.marqeta_password.is_some(),

@@ -66,7 +66,8 @@ pub fn install_tls() {
 pub async fn start(config: &Config) -> anyhow::Result<Started> {
     install_tls();
     let catalog = fixtures::catalog();
-    let db = Db::connect(&config.database_url, config.database_pool_size)?;
+    let db = Db::connect(&config.database_url, config.database_pool_size)?
+        .with_timeout(Duration::from_millis(config.database_timeout_ms));
     db.migrate().await?;
     let rates = rates::built_in();
     // New approval requests go to Slack when a webhook is set; a bounded queue, swept from the database.

@@ -1,6 +1,8 @@
 //! The admin API over HTTP against the real server, on SQLite and on PostgreSQL.
 
 mod common;
+#[path = "common/stalling_proxy.rs"]
+mod stalling_proxy;
 
 use std::time::Duration;
 
@@ -589,4 +591,65 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
     })
     .await;
     outputs.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// A database that stops answering (no error, no answer, as behind a network that drops packets):
+/// `/readyz` says so within about a second, API requests answer 503 `storage_unavailable` within the
+/// storage timeout, decisions decline; once the database answers again, so does everything.
+#[actix_web::test]
+async fn a_stalled_database_is_reported_and_answered_within_bounds() {
+    let Some(direct) = common::postgres_url() else { return };
+    let port = direct.split('@').nth(1).and_then(|h| h.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
+    let proxy = stalling_proxy::StallingProxy::start(&port);
+    let app = common::spawn_with(common::Backend::Postgres, |c| {
+        c.database_url = c.database_url.replacen(&port, &proxy.addr, 1);
+        c.database_timeout_ms = 1_500;
+        c.decision_budget_ms = 500;
+    })
+    .await;
+    let agent = app.create_agent("stalled").await;
+    app.fund(&agent, 10_000).await;
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await["id"].as_str().unwrap().to_owned();
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!((status, ready["status"].as_str()), (StatusCode::OK, Some("ready")), "{ready}");
+
+    let bad_key = "sgk_not_a_key_0123456789abcdef0123456789abcdef";
+    let (status, _) = app.call(Method::GET, "/v1/agents", Some(bad_key), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    proxy.stall(true);
+    // A client that would wait far longer than the bounds: what it gets is the server's own answer.
+    let patient = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
+    // The key just refused is remembered a few seconds: refused again without asking the database.
+    let again = patient.get(format!("{}/v1/agents", app.base)).bearer_auth(bad_key).send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let ready = patient.get(format!("{}/readyz", app.base)).send().await.expect("readyz answers");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert!(body["problems"][0].as_str().unwrap().starts_with("database"), "{body}");
+    let listed = patient
+        .get(format!("{}/v1/agents?limit=5", app.base))
+        .bearer_auth(&app.owner_key)
+        .send()
+        .await
+        .expect("the API answers");
+    assert_eq!(listed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = listed.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "storage_unavailable", "{body}");
+    let decision = app.authorize("stalled-1", &card, 100).await;
+    assert_eq!(decision["approved"], false, "fail closed: {decision}");
+
+    proxy.stall(false);
+    let mut ready = None;
+    for _ in 0..100 {
+        let (status, body) = app.get("/readyz").await;
+        if status == StatusCode::OK {
+            ready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready.is_some(), "ready again once the database answers");
+    assert_eq!(app.authorize("after-1", &card, 100).await["approved"], true);
 }

@@ -66,6 +66,9 @@ const LIVE_KEY_TTL: Duration = Duration::from_secs(5);
 /// database read to learn who sent it. Only live keys are kept: a new key works at once anywhere.
 pub(super) struct LiveKeys {
     cache: Cache<String, Principal>,
+    /// Hashes just found to be no live key: a client retrying a bad key in a loop costs a cache
+    /// look-up, not a database read. Bounded in size and age.
+    unknown: Cache<String, ()>,
     /// Bumped by every revocation, under the lock that also guards inserts: a key read as live
     /// before a revocation committed is never cached after it.
     generation: Mutex<u64>,
@@ -75,6 +78,7 @@ impl LiveKeys {
     pub(super) fn new() -> Self {
         LiveKeys {
             cache: Cache::builder().max_capacity(10_000).time_to_live(LIVE_KEY_TTL).build(),
+            unknown: Cache::builder().max_capacity(10_000).time_to_live(LIVE_KEY_TTL).build(),
             generation: Mutex::new(0),
         }
     }
@@ -105,11 +109,15 @@ impl Admin {
         if let Some(principal) = self.live_keys.cache.get(&hash) {
             return Ok(Some(principal));
         }
+        if self.live_keys.unknown.contains_key(&hash) {
+            return Ok(None);
+        }
         let read_at = self.live_keys.generation();
         let lookup = hash.clone();
         let found = self.db.read(move |conn| store::keys::principal_by_hash(conn, &lookup)).await?;
-        if let Some(principal) = &found {
-            self.live_keys.remember(hash, principal, read_at);
+        match &found {
+            Some(principal) => self.live_keys.remember(hash, principal, read_at),
+            None => self.live_keys.unknown.insert(hash, ()),
         }
         Ok(found)
     }
@@ -152,6 +160,9 @@ impl Admin {
             })
             .await;
         self.live_keys.forget_all();
+        if let Ok((_, secret)) = &replaced {
+            self.live_keys.unknown.invalidate(&key::hash_secret(secret));
+        }
         replaced
     }
 
@@ -189,6 +200,8 @@ impl Admin {
                 insert_key(conn, &stored, &stored_secret)
             })
             .await?;
+        // A secret is new, so nobody can have tried it; but a key must work the moment it exists.
+        self.live_keys.unknown.invalidate(&key::hash_secret(&secret));
         tracing::info!(key = %info.id, role = %info.role, actor = %who.key_id, "API key created");
         Ok(CreatedKey { info, key: secret })
     }

@@ -26,6 +26,7 @@ impl FromRequest for Principal {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let secret = bearer(req);
         let path = req.path().to_owned();
+        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
         Box::pin(async move {
             let state = state.ok_or_else(|| Error::Internal("application state missing".into()))?;
             let Some(secret) = secret else {
@@ -35,7 +36,7 @@ impl FromRequest for Principal {
                 Some(principal) => Ok(principal),
                 None => {
                     // Never the key itself, not even a part of it.
-                    tracing::warn!(target: "security", %path, "request with an unknown or revoked API key");
+                    super::refusals::refused("API key", &path, &peer, "unknown or revoked API key");
                     Err(Error::Unauthenticated)
                 }
             }

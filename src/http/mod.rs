@@ -10,6 +10,7 @@ mod keys;
 mod ledger;
 pub mod openapi;
 pub mod processors;
+mod refusals;
 mod system;
 mod usdc;
 pub mod webhooks;

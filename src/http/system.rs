@@ -1,13 +1,14 @@
+use std::time::Duration;
+
 use actix_web::{HttpResponse, get, web};
-use utoipa::OpenApi;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
 use super::AppState;
-use super::error::ErrorBody;
 use super::openapi::ApiDoc;
 use crate::admin::Page;
 use crate::domain::access::Principal;
 use crate::domain::catalog::PolicyTemplate;
-use crate::error::Result;
 
 /// Liveness: the process answers.
 #[utoipa::path(tag = "system", responses((status = 200, description = "alive")))]
@@ -16,12 +17,40 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: the database answers.
-#[utoipa::path(tag = "system", responses((status = 200, description = "ready"), (status = 503, body = ErrorBody)))]
+/// How long readiness waits for the database, and how long a ledger commit may be under way.
+const READY_WITHIN: Duration = Duration::from_secs(1);
+
+/// Readiness: decisions can be made and recorded now. 503 with the reasons when the database does
+/// not answer within a second, the ledger writer has stopped, is stuck in a commit or its last
+/// commit failed, or (SQLite) the WAL could not be synced. Always answers within about a second.
+#[utoipa::path(tag = "system", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 #[get("/readyz")]
-pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse> {
-    state.db.ping().await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })))
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut problems = Vec::new();
+    match tokio::time::timeout(READY_WITHIN, state.db.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = ?e, "readiness: the database does not answer");
+            problems.push("database: not reachable".to_owned());
+        }
+        Err(_) => problems.push(format!("database: no answer within {} ms", READY_WITHIN.as_millis())),
+    }
+    problems.extend(state.ledger.writer_problem(READY_WITHIN).map(|why| format!("ledger: {why}")));
+    if let Some(why) = state.db.wal_failure() {
+        tracing::warn!(error = %why, "readiness: the WAL could not be synced");
+        problems.push("storage: syncing the write-ahead log failed; restart spendgate".to_owned());
+    }
+    let ready = problems.is_empty();
+    let body = Readiness { status: if ready { "ready" } else { "unavailable" }, problems };
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+/// Whether decisions can be made and recorded now, and if not, why.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `unavailable`.
+    pub status: &'static str,
+    pub problems: Vec<String>,
 }
 
 /// Prometheus text exposition.

@@ -11,7 +11,8 @@ mod book;
 mod views;
 mod writer;
 
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -59,6 +60,54 @@ pub struct Ledger {
     db: Db,
     snapshots: Snapshots,
     budget: Duration,
+    health: Arc<WriterHealth>,
+}
+
+/// What the writer thread last did, for readiness: whether it runs, since when its current batch
+/// has been under way, and whether its last commit failed.
+#[derive(Default)]
+pub struct WriterHealth {
+    stopped: AtomicBool,
+    /// Milliseconds since the epoch at which the batch under way started; 0 when idle.
+    busy_since_ms: AtomicI64,
+    last_failure: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    pub(crate) fn busy(&self, busy: bool) {
+        let since = if busy { jiff::Timestamp::now().as_millisecond().max(1) } else { 0 };
+        self.busy_since_ms.store(since, Ordering::Relaxed);
+    }
+
+    /// After each commit: None when it succeeded, else why storage failed it (a command refused
+    /// for its own sake says nothing about the writer).
+    pub(crate) fn committed(&self, failure: Option<String>) {
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
+    /// Why the writer cannot be counted on now, if it cannot: stopped, a batch under way for
+    /// longer than `stuck_after`, or its last commit failed.
+    pub fn problem(&self, stuck_after: Duration) -> Option<String> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Some("the ledger writer has stopped".into());
+        }
+        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        let busy_ms = jiff::Timestamp::now().as_millisecond().saturating_sub(since);
+        if since > 0 && busy_ms > stuck_after.as_millis() as i64 {
+            return Some(format!("the ledger writer has been in one commit for {busy_ms} ms"));
+        }
+        let failure = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.as_ref().map(|why| format!("the ledger's last commit failed: {why}"))
+    }
+}
+
+/// Marks the writer stopped when its thread ends, by return or by panic.
+pub(crate) struct StopsWriter(pub(crate) Arc<WriterHealth>);
+
+impl Drop for StopsWriter {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Relaxed);
+    }
 }
 
 /// An authorization request as a rail hands it over.
@@ -130,8 +179,14 @@ impl Ledger {
     /// Starts the writer thread.
     pub fn start(db: Db, snapshots: Snapshots, rates: Rates, settings: LedgerSettings) -> Ledger {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
-        writer::spawn(db.clone(), snapshots.clone(), rates, &settings, rx);
-        Ledger { tx, db, snapshots, budget: settings.budget }
+        let health = Arc::new(WriterHealth::default());
+        writer::spawn(db.clone(), snapshots.clone(), rates, &settings, rx, health.clone());
+        Ledger { tx, db, snapshots, budget: settings.budget, health }
+    }
+
+    /// Why decisions cannot be recorded now, if they cannot (see `WriterHealth::problem`).
+    pub fn writer_problem(&self, stuck_after: Duration) -> Option<String> {
+        self.health.problem(stuck_after)
     }
 
     pub fn snapshots(&self) -> &Snapshots {
@@ -273,5 +328,34 @@ impl Ledger {
     ) -> Result<(Vec<LedgerEntry>, Option<String>)> {
         let id = agent_id.clone();
         self.db.read(move |conn| views::entries(conn, &id, &filter, cursor.as_deref(), limit)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_is_unready_when_stopped_stuck_or_failing() {
+        let health = Arc::new(WriterHealth::default());
+        let within = Duration::from_millis(50);
+        assert_eq!(health.problem(within), None);
+        health.busy(true);
+        assert_eq!(health.problem(within), None, "a commit under way for less than the bound");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(health.problem(within).is_some_and(|p| p.contains("in one commit")));
+        health.busy(false);
+        health.committed(Some("connection reset".into()));
+        assert!(health.problem(within).is_some_and(|p| p.contains("connection reset")));
+        health.committed(None);
+        assert_eq!(health.problem(within), None, "a good commit clears it");
+        // The thread's guard marks it stopped however it ends, a panic included.
+        let guard = StopsWriter(health.clone());
+        let _ = std::thread::spawn(move || {
+            let _guard = guard;
+            panic!("the writer dies");
+        })
+        .join();
+        assert_eq!(health.problem(within).as_deref(), Some("the ledger writer has stopped"));
     }
 }

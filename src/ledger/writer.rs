@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::book::Book;
 use super::views::{AuthOutcome, AuthorizationView, LifecycleOutcome, TransferView};
-use super::{Authorize, LedgerSettings, Movement, Payer, Rates, Target, Verdict};
+use super::{Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::approval::{Allowance, ApprovalStatus, Ask};
@@ -184,6 +184,7 @@ struct Writer {
     asked: Vec<String>,
     /// SQLite: where committed batches wait for the WAL sync that makes them durable.
     acknowledger: Option<std::sync::mpsc::Sender<Committed>>,
+    health: Arc<WriterHealth>,
 }
 
 pub(super) fn spawn(
@@ -192,8 +193,10 @@ pub(super) fn spawn(
     rates: Rates,
     settings: &LedgerSettings,
     rx: mpsc::Receiver<Command>,
+    health: Arc<WriterHealth>,
 ) {
     let mut writer = Writer {
+        health: health.clone(),
         db,
         snapshots,
         rates,
@@ -213,7 +216,10 @@ pub(super) fn spawn(
     }
     std::thread::Builder::new()
         .name("ledger-writer".into())
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            let _marks_stopped = StopsWriter(health);
+            writer.run(rx)
+        })
         .expect("the ledger writer thread starts");
 }
 
@@ -237,7 +243,9 @@ impl Writer {
             }
             metrics::histogram!("spendgate_ledger_batch_size").record(batch.len() as f64);
             let started = Instant::now();
+            self.health.busy(true);
             self.process(std::mem::take(&mut batch));
+            self.health.busy(false);
             metrics::histogram!("spendgate_ledger_batch_seconds").record(started.elapsed().as_secs_f64());
             self.db.settle_wal();
         }
@@ -251,6 +259,11 @@ impl Writer {
             .db
             .ledger_connection()
             .and_then(|mut conn| Connection::transaction(&mut *conn, |conn| self.apply(conn, &batch, &mut touched)));
+        match &result {
+            Ok(_) => self.health.committed(None),
+            Err(Error::StorageUnavailable(why)) => self.health.committed(Some(why.clone())),
+            Err(_) => {}
+        }
         match result {
             Ok(replies) => {
                 let committed = Committed {

@@ -54,13 +54,36 @@ impl Target {
             }
             Ok(Target::Sqlite(path.to_owned()))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Target::Postgres(url.to_owned()))
+            Ok(Target::Postgres(with_network_timeouts(url)))
         } else {
             Err(Error::validation(
                 "database URL must start with sqlite:// or postgres:// (e.g. sqlite://data/spendgate.db)",
             ))
         }
     }
+}
+
+/// libpq's own bounds on a connection that stops answering, unless the URL sets them: a connect
+/// that hangs gives up after 5 s, and an established connection whose peer vanished (packets
+/// dropped, no reset) is found dead by TCP keepalives and unacknowledged sends within seconds,
+/// not after the kernel's default of many minutes.
+fn with_network_timeouts(url: &str) -> String {
+    let defaults = [
+        ("connect_timeout", "5"),
+        ("keepalives", "1"),
+        ("keepalives_idle", "10"),
+        ("keepalives_interval", "5"),
+        ("keepalives_count", "3"),
+        ("tcp_user_timeout", "15000"),
+    ];
+    let mut url = url.to_owned();
+    for (name, value) in defaults {
+        if !url.contains(&format!("{name}=")) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{name}={value}");
+        }
+    }
+    url
 }
 
 /// Opens connections of the right variant directly, so a SQLite path is never offered to libpq.
@@ -137,7 +160,12 @@ pub struct Db {
     settle_frames: i32,
     /// SQLite: the writer's commits are durable only once this is synced.
     wal: Option<Arc<WalFile>>,
+    /// The longest a request waits for a read or write: past it, 503 `storage_unavailable`.
+    timeout: Duration,
 }
+
+/// How long `read` and `write` wait unless `with_timeout` says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Db {
     /// Connects, creating the SQLite file and its directory if needed. Does not migrate.
@@ -167,11 +195,13 @@ impl Db {
                 let settle_frames = SETTLE_BYTES / page_size(&writer)?;
                 let wal_frames = Arc::new(AtomicI32::new(0));
                 spawn_checkpointer(file, Arc::downgrade(&wal_frames));
-                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames, wal: Some(wal) })
+                let wal = Some(wal);
+                Ok(Db { reader, writer, wal_frames: Some(wal_frames), settle_frames, wal, timeout: DEFAULT_TIMEOUT })
             }
             Target::Postgres(_) => {
                 let pool = build(pool_size.max(2), target, 0, "FULL")?;
-                Ok(Db { reader: pool.clone(), writer: pool, wal_frames: None, settle_frames: 0, wal: None })
+                let (reader, writer) = (pool.clone(), pool);
+                Ok(Db { reader, writer, wal_frames: None, settle_frames: 0, wal: None, timeout: DEFAULT_TIMEOUT })
             }
         }
     }
@@ -195,13 +225,33 @@ impl Db {
         .and_then(|applied| self.sync_wal().map(|()| applied))
     }
 
+    /// The longest `read` and `write` wait for the database.
+    pub fn with_timeout(mut self, timeout: Duration) -> Db {
+        self.timeout = timeout;
+        self
+    }
+
     /// Runs `f` on a reader connection.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         F: FnOnce(&mut DbConnection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.run(self.reader.clone(), f).await
+        self.bounded(self.run(self.reader.clone(), f)).await
+    }
+
+    /// `work`, or `storage_unavailable` once the timeout has passed. The blocking task goes on
+    /// (a thread cannot be stopped): a write that finishes after the timeout still commits, as
+    /// after any lost answer.
+    async fn bounded<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        tokio::time::timeout(self.timeout, work).await.unwrap_or_else(|_| {
+            Err(Error::StorageUnavailable(format!("no answer from the database within {:?}", self.timeout)))
+        })
+    }
+
+    /// The WAL sync failure that stops every write until a restart (SQLite), if there was one.
+    pub fn wal_failure(&self) -> Option<String> {
+        self.wal.as_ref().and_then(|wal| wal.failure())
     }
 
     /// Runs `f` in one transaction on the writer: all of it is stored, or none, and on disk
@@ -212,13 +262,13 @@ impl Db {
         T: Send + 'static,
     {
         let db = self.clone();
-        self.run(self.writer.clone(), move |conn| {
+        self.bounded(self.run(self.writer.clone(), move |conn| {
             let written = conn.transaction(f);
             db.settle_wal_on(conn);
             let written = written?;
             db.sync_wal()?;
             Ok(written)
-        })
+        }))
         .await
     }
 
@@ -319,6 +369,11 @@ struct WalState {
 impl WalFile {
     fn of(database: &str) -> WalFile {
         WalFile { path: PathBuf::from(format!("{database}-wal")), state: Mutex::default() }
+    }
+
+    /// Why syncing failed, once it has: no write is acknowledged after that until a restart.
+    pub fn failure(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).failed.clone()
     }
 
     pub fn sync(&self) -> Result<()> {
@@ -610,7 +665,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&format!("sqlite://{}", dir.path().join("checks.db").display()), 1).unwrap();
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(db.migrate()).unwrap();
         let mut conn = db.writer.get().unwrap();
         let authorization = "INSERT INTO authorizations (id, source, external_id, agent_id, rail, status, amount, \
             currency, cap_amount, cap_currency, card_amount, card_currency, held, posted, counted, counted_card, \
@@ -708,7 +763,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let db = Db::connect(&format!("sqlite://{}", dir.path().join("index.db").display()), 1).unwrap();
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(db.migrate()).unwrap();
         let mut conn = db.writer.get().unwrap();
         let indexes: Vec<Name> = diesel::sql_query(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'authorizations' AND sql IS NOT NULL \
@@ -759,7 +814,7 @@ mod tests {
         let path = dir.path().join("wal.db");
         let mut db = Db::connect(&format!("sqlite://{}", path.display()), 2).unwrap();
         db.settle_frames = 256;
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let write = |sql: &'static str| runtime.block_on(db.write(move |c| Ok(c.batch_execute(sql)?))).unwrap();
         write("CREATE TABLE filler (data BLOB NOT NULL)");
 

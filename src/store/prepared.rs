@@ -249,7 +249,7 @@ mod tests {
     /// Migrates `db` and adds agent `agt_1`; then a writer connection, and the SQL of every
     /// statement it prepares from here on.
     fn recording(db: &Db) -> (PooledConnection<Manager>, Arc<Mutex<Vec<String>>>) {
-        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(db.migrate()).unwrap();
+        tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(db.migrate()).unwrap();
         let mut conn = db.writer.get().unwrap();
         conn.batch_execute(
             "INSERT INTO agents (id, name, status, policy, created_at, updated_at) \
