@@ -551,20 +551,6 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
         max_amount: None,
         recipient: Some(Recipient::new("eip155:8453", PAY_TO, NamedBy::Server)),
     };
-    fn snap(w: &World) -> Snapshot<'_> {
-        Snapshot {
-            agent: &w.agent,
-            card: None,
-            card_used: false,
-            spends: &w.spends,
-            available: w.available,
-            rates: &w.rates,
-            fx: w.fx,
-            catalog: crate::fixtures::catalog(),
-            allowances: &w.allowances,
-            totals: None,
-        }
-    }
     assert!(evaluate(&call(500, "api.example.com"), &snap(&w), at(NOW)).approved());
     let d = evaluate(&call(501, "api.example.com"), &snap(&w), at(NOW));
     assert_eq!(declined(&d), (DeclineReason::PerCallExceeded, "agent.x402.per_call"));
@@ -582,10 +568,9 @@ fn usdc_rail_uses_x402_rules_and_agent_policy_only() {
 
 const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
-#[test]
-fn a_usdc_payment_goes_only_to_a_recipient_the_server_named_or_the_policy_lists() {
-    let w = World::new();
-    let snap = Snapshot {
+/// The snapshot of a USDC payment: the agent's, with no card.
+fn snap(w: &World) -> Snapshot<'_> {
+    Snapshot {
         agent: &w.agent,
         card: None,
         card_used: false,
@@ -596,7 +581,13 @@ fn a_usdc_payment_goes_only_to_a_recipient_the_server_named_or_the_policy_lists(
         catalog: crate::fixtures::catalog(),
         allowances: &w.allowances,
         totals: None,
-    };
+    }
+}
+
+#[test]
+fn a_usdc_payment_goes_only_to_a_recipient_the_server_named_or_the_policy_lists() {
+    let w = World::new();
+    let free = snap(&w);
     let pay = |to: Option<Recipient>| AuthRequest {
         rail: Rail::Usdc,
         amount: 10,
@@ -607,16 +598,16 @@ fn a_usdc_payment_goes_only_to_a_recipient_the_server_named_or_the_policy_lists(
         recipient: to,
     };
     let named = |by| Some(Recipient::new("eip155:8453", PAY_TO, by));
-    assert!(evaluate(&pay(named(NamedBy::Server)), &snap, at(NOW)).approved());
+    assert!(evaluate(&pay(named(NamedBy::Server)), &free, at(NOW)).approved());
     // No list: requirements the agent hands in name nobody the operator trusts.
     for to in [named(NamedBy::Agent), None] {
-        let d = evaluate(&pay(to), &snap, at(NOW));
+        let d = evaluate(&pay(to), &free, at(NOW));
         assert_eq!(declined(&d), (DeclineReason::RecipientNotAllowed, "request.pay_to"));
     }
 
     // A list: exactly its accounts, on their network, whoever named them (addresses in any case).
     let listed = World::new().agent_policy(json!({"x402": {"pay_to": [format!("eip155:8453:{PAY_TO}")]}}));
-    let snap = Snapshot { agent: &listed.agent, ..snap };
+    let snap = snap(&listed);
     for by in [NamedBy::Agent, NamedBy::Server] {
         assert!(evaluate(&pay(named(by)), &snap, at(NOW)).approved());
         let lower = Some(Recipient::new("eip155:8453", &PAY_TO.to_ascii_lowercase(), by));
