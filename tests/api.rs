@@ -653,3 +653,46 @@ async fn a_stalled_database_is_reported_and_answered_within_bounds() {
     assert!(ready.is_some(), "ready again once the database answers");
     assert_eq!(app.authorize("after-1", &card, 100).await["approved"], true);
 }
+
+/// A SQLite file another process holds locked: the writer waits in its commit, `/readyz` says so
+/// and decisions decline within their budget; once the lock is gone, both recover.
+#[actix_web::test]
+async fn a_locked_sqlite_file_is_reported() {
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+    let app = common::spawn_with(common::Backend::Sqlite, |c| c.decision_budget_ms = 300).await;
+    let agent = app.create_agent("locked").await;
+    app.fund(&agent, 10_000).await;
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await["id"].as_str().unwrap().to_owned();
+    let path = app.database_url.strip_prefix("sqlite://").unwrap().to_owned();
+    let mut holder = SqliteConnection::establish(&path).unwrap();
+    holder.batch_execute("BEGIN EXCLUSIVE").unwrap();
+
+    // Fail closed: declined (the commit failed, or outran the budget), and recorded once it can be.
+    let decision = app.authorize("while-locked", &card, 100).await;
+    assert_eq!(decision["approved"], false, "{decision}");
+    assert!(["internal_error", "timeout"].contains(&decision["reason"].as_str().unwrap()), "{decision}");
+    let mut unready = None;
+    for _ in 0..40 {
+        let (status, body) = app.get("/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            unready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready = unready.expect("readyz reports the writer's failing or stuck commit");
+    assert!(unready["problems"][0].as_str().unwrap().starts_with("ledger"), "{unready}");
+
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(app.authorize("after-lock", &card, 100).await["approved"], true);
+    let mut ready = false;
+    for _ in 0..100 {
+        if app.get("/readyz").await.0 == StatusCode::OK {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "ready again once the lock is gone");
+}

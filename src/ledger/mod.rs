@@ -65,15 +65,32 @@ pub struct Ledger {
 
 /// What the writer thread last did, for readiness: whether it runs, since when its current batch
 /// has been under way, and whether its last commit failed.
-#[derive(Default)]
 pub struct WriterHealth {
     stopped: AtomicBool,
     /// Milliseconds since the epoch at which the batch under way started; 0 when idle.
     busy_since_ms: AtomicI64,
-    last_failure: Mutex<Option<String>>,
+    last_failure: Mutex<Option<(std::time::Instant, String)>>,
+    /// How long a failed commit counts against readiness with no commit since: a node taken out
+    /// of rotation gets no traffic to commit, and must not stay unready for that alone.
+    failures_count_for: Duration,
+}
+
+impl Default for WriterHealth {
+    fn default() -> Self {
+        WriterHealth::new(Duration::from_secs(10))
+    }
 }
 
 impl WriterHealth {
+    fn new(failures_count_for: Duration) -> Self {
+        WriterHealth {
+            stopped: AtomicBool::new(false),
+            busy_since_ms: AtomicI64::new(0),
+            last_failure: Mutex::new(None),
+            failures_count_for,
+        }
+    }
+
     pub(crate) fn busy(&self, busy: bool) {
         let since = if busy { jiff::Timestamp::now().as_millisecond().max(1) } else { 0 };
         self.busy_since_ms.store(since, Ordering::Relaxed);
@@ -82,7 +99,8 @@ impl WriterHealth {
     /// After each commit: None when it succeeded, else why storage failed it (a command refused
     /// for its own sake says nothing about the writer).
     pub(crate) fn committed(&self, failure: Option<String>) {
-        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+        *self.last_failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            failure.map(|why| (std::time::Instant::now(), why));
     }
 
     /// Why the writer cannot be counted on now, if it cannot: stopped, a batch under way for
@@ -97,7 +115,10 @@ impl WriterHealth {
             return Some(format!("the ledger writer has been in one commit for {busy_ms} ms"));
         }
         let failure = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
-        failure.as_ref().map(|why| format!("the ledger's last commit failed: {why}"))
+        failure
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.failures_count_for)
+            .map(|(_, why)| format!("the ledger's last commit failed: {why}"))
     }
 }
 
@@ -337,7 +358,7 @@ mod tests {
 
     #[test]
     fn the_writer_is_unready_when_stopped_stuck_or_failing() {
-        let health = Arc::new(WriterHealth::default());
+        let health = Arc::new(WriterHealth::new(Duration::from_millis(200)));
         let within = Duration::from_millis(50);
         assert_eq!(health.problem(within), None);
         health.busy(true);
@@ -349,6 +370,9 @@ mod tests {
         assert!(health.problem(within).is_some_and(|p| p.contains("connection reset")));
         health.committed(None);
         assert_eq!(health.problem(within), None, "a good commit clears it");
+        health.committed(Some("connection reset".into()));
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(health.problem(within), None, "with no commit since, a failure stops counting");
         // The thread's guard marks it stopped however it ends, a panic included.
         let guard = StopsWriter(health.clone());
         let _ = std::thread::spawn(move || {
