@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod policy;
 pub mod rails;
 pub mod rates;
+pub mod refusals;
 pub mod store;
 
 use std::net::SocketAddr;

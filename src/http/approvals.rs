@@ -96,7 +96,7 @@ async fn checked_link(
         return Err(refused(StatusCode::NOT_FOUND, "Links are off", "This server does not sign approval links."));
     }
     if let Err(e) = state.approvals.check_link(id, action, &token) {
-        super::refusals::refused("approval link", &format!("/approvals/{id}"), "", e.message());
+        crate::refusals::refused("approval link", &format!("/approvals/{id}"), "", e.message());
         let status = match e {
             TokenError::Malformed => StatusCode::BAD_REQUEST,
             TokenError::Forged => StatusCode::FORBIDDEN,
@@ -166,7 +166,7 @@ pub async fn slack_interactions(
     let now = jiff::Timestamp::now().as_second();
     if let Err(why) = signature.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now) {
         let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        super::refusals::refused("Slack signature", req.path(), &peer, why);
+        crate::refusals::refused("Slack signature", req.path(), &peer, why);
         return Err(Error::BadSignature);
     }
     state.approvals.interaction(&body).await.map_err(Error::Validation)?;

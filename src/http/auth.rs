@@ -36,7 +36,7 @@ impl FromRequest for Principal {
                 Some(principal) => Ok(principal),
                 None => {
                     // Never the key itself, not even a part of it.
-                    super::refusals::refused("API key", &path, &peer, "unknown or revoked API key");
+                    crate::refusals::refused("API key", &path, &peer, "unknown or revoked API key");
                     Err(Error::Unauthenticated)
                 }
             }

@@ -10,7 +10,6 @@ mod keys;
 mod ledger;
 pub mod openapi;
 pub mod processors;
-mod refusals;
 mod system;
 mod usdc;
 pub mod webhooks;

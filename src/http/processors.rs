@@ -29,7 +29,7 @@ pub struct Processors {
 
 fn refuse(req: &HttpRequest, source: &'static str, why: Refusal) -> Error {
     let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    super::refusals::refused(source, req.path(), &peer, why);
+    crate::refusals::refused(source, req.path(), &peer, why);
     metrics::counter!("spendgate_webhook_refused_total", "source" => source).increment(1);
     Error::BadSignature
 }

@@ -390,7 +390,7 @@ impl Usdc {
         // Contact only hosts the policy lets the agent pay: a host outside them is never called.
         let host = host_of(&call.url);
         if !snapshot.value.policy.x402_allows_host(&host) {
-            tracing::warn!(target: "security", agent = %agent, host = %host, "fetch refused: host not in x402.allow_hosts");
+            crate::refusals::refused("x402 host not allowed", &host, agent.as_str(), "not in x402.allow_hosts");
             return Err(refused(
                 DeclineReason::HostNotAllowed.as_str(),
                 &format!(
@@ -940,7 +940,7 @@ fn refused(code: &str, message: &str) -> Error {
 }
 
 fn destination_refused(refusal: destination::Refused) -> Error {
-    tracing::warn!(target: "security", host = %refusal.host, reason = %refusal.reason, "fetch refused: forbidden destination");
+    crate::refusals::refused("x402 destination forbidden", &refusal.host, "", &refusal.reason);
     Error::Unprocessable {
         code: "destination_forbidden",
         message: format!(

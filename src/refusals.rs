@@ -1,6 +1,7 @@
-//! Refused requests (unknown keys, forged or stale signatures, forged links) are logged in
-//! summary: at most one line per cause per interval, counting the refusals since the cause's last
-//! line, so a flood of bad requests cannot fill the disk. Metrics still count every one.
+//! Refused requests (unknown keys, forged or stale signatures, forged links, forbidden fetches)
+//! are logged in summary: at most one line per cause per interval, counting the refusals since the
+//! cause's last line, so a flood of bad requests cannot fill the disk. (`/metrics` counts each
+//! refused webhook one by one.)
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
@@ -11,10 +12,11 @@ const EVERY: Duration = Duration::from_secs(10);
 
 static LOG: LazyLock<RefusalLog> = LazyLock::new(|| RefusalLog::new(EVERY));
 
-/// Logs a refusal of `cause` (a fixed text) on `path`; `why` and `peer` describe this one.
-pub fn refused(cause: &'static str, path: &str, peer: &str, why: &str) {
+/// Logs a refusal of `cause` (a fixed text) of a request for `what` (a path, a host); `why` and
+/// `who` (a peer address, an agent) describe this one.
+pub fn refused(cause: &'static str, what: &str, who: &str, why: &str) {
     if let Some(count) = LOG.record(cause) {
-        tracing::warn!(target: "security", cause, path, peer, why, refused = count,
+        tracing::warn!(target: "security", cause, what, who, why, refused = count,
             "request refused (one line per cause every {} s at most; `refused` counts them since the last)",
             EVERY.as_secs());
     }
