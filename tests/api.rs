@@ -47,6 +47,21 @@ async fn health_and_docs(app: TestApp) {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
     assert!(doc["components"]["schemas"]["Policy"].is_object());
+    // The processors' routes are described, every /v1 operation names its error answers, and a
+    // limit's window may be the string "lifetime".
+    for path in ["/webhooks/stripe/authorizations", "/webhooks/lithic/asa", "/webhooks/marqeta/jit"] {
+        assert!(doc["paths"][path]["post"].is_object(), "openapi lacks {path}");
+    }
+    let list = &doc["paths"]["/v1/agents"]["get"]["responses"];
+    for status in ["200", "400", "401", "403", "503"] {
+        assert!(list[status].is_object(), "GET /v1/agents lacks {status}: {list}");
+    }
+    let windows = doc["components"]["schemas"]["Limit"]["properties"]["window"]["oneOf"].as_array().unwrap();
+    assert!(windows.iter().any(|w| w["enum"] == json!(["lifetime"])), "{windows:?}");
+    // A method a path does not take: 405, naming the ones it does.
+    let response = app.http.delete(format!("{}/v1/agents", app.base)).bearer_auth(&app.owner_key).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "GET, POST");
     app.get("/v1/agents").await;
     let (status, text) = app.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);

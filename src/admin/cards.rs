@@ -20,9 +20,14 @@ const STATUS_ATTEMPTS: usize = 8;
 #[serde(deny_unknown_fields)]
 pub struct NewCard {
     /// The service the card pays: `openai`, `aws`, …
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub label: String,
-    /// The cap currency, default USD.
-    #[schema(value_type = Option<String>, example = "USD")]
+    /// The cap currency (ISO 4217), default USD.
+    #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
     /// A policy document; give this or `template`, not both.
     #[schema(value_type = Option<Object>)]
@@ -38,10 +43,21 @@ pub struct NewCard {
     /// and no `processor_card_id` creates the card at the processor; otherwise (and always for
     /// `marqeta`) the card already exists there and is registered with its `processor_card_id`
     /// and `last4`.
+    #[schema(pattern = "^(simulator|stripe|lithic|marqeta)$")]
     pub processor: Option<String>,
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub processor_card_id: Option<String>,
+    #[schema(pattern = "^[0-9]{4}$")]
     pub last4: Option<String>,
+    /// With `exp_year`, or neither.
+    #[schema(minimum = 1, maximum = 12)]
     pub exp_month: Option<u8>,
+    /// This year to 20 years on.
+    #[schema(minimum = 2000, maximum = 2200)]
     pub exp_year: Option<u16>,
 }
 

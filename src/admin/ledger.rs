@@ -15,8 +15,18 @@ use crate::store::ledger::LedgerFilter;
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FundRequest {
+    /// Idempotency key of this funding.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     pub id: String,
+    /// Minor units of `currency`.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    /// ISO 4217, the agent's currency.
+    #[schema(pattern = "^[A-Za-z]{3}$", example = "USD")]
     pub currency: String,
 }
 

@@ -132,7 +132,9 @@ impl ReasonBody {
     }
 }
 
-/// Trims a required text field and checks its length.
+/// Trims a required text field and checks its length. The API description says the same of each
+/// such field: `min_length = 1`, its `max_length`, and a pattern of some non-space character and
+/// no control character.
 fn required_text(field: &str, value: &str, max: usize) -> Result<String> {
     let value = value.trim();
     if value.is_empty() || value.chars().count() > max || value.chars().any(char::is_control) {

@@ -70,7 +70,7 @@ pub struct Limit {
     /// Unique within the policy; named in the decline when the limit fires.
     pub id: String,
     pub scope: Scope,
-    #[schema(value_type = Object, example = json!({"rolling": "24h"}))]
+    #[schema(schema_with = window_schema, example = json!({"rolling": "24h"}))]
     pub window: Window,
     /// Most that may be spent in the window, in minor units of the policy currency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,6 +166,30 @@ impl Window {
         }
         Ok(seconds)
     }
+}
+
+/// The three ways a window is written, for the API description.
+fn window_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    let text = |pattern: Option<&str>| ObjectBuilder::new().schema_type(Type::String).pattern(pattern);
+    OneOfBuilder::new()
+        .item(text(None).enum_values(Some(["lifetime"])))
+        .item(
+            ObjectBuilder::new()
+                .property("rolling", text(Some("^ *[0-9]+[smhd] *$")))
+                .required("rolling")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+        )
+        .item(
+            ObjectBuilder::new()
+                .property("calendar", text(None).enum_values(Some(["day", "week", "month"])))
+                .property("timezone", text(None))
+                .required("calendar")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false))),
+        )
+        .description(Some("`\"lifetime\"`, `{\"rolling\": \"24h\"}` (1m to 366d) or `{\"calendar\": \"month\", \"timezone\": \"UTC\"}`"))
+        .build()
+        .into()
 }
 
 impl Serialize for Window {

@@ -105,10 +105,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(no_route));
 }
 
-/// A path we serve with another method is 405; anything else is 404.
+/// A path we serve with another method is 405, with the methods it takes in `Allow`; anything
+/// else is 404.
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, Error> {
-    if req.match_pattern().is_some() {
-        return Err(Error::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path())));
+    if let Some(pattern) = req.match_pattern() {
+        let error = Error::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()));
+        let mut response = actix_web::ResponseError::error_response(&error);
+        if let Some(allow) = openapi::allowed_methods(&pattern)
+            && let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow)
+        {
+            response.headers_mut().insert(actix_web::http::header::ALLOW, value);
+        }
+        return Ok(response);
     }
     Err(Error::NotFound(format!("no route for {} {}", req.method(), req.path())))
 }

@@ -1,7 +1,12 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
+
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, cards, keys, ledger, system, usdc, webhooks};
+use super::{agents, approvals, cards, keys, ledger, processors, system, usdc, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,10 +23,82 @@ use super::{agents, approvals, cards, keys, ledger, system, usdc, webhooks};
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
+        processors::stripe_authorization, processors::stripe_event, processors::lithic_asa, processors::lithic_event,
+        processors::marqeta_jit,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonResponses)
 )]
 pub struct ApiDoc;
+
+/// The document, built once.
+pub static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+
+/// The methods the document gives a path pattern (as actix writes it, `/v1/agents/{agent_id}`):
+/// the `Allow` header of a 405.
+pub fn allowed_methods(pattern: &str) -> Option<String> {
+    static BY_PATH: LazyLock<BTreeMap<String, BTreeSet<&'static str>>> = LazyLock::new(|| {
+        DOCUMENT
+            .paths
+            .paths
+            .iter()
+            .map(|(path, item)| {
+                let methods = operations(item).into_iter().map(|(method, _)| method).collect();
+                (path.clone(), methods)
+            })
+            .collect()
+    });
+    let methods = BY_PATH.get(pattern)?;
+    Some(methods.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>().join(", "))
+}
+
+fn operations(item: &utoipa::openapi::PathItem) -> Vec<(&'static str, &Operation)> {
+    [("get", &item.get), ("put", &item.put), ("post", &item.post), ("delete", &item.delete)]
+        .into_iter()
+        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
+        .collect()
+}
+
+/// The answers an API operation gives besides its own, all rendered by `http::error` as an
+/// `ErrorBody`: listed on every `/v1` operation so the document names every status the server sends.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            let signed = path.starts_with("/v1/authorizations");
+            for (method, op) in
+                [("get", &mut item.get), ("put", &mut item.put), ("post", &mut item.post), ("delete", &mut item.delete)]
+            {
+                let Some(op) = op else { continue };
+                let keyed = op.security.as_ref().is_some_and(|s| !s.is_empty());
+                let mut add = |status: &str, why: &str| {
+                    let error = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+                    let response = ResponseBuilder::new().description(why).content("application/json", error).build();
+                    op.responses.responses.entry(status.to_owned()).or_insert(response.into());
+                };
+                add("400", "a path parameter, query or body that breaks a rule (`validation_failed`, `invalid_json`)");
+                if keyed {
+                    add("401", "no API key, or an unknown or revoked one (`unauthenticated`)");
+                    add("403", "the key's role or agent may not do this (`forbidden`)");
+                }
+                if signed {
+                    add("401", "a missing, stale or wrong `Spendgate-Signature` (`invalid_signature`)");
+                }
+                add("404", "no such object, or the feature is not configured (`not_found`)");
+                if method != "get" {
+                    add("409", "the object's state or an idempotency key forbids it (`code` says which)");
+                    add("413", "the body is larger than 64 KiB (`payload_too_large`)");
+                    add("415", "the body is not `application/json` (`unsupported_media_type`)");
+                    add("422", "well-formed, but names something that cannot be used (`code` says what)");
+                }
+                add("503", "storage did not answer in time, or the feature is off (`storage_unavailable`, …)");
+            }
+        }
+    }
+}
 
 struct BearerAuth;
 
@@ -31,6 +108,10 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "marqeta_basic",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
         );
     }
 }

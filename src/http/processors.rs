@@ -13,6 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, post, web};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
+use super::error::ErrorBody;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Authorize, Ledger, Payer};
@@ -114,6 +115,9 @@ fn acknowledged(kind: &str, done: Applied) -> HttpResponse {
 }
 
 /// Stripe's real-time authorization request: answered with `{"approved", "metadata"}` and `Stripe-Version`.
+#[utoipa::path(post, path = "/webhooks/stripe/authorizations", tag = "processors",
+    request_body(content = Object, description = "Stripe's `issuing_authorization.request` event, signed with `Stripe-Signature`"),
+    responses((status = 200, body = Object, description = "`{\"approved\": bool, \"metadata\": {…}}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody)))]
 #[post("/webhooks/stripe/authorizations")]
 pub async fn stripe_authorization(
     state: web::Data<AppState>,
@@ -130,6 +134,10 @@ pub async fn stripe_authorization(
 }
 
 /// Stripe's events: authorizations created or updated, transactions (captures and refunds).
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "processors",
+    request_body(content = Object, description = "a Stripe event, signed with `Stripe-Signature`"),
+    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/stripe")]
 pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     verify_stripe(&state, &req, &body)?;
@@ -143,6 +151,9 @@ pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: we
 }
 
 /// Lithic's Auth Stream Access request: answered with `{"token", "result"}`.
+#[utoipa::path(post, path = "/webhooks/lithic/asa", tag = "processors",
+    request_body(content = Object, description = "Lithic's ASA request, signed with Standard Webhooks headers"),
+    responses((status = 200, body = Object, description = "`{\"token\", \"result\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody)))]
 #[post("/webhooks/lithic/asa")]
 pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     verify_lithic(&state, &req, &body)?;
@@ -161,6 +172,10 @@ pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web:
 }
 
 /// Lithic's events: `card_transaction.updated` carries the lifecycle; other types are acknowledged.
+#[utoipa::path(post, path = "/webhooks/lithic", tag = "processors",
+    request_body(content = Object, description = "a Lithic event, signed with Standard Webhooks headers"),
+    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/lithic")]
 pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     verify_lithic(&state, &req, &body)?;
@@ -177,6 +192,11 @@ pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: we
 }
 
 /// Marqeta's JIT funding: approve = 200 echoing `jit_funding`; decline = 402 with its `decline_reason`.
+#[utoipa::path(post, path = "/webhooks/marqeta/jit", tag = "processors", security(("marqeta_basic" = [])),
+    request_body(content = Object, description = "a Marqeta JIT funding message, with HTTP Basic credentials"),
+    responses((status = 200, body = Object, description = "approved: `{\"jit_funding\": {…}}`"),
+        (status = 402, body = Object, description = "declined: `{\"jit_funding\": {…, \"decline_reason\"}}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/marqeta/jit")]
 pub async fn marqeta_jit(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     verify_marqeta(&state, &req)?;

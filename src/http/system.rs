@@ -2,10 +2,9 @@ use std::time::Duration;
 
 use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::ToSchema;
 
 use super::AppState;
-use super::openapi::ApiDoc;
 use crate::admin::Page;
 use crate::domain::access::Principal;
 use crate::domain::catalog::PolicyTemplate;
@@ -62,7 +61,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 #[get("/openapi.json")]
 pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    HttpResponse::Ok().json(&*super::openapi::DOCUMENT)
 }
 
 /// The policy templates a card can be issued with (`template`).

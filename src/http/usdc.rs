@@ -69,7 +69,7 @@ pub async fn export_wallet(
 /// person's approval answers 202 with a status URL, and spendgate pays once someone approves.
 /// Needs `Idempotency-Key`.
 #[utoipa::path(tag = "usdc", request_body = FetchRequest, security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "one payment per key")),
+    params(("Idempotency-Key" = String, Header, description = "one payment per key: 1 to 255 printable ASCII characters", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
         (status = 402, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 #[post("/v1/agents/{agent_id}/x402/fetch")]
@@ -130,7 +130,7 @@ fn upstream_answer(status: u16, headers: &[(String, String)], body: Vec<u8>) -> 
 
 /// Decides and signs a payment for an agent that makes the HTTP call itself: send `header: value`.
 #[utoipa::path(tag = "usdc", request_body = AuthorizeRequest, security(("bearer" = [])),
-    params(("Idempotency-Key" = String, Header, description = "one payment per key")),
+    params(("Idempotency-Key" = String, Header, description = "one payment per key: 1 to 255 printable ASCII characters", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, body = Authorized), (status = 402, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[post("/v1/agents/{agent_id}/x402/authorize")]
 pub async fn authorize(
@@ -160,7 +160,8 @@ pub async fn get_payment(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettlementReport {
-    /// The server's `PAYMENT-RESPONSE` (or `X-PAYMENT-RESPONSE`) header value.
+    /// The server's `PAYMENT-RESPONSE` (or `X-PAYMENT-RESPONSE`) header value: base64 of its JSON.
+    #[schema(min_length = 1, pattern = "^[A-Za-z0-9+/=_-]+$")]
     pub payment_response: String,
 }
 

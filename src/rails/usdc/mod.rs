@@ -95,14 +95,19 @@ struct Inner {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FetchRequest {
+    /// An http(s) URL without credentials, on a public address (see docs/security.md).
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
     /// GET (default), POST, PUT, PATCH, DELETE or HEAD.
+    #[schema(pattern = "^(?i:get|post|put|patch|delete|head)$")]
     pub method: Option<String>,
     #[serde(default)]
     pub headers: HashMap<String, String>,
     pub body: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub trace_id: Option<String>,
     /// The most this call may cost, in minor units of the agent's currency.
+    #[schema(minimum = 0)]
     pub max_amount: Option<i64>,
 }
 
@@ -110,11 +115,14 @@ pub struct FetchRequest {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthorizeRequest {
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
     pub url: String,
     /// The 402's `PAYMENT-REQUIRED` header value (v2), or its JSON body (v1), or the decoded v2 document.
     #[schema(value_type = Object)]
     pub payment_required: serde_json::Value,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub trace_id: Option<String>,
+    #[schema(minimum = 0)]
     pub max_amount: Option<i64>,
 }
 
@@ -1154,7 +1162,7 @@ fn check_max_amount(max: Option<i64>) -> Result<Option<i64>> {
 
 fn check_trace(trace: Option<String>) -> Result<Option<String>> {
     match trace {
-        Some(t) if t.trim().is_empty() || t.len() > 200 => {
+        Some(t) if t.trim().is_empty() || t.chars().count() > 200 => {
             Err(Error::validation("trace_id must be 1 to 200 characters"))
         }
         other => Ok(other),
