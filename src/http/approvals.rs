@@ -60,9 +60,13 @@ pub async fn deny(state: web::Data<AppState>, who: Principal, path: web::Path<St
     Ok(HttpResponse::Ok().json(state.approvals.decide_as(&who, &path, ApprovalAction::Deny).await?))
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// What an approval link carries (in its query, or in the confirm form).
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LinkParams {
+    /// `approve` or `deny`.
     pub action: Option<String>,
+    /// The link's signed token.
     pub token: Option<String>,
 }
 
@@ -119,6 +123,14 @@ async fn checked_link(
 }
 
 /// Shows the request and a button confirming the link's action. Changes nothing.
+#[utoipa::path(get, path = "/approvals/{approval_id}", tag = "approvals", params(LinkParams),
+    responses((status = 200, description = "the confirmation page", content_type = "text/html"),
+        (status = 400, description = "an incomplete or malformed link (HTML), or an unreadable query or form (JSON)",
+            content((String = "text/html"), (ErrorBody = "application/json"))),
+        (status = 403, description = "a link this server did not sign for this request and action (HTML)", content_type = "text/html"),
+        (status = 404, description = "no such request, or links are off (HTML)", content_type = "text/html"),
+        (status = 410, description = "an expired link (HTML)", content_type = "text/html"),
+        (status = 503, description = "storage unavailable; try again (HTML)", content_type = "text/html")))]
 #[get("/approvals/{approval_id}")]
 pub async fn approval_page(
     state: web::Data<AppState>,
@@ -132,6 +144,17 @@ pub async fn approval_page(
 }
 
 /// Applies the decision the confirm button carries.
+#[utoipa::path(post, path = "/approvals/{approval_id}", tag = "approvals",
+    request_body(content = LinkParams, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 200, description = "the decision, done", content_type = "text/html"),
+        (status = 409, description = "already decided (HTML)", content_type = "text/html"),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 400, description = "an incomplete or malformed link (HTML), or an unreadable query or form (JSON)",
+            content((String = "text/html"), (ErrorBody = "application/json"))),
+        (status = 403, description = "a link this server did not sign for this request and action (HTML)", content_type = "text/html"),
+        (status = 404, description = "no such request, or links are off (HTML)", content_type = "text/html"),
+        (status = 410, description = "an expired link (HTML)", content_type = "text/html"),
+        (status = 503, description = "storage unavailable; try again (HTML)", content_type = "text/html")))]
 #[post("/approvals/{approval_id}")]
 pub async fn approval_submit(
     state: web::Data<AppState>,
@@ -153,6 +176,14 @@ pub async fn approval_submit(
 }
 
 /// Slack's interactivity requests (the Approve and Deny buttons), signed with the app's signing secret.
+#[utoipa::path(post, path = "/slack/interactions", tag = "approvals",
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Slack's `payload=<JSON>` form, signed with `X-Slack-Signature`"),
+    responses((status = 200, description = "taken"),
+        (status = 400, body = ErrorBody, description = "not an interaction Slack sends"),
+        (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"),
+        (status = 404, body = ErrorBody, description = "Slack interactivity is not configured"),
+        (status = 413, body = ErrorBody)))]
 #[post("/slack/interactions")]
 pub async fn slack_interactions(
     state: web::Data<AppState>,

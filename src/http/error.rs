@@ -1,6 +1,6 @@
 //! The one place an `Error` becomes an HTTP answer: its status and `{"error": {"code", "message"}}`.
 
-use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
+use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError, UrlencodedError};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -57,6 +57,19 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
         JsonPayloadError::Deserialize(e) if e.is_data() => Error::Validation(e.to_string()),
         JsonPayloadError::Deserialize(e) => Error::InvalidJson(format!("body is not valid JSON: {e}")),
         other => Error::InvalidJson(format!("could not read the body: {other}")),
+    };
+    error.into()
+}
+
+pub fn form_error(err: UrlencodedError, _req: &HttpRequest) -> actix_web::Error {
+    let error = match err {
+        UrlencodedError::Overflow { .. } | UrlencodedError::Payload(PayloadError::Overflow) => {
+            Error::PayloadTooLarge(MAX_BODY_BYTES)
+        }
+        UrlencodedError::ContentType => {
+            Error::UnsupportedMediaType("Content-Type must be application/x-www-form-urlencoded".into())
+        }
+        other => Error::Validation(format!("form: {other}")),
     };
     error.into()
 }

@@ -46,6 +46,7 @@ pub struct AppState {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::JsonConfig::default().limit(error::MAX_BODY_BYTES).error_handler(error::json_error))
         .app_data(web::QueryConfig::default().error_handler(error::query_error))
+        .app_data(web::FormConfig::default().limit(error::MAX_BODY_BYTES).error_handler(error::form_error))
         .service(system::healthz)
         // The decision paths first: a request is matched against the routes in this order (and
         // again for its metrics label), each pattern with parameters by a regex.

@@ -25,6 +25,7 @@ use super::{agents, approvals, cards, keys, ledger, processors, system, usdc, we
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         processors::stripe_authorization, processors::stripe_event, processors::lithic_asa, processors::lithic_event,
         processors::marqeta_jit,
+        approvals::approval_page, approvals::approval_submit, approvals::slack_interactions,
     ),
     modifiers(&BearerAuth, &CommonResponses)
 )]
