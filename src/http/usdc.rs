@@ -71,7 +71,10 @@ pub async fn export_wallet(
 #[utoipa::path(tag = "usdc", request_body = FetchRequest, security(("bearer" = [])),
     params(("Idempotency-Key" = String, Header, description = "one payment per key: 1 to 255 printable ASCII characters", min_length = 1, max_length = 255, pattern = "^[!-~]+$")),
     responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
-        (status = 402, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
+        (status = "default", description = "the upstream's own answer, whatever its status, passed through"),
+        (status = 402, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many fetches in flight (`too_many_fetches`); see `Retry-After`"),
+        (status = 502, body = ErrorBody)))]
 #[post("/v1/agents/{agent_id}/x402/fetch")]
 pub async fn fetch(
     state: web::Data<AppState>,
@@ -95,6 +98,7 @@ pub async fn fetch(
 /// (`approval_denied`, `approval_expired`, or the decline of the payment made after the approval).
 #[utoipa::path(tag = "usdc", security(("bearer" = [])),
     responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
+        (status = "default", description = "the upstream's own answer, whatever its status, once paid"),
         (status = 402, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[get("/v1/agents/{agent_id}/x402/approvals/{approval_id}")]
 pub async fn deferred_status(
