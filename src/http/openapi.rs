@@ -1,7 +1,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -43,20 +42,15 @@ pub fn allowed_methods(pattern: &str) -> Option<String> {
             .paths
             .iter()
             .map(|(path, item)| {
-                let methods = operations(item).into_iter().map(|(method, _)| method).collect();
+                let methods = [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post), ("DELETE", &item.delete)]
+                    .into_iter()
+                    .filter_map(|(method, op)| op.is_some().then_some(method))
+                    .collect();
                 (path.clone(), methods)
             })
             .collect()
     });
-    let methods = BY_PATH.get(pattern)?;
-    Some(methods.iter().map(|m| m.to_ascii_uppercase()).collect::<Vec<_>>().join(", "))
-}
-
-fn operations(item: &utoipa::openapi::PathItem) -> Vec<(&'static str, &Operation)> {
-    [("get", &item.get), ("put", &item.put), ("post", &item.post), ("delete", &item.delete)]
-        .into_iter()
-        .filter_map(|(method, op)| op.as_ref().map(|op| (method, op)))
-        .collect()
+    Some(BY_PATH.get(pattern)?.iter().copied().collect::<Vec<_>>().join(", "))
 }
 
 /// The answers an API operation gives besides its own, all rendered by `http::error` as an
