@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, LinkRefusals};
 use crate::admin::{Page, PageQuery};
 use crate::approvals::link::TokenError;
 use crate::approvals::{ApprovalView, Approver, page};
@@ -127,10 +127,7 @@ async fn checked_link(
     responses((status = 200, description = "the confirmation page", content_type = "text/html"),
         (status = 400, description = "an incomplete or malformed link (HTML), or an unreadable query or form (JSON)",
             content((String = "text/html"), (ErrorBody = "application/json"))),
-        (status = 403, description = "a link this server did not sign for this request and action (HTML)", content_type = "text/html"),
-        (status = 404, description = "no such request, or links are off (HTML)", content_type = "text/html"),
-        (status = 410, description = "an expired link (HTML)", content_type = "text/html"),
-        (status = 503, description = "storage unavailable; try again (HTML)", content_type = "text/html")))]
+        LinkRefusals))]
 #[get("/approvals/{approval_id}")]
 pub async fn approval_page(
     state: web::Data<AppState>,
@@ -151,10 +148,7 @@ pub async fn approval_page(
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 400, description = "an incomplete or malformed link (HTML), or an unreadable query or form (JSON)",
             content((String = "text/html"), (ErrorBody = "application/json"))),
-        (status = 403, description = "a link this server did not sign for this request and action (HTML)", content_type = "text/html"),
-        (status = 404, description = "no such request, or links are off (HTML)", content_type = "text/html"),
-        (status = 410, description = "an expired link (HTML)", content_type = "text/html"),
-        (status = 503, description = "storage unavailable; try again (HTML)", content_type = "text/html")))]
+        LinkRefusals))]
 #[post("/approvals/{approval_id}")]
 pub async fn approval_submit(
     state: web::Data<AppState>,
@@ -196,8 +190,7 @@ pub async fn slack_interactions(
     let header = |name: &str| req.headers().get(name).and_then(|h| h.to_str().ok());
     let now = jiff::Timestamp::now().as_second();
     if let Err(why) = signature.verify(header("x-slack-request-timestamp"), header("x-slack-signature"), &body, now) {
-        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        crate::refusals::refused("Slack signature", req.path(), &peer, why);
+        super::refused("Slack signature", &req, why);
         return Err(Error::BadSignature);
     }
     state.approvals.interaction(&body).await.map_err(Error::Validation)?;

@@ -25,8 +25,8 @@ impl FromRequest for Principal {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let secret = bearer(req);
-        let path = req.path().to_owned();
-        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        // A handle (reference-counted), to name the request only if it is refused.
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| Error::Internal("application state missing".into()))?;
             let Some(secret) = secret else {
@@ -36,7 +36,7 @@ impl FromRequest for Principal {
                 Some(principal) => Ok(principal),
                 None => {
                     // Never the key itself, not even a part of it.
-                    crate::refusals::refused("API key", &path, &peer, "unknown or revoked API key");
+                    super::refused("API key", &req, "unknown or revoked API key");
                     Err(Error::Unauthenticated)
                 }
             }

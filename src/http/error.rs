@@ -5,13 +5,47 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 use crate::error::Error;
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
+}
+
+/// What a signed processor route answers besides its own answer.
+#[derive(IntoResponses)]
+pub enum SignedRefusals {
+    /// malformed body
+    #[response(status = 400)]
+    Malformed(ErrorBody),
+    /// missing, stale or wrong signature
+    #[response(status = 401)]
+    BadSignature(ErrorBody),
+    /// not configured on this server
+    #[response(status = 404)]
+    NotConfigured(ErrorBody),
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+}
+
+/// The pages an approval link answers with when it cannot be used (the 400 is declared with each
+/// route: it may also be JSON).
+#[derive(IntoResponses)]
+pub enum LinkRefusals {
+    /// a link this server did not sign for this request and action (HTML)
+    #[response(status = 403, content_type = "text/html")]
+    Forged(String),
+    /// no such request, or links are off (HTML)
+    #[response(status = 404, content_type = "text/html")]
+    NotFound(String),
+    /// an expired link (HTML)
+    #[response(status = 410, content_type = "text/html")]
+    Expired(String),
+    /// storage unavailable; try again (HTML)
+    #[response(status = 503, content_type = "text/html")]
+    Unavailable(String),
 }
 
 #[derive(Serialize, ToSchema)]

@@ -106,6 +106,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(no_route));
 }
 
+/// Logs a refused request in summary (see `refusals`), naming its path and the peer it came from.
+fn refused(cause: &'static str, req: &HttpRequest, why: &str) {
+    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    crate::refusals::refused(cause, req.path(), &peer, why);
+}
+
 /// A path we serve with another method is 405, with the methods it takes in `Allow`; anything
 /// else is 404.
 async fn no_route(req: HttpRequest) -> Result<actix_web::HttpResponse, Error> {

@@ -13,7 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, post, web};
 use serde::de::DeserializeOwned;
 
 use super::AppState;
-use super::error::ErrorBody;
+use super::error::{ErrorBody, SignedRefusals};
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Authorize, Ledger, Payer};
@@ -29,8 +29,7 @@ pub struct Processors {
 }
 
 fn refuse(req: &HttpRequest, source: &'static str, why: Refusal) -> Error {
-    let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    crate::refusals::refused(source, req.path(), &peer, why);
+    super::refused(source, req, why);
     metrics::counter!("spendgate_webhook_refused_total", "source" => source).increment(1);
     Error::BadSignature
 }
@@ -117,7 +116,7 @@ fn acknowledged(kind: &str, done: Applied) -> HttpResponse {
 /// Stripe's real-time authorization request: answered with `{"approved", "metadata"}` and `Stripe-Version`.
 #[utoipa::path(post, path = "/webhooks/stripe/authorizations", tag = "processors",
     request_body(content = Object, description = "Stripe's `issuing_authorization.request` event, signed with `Stripe-Signature`"),
-    responses((status = 200, body = Object, description = "`{\"approved\": bool, \"metadata\": {…}}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Object, description = "`{\"approved\": bool, \"metadata\": {…}}`"), SignedRefusals))]
 #[post("/webhooks/stripe/authorizations")]
 pub async fn stripe_authorization(
     state: web::Data<AppState>,
@@ -136,7 +135,7 @@ pub async fn stripe_authorization(
 /// Stripe's events: authorizations created or updated, transactions (captures and refunds).
 #[utoipa::path(post, path = "/webhooks/stripe", tag = "processors",
     request_body(content = Object, description = "a Stripe event, signed with `Stripe-Signature`"),
-    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), SignedRefusals,
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/stripe")]
 pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
@@ -153,7 +152,7 @@ pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: we
 /// Lithic's Auth Stream Access request: answered with `{"token", "result"}`.
 #[utoipa::path(post, path = "/webhooks/lithic/asa", tag = "processors",
     request_body(content = Object, description = "Lithic's ASA request, signed with Standard Webhooks headers"),
-    responses((status = 200, body = Object, description = "`{\"token\", \"result\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Object, description = "`{\"token\", \"result\"}`"), SignedRefusals))]
 #[post("/webhooks/lithic/asa")]
 pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     verify_lithic(&state, &req, &body)?;
@@ -174,7 +173,7 @@ pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web:
 /// Lithic's events: `card_transaction.updated` carries the lifecycle; other types are acknowledged.
 #[utoipa::path(post, path = "/webhooks/lithic", tag = "processors",
     request_body(content = Object, description = "a Lithic event, signed with Standard Webhooks headers"),
-    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+    responses((status = 200, body = Object, description = "`{\"received\": true, \"applied\", \"skipped\"}`"), SignedRefusals,
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/lithic")]
 pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
@@ -195,7 +194,7 @@ pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: we
 #[utoipa::path(post, path = "/webhooks/marqeta/jit", tag = "processors", security(("marqeta_basic" = [])),
     request_body(content = Object, description = "a Marqeta JIT funding message, with HTTP Basic credentials"),
     responses((status = 200, body = Object, description = "approved: `{\"jit_funding\": {…}}`"),
-        (status = 402, body = Object, description = "declined: `{\"jit_funding\": {…, \"decline_reason\"}}`"), (status = 400, body = ErrorBody, description = "malformed body"), (status = 401, body = ErrorBody, description = "missing, stale or wrong signature"), (status = 404, body = ErrorBody, description = "not configured on this server"), (status = 413, body = ErrorBody),
+        (status = 402, body = Object, description = "declined: `{\"jit_funding\": {…, \"decline_reason\"}}`"), SignedRefusals,
         (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 #[post("/webhooks/marqeta/jit")]
 pub async fn marqeta_jit(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {

@@ -30,8 +30,7 @@ fn signed<T: serde::de::DeserializeOwned>(
     let header = req.headers().get(SIGNATURE_HEADER).and_then(|h| h.to_str().ok());
     let route = Route { method: req.method().as_str(), path: req.uri().path() };
     if let Err(why) = keys.verify_route(header, route, body, jiff::Timestamp::now().as_second(), accept) {
-        let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-        crate::refusals::refused("native webhook signature", req.path(), &peer, why);
+        super::refused("native webhook signature", req, why);
         metrics::counter!("spendgate_webhook_refused_total", "source" => "native").increment(1);
         return Err(Error::BadSignature);
     }

@@ -26,6 +26,20 @@ pub(crate) fn within(timestamp: i64, now: i64, tolerance: i64) -> bool {
     now.abs_diff(timestamp) <= tolerance.unsigned_abs()
 }
 
+/// Whether any of `signatures` is the MAC, under any of `keys` (current, previous), of what
+/// `message` writes.
+fn signed_by_any(keys: &[Vec<u8>], signatures: &[Vec<u8>], message: impl Fn(&mut Hmac<Sha256>)) -> Result<(), Refusal> {
+    for key in keys {
+        let mut mac = mac(key);
+        message(&mut mac);
+        // verify_slice compares in constant time, and only slices of the full length.
+        if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
+            return Ok(());
+        }
+    }
+    Err("signature does not match")
+}
+
 fn fresh(timestamp: i64, now: i64) -> Result<(), Refusal> {
     if !within(timestamp, now, TOLERANCE_SECONDS) {
         return Err("signature timestamp outside the tolerance");
@@ -96,7 +110,7 @@ impl HexSignature {
         if parsed.v1.is_empty() {
             return Err("signature has no v1=");
         }
-        self.matches(&parsed.v1, |mac| v1_message(mac, parsed.t, body))
+        signed_by_any(&self.0, &parsed.v1, |mac| v1_message(mac, parsed.t, body))
     }
 
     /// spendgate's own header: a `v2` signature of this route and body, or, where `accept` allows,
@@ -111,28 +125,15 @@ impl HexSignature {
     ) -> Result<(), Refusal> {
         let parsed = parse_hex_header(header, now)?;
         if !parsed.v2.is_empty() {
-            return self.matches(&parsed.v2, |mac| v2_message(mac, parsed.t, route, body));
+            return signed_by_any(&self.0, &parsed.v2, |mac| v2_message(mac, parsed.t, route, body));
         }
         match accept {
             Accept::BodyOrRoute if !parsed.v1.is_empty() => {
-                self.matches(&parsed.v1, |mac| v1_message(mac, parsed.t, body))
+                signed_by_any(&self.0, &parsed.v1, |mac| v1_message(mac, parsed.t, body))
             }
             Accept::BodyOrRoute => Err("signature has no v1= or v2="),
             Accept::Route => Err("this route needs a v2= signature (method and path signed)"),
         }
-    }
-
-    /// Whether any of `signatures` is the MAC, under any key, of what `message` writes.
-    fn matches(&self, signatures: &[Vec<u8>], message: impl Fn(&mut Hmac<Sha256>)) -> Result<(), Refusal> {
-        for key in &self.0 {
-            let mut mac = mac(key);
-            message(&mut mac);
-            // verify_slice compares in constant time, and only slices of the full length.
-            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
-                return Ok(());
-            }
-        }
-        Err("signature does not match")
     }
 
     /// The `v1` header value for `body` at `t` with the current secret (Stripe's scheme).
@@ -213,18 +214,10 @@ impl StandardWebhooks {
         if signatures.is_empty() {
             return Err("webhook-signature has no v1 signature");
         }
-        for key in &self.0 {
-            let mut mac = mac(key);
-            mac.update(id.as_bytes());
-            mac.update(b".");
-            mac.update(t.to_string().as_bytes());
-            mac.update(b".");
+        signed_by_any(&self.0, &signatures, |mac| {
+            mac.update(format!("{id}.{t}.").as_bytes());
             mac.update(body);
-            if signatures.iter().any(|sig| mac.clone().verify_slice(sig).is_ok()) {
-                return Ok(());
-            }
-        }
-        Err("signature does not match")
+        })
     }
 
     /// `webhook-signature` for `body` (for the simulator and tests).
