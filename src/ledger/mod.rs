@@ -67,7 +67,9 @@ pub struct Ledger {
 /// has been under way, and whether its last commit failed.
 pub struct WriterHealth {
     stopped: AtomicBool,
-    /// Milliseconds since the epoch at which the batch under way started; 0 when idle.
+    /// The monotonic clock's origin for `busy_since_ms` (the wall clock may step).
+    origin: std::time::Instant,
+    /// Milliseconds after `origin` (at least 1) at which the batch under way started; 0 when idle.
     busy_since_ms: AtomicI64,
     last_failure: Mutex<Option<(std::time::Instant, String)>>,
     /// How long a failed commit counts against readiness with no commit since: a node taken out
@@ -85,6 +87,7 @@ impl WriterHealth {
     fn new(failures_count_for: Duration) -> Self {
         WriterHealth {
             stopped: AtomicBool::new(false),
+            origin: std::time::Instant::now(),
             busy_since_ms: AtomicI64::new(0),
             last_failure: Mutex::new(None),
             failures_count_for,
@@ -92,8 +95,12 @@ impl WriterHealth {
     }
 
     pub(crate) fn busy(&self, busy: bool) {
-        let since = if busy { jiff::Timestamp::now().as_millisecond().max(1) } else { 0 };
+        let since = if busy { self.now_ms().max(1) } else { 0 };
         self.busy_since_ms.store(since, Ordering::Relaxed);
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.origin.elapsed().as_millis() as i64
     }
 
     /// After each commit: None when it succeeded, else why storage failed it (a command refused
@@ -110,7 +117,7 @@ impl WriterHealth {
             return Some("the ledger writer has stopped".into());
         }
         let since = self.busy_since_ms.load(Ordering::Relaxed);
-        let busy_ms = jiff::Timestamp::now().as_millisecond().saturating_sub(since);
+        let busy_ms = self.now_ms().saturating_sub(since);
         if since > 0 && busy_ms > stuck_after.as_millis() as i64 {
             return Some(format!("the ledger writer has been in one commit for {busy_ms} ms"));
         }

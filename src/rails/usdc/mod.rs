@@ -406,6 +406,8 @@ impl Usdc {
                 ),
             ));
         }
+        // Before the retry path too: a payment signed earlier is not re-sent to a destination now
+        // refused (`send` checks again, and the resolver checks every name it resolves).
         self.inner.settings.destinations.check_url(&call.url).map_err(destination_refused)?;
         let _slot = self.inner.fetches.take(agent)?;
         let request_hash = hash(&["fetch", call.method.as_str(), call.url.as_str()]);
