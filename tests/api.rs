@@ -656,16 +656,7 @@ async fn a_stalled_database_is_reported_and_answered_within_bounds() {
     assert_eq!(decision["approved"], false, "fail closed: {decision}");
 
     proxy.stall(false);
-    let mut ready = None;
-    for _ in 0..100 {
-        let (status, body) = app.get("/readyz").await;
-        if status == StatusCode::OK {
-            ready = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready.is_some(), "ready again once the database answers");
+    assert!(readyz_answers(&app, StatusCode::OK, 100).await.is_some(), "ready again once the database answers");
     assert_eq!(app.authorize("after-1", &card, 100).await["approved"], true);
 }
 
@@ -687,27 +678,23 @@ async fn a_locked_sqlite_file_is_reported() {
     let decision = app.authorize("while-locked", &card, 100).await;
     assert_eq!(decision["approved"], false, "{decision}");
     assert!(["internal_error", "timeout"].contains(&decision["reason"].as_str().unwrap()), "{decision}");
-    let mut unready = None;
-    for _ in 0..40 {
-        let (status, body) = app.get("/readyz").await;
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            unready = Some(body);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let unready = readyz_answers(&app, StatusCode::SERVICE_UNAVAILABLE, 40).await;
     let unready = unready.expect("readyz reports the writer's failing or stuck commit");
     assert!(unready["problems"][0].as_str().unwrap().starts_with("ledger"), "{unready}");
 
     holder.batch_execute("ROLLBACK").unwrap();
     assert_eq!(app.authorize("after-lock", &card, 100).await["approved"], true);
-    let mut ready = false;
-    for _ in 0..100 {
-        if app.get("/readyz").await.0 == StatusCode::OK {
-            ready = true;
-            break;
+    assert!(readyz_answers(&app, StatusCode::OK, 100).await.is_some(), "ready again once the lock is gone");
+}
+
+/// `/readyz`'s body once it answers `status`, asked every 100 ms at most `tries` times.
+async fn readyz_answers(app: &TestApp, status: StatusCode, tries: usize) -> Option<Value> {
+    for _ in 0..tries {
+        let (answered, body) = app.get("/readyz").await;
+        if answered == status {
+            return Some(body);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(ready, "ready again once the lock is gone");
+    None
 }

@@ -25,32 +25,40 @@ const RAW_NUMBERS: [&str; 11] = [
     "9223372036854775808",
 ];
 
-/// A hostile leaf: as a `Value`, or a marker that becomes one of `RAW_NUMBERS`.
+/// Values at and past every limit: each is put at every place of every document in turn (so the
+/// limits are reached every run, not by chance), and drawn at random beside other values. A string
+/// `\u{1}RAW<i>\u{1}` becomes `RAW_NUMBERS[i]` once serialized.
+fn limits() -> Vec<Value> {
+    let mut values: Vec<Value> =
+        [i64::MAX, i64::MIN, i64::MIN + 1, 0, -1, 1_000_000_000_000_000_001].into_iter().map(Value::from).collect();
+    values.push(Value::from(u64::MAX));
+    values.extend((0..RAW_NUMBERS.len()).map(|i| Value::String(format!("\u{1}RAW{i}\u{1}"))));
+    values.extend(
+        [
+            "7.9e26",
+            "793000000000000000000000000.00",
+            "-5.00",
+            "1.005",
+            "NaN",
+            "",
+            "0x10",
+            "eip155:99999999999999999999",
+            "2026-13-45",
+        ]
+        .map(|s| Value::String(s.to_owned())),
+    );
+    values.extend([Value::Null, Value::Bool(true), json!([]), json!({})]);
+    values
+}
+
+/// A hostile leaf: one of `limits`, or any number or short text.
 fn hostile() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        prop_oneof![Just(i64::MAX), Just(i64::MIN), Just(0), Just(-1), Just(1_000_000_000_000_000_001)]
-            .prop_map(Value::from),
         any::<f64>().prop_map(Value::from),
-        (0..RAW_NUMBERS.len()).prop_map(|i| Value::String(format!("\u{1}RAW{i}\u{1}"))),
-        prop_oneof![
-            Just("7.9e26"),
-            Just("793000000000000000000000000.00"),
-            Just("-5.00"),
-            Just("1.005"),
-            Just("NaN"),
-            Just(""),
-            Just("0x10"),
-            Just("eip155:99999999999999999999"),
-            Just("2026-13-45"),
-        ]
-        .prop_map(|s| Value::String(s.to_owned())),
+        proptest::sample::select(limits()),
         ".{0,40}".prop_map(Value::String),
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        Just(json!([])),
-        Just(json!({})),
     ]
 }
 
@@ -72,25 +80,23 @@ fn paths(value: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     }
 }
 
-fn replace(doc: &mut Value, path: &[String], with: Value) {
-    let mut at = doc;
-    for key in path {
-        at = match at {
-            Value::Object(map) => map.entry(key.clone()).or_insert(Value::Null),
-            Value::Array(items) => match key.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
-                Some(item) => item,
-                None => return,
-            },
-            _ => return,
-        };
-    }
-    *at = with;
+/// The part of `doc` at `path`, if an earlier change left it there.
+fn at_path<'a>(doc: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
+    let pointer: String = path.iter().map(|key| format!("/{}", key.replace('~', "~0").replace('/', "~1"))).collect();
+    doc.pointer_mut(&pointer)
 }
 
-/// `template` with up to four of its parts replaced by hostile values (or removed), as bytes.
-fn mutated(template: Value) -> impl Strategy<Value = Vec<u8>> {
-    let mut all = Vec::new();
-    paths(&template, &mut Vec::new(), &mut all);
+/// The document as bytes, with each raw-number marker replaced by its number.
+fn render(doc: &Value) -> Vec<u8> {
+    let mut text = doc.to_string();
+    for (i, raw) in RAW_NUMBERS.iter().enumerate() {
+        text = text.replace(&format!("\"\\u0001RAW{i}\\u0001\""), raw);
+    }
+    text.into_bytes()
+}
+
+/// `template` with up to four of its parts (`all`) replaced by hostile values (or removed), as bytes.
+fn mutated(template: Value, all: Vec<Vec<String>>) -> impl Strategy<Value = Vec<u8>> {
     let n = all.len();
     proptest::collection::vec((0..n, hostile(), any::<bool>()), 0..=4).prop_map(move |changes| {
         let mut doc = template.clone();
@@ -98,33 +104,40 @@ fn mutated(template: Value) -> impl Strategy<Value = Vec<u8>> {
             let path = &all[i];
             match (remove, path.split_last()) {
                 (true, Some((last, parent))) => {
-                    let mut at = &mut doc;
-                    for key in parent {
-                        at = match at {
-                            Value::Object(map) => map.entry(key.clone()).or_insert(Value::Null),
-                            _ => break,
-                        };
-                    }
-                    if let Value::Object(map) = at {
+                    if let Some(Value::Object(map)) = at_path(&mut doc, parent) {
                         map.remove(last);
                     }
                 }
-                _ => replace(&mut doc, path, value),
+                _ => {
+                    if let Some(at) = at_path(&mut doc, path) {
+                        *at = value;
+                    }
+                }
             }
         }
-        let mut text = doc.to_string();
-        for (i, raw) in RAW_NUMBERS.iter().enumerate() {
-            text = text.replace(&format!("\"\\u0001RAW{i}\\u0001\""), raw);
-        }
-        text.into_bytes()
+        render(&doc)
     })
 }
 
-/// Runs `check` on `cases` documents made from `template`; a panic inside fails the test with the input.
+/// Runs `check` on `template` with each of `limits` at each of its places, then on `cases` random
+/// mutations of it; a panic inside fails the test with the input.
 fn never_panics(template: Value, cases: u32, check: impl Fn(&[u8])) {
+    let mut all = Vec::new();
+    paths(&template, &mut Vec::new(), &mut all);
+    for path in &all {
+        for value in limits() {
+            let mut doc = template.clone();
+            if let Some(at) = at_path(&mut doc, path) {
+                *at = value;
+            }
+            let bytes = render(&doc);
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&bytes)));
+            assert!(checked.is_ok(), "panicked on {}", String::from_utf8_lossy(&bytes));
+        }
+    }
     let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
     runner
-        .run(&mutated(template), |bytes| {
+        .run(&mutated(template, all), |bytes| {
             check(&bytes);
             Ok(())
         })
