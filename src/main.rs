@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,6 +13,8 @@ struct Cli {
     /// A TOML settings file; SPENDGATE_* environment variables override it.
     #[arg(long, global = true, env = "SPENDGATE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -21,36 +23,18 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve {
-        /// Load demo agents, cards and policies into an empty database and print an admin key.
+        /// Demo data in an empty database, every local feature on (secrets made once into the data
+        /// directory), and an owner key with three commands to try.
         #[arg(long)]
         demo: bool,
     },
     /// Apply the database migrations and exit.
     Migrate,
-    /// Manage API keys on a running server.
-    Keys {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: cli::KeysCommand,
-    },
-    /// Manage agents on a running server.
-    Agents {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: cli::AgentsCommand,
-    },
-    /// Issue and manage cards on a running server.
-    Cards {
-        #[command(flatten)]
-        client: ClientArgs,
-        #[command(subcommand)]
-        command: cli::CardsCommand,
-    },
-    /// Send one authorization to a running server in a processor's format, signed with the configured
-    /// secret, and print the decision.
+    /// Send one authorization in a processor's format for a card known by the processor's id,
+    /// signed with the configured secret, and print the decision (a dry run unless --live).
     Simulate(cli::simulate::SimulateArgs),
+    #[command(flatten)]
+    Client(cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -59,10 +43,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { demo } => load_config(cli.config).and_then(|c| serve(c, demo)),
         Command::Migrate => load_config(cli.config).and_then(migrate),
-        Command::Keys { client, command } => cli::run(client, cli::Command::Keys(command)),
-        Command::Agents { client, command } => cli::run(client, cli::Command::Agents(command)),
-        Command::Cards { client, command } => cli::run(client, cli::Command::Cards(command)),
-        Command::Simulate(args) => Config::load(cli.config.as_deref()).and_then(|c| cli::simulate::run(&c, args)),
+        Command::Simulate(args) => Config::load(cli.config.as_deref()).and_then(|mut c| {
+            spendgate::demo::fill_secrets(&mut c, false)?;
+            cli::simulate::run(&c, args)
+        }),
+        Command::Client(command) => cli::run(cli.client, command, cli.config.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -97,8 +82,22 @@ fn migrate(config: Config) -> anyhow::Result<()> {
 }
 
 fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
-    if demo && config.master_key.is_none() {
-        config.master_key = Some(demo_master_key(&config)?);
+    let mut saved_key = None;
+    if demo {
+        let made = spendgate::demo::fill_secrets(&mut config, true)?;
+        if !made.is_empty() {
+            let names: Vec<String> = made.iter().map(|p| p.display().to_string()).collect();
+            println!(
+                "Generated the demo's secrets (mode 0600; keep them, wallet keys open only with master.key): {}",
+                names.join(", ")
+            );
+        }
+        saved_key = spendgate::demo::saved_owner_key(&config)?;
+        // On an empty database the demo's key becomes the first owner key: one key, printed once below.
+        if config.bootstrap_admin_key.is_none() {
+            let key = saved_key.clone().unwrap_or_else(spendgate::domain::key::generate_secret);
+            config.bootstrap_admin_key = Some(spendgate::config::Secret::new(key));
+        }
     }
     actix_web::rt::System::new().block_on(async move {
         let started = spendgate::start(&config).await?;
@@ -107,19 +106,18 @@ fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
             FirstKey::Created(key) => println!(
                 "\nFirst start: created an owner API key. It is shown only this once; store it now:\n\n    {key}\n"
             ),
+            FirstKey::Bootstrapped if demo => {}
             FirstKey::Bootstrapped => tracing::info!("the bootstrap admin key is now the first owner key"),
             FirstKey::Existing => {}
         }
         if demo {
-            let setup = spendgate::demo::setup(&started.admin, &started.usdc).await?;
-            if setup.loaded {
-                println!("Demo data loaded: 2 agents with cards and policies.");
+            let candidate = saved_key.as_deref().or(config.bootstrap_admin_key.as_ref().map(|k| k.expose()));
+            let setup = spendgate::demo::setup(&started.admin, &started.usdc, candidate).await?;
+            let saved_now = saved_key.as_deref() != Some(setup.key.as_str());
+            if saved_now {
+                spendgate::demo::save_owner_key(&config, &setup.key)?;
             }
-            println!(
-                "\nDemo owner key (replaced at each --demo start):\n\n    {key}\n\nTry:\n\n    \
-                 curl -s -H 'Authorization: Bearer {key}' {base}/v1/agents\n",
-                key = setup.key
-            );
+            println!("{}", spendgate::demo::banner(&started.admin, &setup, saved_now, &base, &config).await?);
         }
         tracing::info!(database = %redact_url(&config.database_url), "storage ready");
         // The last line of the banner: scripts may wait for it.
@@ -127,40 +125,6 @@ fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         started.server.await?;
         Ok(())
     })
-}
-
-/// `serve --demo` without SPENDGATE_MASTER_KEY: the key in `master.key` beside the SQLite file,
-/// made (mode 0600) on the first start. Wallet keys sealed with it open only with it.
-fn demo_master_key(config: &Config) -> anyhow::Result<spendgate::config::Secret> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let dir = config
-        .database_url
-        .strip_prefix("sqlite://")
-        .and_then(|path| Path::new(path).parent())
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("data"))
-        .to_path_buf();
-    let path = dir.join("master.key");
-    if path.exists() {
-        let key = std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        return Ok(spendgate::config::Secret::new(key.trim()));
-    }
-    std::fs::create_dir_all(&dir)?;
-    let key = spendgate::rails::usdc::wallet::MasterKey::generate_base64();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    writeln!(file, "{}", key.as_str())?;
-    println!(
-        "Generated the wallet master key into {} (mode 0600). Keep it: agents' wallet keys open only with it.",
-        path.display()
-    );
-    Ok(spendgate::config::Secret::new(key.as_str()))
 }
 
 /// The database URL without its password, for the log.

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::process::{BIN, Server, serve};
+use common::process::{BIN, serve};
 
 fn cli(base: &str, key: &str, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -103,29 +103,71 @@ fn cli_says_clearly_when_it_cannot_talk_to_the_server() {
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("SPENDGATE_API_KEY"));
 }
 
+/// The banner's lines after "Try it": the export line and the commands, as printed.
+fn banner_commands(stdout: &str) -> (String, Vec<String>) {
+    let tail = stdout.split("Try it").nth(1).expect("the banner offers commands");
+    let lines: Vec<String> = tail
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("spendgate is"))
+        .skip(1)
+        .map(str::to_owned)
+        .collect();
+    let (export, commands) = lines.split_first().expect("an export line");
+    assert!(export.starts_with("export SPENDGATE_URL="), "{export}");
+    (export.clone(), commands.to_vec())
+}
+
+/// Runs one printed command in a shell after the printed export, from `dir`.
+fn run_printed(dir: &std::path::Path, export: &str, command: &str) -> String {
+    let out =
+        Command::new("sh").arg("-c").arg(format!("{export}\n{command}")).current_dir(dir).env_clear().output().unwrap();
+    assert!(out.status.success(), "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `serve --demo` on a fresh directory: one owner key, kept across restarts with the secrets
+/// (mode 0600), and the three printed commands list, approve, freeze and decline as printed.
 #[test]
-fn demo_prints_a_working_key_and_loads_once() {
+fn the_demo_decides_declines_and_freezes_with_the_printed_commands() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let demo_key = |server: &Server| {
-        let after = server.stdout.split("Demo owner key").nth(1).expect("demo banner");
-        after.split_whitespace().find(|w| w.starts_with("sgk_")).expect("key").to_owned()
-    };
     let first = serve(dir.path(), &["--demo"], &[]);
-    assert!(first.stdout.contains("curl -s -H 'Authorization: Bearer sgk_"), "{}", first.stdout);
-    assert!(first.stdout.contains("First start: created an owner API key"));
-    let key1 = demo_key(&first);
-    let agents = json_of(&cli(&first.base, &key1, &["agents", "list", "--json"]));
-    assert_eq!(agents["data"].as_array().unwrap().len(), 2);
+    let keys: std::collections::BTreeSet<&str> =
+        first.stdout.split(|c: char| c.is_whitespace() || c == '=').filter(|w| w.starts_with("sgk_")).collect();
+    assert_eq!(keys.len(), 1, "one owner key: {}", first.stdout);
+    assert!(!first.stdout.contains("First start"), "{}", first.stdout);
+    let (export, commands) = banner_commands(&first.stdout);
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let agents = run_printed(dir.path(), &export, &commands[0]);
+    assert!(agents.contains("pr-reviewer") && agents.contains("2 row(s)"), "{agents}");
+    let approved = run_printed(dir.path(), &export, &commands[1]);
+    assert!(approved.starts_with("approved"), "{approved}");
+    assert!(approved.contains("12.50 USD") && approved.contains("987.50 USD"), "{approved}");
+    let declined = run_printed(dir.path(), &export, &commands[2]);
+    assert!(declined.contains("declined: card_frozen (rule card.status)"), "{declined}");
+
+    let data = dir.path().join("data");
+    let mut secrets = Vec::new();
+    for name in ["owner.key", "master.key", "webhook.secret", "approval.secret"] {
+        let meta = std::fs::metadata(data.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        secrets.push(std::fs::read_to_string(data.join(name)).unwrap());
+    }
+    let key = secrets[0].trim().to_owned();
+    assert!(export.contains(&key));
     drop(first);
 
     let second = serve(dir.path(), &["--demo"], &[]);
-    assert!(!second.stdout.contains("First start"), "the first key is shown only once");
-    let key2 = demo_key(&second);
-    assert_ne!(key1, key2);
-    let agents = json_of(&cli(&second.base, &key2, &["agents", "list", "--json"]));
+    let (export2, commands2) = banner_commands(&second.stdout);
+    assert!(export2.ends_with(&format!("SPENDGATE_API_KEY={key}")), "the same key at every start: {export2}");
+    for (i, name) in ["owner.key", "master.key", "webhook.secret", "approval.secret"].iter().enumerate() {
+        assert_eq!(std::fs::read_to_string(data.join(name)).unwrap(), secrets[i], "{name} is kept");
+    }
+    let agents = json_of(&cli(&second.base, &key, &["agents", "list", "--json"]));
     assert_eq!(agents["data"].as_array().unwrap().len(), 2, "demo data is loaded only into an empty database");
-    let old = cli(&second.base, &key1, &["agents", "list"]);
-    assert!(!old.status.success(), "the previous demo key is revoked");
+    // The frozen card is not offered again: the banner names an active one.
+    assert!(run_printed(dir.path(), &export2, &commands2[1]).starts_with("approved"));
     assert!(dir.path().join("data/spendgate.db").exists(), "the default database is data/spendgate.db");
 }
 
@@ -229,6 +271,7 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
                     "OPENAI",
                     "--country",
                     "US",
+                    "--live",
                 ])
                 .env_clear()
                 .env("SPENDGATE_URL", base)
@@ -251,4 +294,42 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
         .await
         .unwrap();
     assert_eq!(balance["held"], 1_500, "three approvals of 5.00: {balance}");
+
+    // Without --live, a dry run: the decision and its rule, nothing held.
+    for (processor, card, _) in cards {
+        let out = Command::new(BIN)
+            .args(["simulate", processor, "--card", card, "--amount", "12.50"])
+            .env_clear()
+            .env("SPENDGATE_URL", base)
+            .envs(secrets)
+            .output()
+            .unwrap();
+        let text = text_of(&out);
+        assert!(
+            text.starts_with(
+                "declined: per_transaction_exceeded (rule agent.per_transaction)  [dry run: nothing recorded]"
+            ),
+            "{processor}: {text}"
+        );
+    }
+    let after: Value = http
+        .get(format!("{base}/v1/agents/{agent}/balance"))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(after["held"], 1_500, "dry runs hold nothing: {after}");
+    let ledger: Value = http
+        .get(format!("{base}/v1/agents/{agent}/ledger"))
+        .bearer_auth(OWNER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ledger["data"].as_array().unwrap().len(), 7, "the funding and six live decisions: {ledger}");
 }

@@ -272,7 +272,77 @@ async fn a_lifecycle_signature_is_bound_to_its_path(app: TestApp) {
     assert_eq!(r.json::<Value>().await.unwrap()["approved"], true);
 }
 
+/// A dry run answers what a real request would get now, against the same holds and limits, and
+/// records nothing: through the admin API (any reader of the card's agent) and through a signed
+/// webhook with `Spendgate-Dry-Run: true`.
+async fn a_dry_run_decides_like_the_real_thing_and_records_nothing(app: TestApp) {
+    let policy = json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 5_000}]});
+    let (agent, card) = agent_with_card(&app, policy, 100_000).await;
+    let purchase = |amount: i64| {
+        json!({"amount": amount, "currency": "USD",
+               "merchant": {"name": "OPENAI *API", "mcc": "5734", "country": "US"}})
+    };
+    let dry = |amount: i64| {
+        let path = format!("/v1/cards/{card}/dry-run");
+        let app = &app;
+        async move { app.post(&path, purchase(amount)).await }
+    };
+    let (status, first) = dry(4_000).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!((first["approved"].as_bool(), first["dry_run"].as_bool()), (Some(true), Some(true)), "{first}");
+    assert!(first["authorization_id"].is_null(), "nothing recorded, nothing to name: {first}");
+    assert_eq!(first["available"]["amount"], 96_000, "what would be left: {first}");
+    // Twice the same dry run: still approved, because the first held nothing.
+    assert_eq!(dry(4_000).await.1["approved"], true);
+    let b = app.balance(&agent).await;
+    assert_eq!((b["held"].as_i64(), b["available"].as_i64()), (Some(0), Some(100_000)), "{b}");
+    let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    assert_eq!(ledger["data"].as_array().unwrap().len(), 1, "only the funding: {ledger}");
+
+    // A real hold counts against the limit the dry run then sees.
+    assert_eq!(app.authorize("real-1", &card, 4_000).await["approved"], true);
+    let (_, second) = dry(2_000).await;
+    assert_eq!((second["approved"].as_bool(), second["reason"].as_str()), (Some(false), Some("limit_exceeded")));
+    assert_eq!(second["rule"], "agent.limit.daily");
+
+    // The signed webhook with the header: the same answer, nothing recorded.
+    let body = json!({"id": "dry-1", "card_id": card, "amount": 2_000, "currency": "USD",
+                      "merchant": {"name": "OPENAI *API", "mcc": "5734", "country": "US"}});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let response = app
+        .http
+        .post(format!("{}/v1/authorizations", app.base))
+        .header("Spendgate-Signature", common::sign("/v1/authorizations", &bytes))
+        .header("Spendgate-Dry-Run", "true")
+        .header("Content-Type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!((answer["reason"].as_str(), answer["dry_run"].as_bool()), (Some("limit_exceeded"), Some(true)));
+    // The same id sent for real afterwards is a first decision, not a replay of the dry run.
+    let real = app.authorize("dry-1", &card, 1_000).await;
+    assert_eq!((real["approved"].as_bool(), real["replayed"].as_bool()), (Some(true), Some(false)), "{real}");
+    let b = app.balance(&agent).await;
+    assert_eq!(b["held"], 5_000, "two real holds only: {b}");
+    let (_, declines) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    assert_eq!(declines["data"].as_array().unwrap().len(), 3, "funding and two holds: {declines}");
+
+    // An agent key reads its own cards only; bad input is a 4xx that changes nothing.
+    let other = app.create_agent("other").await;
+    let key = app.create_key("agent", Some(&other)).await;
+    let (status, _) =
+        app.call(reqwest::Method::POST, &format!("/v1/cards/{card}/dry-run"), Some(&key), Some(purchase(1))).await;
+    assert!(status == StatusCode::FORBIDDEN || status == StatusCode::NOT_FOUND, "{status}");
+    let (status, e) = app.post(&format!("/v1/cards/{card}/dry-run"), purchase(-1)).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("validation_failed")), "{e}");
+    let (status, _) = app.post("/v1/cards/card_00000000000000000000000000/dry-run", purchase(1)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 on_both_backends!(
+    a_dry_run_decides_like_the_real_thing_and_records_nothing,
     a_lifecycle_signature_is_bound_to_its_path,
     concurrent_authorizations_never_exceed_a_limit,
     retries_of_every_event_are_idempotent,

@@ -272,6 +272,25 @@ impl Admin {
         Ok(card)
     }
 
+    /// What the card would answer to `request` now, recording nothing.
+    pub async fn dry_run(
+        &self,
+        who: &Principal,
+        card_id: &str,
+        request: crate::domain::authorization::AuthRequest,
+    ) -> Result<crate::ledger::AuthOutcome> {
+        let card = self.get_card(who, None, card_id).await?;
+        let auth = crate::ledger::Authorize {
+            source: "dry_run",
+            external_id: crate::domain::ids::AuthorizationId::generate().to_string(),
+            payer: crate::ledger::Payer::Card(card.id),
+            request,
+            deferred: None,
+            payment: None,
+        };
+        self.ledger.dry_run(auth).await
+    }
+
     /// Freeze, unfreeze or close. Repeating an action is a no-op; a closed card stays closed (409).
     pub async fn card_action(
         &self,

@@ -1,13 +1,19 @@
 //! The command-line client: talks to a running server over the admin API, printing tables for
-//! people and JSON (`--json`) for scripts.
+//! people and JSON (`--json`) for scripts. Every route a person uses day to day has a command.
 
 pub mod simulate;
 
+use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::domain::money::Currency;
+use simulate::{Sale, SaleArgs};
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
@@ -26,6 +32,7 @@ pub struct ClientArgs {
 pub enum KeysCommand {
     /// Create a key; the secret is printed once.
     Create {
+        /// owner, manager, operator or agent.
         #[arg(long)]
         role: String,
         /// The agent an `agent` key is scoped to.
@@ -48,6 +55,9 @@ pub enum AgentsCommand {
         name: String,
         #[arg(long)]
         department: Option<String>,
+        /// A policy document as JSON, or @FILE to read it from a file.
+        #[arg(long)]
+        policy: Option<String>,
     },
     List,
     Show {
@@ -75,7 +85,7 @@ pub enum CardsCommand {
         /// The service the card pays, e.g. openai.
         #[arg(long)]
         label: String,
-        /// The cap currency (default USD).
+        /// The cap currency (default: the policy's, else USD).
         #[arg(long)]
         currency: Option<String>,
         /// A policy template, e.g. coding-agent.
@@ -112,16 +122,225 @@ pub enum CardsCommand {
     },
 }
 
+/// Whose policy, events or other record: an agent's or a card's.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct Owner {
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    card: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Print the policy document.
+    Get {
+        #[command(flatten)]
+        of: Owner,
+    },
+    /// Replace the policy with a document (JSON, or @FILE).
+    Set {
+        #[command(flatten)]
+        of: Owner,
+        policy: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TraceCommand {
+    /// Tag the card's authorizations with this trace when the processor sends none.
+    Set {
+        card: String,
+        trace: String,
+    },
+    Clear {
+        card: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ApprovalsCommand {
+    List {
+        /// pending, approved, denied or expired.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Show {
+        id: String,
+    },
+    Approve {
+        id: String,
+    },
+    Deny {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WalletCommand {
+    /// The agent's USDC address.
+    Show { agent: String },
+    /// Make the agent's wallet (agents made while the USDC rail was off have none).
+    Create { agent: String },
+    /// Print the wallet's private key (owner only; recorded in the agent's audit trail).
+    Export { agent: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum X402Command {
+    /// Call a URL for the agent, paying an x402 402 if its policy allows.
+    Fetch {
+        agent: String,
+        url: String,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// `Name: value`, repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        #[arg(long)]
+        body: Option<String>,
+        #[arg(long)]
+        trace: Option<String>,
+        /// The most this call may cost, e.g. `0.05`.
+        #[arg(long, allow_hyphen_values = true)]
+        max_amount: Option<String>,
+        /// One payment per key (default: a new one, so a repeated command pays again).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizeArgs {
+    /// spendgate's card id (`card_…`).
+    #[arg(long)]
+    card: String,
+    #[command(flatten)]
+    sale: SaleArgs,
+    /// Decide against the current state and record nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
-    Keys(KeysCommand),
-    Agents(AgentsCommand),
-    Cards(CardsCommand),
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage agents.
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
+    /// Issue and manage cards.
+    Cards {
+        #[command(subcommand)]
+        command: CardsCommand,
+    },
+    /// Send a signed authorization for a card as its processor would (spendgate's format for
+    /// simulator cards) and print the decision, its reason and the rule that fired.
+    Authorize(AuthorizeArgs),
+    /// Add prepaid money to an agent's balance.
+    Fund {
+        agent: String,
+        /// `100`, `12.50`, or `12.50 USD`.
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        currency: Option<String>,
+        /// The funding's idempotency key (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// An agent's balance: funded, held, spent, available.
+    Balance { agent: String },
+    /// An agent's authorizations and transfers, oldest first.
+    Ledger {
+        agent: String,
+        #[arg(long)]
+        card: Option<String>,
+        #[arg(long)]
+        trace: Option<String>,
+        /// From this time (RFC 3339), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this time (RFC 3339), exclusive.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Read or replace an agent's or a card's policy.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// A card's current trace.
+    Trace {
+        #[command(subcommand)]
+        command: TraceCommand,
+    },
+    /// An agent's or a card's audit trail, oldest first.
+    Events {
+        #[command(flatten)]
+        of: Owner,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Requests for a person's approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// An agent's USDC wallet.
+    Wallet {
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+    /// Paid HTTP calls (x402) for an agent.
+    X402 {
+        #[command(subcommand)]
+        command: X402Command,
+    },
 }
 
 struct Client {
     base: String,
     key: String,
     http: reqwest::Client,
+}
+
+/// The error for a server that cannot be reached, with the likely cause.
+pub(crate) fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "cannot reach spendgate at {base}: {e}. Is the server running (spendgate serve), and is SPENDGATE_URL right?"
+    )
+}
+
+/// The error for a refusal, from the server's JSON error.
+pub(crate) fn refused(status: u16, value: &Value) -> anyhow::Error {
+    let code = value["error"]["code"].as_str().unwrap_or("error");
+    let message = value["error"]["message"].as_str().unwrap_or("the server gave no reason");
+    anyhow::anyhow!("the server refused ({status} {code}): {message}")
+}
+
+/// An API key as the user gave it, or what is wrong with it.
+fn checked_key(key: Option<String>) -> anyhow::Result<String> {
+    let key = key.ok_or_else(|| anyhow::anyhow!("no API key: set SPENDGATE_API_KEY or pass --api-key"))?;
+    if key.contains(['\n', '\r']) {
+        anyhow::bail!("the API key contains a line break: set it to the key alone (sgk_…), without the newline");
+    }
+    if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!("the API key contains spaces or control characters: set it to the key alone (sgk_…)");
+    }
+    Ok(key)
 }
 
 impl Client {
@@ -131,18 +350,14 @@ impl Client {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| {
-            anyhow::anyhow!("cannot reach spendgate at {}: {e}. Is the server running (spendgate serve)?", self.base)
-        })?;
+        let response = request.send().await.map_err(|e| unreachable(&self.base, &e))?;
         let status = response.status();
         let text = response.text().await?;
         let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(value);
         }
-        let code = value["error"]["code"].as_str().unwrap_or("error");
-        let message = value["error"]["message"].as_str().unwrap_or("the server gave no reason");
-        anyhow::bail!("the server refused ({} {code}): {message}", status.as_u16())
+        Err(refused(status.as_u16(), &value))
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -153,24 +368,39 @@ impl Client {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    async fn put(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
     /// The card-scoped routes name the agent too; look it up from the card.
     async fn card_path(&self, card: &str) -> anyhow::Result<String> {
-        let found = self.get(&format!("/v1/cards/{card}")).await?;
+        let found = self.get(&format!("/v1/cards/{}", segment(card))).await?;
         let agent = found["agent_id"].as_str().unwrap_or_default();
-        Ok(format!("/v1/agents/{agent}/cards/{card}"))
+        Ok(format!("/v1/agents/{agent}/cards/{}", segment(card)))
+    }
+
+    async fn owner_path(&self, of: &Owner) -> anyhow::Result<String> {
+        match (&of.agent, &of.card) {
+            (Some(agent), _) => Ok(format!("/v1/agents/{}", segment(agent))),
+            (None, Some(card)) => self.card_path(card).await,
+            (None, None) => anyhow::bail!("name --agent or --card"),
+        }
     }
 }
 
-pub fn run(args: ClientArgs, command: Command) -> anyhow::Result<()> {
-    let key =
-        args.api_key.clone().ok_or_else(|| anyhow::anyhow!("no API key: set SPENDGATE_API_KEY or pass --api-key"))?;
+/// A path segment as typed, escaped so that it stays one segment.
+fn segment(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>().replace('+', "%20")
+}
+
+pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow::Result<()> {
     let client = Client {
         base: args.url.trim_end_matches('/').to_owned(),
-        key,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        key: checked_key(args.api_key.clone())?,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (value, view) = runtime.block_on(execute(&client, command))?;
+    let (value, view) = runtime.block_on(execute(&client, command, config))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
@@ -179,58 +409,346 @@ pub fn run(args: ClientArgs, command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An amount typed by a person, in the currency's own decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Amount {
+    pub minor: i64,
+    pub currency: Currency,
+}
+
+impl Amount {
+    /// `text` is `12.50` or `12.50 USD`; the currency is the one in `text`, else `flag`, else `default`.
+    pub fn parse(name: &str, text: &str, flag: Option<&str>, default: Currency) -> anyhow::Result<Amount> {
+        let mut words = text.split_whitespace();
+        let (number, code) = (words.next().unwrap_or_default(), words.next());
+        anyhow::ensure!(
+            words.next().is_none(),
+            "{name} {text:?}: expected an amount and at most a currency, e.g. 12.50 USD"
+        );
+        let parse_currency = |c: &str| c.parse::<Currency>().map_err(|e| anyhow::anyhow!("{name}: {e}"));
+        let currency = match (code, flag) {
+            (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
+                anyhow::bail!("{name} says {a} but --currency says {b}")
+            }
+            (Some(c), _) | (None, Some(c)) => parse_currency(c)?,
+            (None, None) => default,
+        };
+        let value: Decimal = number.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{name} {number:?} is not an amount: write it in {currency}'s units, e.g. {}",
+                example(currency)
+            )
+        })?;
+        anyhow::ensure!(
+            !value.is_sign_negative(),
+            "{name} must not be negative (got {number}); amounts are written without a sign"
+        );
+        let exponent = currency.exponent();
+        anyhow::ensure!(
+            value.normalize().scale() <= exponent,
+            "{name} {number} has more decimals than {currency} has ({exponent}), e.g. {}",
+            example(currency)
+        );
+        let minor = value
+            .checked_mul(Decimal::from(10i64.pow(exponent)))
+            .and_then(|v| i64::try_from(v).ok())
+            .ok_or_else(|| anyhow::anyhow!("{name} {number} is too large"))?;
+        Ok(Amount { minor, currency })
+    }
+
+    /// In major units with the currency's decimals, e.g. `12.50`.
+    pub fn major(self) -> String {
+        major(self.minor, self.currency)
+    }
+}
+
+fn example(currency: Currency) -> String {
+    major(1250 * 10i64.pow(currency.exponent()) / 100, currency)
+}
+
+fn major(minor: i64, currency: Currency) -> String {
+    Decimal::new(minor, currency.exponent()).to_string()
+}
+
+/// `{"amount": 1250, "currency": "USD"}` as `12.50 USD`.
+fn money(value: &Value) -> Option<String> {
+    let currency: Currency = value["currency"].as_str()?.parse().ok()?;
+    Some(format!("{} {currency}", major(value["amount"].as_i64()?, currency)))
+}
+
+/// An authorization's decision for people: the verdict, the reason and rule, the amounts.
+pub fn describe_outcome(o: &Value) -> String {
+    let mut out = match o["approved"].as_bool() {
+        Some(true) => "approved".to_owned(),
+        _ => format!("declined: {}", o["reason"].as_str().unwrap_or("?")),
+    };
+    if let Some(rule) = o["rule"].as_str() {
+        out.push_str(&format!(" (rule {rule})"));
+    }
+    if o["dry_run"] == true {
+        out.push_str("  [dry run: nothing recorded]");
+    }
+    out.push('\n');
+    let mut line = |label: &str, text: Option<String>| {
+        if let Some(text) = text {
+            out.push_str(&format!("  {label:<14}{text}\n"));
+        }
+    };
+    line("amount", money(&o["amount"]["merchant"]));
+    if o["amount"]["cap"]["currency"] != o["amount"]["merchant"]["currency"] {
+        line("counted as", money(&o["amount"]["cap"]));
+    }
+    line("fx", o["fx"]["rate"].as_str().map(|r| format!("{r} ({})", o["fx"]["date"].as_str().unwrap_or("?"))));
+    line("available", money(&o["available"]));
+    line("authorization", o["authorization_id"].as_str().map(str::to_owned));
+    line("approval", o["approval_id"].as_str().map(str::to_owned));
+    out
+}
+
 #[derive(Clone, Copy)]
 enum View {
     Agents,
     Cards,
     Keys,
+    Ledger,
+    Events,
+    Approvals,
+    Outcome,
+    /// The server's answer, printed as is (a policy document, an upstream answer).
+    Json,
     Record,
 }
 
-async fn execute(client: &Client, command: Command) -> anyhow::Result<(Value, View)> {
+/// An agent's or card's currency, as the server gave it.
+fn currency_of(record: &Value) -> anyhow::Result<Currency> {
+    record["currency"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("the server's answer: {e}"))
+}
+
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}_{}", ulid::Ulid::new().to_string().to_lowercase())
+}
+
+async fn execute(client: &Client, command: Command, config: Option<&Path>) -> anyhow::Result<(Value, View)> {
     use reqwest::Method;
     Ok(match command {
-        Command::Keys(KeysCommand::Create { role, agent, name }) => {
-            (client.post("/v1/keys", json!({ "role": role, "agent_id": agent, "name": name })).await?, View::Record)
+        Command::Keys { command } => match command {
+            KeysCommand::Create { role, agent, name } => {
+                (client.post("/v1/keys", json!({ "role": role, "agent_id": agent, "name": name })).await?, View::Record)
+            }
+            KeysCommand::List => (client.get("/v1/keys").await?, View::Keys),
+            KeysCommand::Revoke { id } => {
+                (client.call(Method::DELETE, &format!("/v1/keys/{}", segment(&id)), None).await?, View::Record)
+            }
+        },
+        Command::Agents { command } => match command {
+            AgentsCommand::Create { name, department, policy } => {
+                let policy = policy.map(|p| read_policy(&p)).transpose()?;
+                let body = json!({ "name": name, "department": department, "policy": policy });
+                (client.post("/v1/agents", body).await?, View::Record)
+            }
+            AgentsCommand::List => (client.get("/v1/agents?limit=500").await?, View::Agents),
+            AgentsCommand::Show { id } => (client.get(&format!("/v1/agents/{}", segment(&id))).await?, View::Record),
+            AgentsCommand::Freeze { id, reason } => {
+                let path = format!("/v1/agents/{}/freeze", segment(&id));
+                (client.post(&path, json!({ "reason": reason })).await?, View::Record)
+            }
+            AgentsCommand::Unfreeze { id, reason } => {
+                let path = format!("/v1/agents/{}/unfreeze", segment(&id));
+                (client.post(&path, json!({ "reason": reason })).await?, View::Record)
+            }
+        },
+        Command::Cards { command } => cards(client, command).await?,
+        Command::Authorize(args) => (authorize(client, args, config).await?, View::Outcome),
+        Command::Fund { agent, amount, currency, id } => {
+            let path = format!("/v1/agents/{}", segment(&agent));
+            let agent_currency = currency_of(&client.get(&path).await?)?;
+            let amount = Amount::parse("--amount", &amount, currency.as_deref(), agent_currency)?;
+            let body = json!({"id": id.unwrap_or_else(|| new_id("fund")), "amount": amount.minor,
+                              "currency": amount.currency.code()});
+            (client.post(&format!("{path}/fund"), body).await?, View::Record)
         }
-        Command::Keys(KeysCommand::List) => (client.get("/v1/keys").await?, View::Keys),
-        Command::Keys(KeysCommand::Revoke { id }) => {
-            (client.call(Method::DELETE, &format!("/v1/keys/{id}"), None).await?, View::Record)
+        Command::Balance { agent } => {
+            (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Record)
         }
-        Command::Agents(AgentsCommand::Create { name, department }) => {
-            (client.post("/v1/agents", json!({ "name": name, "department": department })).await?, View::Record)
+        Command::Ledger { agent, card, trace, from, to, limit, cursor } => {
+            let query = [("card", card), ("trace", trace), ("from", from), ("to", to), ("cursor", cursor)]
+                .into_iter()
+                .filter_map(|(k, v)| v.map(|v| (k, v)))
+                .chain([("limit", limit.to_string())]);
+            let query = serde_urlencoded::to_string(query.collect::<Vec<_>>())?;
+            (client.get(&format!("/v1/agents/{}/ledger?{query}", segment(&agent))).await?, View::Ledger)
         }
-        Command::Agents(AgentsCommand::List) => (client.get("/v1/agents?limit=500").await?, View::Agents),
-        Command::Agents(AgentsCommand::Show { id }) => (client.get(&format!("/v1/agents/{id}")).await?, View::Record),
-        Command::Agents(AgentsCommand::Freeze { id, reason }) => {
-            (client.post(&format!("/v1/agents/{id}/freeze"), json!({ "reason": reason })).await?, View::Record)
+        Command::Policy { command } => match command {
+            PolicyCommand::Get { of } => {
+                (client.get(&format!("{}/policy", client.owner_path(&of).await?)).await?, View::Json)
+            }
+            PolicyCommand::Set { of, policy } => {
+                let document = read_policy(&policy)?;
+                (client.put(&format!("{}/policy", client.owner_path(&of).await?), document).await?, View::Json)
+            }
+        },
+        Command::Trace { command } => {
+            let (card, trace) = match command {
+                TraceCommand::Set { card, trace } => (card, Some(trace)),
+                TraceCommand::Clear { card } => (card, None),
+            };
+            let path = format!("{}/trace", client.card_path(&card).await?);
+            (client.put(&path, json!({ "trace_id": trace })).await?, View::Record)
         }
-        Command::Agents(AgentsCommand::Unfreeze { id, reason }) => {
-            (client.post(&format!("/v1/agents/{id}/unfreeze"), json!({ "reason": reason })).await?, View::Record)
+        Command::Events { of, limit, cursor } => {
+            let mut query = format!("limit={limit}");
+            if let Some(c) = cursor {
+                query.push_str(&format!("&cursor={}", segment(&c)));
+            }
+            (client.get(&format!("{}/events?{query}", client.owner_path(&of).await?)).await?, View::Events)
         }
-        Command::Cards(CardsCommand::Issue { agent, label, currency, template, policy, single_use }) => {
+        Command::Approvals { command } => match command {
+            ApprovalsCommand::List { status } => {
+                let query = status.map(|s| format!("&status={}", segment(&s))).unwrap_or_default();
+                (client.get(&format!("/v1/approvals?limit=500{query}")).await?, View::Approvals)
+            }
+            ApprovalsCommand::Show { id } => {
+                (client.get(&format!("/v1/approvals/{}", segment(&id))).await?, View::Record)
+            }
+            ApprovalsCommand::Approve { id } => {
+                (client.post(&format!("/v1/approvals/{}/approve", segment(&id)), json!({})).await?, View::Record)
+            }
+            ApprovalsCommand::Deny { id } => {
+                (client.post(&format!("/v1/approvals/{}/deny", segment(&id)), json!({})).await?, View::Record)
+            }
+        },
+        Command::Wallet { command } => {
+            let (agent, method, tail) = match command {
+                WalletCommand::Show { agent } => (agent, Method::GET, ""),
+                WalletCommand::Create { agent } => (agent, Method::POST, ""),
+                WalletCommand::Export { agent } => (agent, Method::POST, "/export"),
+            };
+            let path = format!("/v1/agents/{}/wallet{tail}", segment(&agent));
+            (client.call(method, &path, None).await?, View::Record)
+        }
+        Command::X402 {
+            command: X402Command::Fetch { agent, url, method, headers, body, trace, max_amount, idempotency_key },
+        } => {
+            let path = format!("/v1/agents/{}", segment(&agent));
+            let agent_currency = currency_of(&client.get(&path).await?)?;
+            let max_amount = max_amount
+                .map(|m| Amount::parse("--max-amount", &m, None, agent_currency).map(|a| a.minor))
+                .transpose()?;
+            let mut header_map = serde_json::Map::new();
+            for h in headers {
+                let (name, value) =
+                    h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?}: write it as 'Name: value'"))?;
+                header_map.insert(name.trim().to_owned(), json!(value.trim()));
+            }
+            let request = json!({"url": url, "method": method, "headers": header_map, "body": body,
+                                  "trace_id": trace, "max_amount": max_amount});
+            let key = idempotency_key.unwrap_or_else(|| new_id("cli"));
+            (fetch(client, &format!("{path}/x402/fetch"), &key, request).await?, View::Json)
+        }
+    })
+}
+
+async fn cards(client: &Client, command: CardsCommand) -> anyhow::Result<(Value, View)> {
+    Ok(match command {
+        CardsCommand::Issue { agent, label, currency, template, policy, single_use } => {
             let policy = policy.map(|p| read_policy(&p)).transpose()?;
             let body = json!({ "label": label, "currency": currency, "template": template, "policy": policy,
                                "single_use": single_use });
-            (client.post(&format!("/v1/agents/{agent}/cards"), body).await?, View::Record)
+            (client.post(&format!("/v1/agents/{}/cards", segment(&agent)), body).await?, View::Record)
         }
-        Command::Cards(CardsCommand::List { agent }) => {
-            (client.get(&format!("/v1/agents/{agent}/cards?limit=500")).await?, View::Cards)
+        CardsCommand::List { agent } => {
+            (client.get(&format!("/v1/agents/{}/cards?limit=500", segment(&agent))).await?, View::Cards)
         }
-        Command::Cards(CardsCommand::Show { card }) => (client.get(&format!("/v1/cards/{card}")).await?, View::Record),
-        Command::Cards(CardsCommand::Freeze { card, reason }) => {
+        CardsCommand::Show { card } => (client.get(&format!("/v1/cards/{}", segment(&card))).await?, View::Record),
+        CardsCommand::Freeze { card, reason } => {
             let path = client.card_path(&card).await?;
             (client.post(&format!("{path}/freeze"), json!({ "reason": reason })).await?, View::Record)
         }
-        Command::Cards(CardsCommand::Unfreeze { card, reason }) => {
+        CardsCommand::Unfreeze { card, reason } => {
             let path = client.card_path(&card).await?;
             (client.post(&format!("{path}/unfreeze"), json!({ "reason": reason })).await?, View::Record)
         }
-        Command::Cards(CardsCommand::Close { card, reason }) => {
+        CardsCommand::Close { card, reason } => {
             let path = client.card_path(&card).await?;
             (client.post(&format!("{path}/close"), json!({ "reason": reason })).await?, View::Record)
         }
     })
+}
+
+/// `authorize`: the card's own format, signed as its processor signs; a dry run asks the admin API.
+async fn authorize(client: &Client, args: AuthorizeArgs, config: Option<&Path>) -> anyhow::Result<Value> {
+    let card = client.get(&format!("/v1/cards/{}", segment(&args.card))).await?;
+    let currency = currency_of(&card)?;
+    let sale = Sale::new(&args.sale, currency)?;
+    if args.dry_run {
+        let body = json!({"amount": sale.amount.minor, "currency": sale.amount.currency.code(),
+            "merchant": {"id": sale.merchant_id, "name": sale.merchant, "mcc": sale.mcc, "country": sale.country},
+            "trace_id": sale.trace});
+        return client.post(&format!("/v1/cards/{}/dry-run", segment(&args.card)), body).await;
+    }
+    let mut settings = Config::load(config)?;
+    crate::demo::fill_secrets(&mut settings, false)?;
+    let processor_card_id = card["processor_card_id"].as_str().unwrap_or_default();
+    let (request, processor) = match card["processor"].as_str() {
+        Some("stripe") => {
+            (simulate::processor(&settings, simulate::Processor::Stripe, processor_card_id, &sale)?, true)
+        }
+        Some("lithic") => {
+            (simulate::processor(&settings, simulate::Processor::Lithic, processor_card_id, &sale)?, true)
+        }
+        Some("marqeta") => {
+            (simulate::processor(&settings, simulate::Processor::Marqeta, processor_card_id, &sale)?, true)
+        }
+        _ => (simulate::native(&settings, &args.card, &sale)?, false),
+    };
+    let sent_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
+    let (_, answer) = simulate::send(&client.base, request, false).await?;
+    if !processor {
+        return Ok(answer);
+    }
+    // A processor's answer carries its own codes: the ledger has the decision in full.
+    let agent = card["agent_id"].as_str().unwrap_or_default();
+    let query = serde_urlencoded::to_string([("card", args.card.as_str()), ("from", &sent_at.to_string())])?;
+    let path = format!("/v1/agents/{agent}/ledger?{query}&limit=500");
+    let entries = client.get(&path).await?;
+    let last = entries["data"].as_array().and_then(|rows| rows.iter().rev().find(|e| e["type"] == "authorization"));
+    Ok(last.map(outcome_of).unwrap_or(answer))
+}
+
+/// A ledger authorization in the shape of a decision.
+fn outcome_of(a: &Value) -> Value {
+    json!({"approved": a["approved"], "authorization_id": a["id"], "reason": a["reason"], "rule": a["rule"],
+           "amount": {"merchant": a["amount"], "cap": a["cap"]}, "fx": a["fx"], "approval_id": a["approval_id"]})
+}
+
+/// The x402 fetch: the upstream's answer with spendgate's headers.
+async fn fetch(client: &Client, path: &str, key: &str, body: Value) -> anyhow::Result<Value> {
+    let response = client
+        .http
+        .post(format!("{}{path}", client.base))
+        .bearer_auth(&client.key)
+        .header("Idempotency-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| unreachable(&client.base, &e))?;
+    let status = response.status().as_u16();
+    let headers: serde_json::Map<String, Value> = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("spendgate-"))
+        .map(|(name, value)| (name.to_string(), json!(value.to_str().unwrap_or_default())))
+        .collect();
+    let text = response.text().await?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if value["error"]["code"].is_string() && headers.is_empty() {
+        return Err(refused(status, &value));
+    }
+    Ok(json!({"status": status, "spendgate": headers, "body": value}))
 }
 
 fn read_policy(arg: &str) -> anyhow::Result<Value> {
@@ -238,8 +756,11 @@ fn read_policy(arg: &str) -> anyhow::Result<Value> {
         Some(path) => std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?,
         None => arg.to_owned(),
     };
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("--policy is not valid JSON: {e}"))
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the policy is not valid JSON: {e}"))
 }
+
+/// The longest a cell in a list gets before it is cut (`show` and `--json` have it whole).
+const MAX_CELL: usize = 32;
 
 fn cell(value: &Value) -> String {
     match value {
@@ -249,29 +770,150 @@ fn cell(value: &Value) -> String {
     }
 }
 
+fn cut(text: String) -> String {
+    match text.char_indices().nth(MAX_CELL) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+/// A document inside a record, cut to a line (`--json` prints it whole).
+fn cut_record(text: String) -> String {
+    match text.char_indices().nth(4 * MAX_CELL) {
+        Some((at, _)) => format!("{}… (--json for all)", &text[..at]),
+        None => text,
+    }
+}
+
+fn table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some((terminal_size::Width(width), _)) = terminal_size::terminal_size() {
+        table.set_width(width);
+    }
+    table
+}
+
+/// What a list view shows of each row: a column name and how to read it.
+type Column = (&'static str, fn(&Value) -> String);
+
 fn render(value: &Value, view: View) -> String {
-    let columns: &[&str] = match view {
-        View::Agents => &["id", "name", "department", "status", "created_at"],
-        View::Cards => &["id", "label", "last4", "currency", "status", "processor", "created_at"],
-        View::Keys => &["id", "role", "name", "agent_id", "prefix", "revoked_at"],
+    let columns: &[Column] = match view {
+        View::Agents => &[
+            ("id", |r| cell(&r["id"])),
+            ("name", |r| cell(&r["name"])),
+            ("department", |r| cell(&r["department"])),
+            ("status", |r| cell(&r["status"])),
+            ("currency", |r| cell(&r["currency"])),
+        ],
+        View::Cards => &[
+            ("id", |r| cell(&r["id"])),
+            ("label", |r| cell(&r["label"])),
+            ("last4", |r| cell(&r["last4"])),
+            ("currency", |r| cell(&r["currency"])),
+            ("status", |r| cell(&r["status"])),
+            ("processor", |r| cell(&r["processor"])),
+        ],
+        View::Keys => &[
+            ("id", |r| cell(&r["id"])),
+            ("role", |r| cell(&r["role"])),
+            ("name", |r| cell(&r["name"])),
+            ("agent_id", |r| cell(&r["agent_id"])),
+            ("prefix", |r| cell(&r["prefix"])),
+            ("revoked_at", |r| cell(&r["revoked_at"])),
+        ],
+        View::Ledger => &[
+            ("at", |r| if r["type"] == "authorization" { cell(&r["authorized_at"]) } else { cell(&r["created_at"]) }),
+            ("type", |r| cell(&r["type"])),
+            ("what", |r| match r["reason"].as_str() {
+                _ if r["type"] != "authorization" => cell(&r["kind"]),
+                Some(reason) => format!("{} declined: {reason}", cell(&r["merchant"]["name"])),
+                None => format!("{} {}", cell(&r["merchant"]["name"]), cell(&r["status"])),
+            }),
+            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
+            ("card", |r| cell(&r["card_id"])),
+        ],
+        View::Events => &[
+            ("at", |r| cell(&r["created_at"])),
+            ("kind", |r| cell(&r["kind"])),
+            ("card", |r| cell(&r["card_id"])),
+            ("reason", |r| cell(&r["reason"])),
+        ],
+        View::Approvals => &[
+            ("id", |r| cell(&r["id"])),
+            ("status", |r| cell(&r["status"])),
+            ("agent", |r| cell(&r["agent_id"])),
+            ("rule", |r| cell(&r["rule"])),
+            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
+            ("merchant", |r| cell(&r["merchant"]["name"])),
+        ],
+        View::Outcome => return describe_outcome(value),
+        View::Json => return format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()),
         View::Record => {
-            let mut table = Table::new();
-            table.load_preset(UTF8_FULL_CONDENSED);
+            let mut table = table();
             if let Value::Object(map) = value {
                 for (k, v) in map {
-                    let shown = if k == "policy" { v.to_string() } else { cell(v) };
+                    let shown = match v {
+                        Value::Object(_) | Value::Array(_) => cut_record(v.to_string()),
+                        other => cell(other),
+                    };
                     table.add_row(vec![k.clone(), shown]);
                 }
             }
             return format!("{table}\n");
         }
     };
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_header(columns.to_vec());
+    let mut table = table();
+    table.set_header(columns.iter().map(|(name, _)| *name).collect::<Vec<_>>());
     let rows = value["data"].as_array().cloned().unwrap_or_default();
     for row in &rows {
-        table.add_row(columns.iter().map(|c| cell(&row[*c])).collect::<Vec<_>>());
+        table.add_row(columns.iter().map(|(_, read)| cut(read(row))).collect::<Vec<_>>());
     }
-    let more = if value["next_cursor"].is_string() { " (more: use --json and the cursor)" } else { "" };
+    let more = match value["next_cursor"].as_str() {
+        Some(cursor) => format!(" (more: --cursor {cursor})"),
+        None => String::new(),
+    };
     format!("{table}\n{} row(s){more}\n", rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(text: &str) -> anyhow::Result<Amount> {
+        Amount::parse("--amount", text, None, Currency::USD)
+    }
+
+    #[test]
+    fn amounts_are_read_in_the_currencys_own_decimals() {
+        assert_eq!(usd("12.50").unwrap().minor, 1250);
+        assert_eq!(usd("12.5").unwrap().minor, 1250);
+        assert_eq!(usd("12").unwrap().minor, 1200);
+        let jpy = usd("1000 JPY").unwrap();
+        assert_eq!((jpy.minor, jpy.currency.code()), (1000, "JPY"));
+        let bhd = Amount::parse("--amount", "1.234", Some("bhd"), Currency::USD).unwrap();
+        assert_eq!((bhd.minor, bhd.major()), (1234, "1.234".to_owned()));
+        assert!(usd("12.505").unwrap_err().to_string().contains("more decimals than USD has (2)"));
+        assert!(usd("10.5 JPY").unwrap_err().to_string().contains("more decimals than JPY has (0)"));
+        assert!(usd("-5").unwrap_err().to_string().contains("must not be negative"));
+        assert!(usd("twelve").unwrap_err().to_string().contains("e.g. 12.50"));
+        assert!(usd("1e30").is_err() && usd("99999999999999999999").unwrap_err().to_string().contains("too large"));
+        assert!(Amount::parse("--amount", "5 EUR", Some("USD"), Currency::USD).is_err());
+    }
+
+    #[test]
+    fn keys_with_line_breaks_are_named_as_such() {
+        let error = checked_key(Some("sgk_abc\n".into())).unwrap_err().to_string();
+        assert!(error.contains("line break"), "{error}");
+        assert!(checked_key(Some("sgk_abc def".into())).is_err());
+        assert!(checked_key(None).unwrap_err().to_string().contains("SPENDGATE_API_KEY"));
+        assert_eq!(checked_key(Some("sgk_abc".into())).unwrap(), "sgk_abc");
+    }
+
+    #[test]
+    fn long_cells_are_cut_and_short_ones_kept() {
+        assert_eq!(cut("short".into()), "short");
+        let long = "x".repeat(100);
+        assert_eq!(cut(long).chars().count(), MAX_CELL + 1);
+    }
 }

@@ -2,13 +2,16 @@ use actix_web::{HttpResponse, get, post, put, web};
 
 use super::AppState;
 use super::error::ErrorBody;
+use super::webhooks::Purchase;
 use crate::admin::cards::{IssuedCard, NewCard};
 use crate::admin::{Page, PageQuery, ReasonBody};
 use crate::domain::access::Principal;
+use crate::domain::authorization::Merchant;
 use crate::domain::card::{Card, CardAction};
 use crate::domain::event::Event;
 use crate::domain::policy::Policy;
 use crate::error::Result;
+use crate::ledger::AuthOutcome;
 
 /// Issues a card. The full `number` is in this response only; spendgate never stores it.
 #[utoipa::path(tag = "cards", request_body = NewCard, security(("bearer" = [])),
@@ -51,6 +54,35 @@ pub async fn get_agent_card(
 #[get("/v1/cards/{card_id}")]
 pub async fn get_card(state: web::Data<AppState>, who: Principal, path: web::Path<String>) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(state.admin.get_card(&who, None, &path).await?))
+}
+
+/// A purchase to decide without recording it.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DryRunBody {
+    /// Minor units of `currency`.
+    pub amount: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub merchant: Merchant,
+    pub trace_id: Option<String>,
+}
+
+/// What an authorization on this card would be answered now, and why: the same rules, balance and
+/// spending windows as a real one, with nothing recorded (no hold, no decline, no approval request).
+#[utoipa::path(tag = "cards", request_body = DryRunBody, security(("bearer" = [])),
+    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/v1/cards/{card_id}/dry-run")]
+pub async fn dry_run(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<DryRunBody>,
+) -> Result<HttpResponse> {
+    let b = body.into_inner();
+    let request =
+        Purchase { amount: b.amount, currency: b.currency, merchant: b.merchant, trace_id: b.trace_id }.request()?;
+    Ok(HttpResponse::Ok().json(state.admin.dry_run(&who, &path, request).await?))
 }
 
 async fn act(

@@ -83,6 +83,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(cards::list_cards)
         .service(cards::get_agent_card)
         .service(cards::get_card)
+        .service(cards::dry_run)
         .service(cards::freeze_card)
         .service(cards::unfreeze_card)
         .service(cards::close_card)

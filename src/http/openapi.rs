@@ -14,7 +14,7 @@ use super::{agents, approvals, cards, keys, ledger, processors, system, usdc, we
         system::healthz, system::readyz, system::metrics, system::policy_templates,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::freeze_agent, agents::unfreeze_agent,
         agents::get_agent_policy, agents::put_agent_policy, agents::agent_events,
-        cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::freeze_card,
+        cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::dry_run, cards::freeze_card,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace,

@@ -76,34 +76,47 @@ fn verify_marqeta(state: &AppState, req: &HttpRequest) -> Result<()> {
 }
 
 /// Finds the card and decides within `budget`. Every failure is a decline: an unknown card is not
-/// recorded (there is no agent to record it against); anything else the ledger records.
+/// recorded (there is no agent to record it against); anything else the ledger records. A dry run
+/// (`Spendgate-Dry-Run: true`) records nothing, and its answer is spendgate's own, not the
+/// processor's format: the handler returns it as is.
 async fn decide(
+    req: &HttpRequest,
     ledger: &Ledger,
     source: &'static str,
     external_id: String,
     card: Option<&str>,
     request: AuthRequest,
     budget: Duration,
-) -> AuthOutcome {
-    let Some(card) = card else { return AuthOutcome::failed(DeclineReason::UnknownCard, &request) };
+) -> Decided {
+    let dry_run = super::webhooks::is_dry_run(req);
+    let answer = |outcome: AuthOutcome| match dry_run {
+        true => Decided::DryRun(Ok(HttpResponse::Ok().json(AuthOutcome { dry_run: true, ..outcome }))),
+        false => Decided::Real(outcome),
+    };
+    let Some(card) = card else { return answer(AuthOutcome::failed(DeclineReason::UnknownCard, &request)) };
     let card_id = match tokio::time::timeout(budget, ledger.card_for_processor(source, card)).await {
         Ok(Ok(Some(id))) => id,
         Ok(Ok(None)) => {
             metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
-            return AuthOutcome::failed(DeclineReason::UnknownCard, &request);
+            return answer(AuthOutcome::failed(DeclineReason::UnknownCard, &request));
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, source, "card lookup failed; declined");
-            return AuthOutcome::failed(DeclineReason::InternalError, &request);
+            return answer(AuthOutcome::failed(DeclineReason::InternalError, &request));
         }
-        Err(_) => return AuthOutcome::failed(DeclineReason::Timeout, &request),
+        Err(_) => return answer(AuthOutcome::failed(DeclineReason::Timeout, &request)),
     };
-    ledger
-        .authorize_within(
-            Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None, payment: None },
-            budget,
-        )
-        .await
+    let auth = Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None, payment: None };
+    if dry_run {
+        return Decided::DryRun(ledger.dry_run(auth).await.map(|outcome| HttpResponse::Ok().json(outcome)));
+    }
+    Decided::Real(ledger.authorize_within(auth, budget).await)
+}
+
+/// A decision to answer in the processor's format, or a dry run's own answer.
+enum Decided {
+    Real(AuthOutcome),
+    DryRun(Result<HttpResponse>),
 }
 
 fn acknowledged(kind: &str, done: Applied) -> HttpResponse {
@@ -115,6 +128,7 @@ fn acknowledged(kind: &str, done: Applied) -> HttpResponse {
 
 /// Stripe's real-time authorization request: answered with `{"approved", "metadata"}` and `Stripe-Version`.
 #[utoipa::path(post, path = "/webhooks/stripe/authorizations", tag = "processors",
+    params(("Spendgate-Dry-Run" = Option<bool>, Header, description = "`true`: decide, record nothing, answer spendgate's own decision")),
     request_body(content = Object, description = "Stripe's `issuing_authorization.request` event, signed with `Stripe-Signature`"),
     responses((status = 200, body = Object, description = "`{\"approved\": bool, \"metadata\": {…}}`"), SignedRefusals))]
 #[post("/webhooks/stripe/authorizations")]
@@ -128,7 +142,12 @@ pub async fn stripe_authorization(
     let ask = stripe::decide(&event)?;
     let budget = card::budget(stripe::DEADLINE);
     let outcome =
-        decide(&state.ledger, stripe::SOURCE, ask.authorization_id, Some(&ask.card), ask.request, budget).await;
+        match decide(&req, &state.ledger, stripe::SOURCE, ask.authorization_id, Some(&ask.card), ask.request, budget)
+            .await
+        {
+            Decided::Real(outcome) => outcome,
+            Decided::DryRun(answer) => return answer,
+        };
     Ok(HttpResponse::Ok().insert_header(("Stripe-Version", ask.api_version)).json(stripe::answer(&outcome)))
 }
 
@@ -151,6 +170,7 @@ pub async fn stripe_event(state: web::Data<AppState>, req: HttpRequest, body: we
 
 /// Lithic's Auth Stream Access request: answered with `{"token", "result"}`.
 #[utoipa::path(post, path = "/webhooks/lithic/asa", tag = "processors",
+    params(("Spendgate-Dry-Run" = Option<bool>, Header, description = "`true`: decide, record nothing, answer spendgate's own decision")),
     request_body(content = Object, description = "Lithic's ASA request, signed with Standard Webhooks headers"),
     responses((status = 200, body = Object, description = "`{\"token\", \"result\"}`"), SignedRefusals))]
 #[post("/webhooks/lithic/asa")]
@@ -161,9 +181,12 @@ pub async fn lithic_asa(state: web::Data<AppState>, req: HttpRequest, body: web:
         lithic::Asa::Approve { token } => return Ok(HttpResponse::Ok().json(lithic::answer(&token, None))),
         lithic::Asa::Decide { token, card: card_token, request } => {
             let budget = card::budget(state.processors.lithic_deadline);
-            let outcome =
-                decide(&state.ledger, lithic::SOURCE, token.clone(), card_token.as_deref(), request, budget).await;
-            (token, outcome)
+            let decided =
+                decide(&req, &state.ledger, lithic::SOURCE, token.clone(), card_token.as_deref(), request, budget);
+            match decided.await {
+                Decided::Real(outcome) => (token, outcome),
+                Decided::DryRun(answer) => return answer,
+            }
         }
     };
     let decline = if outcome.approved { None } else { Some(outcome.reason.unwrap_or(DeclineReason::InternalError)) };
@@ -192,6 +215,7 @@ pub async fn lithic_event(state: web::Data<AppState>, req: HttpRequest, body: we
 
 /// Marqeta's JIT funding: approve = 200 echoing `jit_funding`; decline = 402 with its `decline_reason`.
 #[utoipa::path(post, path = "/webhooks/marqeta/jit", tag = "processors", security(("marqeta_basic" = [])),
+    params(("Spendgate-Dry-Run" = Option<bool>, Header, description = "`true`: decide, record nothing, answer spendgate's own decision")),
     request_body(content = Object, description = "a Marqeta JIT funding message, with HTTP Basic credentials"),
     responses((status = 200, body = Object, description = "approved: `{\"jit_funding\": {…}}`"),
         (status = 402, body = Object, description = "declined: `{\"jit_funding\": {…, \"decline_reason\"}}`"), SignedRefusals,
@@ -204,7 +228,11 @@ pub async fn marqeta_jit(state: web::Data<AppState>, req: HttpRequest, body: web
     match marqeta::read(&message)? {
         marqeta::Jit::Decide { token, card: card_token, request } => {
             let budget = card::budget(marqeta::DEADLINE);
-            let outcome = decide(&state.ledger, marqeta::SOURCE, token, card_token.as_deref(), request, budget).await;
+            let decided = decide(&req, &state.ledger, marqeta::SOURCE, token, card_token.as_deref(), request, budget);
+            let outcome = match decided.await {
+                Decided::Real(outcome) => outcome,
+                Decided::DryRun(answer) => return answer,
+            };
             if outcome.approved {
                 return Ok(HttpResponse::Ok().json(marqeta::answer(funding, None)));
             }

@@ -57,10 +57,17 @@ fn text(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
-impl NativeAuthorization {
-    fn check(&self) -> Result<()> {
-        text("id", &self.id, 255)?;
-        text("card_id", &self.card_id, 100)?;
+/// What is being bought, as the native webhook and the dry-run route take it.
+pub struct Purchase {
+    pub amount: i64,
+    pub currency: String,
+    pub merchant: Merchant,
+    pub trace_id: Option<String>,
+}
+
+impl Purchase {
+    /// Checks every field and makes the rail's request of it (codes upper-cased).
+    pub fn request(self) -> Result<AuthRequest> {
         text("currency", &self.currency, 8)?;
         if !(0..=MAX_AMOUNT).contains(&self.amount) {
             return Err(Error::validation(format!("amount must be 0 to {MAX_AMOUNT} minor units")));
@@ -85,42 +92,57 @@ impl NativeAuthorization {
         if let Some(t) = &self.trace_id {
             text("trace_id", t, 200)?;
         }
-        Ok(())
+        Ok(AuthRequest {
+            rail: Rail::Card,
+            amount: self.amount,
+            currency: self.currency.trim().to_ascii_uppercase(),
+            merchant: Merchant { country: self.merchant.country.map(|c| c.to_ascii_uppercase()), ..self.merchant },
+            trace_id: self.trace_id,
+            max_amount: None,
+            recipient: None,
+        })
     }
 }
 
+/// `Spendgate-Dry-Run: true` on a signed authorization request: decide it against the current state
+/// and answer spendgate's own decision (`"dry_run": true`), recording nothing. The answer is never
+/// in a processor's format, so no processor can take it for an approval.
+pub const DRY_RUN_HEADER: &str = "Spendgate-Dry-Run";
+
+pub fn is_dry_run(req: &HttpRequest) -> bool {
+    req.headers().get(DRY_RUN_HEADER).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+}
+
 /// Decide an authorization. Always 200 with the decision once the signature and body are good:
-/// an unknown card, a frozen one or an internal failure are declines, never errors.
+/// an unknown card, a frozen one or an internal failure are declines, never errors. With
+/// `Spendgate-Dry-Run: true`, nothing is recorded.
 #[utoipa::path(post, path = "/v1/authorizations", tag = "authorizations", request_body = NativeAuthorization,
+    params(("Spendgate-Dry-Run" = Option<bool>, Header, description = "`true`: decide, record nothing")),
     responses((status = 200, body = AuthOutcome), (status = 401, description = "missing, stale or wrong signature")))]
 #[post("/v1/authorizations")]
 pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> Result<HttpResponse> {
     let input: NativeAuthorization = signed(&state, &req, &body, Accept::BodyOrRoute)?;
-    input.check()?;
-    let request = AuthRequest {
-        rail: Rail::Card,
-        amount: input.amount,
-        currency: input.currency.trim().to_ascii_uppercase(),
-        merchant: Merchant { country: input.merchant.country.map(|c| c.to_ascii_uppercase()), ..input.merchant },
-        trace_id: input.trace_id,
-        max_amount: None,
-        recipient: None,
-    };
+    text("id", &input.id, 255)?;
+    text("card_id", &input.card_id, 100)?;
+    let purchase =
+        Purchase { amount: input.amount, currency: input.currency, merchant: input.merchant, trace_id: input.trace_id };
+    let request = purchase.request()?;
     let Some(card_id) = CardId::parse(&input.card_id) else {
-        return Ok(HttpResponse::Ok()
-            .json(AuthOutcome::failed(crate::domain::authorization::DeclineReason::UnknownCard, &request)));
+        let failed = AuthOutcome::failed(crate::domain::authorization::DeclineReason::UnknownCard, &request);
+        return Ok(HttpResponse::Ok().json(AuthOutcome { dry_run: is_dry_run(&req), ..failed }));
     };
-    let outcome = state
-        .ledger
-        .authorize(Authorize {
-            source: "native",
-            external_id: input.id,
-            payer: Payer::Card(card_id),
-            request,
-            deferred: None,
-            payment: None,
-        })
-        .await;
+    let auth = Authorize {
+        source: "native",
+        external_id: input.id,
+        payer: Payer::Card(card_id),
+        request,
+        deferred: None,
+        payment: None,
+    };
+    let outcome = match is_dry_run(&req) {
+        true => state.ledger.dry_run(auth).await?,
+        false => state.ledger.authorize(auth).await,
+    };
     Ok(HttpResponse::Ok().json(outcome))
 }
 

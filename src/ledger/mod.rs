@@ -268,9 +268,24 @@ impl Ledger {
         };
         let (reply, answer) = oneshot::channel();
         let deadline = deadline.into_std();
-        let cmd = writer::AuthorizeCmd { auth: auth.clone(), card, agent, deadline, verdict: None, reply };
+        let cmd =
+            writer::AuthorizeCmd { auth: auth.clone(), card, agent, deadline, verdict: None, dry_run: false, reply };
         self.send(Command::Authorize(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    /// What `authorize` would answer now, recording nothing: the same snapshot, totals and rules,
+    /// decided under the same locks, so the answer is the one a real request would get.
+    pub async fn dry_run(&self, auth: Authorize) -> Result<AuthOutcome> {
+        let Some((card, agent)) = self.payer(&auth.payer).await? else {
+            return Ok(AuthOutcome { dry_run: true, ..AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request) });
+        };
+        let (reply, answer) = oneshot::channel();
+        let deadline = std::time::Instant::now() + self.budget;
+        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: None, dry_run: true, reply };
+        self.send(Command::Authorize(Box::new(cmd))).await?;
+        let outcome = answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))??;
+        Ok(AuthOutcome { dry_run: true, ..outcome })
     }
 
     /// Records an authorization the processor decided on its own. Idempotent by external id; an
@@ -280,7 +295,7 @@ impl Ledger {
         let Some((card, agent)) = self.payer(&auth.payer).await? else { return Ok(None) };
         let (reply, answer) = oneshot::channel();
         let deadline = std::time::Instant::now() + self.budget;
-        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: Some(verdict), reply };
+        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: Some(verdict), dry_run: false, reply };
         self.send(Command::Authorize(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?.map(Some)
     }

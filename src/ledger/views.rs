@@ -48,6 +48,9 @@ pub struct AuthOutcome {
     /// The request's payment (`Authorize::payment`) was committed with this hold.
     #[serde(skip)]
     pub payment_stored: bool,
+    /// Present (true) only on a dry run's answer: nothing was recorded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl AuthOutcome {
@@ -66,6 +69,7 @@ impl AuthOutcome {
             replayed: false,
             approval_id: None,
             payment_stored: false,
+            dry_run: false,
         }
     }
 
@@ -82,6 +86,7 @@ impl AuthOutcome {
             replayed,
             approval_id: view.approval_id,
             payment_stored: false,
+            dry_run: false,
         }
     }
 }

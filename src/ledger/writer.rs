@@ -43,6 +43,8 @@ pub(super) struct AuthorizeCmd {
     pub deadline: Instant,
     /// None: decide by policy. Some: the processor already decided; record it.
     pub verdict: Option<Verdict>,
+    /// Decide and answer, recording nothing: no hold, no decline, no approval request.
+    pub dry_run: bool,
     pub reply: oneshot::Sender<Result<AuthOutcome>>,
 }
 
@@ -611,6 +613,15 @@ impl Writer {
             None if Instant::now() > c.deadline => Decision::decline(DeclineReason::Timeout, None),
             None => policy::evaluate(request, &snap, now),
         };
+        if c.dry_run {
+            let row = new_row(&c.auth, agent_id, card, l, &decision, request.trace_id.clone(), now.as_millisecond());
+            let available = l.ledger.balance.available() - row.held;
+            return Ok(AuthOutcome {
+                authorization_id: None,
+                dry_run: true,
+                ..AuthOutcome::from_row(&row, l.currency, available, false)
+            });
+        }
         if let Some(previous) = recorded.get(&key).cloned() {
             return self.override_decline(conn, previous, &decision, l, recorded, key, now);
         }
