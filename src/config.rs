@@ -100,14 +100,20 @@ pub struct Config {
     pub decision_budget_ms: u64,
     /// Holds still pending after this many hours are voided.
     pub hold_expiry_hours: u64,
-    /// The ECB daily rates file to refresh from (e.g. the ECB's eurofxref-daily.xml); unset, the
-    /// built-in table is used.
-    pub fx_url: Option<String>,
+    /// The ECB's daily reference rates, fetched at start and every `fx_refresh_minutes`. Empty:
+    /// only the table built into the release (which soon counts as stale).
+    pub fx_url: String,
+    /// A second rates source for the currencies the ECB does not publish (and no peg fixes): a JSON
+    /// document `{"base", "date" | "timestamp", "rates": {…}}` with a EUR rate. Empty: none.
+    pub fx_extra_url: String,
     pub fx_refresh_minutes: u64,
     /// Rates older than this make a cross-currency authorization decline with `stale_fx`.
     pub fx_max_age_hours: u64,
     /// false: keep deciding with the last good table however old it is.
     pub fx_stale_declines: bool,
+    /// Take the table built into the release however old it is, labelled `bundled` in every
+    /// decision that used it. `serve --demo` sets it; a server that moves real money should not.
+    pub fx_accept_bundled: bool,
     /// Cards kept in the decision path's snapshot cache.
     pub cache_capacity: u64,
     /// Most ledger commands committed in one transaction.
@@ -166,10 +172,12 @@ impl Default for Config {
             x402_max_fetches_per_agent: 8,
             decision_budget_ms: 1_500,
             hold_expiry_hours: 7 * 24,
-            fx_url: None,
+            fx_url: "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml".into(),
+            fx_extra_url: String::new(),
             fx_refresh_minutes: 60,
             fx_max_age_hours: 4 * 24,
             fx_stale_declines: true,
+            fx_accept_bundled: false,
             cache_capacity: 1_000_000,
             ledger_batch: 256,
             public_url: "http://127.0.0.1:8080".into(),
@@ -302,8 +310,11 @@ impl Config {
         anyhow::ensure!((100..=60_000).contains(&self.slack_timeout_ms), "slack_timeout_ms must be 100 to 60000");
         anyhow::ensure!((10..=60_000).contains(&self.slack_retry_ms), "slack_retry_ms must be 10 to 60000");
         anyhow::ensure!((1..=10_000).contains(&self.ledger_batch), "ledger_batch must be 1 to 10000");
-        if let Some(url) = &self.fx_url {
-            anyhow::ensure!(url.starts_with("http://") || url.starts_with("https://"), "fx_url must be an http(s) URL");
+        for (name, url) in [("fx_url", &self.fx_url), ("fx_extra_url", &self.fx_extra_url)] {
+            anyhow::ensure!(
+                url.is_empty() || url.starts_with("http://") || url.starts_with("https://"),
+                "{name} must be an http(s) URL, or empty for none"
+            );
         }
         Ok(())
     }

@@ -84,6 +84,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         fx: FxRules {
             max_age: jiff::SignedDuration::from_hours(config.fx_max_age_hours as i64),
             decline_stale: config.fx_stale_declines,
+            accept_bundled: config.fx_accept_bundled,
         },
         max_batch: config.ledger_batch,
         queue: 16_384,
@@ -234,9 +235,23 @@ fn approvals(
 
 /// The hold expiry sweep and, when configured, the FX refresher.
 fn spawn_background(config: &Config, ledger: &Ledger, rates: &ledger::Rates) {
-    if let Some(url) = config.fx_url.clone() {
-        let every = Duration::from_secs(config.fx_refresh_minutes * 60);
-        actix_web::rt::spawn(rates::refresh_forever(url, every, rates.clone()));
+    let url = |u: &String| Some(u.clone()).filter(|u| !u.is_empty());
+    let sources = rates::Sources {
+        ecb_url: url(&config.fx_url),
+        extra_url: url(&config.fx_extra_url),
+        every: Duration::from_secs(config.fx_refresh_minutes * 60),
+    };
+    let table = rates.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match &sources.ecb_url {
+        Some(_) => tracing::info!(date = %table.date, "FX: the bundled ECB table until the first fetch"),
+        None if config.fx_accept_bundled => {
+            tracing::info!(date = %table.date, "FX: the bundled ECB table only (fx_url is empty), accepted however old")
+        }
+        None => tracing::warn!(date = %table.date,
+            "FX: the bundled ECB table only (fx_url is empty); cross-currency authorizations decline stale_fx once it is older than fx_max_age_hours"),
+    }
+    if sources.ecb_url.is_some() || sources.extra_url.is_some() {
+        actix_web::rt::spawn(rates::refresh_forever(sources, rates.clone()));
     }
     let ledger = ledger.clone();
     let max_age = jiff::SignedDuration::from_hours(config.hold_expiry_hours as i64);

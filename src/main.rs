@@ -84,6 +84,8 @@ fn migrate(config: Config) -> anyhow::Result<()> {
 fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
     let mut saved_key = None;
     if demo {
+        // Offline, the demo still converts: with the table built in, labelled `bundled`.
+        config.fx_accept_bundled = true;
         let made = spendgate::demo::fill_secrets(&mut config, true)?;
         if !made.is_empty() {
             let names: Vec<String> = made.iter().map(|p| p.display().to_string()).collect();

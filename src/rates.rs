@@ -1,38 +1,91 @@
-//! The FX rate table the decision path reads: the built-in ECB file at start, then refreshed on
-//! a schedule from `SPENDGATE_FX_URL`. A failed or unreadable refresh keeps the last good table.
+//! The FX rate table the decision path reads. At start, the ECB table built into the release with
+//! the pegs; then the ECB's daily file fetched at once and on a schedule (`fx_url`), and a second
+//! source in JSON for the currencies the ECB does not publish (`fx_extra_url`). A failed or
+//! unreadable fetch keeps the last good table of that source.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::ledger::Rates;
-use crate::policy::fx::RateTable;
+use crate::policy::fx::{Peg, RateSource, RateTable, pegs};
 
 const BUILT_IN: &str = include_str!("../fixtures/ecb_rates.xml");
 
-pub fn built_in() -> Rates {
-    let table = RateTable::parse_ecb(BUILT_IN).expect("the built-in ECB rates parse (checked by tests)");
-    Arc::new(RwLock::new(Arc::new(table)))
+/// The table built into the release, with the pegs.
+pub fn bundled() -> RateTable {
+    RateTable::parse_ecb(BUILT_IN, RateSource::Bundled)
+        .expect("the built-in ECB rates parse (checked by tests)")
+        .with_pegs(&pegs())
 }
 
-/// Fetches and installs the table at `url` once; on failure the current table stays.
-pub async fn refresh(client: &reqwest::Client, url: &str, rates: &Rates) -> Result<jiff::civil::Date, String> {
+pub fn built_in() -> Rates {
+    Arc::new(RwLock::new(Arc::new(bundled())))
+}
+
+/// Where the rates come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The ECB's daily file; None: the bundled table only.
+    pub ecb_url: Option<String>,
+    /// A JSON rates document (`RateTable::parse_json`) for the currencies the ECB does not publish.
+    pub extra_url: Option<String>,
+    pub every: Duration,
+}
+
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client.get(url).send().await.map_err(|e| format!("fetch failed: {e}"))?;
     if !response.status().is_success() {
         return Err(format!("fetch answered {}", response.status()));
     }
-    let body = response.text().await.map_err(|e| format!("fetch failed: {e}"))?;
-    let table = RateTable::parse_ecb(&body)?;
-    let date = table.date;
-    let mut current = rates.write().unwrap_or_else(|e| e.into_inner());
-    // An older file (a stale mirror, a cache) never replaces a newer table.
-    if table.date >= current.date {
-        *current = Arc::new(table);
-    }
-    Ok(date)
+    response.text().await.map_err(|e| format!("fetch failed: {e}"))
 }
 
-/// Refreshes now and then every `every`, logging each outcome, until the process ends.
-pub async fn refresh_forever(url: String, every: Duration, rates: Rates) {
+/// The last good table of each source, and the one made of them.
+struct Latest {
+    ecb: RateTable,
+    extra: Option<RateTable>,
+    pegs: Vec<Peg>,
+}
+
+impl Latest {
+    fn table(&self) -> RateTable {
+        let main = self.ecb.clone().with_pegs(&self.pegs);
+        match &self.extra {
+            Some(extra) => main.merged(extra),
+            None => main,
+        }
+    }
+}
+
+/// Fetches each source once and installs what came; a source that failed keeps its last table,
+/// and an older file (a stale mirror, a cache) never replaces a newer one.
+async fn refresh(client: &reqwest::Client, sources: &Sources, latest: &mut Latest, rates: &Rates) {
+    if let Some(url) = &sources.ecb_url {
+        match fetch(client, url).await.and_then(|body| RateTable::parse_ecb(&body, RateSource::Ecb)) {
+            Ok(table) if table.date >= latest.ecb.date => {
+                tracing::info!(date = %table.date, "FX: the ECB's reference rates are in use");
+                latest.ecb = table;
+            }
+            Ok(table) => tracing::warn!(date = %table.date, "FX: the ECB file is older than the table in use; kept"),
+            Err(e) => tracing::warn!(error = %e, date = %latest.ecb.date, source = latest.ecb.source.as_str(),
+                "FX: the ECB fetch failed; keeping the last good rates"),
+        }
+    }
+    if let Some(url) = &sources.extra_url {
+        match fetch(client, url).await.and_then(|body| RateTable::parse_json(&body)) {
+            Ok(table) if latest.extra.as_ref().is_none_or(|t| table.date >= t.date) => {
+                tracing::info!(date = %table.date, "FX: the second source's rates are in use");
+                latest.extra = Some(table);
+            }
+            Ok(_) => tracing::warn!("FX: the second source's document is older than the one in use; kept"),
+            Err(e) => tracing::warn!(error = %e, "FX: the second source's fetch failed; keeping its last good rates"),
+        }
+    }
+    *rates.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(latest.table());
+}
+
+/// Refreshes now and then every `every`, until the process ends.
+pub async fn refresh_forever(sources: Sources, rates: Rates) {
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(20)).build() {
         Ok(c) => c,
         Err(e) => {
@@ -40,11 +93,24 @@ pub async fn refresh_forever(url: String, every: Duration, rates: Rates) {
             return;
         }
     };
+    let ecb = RateTable::parse_ecb(BUILT_IN, RateSource::Bundled).expect("the built-in ECB rates parse");
+    let mut latest = Latest { ecb, extra: None, pegs: pegs() };
     loop {
-        match refresh(&client, &url, &rates).await {
-            Ok(date) => tracing::info!(%date, "FX rates refreshed"),
-            Err(e) => tracing::warn!(error = %e, "FX refresh failed; keeping the last good rates"),
+        refresh(&client, &sources, &mut latest, &rates).await;
+        tokio::time::sleep(sources.every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_table_parses_and_converts_the_pegs() {
+        let table = bundled();
+        assert_eq!(table.source, RateSource::Bundled);
+        for code in ["USD", "JPY", "GBP", "BHD", "AED", "SAR", "XOF"] {
+            assert!(table.has(code.parse().unwrap()), "{code}");
         }
-        tokio::time::sleep(every).await;
     }
 }

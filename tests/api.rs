@@ -163,9 +163,15 @@ async fn templates_and_currencies(app: TestApp) {
     let (status, body) = app.post(&path, json!({"label": "x", "currency": "EUR", "policy": {"currency": "USD"}})).await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
     assert!(body["error"]["message"].as_str().unwrap().contains("policy.currency"), "{body}");
+    // A policy in EUR and no currency: a EUR card.
+    let by_policy =
+        app.issue_card(&agent, json!({"label": "eu", "policy": {"currency": "EUR", "per_transaction": 1}})).await;
+    assert_eq!((by_policy["currency"].as_str(), by_policy["policy"]["currency"].as_str()), (Some("EUR"), Some("EUR")));
+    let (status, body) = app.post(&path, json!({"label": "x", "policy": {"currency": "XYZ"}})).await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "validation_failed");
 
     let (_, list) = app.get(&path).await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 3, "refused issues wrote nothing: {list}");
+    assert_eq!(list["data"].as_array().unwrap().len(), 4, "refused issues wrote nothing: {list}");
 }
 
 async fn external_processor_cards_are_registered_once(app: TestApp) {

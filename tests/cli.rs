@@ -146,6 +146,25 @@ fn the_demo_decides_declines_and_freezes_with_the_printed_commands() {
     assert!(approved.contains("12.50 USD") && approved.contains("987.50 USD"), "{approved}");
     let declined = run_printed(dir.path(), &export, &commands[2]);
     assert!(declined.contains("declined: card_frozen (rule card.status)"), "{declined}");
+    // Offline (no ECB fetch here), the demo still converts, and says with which table.
+    let card = commands[1].split_whitespace().find(|w| w.starts_with("card_")).unwrap();
+    let other = commands[1].replace(card, "CARD");
+    let agents = json_of(&cli(&first.base, export.rsplit('=').next().unwrap(), &["agents", "list", "--json"]));
+    let agent = agents["data"].as_array().unwrap().iter().find(|a| a["name"] == "pr-reviewer").unwrap()["id"].clone();
+    let cards = json_of(&cli(
+        &first.base,
+        export.rsplit('=').next().unwrap(),
+        &["cards", "list", "--agent", agent.as_str().unwrap(), "--json"],
+    ));
+    let anthropic = cards["data"].as_array().unwrap().iter().find(|c| c["label"] == "anthropic").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for amount in ["'10.00 EUR'", "'1.000 BHD'"] {
+        let command = other.replace("CARD", &anthropic).replace("12.50", amount).replace("OPENAI *API", "ANTHROPIC");
+        let converted = run_printed(dir.path(), &export, &command);
+        assert!(converted.starts_with("approved") && converted.contains("(bundled)"), "{command}: {converted}");
+    }
 
     let data = dir.path().join("data");
     let mut secrets = Vec::new();
@@ -212,7 +231,7 @@ fn migrate_applies_once() {
             .unwrap()
     };
     let first = text_of(&run());
-    assert!(first.starts_with("applied 9 migration(s):"), "{first}");
+    assert!(first.starts_with("applied 10 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
     let bad =
         Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();

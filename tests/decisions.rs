@@ -380,10 +380,14 @@ async fn fx_feed() -> String {
     format!("http://{addr}/eurofxref-daily.xml")
 }
 
+/// A plain install converts from its first minute with the ECB's rates; without them (offline, or
+/// `fx_url` empty), the bundled table is stale and cross-currency declines, unless accepted as in
+/// the demo, where every decision says it used the bundled table.
 #[actix_web::test]
 async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
     // The built-in table is weeks old: a cross-currency authorization declines.
     let app = common::spawn(common::Backend::Sqlite).await;
+    assert_eq!(app.get("/readyz").await.1["fx"]["source"], "bundled");
     let (_, card) = agent_with_card(&app, json!({}), 100_000).await;
     let eur =
         json!({"id": "fx-1", "card_id": card, "amount": 1_000, "currency": "EUR", "merchant": {"name": "AWS EMEA"}});
@@ -391,8 +395,31 @@ async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
     assert_eq!((d["reason"].as_str(), d["rule"].as_str()), (Some("stale_fx"), Some("fx.max_age")), "{d}");
     assert_eq!(app.authorize("fx-2", &card, 1_000).await["approved"], true, "same currency needs no rate");
 
+    let accepting = common::spawn_with(common::Backend::Sqlite, |c| c.fx_accept_bundled = true).await;
+    let (_, card) = agent_with_card(&accepting, json!({}), 100_000).await;
+    let (_, d) = accepting
+        .signed(
+            "/v1/authorizations",
+            &eur.as_object()
+                .map(|o| {
+                    let mut o = o.clone();
+                    o.insert("card_id".into(), json!(card));
+                    Value::Object(o)
+                })
+                .unwrap(),
+        )
+        .await;
+    assert_eq!((d["approved"].as_bool(), d["fx"]["source"].as_str()), (Some(true), Some("bundled")), "{d}");
+    assert_eq!(d["fx"]["date"], "2026-09-24");
+    // Bahrain's dinar: the ECB does not publish it; its peg to the USD converts it.
+    let bhd =
+        json!({"id": "fx-bhd", "card_id": card, "amount": 1_000, "currency": "BHD", "merchant": {"name": "BATELCO"}});
+    let (_, d) = accepting.signed("/v1/authorizations", &bhd).await;
+    assert_eq!(d["approved"], true, "{d}");
+    assert_eq!(d["amount"]["cap"], json!({"amount": 266, "currency": "USD"}), "1.000 BHD = 2.66 USD: {d}");
+
     let url = fx_feed().await;
-    let app = common::spawn_with(common::Backend::Sqlite, |c| c.fx_url = Some(url)).await;
+    let app = common::spawn_with(common::Backend::Sqlite, |c| c.fx_url = url).await;
     let (_, card) = agent_with_card(&app, json!({}), 100_000).await;
     let mut decision = Value::Null;
     for i in 0..50 {
@@ -407,5 +434,15 @@ async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
     // 1000 JPY at 150 JPY and 1.25 USD per euro is 8.333… USD, rounded up to 8.34.
     assert_eq!(decision["amount"]["cap"], json!({"amount": 834, "currency": "USD"}));
     let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date().to_string();
-    assert_eq!(decision["fx"]["date"], today);
+    assert_eq!(
+        (decision["fx"]["date"].as_str(), decision["fx"]["source"].as_str()),
+        (Some(today.as_str()), Some("ecb"))
+    );
+    let ready = app.get("/readyz").await.1;
+    assert_eq!((ready["fx"]["source"].as_str(), ready["fx"]["date"].as_str()), (Some("ecb"), Some(today.as_str())));
+    // The ledger keeps where the rate came from.
+    let agent = app.get(&format!("/v1/cards/{card}")).await.1["agent_id"].as_str().unwrap().to_owned();
+    let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger")).await;
+    let approved = ledger["data"].as_array().unwrap().iter().find(|e| e["approved"] == true).unwrap();
+    assert_eq!(approved["fx"]["source"], "ecb", "{approved}");
 }

@@ -228,6 +228,39 @@ async fn stripe_decides_in_its_own_format(app: TestApp) {
     assert_eq!((unknown.status, unknown.body["approved"].as_bool()), (StatusCode::OK, Some(false)));
     assert_eq!(unknown.body["metadata"]["spendgate_reason"], "unknown_card");
     assert_eq!(balance(&app, &agent).await.0, 2_000, "declines hold nothing");
+
+    // A purchase in euros: Stripe asks in the card's currency (its network's conversion), so no
+    // rate table is needed, even the stale bundled one.
+    let mut abroad = stripe_authorization("iauth_eu", "ic_live_1", 1_100, "5734");
+    abroad["merchant_data"]["country"] = json!("DE");
+    abroad["pending_request"]["merchant_amount"] = json!(1_000);
+    abroad["pending_request"]["merchant_currency"] = json!("eur");
+    let r = stripe(
+        &app,
+        "/webhooks/stripe/authorizations",
+        &stripe_event("evt_eu", "issuing_authorization.request", abroad),
+    )
+    .await;
+    assert_eq!(r.body["approved"], true, "{}", r.body);
+    assert_eq!(balance(&app, &agent).await.0, 3_100, "held in the card's currency as Stripe converted it");
+
+    // A dry run through Stripe's own endpoint: spendgate's decision, not Stripe's format, and no hold.
+    let event = stripe_event(
+        "evt_dry",
+        "issuing_authorization.request",
+        stripe_authorization("iauth_dry", "ic_live_1", 1_000, "5734"),
+    );
+    let body = serde_json::to_vec(&event).unwrap();
+    let headers = [("Stripe-Signature", stripe_signature(&body, now())), ("Spendgate-Dry-Run", "true".to_owned())];
+    let dry = post_raw(&app, "/webhooks/stripe/authorizations", &headers, body).await;
+    assert_eq!(
+        (dry.body["approved"].as_bool(), dry.body["dry_run"].as_bool()),
+        (Some(true), Some(true)),
+        "{}",
+        dry.body
+    );
+    assert!(dry.body.get("metadata").is_none(), "never an answer Stripe could act on: {}", dry.body);
+    assert_eq!(balance(&app, &agent).await.0, 3_100, "a dry run holds nothing");
 }
 
 async fn stripe_refuses_what_it_did_not_sign(app: TestApp) {

@@ -26,7 +26,7 @@ pub struct NewCard {
         pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
     pub label: String,
-    /// The cap currency (ISO 4217), default USD.
+    /// The cap currency (ISO 4217); default: the policy's (or template's) `currency`, else USD.
     #[schema(value_type = Option<String>, example = "USD", pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
     /// A policy document; give this or `template`, not both.
@@ -97,9 +97,14 @@ impl Admin {
         let agent_id = parse_agent_id(agent_id)?;
         require(who, Permission::Manage, Some(&agent_id))?;
         let label = required_text("label", &input.label, 64)?;
-        let currency: Currency = match &input.currency {
-            Some(code) => code.parse().map_err(|e| Error::validation(format!("currency: {e}")))?,
-            None => Currency::USD,
+        // Unnamed, the card caps in the currency its policy (or template) names, else USD.
+        let named = input.policy.as_ref().and_then(|doc| doc.get("currency")).and_then(|c| c.as_str());
+        let templated = input.template.as_deref().and_then(|name| self.catalog.template(name));
+        let currency: Currency = match (&input.currency, named, templated.and_then(|t| t.policy.currency)) {
+            (Some(code), _, _) => code.parse().map_err(|e| Error::validation(format!("currency: {e}")))?,
+            (None, Some(code), _) => code.parse().map_err(|e| Error::validation(format!("policy.currency: {e}")))?,
+            (None, None, Some(currency)) => currency,
+            (None, None, None) => Currency::USD,
         };
         let processor: Processor = match &input.processor {
             Some(p) => p.parse().map_err(|e| Error::validation(format!("processor: {e}")))?,

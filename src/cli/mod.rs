@@ -498,7 +498,13 @@ pub fn describe_outcome(o: &Value) -> String {
     if o["amount"]["cap"]["currency"] != o["amount"]["merchant"]["currency"] {
         line("counted as", money(&o["amount"]["cap"]));
     }
-    line("fx", o["fx"]["rate"].as_str().map(|r| format!("{r} ({})", o["fx"]["date"].as_str().unwrap_or("?"))));
+    line(
+        "fx rate",
+        o["fx"]["rate"].as_str().map(|rate| {
+            let fx = &o["fx"];
+            format!("{rate} of {} ({})", fx["date"].as_str().unwrap_or("?"), fx["source"].as_str().unwrap_or("?"))
+        }),
+    );
     line("available", money(&o["available"]));
     line("authorization", o["authorization_id"].as_str().map(str::to_owned));
     line("approval", o["approval_id"].as_str().map(str::to_owned));

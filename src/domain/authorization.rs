@@ -168,13 +168,42 @@ impl fmt::Display for DeclineReason {
     }
 }
 
-/// The rate a conversion used: `to = from × rate`, from the table published on `date`.
+/// The rate a conversion used: `to = from × rate`, as fresh as `date` (the older of the two
+/// currencies' rates), from `source`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FxUsed {
     #[schema(value_type = String, example = "0.9241")]
     pub rate: String,
     #[schema(value_type = String, example = "2026-11-20")]
     pub date: String,
+    /// Absent on decisions recorded before sources were.
+    pub source: Option<RateSource>,
+}
+
+/// Where a rate came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RateSource {
+    /// The ECB's daily reference rates, as fetched.
+    Ecb,
+    /// The ECB table built into this release: an offline fallback, as old as the release.
+    Bundled,
+    /// The second source (`fx_extra_url`), for currencies the ECB does not publish.
+    Extra,
+}
+
+impl RateSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateSource::Ecb => "ecb",
+            RateSource::Bundled => "bundled",
+            RateSource::Extra => "extra",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RateSource> {
+        [RateSource::Ecb, RateSource::Bundled, RateSource::Extra].into_iter().find(|s| s.as_str() == text)
+    }
 }
 
 /// The request's amount in each currency a rule counts it in: the agent's (its caps and balance)

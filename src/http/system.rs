@@ -40,7 +40,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         problems.push("storage: syncing the write-ahead log failed; restart spendgate".to_owned());
     }
     let ready = problems.is_empty();
-    let body = Readiness { status: if ready { "ready" } else { "unavailable" }, problems };
+    let rates = state.ledger.rates();
+    let fx = FxStatus { source: rates.source, date: rates.date.to_string() };
+    let body = Readiness { status: if ready { "ready" } else { "unavailable" }, problems, fx };
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
@@ -50,6 +52,17 @@ pub struct Readiness {
     /// `ready` or `unavailable`.
     pub status: &'static str,
     pub problems: Vec<String>,
+    /// The exchange rates in use.
+    pub fx: FxStatus,
+}
+
+/// Which ECB table converts currencies now: `ecb` (fetched) or `bundled` (built into the release),
+/// and the day it was published.
+#[derive(Serialize, ToSchema)]
+pub struct FxStatus {
+    pub source: crate::domain::authorization::RateSource,
+    #[schema(example = "2026-12-04")]
+    pub date: String,
 }
 
 /// Prometheus text exposition.

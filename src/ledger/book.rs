@@ -149,6 +149,7 @@ mod tests {
             card_currency: "USD".into(),
             fx_rate: None,
             fx_date: None,
+            fx_source: None,
             held: counted,
             posted: 0,
             counted,

@@ -58,6 +58,7 @@ pub struct LedgerSettings {
 pub struct Ledger {
     tx: mpsc::Sender<Command>,
     db: Db,
+    rates: Rates,
     snapshots: Snapshots,
     budget: Duration,
     health: Arc<WriterHealth>,
@@ -208,13 +209,18 @@ impl Ledger {
     pub fn start(db: Db, snapshots: Snapshots, rates: Rates, settings: LedgerSettings) -> Ledger {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let health = Arc::new(WriterHealth::default());
-        writer::spawn(db.clone(), snapshots.clone(), rates, &settings, rx, health.clone());
-        Ledger { tx, db, snapshots, budget: settings.budget, health }
+        writer::spawn(db.clone(), snapshots.clone(), rates.clone(), &settings, rx, health.clone());
+        Ledger { tx, db, rates, snapshots, budget: settings.budget, health }
     }
 
     /// Why decisions cannot be recorded now, if they cannot (see `WriterHealth::problem`).
     pub fn writer_problem(&self, stuck_after: Duration) -> Option<String> {
         self.health.problem(stuck_after)
+    }
+
+    /// The rate table in force now.
+    pub fn rates(&self) -> Arc<RateTable> {
+        self.rates.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn snapshots(&self) -> &Snapshots {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant};
+use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant, RateSource};
 use crate::domain::ids::AgentId;
 use crate::domain::money::{Currency, Money};
 use crate::error::Result;
@@ -174,7 +174,11 @@ impl AuthorizationView {
                 country: row.country.clone(),
             },
             fx: match (&row.fx_rate, &row.fx_date) {
-                (Some(rate), Some(date)) => Some(FxUsed { rate: rate.clone(), date: date.clone() }),
+                (Some(rate), Some(date)) => Some(FxUsed {
+                    rate: rate.clone(),
+                    date: date.clone(),
+                    source: row.fx_source.as_deref().and_then(RateSource::parse),
+                }),
                 _ => None,
             },
             authorized_at: from_millis(row.authorized_at).unwrap_or_default(),

@@ -1042,6 +1042,7 @@ fn new_row(
         card_currency: card.map_or(l.currency, |c| c.currency).code().to_owned(),
         fx_rate: decision.fx.as_ref().map(|f| f.rate.clone()),
         fx_date: decision.fx.as_ref().map(|f| f.date.clone()),
+        fx_source: decision.fx.as_ref().and_then(|f| f.source).map(|s| s.as_str().to_owned()),
         held,
         posted: 0,
         counted: held,

@@ -36,7 +36,7 @@ use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
 use crate::domain::money::{Currency, Money};
 use crate::domain::policy::{AllowBlock, Limit, OnExceed, Policy, Scope, parse_clock};
-use fx::{FxError, RateTable};
+use fx::{FxError, RateSource, RateTable};
 
 /// One authorization that still counts against spending windows (a hold or a posted amount).
 /// The strings many spends repeat (card, trace, MCC, merchant) are shared: an agent's book holds
@@ -65,6 +65,9 @@ pub struct FxRules {
     pub max_age: SignedDuration,
     /// Decline a cross-currency authorization when the rates are older than `max_age`.
     pub decline_stale: bool,
+    /// Take the table built into the release however old it is (the demo, offline); its decisions
+    /// say `source: bundled`.
+    pub accept_bundled: bool,
 }
 
 /// Everything a decision reads, gathered by the caller.
@@ -198,15 +201,17 @@ fn convert(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, fx_used: &mut
         if target == from {
             return Ok(Money { amount: req.amount, currency: target });
         }
-        if !snap.rates.has(from) || !snap.rates.has(target) {
-            return deny(DeclineReason::UnsupportedCurrency, "fx.rates");
-        }
-        if snap.fx.decline_stale && snap.rates.is_stale(now, snap.fx.max_age) {
-            return deny(DeclineReason::StaleFx, "fx.max_age");
-        }
         match snap.rates.convert(req.amount, from, target) {
             Ok(c) => {
-                fx_used.get_or_insert_with(|| FxUsed { rate: c.rate.to_string(), date: snap.rates.date.to_string() });
+                let accepted = c.source == RateSource::Bundled && snap.fx.accept_bundled;
+                if snap.fx.decline_stale && !accepted && RateTable::is_stale(c.date, now, snap.fx.max_age) {
+                    return deny(DeclineReason::StaleFx, "fx.max_age");
+                }
+                fx_used.get_or_insert_with(|| FxUsed {
+                    rate: c.rate.to_string(),
+                    date: c.date.to_string(),
+                    source: Some(c.source),
+                });
                 Ok(Money { amount: c.amount, currency: target })
             }
             Err(FxError::Unknown) => deny(DeclineReason::UnsupportedCurrency, "fx.rates"),

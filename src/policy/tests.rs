@@ -62,8 +62,9 @@ impl World {
             created_at: now,
             updated_at: now,
         };
-        let rates = RateTable::parse_ecb(include_str!("../../fixtures/ecb_rates.xml")).unwrap();
-        let fx = FxRules { max_age: SignedDuration::from_hours(24 * 365 * 10), decline_stale: true };
+        let rates = RateTable::parse_ecb(include_str!("../../fixtures/ecb_rates.xml"), fx::RateSource::Ecb).unwrap();
+        let fx =
+            FxRules { max_age: SignedDuration::from_hours(24 * 365 * 10), decline_stale: true, accept_bundled: false };
         World {
             agent,
             card,
@@ -508,7 +509,10 @@ fn foreign_amounts_convert_up_into_each_cap_currency() {
     assert!(d.approved(), "{d:?}");
     let a = d.amounts.unwrap();
     assert_eq!((a.card.amount, a.agent.amount), (880, 1_000));
-    assert_eq!(d.fx, Some(FxUsed { rate: "0.8797395971".into(), date: "2026-09-24".into() }));
+    assert_eq!(
+        d.fx,
+        Some(FxUsed { rate: "0.8797395971".into(), date: "2026-09-24".into(), source: Some(fx::RateSource::Ecb) })
+    );
     assert_eq!(declined(&w.decide(&req(1_001))).1, "card.per_transaction");
     // JPY (no minor unit) into USD: 1000 JPY = 6.30 USD.
     let yen = with(req(1_000), |r| r.currency = "jpy".into());

@@ -46,6 +46,8 @@ pub struct AuthorizationRow {
     pub updated_at: i64,
     /// The approval whose allowance let this authorization through.
     pub approval_id: Option<String>,
+    /// `ecb`, `bundled` or `extra`: where `fx_rate` came from.
+    pub fx_source: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]

@@ -156,7 +156,7 @@ const TEXT: [TextColumn; 10] = [
     ("card_currency", |r| &r.card_currency),
     ("merchant_name", |r| &r.merchant_name),
 ];
-const NULLABLE_TEXT: [NullableTextColumn; 10] = [
+const NULLABLE_TEXT: [NullableTextColumn; 11] = [
     ("card_id", |r| r.card_id.as_deref()),
     ("reason", |r| r.reason.as_deref()),
     ("rule", |r| r.rule.as_deref()),
@@ -167,6 +167,7 @@ const NULLABLE_TEXT: [NullableTextColumn; 10] = [
     ("country", |r| r.country.as_deref()),
     ("trace_id", |r| r.trace_id.as_deref()),
     ("approval_id", |r| r.approval_id.as_deref()),
+    ("fx_source", |r| r.fx_source.as_deref()),
 ];
 const BIGINT: [BigIntColumn; 11] = [
     ("amount", |r| r.amount),
@@ -317,6 +318,7 @@ mod tests {
             card_currency: "GBP".into(),
             fx_rate: some("1.1"),
             fx_date: some("2026-12-01"),
+            fx_source: some("ecb"),
             held: 400 + n,
             posted: n,
             counted: 500 + n,

@@ -101,6 +101,7 @@ diesel::table! {
         authorized_at -> BigInt,
         updated_at -> BigInt,
         approval_id -> Nullable<Text>,
+        fx_source -> Nullable<Text>,
     }
 }
 

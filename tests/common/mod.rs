@@ -104,6 +104,8 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         x402_timeout_ms: 2_000,
         // The local x402 servers listen on loopback, which the fetch proxy otherwise refuses.
         x402_private_destinations: "127.0.0.1/32".into(),
+        // No traffic beyond this machine: the bundled rates, unless a test serves its own.
+        fx_url: String::new(),
         ..Config::default()
     }
 }

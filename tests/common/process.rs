@@ -31,6 +31,8 @@ pub fn serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("SPENDGATE_LISTEN", "127.0.0.1:0")
         .env("SPENDGATE_WORKERS", "1")
+        // No traffic beyond this machine: the bundled rates.
+        .env("SPENDGATE_FX_URL", "")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -1,0 +1,1 @@
+ALTER TABLE authorizations DROP COLUMN fx_source;
