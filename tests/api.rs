@@ -618,8 +618,9 @@ async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Ite
 /// `/readyz` says so within about a second, API requests answer 503 `storage_unavailable` within the
 /// storage timeout, decisions decline; once the database answers again, so does everything.
 #[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
 async fn a_stalled_database_is_reported_and_answered_within_bounds() {
-    let Some(direct) = common::postgres_url() else { return };
+    let direct = common::postgres_url().expect("SPENDGATE_TEST_DATABASE_URL is not set");
     let port = direct.split('@').nth(1).and_then(|h| h.split('/').next()).unwrap_or("127.0.0.1:5432").to_owned();
     let proxy = stalling_proxy::StallingProxy::start(&port);
     let app = common::spawn_with(common::Backend::Postgres, |c| {

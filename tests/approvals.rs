@@ -29,10 +29,10 @@ macro_rules! on_both_backends {
                 }
 
                 #[actix_web::test]
+                #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
                 async fn postgres() {
-                    if postgres_url().is_some() {
-                        super::$case(Backend::Postgres).await;
-                    }
+                    assert!(postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
+                    super::$case(Backend::Postgres).await;
                 }
             }
         )*

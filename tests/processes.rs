@@ -86,10 +86,9 @@ async fn authorize(
 }
 
 #[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
 async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
-    if postgres_url().is_none() {
-        return;
-    }
+    assert!(postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
     let (url, _storage) = fresh_storage(Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (start(dir.path(), &url), start(dir.path(), &url));
@@ -128,10 +127,9 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
 /// Nodes started together on a new PostgreSQL database each find no key: one makes the first
 /// owner key from `SPENDGATE_BOOTSTRAP_ADMIN_KEY` and the others use it, none fails to start.
 #[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
 async fn nodes_starting_at_once_on_postgresql_share_one_first_key() {
-    if postgres_url().is_none() {
-        return;
-    }
+    assert!(postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
     let http = common::http_client();
     // Several fresh databases: the window between the check and the insert is narrow (without
     // the lock, about one database in twenty-five failed a node).
@@ -160,11 +158,12 @@ async fn nodes_starting_at_once_on_postgresql_share_one_first_key() {
 /// A PostgreSQL connection closed between two batches (a restarted server, a proxy's idle
 /// timeout) costs no decision: the pool tests a connection before the writer uses it.
 #[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
 async fn a_closed_postgresql_connection_costs_no_decision() {
     use diesel::connection::SimpleConnection;
     use diesel::{Connection, PgConnection};
 
-    let Some(admin_url) = postgres_url() else { return };
+    let admin_url = postgres_url().expect("SPENDGATE_TEST_DATABASE_URL is not set");
     let (url, _storage) = fresh_storage(Backend::Postgres);
     let name = format!("sg_kept_{}", rand::random::<u32>());
     let dir = tempfile::tempdir().unwrap();

@@ -106,10 +106,9 @@ async fn ledger_len(app: &TestApp, agent: &str) -> usize {
 /// A byte-identical redelivery (same signature, within tolerance) landing on another node is
 /// answered with the first decision there too, for every processor, and holds nothing twice.
 #[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
 async fn a_redelivery_gets_the_first_decision_on_any_node() {
-    if common::postgres_url().is_none() {
-        return;
-    }
+    assert!(common::postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
     let app = spawn_with(Backend::Postgres, |_| {}).await;
     let other = app.another_node().await;
     let (agent, _) = agent_with_card(&app, json!({}), 10_000, "stripe", "ic_two").await;
@@ -728,10 +727,9 @@ macro_rules! with_processor_api {
                 }
 
                 #[actix_web::test]
+                #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
                 async fn postgres() {
-                    if common::postgres_url().is_none() {
-                        return;
-                    }
+                    assert!(common::postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
                     let api = ProcessorApi::start().await;
                     super::$case(issuing_app(Backend::Postgres, &api).await, api).await;
                 }
