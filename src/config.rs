@@ -324,6 +324,26 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// docs/configuration.md has a row for every setting, with its environment variable and its
+    /// default as `Config::default()` has it, so the page cannot drift from the code.
+    #[test]
+    fn the_configuration_page_lists_every_setting_with_its_default() {
+        let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        for key in Config::keys() {
+            let shown = match &defaults[&key] {
+                serde_json::Value::Null => "unset".to_owned(),
+                serde_json::Value::String(s) if s.is_empty() => "empty".to_owned(),
+                serde_json::Value::String(s) => format!("`{s}`"),
+                other => format!("`{other}`"),
+            };
+            let row = format!("| `{key}` | `SPENDGATE_{}` | {shown}", key.to_uppercase());
+            assert!(page.lines().any(|l| l.starts_with(&row)), "docs/configuration.md lacks {row}");
+        }
+        let rows = page.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(rows, Config::keys().len(), "a row for each setting, no more");
+    }
+
     #[test]
     fn secrets_do_not_print() {
         let config = Config { bootstrap_admin_key: Some(Secret::new("x".repeat(40))), ..Config::default() };

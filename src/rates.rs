@@ -105,6 +105,38 @@ pub async fn refresh_forever(sources: Sources, rates: Rates) {
 mod tests {
     use super::*;
 
+    fn codes(mut list: Vec<&'static str>) -> String {
+        list.sort_unstable();
+        list.dedup();
+        list.join(", ")
+    }
+
+    /// docs/fx.md lists exactly what converts: the ECB's currencies, the pegs, and the rest.
+    #[test]
+    fn the_fx_page_lists_the_currencies_that_convert() {
+        let ecb = RateTable::parse_ecb(BUILT_IN, RateSource::Ecb).unwrap();
+        let all = bundled();
+        let mut every = Vec::new();
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                for c in b'A'..=b'Z' {
+                    if let Ok(currency) =
+                        std::str::from_utf8(&[a, b, c]).unwrap().parse::<crate::domain::money::Currency>()
+                    {
+                        every.push(currency);
+                    }
+                }
+            }
+        }
+        let published = codes(ecb.currencies().map(|c| c.code()).collect());
+        let pegged = codes(all.currencies().filter(|c| !ecb.has(*c)).map(|c| c.code()).collect());
+        let others = codes(every.iter().filter(|c| !all.has(**c)).map(|c| c.code()).collect());
+        let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/fx.md")).unwrap();
+        for (what, list) in [("ECB", &published), ("pegged", &pegged), ("other", &others)] {
+            assert!(page.lines().any(|l| l == list), "docs/fx.md lacks the {what} currencies, one line:\n{list}");
+        }
+    }
+
     #[test]
     fn the_bundled_table_parses_and_converts_the_pegs() {
         let table = bundled();

@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod common;
+#[path = "common/x402_server.rs"]
+mod x402_server;
 
 use common::process::{BIN, serve};
 
@@ -351,4 +353,139 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
         .await
         .unwrap();
     assert_eq!(ledger["data"].as_array().unwrap().len(), 7, "the funding and six live decisions: {ledger}");
+}
+
+/// The day-to-day commands against a live server: funding, balance, the ledger with its filters,
+/// policies from a file, traces, events, approvals, the wallet, a paid x402 fetch, and a signed
+/// authorization on a processor's card; with the errors a person makes named as such.
+#[test]
+fn the_cli_covers_the_days_work() {
+    // The x402 server runs on a thread of its own, since this test waits on each command.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            tx.send(x402_server::X402Server::start(common::TEST_TOKEN).await).unwrap();
+            std::future::pending::<()>().await;
+        })
+    });
+    let upstream = rx.recv().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let assets = format!("eip155:84532={}", common::TEST_TOKEN);
+    let env = [
+        ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER),
+        ("SPENDGATE_MASTER_KEY", common::MASTER_KEY),
+        ("SPENDGATE_X402_ASSETS", assets.as_str()),
+        ("SPENDGATE_X402_PRIVATE_DESTINATIONS", "127.0.0.1/32"),
+        ("SPENDGATE_STRIPE_WEBHOOK_SECRET", "whsec_cli_stripe_0123456789abcdef"),
+        ("SPENDGATE_APPROVAL_SECRET", "approval-secret-0123456789"),
+    ];
+    let server = serve(dir.path(), &[], &env);
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("SPENDGATE_URL", &server.base)
+            .env("SPENDGATE_API_KEY", OWNER)
+            .envs(env)
+            .output()
+            .unwrap()
+    };
+    let policy = dir.path().join("policy.json");
+    std::fs::write(&policy, r#"{"currency": "USD", "approval": {"above": 5000}}"#).unwrap();
+    let policy_arg = format!("@{}", policy.display());
+    let agent =
+        text_of(&run(&["agents", "create", "--name", "daily", "--policy", &policy_arg, "--quiet"])).trim().to_owned();
+    assert!(agent.starts_with("agt_"), "{agent}");
+    assert!(text_of(&run(&["fund", &agent, "--amount", "250.00 USD"])).contains("250.00 USD"));
+    let balance = text_of(&run(&["balance", &agent]));
+    assert!(balance.contains("available 250.00 USD"), "{balance}");
+
+    // Amounts: a sign, too many decimals, the wrong currency, said the same way however written.
+    for args in [["fund", &agent, "--amount", "-5"], ["fund", &agent, "--amount=-5", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = run(&args);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--amount must not be negative"), "{args:?}");
+    }
+    let out = run(&["fund", &agent, "--amount", "1.005"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more decimals than USD has (2)"));
+    let newline = Command::new(BIN)
+        .args(["agents", "list"])
+        .env_clear()
+        .env("SPENDGATE_URL", &server.base)
+        .env("SPENDGATE_API_KEY", format!("{OWNER}\n"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&newline.stderr).contains("line break"), "{newline:?}");
+
+    // A card at Stripe, registered: `authorize` sends Stripe's own request, signed with its secret.
+    let issued = json_of(&run(&[
+        "cards",
+        "issue",
+        "--agent",
+        &agent,
+        "--label",
+        "stripe",
+        "--processor",
+        "stripe",
+        "--processor-card-id",
+        "ic_cli_1",
+        "--last4",
+        "4242",
+        "--json",
+    ]));
+    let card = issued["id"].as_str().unwrap().to_owned();
+    let card_policy = json_of(&run(&["policy", "get", "--card", &card, "--json"]));
+    assert_eq!(card_policy["currency"], "USD");
+    let set =
+        json_of(&run(&["policy", "set", "--card", &card, r#"{"currency": "USD", "per_transaction": 2000}"#, "--json"]));
+    assert_eq!(set["per_transaction"], 2000);
+    assert!(json_of(&run(&["trace", "set", &card, "pr-7", "--json"]))["trace_id"] == "pr-7");
+
+    let approved = text_of(&run(&["authorize", "--card", &card, "--amount", "12.50", "--merchant", "OPENAI *API"]));
+    assert!(approved.starts_with("approved"), "{approved}");
+    let declined = text_of(&run(&["authorize", "--card", &card, "--amount", "25"]));
+    assert!(declined.starts_with("declined: per_transaction_exceeded (rule card.per_transaction)"), "{declined}");
+    // Past the agent's approval threshold: a request for a person, listed and approved from the CLI.
+    run(&["policy", "set", "--card", &card, r#"{"currency": "USD"}"#]);
+    let asked = text_of(&run(&["authorize", "--card", &card, "--amount", "60"]));
+    assert!(asked.starts_with("declined: approval_required (rule agent.approval)"), "{asked}");
+    let pending = text_of(&run(&["approvals", "list", "--status", "pending", "--quiet"]));
+    let approval = pending.lines().next().expect("one pending approval").to_owned();
+    assert_eq!(json_of(&run(&["approvals", "approve", &approval, "--json"]))["status"], "approved");
+    assert!(text_of(&run(&["authorize", "--card", &card, "--amount", "60"])).starts_with("approved"));
+
+    let ledger = json_of(&run(&["ledger", &agent, "--trace", "pr-7", "--json"]));
+    assert_eq!(ledger["data"].as_array().unwrap().len(), 4, "the trace's four authorizations: {ledger}");
+    let table = text_of(&run(&["ledger", &agent, "--card", &card]));
+    assert!(table.contains("declined: per_transaction_exceeded") && table.contains("12.50 USD"), "{table}");
+    let events = text_of(&run(&["events", "--card", &card]));
+    assert!(events.contains("issued") && events.contains("policy_changed"), "{events}");
+    text_of(&run(&["trace", "clear", &card]));
+
+    // The wallet and a paid call.
+    let wallet = json_of(&run(&["wallet", "show", &agent, "--json"]));
+    assert!(wallet["address"].as_str().is_some_and(|a| a.starts_with("0x")), "{wallet}");
+    let paid = json_of(&run(&[
+        "x402",
+        "fetch",
+        &agent,
+        &upstream.url("/v2/paid?price=10000"),
+        "--max-amount",
+        "0.05",
+        "--trace",
+        "research-1",
+        "--json",
+    ]));
+    assert_eq!(
+        (paid["status"].as_u64(), paid["spendgate"]["spendgate-cost"].as_str()),
+        (Some(200), Some("1")),
+        "{paid}"
+    );
+    assert_eq!(upstream.settled().len(), 1);
+    let too_dear = run(&["x402", "fetch", &agent, &upstream.url("/v2/paid?price=990000"), "--max-amount", "0.05"]);
+    assert!(!too_dear.status.success());
+    let said = String::from_utf8_lossy(&too_dear.stderr);
+    assert!(said.contains("402 per_call_exceeded") && said.contains("nothing was signed"), "{said}");
+    assert_eq!(upstream.settled().len(), 1, "nothing paid past the ceiling");
 }

@@ -26,6 +26,10 @@ pub struct ClientArgs {
     /// Print the server's JSON instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Print only ids (of what was made or shown, or of each row), for scripts:
+    /// `CARD=$(spendgate cards issue … --quiet)`.
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +100,15 @@ pub enum CardsCommand {
         policy: Option<String>,
         #[arg(long)]
         single_use: bool,
+        /// simulator (default), stripe, lithic or marqeta.
+        #[arg(long)]
+        processor: Option<String>,
+        /// Register a card that exists at the processor under this id (else one is made there).
+        #[arg(long)]
+        processor_card_id: Option<String>,
+        /// The last four digits of a registered card.
+        #[arg(long)]
+        last4: Option<String>,
     },
     List {
         #[arg(long)]
@@ -192,7 +205,9 @@ pub enum X402Command {
     /// Call a URL for the agent, paying an x402 402 if its policy allows.
     Fetch {
         agent: String,
-        url: String,
+        /// The URL to call (named apart from the global --url, the server's).
+        #[arg(value_name = "URL")]
+        target: String,
         #[arg(long, default_value = "GET")]
         method: String,
         /// `Name: value`, repeatable.
@@ -403,10 +418,22 @@ pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow:
     let (value, view) = runtime.block_on(execute(&client, command, config))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
+    } else if args.quiet {
+        print!("{}", ids(&value));
     } else {
         print!("{}", render(&value, view));
     }
     Ok(())
+}
+
+/// The ids in an answer, one per line: a record's, or each listed row's.
+fn ids(value: &Value) -> String {
+    let rows = match value["data"].as_array() {
+        Some(rows) => rows.iter().collect(),
+        None => vec![value],
+    };
+    let key = |row: &Value| row["id"].as_str().or(row["authorization_id"].as_str()).map(|id| format!("{id}\n"));
+    rows.into_iter().filter_map(key).collect()
 }
 
 /// An amount typed by a person, in the currency's own decimals.
@@ -520,6 +547,7 @@ enum View {
     Events,
     Approvals,
     Outcome,
+    Balance,
     /// The server's answer, printed as is (a policy document, an upstream answer).
     Json,
     Record,
@@ -578,7 +606,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             (client.post(&format!("{path}/fund"), body).await?, View::Record)
         }
         Command::Balance { agent } => {
-            (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Record)
+            (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Balance)
         }
         Command::Ledger { agent, card, trace, from, to, limit, cursor } => {
             let query = [("card", card), ("trace", trace), ("from", from), ("to", to), ("cursor", cursor)]
@@ -637,7 +665,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             (client.call(method, &path, None).await?, View::Record)
         }
         Command::X402 {
-            command: X402Command::Fetch { agent, url, method, headers, body, trace, max_amount, idempotency_key },
+            command: X402Command::Fetch { agent, target, method, headers, body, trace, max_amount, idempotency_key },
         } => {
             let path = format!("/v1/agents/{}", segment(&agent));
             let agent_currency = currency_of(&client.get(&path).await?)?;
@@ -650,7 +678,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
                     h.split_once(':').ok_or_else(|| anyhow::anyhow!("--header {h:?}: write it as 'Name: value'"))?;
                 header_map.insert(name.trim().to_owned(), json!(value.trim()));
             }
-            let request = json!({"url": url, "method": method, "headers": header_map, "body": body,
+            let request = json!({"url": target, "method": method, "headers": header_map, "body": body,
                                   "trace_id": trace, "max_amount": max_amount});
             let key = idempotency_key.unwrap_or_else(|| new_id("cli"));
             (fetch(client, &format!("{path}/x402/fetch"), &key, request).await?, View::Json)
@@ -660,10 +688,26 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
 
 async fn cards(client: &Client, command: CardsCommand) -> anyhow::Result<(Value, View)> {
     Ok(match command {
-        CardsCommand::Issue { agent, label, currency, template, policy, single_use } => {
+        CardsCommand::Issue {
+            agent,
+            label,
+            currency,
+            template,
+            policy,
+            single_use,
+            processor,
+            processor_card_id,
+            last4,
+        } => {
             let policy = policy.map(|p| read_policy(&p)).transpose()?;
-            let body = json!({ "label": label, "currency": currency, "template": template, "policy": policy,
-                               "single_use": single_use });
+            let mut body = json!({ "label": label, "currency": currency, "template": template, "policy": policy,
+                                   "single_use": single_use });
+            for (field, value) in [("processor", processor), ("processor_card_id", processor_card_id), ("last4", last4)]
+            {
+                if let Some(value) = value {
+                    body[field] = json!(value);
+                }
+            }
             (client.post(&format!("/v1/agents/{}/cards", segment(&agent)), body).await?, View::Record)
         }
         CardsCommand::List { agent } => {
@@ -766,7 +810,7 @@ fn read_policy(arg: &str) -> anyhow::Result<Value> {
 }
 
 /// The longest a cell in a list gets before it is cut (`show` and `--json` have it whole).
-const MAX_CELL: usize = 32;
+const MAX_CELL: usize = 40;
 
 fn cell(value: &Value) -> String {
     match value {
@@ -831,10 +875,12 @@ fn render(value: &Value, view: View) -> String {
         View::Ledger => &[
             ("at", |r| if r["type"] == "authorization" { cell(&r["authorized_at"]) } else { cell(&r["created_at"]) }),
             ("type", |r| cell(&r["type"])),
-            ("what", |r| match r["reason"].as_str() {
-                _ if r["type"] != "authorization" => cell(&r["kind"]),
-                Some(reason) => format!("{} declined: {reason}", cell(&r["merchant"]["name"])),
-                None => format!("{} {}", cell(&r["merchant"]["name"]), cell(&r["status"])),
+            ("merchant / kind", |r| {
+                if r["type"] == "authorization" { cell(&r["merchant"]["name"]) } else { cell(&r["kind"]) }
+            }),
+            ("status", |r| match r["reason"].as_str() {
+                Some(reason) => format!("declined: {reason}"),
+                None => cell(&r["status"]),
             }),
             ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
             ("card", |r| cell(&r["card_id"])),
@@ -854,12 +900,21 @@ fn render(value: &Value, view: View) -> String {
             ("merchant", |r| cell(&r["merchant"]["name"])),
         ],
         View::Outcome => return describe_outcome(value),
+        View::Balance => {
+            let mut out = String::new();
+            for field in ["funded", "refunded", "held", "spent", "available"] {
+                let amount = json!({"amount": value[field], "currency": value["currency"]});
+                out.push_str(&format!("{field:<10}{}\n", money(&amount).unwrap_or_else(|| cell(&value[field]))));
+            }
+            return out;
+        }
         View::Json => return format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()),
         View::Record => {
             let mut table = table();
             if let Value::Object(map) = value {
                 for (k, v) in map {
                     let shown = match v {
+                        Value::Object(_) if money(v).is_some() => money(v).unwrap_or_default(),
                         Value::Object(_) | Value::Array(_) => cut_record(v.to_string()),
                         other => cell(other),
                     };

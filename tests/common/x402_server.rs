@@ -71,13 +71,18 @@ pub struct X402Server {
 
 impl X402Server {
     pub async fn start(token: &str) -> X402Server {
+        X402Server::start_at("127.0.0.1:0", token).await
+    }
+
+    /// Listens on `addr` (`examples/x402_server.rs` runs it on a fixed port).
+    pub async fn start_at(addr: &str, token: &str) -> X402Server {
         let token: Address = token.parse().unwrap();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let state = web::Data::new((token, seen.clone()));
         let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(handle)))
             .workers(1)
-            .bind("127.0.0.1:0")
-            .unwrap();
+            .bind(addr)
+            .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
         let base = format!("http://{}", server.addrs()[0]);
         actix_web::rt::spawn(server.run());
         X402Server { base, token, seen }

@@ -1,6 +1,6 @@
 //! The one table from spendgate's decline reasons to each processor's codes. Stripe's answer is a bare
 //! `approved: false` (the reason travels in its `metadata`); Lithic's ASA `result` and Marqeta's
-//! `jit_funding.decline_reason` are below. README's table is checked against this one.
+//! `jit_funding.decline_reason` are below. The table in docs/processors.md is checked against this one.
 
 use crate::domain::authorization::DeclineReason;
 
@@ -55,10 +55,10 @@ mod tests {
         for reason in DeclineReason::ALL {
             assert_eq!(TABLE.iter().filter(|(r, _, _)| *r == reason).count(), 1, "{reason}");
         }
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/processors.md")).unwrap();
         for (reason, lithic, marqeta) in TABLE {
             let line = format!("| `{reason}` | `false` | `{lithic}` | 402 `{marqeta}` |");
-            assert!(readme.contains(&line), "README lacks the row {line}");
+            assert!(readme.contains(&line), "docs/processors.md lacks the row {line}");
         }
     }
 
