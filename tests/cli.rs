@@ -305,15 +305,11 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
         let declined = text_of(&simulate("12.50"));
         assert!(declined.starts_with(&format!("declined: {code}")), "{processor}: {declined}");
     }
-    let balance: Value = http
-        .get(format!("{base}/v1/agents/{agent}/balance"))
-        .bearer_auth(OWNER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let get = |path: String| {
+        let request = http.get(format!("{base}{path}")).bearer_auth(OWNER);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let balance = get(format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(balance["held"], 1_500, "three approvals of 5.00: {balance}");
 
     // Without --live, a dry run: the decision and its rule, nothing held.
@@ -333,25 +329,9 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
             "{processor}: {text}"
         );
     }
-    let after: Value = http
-        .get(format!("{base}/v1/agents/{agent}/balance"))
-        .bearer_auth(OWNER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let after = get(format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(after["held"], 1_500, "dry runs hold nothing: {after}");
-    let ledger: Value = http
-        .get(format!("{base}/v1/agents/{agent}/ledger"))
-        .bearer_auth(OWNER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ledger = get(format!("/v1/agents/{agent}/ledger")).await;
     assert_eq!(ledger["data"].as_array().unwrap().len(), 7, "the funding and six live decisions: {ledger}");
 }
 

@@ -353,7 +353,8 @@ on_both_backends!(
     holds_expire_and_free_their_amount,
 );
 
-/// A local server speaking the ECB's daily file format, dated today.
+/// A local server speaking the ECB's daily file format, dated today, and a second source in the JSON
+/// shape rate services use (`/rates.json`, in USD, with EUR and KES). Returns its base URL.
 async fn fx_feed() -> String {
     use actix_web::{App, HttpResponse, HttpServer, web};
     let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
@@ -362,22 +363,31 @@ async fn fx_feed() -> String {
          xmlns=\"http://www.ecb.int/vocabulary/2002-08-01/eurofxref\"><Cube><Cube time='{today}'>\
          <Cube currency='USD' rate='1.2500'/><Cube currency='JPY' rate='150.00'/></Cube></Cube></gesmes:Envelope>"
     );
+    let extra = json!({"base": "USD", "date": today.to_string(), "rates": {"EUR": 0.8, "KES": 129.5, "USD": 1}});
     let server = HttpServer::new(move || {
-        let xml = xml.clone();
-        App::new().route(
-            "/eurofxref-daily.xml",
-            web::get().to(move || {
-                let xml = xml.clone();
-                async move { HttpResponse::Ok().content_type("text/xml").body(xml) }
-            }),
-        )
+        let (xml, extra) = (xml.clone(), extra.clone());
+        App::new()
+            .route(
+                "/eurofxref-daily.xml",
+                web::get().to(move || {
+                    let xml = xml.clone();
+                    async move { HttpResponse::Ok().content_type("text/xml").body(xml) }
+                }),
+            )
+            .route(
+                "/rates.json",
+                web::get().to(move || {
+                    let extra = extra.clone();
+                    async move { HttpResponse::Ok().json(extra) }
+                }),
+            )
     })
     .workers(1)
     .bind("127.0.0.1:0")
     .unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
-    format!("http://{addr}/eurofxref-daily.xml")
+    format!("http://{addr}")
 }
 
 /// A plain install converts from its first minute with the ECB's rates; without them (offline, or
@@ -418,8 +428,12 @@ async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
     assert_eq!(d["approved"], true, "{d}");
     assert_eq!(d["amount"]["cap"], json!({"amount": 266, "currency": "USD"}), "1.000 BHD = 2.66 USD: {d}");
 
-    let url = fx_feed().await;
-    let app = common::spawn_with(common::Backend::Sqlite, |c| c.fx_url = url).await;
+    let feed = fx_feed().await;
+    let app = common::spawn_with(common::Backend::Sqlite, |c| {
+        c.fx_url = format!("{feed}/eurofxref-daily.xml");
+        c.fx_extra_url = format!("{feed}/rates.json");
+    })
+    .await;
     let (_, card) = agent_with_card(&app, json!({}), 100_000).await;
     let mut decision = Value::Null;
     for i in 0..50 {
@@ -440,6 +454,12 @@ async fn stale_rates_decline_until_a_refresh_brings_fresh_ones() {
     );
     let ready = app.get("/readyz").await.1;
     assert_eq!((ready["fx"]["source"].as_str(), ready["fx"]["date"].as_str()), (Some("ecb"), Some(today.as_str())));
+    // Kenya's shilling, from the second source: 1295.00 KES is 8.00 EUR (161.875 KES per EUR, crossed
+    // through its own EUR rate) and so 10.00 USD at the ECB's 1.25.
+    let kes = json!({"id": "fx-kes", "card_id": card, "amount": 129_500, "currency": "KES", "merchant": {"name": "SAFARICOM"}});
+    let (_, d) = app.signed("/v1/authorizations", &kes).await;
+    assert_eq!((d["approved"].as_bool(), d["fx"]["source"].as_str()), (Some(true), Some("extra")), "{d}");
+    assert_eq!(d["amount"]["cap"], json!({"amount": 1_000, "currency": "USD"}));
     // The ledger keeps where the rate came from.
     let agent = app.get(&format!("/v1/cards/{card}")).await.1["agent_id"].as_str().unwrap().to_owned();
     let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger")).await;

@@ -1,14 +1,18 @@
 //! The command-line client: talks to a running server over the admin API, printing tables for
 //! people and JSON (`--json`) for scripts. Every route a person uses day to day has a command.
 
+mod amount;
+mod render;
 pub mod simulate;
+
+pub use amount::Amount;
+pub use render::describe_outcome;
+use render::{View, ids, render};
 
 use std::path::Path;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -426,133 +430,6 @@ pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow:
     Ok(())
 }
 
-/// The ids in an answer, one per line: a record's, or each listed row's.
-fn ids(value: &Value) -> String {
-    let rows = match value["data"].as_array() {
-        Some(rows) => rows.iter().collect(),
-        None => vec![value],
-    };
-    let key = |row: &Value| row["id"].as_str().or(row["authorization_id"].as_str()).map(|id| format!("{id}\n"));
-    rows.into_iter().filter_map(key).collect()
-}
-
-/// An amount typed by a person, in the currency's own decimals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Amount {
-    pub minor: i64,
-    pub currency: Currency,
-}
-
-impl Amount {
-    /// `text` is `12.50` or `12.50 USD`; the currency is the one in `text`, else `flag`, else `default`.
-    pub fn parse(name: &str, text: &str, flag: Option<&str>, default: Currency) -> anyhow::Result<Amount> {
-        let mut words = text.split_whitespace();
-        let (number, code) = (words.next().unwrap_or_default(), words.next());
-        anyhow::ensure!(
-            words.next().is_none(),
-            "{name} {text:?}: expected an amount and at most a currency, e.g. 12.50 USD"
-        );
-        let parse_currency = |c: &str| c.parse::<Currency>().map_err(|e| anyhow::anyhow!("{name}: {e}"));
-        let currency = match (code, flag) {
-            (Some(a), Some(b)) if !a.eq_ignore_ascii_case(b) => {
-                anyhow::bail!("{name} says {a} but --currency says {b}")
-            }
-            (Some(c), _) | (None, Some(c)) => parse_currency(c)?,
-            (None, None) => default,
-        };
-        let value: Decimal = number.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "{name} {number:?} is not an amount: write it in {currency}'s units, e.g. {}",
-                example(currency)
-            )
-        })?;
-        anyhow::ensure!(
-            !value.is_sign_negative(),
-            "{name} must not be negative (got {number}); amounts are written without a sign"
-        );
-        let exponent = currency.exponent();
-        anyhow::ensure!(
-            value.normalize().scale() <= exponent,
-            "{name} {number} has more decimals than {currency} has ({exponent}), e.g. {}",
-            example(currency)
-        );
-        let minor = value
-            .checked_mul(Decimal::from(10i64.pow(exponent)))
-            .and_then(|v| i64::try_from(v).ok())
-            .ok_or_else(|| anyhow::anyhow!("{name} {number} is too large"))?;
-        Ok(Amount { minor, currency })
-    }
-
-    /// In major units with the currency's decimals, e.g. `12.50`.
-    pub fn major(self) -> String {
-        major(self.minor, self.currency)
-    }
-}
-
-fn example(currency: Currency) -> String {
-    major(1250 * 10i64.pow(currency.exponent()) / 100, currency)
-}
-
-fn major(minor: i64, currency: Currency) -> String {
-    Decimal::new(minor, currency.exponent()).to_string()
-}
-
-/// `{"amount": 1250, "currency": "USD"}` as `12.50 USD`.
-fn money(value: &Value) -> Option<String> {
-    let currency: Currency = value["currency"].as_str()?.parse().ok()?;
-    Some(format!("{} {currency}", major(value["amount"].as_i64()?, currency)))
-}
-
-/// An authorization's decision for people: the verdict, the reason and rule, the amounts.
-pub fn describe_outcome(o: &Value) -> String {
-    let mut out = match o["approved"].as_bool() {
-        Some(true) => "approved".to_owned(),
-        _ => format!("declined: {}", o["reason"].as_str().unwrap_or("?")),
-    };
-    if let Some(rule) = o["rule"].as_str() {
-        out.push_str(&format!(" (rule {rule})"));
-    }
-    if o["dry_run"] == true {
-        out.push_str("  [dry run: nothing recorded]");
-    }
-    out.push('\n');
-    let mut line = |label: &str, text: Option<String>| {
-        if let Some(text) = text {
-            out.push_str(&format!("  {label:<14}{text}\n"));
-        }
-    };
-    line("amount", money(&o["amount"]["merchant"]));
-    if o["amount"]["cap"]["currency"] != o["amount"]["merchant"]["currency"] {
-        line("counted as", money(&o["amount"]["cap"]));
-    }
-    line(
-        "fx rate",
-        o["fx"]["rate"].as_str().map(|rate| {
-            let fx = &o["fx"];
-            format!("{rate} of {} ({})", fx["date"].as_str().unwrap_or("?"), fx["source"].as_str().unwrap_or("?"))
-        }),
-    );
-    line("available", money(&o["available"]));
-    line("authorization", o["authorization_id"].as_str().map(str::to_owned));
-    line("approval", o["approval_id"].as_str().map(str::to_owned));
-    out
-}
-
-#[derive(Clone, Copy)]
-enum View {
-    Agents,
-    Cards,
-    Keys,
-    Ledger,
-    Events,
-    Approvals,
-    Outcome,
-    Balance,
-    /// The server's answer, printed as is (a policy document, an upstream answer).
-    Json,
-    Record,
-}
-
 /// An agent's or card's currency, as the server gave it.
 fn currency_of(record: &Value) -> anyhow::Result<Currency> {
     record["currency"]
@@ -809,158 +686,9 @@ fn read_policy(arg: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("the policy is not valid JSON: {e}"))
 }
 
-/// The longest a cell in a list gets before it is cut (`show` and `--json` have it whole).
-const MAX_CELL: usize = 40;
-
-fn cell(value: &Value) -> String {
-    match value {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn cut(text: String) -> String {
-    match text.char_indices().nth(MAX_CELL) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text,
-    }
-}
-
-/// A document inside a record, cut to a line (`--json` prints it whole).
-fn cut_record(text: String) -> String {
-    match text.char_indices().nth(4 * MAX_CELL) {
-        Some((at, _)) => format!("{}… (--json for all)", &text[..at]),
-        None => text,
-    }
-}
-
-fn table() -> Table {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
-    if let Some((terminal_size::Width(width), _)) = terminal_size::terminal_size() {
-        table.set_width(width);
-    }
-    table
-}
-
-/// What a list view shows of each row: a column name and how to read it.
-type Column = (&'static str, fn(&Value) -> String);
-
-fn render(value: &Value, view: View) -> String {
-    let columns: &[Column] = match view {
-        View::Agents => &[
-            ("id", |r| cell(&r["id"])),
-            ("name", |r| cell(&r["name"])),
-            ("department", |r| cell(&r["department"])),
-            ("status", |r| cell(&r["status"])),
-            ("currency", |r| cell(&r["currency"])),
-        ],
-        View::Cards => &[
-            ("id", |r| cell(&r["id"])),
-            ("label", |r| cell(&r["label"])),
-            ("last4", |r| cell(&r["last4"])),
-            ("currency", |r| cell(&r["currency"])),
-            ("status", |r| cell(&r["status"])),
-            ("processor", |r| cell(&r["processor"])),
-        ],
-        View::Keys => &[
-            ("id", |r| cell(&r["id"])),
-            ("role", |r| cell(&r["role"])),
-            ("name", |r| cell(&r["name"])),
-            ("agent_id", |r| cell(&r["agent_id"])),
-            ("prefix", |r| cell(&r["prefix"])),
-            ("revoked_at", |r| cell(&r["revoked_at"])),
-        ],
-        View::Ledger => &[
-            ("at", |r| if r["type"] == "authorization" { cell(&r["authorized_at"]) } else { cell(&r["created_at"]) }),
-            ("type", |r| cell(&r["type"])),
-            ("merchant / kind", |r| {
-                if r["type"] == "authorization" { cell(&r["merchant"]["name"]) } else { cell(&r["kind"]) }
-            }),
-            ("status", |r| match r["reason"].as_str() {
-                Some(reason) => format!("declined: {reason}"),
-                None => cell(&r["status"]),
-            }),
-            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
-            ("card", |r| cell(&r["card_id"])),
-        ],
-        View::Events => &[
-            ("at", |r| cell(&r["created_at"])),
-            ("kind", |r| cell(&r["kind"])),
-            ("card", |r| cell(&r["card_id"])),
-            ("reason", |r| cell(&r["reason"])),
-        ],
-        View::Approvals => &[
-            ("id", |r| cell(&r["id"])),
-            ("status", |r| cell(&r["status"])),
-            ("agent", |r| cell(&r["agent_id"])),
-            ("rule", |r| cell(&r["rule"])),
-            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
-            ("merchant", |r| cell(&r["merchant"]["name"])),
-        ],
-        View::Outcome => return describe_outcome(value),
-        View::Balance => {
-            let mut out = String::new();
-            for field in ["funded", "refunded", "held", "spent", "available"] {
-                let amount = json!({"amount": value[field], "currency": value["currency"]});
-                out.push_str(&format!("{field:<10}{}\n", money(&amount).unwrap_or_else(|| cell(&value[field]))));
-            }
-            return out;
-        }
-        View::Json => return format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()),
-        View::Record => {
-            let mut table = table();
-            if let Value::Object(map) = value {
-                for (k, v) in map {
-                    let shown = match v {
-                        Value::Object(_) if money(v).is_some() => money(v).unwrap_or_default(),
-                        Value::Object(_) | Value::Array(_) => cut_record(v.to_string()),
-                        other => cell(other),
-                    };
-                    table.add_row(vec![k.clone(), shown]);
-                }
-            }
-            return format!("{table}\n");
-        }
-    };
-    let mut table = table();
-    table.set_header(columns.iter().map(|(name, _)| *name).collect::<Vec<_>>());
-    let rows = value["data"].as_array().cloned().unwrap_or_default();
-    for row in &rows {
-        table.add_row(columns.iter().map(|(_, read)| cut(read(row))).collect::<Vec<_>>());
-    }
-    let more = match value["next_cursor"].as_str() {
-        Some(cursor) => format!(" (more: --cursor {cursor})"),
-        None => String::new(),
-    };
-    format!("{table}\n{} row(s){more}\n", rows.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn usd(text: &str) -> anyhow::Result<Amount> {
-        Amount::parse("--amount", text, None, Currency::USD)
-    }
-
-    #[test]
-    fn amounts_are_read_in_the_currencys_own_decimals() {
-        assert_eq!(usd("12.50").unwrap().minor, 1250);
-        assert_eq!(usd("12.5").unwrap().minor, 1250);
-        assert_eq!(usd("12").unwrap().minor, 1200);
-        let jpy = usd("1000 JPY").unwrap();
-        assert_eq!((jpy.minor, jpy.currency.code()), (1000, "JPY"));
-        let bhd = Amount::parse("--amount", "1.234", Some("bhd"), Currency::USD).unwrap();
-        assert_eq!((bhd.minor, bhd.major()), (1234, "1.234".to_owned()));
-        assert!(usd("12.505").unwrap_err().to_string().contains("more decimals than USD has (2)"));
-        assert!(usd("10.5 JPY").unwrap_err().to_string().contains("more decimals than JPY has (0)"));
-        assert!(usd("-5").unwrap_err().to_string().contains("must not be negative"));
-        assert!(usd("twelve").unwrap_err().to_string().contains("e.g. 12.50"));
-        assert!(usd("1e30").is_err() && usd("99999999999999999999").unwrap_err().to_string().contains("too large"));
-        assert!(Amount::parse("--amount", "5 EUR", Some("USD"), Currency::USD).is_err());
-    }
 
     #[test]
     fn keys_with_line_breaks_are_named_as_such() {
@@ -969,12 +697,5 @@ mod tests {
         assert!(checked_key(Some("sgk_abc def".into())).is_err());
         assert!(checked_key(None).unwrap_err().to_string().contains("SPENDGATE_API_KEY"));
         assert_eq!(checked_key(Some("sgk_abc".into())).unwrap(), "sgk_abc");
-    }
-
-    #[test]
-    fn long_cells_are_cut_and_short_ones_kept() {
-        assert_eq!(cut("short".into()), "short");
-        let long = "x".repeat(100);
-        assert_eq!(cut(long).chars().count(), MAX_CELL + 1);
     }
 }

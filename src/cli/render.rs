@@ -1,0 +1,206 @@
+//! What the CLI prints for people: tables that fit the terminal, records, decisions, ids.
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::{Value, json};
+
+use super::amount::money;
+
+/// The ids in an answer, one per line: a record's, or each listed row's.
+pub(super) fn ids(value: &Value) -> String {
+    let rows = match value["data"].as_array() {
+        Some(rows) => rows.iter().collect(),
+        None => vec![value],
+    };
+    let key = |row: &Value| row["id"].as_str().or(row["authorization_id"].as_str()).map(|id| format!("{id}\n"));
+    rows.into_iter().filter_map(key).collect()
+}
+
+/// An authorization's decision for people: the verdict, the reason and rule, the amounts.
+pub fn describe_outcome(o: &Value) -> String {
+    let mut out = match o["approved"].as_bool() {
+        Some(true) => "approved".to_owned(),
+        _ => format!("declined: {}", o["reason"].as_str().unwrap_or("?")),
+    };
+    if let Some(rule) = o["rule"].as_str() {
+        out.push_str(&format!(" (rule {rule})"));
+    }
+    if o["dry_run"] == true {
+        out.push_str("  [dry run: nothing recorded]");
+    }
+    out.push('\n');
+    let mut line = |label: &str, text: Option<String>| {
+        if let Some(text) = text {
+            out.push_str(&format!("  {label:<14}{text}\n"));
+        }
+    };
+    line("amount", money(&o["amount"]["merchant"]));
+    if o["amount"]["cap"]["currency"] != o["amount"]["merchant"]["currency"] {
+        line("counted as", money(&o["amount"]["cap"]));
+    }
+    line(
+        "fx rate",
+        o["fx"]["rate"].as_str().map(|rate| {
+            let fx = &o["fx"];
+            format!("{rate} of {} ({})", fx["date"].as_str().unwrap_or("?"), fx["source"].as_str().unwrap_or("?"))
+        }),
+    );
+    line("available", money(&o["available"]));
+    line("authorization", o["authorization_id"].as_str().map(str::to_owned));
+    line("approval", o["approval_id"].as_str().map(str::to_owned));
+    out
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum View {
+    Agents,
+    Cards,
+    Keys,
+    Ledger,
+    Events,
+    Approvals,
+    Outcome,
+    Balance,
+    /// The server's answer, printed as is (a policy document, an upstream answer).
+    Json,
+    Record,
+}
+
+/// The longest a cell in a list gets before it is cut (`show` and `--json` have it whole).
+const MAX_CELL: usize = 40;
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn cut(text: String) -> String {
+    match text.char_indices().nth(MAX_CELL) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
+}
+
+/// A document inside a record, cut to a line (`--json` prints it whole).
+fn cut_record(text: String) -> String {
+    match text.char_indices().nth(4 * MAX_CELL) {
+        Some((at, _)) => format!("{}… (--json for all)", &text[..at]),
+        None => text,
+    }
+}
+
+fn table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some((terminal_size::Width(width), _)) = terminal_size::terminal_size() {
+        table.set_width(width);
+    }
+    table
+}
+
+/// What a list view shows of each row: a column name and how to read it.
+type Column = (&'static str, fn(&Value) -> String);
+
+pub(super) fn render(value: &Value, view: View) -> String {
+    let columns: &[Column] = match view {
+        View::Agents => &[
+            ("id", |r| cell(&r["id"])),
+            ("name", |r| cell(&r["name"])),
+            ("department", |r| cell(&r["department"])),
+            ("status", |r| cell(&r["status"])),
+            ("currency", |r| cell(&r["currency"])),
+        ],
+        View::Cards => &[
+            ("id", |r| cell(&r["id"])),
+            ("label", |r| cell(&r["label"])),
+            ("last4", |r| cell(&r["last4"])),
+            ("currency", |r| cell(&r["currency"])),
+            ("status", |r| cell(&r["status"])),
+            ("processor", |r| cell(&r["processor"])),
+        ],
+        View::Keys => &[
+            ("id", |r| cell(&r["id"])),
+            ("role", |r| cell(&r["role"])),
+            ("name", |r| cell(&r["name"])),
+            ("agent_id", |r| cell(&r["agent_id"])),
+            ("prefix", |r| cell(&r["prefix"])),
+            ("revoked_at", |r| cell(&r["revoked_at"])),
+        ],
+        View::Ledger => &[
+            ("at", |r| if r["type"] == "authorization" { cell(&r["authorized_at"]) } else { cell(&r["created_at"]) }),
+            ("type", |r| cell(&r["type"])),
+            ("merchant / kind", |r| {
+                if r["type"] == "authorization" { cell(&r["merchant"]["name"]) } else { cell(&r["kind"]) }
+            }),
+            ("status", |r| match r["reason"].as_str() {
+                Some(reason) => format!("declined: {reason}"),
+                None => cell(&r["status"]),
+            }),
+            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
+            ("card", |r| cell(&r["card_id"])),
+        ],
+        View::Events => &[
+            ("at", |r| cell(&r["created_at"])),
+            ("kind", |r| cell(&r["kind"])),
+            ("card", |r| cell(&r["card_id"])),
+            ("reason", |r| cell(&r["reason"])),
+        ],
+        View::Approvals => &[
+            ("id", |r| cell(&r["id"])),
+            ("status", |r| cell(&r["status"])),
+            ("agent", |r| cell(&r["agent_id"])),
+            ("rule", |r| cell(&r["rule"])),
+            ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
+            ("merchant", |r| cell(&r["merchant"]["name"])),
+        ],
+        View::Outcome => return describe_outcome(value),
+        View::Balance => {
+            let mut out = String::new();
+            for field in ["funded", "refunded", "held", "spent", "available"] {
+                let amount = json!({"amount": value[field], "currency": value["currency"]});
+                out.push_str(&format!("{field:<10}{}\n", money(&amount).unwrap_or_else(|| cell(&value[field]))));
+            }
+            return out;
+        }
+        View::Json => return format!("{}\n", serde_json::to_string_pretty(value).unwrap_or_default()),
+        View::Record => {
+            let mut table = table();
+            if let Value::Object(map) = value {
+                for (k, v) in map {
+                    let shown = match v {
+                        Value::Object(_) if money(v).is_some() => money(v).unwrap_or_default(),
+                        Value::Object(_) | Value::Array(_) => cut_record(v.to_string()),
+                        other => cell(other),
+                    };
+                    table.add_row(vec![k.clone(), shown]);
+                }
+            }
+            return format!("{table}\n");
+        }
+    };
+    let mut table = table();
+    table.set_header(columns.iter().map(|(name, _)| *name).collect::<Vec<_>>());
+    let rows = value["data"].as_array().cloned().unwrap_or_default();
+    for row in &rows {
+        table.add_row(columns.iter().map(|(_, read)| cut(read(row))).collect::<Vec<_>>());
+    }
+    let more = match value["next_cursor"].as_str() {
+        Some(cursor) => format!(" (more: --cursor {cursor})"),
+        None => String::new(),
+    };
+    format!("{table}\n{} row(s){more}\n", rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_cells_are_cut_and_short_ones_kept() {
+        assert_eq!(cut("short".into()), "short");
+        let long = "x".repeat(100);
+        assert_eq!(cut(long).chars().count(), MAX_CELL + 1);
+    }
+}
