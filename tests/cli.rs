@@ -357,6 +357,7 @@ fn the_cli_covers_the_days_work() {
         ("SPENDGATE_X402_ASSETS", assets.as_str()),
         ("SPENDGATE_X402_PRIVATE_DESTINATIONS", "127.0.0.1/32"),
         ("SPENDGATE_STRIPE_WEBHOOK_SECRET", "whsec_cli_stripe_0123456789abcdef"),
+        ("SPENDGATE_LITHIC_WEBHOOK_SECRET", "whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE="),
         ("SPENDGATE_APPROVAL_SECRET", "approval-secret-0123456789"),
     ];
     let server = serve(dir.path(), &[], &env);
@@ -434,6 +435,27 @@ fn the_cli_covers_the_days_work() {
     let approval = pending.lines().next().expect("one pending approval").to_owned();
     assert_eq!(json_of(&run(&["approvals", "approve", &approval, "--json"]))["status"], "approved");
     assert!(text_of(&run(&["authorize", "--card", &card, "--amount", "60"])).starts_with("approved"));
+
+    // Lithic's answer carries only its own code: the rule that fired comes from the ledger.
+    let lithic = text_of(&run(&[
+        "cards",
+        "issue",
+        "--agent",
+        &agent,
+        "--label",
+        "lithic",
+        "--processor",
+        "lithic",
+        "--processor-card-id",
+        "lithic-cli",
+        "--last4",
+        "0001",
+        "--policy",
+        r#"{"per_transaction": 500}"#,
+        "--quiet",
+    ]));
+    let over = text_of(&run(&["authorize", "--card", lithic.trim(), "--amount", "10"]));
+    assert!(over.starts_with("declined: per_transaction_exceeded (rule card.per_transaction)"), "{over}");
 
     let ledger = json_of(&run(&["ledger", &agent, "--trace", "pr-7", "--json"]));
     assert_eq!(ledger["data"].as_array().unwrap().len(), 4, "the trace's four authorizations: {ledger}");

@@ -61,7 +61,10 @@ pub async fn get_card(state: web::Data<AppState>, who: Principal, path: web::Pat
 #[serde(deny_unknown_fields)]
 pub struct DryRunBody {
     /// Minor units of `currency`.
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
+    /// ISO 4217; an unknown code is decided (declined `unsupported_currency`), not refused.
+    #[schema(min_length = 1, max_length = 8, pattern = r"^[^\x00-\x1f\x7f-\x9f]+$", example = "USD")]
     pub currency: String,
     #[serde(default)]
     pub merchant: Merchant,
