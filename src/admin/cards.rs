@@ -285,6 +285,7 @@ impl Admin {
         request: crate::domain::authorization::AuthRequest,
     ) -> Result<crate::ledger::AuthOutcome> {
         let card = self.get_card(who, None, card_id).await?;
+        require(who, Permission::DryRun, Some(&card.agent_id))?;
         let auth = crate::ledger::Authorize {
             source: "dry_run",
             external_id: crate::domain::ids::AuthorizationId::generate().to_string(),

@@ -62,6 +62,8 @@ pub enum Permission {
     ManageKeys,
     /// Read an agent's wallet key out.
     ExportWallet,
+    /// Decide a dry run: it takes the ledger writer's time, which an agent must not be able to spend.
+    DryRun,
 }
 
 impl Permission {
@@ -73,6 +75,7 @@ impl Permission {
             Permission::Pay => "pay from an agent's wallet",
             Permission::ManageKeys => "manage API keys",
             Permission::ExportWallet => "export wallet keys",
+            Permission::DryRun => "decide dry runs",
         }
     }
 }
@@ -92,7 +95,7 @@ impl Principal {
         let allowed = match self.role {
             Role::Owner => true,
             Role::Manager => !matches!(permission, Permission::ManageKeys | Permission::ExportWallet),
-            Role::Operator => matches!(permission, Permission::Read | Permission::Freeze),
+            Role::Operator => matches!(permission, Permission::Read | Permission::Freeze | Permission::DryRun),
             Role::Agent => {
                 matches!(permission, Permission::Read | Permission::Pay)
                     && agent.is_some()
@@ -124,7 +127,7 @@ mod tests {
         let owner = principal(Role::Owner, None);
         let manager = principal(Role::Manager, None);
         let operator = principal(Role::Operator, None);
-        for p in [Read, Freeze, Manage, Pay, ManageKeys, ExportWallet] {
+        for p in [Read, Freeze, Manage, Pay, ManageKeys, ExportWallet, DryRun] {
             assert!(owner.check(p, Some(&a)).is_ok());
         }
         assert!(manager.check(Manage, Some(&a)).is_ok());
@@ -135,6 +138,7 @@ mod tests {
         assert!(operator.check(Read, None).is_ok());
         assert!(operator.check(Freeze, Some(&a)).is_ok());
         assert!(operator.check(Manage, Some(&a)).is_err());
+        assert!(operator.check(DryRun, Some(&a)).is_ok() && manager.check(DryRun, Some(&a)).is_ok());
     }
 
     #[test]
@@ -149,5 +153,6 @@ mod tests {
         assert!(agent.check(Permission::Pay, Some(&mine)).is_ok());
         assert!(agent.check(Permission::Pay, Some(&other)).is_err());
         assert!(agent.check(Permission::ExportWallet, Some(&mine)).is_err());
+        assert!(agent.check(Permission::DryRun, Some(&mine)).is_err(), "a dry run costs the writer's time");
     }
 }
