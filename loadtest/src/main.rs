@@ -84,6 +84,28 @@ struct Args {
     /// Most requests in flight; past it a request is counted as dropped.
     #[arg(long, default_value_t = 2000)]
     max_in_flight: usize,
+    /// The server's process id: its CPU time per request (from /proc/PID/stat, all threads) is
+    /// reported for the target and for the baseline beside it.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// CPU time a process has used, user and system, all threads, in microseconds.
+fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may hold spaces, in parentheses): state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks * 1_000_000 / rustix::param::clock_ticks_per_second())
+}
+
+/// Runs `target` and measures the server's CPU time per answered request, when its pid is known.
+async fn measured(client: &reqwest::Client, args: &Args, target: &Target) -> (Run, Option<f64>) {
+    let before = args.server_pid.and_then(cpu_us);
+    let run = run_once(client, args, target).await;
+    let after = args.server_pid.and_then(cpu_us);
+    let per_request = before.zip(after).map(|(b, a)| (a - b) as f64 / run.latencies_us.len().max(1) as f64);
+    (run, per_request)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -565,17 +587,19 @@ fn main() {
             run: String::new(),
         };
         let mut rounds = Vec::new();
+        let mut cpu = Vec::new();
         for round in 1..=args.rounds {
             if !args.json {
                 println!("round {round}");
             }
-            let base = run_once(&client, &args, &baseline).await;
-            let target = run_once(&client, &args, &make(round)).await;
+            let (base, base_cpu) = measured(&client, &args, &baseline).await;
+            let (target, target_cpu) = measured(&client, &args, &make(round)).await;
             if !args.json {
                 describe("healthz", &base);
                 describe("target", &target);
             }
             rounds.push((base, target));
+            cpu.extend(base_cpu.zip(target_cpu));
         }
         let med = |f: &dyn Fn(&(Run, Run)) -> f64| median(rounds.iter().map(f).collect());
         let summary = serde_json::json!({
@@ -591,6 +615,12 @@ fn main() {
             "approved": rounds.iter().map(|r| r.1.approved).sum::<u64>(),
             "declined": rounds.iter().map(|r| r.1.declined).sum::<u64>(),
         });
+        let mut summary = summary;
+        if !cpu.is_empty() {
+            summary["cpu_us"] = serde_json::json!(median(cpu.iter().map(|c| c.1).collect()));
+            summary["healthz_cpu_us"] = serde_json::json!(median(cpu.iter().map(|c| c.0).collect()));
+            summary["cpu_ratio"] = serde_json::json!(median(cpu.iter().map(|c| c.1 / c.0).collect()));
+        }
         let mut ok = summary["errors"] == 0;
         let mut check_text = None;
         if !agents.is_empty() {
@@ -614,6 +644,13 @@ fn main() {
                 summary["healthz_p50_ms"].as_f64().unwrap_or(f64::NAN), summary["healthz_p99_ms"].as_f64().unwrap_or(f64::NAN),
                 summary["p50_ratio"].as_f64().unwrap_or(f64::NAN), summary["p99_ratio"].as_f64().unwrap_or(f64::NAN),
             );
+            if let Some(ratio) = summary["cpu_ratio"].as_f64() {
+                println!(
+                    "server CPU per request (medians): target {:.1} µs, healthz {:.1} µs; target / healthz = {ratio:.2}",
+                    summary["cpu_us"].as_f64().unwrap_or(f64::NAN),
+                    summary["healthz_cpu_us"].as_f64().unwrap_or(f64::NAN)
+                );
+            }
             println!("errors {}, approved {}, declined {}", summary["errors"], summary["approved"], summary["declined"]);
             if let Some(t) = check_text {
                 println!("check: {t}");
@@ -629,7 +666,20 @@ fn main() {
 mod tests {
     use std::time::{Duration, Instant};
 
-    use super::{Pacer, scatter, send_time};
+    use super::{Pacer, cpu_us, scatter, send_time};
+
+    #[test]
+    fn a_process_cpu_time_is_read_and_grows() {
+        let before = cpu_us(std::process::id()).expect("/proc/self/stat reads");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        let after = cpu_us(std::process::id()).unwrap();
+        assert!(after >= before + 20_000, "50 ms busy shows as CPU time: {before} -> {after} ({x})");
+        assert_eq!(cpu_us(u32::MAX), None);
+    }
 
     #[test]
     fn the_pacer_yields_every_request_in_order_and_none_early() {
