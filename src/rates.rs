@@ -11,11 +11,14 @@ use crate::policy::fx::{Peg, RateSource, RateTable, pegs};
 
 const BUILT_IN: &str = include_str!("../fixtures/ecb_rates.xml");
 
+/// The ECB file built into the release, as it is.
+fn bundled_ecb() -> RateTable {
+    RateTable::parse_ecb(BUILT_IN, RateSource::Bundled).expect("the built-in ECB rates parse (checked by tests)")
+}
+
 /// The table built into the release, with the pegs.
 pub fn bundled() -> RateTable {
-    RateTable::parse_ecb(BUILT_IN, RateSource::Bundled)
-        .expect("the built-in ECB rates parse (checked by tests)")
-        .with_pegs(&pegs())
+    bundled_ecb().with_pegs(&pegs())
 }
 
 pub fn built_in() -> Rates {
@@ -93,8 +96,7 @@ pub async fn refresh_forever(sources: Sources, rates: Rates) {
             return;
         }
     };
-    let ecb = RateTable::parse_ecb(BUILT_IN, RateSource::Bundled).expect("the built-in ECB rates parse");
-    let mut latest = Latest { ecb, extra: None, pegs: pegs() };
+    let mut latest = Latest { ecb: bundled_ecb(), extra: None, pegs: pegs() };
     loop {
         refresh(&client, &sources, &mut latest, &rates).await;
         tokio::time::sleep(sources.every).await;

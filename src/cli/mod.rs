@@ -12,7 +12,7 @@ use render::{View, ids, render};
 use std::path::Path;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -619,22 +619,15 @@ async fn authorize(client: &Client, args: AuthorizeArgs, config: Option<&Path>) 
     }
     let mut settings = Config::load(config)?;
     crate::demo::fill_secrets(&mut settings, false)?;
-    let processor_card_id = card["processor_card_id"].as_str().unwrap_or_default();
-    let (request, processor) = match card["processor"].as_str() {
-        Some("stripe") => {
-            (simulate::processor(&settings, simulate::Processor::Stripe, processor_card_id, &sale)?, true)
-        }
-        Some("lithic") => {
-            (simulate::processor(&settings, simulate::Processor::Lithic, processor_card_id, &sale)?, true)
-        }
-        Some("marqeta") => {
-            (simulate::processor(&settings, simulate::Processor::Marqeta, processor_card_id, &sale)?, true)
-        }
-        _ => (simulate::native(&settings, &args.card, &sale)?, false),
+    // A processor's card in its own format; a simulator card in spendgate's.
+    let processor = card["processor"].as_str().and_then(|p| simulate::Processor::from_str(p, true).ok());
+    let request = match processor {
+        Some(p) => simulate::processor(&settings, p, card["processor_card_id"].as_str().unwrap_or_default(), &sale)?,
+        None => simulate::native(&settings, &args.card, &sale)?,
     };
     let sent_at = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1);
     let (_, answer) = simulate::send(&client.base, request, false).await?;
-    if !processor {
+    if processor.is_none() {
         return Ok(answer);
     }
     // A processor's answer carries its own codes: the ledger has the decision in full.

@@ -127,9 +127,10 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
     let purchase =
         Purchase { amount: input.amount, currency: input.currency, merchant: input.merchant, trace_id: input.trace_id };
     let request = purchase.request()?;
+    let dry_run = is_dry_run(&req);
     let Some(card_id) = CardId::parse(&input.card_id) else {
         let failed = AuthOutcome::failed(crate::domain::authorization::DeclineReason::UnknownCard, &request);
-        return Ok(HttpResponse::Ok().json(AuthOutcome { dry_run: is_dry_run(&req), ..failed }));
+        return Ok(HttpResponse::Ok().json(AuthOutcome { dry_run, ..failed }));
     };
     let auth = Authorize {
         source: "native",
@@ -139,7 +140,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         deferred: None,
         payment: None,
     };
-    let outcome = match is_dry_run(&req) {
+    let outcome = match dry_run {
         true => state.ledger.dry_run(auth).await?,
         false => state.ledger.authorize(auth).await,
     };

@@ -616,9 +616,9 @@ impl Writer {
         if c.dry_run {
             let row = new_row(&c.auth, agent_id, card, l, &decision, request.trace_id.clone(), now.as_millisecond());
             let available = l.ledger.balance.available() - row.held;
+            // Nothing was recorded, so there is nothing to name; `Ledger::dry_run` marks the answer.
             return Ok(AuthOutcome {
                 authorization_id: None,
-                dry_run: true,
                 ..AuthOutcome::from_row(&row, l.currency, available, false)
             });
         }

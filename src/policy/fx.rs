@@ -211,15 +211,16 @@ impl RateTable {
 
     /// `amount` minor units of `from` in minor units of `to`, rounded up.
     pub fn convert(&self, amount: i64, from: Currency, to: Currency) -> Result<Converted, FxError> {
+        if from == to {
+            // No rate is needed: the table need not even know the currency.
+            return Ok(Converted { amount, rate: Decimal::ONE, date: self.date, source: self.source });
+        }
         let (Some(f), Some(t)) = (self.quotes.get(&from), self.quotes.get(&to)) else {
             return Err(FxError::Unknown);
         };
         // The older rate says how fresh the conversion is; a bundled or second-source rate says so.
         let (date, source) = if f.date <= t.date { (f.date, f.source) } else { (t.date, t.source) };
         let source = [f.source, t.source].into_iter().find(|s| *s != RateSource::Ecb).unwrap_or(source);
-        if from == to {
-            return Ok(Converted { amount, rate: Decimal::ONE, date, source });
-        }
         // Multiply before dividing: the one inexact step comes last, and rounding up absorbs it.
         let target = Decimal::from_i128_with_scale(i128::from(amount), from.exponent())
             .checked_mul(t.per_euro)
@@ -297,6 +298,8 @@ mod tests {
         let t = table();
         assert_eq!(t.convert(100, c("BHD"), c("USD")), Err(FxError::Unknown));
         assert_eq!(t.convert(i64::MAX, c("USD"), c("JPY")), Err(FxError::Overflow));
+        // The same currency converts as is, known to the table or not.
+        assert_eq!(t.convert(1_234, c("KES"), c("KES")).map(|c| c.amount), Ok(1_234));
     }
 
     #[test]
