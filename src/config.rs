@@ -1,33 +1,13 @@
 //! Settings: defaults, then an optional TOML file, then `SPENDGATE_*` environment variables.
 //! Every setting has a safe default, so `spendgate serve` runs with none.
 
-use std::fmt;
 use std::path::Path;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-/// A value that must never be printed: its `Debug` shows only whether it is set.
-#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+use crate::crypto::Secret;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -274,8 +254,6 @@ impl Config {
             (10..=3_600).contains(&self.x402_max_valid_seconds),
             "x402_max_valid_seconds must be 10 to 3600"
         );
-        crate::rails::usdc::destination::Destinations::parse(&self.x402_private_destinations)
-            .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_PRIVATE_DESTINATIONS: {e}"))?;
         anyhow::ensure!(
             (1_024..=1 << 30).contains(&self.x402_max_response_bytes),
             "x402_max_response_bytes must be 1024 to 1073741824"
@@ -284,12 +262,6 @@ impl Config {
             self.x402_max_fetches >= 1 && (1..=self.x402_max_fetches).contains(&self.x402_max_fetches_per_agent),
             "x402_max_fetches must be at least 1, and x402_max_fetches_per_agent 1 to x402_max_fetches"
         );
-        crate::rails::usdc::x402::parse_assets(&self.x402_assets)
-            .map_err(|e| anyhow::anyhow!("SPENDGATE_X402_ASSETS: {e}"))?;
-        if let Some(key) = &self.master_key {
-            crate::rails::usdc::wallet::MasterKey::from_base64(key.expose())
-                .map_err(|e| anyhow::anyhow!("SPENDGATE_MASTER_KEY: {e}"))?;
-        }
         anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
         anyhow::ensure!(
             self.public_url.starts_with("http://") || self.public_url.starts_with("https://"),

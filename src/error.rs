@@ -1,7 +1,112 @@
-//! The one error type. Each variant has a stable machine code and an HTTP status; `http::error`
-//! is the one place that renders it as the `{"error": {"code", "message"}}` body.
+//! The one error type and every machine code it carries. Each code has one HTTP status;
+//! `http::error` is the one place that renders an error as the `{"error": {"code", "message"}}` body.
 
+use crate::domain::authorization::DeclineReason;
 use crate::domain::policy::PolicyError;
+
+/// Declares `ErrorCode`: each code once, with its text and its HTTP status.
+macro_rules! error_codes {
+    ($($status:literal => { $($(#[$doc:meta])* $variant:ident = $text:literal,)+ })+) => {
+        /// Every machine code an error answer carries, with its HTTP status. Clients match on the
+        /// text (`as_str`), which never changes for a variant.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            /// A payment the policy declined (402): the code is the decline reason.
+            Declined(DeclineReason),
+            $($($(#[$doc])* $variant,)+)+
+        }
+
+        impl ErrorCode {
+            /// Every code but the decline reasons, which `DeclineReason::ALL` lists.
+            pub const ALL: &[ErrorCode] = &[$($(ErrorCode::$variant,)+)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    ErrorCode::Declined(reason) => reason.as_str(),
+                    $($(ErrorCode::$variant => $text,)+)+
+                }
+            }
+
+            /// The HTTP status this code is answered with.
+            pub fn status(self) -> u16 {
+                match self {
+                    ErrorCode::Declined(_) => 402,
+                    $($(ErrorCode::$variant => $status,)+)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    400 => { ValidationFailed = "validation_failed", InvalidJson = "invalid_json", }
+    401 => { Unauthenticated = "unauthenticated", InvalidSignature = "invalid_signature", }
+    402 => {
+        NoPayableRequirement = "no_payable_requirement",
+        UnsupportedPaymentProtocol = "unsupported_payment_protocol",
+        /// A person denied the approval a deferred payment waited for.
+        ApprovalDenied = "approval_denied",
+    }
+    403 => { Forbidden = "forbidden", }
+    404 => { NotFound = "not_found", }
+    405 => { MethodNotAllowed = "method_not_allowed", }
+    409 => {
+        AlreadyExists = "already_exists",
+        ConcurrentUpdate = "concurrent_update",
+        CardClosed = "card_closed",
+        CardExists = "card_exists",
+        LastOwnerKey = "last_owner_key",
+        /// An idempotency key (or a movement's id) already used for something else, or whose
+        /// first use left nothing to replay.
+        IdempotencyConflict = "idempotency_conflict",
+        AuthorizationDeclined = "authorization_declined",
+        NothingHeld = "nothing_held",
+        RefundExceedsPosted = "refund_exceeds_posted",
+        NoWallet = "no_wallet",
+        PaymentOutcomeUnknown = "payment_outcome_unknown",
+        PaymentFinal = "payment_final",
+        ApprovalDecided = "approval_decided",
+        ApprovalExpired = "approval_expired",
+        AnswerTooLarge = "answer_too_large",
+    }
+    413 => { PayloadTooLarge = "payload_too_large", }
+    415 => { UnsupportedMediaType = "unsupported_media_type", }
+    422 => {
+        UnknownAgent = "unknown_agent",
+        UnknownTemplate = "unknown_template",
+        TemplateCurrencyMismatch = "template_currency_mismatch",
+        CurrencyMismatch = "currency_mismatch",
+        UnsupportedCurrency = "unsupported_currency",
+        ProcessorCurrencyUnsupported = "processor_currency_unsupported",
+        DestinationForbidden = "destination_forbidden",
+        /// A processor's API refused to issue the card.
+        ProcessorRefused = "processor_refused",
+    }
+    429 => { TooManyFetches = "too_many_fetches", }
+    500 => { Internal = "internal", }
+    502 => {
+        UpstreamFailed = "upstream_failed",
+        UpstreamTooLarge = "upstream_too_large",
+    }
+    503 => { StorageUnavailable = "storage_unavailable", UsdcRailDisabled = "usdc_rail_disabled", }
+}
+
+impl ErrorCode {
+    /// Every code an answer can carry, each once: `ALL`, then the decline reasons not in it (a
+    /// declined payment's `card_closed` or `unsupported_currency` means what the same code does
+    /// elsewhere, answered as 402).
+    pub fn every() -> impl Iterator<Item = ErrorCode> {
+        let declines = DeclineReason::ALL.into_iter().map(ErrorCode::Declined);
+        let new = |code: &ErrorCode| !ErrorCode::ALL.iter().any(|c| c.as_str() == code.as_str());
+        ErrorCode::ALL.iter().copied().chain(declines.filter(new))
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,27 +125,16 @@ pub enum Error {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
-    /// Allowed in general, but not in the current state (409).
+    /// A case with a code of its own (a conflict with the current state, something that cannot be
+    /// used, a payment refused, a part not configured, a bound reached): its status is the code's.
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    /// Well-formed but refers to something that cannot be used (422).
-    #[error("{message}")]
-    Unprocessable { code: &'static str, message: String },
-    /// A payment spendgate will not make: a policy decline or a 402 it cannot pay (402).
-    #[error("{message}")]
-    PaymentRefused { code: String, message: String },
-    /// A part of spendgate that is not configured on this server (503).
-    #[error("{message}")]
-    Disabled { code: &'static str, message: String },
+    Coded { code: ErrorCode, message: String },
     /// The upstream server of a proxied request failed or answered something unusable (502).
     #[error("{0}")]
     Upstream(String),
     /// The upstream answer is larger than spendgate passes on (502).
     #[error("{0}")]
     UpstreamTooLarge(String),
-    /// A bound on concurrent work is reached; safe to retry shortly (429).
-    #[error("{message}")]
-    TooManyRequests { code: &'static str, message: String },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("request body is larger than {0} bytes")]
@@ -57,47 +151,32 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Validation(_) => "validation_failed",
-            Error::InvalidJson(_) => "invalid_json",
-            Error::Unauthenticated => "unauthenticated",
-            Error::BadSignature => "invalid_signature",
-            Error::Forbidden(_) => "forbidden",
-            Error::NotFound(_) => "not_found",
-            Error::Conflict { code, .. }
-            | Error::Unprocessable { code, .. }
-            | Error::Disabled { code, .. }
-            | Error::TooManyRequests { code, .. } => code,
-            Error::PaymentRefused { code, .. } => code,
-            Error::Upstream(_) => "upstream_failed",
-            Error::UpstreamTooLarge(_) => "upstream_too_large",
-            Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::PayloadTooLarge(_) => "payload_too_large",
-            Error::UnsupportedMediaType(_) => "unsupported_media_type",
-            Error::StorageUnavailable(_) => "storage_unavailable",
-            Error::Internal(_) => "internal",
+            Error::Validation(_) => ErrorCode::ValidationFailed,
+            Error::InvalidJson(_) => ErrorCode::InvalidJson,
+            Error::Unauthenticated => ErrorCode::Unauthenticated,
+            Error::BadSignature => ErrorCode::InvalidSignature,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Coded { code, .. } => *code,
+            Error::Upstream(_) => ErrorCode::UpstreamFailed,
+            Error::UpstreamTooLarge(_) => ErrorCode::UpstreamTooLarge,
+            Error::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
+            Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::UnsupportedMediaType(_) => ErrorCode::UnsupportedMediaType,
+            Error::StorageUnavailable(_) => ErrorCode::StorageUnavailable,
+            Error::Internal(_) => ErrorCode::Internal,
         }
     }
 
-    /// The HTTP status this error is answered with.
+    /// The HTTP status this error is answered with: its code's.
     pub fn status(&self) -> u16 {
-        match self {
-            Error::Validation(_) | Error::InvalidJson(_) => 400,
-            Error::Unauthenticated | Error::BadSignature => 401,
-            Error::PaymentRefused { .. } => 402,
-            Error::Forbidden(_) => 403,
-            Error::NotFound(_) => 404,
-            Error::MethodNotAllowed(_) => 405,
-            Error::Conflict { .. } => 409,
-            Error::PayloadTooLarge(_) => 413,
-            Error::UnsupportedMediaType(_) => 415,
-            Error::Unprocessable { .. } => 422,
-            Error::TooManyRequests { .. } => 429,
-            Error::Internal(_) => 500,
-            Error::Upstream(_) | Error::UpstreamTooLarge(_) => 502,
-            Error::Disabled { .. } | Error::StorageUnavailable(_) => 503,
-        }
+        self.code().status()
+    }
+
+    pub fn coded(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error::Coded { code, message: message.into() }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -120,10 +199,9 @@ impl From<diesel::result::Error> for Error {
         match e {
             D::NotFound => Error::NotFound("not found".into()),
             // Two writers raced for the same unique value; the loser is told, not failed.
-            D::DatabaseError(Kind::UniqueViolation, _) => Error::Conflict {
-                code: "already_exists",
-                message: "a record with the same unique value already exists".into(),
-            },
+            D::DatabaseError(Kind::UniqueViolation, _) => {
+                Error::coded(ErrorCode::AlreadyExists, "a record with the same unique value already exists")
+            }
             D::DatabaseError(Kind::ClosedConnection | Kind::SerializationFailure, info) => {
                 Error::StorageUnavailable(info.message().to_owned())
             }
@@ -144,5 +222,37 @@ fn is_busy(message: &str) -> bool {
 impl From<diesel::r2d2::PoolError> for Error {
     fn from(e: diesel::r2d2::PoolError) -> Self {
         Error::StorageUnavailable(format!("connection pool: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+
+    #[test]
+    fn every_code_is_listed_once_and_the_docs_list_exactly_them_by_status() {
+        let every: Vec<&str> = ErrorCode::every().map(ErrorCode::as_str).collect();
+        assert_eq!(every.iter().collect::<BTreeSet<_>>().len(), every.len(), "a code named twice: {every:?}");
+
+        let mut documented: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+        let api = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md"));
+        let errors = &api[api.find("## Errors").expect("docs/api.md has an Errors section")..];
+        for row in errors.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| status")) {
+            let mut cells = row.split('|').map(str::trim).filter(|c| !c.is_empty());
+            let (Some(status), Some(codes)) = (cells.next(), cells.next()) else { continue };
+            let Ok(status) = status.parse::<u16>() else { continue };
+            let named = codes.split('`').skip(1).step_by(2).map(str::to_owned);
+            documented.entry(status).or_default().extend(named);
+            if status == 402 {
+                assert!(codes.contains("the decline reason"), "402 names the decline reasons: {codes}");
+            }
+        }
+        let mut listed: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+        for code in ErrorCode::ALL {
+            listed.entry(code.status()).or_default().insert(code.as_str().to_owned());
+        }
+        assert_eq!(documented, listed, "docs/api.md's error table and ErrorCode disagree");
     }
 }

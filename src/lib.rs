@@ -10,6 +10,7 @@ pub mod approvals;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod crypto;
 pub mod demo;
 pub mod domain;
 pub mod error;
@@ -91,7 +92,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         approval_ttl: Duration::from_secs(config.approval_ttl_hours * 3_600),
         asked: asked_tx,
     };
-    let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), settings);
+    let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), catalog, settings);
     let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone(), issuer(config)?);
     spawn_background(config, &ledger, &rates);
     let first_key = admin.ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose())).await?;
@@ -114,7 +115,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let approvals = approvals(config, &db, &ledger, asked_rx, approved_tx)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
-        db,
         metrics: metrics_handle(),
         ledger: ledger.clone(),
         webhook,

@@ -98,7 +98,7 @@ fn serve(mut config: Config, demo: bool) -> anyhow::Result<()> {
         // On an empty database the demo's key becomes the first owner key: one key, printed once below.
         if config.bootstrap_admin_key.is_none() {
             let key = saved_key.clone().unwrap_or_else(spendgate::domain::key::generate_secret);
-            config.bootstrap_admin_key = Some(spendgate::config::Secret::new(key));
+            config.bootstrap_admin_key = Some(spendgate::crypto::Secret::new(key));
         }
     }
     actix_web::rt::System::new().block_on(async move {

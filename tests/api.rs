@@ -56,6 +56,15 @@ async fn health_and_docs(app: TestApp) {
     for status in ["200", "400", "401", "403", "503"] {
         assert!(list[status].is_object(), "GET /v1/agents lacks {status}: {list}");
     }
+    // Every error code, each once, is the one list a client matches on.
+    let codes: Vec<&str> = doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the error codes are listed")
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let every: Vec<&str> = spendgate::error::ErrorCode::every().map(|c| c.as_str()).collect();
+    assert_eq!(codes, every);
     let windows = doc["components"]["schemas"]["Limit"]["properties"]["window"]["oneOf"].as_array().unwrap();
     assert!(windows.iter().any(|w| w["enum"] == json!(["lifetime"])), "{windows:?}");
     // A method a path does not take: 405, naming the ones it does.

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spendgate::approvals::link::LinkSigner;
 use spendgate::approvals::slack::SlackSignature;
-use spendgate::config::Secret;
+use spendgate::crypto::Secret;
 use spendgate::domain::approval::ApprovalAction;
 
 const APPROVAL_SECRET: &str = "approval-link-secret-for-tests-0123";

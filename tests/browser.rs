@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::slack::SlackReceiver;
 use common::{Backend, spawn_with};
 use serde_json::{Value, json};
-use spendgate::config::Secret;
+use spendgate::crypto::Secret;
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";

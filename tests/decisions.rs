@@ -232,7 +232,7 @@ async fn holds_expire_and_free_their_amount(app: TestApp) {
 /// A lifecycle signature authorizes one action on one authorization: replayed against another
 /// authorization (another agent's too) or another action, it is refused and moves nothing.
 async fn a_lifecycle_signature_is_bound_to_its_path(app: TestApp) {
-    use spendgate::config::Secret;
+    use spendgate::crypto::Secret;
     use spendgate::rails::card::signature::{HexSignature, Route};
     let (victim, victim_card) = agent_with_card(&app, json!({}), 10_000).await;
     let (_, own_card) = agent_with_card(&app, json!({}), 10_000).await;

@@ -283,7 +283,7 @@ proptest! {
         t in prop_oneof![".{0,24}".boxed(), timestamp().prop_map(|t| t.to_string()).boxed()],
         body in any::<Vec<u8>>(),
     ) {
-        let secret = spendgate::config::Secret::new("whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE=");
+        let secret = spendgate::crypto::Secret::new("whsec_c3BlbmRnYXRlLWxpdGhpYy10ZXN0LXNlY3JldC0zMiE=");
         let hex = HexSignature::new(Some(&secret), None).unwrap();
         let now = 1_765_000_000;
         prop_assert!(hex.verify(Some(&header), &body, now).is_err());

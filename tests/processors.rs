@@ -11,7 +11,7 @@ use processor_api::{LITHIC_KEY, Mode, ProcessorApi, STRIPE_CARDHOLDER, STRIPE_KE
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use spendgate::config::Secret;
+use spendgate::crypto::Secret;
 use spendgate::rails::card::signature::{BasicAuth, HexSignature, StandardWebhooks};
 
 fn now() -> i64 {

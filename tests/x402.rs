@@ -105,7 +105,7 @@ async fn pays_a_v2_api_and_answers_a_retry_without_paying_again(app: TestApp) {
     let other = fetch(&app, &agent, "call-1", json!({"url": server.url("/v2/paid?price=10000")})).await;
     assert_eq!(
         (other.status, other.body["error"]["code"].as_str()),
-        (StatusCode::CONFLICT, Some("idempotency_key_reused"))
+        (StatusCode::CONFLICT, Some("idempotency_conflict"))
     );
 }
 

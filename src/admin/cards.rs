@@ -9,7 +9,7 @@ use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, CardId, KeyId};
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::rails::card::issuing::NewCardAt;
 use crate::store::{self, DbConnection};
 
@@ -205,13 +205,13 @@ impl Admin {
             .write(move |conn| {
                 load_agent(conn, &stored.agent_id)?;
                 if store::cards::exists_for_processor(conn, stored.processor.as_str(), &stored.processor_card_id)? {
-                    return Err(Error::Conflict {
-                        code: "card_exists",
-                        message: format!(
+                    return Err(Error::coded(
+                        ErrorCode::CardExists,
+                        format!(
                             "a {} card with processor_card_id {} is already registered",
                             stored.processor, stored.processor_card_id
                         ),
-                    });
+                    ));
                 }
                 store::cards::insert(conn, &stored)?;
                 store::events::insert(conn, &event)
@@ -233,20 +233,22 @@ impl Admin {
     }
 
     fn template_policy(&self, name: &str, currency: Currency) -> Result<Policy> {
-        let template = self.catalog.template(name).ok_or_else(|| Error::Unprocessable {
-            code: "unknown_template",
-            message: format!("no policy template named {name:?} (see GET /v1/policy-templates)"),
+        let template = self.catalog.template(name).ok_or_else(|| {
+            Error::coded(
+                ErrorCode::UnknownTemplate,
+                format!("no policy template named {name:?} (see GET /v1/policy-templates)"),
+            )
         })?;
         // Templates were validated and normalized when the catalog was built.
         let policy = template.policy.clone();
         if policy.currency != Some(currency) {
-            return Err(Error::Unprocessable {
-                code: "template_currency_mismatch",
-                message: format!(
+            return Err(Error::coded(
+                ErrorCode::TemplateCurrencyMismatch,
+                format!(
                     "template {name} caps in {}, the card's currency is {currency}",
                     policy.currency.unwrap_or(Currency::USD)
                 ),
-            });
+            ));
         }
         Ok(policy)
     }
@@ -287,7 +289,8 @@ impl Admin {
         let card = self.get_card(who, None, card_id).await?;
         require(who, Permission::DryRun, Some(&card.agent_id))?;
         let auth = crate::ledger::Authorize {
-            source: "dry_run",
+            // Nothing is recorded under a dry run's id: it only needs to be new.
+            source: crate::domain::ledger::Source::Native,
             external_id: crate::domain::ids::AuthorizationId::generate().to_string(),
             payer: crate::ledger::Payer::Card(card.id),
             request,
@@ -323,7 +326,7 @@ impl Admin {
                     let next = card
                         .status
                         .apply(action)
-                        .map_err(|message| Error::Conflict { code: "card_closed", message: message.to_owned() })?;
+                        .map_err(|message| Error::coded(ErrorCode::CardClosed, message.to_owned()))?;
                     if next == card.status {
                         return Ok(card);
                     }
@@ -338,10 +341,7 @@ impl Admin {
                     card.updated_at = now;
                     return Ok(card);
                 }
-                Err(Error::Conflict {
-                    code: "concurrent_update",
-                    message: "the card kept changing while this request ran; retry".into(),
-                })
+                Err(Error::coded(ErrorCode::ConcurrentUpdate, "the card kept changing while this request ran; retry"))
             })
             .await?;
         self.snapshots().invalidate_card(&card.id);
@@ -371,7 +371,7 @@ impl Admin {
             .write(move |conn| {
                 let mut card = load_card(conn, Some(&agent_id), &card_id)?;
                 if card.status == CardStatus::Closed {
-                    return Err(Error::Conflict { code: "card_closed", message: "the card is closed".into() });
+                    return Err(Error::coded(ErrorCode::CardClosed, "the card is closed"));
                 }
                 let policy = parse_policy(catalog, doc, Some(card.currency))?;
                 let now = store::now();

@@ -10,7 +10,7 @@ use super::{Admin, require};
 use crate::domain::access::{Permission, Principal, Role};
 use crate::domain::ids::KeyId;
 use crate::domain::key::{self, ApiKey};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::store::{self, DbConnection};
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -170,10 +170,10 @@ impl Admin {
         require(who, Permission::ManageKeys, None)?;
         let name = input.name.as_deref().map(|n| super::required_text("name", n, 100)).transpose()?;
         let agent_id = match (input.role, input.agent_id.as_deref()) {
-            (Role::Agent, Some(id)) => Some(parse_agent_id(id).map_err(|_| Error::Unprocessable {
-                code: "unknown_agent",
-                message: format!("agent {id} does not exist"),
-            })?),
+            (Role::Agent, Some(id)) => Some(
+                parse_agent_id(id)
+                    .map_err(|_| Error::coded(ErrorCode::UnknownAgent, format!("agent {id} does not exist")))?,
+            ),
             (Role::Agent, None) => {
                 return Err(Error::validation("agent_id: required for the agent role"));
             }
@@ -192,10 +192,7 @@ impl Admin {
                 if let Some(agent) = &stored.agent_id
                     && store::agents::find(conn, agent)?.is_none()
                 {
-                    return Err(Error::Unprocessable {
-                        code: "unknown_agent",
-                        message: format!("agent {agent} does not exist"),
-                    });
+                    return Err(Error::coded(ErrorCode::UnknownAgent, format!("agent {agent} does not exist")));
                 }
                 insert_key(conn, &stored, &stored_secret)
             })
@@ -223,10 +220,10 @@ impl Admin {
                     return Ok(key);
                 }
                 if key.role == Role::Owner && store::keys::count_live_owners(conn)? <= 1 {
-                    return Err(Error::Conflict {
-                        code: "last_owner_key",
-                        message: "this is the last owner key; create another owner key before revoking it".into(),
-                    });
+                    return Err(Error::coded(
+                        ErrorCode::LastOwnerKey,
+                        "this is the last owner key; create another owner key before revoking it",
+                    ));
                 }
                 let now = store::now();
                 store::keys::revoke(conn, &id, now)?;

@@ -5,9 +5,8 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::crypto::{Secret, mac};
 use crate::domain::approval::ApprovalAction;
-use crate::rails::card::signature::mac;
 
 #[derive(Clone)]
 pub struct LinkSigner(Vec<u8>);

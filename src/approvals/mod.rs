@@ -15,14 +15,14 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
-use crate::config::Secret;
+use crate::crypto::Secret;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::approval::{ApprovalAction, ApprovalStatus};
 use crate::domain::authorization::Merchant;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, ApprovalId, CardId, EventId, KeyId};
 use crate::domain::money::Money;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::{Ledger, RequestedAmount};
 use crate::store::approvals::ApprovalRow;
 use crate::store::{self, Db};
@@ -389,16 +389,16 @@ fn parse_id(id: &str) -> Result<String> {
 fn already(view: &ApprovalView) -> Error {
     match view.status {
         ApprovalStatus::Expired => {
-            Error::Conflict { code: "approval_expired", message: format!("approval {} has expired", view.id) }
+            Error::coded(ErrorCode::ApprovalExpired, format!("approval {} has expired", view.id))
         }
-        status => Error::Conflict {
-            code: "approval_decided",
-            message: format!(
+        status => Error::coded(
+            ErrorCode::ApprovalDecided,
+            format!(
                 "approval {} was already {} by {}",
                 view.id,
                 status.as_str(),
                 view.decided_by.as_deref().unwrap_or("someone")
             ),
-        },
+        ),
     }
 }

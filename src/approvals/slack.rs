@@ -10,9 +10,8 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use super::{ApprovalView, Approvals};
-use crate::config::Secret;
+use crate::crypto::{Secret, mac, within};
 use crate::domain::approval::ApprovalStatus;
-use crate::rails::card::signature::{mac, within};
 use crate::store;
 
 /// Slack's own limit on a request's age.
@@ -285,7 +284,7 @@ impl Approvals {
         let view = match self.decide(&id, decision, super::Approver::Slack(interaction.user.id.clone())).await {
             Ok(view) => view,
             // Decided or expired already: the message is brought up to date all the same.
-            Err(crate::error::Error::Conflict { .. }) => self.view(&id).await.map_err(|e| e.to_string())?,
+            Err(e) if e.status() == 409 => self.view(&id).await.map_err(|e| e.to_string())?,
             Err(e) => return Err(e.to_string()),
         };
         if let Some(url) = interaction.response_url {

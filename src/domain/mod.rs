@@ -10,5 +10,6 @@ pub mod catalog;
 pub mod event;
 pub mod ids;
 pub mod key;
+pub mod ledger;
 pub mod money;
 pub mod policy;

@@ -122,6 +122,23 @@ pub enum Rail {
     Usdc,
 }
 
+impl Rail {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rail::Card => "card",
+            Rail::Usdc => "usdc",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Rail> {
+        match text {
+            "card" => Some(Rail::Card),
+            "usdc" => Some(Rail::Usdc),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CalendarUnit {

@@ -161,7 +161,7 @@ pub async fn approval_submit(
     };
     match state.approvals.decide(&path, action, Approver::Link).await {
         Ok(view) => html(StatusCode::OK, page::decided(&view)),
-        Err(Error::Conflict { message, .. }) => refused(StatusCode::CONFLICT, "Already settled", &message),
+        Err(e) if e.status() == 409 => refused(StatusCode::CONFLICT, "Already settled", &e.to_string()),
         Err(e) => {
             tracing::error!(error = %e, "approval decision");
             refused(StatusCode::SERVICE_UNAVAILABLE, "Try again", "The decision could not be saved. Try again shortly.")

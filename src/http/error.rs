@@ -7,7 +7,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::{IntoResponses, ToSchema};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -50,9 +50,20 @@ pub enum LinkRefusals {
 
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, machine-readable: `validation_failed`, `not_found`, `card_closed`, …
+    #[schema(schema_with = error_codes)]
     pub code: String,
     pub message: String,
+}
+
+/// Every code an error answer can carry, for the API description (a client can match on all).
+fn error_codes() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(ErrorCode::every().map(ErrorCode::as_str)))
+        .description(Some("Stable and machine-readable; a 402's code is the decline reason."))
+        .build()
+        .into()
 }
 
 impl ResponseError for Error {
@@ -67,12 +78,13 @@ impl ResponseError for Error {
             Error::StorageUnavailable(detail) => tracing::warn!(%detail, "storage unavailable"),
             _ => {}
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } };
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code().as_str().to_owned(), message: self.to_string() } };
         let mut response = HttpResponse::build(self.status_code()).json(body);
         if matches!(self, Error::Unauthenticated) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, Error::TooManyRequests { .. }) {
+        if self.status() == 429 {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

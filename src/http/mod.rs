@@ -28,11 +28,9 @@ use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::rails::card::signature::HexSignature;
 use crate::rails::usdc::Usdc;
-use crate::store::Db;
 
 pub struct AppState {
     pub admin: Admin,
-    pub db: Db,
     pub metrics: PrometheusHandle,
     pub ledger: Ledger,
     /// None when no webhook secret is configured: the native webhook answers 404.

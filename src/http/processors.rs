@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::{ErrorBody, SignedRefusals};
 use crate::domain::authorization::{AuthRequest, DeclineReason};
+use crate::domain::ledger::Source;
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Authorize, Ledger, Payer};
 use crate::rails::card::signature::{BasicAuth, HexSignature, Refusal, StandardWebhooks, WebhookHeaders};
@@ -28,9 +29,9 @@ pub struct Processors {
     pub marqeta: Option<BasicAuth>,
 }
 
-fn refuse(req: &HttpRequest, source: &'static str, why: Refusal) -> Error {
-    super::refused(source, req, why);
-    metrics::counter!("spendgate_webhook_refused_total", "source" => source).increment(1);
+fn refuse(req: &HttpRequest, source: Source, why: Refusal) -> Error {
+    super::refused(source.as_str(), req, why);
+    metrics::counter!("spendgate_webhook_refused_total", "source" => source.as_str()).increment(1);
     Error::BadSignature
 }
 
@@ -82,7 +83,7 @@ fn verify_marqeta(state: &AppState, req: &HttpRequest) -> Result<()> {
 async fn decide(
     req: &HttpRequest,
     ledger: &Ledger,
-    source: &'static str,
+    source: Source,
     external_id: String,
     card: Option<&str>,
     request: AuthRequest,
@@ -94,14 +95,14 @@ async fn decide(
         false => Decided::Real(outcome),
     };
     let Some(card) = card else { return answer(AuthOutcome::failed(DeclineReason::UnknownCard, &request)) };
-    let card_id = match tokio::time::timeout(budget, ledger.card_for_processor(source, card)).await {
+    let card_id = match tokio::time::timeout(budget, ledger.card_for_processor(source.as_str(), card)).await {
         Ok(Ok(Some(id))) => id,
         Ok(Ok(None)) => {
             metrics::counter!("spendgate_decisions_total", "outcome" => "unknown_card").increment(1);
             return answer(AuthOutcome::failed(DeclineReason::UnknownCard, &request));
         }
         Ok(Err(e)) => {
-            tracing::error!(error = %e, source, "card lookup failed; declined");
+            tracing::error!(error = %e, %source, "card lookup failed; declined");
             return answer(AuthOutcome::failed(DeclineReason::InternalError, &request));
         }
         Err(_) => return answer(AuthOutcome::failed(DeclineReason::Timeout, &request)),

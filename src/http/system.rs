@@ -25,20 +25,7 @@ const READY_WITHIN: Duration = Duration::from_secs(1);
 #[utoipa::path(tag = "system", responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let mut problems = Vec::new();
-    match tokio::time::timeout(READY_WITHIN, state.db.ping()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::warn!(error = ?e, "readiness: the database does not answer");
-            problems.push("database: not reachable".to_owned());
-        }
-        Err(_) => problems.push(format!("database: no answer within {} ms", READY_WITHIN.as_millis())),
-    }
-    problems.extend(state.ledger.writer_problem(READY_WITHIN).map(|why| format!("ledger: {why}")));
-    if let Some(why) = state.db.wal_failure() {
-        tracing::warn!(error = %why, "readiness: the WAL could not be synced");
-        problems.push("storage: syncing the write-ahead log failed; restart spendgate".to_owned());
-    }
+    let problems = state.ledger.problems(READY_WITHIN).await;
     let ready = problems.is_empty();
     let rates = state.ledger.rates();
     let fx = FxStatus { source: rates.source, date: rates.date.to_string() };

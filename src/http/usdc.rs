@@ -95,7 +95,7 @@ pub async fn fetch(
 
 /// An x402 fetch that waited for a person's approval: 202 while it waits (or is being paid), then
 /// what the fetch would have answered: the upstream answer once paid, or spendgate's refusal
-/// (`approval_denied`, `approval_expired`, or the decline of the payment made after the approval).
+/// (402 `approval_denied`, 409 `approval_expired`, or the decline of the payment made after the approval).
 #[utoipa::path(tag = "usdc", security(("bearer" = [])),
     responses((status = 200, description = "the upstream answer"), (status = 202, body = Awaiting),
         (status = "default", description = "the upstream's own answer, whatever its status, once paid"),

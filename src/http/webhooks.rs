@@ -133,7 +133,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         return Ok(HttpResponse::Ok().json(AuthOutcome { dry_run, ..failed }));
     };
     let auth = Authorize {
-        source: "native",
+        source: crate::domain::ledger::Source::Native,
         external_id: input.id,
         payer: Payer::Card(card_id),
         request,

@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::domain::authorization::Rail;
 use crate::domain::ids::CardId;
 use crate::policy::Spend;
 use crate::policy::totals::Totals;
@@ -80,7 +79,7 @@ impl Book {
             card_id: row.card_id.as_deref().map(|s| self.shared(s)),
             card_currency: row.card_currency.parse().ok(),
             trace_id: row.trace_id.as_deref().map(|s| self.shared(s)),
-            rail: if row.rail == "usdc" { Rail::Usdc } else { Rail::Card },
+            rail: row.rail,
             mcc: row.mcc.as_deref().map(|s| self.shared(s)),
             merchant_id: row.merchant_id.as_deref().map(|s| self.shared(s)),
             merchant_name: self.shared(&row.merchant_name),
@@ -133,12 +132,12 @@ mod tests {
     fn row(id: &str, at_ms: i64, counted: i64) -> AuthorizationRow {
         AuthorizationRow {
             id: id.into(),
-            source: "native".into(),
+            source: crate::domain::ledger::Source::Native,
             external_id: id.into(),
             agent_id: "agt_1".into(),
             card_id: Some("crd_1".into()),
-            rail: "card".into(),
-            status: "pending".into(),
+            rail: crate::domain::authorization::Rail::Card,
+            status: crate::domain::ledger::HoldStatus::Pending,
             reason: None,
             rule: None,
             amount: counted,

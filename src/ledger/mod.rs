@@ -8,6 +8,7 @@
 //! database, not on this process's memory.
 
 mod book;
+pub mod core;
 mod views;
 mod writer;
 
@@ -22,7 +23,9 @@ use crate::cache::{Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::domain::card::Card;
+use crate::domain::catalog::Catalog;
 use crate::domain::ids::{AgentId, CardId};
+use crate::domain::ledger::Source;
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::policy::FxRules;
@@ -142,8 +145,8 @@ impl Drop for StopsWriter {
 /// An authorization request as a rail hands it over.
 #[derive(Debug, Clone)]
 pub struct Authorize {
-    /// `native`, `stripe`, `lithic`, `marqeta`, `x402`: with `external_id`, the idempotency key.
-    pub source: &'static str,
+    /// With `external_id`, the idempotency key.
+    pub source: Source,
     pub external_id: String,
     pub payer: Payer,
     pub request: AuthRequest,
@@ -178,7 +181,7 @@ pub enum Target {
     /// spendgate's authorization id.
     Id(String),
     /// The id the rail gave it (a processor's authorization or transaction id).
-    External { source: &'static str, external_id: String },
+    External { source: Source, external_id: String },
 }
 
 impl std::fmt::Display for Target {
@@ -205,17 +208,39 @@ pub enum Movement {
 }
 
 impl Ledger {
-    /// Starts the writer thread.
-    pub fn start(db: Db, snapshots: Snapshots, rates: Rates, settings: LedgerSettings) -> Ledger {
+    /// Starts the writer thread; policies name MCC groups of `catalog`.
+    pub fn start(
+        db: Db,
+        snapshots: Snapshots,
+        rates: Rates,
+        catalog: &'static Catalog,
+        settings: LedgerSettings,
+    ) -> Ledger {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let health = Arc::new(WriterHealth::default());
-        writer::spawn(db.clone(), snapshots.clone(), rates.clone(), &settings, rx, health.clone());
+        writer::spawn(db.clone(), snapshots.clone(), rates.clone(), catalog, &settings, rx, health.clone());
         Ledger { tx, db, rates, snapshots, budget: settings.budget, health }
     }
 
-    /// Why decisions cannot be recorded now, if they cannot (see `WriterHealth::problem`).
-    pub fn writer_problem(&self, stuck_after: Duration) -> Option<String> {
-        self.health.problem(stuck_after)
+    /// Why decisions cannot be made and recorded now, each a line for a person; none when they
+    /// can. The database must answer within `within`, the writer must run and be in no commit for
+    /// longer (see `WriterHealth::problem`), and (SQLite) the WAL must have synced.
+    pub async fn problems(&self, within: Duration) -> Vec<String> {
+        let mut problems = Vec::new();
+        match tokio::time::timeout(within, self.db.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = ?e, "readiness: the database does not answer");
+                problems.push("database: not reachable".to_owned());
+            }
+            Err(_) => problems.push(format!("database: no answer within {} ms", within.as_millis())),
+        }
+        problems.extend(self.health.problem(within).map(|why| format!("ledger: {why}")));
+        if let Some(why) = self.db.wal_failure() {
+            tracing::warn!(error = %why, "readiness: the WAL could not be synced");
+            problems.push("storage: syncing the write-ahead log failed; restart spendgate".to_owned());
+        }
+        problems
     }
 
     /// The rate table in force now.
@@ -246,12 +271,12 @@ impl Ledger {
         let reason = match attempt {
             Ok(Ok(outcome)) => return outcome,
             Ok(Err(e)) => {
-                tracing::error!(error = %e, source = auth.source, "authorization failed; declined");
+                tracing::error!(error = %e, source = %auth.source, "authorization failed; declined");
                 DeclineReason::InternalError
             }
             Err(_) => {
                 tracing::warn!(
-                    source = auth.source,
+                    source = %auth.source,
                     budget_ms = budget.min(self.budget).as_millis() as u64,
                     "decision budget exceeded; declined"
                 );

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant, RateSource};
+use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant, Rail, RateSource};
 use crate::domain::ids::AgentId;
+use crate::domain::ledger::{HoldStatus, PaymentStatus, TransferKind};
 use crate::domain::money::{Currency, Money};
 use crate::error::Result;
 use crate::store::ledger::{self, AuthorizationRow, Balance, LedgerFilter, TransferRow};
@@ -94,12 +95,11 @@ impl AuthOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AuthorizationView {
     pub id: String,
-    /// `pending` (held), `posted`, `voided`, `expired` or `declined`.
-    pub status: String,
+    pub status: HoldStatus,
     pub approved: bool,
     pub reason: Option<DeclineReason>,
     pub rule: Option<String>,
-    pub rail: String,
+    pub rail: Rail,
     pub card_id: Option<String>,
     pub trace_id: Option<String>,
     pub amount: RequestedAmount,
@@ -129,8 +129,7 @@ pub struct X402Payment {
     pub pay_to: String,
     /// Atomic units of the asset.
     pub amount: String,
-    /// `signed`, `settled`, `failed` or `unknown`.
-    pub status: String,
+    pub status: PaymentStatus,
     pub transaction_hash: Option<String>,
 }
 
@@ -142,7 +141,7 @@ impl X402Payment {
             asset: row.asset.clone(),
             pay_to: row.pay_to.clone(),
             amount: row.amount.clone(),
-            status: row.status.clone(),
+            status: row.status,
             transaction_hash: row.transaction_hash.clone(),
         }
     }
@@ -152,14 +151,14 @@ impl AuthorizationView {
     pub(super) fn from_row(row: &AuthorizationRow) -> Self {
         let reason = row.reason.as_deref().and_then(DeclineReason::parse);
         // A hold voided because its answer came too late was a decline to the caller.
-        let approved = row.status != "declined" && reason.is_none();
+        let approved = row.status != HoldStatus::Declined && reason.is_none();
         AuthorizationView {
             id: row.id.clone(),
-            status: row.status.clone(),
+            status: row.status,
             approved,
             reason,
             rule: row.rule.clone(),
-            rail: row.rail.clone(),
+            rail: row.rail,
             card_id: row.card_id.clone(),
             trace_id: row.trace_id.clone(),
             amount: RequestedAmount { amount: row.amount, currency: row.currency.clone() },
@@ -192,8 +191,7 @@ impl AuthorizationView {
 pub struct TransferView {
     pub id: String,
     pub external_id: String,
-    /// `fund`, `post`, `excess`, `increase` (a processor raised the hold), `void`, `expire` or `refund`.
-    pub kind: String,
+    pub kind: TransferKind,
     pub authorization_id: Option<String>,
     pub card_id: Option<String>,
     pub trace_id: Option<String>,
@@ -207,7 +205,7 @@ impl TransferView {
         Ok(TransferView {
             id: row.id.clone(),
             external_id: row.external_id.clone(),
-            kind: row.kind.clone(),
+            kind: row.kind,
             authorization_id: row.authorization_id.clone(),
             card_id: row.card_id.clone(),
             trace_id: row.trace_id.clone(),
@@ -277,7 +275,7 @@ pub(super) fn entries(
     let trf_cursor = cursor.map(|c| format!("trf_{c}"));
     let auths = ledger::list_authorizations(conn, agent, filter, auth_cursor.as_deref(), limit + 1)?;
     let transfers = ledger::list_transfers(conn, agent, filter, trf_cursor.as_deref(), limit + 1)?;
-    let usdc: Vec<&str> = auths.iter().filter(|a| a.rail == "usdc").map(|a| a.id.as_str()).collect();
+    let usdc: Vec<&str> = auths.iter().filter(|a| a.rail == Rail::Usdc).map(|a| a.id.as_str()).collect();
     let payments: HashMap<String, PaymentRow> = crate::store::x402::for_authorizations(conn, &usdc)?
         .into_iter()
         .map(|p| (p.authorization_id.clone(), p))

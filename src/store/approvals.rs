@@ -3,9 +3,10 @@
 use diesel::prelude::*;
 
 use super::DbConnection;
+use super::ledger::AuthorizationRow;
 use super::schema::approvals;
-use crate::domain::approval::Allowance;
-use crate::domain::ids::{AgentId, CardId};
+use crate::domain::approval::{Allowance, ApprovalStatus, Ask};
+use crate::domain::ids::{AgentId, ApprovalId, CardId};
 use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -44,6 +45,61 @@ pub struct ApprovalRow {
     pub updated_at: i64,
     /// What an approved deferred fetch came to (JSON the rail replays).
     pub deferred_result: Option<String>,
+}
+
+/// A request for a person's approval of what `authorization` asked.
+pub struct Asking<'a> {
+    pub authorization: &'a AuthorizationRow,
+    pub ask: &'a Ask,
+    /// What to do once approved (JSON the rail replays), if the rail waits for it.
+    pub deferred: Option<&'a str>,
+    pub expires_at: i64,
+    /// Whether a notifier will post it (else its notification is `off`).
+    pub notified: bool,
+    pub now_ms: i64,
+}
+
+/// Stores the request, or finds the same request still open; returns its id and whether it is new.
+pub fn ask(conn: &mut DbConnection, asking: Asking<'_>) -> Result<(String, bool)> {
+    let Asking { authorization: row, ask, deferred, expires_at, notified, now_ms } = asking;
+    let request = ApprovalRow {
+        id: ApprovalId::generate().to_string(),
+        agent_id: row.agent_id.clone(),
+        card_id: row.card_id.clone(),
+        authorization_id: row.id.clone(),
+        rail: row.rail.as_str().to_owned(),
+        rule: row.rule.clone().unwrap_or_default(),
+        single_use: ask.single_use,
+        amount: row.amount,
+        currency: row.currency.clone(),
+        cap_amount: ask.amount,
+        cap_currency: ask.currency.code().to_owned(),
+        cap: ask.cap,
+        spent: ask.spent,
+        window_end_at: ask.window_end_ms,
+        merchant_id: row.merchant_id.clone(),
+        merchant_name: row.merchant_name.clone(),
+        mcc: row.mcc.clone(),
+        country: row.country.clone(),
+        trace_id: row.trace_id.clone(),
+        deferred: deferred.map(str::to_owned),
+        status: ApprovalStatus::Pending.as_str().to_owned(),
+        expires_at,
+        decided_by: None,
+        decided_at: None,
+        allowance_until: None,
+        notify_status: if notified { "pending" } else { "off" }.to_owned(),
+        notify_attempts: 0,
+        notify_error: None,
+        created_at: now_ms,
+        updated_at: now_ms,
+        deferred_result: None,
+    };
+    if let Some(open) = find_pending_like(conn, &request, now_ms)? {
+        return Ok((open.id, false));
+    }
+    insert(conn, &request)?;
+    Ok((request.id, true))
 }
 
 pub fn insert(conn: &mut DbConnection, row: &ApprovalRow) -> Result<()> {

@@ -2,11 +2,15 @@
 //! after a hold, and funding), and the balance columns of each agent's row.
 
 use diesel::prelude::*;
+use diesel::sql_types::BigInt;
 
 use super::DbConnection;
 use super::prepared::{ByExternalKeys, InsertAuthorizations, SaveLedger, SaveLedgers};
 use super::schema::{agents, authorizations, transfers};
+use crate::domain::authorization::Rail;
 use crate::domain::ids::AgentId;
+pub use crate::domain::ledger::Balance;
+use crate::domain::ledger::{HoldStatus, Source, TransferKind};
 use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -15,12 +19,12 @@ use crate::error::Result;
 #[diesel(treat_none_as_default_value = false)]
 pub struct AuthorizationRow {
     pub id: String,
-    pub source: String,
+    pub source: Source,
     pub external_id: String,
     pub agent_id: String,
     pub card_id: Option<String>,
-    pub rail: String,
-    pub status: String,
+    pub rail: Rail,
+    pub status: HoldStatus,
     pub reason: Option<String>,
     pub rule: Option<String>,
     pub amount: i64,
@@ -61,7 +65,7 @@ pub struct TransferRow {
     pub authorization_id: Option<String>,
     pub card_id: Option<String>,
     pub trace_id: Option<String>,
-    pub kind: String,
+    pub kind: TransferKind,
     pub amount: i64,
     pub currency: String,
     pub created_at: i64,
@@ -74,21 +78,6 @@ pub struct AgentLedger {
     pub config_version: i64,
     pub currency: String,
     pub balance: Balance,
-}
-
-/// Minor units of the agent's currency. Available = funded + refunded − held − spent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Queryable)]
-pub struct Balance {
-    pub funded: i64,
-    pub refunded: i64,
-    pub held: i64,
-    pub spent: i64,
-}
-
-impl Balance {
-    pub fn available(&self) -> i64 {
-        self.funded + self.refunded - self.held - self.spent
-    }
 }
 
 /// Reads the ledger state of the agents a transaction is about to change, numbering the change:
@@ -144,6 +133,18 @@ pub fn save_ledgers<'a>(
     Ok(())
 }
 
+impl<DB: diesel::backend::Backend> Queryable<(BigInt, BigInt, BigInt, BigInt), DB> for Balance
+where
+    (i64, i64, i64, i64): Queryable<(BigInt, BigInt, BigInt, BigInt), DB>,
+{
+    type Row = <(i64, i64, i64, i64) as Queryable<(BigInt, BigInt, BigInt, BigInt), DB>>::Row;
+
+    fn build(row: Self::Row) -> diesel::deserialize::Result<Self> {
+        let (funded, refunded, held, spent) = <(i64, i64, i64, i64)>::build(row)?;
+        Ok(Balance { funded, refunded, held, spent })
+    }
+}
+
 pub fn balance(conn: &mut DbConnection, agent: &AgentId) -> Result<Option<(String, Balance)>> {
     Ok(agents::table
         .find(agent.as_str())
@@ -166,7 +167,7 @@ pub fn approved_since(conn: &mut DbConnection, since: &[(AgentId, i64)]) -> Resu
             }
             if !since.is_empty() {
                 found = query.load(pg)?;
-                found.retain(|row| row.status != "declined");
+                found.retain(|row| row.status != HoldStatus::Declined);
             }
         }
         DbConnection::Sqlite(lite) => {
@@ -191,19 +192,19 @@ pub(super) fn approved_since_on_sqlite(
     authorizations::table
         .filter(authorizations::agent_id.eq(agent.as_str()))
         .filter(authorizations::seq.gt(seq))
-        .filter(authorizations::status.ne("declined"))
+        .filter(authorizations::status.ne(HoldStatus::Declined))
         .select(AuthorizationRow::as_select())
         .into_boxed()
 }
 
 /// The authorizations recorded under any of these (source, external id) keys.
-pub fn find_by_external(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Result<Vec<AuthorizationRow>> {
+pub fn find_by_external(conn: &mut DbConnection, keys: &[(Source, &str)]) -> Result<Vec<AuthorizationRow>> {
     match conn {
         // In process, one cached lookup per key costs less than parsing a new IN list per batch.
         DbConnection::Sqlite(_) => {
             let mut found = Vec::new();
             for (source, external_id) in keys {
-                found.extend(find_external(conn, source, external_id)?);
+                found.extend(find_external(conn, *source, external_id)?);
             }
             Ok(found)
         }
@@ -220,7 +221,7 @@ pub fn find_by_external(conn: &mut DbConnection, keys: &[(&str, &str)]) -> Resul
 /// The authorization a processor knows by its own id. On each backend's own connection: through
 /// `DbConnection`, diesel writes out a statement's whole SQL text on every execution, cached or
 /// not, to collect its binds (and this is one lookup per authorization).
-pub fn find_external(conn: &mut DbConnection, source: &str, external_id: &str) -> Result<Option<AuthorizationRow>> {
+pub fn find_external(conn: &mut DbConnection, source: Source, external_id: &str) -> Result<Option<AuthorizationRow>> {
     let by_key = authorizations::table
         .filter(authorizations::external_id.eq(external_id))
         .filter(authorizations::source.eq(source));
@@ -293,7 +294,7 @@ pub fn insert_transfer(conn: &mut DbConnection, row: &TransferRow) -> Result<()>
 /// Holds still pending that were authorized before `before_ms`, oldest first.
 pub fn pending_before(conn: &mut DbConnection, before_ms: i64, limit: i64) -> Result<Vec<AuthorizationRow>> {
     Ok(authorizations::table
-        .filter(authorizations::status.eq("pending"))
+        .filter(authorizations::status.eq(HoldStatus::Pending))
         .filter(authorizations::authorized_at.lt(before_ms))
         .order(authorizations::authorized_at)
         .limit(limit)

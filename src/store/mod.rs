@@ -13,6 +13,7 @@ pub mod ledger;
 mod prepared;
 mod schema;
 pub mod wallets;
+mod words;
 pub mod x402;
 
 use std::fs::File;

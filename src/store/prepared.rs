@@ -17,6 +17,7 @@ use diesel::sqlite::Sqlite;
 use super::ledger::{AgentLedger, AuthorizationRow, Balance};
 use super::schema::authorizations;
 use crate::domain::ids::AgentId;
+use crate::domain::ledger::Source;
 
 /// One agent's ledger state written back on SQLite (one statement per agent, each a step of the
 /// same prepared statement).
@@ -106,8 +107,8 @@ pub(super) struct ByExternalKeys<'a> {
 }
 
 impl<'a> ByExternalKeys<'a> {
-    pub fn new(keys: &[(&'a str, &'a str)]) -> Self {
-        let (sources, ids) = keys.iter().copied().unzip();
+    pub fn new(keys: &[(Source, &'a str)]) -> Self {
+        let (sources, ids) = keys.iter().map(|&(source, id)| (source.as_str(), id)).unzip();
         ByExternalKeys { ids, sources }
     }
 }
@@ -146,11 +147,11 @@ type BigIntColumn = (&'static str, fn(&AuthorizationRow) -> i64);
 /// The columns of `authorizations`, by type: every one is inserted.
 const TEXT: [TextColumn; 10] = [
     ("id", |r| &r.id),
-    ("source", |r| &r.source),
+    ("source", |r| r.source.as_str()),
     ("external_id", |r| &r.external_id),
     ("agent_id", |r| &r.agent_id),
-    ("rail", |r| &r.rail),
-    ("status", |r| &r.status),
+    ("rail", |r| r.rail.as_str()),
+    ("status", |r| r.status.as_str()),
     ("currency", |r| &r.currency),
     ("cap_currency", |r| &r.cap_currency),
     ("card_currency", |r| &r.card_currency),
@@ -244,6 +245,7 @@ mod tests {
     use diesel::r2d2::PooledConnection;
 
     use crate::domain::ids::AgentId;
+    use crate::domain::ledger::Source;
     use crate::store::ledger::{self, AgentLedger, AuthorizationRow, Balance};
     use crate::store::{Db, DbConnection, Manager};
 
@@ -302,12 +304,12 @@ mod tests {
         let some = |s: &str| optional.then(|| format!("{s}-{n}"));
         AuthorizationRow {
             id: format!("auth_{n}"),
-            source: "native".into(),
+            source: Source::Native,
             external_id: format!("ext-{n}"),
             agent_id: "agt_1".into(),
             card_id: None,
-            rail: "card".into(),
-            status: "pending".into(),
+            rail: crate::domain::authorization::Rail::Card,
+            status: crate::domain::ledger::HoldStatus::Pending,
             reason: some("reason"),
             rule: some("rule"),
             amount: 100 + n,
@@ -358,7 +360,7 @@ mod tests {
             let agent = AgentId::from_stored("agt_1".to_owned());
             for (batch, seq) in [(&rows[..1], 1), (&rows[1..], 2)] {
                 ledger::insert_authorizations(&mut conn, batch).unwrap();
-                let keys: Vec<_> = batch.iter().map(|r| (r.source.as_str(), r.external_id.as_str())).collect();
+                let keys: Vec<_> = batch.iter().map(|r| (r.source, r.external_id.as_str())).collect();
                 let mut found = ledger::find_by_external(&mut conn, &keys).unwrap();
                 found.sort_by(|a, b| a.id.cmp(&b.id));
                 assert_eq!(found, batch);

@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use super::DbConnection;
 use super::schema::x402_payments;
 use crate::domain::ids::AgentId;
+use crate::domain::ledger::PaymentStatus;
 use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -26,7 +27,7 @@ pub struct PaymentRow {
     pub valid_before: i64,
     pub header_name: String,
     pub header_value: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub transaction_hash: Option<String>,
     pub error: Option<String>,
     pub response_status: Option<i32>,
@@ -86,9 +87,13 @@ pub fn fail_unsent(conn: &mut DbConnection, authorization_id: &str, why: &str, n
     diesel::update(
         x402_payments::table
             .filter(x402_payments::authorization_id.eq(authorization_id))
-            .filter(x402_payments::status.eq("signed")),
+            .filter(x402_payments::status.eq(PaymentStatus::Signed)),
     )
-    .set((x402_payments::status.eq("failed"), x402_payments::error.eq(why), x402_payments::updated_at.eq(now_ms)))
+    .set((
+        x402_payments::status.eq(PaymentStatus::Failed),
+        x402_payments::error.eq(why),
+        x402_payments::updated_at.eq(now_ms),
+    ))
     .execute(conn)?;
     Ok(())
 }

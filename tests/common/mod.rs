@@ -8,7 +8,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
-use spendgate::config::{Config, Secret};
+use spendgate::config::Config;
+use spendgate::crypto::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Secret;
+use crate::crypto::Secret;
 use crate::domain::card::{CardStatus, Processor};
 use crate::domain::catalog::Catalog;
 use crate::domain::ids::{AgentId, CardId};
 use crate::domain::money::Currency;
 use crate::domain::policy::{AllowBlock, OnExceed, Policy, Rail, Scope, Window};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 
 /// Stripe's API version the requests are written for.
 const STRIPE_VERSION: &str = super::stripe::DEFAULT_VERSION;
@@ -140,10 +140,10 @@ impl Issuer {
             }
             (Processor::Lithic, _, Some(api)) => {
                 if card.currency != Currency::USD {
-                    return Err(Error::Unprocessable {
-                        code: "processor_currency_unsupported",
-                        message: format!("Lithic issues USD cards; this card's currency is {}", card.currency),
-                    });
+                    return Err(Error::coded(
+                        ErrorCode::ProcessorCurrencyUnsupported,
+                        format!("Lithic issues USD cards; this card's currency is {}", card.currency),
+                    ));
                 }
                 let mut body = serde_json::json!({
                     "type": if card.single_use { "SINGLE_USE" } else { "VIRTUAL" },
@@ -242,7 +242,7 @@ impl Issuer {
         }
         let message = processor_message(&body).unwrap_or_else(|| format!("status {status}"));
         if status.is_client_error() && status.as_u16() != 429 {
-            Err(Error::Unprocessable { code: "processor_refused", message: format!("{processor} refused: {message}") })
+            Err(Error::coded(ErrorCode::ProcessorRefused, format!("{processor} refused: {message}")))
         } else {
             Err(Error::Upstream(format!("{processor} failed: {message}")))
         }

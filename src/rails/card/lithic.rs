@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 
 use super::{Step, alpha2, amount, clean, id, mcc};
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant};
+use crate::domain::ledger::Source;
 use crate::error::{Error, Result};
 use crate::ledger::{Movement, Verdict};
 
-pub const SOURCE: &str = "lithic";
+pub const SOURCE: Source = Source::Lithic;
 /// Lithic's recommended answer time (it gives up later, around 6 s).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(3);
 /// Lithic cards are issued in US dollars; the deprecated flat amounts carry no currency.

@@ -10,11 +10,12 @@ use serde_json::Value;
 
 use super::{Step, clean, id, mcc};
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant};
+use crate::domain::ledger::Source;
 use crate::domain::money::Currency;
 use crate::error::{Error, Result};
 use crate::ledger::{Movement, Verdict};
 
-pub const SOURCE: &str = "marqeta";
+pub const SOURCE: Source = Source::Marqeta;
 /// Marqeta declines to the network when the gateway has not answered within 3 s.
 pub const DEADLINE: Duration = Duration::from_secs(3);
 

@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::domain::authorization::{AuthRequest, Merchant, Rail};
+use crate::domain::ledger::Source;
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Movement, Payer, Target, Verdict};
 
@@ -47,12 +48,12 @@ pub struct Applied {
 /// Applies the steps in order. A step that cannot apply is skipped and reported (the event is still
 /// acknowledged: sending it again would not change that); a storage failure is an error, so the
 /// processor delivers the event again.
-pub async fn apply(ledger: &Ledger, source: &'static str, steps: Vec<Step>) -> Result<Applied> {
+pub async fn apply(ledger: &Ledger, source: Source, steps: Vec<Step>) -> Result<Applied> {
     let mut done = Applied::default();
     for step in steps {
         let result = match step {
             Step::Record { card, external_id, request, verdict } => {
-                let Some(card_id) = ledger.card_for_processor(source, &card).await? else {
+                let Some(card_id) = ledger.card_for_processor(source.as_str(), &card).await? else {
                     done.skipped.push(format!("unknown card {card}"));
                     continue;
                 };

@@ -3,10 +3,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::config::Secret;
+use crate::crypto::{Secret, mac, within};
 
 /// How far a signature's timestamp may be from now, either way (Stripe's and Standard Webhooks' 5 minutes;
 /// Stripe's own check is one-sided, but a timestamp from the future is as suspect as one from the past).
@@ -14,17 +14,6 @@ pub const TOLERANCE_SECONDS: i64 = 300;
 
 /// Why a request was refused: for the security log only, never for the caller.
 pub type Refusal = &'static str;
-
-/// HMAC-SHA256 under `key`: every signature spendgate checks or makes is one.
-pub(crate) fn mac(key: &[u8]) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
-}
-
-/// Whether a signed timestamp is within `tolerance` seconds of now, either way. `abs_diff`: a
-/// timestamp near i64's limits must not overflow the subtraction.
-pub(crate) fn within(timestamp: i64, now: i64, tolerance: i64) -> bool {
-    now.abs_diff(timestamp) <= tolerance.unsigned_abs()
-}
 
 /// Whether any of `signatures` is the MAC, under any of `keys` (current, previous), of what
 /// `message` writes.

@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 
 use super::{Step, amount, clean, id, mcc};
 use crate::domain::authorization::{AuthRequest, Merchant};
+use crate::domain::ledger::Source;
 use crate::error::{Error, Result};
 use crate::ledger::{AuthOutcome, Movement, Verdict};
 
-pub const SOURCE: &str = "stripe";
+pub const SOURCE: Source = Source::Stripe;
 pub const SIGNATURE_HEADER: &str = "Stripe-Signature";
 /// Stripe applies its timeout setting to a request not answered within 2 s.
 pub const DEADLINE: Duration = Duration::from_secs(2);

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use super::wallet::MasterKey;
 use super::{FetchOutcome, FetchRequest, Fetched, MAX_STORED_BODY, Usdc};
 use crate::domain::ids::AgentId;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::store;
 use crate::store::approvals::ApprovalRow;
 
@@ -77,7 +77,7 @@ enum Stored {
 
 impl Stored {
     fn refused(e: &Error) -> Stored {
-        Stored::Refused { status: e.status(), code: e.code().to_owned(), message: e.to_string() }
+        Stored::Refused { status: e.status(), code: e.code().as_str().to_owned(), message: e.to_string() }
     }
 
     fn answer(fetched: Fetched) -> Stored {
@@ -139,7 +139,7 @@ fn open(master: &MasterKey, agent: &AgentId, sealed: &str) -> Result<Deferred> {
 
 /// Errors that may pass if tried again (the API or the database was unreachable).
 fn transient(e: &Error) -> bool {
-    matches!(e, Error::Upstream(_) | Error::TooManyRequests { .. } | Error::StorageUnavailable(_) | Error::Internal(_))
+    e.status() == 429 || matches!(e, Error::Upstream(_) | Error::StorageUnavailable(_) | Error::Internal(_))
 }
 
 impl Usdc {
@@ -221,14 +221,19 @@ impl Usdc {
                 Error::NotFound(format!("agent {agent} has no x402 fetch waiting on approval {approval_id}"))
             })?;
         let now = store::now().as_millisecond();
-        let refused = |code: &str, message: String| DeferredStatus::Refused { status: 402, code: code.into(), message };
+        let refused = |code: ErrorCode, message: String| DeferredStatus::Refused {
+            status: code.status(),
+            code: code.as_str().to_owned(),
+            message,
+        };
         Ok(match (row.status.as_str(), row.deferred_result) {
             ("pending", _) if row.expires_at > now => DeferredStatus::Waiting(Awaiting::new(agent, row.id, "pending")),
-            ("pending", _) => {
-                refused("approval_expired", format!("nobody approved payment {} in time; nothing was signed", row.id))
-            }
+            ("pending", _) => refused(
+                ErrorCode::ApprovalExpired,
+                format!("nobody approved payment {} in time; nothing was signed", row.id),
+            ),
             ("denied", _) => refused(
-                "approval_denied",
+                ErrorCode::ApprovalDenied,
                 format!(
                     "approval {} was denied by {}; nothing was signed",
                     row.id,
@@ -268,7 +273,10 @@ mod tests {
     fn only_unreachable_parts_are_tried_again() {
         assert!(transient(&Error::Upstream("no answer".into())));
         assert!(transient(&Error::StorageUnavailable("busy".into())));
-        assert!(!transient(&Error::PaymentRefused { code: "limit_exceeded".into(), message: String::new() }));
-        assert!(!transient(&Error::Conflict { code: "payment_outcome_unknown", message: String::new() }));
+        assert!(!transient(&Error::coded(
+            ErrorCode::Declined(crate::domain::authorization::DeclineReason::LimitExceeded),
+            ""
+        )));
+        assert!(!transient(&Error::coded(ErrorCode::PaymentOutcomeUnknown, String::new())));
     }
 }

@@ -31,8 +31,9 @@ use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, NamedBy, Rail, Recipient};
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, KeyId, PaymentId};
+use crate::domain::ledger::{HoldStatus, PaymentStatus, Source};
 use crate::domain::money::Money;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::{AuthOutcome, Authorize, Ledger, Movement, Payer, Target};
 use crate::store::wallets::WalletRow;
 use crate::store::x402::PaymentRow;
@@ -162,7 +163,7 @@ impl Fetched {
         if let Some(paid) = &self.paid {
             headers.extend([
                 ("Spendgate-Payment".to_owned(), paid.payment.id.clone()),
-                ("Spendgate-Settlement".to_owned(), paid.payment.status.clone()),
+                ("Spendgate-Settlement".to_owned(), paid.payment.status.as_str().to_owned()),
                 ("Spendgate-Cost".to_owned(), paid.cost.amount.to_string()),
                 ("Spendgate-Remaining".to_owned(), paid.remaining.amount.to_string()),
                 ("Spendgate-Currency".to_owned(), paid.cost.currency.code().to_owned()),
@@ -209,7 +210,7 @@ pub struct PaymentView {
     pub amount: String,
     pub payer: String,
     /// `signed` (sent or handed out, no answer yet), `settled`, `failed` or `unknown`.
-    pub status: String,
+    pub status: PaymentStatus,
     pub transaction_hash: Option<String>,
     pub error: Option<String>,
     #[schema(value_type = String, format = DateTime)]
@@ -231,7 +232,7 @@ impl PaymentView {
             pay_to: row.pay_to.clone(),
             amount: row.amount.clone(),
             payer: row.payer.clone(),
-            status: row.status.clone(),
+            status: row.status,
             transaction_hash: row.transaction_hash.clone(),
             error: row.error.clone(),
             valid_before: jiff::Timestamp::from_second(row.valid_before).unwrap_or_default(),
@@ -318,9 +319,11 @@ impl Usdc {
     }
 
     fn master(&self) -> Result<&MasterKey> {
-        self.inner.settings.master_key.as_ref().ok_or_else(|| Error::Disabled {
-            code: "usdc_rail_disabled",
-            message: "the USDC rail is off: set SPENDGATE_MASTER_KEY (32 bytes, base64) and restart".into(),
+        self.inner.settings.master_key.as_ref().ok_or_else(|| {
+            Error::coded(
+                ErrorCode::UsdcRailDisabled,
+                "the USDC rail is off: set SPENDGATE_MASTER_KEY (32 bytes, base64) and restart",
+            )
         })
     }
 
@@ -339,7 +342,7 @@ impl Usdc {
         let written = self.inner.db.write(move |conn| store::wallets::insert_or_get(conn, &row)).await;
         let (stored, created) = match written {
             // Another process gave the agent a wallet at the same moment: that one stands.
-            Err(Error::Conflict { code: "already_exists", .. }) => (self.wallet_row(&agent_id).await?, false),
+            Err(Error::Coded { code: ErrorCode::AlreadyExists, .. }) => (self.wallet_row(&agent_id).await?, false),
             other => other?,
         };
         if created {
@@ -400,7 +403,7 @@ impl Usdc {
         if !snapshot.value.policy.x402_allows_host(&host) {
             crate::refusals::refused("x402 host not allowed", &host, agent.as_str(), "not in x402.allow_hosts");
             return Err(refused(
-                DeclineReason::HostNotAllowed.as_str(),
+                ErrorCode::Declined(DeclineReason::HostNotAllowed),
                 &format!(
                     "{host} is not in the agent's x402.allow_hosts (rule agent.x402.allow_hosts); it was not contacted"
                 ),
@@ -426,7 +429,7 @@ impl Usdc {
             None => return Ok(FetchOutcome::Answered(first.into_fetched(None))),
             Some(Challenge::Mpp) => {
                 return Err(refused(
-                    "unsupported_payment_protocol",
+                    ErrorCode::UnsupportedPaymentProtocol,
                     "the server asks for MPP (WWW-Authenticate: Payment), which spendgate does not pay; nothing was signed",
                 ));
             }
@@ -542,19 +545,16 @@ impl Usdc {
         let row = self.inner.db.read(move |conn| store::x402::find(conn, &agent_id, &pid)).await?;
         let row = row.ok_or_else(|| Error::NotFound("payment not found".into()))?;
         let final_status = match &settlement {
-            Settlement::Settled { .. } => "settled",
-            Settlement::Failed { .. } => "failed",
+            Settlement::Settled { .. } => PaymentStatus::Settled,
+            Settlement::Failed { .. } => PaymentStatus::Failed,
         };
         if row.status == final_status {
             return Ok(PaymentView::from_row(&row));
         }
-        if matches!(row.status.as_str(), "settled" | "failed") {
-            return Err(Error::Conflict {
-                code: "payment_final",
-                message: format!("payment {} is already {}", row.id, row.status),
-            });
+        if row.status.is_final() {
+            return Err(Error::coded(ErrorCode::PaymentFinal, format!("payment {} is already {}", row.id, row.status)));
         }
-        if final_status == "failed" && !may_void {
+        if final_status == PaymentStatus::Failed && !may_void {
             return Err(Error::Forbidden("only a manager or owner may report that a payment failed".into()));
         }
         let row = self.conclude(row, Some(settlement), None, true).await?;
@@ -563,7 +563,7 @@ impl Usdc {
 
     fn choose(&self, version: u8, accepts: &[serde_json::Value]) -> Result<Offer> {
         x402::choose(version, accepts, &self.inner.settings.assets).map_err(|why| {
-            refused("no_payable_requirement", &format!("no payment requirement spendgate can pay: {why}"))
+            refused(ErrorCode::NoPayableRequirement, &format!("no payment requirement spendgate can pay: {why}"))
         })
     }
 
@@ -624,7 +624,7 @@ impl Usdc {
             valid_before: transfer.valid_before as i64,
             header_name: header_name.to_owned(),
             header_value,
-            status: "signed".into(),
+            status: PaymentStatus::Signed,
             transaction_hash: None,
             error: None,
             response_status: None,
@@ -636,7 +636,7 @@ impl Usdc {
 
         let deferrable = p.deferred.is_some();
         let auth = Authorize {
-            source: "x402",
+            source: Source::X402,
             external_id: p.external_id,
             payer: Payer::Wallet(agent.clone()),
             request,
@@ -650,14 +650,15 @@ impl Usdc {
             {
                 return Ok(Signed::Awaiting(id.clone()));
             }
-            let reason = outcome.reason.map_or("declined", |r| r.as_str());
+            // A decline always has its reason; failing closed, one without would be an internal error.
+            let reason = outcome.reason.unwrap_or(DeclineReason::InternalError);
             let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
             let asked = match &outcome.approval_id {
                 Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
                 None => String::new(),
             };
             return Err(refused(
-                reason,
+                ErrorCode::Declined(reason),
                 &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
             ));
         };
@@ -680,19 +681,17 @@ impl Usdc {
         // An earlier attempt's hold with no payment: it must still stand to pay against it.
         let id = authorization_id.clone();
         let hold = self.inner.db.read(move |conn| store::ledger::find(conn, &id)).await?;
-        if hold.is_none_or(|h| h.status != "pending") {
-            return Err(Error::Conflict {
-                code: "idempotency_key_used",
-                message: format!(
-                    "the hold {authorization_id} of this key's earlier attempt was released; use a new key"
-                ),
-            });
+        if hold.is_none_or(|h| h.status != HoldStatus::Pending) {
+            return Err(Error::coded(
+                ErrorCode::IdempotencyConflict,
+                format!("the hold {authorization_id} of this key's earlier attempt was released; use a new key"),
+            ));
         }
         let stored = self.inner.db.write(move |conn| store::x402::insert_or_get(conn, &row)).await;
         match stored {
             Ok((row, ours)) => Ok(Signed::Payment { row, ours, outcome }),
             // Another process stored a payment for this key at the same moment: that one goes.
-            Err(Error::Conflict { code: "already_exists", .. }) => match self.find_payment(agent, key).await? {
+            Err(Error::Coded { code: ErrorCode::AlreadyExists, .. }) => match self.find_payment(agent, key).await? {
                 Some(winner) => Ok(Signed::Payment { row: winner, ours: false, outcome }),
                 None => Err(Error::Internal("a payment vanished after a conflicting insert".into())),
             },
@@ -713,7 +712,7 @@ impl Usdc {
     /// payload while it is still valid. Never a second signature.
     async fn resume(&self, row: PaymentRow, request_hash: &str, call: &Call) -> Result<Fetched> {
         same_request(&row, request_hash)?;
-        if matches!(row.status.as_str(), "settled" | "failed") {
+        if row.status.is_final() {
             let (cost, remaining) = self.amounts_of(&row).await?;
             let paid = Paid { payment: PaymentView::from_row(&row), cost, remaining };
             return match (row.response_status, &row.response_headers, &row.response_body) {
@@ -723,26 +722,26 @@ impl Usdc {
                     body: body.clone(),
                     paid: Some(paid),
                 }),
-                _ => Err(Error::Conflict {
-                    code: "idempotency_key_used",
-                    message: format!(
+                _ => Err(Error::coded(
+                    ErrorCode::IdempotencyConflict,
+                    format!(
                         "payment {} is {}{}; no answer was kept to replay (too large, or none came)",
                         row.id,
                         row.status,
                         row.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
                     ),
-                }),
+                )),
             };
         }
         if row.valid_before <= jiff::Timestamp::now().as_second() + MIN_VALIDITY_SECONDS {
-            return Err(Error::Conflict {
-                code: "payment_outcome_unknown",
-                message: format!(
+            return Err(Error::coded(
+                ErrorCode::PaymentOutcomeUnknown,
+                format!(
                     "payment {} was signed and its outcome is unknown; its authorization has expired, so it is \
                      not sent again and nothing new is signed (its hold stays until the payment is resolved)",
                     row.id
                 ),
-            });
+            ));
         }
         self.deliver(row, call, false, None).await
     }
@@ -778,7 +777,7 @@ impl Usdc {
         };
         let row = self.conclude(row, settlement, upstream.as_ref(), first).await?;
         let (cost, remaining) = match outcome {
-            Some(o) if row.status != "failed" => costs(o)?,
+            Some(o) if row.status != PaymentStatus::Failed => costs(o)?,
             _ => self.amounts_of(&row).await?,
         };
         let paid = Paid { payment: PaymentView::from_row(&row), cost, remaining };
@@ -803,30 +802,30 @@ impl Usdc {
         let movement = match settlement {
             Some(Settlement::Settled { transaction, .. }) => {
                 let cents = x402::atomic_to_cents(row.amount.parse::<U256>().unwrap_or(U256::MAX));
-                row.status = "settled".into();
+                row.status = PaymentStatus::Settled;
                 row.transaction_hash = Some(transaction).filter(|t| !t.is_empty());
                 row.error = None;
                 Some(("settled", Movement::Capture { amount: cents, currency: "USD".into() }))
             }
             Some(Settlement::Failed { reason }) if refusal_voids => {
-                row.status = "failed".into();
+                row.status = PaymentStatus::Failed;
                 row.error = Some(reason);
                 Some(("failed", Movement::Reverse { amount: None, currency: None }))
             }
             // A re-sent payload refused may have settled the first time (its nonce is then used):
             // the spend keeps counting.
             Some(Settlement::Failed { reason }) => {
-                row.status = "unknown".into();
+                row.status = PaymentStatus::Unknown;
                 row.error = Some(reason);
                 None
             }
             None => {
-                row.status = "unknown".into();
+                row.status = PaymentStatus::Unknown;
                 row.error = Some("no readable settlement answer".into());
                 None
             }
         };
-        if let Some(up) = upstream.filter(|_| matches!(row.status.as_str(), "settled" | "failed")) {
+        if let Some(up) = upstream.filter(|_| row.status.is_final()) {
             row.response_status = Some(i32::from(up.status));
             row.response_headers = serde_json::to_string(&up.headers).ok();
             row.response_body = (up.body.len() <= MAX_STORED_BODY).then(|| up.body.clone());
@@ -905,9 +904,11 @@ impl Usdc {
         }
         let id = agent.clone();
         let row = self.inner.db.read(move |conn| store::wallets::find(conn, &id)).await?;
-        let row = row.ok_or_else(|| Error::Conflict {
-            code: "no_wallet",
-            message: format!("agent {agent} has no wallet: POST /v1/agents/{agent}/wallet creates one"),
+        let row = row.ok_or_else(|| {
+            Error::coded(
+                ErrorCode::NoWallet,
+                format!("agent {agent} has no wallet: POST /v1/agents/{agent}/wallet creates one"),
+            )
         })?;
         self.inner.wallets.insert(agent.clone(), row.clone());
         Ok(row)
@@ -945,18 +946,19 @@ fn costs(outcome: &AuthOutcome) -> Result<(Money, Money)> {
     }
 }
 
-fn refused(code: &str, message: &str) -> Error {
-    Error::PaymentRefused { code: code.to_owned(), message: message.to_owned() }
+/// A payment spendgate will not make (402).
+fn refused(code: ErrorCode, message: &str) -> Error {
+    Error::coded(code, message)
 }
 
 fn destination_refused(refusal: destination::Refused) -> Error {
     crate::refusals::refused("x402 destination forbidden", &refusal.host, "", &refusal.reason);
-    Error::Unprocessable {
-        code: "destination_forbidden",
-        message: format!(
+    Error::coded(
+        ErrorCode::DestinationForbidden,
+        format!(
             "{refusal}; it was not contacted (an operator allows private destinations with x402_private_destinations)"
         ),
-    }
+    )
 }
 
 /// The host as policies name it: lowercase, with the port when the URL gives one.
@@ -1005,7 +1007,7 @@ impl SendError {
                 "; payment {} is {}{}",
                 p.id,
                 p.status,
-                if p.status == "unknown" {
+                if p.status == PaymentStatus::Unknown {
                     " and its hold stays; retry with the same Idempotency-Key to send the same payment again"
                 } else {
                     ", and a retry with the same Idempotency-Key pays nothing again"
@@ -1047,10 +1049,10 @@ impl FetchSlots {
         let mine = per_agent.get(agent).copied().unwrap_or(0);
         if *total >= self.total || mine >= self.per_agent {
             let which = if mine >= self.per_agent { "this agent's" } else { "spendgate's" };
-            return Err(Error::TooManyRequests {
-                code: "too_many_fetches",
-                message: format!("{which} fetches in flight are at their limit; retry shortly"),
-            });
+            return Err(Error::coded(
+                ErrorCode::TooManyFetches,
+                format!("{which} fetches in flight are at their limit; retry shortly"),
+            ));
         }
         *total += 1;
         per_agent.insert(agent.clone(), mine + 1);
@@ -1084,10 +1086,10 @@ fn same_request(row: &PaymentRow, request_hash: &str) -> Result<()> {
     if row.request_hash == request_hash {
         return Ok(());
     }
-    Err(Error::Conflict {
-        code: "idempotency_key_reused",
-        message: format!("this Idempotency-Key was used for another request (payment {})", row.id),
-    })
+    Err(Error::coded(
+        ErrorCode::IdempotencyConflict,
+        format!("this Idempotency-Key was used for another request (payment {})", row.id),
+    ))
 }
 
 fn hash(parts: &[&str]) -> String {

@@ -1,0 +1,146 @@
+//! The ledger's words: where an authorization is in its life, what a transfer does, which rail
+//! asked, how a USDC payment ended, and an agent's balance. Each is stored as the same lowercase
+//! text in both databases (the `store` maps them), and shown by the API as that text.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// An enum whose variants are stored and shown as fixed words: `as_str`, `parse` and `ALL`.
+macro_rules! worded {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant,)+];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+worded! {
+    /// Where an authorization is in its life.
+    pub enum HoldStatus {
+        /// Approved, with money still held.
+        Pending = "pending",
+        /// Captured: nothing held any more, something posted.
+        Posted = "posted",
+        /// Released in full before anything was captured.
+        Voided = "voided",
+        /// Released by the expiry sweep before anything was captured.
+        Expired = "expired",
+        /// Never held anything.
+        Declined = "declined",
+    }
+}
+
+worded! {
+    /// What a transfer did to a hold or a balance.
+    pub enum TransferKind {
+        /// Money into the agent's balance.
+        Fund = "fund",
+        /// Captured out of the hold.
+        Post = "post",
+        /// Captured beyond the hold: the processor's fact, recorded as spent.
+        Excess = "excess",
+        /// The processor raised the hold.
+        Increase = "increase",
+        /// Released back to the balance.
+        Void = "void",
+        /// Released by the expiry sweep.
+        Expire = "expire",
+        /// Credited back after a capture; limits are not restored.
+        Refund = "refund",
+    }
+}
+
+worded! {
+    /// Who asked for an authorization: with its external id, the idempotency key.
+    pub enum Source {
+        Native = "native",
+        Stripe = "stripe",
+        Lithic = "lithic",
+        Marqeta = "marqeta",
+        X402 = "x402",
+    }
+}
+
+worded! {
+    /// How a signed USDC payment ended.
+    pub enum PaymentStatus {
+        /// Signed and stored, not yet known to be settled.
+        Signed = "signed",
+        Settled = "settled",
+        Failed = "failed",
+        /// The server's answer did not say; the hold stays until a person or the sweep decides.
+        Unknown = "unknown",
+    }
+}
+
+impl PaymentStatus {
+    /// Settled and failed payments are final: nothing moves them again.
+    pub fn is_final(self) -> bool {
+        matches!(self, PaymentStatus::Settled | PaymentStatus::Failed)
+    }
+}
+
+/// An agent's money in minor units of its currency. Available = funded + refunded − held − spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Balance {
+    pub funded: i64,
+    pub refunded: i64,
+    pub held: i64,
+    pub spent: i64,
+}
+
+impl Balance {
+    pub fn available(&self) -> i64 {
+        self.funded + self.refunded - self.held - self.spent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_word_parses_back_to_its_variant_and_serializes_as_itself() {
+        fn round_trip<T: Copy + PartialEq + std::fmt::Debug + Serialize>(
+            all: &[T],
+            as_str: fn(T) -> &'static str,
+            parse: fn(&str) -> Option<T>,
+        ) {
+            for &v in all {
+                assert_eq!(parse(as_str(v)), Some(v));
+                assert_eq!(serde_json::to_value(v).unwrap(), as_str(v));
+            }
+            assert_eq!(parse("PENDING"), None, "words are exact");
+        }
+        round_trip(HoldStatus::ALL, HoldStatus::as_str, HoldStatus::parse);
+        round_trip(TransferKind::ALL, TransferKind::as_str, TransferKind::parse);
+        round_trip(Source::ALL, Source::as_str, Source::parse);
+        round_trip(PaymentStatus::ALL, PaymentStatus::as_str, PaymentStatus::parse);
+    }
+}

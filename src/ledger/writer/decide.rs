@@ -1,0 +1,402 @@
+//! Authorizations in the writer: the snapshot brought up to the locked version, `policy::evaluate`
+//! (or the processor's own verdict) decides, `core::Hold` holds, and the rows follow. Also the
+//! retries, the processor's overrides, the abandoned ones and the dry runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{AbandonCmd, AuthorizeCmd, Locked, Recorded, Writer};
+use crate::cache::{self, Versioned};
+use crate::domain::agent::Agent;
+use crate::domain::approval::Allowance;
+use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
+use crate::domain::card::Card;
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, AuthorizationId, CardId, EventId};
+use crate::domain::ledger::{Balance, HoldStatus};
+use crate::error::{Error, ErrorCode, Result};
+use crate::ledger::core::{Hold, Release};
+use crate::ledger::views::AuthOutcome;
+use crate::ledger::{Authorize, Payer, Verdict};
+use crate::policy::{self, Snapshot};
+use crate::store::approvals::Asking;
+use crate::store::ledger::AuthorizationRow;
+use crate::store::{self, DbConnection};
+
+/// The agent and, for a card payment, the card, as of the locked version.
+type Snapshots = (Arc<Versioned<Agent>>, Option<Arc<Versioned<Card>>>);
+
+impl Writer {
+    pub(super) fn authorize(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AuthorizeCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        recorded: &mut Recorded,
+        now: jiff::Timestamp,
+    ) -> Result<AuthOutcome> {
+        let key = (c.auth.source, c.auth.external_id.clone());
+        let agent_id = &c.agent.value.id;
+        let Some(l) = locked.get_mut(agent_id) else {
+            return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request));
+        };
+        if let Some(row) = recorded.get(&key) {
+            let overridden = c.verdict == Some(Verdict::Approved)
+                && row.posted == 0
+                && row.held == 0
+                && (row.status == HoldStatus::Declined || row.reason.is_some());
+            let withdrawn =
+                c.verdict == Some(Verdict::Declined) && row.status == HoldStatus::Pending && row.posted == 0;
+            if withdrawn {
+                // The processor declined what spendgate approved (its answer came too late, or its own
+                // controls said no): nothing will be captured, so the hold goes.
+                self.write_authorizations(conn)?;
+                let mut row = row.clone();
+                row.reason = Some(DeclineReason::ProcessorDeclined.as_str().to_owned());
+                let external_id = format!("declined:{}", row.id);
+                self.step(conn, &mut row, l, &external_id, now.as_millisecond(), |hold, balance| {
+                    Ok(vec![hold.release_all(balance, Release::Void)])
+                })?;
+                let data = serde_json::json!({"authorization_id": row.id, "previous_reason": null});
+                record_event(conn, &row, "authorization_overridden", row.reason.clone(), data, now)?;
+                let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+                recorded.insert(key, row);
+                return Ok(outcome);
+            }
+            if !overridden {
+                return Ok(AuthOutcome::from_row(row, l.currency, l.ledger.balance.available(), true));
+            }
+        }
+        let (agent, card) = match self.fresh_snapshots(conn, c, l)? {
+            Some(fresh) => fresh,
+            None => return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request)),
+        };
+        let card = card.as_ref().map(|c| &c.value);
+
+        // The card's active trace tags requests that carry none, for trace limits as for the record.
+        let tagged;
+        let request = match (&c.auth.request.trace_id, card.and_then(|c| c.trace_id.as_ref())) {
+            (None, Some(trace)) => {
+                tagged = AuthRequest { trace_id: Some(trace.clone()), ..c.auth.request.clone() };
+                &tagged
+            }
+            _ => &c.auth.request,
+        };
+        let version = l.ledger.config_version;
+        let book = self.books.get_mut(agent_id).expect("locked agents have a book");
+        if c.verdict.is_none() {
+            // The running totals follow the rules they sum for: a new version starts them over.
+            if book.totals_of != Some(version) {
+                book.totals.clear();
+                book.totals_of = Some(version);
+            }
+            let (spends, totals) = book.spends_and_totals();
+            totals.prepare(request, &agent.value, card, spends, self.catalog, now);
+        }
+        let book = &*book;
+        let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let allowances: Vec<Allowance> = agent
+            .value
+            .allowances
+            .iter()
+            .filter(|a| !(a.single_use && book.approval_used(&a.approval_id)))
+            .cloned()
+            .collect();
+        let snap = Snapshot {
+            agent: &agent.value,
+            card,
+            card_used: card.is_some_and(|card| book.card_used(&card.id)),
+            spends: book.spends(),
+            available: l.ledger.balance.available(),
+            rates: &rates,
+            fx: self.fx,
+            catalog: self.catalog,
+            allowances: &allowances,
+            totals: Some(&book.totals),
+        };
+        let decision = match c.verdict {
+            Some(verdict) => processor_decision(verdict, request, &snap, now)?,
+            None if Instant::now() > c.deadline => Decision::decline(DeclineReason::Timeout, None),
+            None => policy::evaluate(request, &snap, now),
+        };
+        let trace = request.trace_id.clone();
+        if c.dry_run {
+            // Held on a copy of the balance: nothing is recorded, so there is nothing to name either
+            // (`Ledger::dry_run` marks the answer).
+            let mut balance = l.ledger.balance;
+            let hold = hold_for(&decision, &mut balance);
+            let row = new_row(&c.auth, agent_id, card, l, &decision, &hold, trace, now.as_millisecond());
+            return Ok(AuthOutcome {
+                authorization_id: None,
+                ..AuthOutcome::from_row(&row, l.currency, balance.available(), false)
+            });
+        }
+        if let Some(previous) = recorded.get(&key).cloned() {
+            return self.approve_after_all(conn, previous, &decision, l, recorded, now);
+        }
+
+        let hold = hold_for(&decision, &mut l.ledger.balance);
+        let mut row = new_row(&c.auth, agent_id, card, l, &decision, &hold, trace, now.as_millisecond());
+        if let (Some(ask), None) = (&decision.ask, c.verdict) {
+            let (id, new) = store::approvals::ask(
+                conn,
+                Asking {
+                    authorization: &row,
+                    ask,
+                    deferred: c.auth.deferred.as_deref(),
+                    expires_at: now.as_millisecond() + self.approval_ttl_ms,
+                    notified: self.notify.is_some(),
+                    now_ms: now.as_millisecond(),
+                },
+            )?;
+            if new {
+                self.asked.push(id.clone());
+            }
+            row.approval_id = Some(id);
+        }
+        self.unwritten.push(row.clone());
+        let mut payment_stored = false;
+        if decision.approved() {
+            if let Some(book) = self.books.get_mut(agent_id) {
+                book.apply(&row);
+            }
+            if let Some(payment) = &c.auth.payment {
+                payment_stored = self.stage_payment(conn, payment, &row.id)?;
+            }
+        } else {
+            record_decline_event(conn, &row, now)?;
+        }
+        let mut outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+        outcome.payment_stored = payment_stored;
+        let label = if decision.approved() { "approved" } else { "declined" };
+        metrics::counter!("spendgate_decisions_total", "outcome" => label).increment(1);
+        recorded.insert(key, row);
+        Ok(outcome)
+    }
+
+    /// The agent and card as of the locked `config_version`: a snapshot older than it is read
+    /// again under the lock. None when the card is gone.
+    fn fresh_snapshots(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AuthorizeCmd,
+        l: &mut Locked,
+    ) -> Result<Option<Snapshots>> {
+        let version = l.ledger.config_version;
+        let agent_id = &c.agent.value.id;
+        let agent = match (&l.agent, c.agent.version == version) {
+            (_, true) => c.agent.clone(),
+            (Some(fresh), false) => fresh.clone(),
+            (None, false) => {
+                let fresh = Arc::new(
+                    cache::load_agent(conn, agent_id)?.ok_or_else(|| Error::not_found("agent", agent_id.as_str()))?,
+                );
+                self.snapshots.put_agent(fresh.clone());
+                fresh
+            }
+        };
+        l.agent = Some(agent.clone());
+        let card = match &c.card {
+            None => None,
+            Some(card) if card.version == version => Some(card.clone()),
+            Some(card) => match cache::load_card(conn, &card.value.id)? {
+                Some(fresh) => {
+                    let fresh = Arc::new(fresh);
+                    self.snapshots.put_card(fresh.clone());
+                    Some(fresh)
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok(Some((agent, card)))
+    }
+
+    /// The processor approved what spendgate declined (or answered too late for): the attempt
+    /// becomes a hold after all, and the card's trail says whose decision it was.
+    fn approve_after_all(
+        &mut self,
+        conn: &mut DbConnection,
+        mut row: AuthorizationRow,
+        decision: &Decision,
+        l: &mut Locked,
+        recorded: &mut Recorded,
+        now: jiff::Timestamp,
+    ) -> Result<AuthOutcome> {
+        self.write_authorizations(conn)?;
+        let amounts = decision.amounts.ok_or_else(|| Error::Internal("an approval without amounts".into()))?;
+        let previous = row.reason.take();
+        // The approval it asked for, if any, was not what let it through.
+        row.approval_id = None;
+        row.rule = decision.rule.clone();
+        let (cap, card) = (amounts.agent.amount, amounts.card.amount);
+        self.step(conn, &mut row, l, "", now.as_millisecond(), |hold, balance| {
+            hold.approve_after_all(balance, cap, card).map(|()| Vec::new())
+        })?;
+        let data = serde_json::json!({"authorization_id": row.id, "previous_reason": previous});
+        record_event(conn, &row, "authorization_overridden", previous.clone(), data, now)?;
+        let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
+        recorded.insert((row.source, row.external_id.clone()), row);
+        Ok(outcome)
+    }
+
+    /// The caller answered "declined" (the budget ran out, or the decision failed): the decline
+    /// is recorded, and a hold committed for it after all is released with its unsent payment.
+    pub(super) fn abandon(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AbandonCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        recorded: &mut Recorded,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let key = (c.auth.source, c.auth.external_id.clone());
+        if let Some(row) = recorded.get(&key).cloned() {
+            let agent = AgentId::from_stored(row.agent_id.clone());
+            let Some(l) = locked.get_mut(&agent) else { return Ok(()) };
+            if row.status == HoldStatus::Pending && row.reason.is_none() {
+                let mut row = row;
+                row.reason = Some(c.reason.as_str().to_owned());
+                let external_id = format!("abandoned:{}", row.id);
+                self.step(conn, &mut row, l, &external_id, now.as_millisecond(), |hold, balance| {
+                    Ok(vec![hold.release_all(balance, Release::Void)])
+                })?;
+                // Its caller was told "declined": the payment committed with the hold is never sent.
+                store::x402::fail_unsent(conn, &row.id, "the decision came after its budget", now.as_millisecond())?;
+                recorded.insert(key, row);
+            }
+            return Ok(());
+        }
+        let (agent_id, card) = match &c.auth.payer {
+            Payer::Card(id) => match cache::load_card(conn, id)? {
+                Some(card) => (card.value.agent_id.clone(), Some(card.value)),
+                None => return Ok(()),
+            },
+            Payer::Wallet(agent) => (agent.clone(), None),
+        };
+        let Some(l) = locked.get_mut(&agent_id) else { return Ok(()) };
+        let decision = Decision::decline(c.reason, None);
+        let trace = c.auth.request.trace_id.clone();
+        let hold = hold_for(&decision, &mut l.ledger.balance);
+        let row = new_row(&c.auth, &agent_id, card.as_ref(), l, &decision, &hold, trace, now.as_millisecond());
+        self.unwritten.push(row.clone());
+        record_decline_event(conn, &row, now)?;
+        recorded.insert(key, row);
+        Ok(())
+    }
+}
+
+/// The decision's hold: an approval holds its amount in `balance`; a decline holds nothing.
+fn hold_for(decision: &Decision, balance: &mut Balance) -> Hold {
+    let (cap, card) = decision.amounts.map_or((0, 0), |a| (a.agent.amount, a.card.amount));
+    if decision.approved() { Hold::approve(balance, cap, card) } else { Hold::declined(cap, card) }
+}
+
+/// The row of a new decision and its hold.
+#[allow(clippy::too_many_arguments)]
+fn new_row(
+    auth: &Authorize,
+    agent_id: &AgentId,
+    card: Option<&Card>,
+    l: &Locked,
+    decision: &Decision,
+    hold: &Hold,
+    trace: Option<String>,
+    now_ms: i64,
+) -> AuthorizationRow {
+    let req = &auth.request;
+    let mut row = AuthorizationRow {
+        id: AuthorizationId::generate().to_string(),
+        source: auth.source,
+        external_id: auth.external_id.clone(),
+        agent_id: agent_id.to_string(),
+        card_id: card.map(|c| c.id.to_string()),
+        rail: req.rail,
+        status: hold.status,
+        reason: decision.decline.map(|r| r.as_str().to_owned()),
+        rule: decision.rule.clone(),
+        amount: req.amount,
+        currency: req.currency.clone(),
+        cap_amount: hold.cap_amount,
+        cap_currency: l.currency.code().to_owned(),
+        card_amount: hold.card_amount,
+        card_currency: card.map_or(l.currency, |c| c.currency).code().to_owned(),
+        fx_rate: decision.fx.as_ref().map(|f| f.rate.clone()),
+        fx_date: decision.fx.as_ref().map(|f| f.date.clone()),
+        fx_source: decision.fx.as_ref().and_then(|f| f.source).map(|s| s.as_str().to_owned()),
+        held: 0,
+        posted: 0,
+        counted: 0,
+        counted_card: 0,
+        refunded: 0,
+        merchant_id: req.merchant.id.clone(),
+        merchant_name: req.merchant.name.clone(),
+        mcc: req.merchant.mcc.clone(),
+        country: req.merchant.country.clone(),
+        trace_id: trace,
+        seq: l.ledger.seq,
+        authorized_at: now_ms,
+        updated_at: now_ms,
+        approval_id: decision.allowance.clone(),
+    };
+    super::lifecycle::set_hold(&mut row, hold);
+    row
+}
+
+/// What a processor decided on its own, in the agent's and card's currencies.
+fn processor_decision(
+    verdict: Verdict,
+    request: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: jiff::Timestamp,
+) -> Result<Decision> {
+    let rule = Some("processor".to_owned());
+    match (verdict, policy::amounts_of(request, snap, now)) {
+        (Verdict::Approved, Ok((amounts, fx))) => {
+            Ok(Decision { decline: None, rule, amounts: Some(amounts), fx, allowance: None, ask: None })
+        }
+        (Verdict::Approved, Err(_)) => Err(Error::coded(
+            ErrorCode::UnsupportedCurrency,
+            format!("cannot convert {} to the agent's currency to record the hold", request.currency),
+        )),
+        (Verdict::Declined, converted) => {
+            let (amounts, fx) = converted.map_or((None, None), |(a, fx)| (Some(a), fx));
+            Ok(Decision { rule, amounts, fx, ..Decision::decline(DeclineReason::ProcessorDeclined, None) })
+        }
+    }
+}
+
+fn record_event(
+    conn: &mut DbConnection,
+    row: &AuthorizationRow,
+    kind: &str,
+    reason: Option<String>,
+    data: serde_json::Value,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    let event = Event {
+        id: EventId::generate(),
+        agent_id: AgentId::from_stored(row.agent_id.clone()),
+        card_id: row.card_id.clone().map(CardId::from_stored),
+        kind: kind.into(),
+        actor: None,
+        reason,
+        data: Some(data),
+        created_at: now,
+    };
+    store::events::insert(conn, &event)
+}
+
+/// Declines show in the card's trail, attempts on frozen cards included.
+fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: jiff::Timestamp) -> Result<()> {
+    let data = serde_json::json!({
+        "authorization_id": row.id,
+        "reason": row.reason,
+        "rule": row.rule,
+        "amount": {"amount": row.amount, "currency": row.currency},
+        "merchant": {"id": row.merchant_id, "name": row.merchant_name, "mcc": row.mcc, "country": row.country},
+        "trace_id": row.trace_id,
+        "approval_id": row.approval_id,
+    });
+    record_event(conn, row, "authorization_declined", row.reason.clone(), data, now)
+}

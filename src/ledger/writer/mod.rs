@@ -1,0 +1,315 @@
+//! The writer thread, a thin shell around the ledger's pure core: for each batch it loads (locks
+//! the agents' rows, catches their books up), applies a step of `policy` and `ledger::core` to
+//! each command, saves what the step made, and commits; `commit` answers once that is durable.
+//!
+//! - `commit`: the batch loop, the transaction, and the acknowledgements;
+//! - `catch_up`: each agent's in-memory book, brought up to date with the rows;
+//! - `decide`: authorizations (decide, record, override, abandon, dry run);
+//! - `lifecycle`: what happens to a hold afterwards (capture, reverse, refund, adjust, expire) and funding.
+
+mod catch_up;
+mod commit;
+mod decide;
+mod lifecycle;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::book::Book;
+use super::views::{AuthOutcome, LifecycleOutcome, TransferView};
+use super::{Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
+use crate::cache::{Snapshots, Versioned};
+use crate::domain::agent::Agent;
+use crate::domain::authorization::DeclineReason;
+use crate::domain::card::Card;
+use crate::domain::catalog::Catalog;
+use crate::domain::ids::AgentId;
+use crate::domain::ledger::Source;
+use crate::domain::money::{Currency, Money};
+use crate::error::{Error, Result};
+use crate::policy::FxRules;
+use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow};
+use crate::store::x402::PaymentRow;
+use crate::store::{self, Db, DbConnection};
+
+pub(super) enum Command {
+    Authorize(Box<AuthorizeCmd>),
+    Abandon(Box<AbandonCmd>),
+    Movement(Box<MovementCmd>),
+    Fund(Box<FundCmd>),
+    Expire { before_ms: i64, reply: oneshot::Sender<Result<usize>> },
+}
+
+pub(super) struct AuthorizeCmd {
+    pub auth: Authorize,
+    /// None for a wallet payment.
+    pub card: Option<Arc<Versioned<Card>>>,
+    pub agent: Arc<Versioned<Agent>>,
+    pub deadline: Instant,
+    /// None: decide by policy. Some: the processor already decided; record it.
+    pub verdict: Option<Verdict>,
+    /// Decide and answer, recording nothing: no hold, no decline, no approval request.
+    pub dry_run: bool,
+    pub reply: oneshot::Sender<Result<AuthOutcome>>,
+}
+
+/// The caller answered with a decline (timeout, internal error): record it, and void any hold
+/// that was written for the same authorization after all.
+pub(super) struct AbandonCmd {
+    pub auth: Authorize,
+    pub reason: DeclineReason,
+    pub reply: oneshot::Sender<()>,
+}
+
+pub(super) struct MovementCmd {
+    pub target: Target,
+    pub external_id: String,
+    pub movement: Movement,
+    /// A payment's outcome, recorded in the movement's own transaction.
+    pub payment: Option<Box<PaymentRow>>,
+    pub reply: oneshot::Sender<Result<LifecycleOutcome>>,
+}
+
+pub(super) struct FundCmd {
+    pub agent_id: AgentId,
+    pub external_id: String,
+    pub amount: Money,
+    pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
+}
+
+enum Reply {
+    Auth(AuthOutcome),
+    Movement(Box<LifecycleOutcome>),
+    Fund(TransferView, bool),
+    Expired(usize),
+    Done,
+}
+
+impl Command {
+    fn answer(self, reply: Reply) {
+        match (self, reply) {
+            (Command::Authorize(c), Reply::Auth(o)) => drop(c.reply.send(Ok(o))),
+            (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(*o))),
+            (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
+            (Command::Abandon(c), _) => {
+                let _ = c.reply.send(());
+            }
+            (cmd, _) => cmd.fail(Error::Internal("mismatched ledger reply".into())),
+        }
+    }
+
+    fn fail(self, e: Error) {
+        match self {
+            Command::Authorize(c) => drop(c.reply.send(Err(e))),
+            Command::Movement(c) => drop(c.reply.send(Err(e))),
+            Command::Fund(c) => drop(c.reply.send(Err(e))),
+            Command::Expire { reply, .. } => drop(reply.send(Err(e))),
+            Command::Abandon(c) => {
+                tracing::error!(error = %e, external_id = %c.auth.external_id, "could not record an abandoned authorization");
+                let _ = c.reply.send(());
+            }
+        }
+    }
+}
+
+struct Writer {
+    db: Db,
+    snapshots: Snapshots,
+    rates: Rates,
+    fx: FxRules,
+    catalog: &'static Catalog,
+    max_batch: usize,
+    books: HashMap<AgentId, Book>,
+    /// This batch's new authorizations, inserted together (one round trip on PostgreSQL).
+    unwritten: Vec<AuthorizationRow>,
+    /// Payments approved in this batch, inserted right after their holds.
+    unwritten_payments: Vec<PaymentRow>,
+    approval_ttl_ms: i64,
+    /// Where new approval requests are announced once their batch is on disk.
+    notify: Option<mpsc::Sender<String>>,
+    /// This batch's new approval requests.
+    asked: Vec<String>,
+    /// SQLite: where committed batches wait for the WAL sync that makes them durable.
+    acknowledger: Option<std::sync::mpsc::Sender<commit::Committed>>,
+    health: Arc<WriterHealth>,
+}
+
+pub(super) fn spawn(
+    db: Db,
+    snapshots: Snapshots,
+    rates: Rates,
+    catalog: &'static Catalog,
+    settings: &LedgerSettings,
+    rx: mpsc::Receiver<Command>,
+    health: Arc<WriterHealth>,
+) {
+    let mut writer = Writer {
+        health: health.clone(),
+        db,
+        snapshots,
+        rates,
+        fx: settings.fx,
+        catalog,
+        max_batch: settings.max_batch.max(1),
+        books: HashMap::new(),
+        unwritten: Vec::new(),
+        unwritten_payments: Vec::new(),
+        approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
+        notify: settings.asked.clone(),
+        asked: Vec::new(),
+        acknowledger: None,
+    };
+    if let Some(wal) = writer.db.wal() {
+        writer.acknowledger = Some(commit::spawn_acknowledger(move || wal.sync(), writer.notify.clone()));
+    }
+    std::thread::Builder::new()
+        .name("ledger-writer".into())
+        .spawn(move || {
+            let _marks_stopped = StopsWriter(health);
+            writer.run(rx)
+        })
+        .expect("the ledger writer thread starts");
+}
+
+/// One batch's view of an agent it has locked.
+struct Locked {
+    ledger: AgentLedger,
+    currency: Currency,
+    agent: Option<Arc<Versioned<Agent>>>,
+}
+
+/// The batch's authorizations already recorded, by (source, external id): retries answer with them.
+type Recorded = HashMap<(Source, String), AuthorizationRow>;
+
+impl Writer {
+    /// One batch in one transaction: lock the agents it touches (in id order), catch their books
+    /// up, find the retries among its authorizations, apply each command, write what they made.
+    pub(super) fn apply(
+        &mut self,
+        conn: &mut DbConnection,
+        batch: &[Command],
+        touched: &mut Vec<AgentId>,
+    ) -> Result<Vec<Reply>> {
+        let now = store::now();
+        let now_ms = now.as_millisecond();
+
+        // Which agents the batch touches, so their rows can be locked in one order (no deadlock
+        // between two processes) before anything is read.
+        let mut agent_ids = BTreeSet::new();
+        let mut targets: Vec<Option<AuthorizationRow>> = Vec::with_capacity(batch.len());
+        let mut expiring = Vec::new();
+        for cmd in batch {
+            let mut target = None;
+            match cmd {
+                Command::Authorize(c) => {
+                    agent_ids.insert(c.agent.value.id.clone());
+                }
+                Command::Abandon(c) => match &c.auth.payer {
+                    Payer::Card(card) => agent_ids.extend(store::cards::agent_of(conn, card)?),
+                    Payer::Wallet(agent) => drop(agent_ids.insert(agent.clone())),
+                },
+                Command::Movement(c) => {
+                    target = match &c.target {
+                        Target::Id(id) => rows::find(conn, id)?,
+                        Target::External { source, external_id } => rows::find_external(conn, *source, external_id)?,
+                    };
+                    if let Some(row) = &target {
+                        agent_ids.insert(AgentId::from_stored(row.agent_id.clone()));
+                    }
+                }
+                Command::Fund(c) => {
+                    agent_ids.insert(c.agent_id.clone());
+                }
+                Command::Expire { before_ms, .. } => {
+                    expiring = rows::pending_before(conn, *before_ms, 500)?;
+                    agent_ids.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
+                }
+            }
+            targets.push(target);
+        }
+
+        let agent_ids: Vec<AgentId> = agent_ids.into_iter().collect();
+        let mut locked: HashMap<AgentId, Locked> = HashMap::with_capacity(agent_ids.len());
+        for (id, ledger) in rows::lock_agents(conn, &agent_ids)? {
+            touched.push(id.clone());
+            let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
+            locked.insert(id, Locked { ledger, currency, agent: None });
+        }
+        self.catch_up(conn, &locked, now_ms)?;
+
+        // Retries of authorizations already recorded answer with the first result.
+        let external: Vec<(Source, &str)> = batch
+            .iter()
+            .filter_map(|cmd| match cmd {
+                Command::Authorize(c) => Some((c.auth.source, c.auth.external_id.as_str())),
+                Command::Abandon(c) => Some((c.auth.source, c.auth.external_id.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut recorded: Recorded = HashMap::new();
+        if !external.is_empty() {
+            for row in rows::find_by_external(conn, &external)? {
+                recorded.insert((row.source, row.external_id.clone()), row);
+            }
+        }
+
+        let mut replies = Vec::with_capacity(batch.len());
+        for (cmd, target) in batch.iter().zip(targets) {
+            if !matches!(cmd, Command::Authorize(_)) {
+                self.write_authorizations(conn)?;
+            }
+            let reply = match cmd {
+                Command::Authorize(c) => Reply::Auth(self.authorize(conn, c, &mut locked, &mut recorded, now)?),
+                Command::Abandon(c) => {
+                    self.abandon(conn, c, &mut locked, &mut recorded, now)?;
+                    Reply::Done
+                }
+                Command::Movement(c) => {
+                    let moved = self.movement(conn, c, target, &mut locked, now_ms)?;
+                    if let Some(payment) = &c.payment {
+                        store::x402::update_outcome(conn, payment)?;
+                    }
+                    Reply::Movement(Box::new(moved))
+                }
+                Command::Fund(c) => {
+                    let (t, replayed) = self.fund(conn, c, &mut locked, now_ms)?;
+                    Reply::Fund(t, replayed)
+                }
+                Command::Expire { .. } => Reply::Expired(self.expire(conn, &expiring, &mut locked, now_ms)?),
+            };
+            replies.push(reply);
+        }
+
+        self.write_authorizations(conn)?;
+        rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
+        Ok(replies)
+    }
+
+    /// Inserts the authorizations decided so far in this batch: at its end, or before a command
+    /// that may read them back.
+    pub(super) fn write_authorizations(&mut self, conn: &mut DbConnection) -> Result<()> {
+        rows::insert_authorizations(conn, &std::mem::take(&mut self.unwritten))?;
+        for payment in std::mem::take(&mut self.unwritten_payments) {
+            store::x402::insert(conn, &payment)?;
+        }
+        Ok(())
+    }
+
+    /// Stages an approved request's payment to be written with its hold; false when one is already
+    /// stored (or staged) under its idempotency key, which then stands.
+    pub(super) fn stage_payment(&mut self, conn: &mut DbConnection, payment: &PaymentRow, hold: &str) -> Result<bool> {
+        let same = |p: &PaymentRow| p.agent_id == payment.agent_id && p.idempotency_key == payment.idempotency_key;
+        let agent = AgentId::from_stored(payment.agent_id.clone());
+        if self.unwritten_payments.iter().any(same)
+            || store::x402::find_by_key(conn, &agent, &payment.idempotency_key)?.is_some()
+        {
+            return Ok(false);
+        }
+        self.unwritten_payments.push(PaymentRow { authorization_id: hold.to_owned(), ..payment.clone() });
+        Ok(true)
+    }
+}
