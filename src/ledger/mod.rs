@@ -252,6 +252,18 @@ impl Ledger {
         &self.snapshots
     }
 
+    /// The agent's snapshot (from the cache); None when there is no such agent.
+    pub async fn agent(&self, id: &AgentId) -> Result<Option<Arc<Versioned<Agent>>>> {
+        self.snapshots.agent(&self.db, id).await
+    }
+
+    /// One authorization as the API shows it.
+    pub async fn authorization(&self, id: &str) -> Result<Option<AuthorizationView>> {
+        let id = id.to_owned();
+        let row = self.db.read(move |conn| crate::store::ledger::find(conn, &id)).await?;
+        Ok(row.as_ref().map(AuthorizationView::from_row))
+    }
+
     /// The card a processor knows by `processor_card_id`.
     pub async fn card_for_processor(&self, processor: &'static str, id: &str) -> Result<Option<CardId>> {
         self.snapshots.card_for_processor(&self.db, processor, id).await

@@ -13,12 +13,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
+use super::store::{corrupt, now_ms};
 use super::wallet::MasterKey;
 use super::{FetchOutcome, FetchRequest, Fetched, MAX_STORED_BODY, Usdc};
 use crate::domain::ids::AgentId;
 use crate::error::{Error, ErrorCode, Result};
-use crate::store;
-use crate::store::approvals::ApprovalRow;
 
 /// How often approved payments that nobody finished are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -159,8 +158,7 @@ impl Usdc {
     }
 
     async fn sweep_approved(&self) {
-        let before = store::now().as_millisecond() - ABANDONED_AFTER_MS;
-        let found = self.inner.db.read(move |conn| store::approvals::unfinished_deferred(conn, before, 100)).await;
+        let found = self.inner.records.unfinished_deferred(now_ms() - ABANDONED_AFTER_MS, 100).await;
         match found {
             Ok(ids) => {
                 for id in ids {
@@ -180,7 +178,7 @@ impl Usdc {
 
     async fn try_pay_approved(&self, approval_id: &str) -> Result<()> {
         let master = self.master()?;
-        let Some(row) = self.approval(approval_id).await? else { return Ok(()) };
+        let Some(row) = self.inner.records.approval(approval_id).await? else { return Ok(()) };
         let Some(sealed) =
             row.deferred.as_deref().filter(|_| row.status == "approved" && row.deferred_result.is_none())
         else {
@@ -193,34 +191,30 @@ impl Usdc {
             // The price rose past what was approved: a person is asked again, under a new approval.
             Ok(FetchOutcome::Deferred(status)) => Stored::of_status(status),
             // Past the approval's allowance, a retry could only be declined: the failure is the answer.
-            Err(e) if transient(&e) && row.allowance_until.is_some_and(|u| u > store::now().as_millisecond()) => {
+            Err(e) if transient(&e) && row.allowance_until.is_some_and(|u| u > now_ms()) => {
                 return Err(e);
             }
             Err(e) => Stored::refused(&e),
         };
         let json = serde_json::to_string(&stored).expect("serializes");
-        let (id, now) = (row.id.clone(), store::now().as_millisecond());
-        self.inner.db.write(move |conn| store::approvals::set_deferred_result(conn, &id, &json, now)).await?;
+        self.inner.records.set_deferred_result(&row.id, json).await?;
         tracing::info!(approval = %row.id, agent = %agent, "approved x402 fetch finished");
         Ok(())
-    }
-
-    async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>> {
-        let id = id.to_owned();
-        self.inner.db.read(move |conn| store::approvals::find(conn, &id)).await
     }
 
     /// The status URL: waiting, refused, or the upstream answer once paid.
     pub async fn deferred_status(&self, agent: &AgentId, approval_id: &str) -> Result<DeferredStatus> {
         self.agent_exists(agent).await?;
         let row = self
+            .inner
+            .records
             .approval(approval_id)
             .await?
             .filter(|r| r.agent_id == agent.as_str() && r.deferred.is_some())
             .ok_or_else(|| {
                 Error::NotFound(format!("agent {agent} has no x402 fetch waiting on approval {approval_id}"))
             })?;
-        let now = store::now().as_millisecond();
+        let now = now_ms();
         let refused = |code: ErrorCode, message: String| DeferredStatus::Refused {
             status: code.status(),
             code: code.as_str().to_owned(),
@@ -241,7 +235,7 @@ impl Usdc {
                 ),
             ),
             (_, Some(json)) => serde_json::from_str::<Stored>(&json)
-                .map_err(|e| store::corrupt(&format!("deferred result: {e}"), &row.id))?
+                .map_err(|e| corrupt(&format!("deferred result: {e}"), &row.id))?
                 .into_status(),
             (_, None) => DeferredStatus::Waiting(Awaiting::new(agent, row.id, "paying")),
         })

@@ -1,0 +1,83 @@
+//! The rail's own records, the only way it reaches the database: wallets, payments, the events it
+//! writes, and the approvals its deferred fetches wait on. Holds and balances it reads through the
+//! ledger.
+
+use crate::domain::event::Event;
+use crate::domain::ids::AgentId;
+use crate::error::Result;
+use crate::store;
+pub use crate::store::Db;
+use crate::store::approvals::ApprovalRow;
+pub use crate::store::wallets::WalletRow;
+pub use crate::store::x402::PaymentRow;
+
+#[derive(Clone)]
+pub(super) struct Records {
+    db: Db,
+}
+
+/// Now, in the milliseconds the records keep.
+pub(super) fn now_ms() -> i64 {
+    store::now().as_millisecond()
+}
+
+impl Records {
+    pub fn new(db: Db) -> Self {
+        Records { db }
+    }
+
+    pub async fn wallet(&self, agent: &AgentId) -> Result<Option<WalletRow>> {
+        let id = agent.clone();
+        self.db.read(move |conn| store::wallets::find(conn, &id)).await
+    }
+
+    /// Stores the wallet unless the agent has one; returns the stored one and whether it is this.
+    pub async fn insert_wallet(&self, row: WalletRow) -> Result<(WalletRow, bool)> {
+        self.db.write(move |conn| store::wallets::insert_or_get(conn, &row)).await
+    }
+
+    pub async fn record(&self, event: Event) -> Result<()> {
+        self.db.write(move |conn| store::events::insert(conn, &event)).await
+    }
+
+    pub async fn payment(&self, agent: &AgentId, id: &str) -> Result<Option<PaymentRow>> {
+        let (agent, id) = (agent.clone(), id.to_owned());
+        self.db.read(move |conn| store::x402::find(conn, &agent, &id)).await
+    }
+
+    /// The payment made under the agent's idempotency key, if any.
+    pub async fn payment_by_key(&self, agent: &AgentId, key: &str) -> Result<Option<PaymentRow>> {
+        let (agent, key) = (agent.clone(), key.to_owned());
+        self.db.read(move |conn| store::x402::find_by_key(conn, &agent, &key)).await
+    }
+
+    /// Stores the payment unless one exists for its key; returns the stored one and whether it is this.
+    pub async fn insert_payment(&self, row: PaymentRow) -> Result<(PaymentRow, bool)> {
+        self.db.write(move |conn| store::x402::insert_or_get(conn, &row)).await
+    }
+
+    /// How the payment ended (or that it is still unknown), with the answer to replay.
+    pub async fn save_outcome(&self, row: PaymentRow) -> Result<()> {
+        self.db.write(move |conn| store::x402::update_outcome(conn, &row)).await
+    }
+
+    pub async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>> {
+        let id = id.to_owned();
+        self.db.read(move |conn| store::approvals::find(conn, &id)).await
+    }
+
+    /// Approved deferred fetches decided before `before_ms` with no result yet.
+    pub async fn unfinished_deferred(&self, before_ms: i64, limit: i64) -> Result<Vec<String>> {
+        self.db.read(move |conn| store::approvals::unfinished_deferred(conn, before_ms, limit)).await
+    }
+
+    pub async fn set_deferred_result(&self, approval_id: &str, json: String) -> Result<bool> {
+        let (id, now) = (approval_id.to_owned(), now_ms());
+        self.db.write(move |conn| store::approvals::set_deferred_result(conn, &id, &json, now)).await
+    }
+}
+
+/// A stored value that does not read back: the row's fault, not the caller's.
+pub(super) fn corrupt(what: &str, id: &str) -> crate::error::Error {
+    store::corrupt(what, id)
+}
