@@ -1,9 +1,5 @@
-//! spendgate: virtual cards and spending rules for AI agents.
-//!
-//! Layers, each depending only on those below it:
-//! `http` (actix-web) → `admin` (operations) → `ledger` (decisions and money) → `policy` (the pure
-//! rules) → `domain` (plain types); `admin` makes cards at processors through `rails::card::issuing`;
-//! `admin`, `ledger` and `cache` read and write through `store` (diesel).
+//! spendgate: virtual cards and spending rules for AI agents. This file builds and starts the
+//! server; what each module may use is stated in docs/architecture.md ("The layers").
 
 pub mod admin;
 pub mod approvals;

@@ -7,6 +7,7 @@
 pub mod link;
 pub mod page;
 pub mod slack;
+mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,13 +20,11 @@ use crate::crypto::Secret;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::approval::{ApprovalAction, ApprovalStatus};
 use crate::domain::authorization::Merchant;
-use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, ApprovalId, CardId, EventId, KeyId};
+use crate::domain::ids::{AgentId, ApprovalId, KeyId};
 use crate::domain::money::Money;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::{Ledger, RequestedAmount};
-use crate::store::approvals::ApprovalRow;
-use crate::store::{self, Db};
+use store::Db;
 use link::{LinkSigner, TokenError};
 use slack::SlackSignature;
 
@@ -51,7 +50,7 @@ pub struct Approvals {
 }
 
 struct Inner {
-    db: Db,
+    records: store::Records,
     ledger: Ledger,
     settings: ApprovalSettings,
     http: reqwest::Client,
@@ -128,64 +127,11 @@ pub struct Notification {
     pub error: Option<String>,
 }
 
-fn ts(ms: i64) -> jiff::Timestamp {
-    store::from_millis(ms).unwrap_or_default()
-}
-
 impl ApprovalView {
-    fn new(row: ApprovalRow, agent_name: String, card_label: Option<String>, now_ms: i64) -> Result<Self> {
-        let cap_currency = row.cap_currency.parse().map_err(|_| store::corrupt("approval currency", &row.id))?;
-        let money = |amount| Money { amount, currency: cap_currency };
-        let stored = ApprovalStatus::parse(&row.status).ok_or_else(|| store::corrupt("approval status", &row.id))?;
-        let status = match stored {
-            ApprovalStatus::Pending if row.expires_at <= now_ms => ApprovalStatus::Expired,
-            other => other,
-        };
-        Ok(ApprovalView {
-            status,
-            agent_id: row.agent_id,
-            agent_name,
-            card_id: row.card_id,
-            card_label,
-            rail: row.rail,
-            rule: row.rule,
-            amount: RequestedAmount { amount: row.amount, currency: row.currency },
-            cap_amount: money(row.cap_amount),
-            cap: row.cap.map(money),
-            spent: row.spent.map(money),
-            merchant: Merchant { id: row.merchant_id, name: row.merchant_name, mcc: row.mcc, country: row.country },
-            trace_id: row.trace_id,
-            authorization_id: row.authorization_id,
-            expires_at: ts(row.expires_at),
-            decided_by: row.decided_by,
-            decided_at: row.decided_at.map(ts),
-            allowance_until: row.allowance_until.map(ts),
-            single_use: row.single_use,
-            notification: Notification {
-                status: row.notify_status,
-                attempts: row.notify_attempts,
-                error: row.notify_error,
-            },
-            created_at: ts(row.created_at),
-            id: row.id,
-        })
-    }
-
     /// The request in words: `12.00 USD at OPENAI *API`.
     pub fn summary(&self) -> String {
         format!("{} at {}", self.cap_amount, self.merchant.name)
     }
-}
-
-fn load_view(conn: &mut store::DbConnection, id: &str, now_ms: i64) -> Result<Option<ApprovalView>> {
-    let Some(row) = store::approvals::find(conn, id)? else { return Ok(None) };
-    let agent = AgentId::from_stored(row.agent_id.clone());
-    let agent_name = store::agents::find(conn, &agent)?.map(|a| a.name).unwrap_or_default();
-    let card_label = match &row.card_id {
-        Some(card) => store::cards::find(conn, &CardId::from_stored(card.clone()))?.map(|c| c.label),
-        None => None,
-    };
-    ApprovalView::new(row, agent_name, card_label, now_ms).map(Some)
 }
 
 impl Approvals {
@@ -203,7 +149,7 @@ impl Approvals {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
-        let approvals = Approvals { inner: Arc::new(Inner { db, ledger, settings, http, approved }) };
+        let approvals = Approvals { inner: Arc::new(Inner { records: store::Records::new(db), ledger, settings, http, approved }) };
         if let Some(asked) = asked {
             actix_web::rt::spawn(slack::notify_forever(approvals.clone(), asked));
         }
@@ -215,7 +161,7 @@ impl Approvals {
     }
 
     fn now_ms() -> i64 {
-        store::now().as_millisecond()
+        store::now_ms()
     }
 
     /// One approval, for anyone who may read its agent.
@@ -240,34 +186,7 @@ impl Approvals {
         let wanted = status.transpose()?;
         // Expired requests are stored as pending: read pending ones and sort by what they are now.
         let stored = wanted.map(|s| if s == ApprovalStatus::Expired { ApprovalStatus::Pending } else { s });
-        let now_ms = Self::now_ms();
-        self.inner
-            .db
-            .read(move |conn| {
-                let mut views = Vec::new();
-                let mut cursor = cursor;
-                // Filtering by the status people see may skip rows: read on until the page is full.
-                loop {
-                    let rows =
-                        store::approvals::list(conn, stored.map(|s| s.as_str()), None, cursor.as_deref(), limit + 1)?;
-                    let exhausted = rows.len() as i64 <= limit;
-                    for row in rows.into_iter().take(limit as usize) {
-                        cursor = Some(row.id.clone());
-                        if let Some(view) = load_view(conn, &row.id, now_ms)?
-                            && wanted.is_none_or(|w| w == view.status)
-                        {
-                            views.push(view);
-                        }
-                        if views.len() as i64 == limit {
-                            return Ok((views, (!exhausted).then(|| cursor.clone()).flatten()));
-                        }
-                    }
-                    if exhausted {
-                        return Ok((views, None));
-                    }
-                }
-            })
-            .await
+        self.inner.records.list(stored, wanted, cursor, limit, Self::now_ms()).await
     }
 
     /// For the approval page and Slack, whose callers prove themselves with a token or a signature.
@@ -275,8 +194,8 @@ impl Approvals {
         let key = parse_id(id)?;
         let now_ms = Self::now_ms();
         self.inner
-            .db
-            .read(move |conn| load_view(conn, &key, now_ms))
+            .records
+            .view(&key, now_ms)
             .await?
             .ok_or_else(|| Error::not_found("approval", id))
     }
@@ -310,62 +229,11 @@ impl Approvals {
     pub async fn decide(&self, id: &str, action: ApprovalAction, by: Approver) -> Result<ApprovalView> {
         let key = parse_id(id)?;
         let decided_by = by.stored();
-        let (view, deferred) = self
-            .inner
-            .db
-            .write(move |conn| {
-                let now = store::now();
-                let now_ms = now.as_millisecond();
-                let row = store::approvals::find(conn, &key)?.ok_or_else(|| Error::not_found("approval", &key))?;
-                let until = match action {
-                    ApprovalAction::Approve => {
-                        let day = now_ms + ALLOWANCE_HOURS * 3_600_000;
-                        Some(if row.single_use { day } else { row.window_end_at.unwrap_or(day) })
-                    }
-                    ApprovalAction::Deny => None,
-                };
-                let status = action.status().as_str();
-                if !store::approvals::decide(conn, &key, status, &decided_by, until, now_ms)? {
-                    let current = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
-                    return Err(already(&current));
-                }
-                let agent = AgentId::from_stored(row.agent_id.clone());
-                // The agent's rules (and so its allowances) changed: every node re-reads them.
-                store::agents::bump_config(conn, &agent)?;
-                let card = row.card_id.clone().map(CardId::from_stored);
-                let kind = match action {
-                    ApprovalAction::Approve => "approval_granted",
-                    ApprovalAction::Deny => "approval_denied",
-                };
-                let data = serde_json::json!({
-                        "approval_id": row.id,
-                        "authorization_id": row.authorization_id,
-                        "rule": row.rule,
-                        "decided_by": decided_by,
-                        "allowance": until.map(|until| serde_json::json!({
-                            "amount": {"amount": row.cap_amount, "currency": row.cap_currency},
-                            "until": ts(until),
-                            "single_use": row.single_use,
-                        })),
-                });
-                let event = Event {
-                    id: EventId::generate(),
-                    agent_id: agent,
-                    card_id: card,
-                    kind: kind.to_owned(),
-                    actor: match &by {
-                        Approver::Key(key) => Some(key.clone()),
-                        _ => None,
-                    },
-                    reason: None,
-                    data: Some(data),
-                    created_at: now,
-                };
-                store::events::insert(conn, &event)?;
-                let view = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
-                Ok((view, row.deferred.is_some()))
-            })
-            .await?;
+        let actor = match &by {
+            Approver::Key(key) => Some(key.clone()),
+            _ => None,
+        };
+        let (view, deferred) = self.inner.records.decide(key, action, decided_by, actor).await?;
         self.inner.ledger.snapshots().invalidate_agent(&AgentId::from_stored(view.agent_id.clone()));
         if let (true, ApprovalStatus::Approved, Some(approved)) = (deferred, view.status, &self.inner.approved)
             && approved.try_send(view.id.clone()).is_err()

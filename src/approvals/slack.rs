@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use super::{ApprovalView, Approvals};
 use crate::crypto::{Secret, mac, within};
 use crate::domain::approval::ApprovalStatus;
-use crate::store;
 
 /// Slack's own limit on a request's age.
 const TOLERANCE_SECONDS: i64 = 300;
@@ -197,7 +196,7 @@ pub(super) async fn notify_forever(approvals: Approvals, mut asked: mpsc::Receiv
                 None => return,
             },
             _ = sweep.tick() => {
-                match approvals.inner.db.read(|conn| store::approvals::unsent(conn, 100)).await {
+                match approvals.inner.records.unsent(100).await {
                     Ok(ids) => ids,
                     Err(e) => {
                         tracing::warn!(error = %e, "approval notifier sweep failed");
@@ -259,13 +258,7 @@ impl Approvals {
                 ("failed", Some(e.as_str()))
             }
         };
-        let (key, error) = (id.to_owned(), error.map(str::to_owned));
-        let now_ms = store::now().as_millisecond();
-        let recorded = self
-            .inner
-            .db
-            .write(move |conn| store::approvals::set_notified(conn, &key, status, attempts, error.as_deref(), now_ms))
-            .await;
+        let recorded = self.inner.records.set_notified(id, status, attempts, error.map(str::to_owned)).await;
         if let Err(e) = recorded {
             tracing::warn!(approval = id, error = %e, "cannot record Slack delivery");
         }
