@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use super::Amount;
 use crate::config::Config;
 use crate::domain::money::Currency;
-use crate::http::webhooks::{DRY_RUN_HEADER, SIGNATURE_HEADER};
+use crate::http::webhooks::DRY_RUN_HEADER;
+use crate::rails::card::native::SIGNATURE_HEADER;
 use crate::rails::card::signature::{BasicAuth, HexSignature, Route, StandardWebhooks};
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

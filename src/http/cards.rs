@@ -2,7 +2,6 @@ use actix_web::{HttpResponse, get, post, put, web};
 
 use super::AppState;
 use super::error::ErrorBody;
-use super::webhooks::Purchase;
 use crate::admin::cards::{IssuedCard, NewCard};
 use crate::admin::{Page, PageQuery, ReasonBody};
 use crate::domain::access::Principal;
@@ -12,6 +11,7 @@ use crate::domain::event::Event;
 use crate::domain::policy::Policy;
 use crate::error::Result;
 use crate::ledger::AuthOutcome;
+use crate::rails::card::native::Purchase;
 
 /// Issues a card. The full `number` is in this response only; spendgate never stores it.
 #[utoipa::path(tag = "cards", request_body = NewCard, security(("bearer" = [])),

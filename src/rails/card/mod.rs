@@ -1,4 +1,5 @@
-//! Card processors' authorization webhooks and lifecycle events: one module per processor, each
+//! Card processors' authorization webhooks and lifecycle events: one module per processor (and
+//! `native`, spendgate's own format), each
 //! verifying, parsing into the canonical `AuthRequest` or ledger `Step`s, and rendering its answer;
 //! and `issuing`, which creates cards at Stripe and Lithic. The ledger decides and records;
 //! nothing here holds a rule.
@@ -7,6 +8,7 @@ pub mod codes;
 pub mod issuing;
 pub mod lithic;
 pub mod marqeta;
+pub mod native;
 pub mod signature;
 pub mod stripe;
 
