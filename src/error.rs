@@ -193,6 +193,12 @@ impl Error {
     }
 }
 
+impl From<crate::domain::access::Denied> for Error {
+    fn from(denied: crate::domain::access::Denied) -> Self {
+        Error::Forbidden(denied.0)
+    }
+}
+
 impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Self {
         use diesel::result::{DatabaseErrorKind as Kind, Error as D};

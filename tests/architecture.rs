@@ -29,8 +29,7 @@ fn layers(doc: &str) -> BTreeMap<String, Row> {
 
 /// The part a file under `src/` belongs to: `ledger/writer/decide.rs` is `ledger::writer::decide`.
 fn part_of(relative: &Path) -> String {
-    let mut parts: Vec<String> =
-        relative.with_extension("").iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    let mut parts: Vec<String> = relative.with_extension("").iter().map(|c| c.to_string_lossy().into_owned()).collect();
     if parts.last().is_some_and(|p| p == "mod") {
         parts.pop();
     }

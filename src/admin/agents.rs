@@ -1,7 +1,7 @@
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, require, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::event::Event;
@@ -48,7 +48,7 @@ pub(crate) fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Agent>
 
 impl Admin {
     pub async fn create_agent(&self, who: &Principal, input: NewAgent) -> Result<Agent> {
-        require(who, Permission::Manage, None)?;
+        who.check(Permission::Manage, None)?;
         let name = required_text("name", &input.name, 100)?;
         let department = input.department.as_deref().map(|d| required_text("department", d, 100)).transpose()?;
         let policy = parse_policy(self.catalog, input.policy.unwrap_or_else(|| serde_json::json!({})), None)?;
@@ -77,13 +77,13 @@ impl Admin {
     }
 
     pub async fn list_agents(&self, who: &Principal, page: PageQuery) -> Result<Page<Agent>> {
-        require(who, Permission::Read, None)?;
+        who.check(Permission::Read, None)?;
         self.page(page, |a: &Agent| a.id.to_string(), store::agents::list).await
     }
 
     pub async fn get_agent(&self, who: &Principal, id: &str) -> Result<Agent> {
         let id = parse_agent_id(id)?;
-        require(who, Permission::Read, Some(&id))?;
+        who.check(Permission::Read, Some(&id))?;
         self.db.read(move |conn| load_agent(conn, &id)).await
     }
 
@@ -101,7 +101,7 @@ impl Admin {
             AgentAction::Freeze => Permission::Freeze,
             AgentAction::Unfreeze => Permission::Manage,
         };
-        require(who, permission, Some(&id))?;
+        who.check(permission, Some(&id))?;
         let reason = body.checked()?;
         let (target, kind) = match action {
             AgentAction::Freeze => (AgentStatus::Frozen, "agent_frozen"),
@@ -134,7 +134,7 @@ impl Admin {
 
     pub async fn set_agent_policy(&self, who: &Principal, id: &str, doc: serde_json::Value) -> Result<Policy> {
         let id = parse_agent_id(id)?;
-        require(who, Permission::Manage, Some(&id))?;
+        who.check(Permission::Manage, Some(&id))?;
         let currency = self.get_agent(who, id.as_str()).await?.currency;
         let policy = parse_policy(self.catalog, doc, Some(currency))?;
         let actor = who.key_id.clone();
@@ -155,7 +155,7 @@ impl Admin {
 
     pub async fn agent_events(&self, who: &Principal, id: &str, page: PageQuery) -> Result<Page<Event>> {
         let id = parse_agent_id(id)?;
-        require(who, Permission::Read, Some(&id))?;
+        who.check(Permission::Read, Some(&id))?;
         self.page(
             page,
             |e: &Event| e.id.to_string(),

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::agents::{load_agent, parse_agent_id};
-use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, require, required_text};
+use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
 use crate::domain::event::Event;
@@ -95,7 +95,7 @@ fn simulated_number(bin: &str) -> String {
 impl Admin {
     pub async fn issue_card(&self, who: &Principal, agent_id: &str, mut input: NewCard) -> Result<IssuedCard> {
         let agent_id = parse_agent_id(agent_id)?;
-        require(who, Permission::Manage, Some(&agent_id))?;
+        who.check(Permission::Manage, Some(&agent_id))?;
         let label = required_text("label", &input.label, 64)?;
         // Unnamed, the card caps in the currency its policy (or template) names, else USD.
         let named = input.policy.as_ref().and_then(|doc| doc.get("currency")).and_then(|c| c.as_str());
@@ -255,7 +255,7 @@ impl Admin {
 
     pub async fn list_cards(&self, who: &Principal, agent_id: &str, page: PageQuery) -> Result<Page<Card>> {
         let agent_id = parse_agent_id(agent_id)?;
-        require(who, Permission::Read, Some(&agent_id))?;
+        who.check(Permission::Read, Some(&agent_id))?;
         self.page(
             page,
             |c: &Card| c.id.to_string(),
@@ -272,10 +272,10 @@ impl Admin {
         let agent_id = agent_id.map(parse_agent_id).transpose()?;
         let card_id = parse_card_id(card_id)?;
         if let Some(agent) = &agent_id {
-            require(who, Permission::Read, Some(agent))?;
+            who.check(Permission::Read, Some(agent))?;
         }
         let card = self.db.read(move |conn| load_card(conn, agent_id.as_ref(), &card_id)).await?;
-        require(who, Permission::Read, Some(&card.agent_id))?;
+        who.check(Permission::Read, Some(&card.agent_id))?;
         Ok(card)
     }
 
@@ -287,7 +287,7 @@ impl Admin {
         request: crate::domain::authorization::AuthRequest,
     ) -> Result<crate::ledger::AuthOutcome> {
         let card = self.get_card(who, None, card_id).await?;
-        require(who, Permission::DryRun, Some(&card.agent_id))?;
+        who.check(Permission::DryRun, Some(&card.agent_id))?;
         let auth = crate::ledger::Authorize {
             // Nothing is recorded under a dry run's id: it only needs to be new.
             source: crate::domain::ledger::Source::Native,
@@ -312,7 +312,7 @@ impl Admin {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
         let permission = if action == CardAction::Freeze { Permission::Freeze } else { Permission::Manage };
-        require(who, permission, Some(&agent_id))?;
+        who.check(permission, Some(&agent_id))?;
         let reason = body.checked()?;
         let actor = who.key_id.clone();
         let card = self
@@ -363,7 +363,7 @@ impl Admin {
     ) -> Result<Policy> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        require(who, Permission::Manage, Some(&agent_id))?;
+        who.check(Permission::Manage, Some(&agent_id))?;
         let catalog = self.catalog;
         let actor = who.key_id.clone();
         let card = self
@@ -420,7 +420,7 @@ impl Admin {
     ) -> Result<Card> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        require(who, Permission::Manage, Some(&agent_id))?;
+        who.check(Permission::Manage, Some(&agent_id))?;
         let trace_id = trace_id.map(|t| required_text("trace_id", &t, 200)).transpose()?;
         let actor = who.key_id.clone();
         let card = self
@@ -452,7 +452,7 @@ impl Admin {
     ) -> Result<Page<Event>> {
         let agent_id = parse_agent_id(agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        require(who, Permission::Read, Some(&agent_id))?;
+        who.check(Permission::Read, Some(&agent_id))?;
         self.page(
             page,
             |e: &Event| e.id.to_string(),

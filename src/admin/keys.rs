@@ -5,8 +5,8 @@ use moka::sync::Cache;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::Admin;
 use super::agents::parse_agent_id;
-use super::{Admin, require};
 use crate::domain::access::{Permission, Principal, Role};
 use crate::domain::ids::KeyId;
 use crate::domain::key::{self, ApiKey};
@@ -167,7 +167,7 @@ impl Admin {
     }
 
     pub async fn create_key(&self, who: &Principal, input: NewKey) -> Result<CreatedKey> {
-        require(who, Permission::ManageKeys, None)?;
+        who.check(Permission::ManageKeys, None)?;
         let name = input.name.as_deref().map(|n| super::required_text("name", n, 100)).transpose()?;
         let agent_id = match (input.role, input.agent_id.as_deref()) {
             (Role::Agent, Some(id)) => Some(
@@ -204,13 +204,13 @@ impl Admin {
     }
 
     pub async fn list_keys(&self, who: &Principal) -> Result<Vec<ApiKey>> {
-        require(who, Permission::ManageKeys, None)?;
+        who.check(Permission::ManageKeys, None)?;
         self.db.read(store::keys::list).await
     }
 
     /// Revokes a key at once. Revoking twice is a no-op; the last live owner key cannot be revoked.
     pub async fn revoke_key(&self, who: &Principal, id: &str) -> Result<ApiKey> {
-        require(who, Permission::ManageKeys, None)?;
+        who.check(Permission::ManageKeys, None)?;
         let id = KeyId::parse(id).ok_or_else(|| Error::not_found("key", id))?;
         let key = self
             .db

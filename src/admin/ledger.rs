@@ -4,7 +4,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::agents::parse_agent_id;
-use super::{Admin, Page, PageQuery, require, required_text};
+use super::{Admin, Page, PageQuery, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
@@ -70,7 +70,7 @@ impl Admin {
     /// first transfer (`replayed`), a different amount under it is a 409.
     pub async fn fund(&self, who: &Principal, agent_id: &str, input: FundRequest) -> Result<(TransferView, bool)> {
         let agent_id = parse_agent_id(agent_id)?;
-        require(who, Permission::Manage, Some(&agent_id))?;
+        who.check(Permission::Manage, Some(&agent_id))?;
         let id = required_text("id", &input.id, 200)?;
         check_amount("amount", input.amount)?;
         let currency = input.currency.parse().map_err(|e: String| Error::validation(format!("currency: {e}")))?;
@@ -83,13 +83,13 @@ impl Admin {
 
     pub async fn balance(&self, who: &Principal, agent_id: &str) -> Result<BalanceView> {
         let agent_id = parse_agent_id(agent_id)?;
-        require(who, Permission::Read, Some(&agent_id))?;
+        who.check(Permission::Read, Some(&agent_id))?;
         self.ledger.balance(&agent_id).await
     }
 
     pub async fn ledger_entries(&self, who: &Principal, agent_id: &str, q: LedgerQuery) -> Result<Page<LedgerEntry>> {
         let agent_id = parse_agent_id(agent_id)?;
-        require(who, Permission::Read, Some(&agent_id))?;
+        who.check(Permission::Read, Some(&agent_id))?;
         // Make sure the agent exists, so a typo is a 404 rather than an empty page.
         self.ledger.balance(&agent_id).await?;
         let size = PageQuery { limit: q.limit, cursor: None }.size()?;

@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::cache::Snapshots;
-use crate::domain::access::{Permission, Principal};
 use crate::domain::catalog::Catalog;
-use crate::domain::ids::AgentId;
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, Result};
@@ -111,10 +109,6 @@ pub(crate) fn parse_policy(catalog: &Catalog, doc: serde_json::Value, currency: 
 }
 
 /// The caller's permission for `permission` on `agent`, as a 403 when it is missing.
-fn require(who: &Principal, permission: Permission, agent: Option<&AgentId>) -> Result<()> {
-    who.check(permission, agent).map_err(Error::Forbidden)
-}
-
 /// Why a state change was made; required so the audit trail explains itself.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -137,7 +137,8 @@ impl Records {
         actor: Option<KeyId>,
     ) -> Result<(ApprovalView, bool)> {
         self.db
-            .write(move |conn| {                let now = store::now();
+            .write(move |conn| {
+                let now = store::now();
                 let now_ms = now.as_millisecond();
                 let row = store::approvals::find(conn, &key)?.ok_or_else(|| Error::not_found("approval", &key))?;
                 let until = match action {
@@ -193,8 +194,16 @@ impl Records {
         self.db.read(move |conn| store::approvals::unsent(conn, limit)).await
     }
 
-    pub async fn set_notified(&self, id: &str, status: &'static str, attempts: i32, error: Option<String>) -> Result<()> {
+    pub async fn set_notified(
+        &self,
+        id: &str,
+        status: &'static str,
+        attempts: i32,
+        error: Option<String>,
+    ) -> Result<()> {
         let (id, now) = (id.to_owned(), now_ms());
-        self.db.write(move |conn| store::approvals::set_notified(conn, &id, status, attempts, error.as_deref(), now)).await
+        self.db
+            .write(move |conn| store::approvals::set_notified(conn, &id, status, attempts, error.as_deref(), now))
+            .await
     }
 }

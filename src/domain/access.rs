@@ -1,4 +1,5 @@
-//! Who may do what. Roles are fixed; each admin route names the permission it needs.
+//! Who may do what: the one permission guard. Roles are fixed; every operation names the permission
+//! it needs and calls `Principal::check`, whose refusal is a 403 (`Denied` becomes `forbidden`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -91,7 +92,7 @@ pub struct Principal {
 
 impl Principal {
     /// `agent` is the agent the request touches, if any: agent keys may only read their own.
-    pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), String> {
+    pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), Denied> {
         let allowed = match self.role {
             Role::Owner => true,
             Role::Manager => !matches!(permission, Permission::ManageKeys | Permission::ExportWallet),
@@ -105,12 +106,16 @@ impl Principal {
         if allowed {
             Ok(())
         } else if self.role == Role::Agent && matches!(permission, Permission::Read | Permission::Pay) {
-            Err("an agent key may only read and pay for its own agent".into())
+            Err(Denied("an agent key may only read and pay for its own agent".into()))
         } else {
-            Err(format!("the {} role may not {}", self.role, permission.describe()))
+            Err(Denied(format!("the {} role may not {}", self.role, permission.describe())))
         }
     }
 }
+
+/// A refused permission, and why (for the caller: it names the role, not the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use super::error::{ErrorBody, ErrorDetail};
 use crate::admin::agents::parse_agent_id;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::ids::AgentId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::rails::usdc::{
     AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentView,
     WalletView,
@@ -19,7 +19,7 @@ use crate::rails::usdc::{
 /// The agent, once the caller may act on it this way.
 fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
     let agent = parse_agent_id(id)?;
-    who.check(permission, Some(&agent)).map_err(Error::Forbidden)?;
+    who.check(permission, Some(&agent))?;
     Ok(agent)
 }
 
