@@ -185,6 +185,7 @@ impl Db {
         };
         match &target {
             Target::Sqlite(path) => {
+                configure_sqlite();
                 if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Error::StorageUnavailable(format!("cannot create {}: {e}", dir.display())))?;
@@ -414,6 +415,26 @@ fn open_for_sync(path: &Path) -> std::io::Result<ManuallyDrop<File>> {
 /// PostgreSQL advisory lock keys, one space per database: the migrations, and the first key.
 const MIGRATIONS_LOCK: i64 = 7_140_021;
 const FIRST_KEY_LOCK: i64 = 7_140_022;
+
+/// SQLite's process-wide settings, made once, before this process opens its first connection.
+/// Each connection is used by one thread at a time (the pool hands it out alone; diesel's
+/// connection is not `Sync`), so SQLite's per-call connection mutexes only cost time
+/// (`MULTITHREAD`); and its memory statistics, which nothing reads, take a global mutex on every
+/// allocation (`MEMSTATUS` off).
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use libsqlite3_sys::{SQLITE_CONFIG_MEMSTATUS, SQLITE_CONFIG_MULTITHREAD, SQLITE_OK, sqlite3_config};
+        // SAFETY: sqlite3_config changes global settings and must not race with SQLite's own
+        // initialization: the Once runs it before any connection this module opens. Should SQLite
+        // already be initialized (a connection opened elsewhere first), it answers SQLITE_MISUSE
+        // and changes nothing, which is safe: the defaults (serialized, with statistics) stay.
+        let codes = unsafe { [sqlite3_config(SQLITE_CONFIG_MULTITHREAD), sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0)] };
+        if codes.iter().any(|&code| code != SQLITE_OK) {
+            tracing::debug!(?codes, "SQLite was initialized already: its default threading and statistics stay");
+        }
+    });
+}
 
 /// The page size of a new SQLite file (an existing file keeps its own).
 const PAGE_SIZE: i32 = 2048;
