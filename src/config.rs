@@ -20,7 +20,7 @@ pub struct Config {
     pub database_pool_size: u32,
     /// The longest an API request waits for the database before answering 503 `storage_unavailable`.
     pub database_timeout_ms: u64,
-    /// HTTP worker threads; 0 means one per core.
+    /// HTTP worker threads; 0 means one per core less one (at least one), for the ledger writer.
     pub workers: usize,
     /// Becomes the first owner key when no key exists yet (for automation). At least 32 characters.
     pub bootstrap_admin_key: Option<Secret>,
