@@ -291,3 +291,13 @@ fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_workers_leave_a_core_to_the_ledger_unless_configured() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(super::http_workers(0), (cores - 1).max(1));
+        assert_eq!(super::http_workers(3), 3, "a configured count is kept");
+    }
+}
