@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
+use super::settlement::MAX_STORED_BODY;
 use super::store::{corrupt, now_ms};
 use super::wallet::MasterKey;
-use super::{FetchOutcome, FetchRequest, Fetched, MAX_STORED_BODY, Usdc};
+use super::{FetchOutcome, FetchRequest, Fetched, Usdc};
 use crate::domain::ids::AgentId;
 use crate::error::{Error, ErrorCode, Result};
 

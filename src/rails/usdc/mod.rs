@@ -32,8 +32,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use self::destination::Destinations;
-use self::proxy::*;
-use self::settlement::*;
+use self::proxy::FetchSlots;
 use self::store::{Db, PaymentRow, Records, WalletRow};
 use self::wallet::MasterKey;
 use self::x402::Asset;

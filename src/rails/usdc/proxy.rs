@@ -8,7 +8,7 @@ use reqwest::Url;
 
 use super::Usdc;
 use super::destination::{self};
-use super::views::*;
+use super::views::{FetchRequest, Fetched, Paid, PaymentView};
 use super::x402::{self, Settlement};
 use crate::domain::ids::AgentId;
 use crate::domain::ledger::PaymentStatus;

@@ -4,11 +4,10 @@
 use alloy_primitives::U256;
 
 use super::Usdc;
-use super::payments::*;
-use super::proxy::*;
-use super::store::PaymentRow;
-use super::store::now_ms;
-use super::views::*;
+use super::payments::{costs, same_request};
+use super::proxy::{Call, SendError, Upstream};
+use super::store::{PaymentRow, now_ms};
+use super::views::{Fetched, Paid, PaymentView};
 use super::x402::{self, Settlement};
 use crate::domain::ids::AgentId;
 use crate::domain::ledger::PaymentStatus;

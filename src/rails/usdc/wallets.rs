@@ -3,7 +3,7 @@
 use super::Usdc;
 use super::store::WalletRow;
 use super::store::now_ms;
-use super::views::*;
+use super::views::{ExportedWallet, WalletView};
 use super::wallet::Wallet;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, KeyId};
