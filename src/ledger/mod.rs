@@ -6,6 +6,10 @@
 //! in-memory book up to date from the rows changed since it last looked, decides, writes, and
 //! commits before any answer leaves. Correctness across processes rests on the row locks and the
 //! database, not on this process's memory.
+//!
+//! `core` is the arithmetic of holds and balances, pure and property-tested; `writer/` is the shell
+//! that loads, applies a step of `policy` and `core`, saves and commits; `book` is an agent's spends
+//! in memory; `views` what the ledger answers.
 
 mod book;
 pub mod core;
