@@ -161,10 +161,6 @@ impl Approvals {
         self.inner.settings.links.is_some()
     }
 
-    fn now_ms() -> i64 {
-        store::now_ms()
-    }
-
     /// One approval, for anyone who may read its agent.
     pub async fn get(&self, who: &Principal, id: &str) -> Result<ApprovalView> {
         who.check(Permission::Manage, None)?;
@@ -187,13 +183,13 @@ impl Approvals {
         let wanted = status.transpose()?;
         // Expired requests are stored as pending: read pending ones and sort by what they are now.
         let stored = wanted.map(|s| if s == ApprovalStatus::Expired { ApprovalStatus::Pending } else { s });
-        self.inner.records.list(stored, wanted, cursor, limit, Self::now_ms()).await
+        self.inner.records.list(stored, wanted, cursor, limit, store::now_ms()).await
     }
 
     /// For the approval page and Slack, whose callers prove themselves with a token or a signature.
     pub async fn view(&self, id: &str) -> Result<ApprovalView> {
         let key = parse_id(id)?;
-        let now_ms = Self::now_ms();
+        let now_ms = store::now_ms();
         self.inner.records.view(&key, now_ms).await?.ok_or_else(|| Error::not_found("approval", id))
     }
 

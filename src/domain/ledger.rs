@@ -2,44 +2,6 @@
 //! asked, how a USDC payment ended, and an agent's balance. Each is stored as the same lowercase
 //! text in both databases (the `store` maps them), and shown by the API as that text.
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
-/// An enum whose variants are stored and shown as fixed words: `as_str`, `parse` and `ALL`.
-macro_rules! worded {
-    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)+
-        }
-
-        impl $name {
-            pub const ALL: &[$name] = &[$($name::$variant,)+];
-
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text,)+
-                }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text {
-                    $($text => Some($name::$variant),)+
-                    _ => None,
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 worded! {
     /// Where an authorization is in its life.
     pub enum HoldStatus {
@@ -123,7 +85,10 @@ impl Balance {
 
 #[cfg(test)]
 mod tests {
+    use serde::Serialize;
+
     use super::*;
+    use crate::domain::policy::Rail;
 
     #[test]
     fn every_word_parses_back_to_its_variant_and_serializes_as_itself() {
@@ -142,5 +107,6 @@ mod tests {
         round_trip(TransferKind::ALL, TransferKind::as_str, TransferKind::parse);
         round_trip(Source::ALL, Source::as_str, Source::parse);
         round_trip(PaymentStatus::ALL, PaymentStatus::as_str, PaymentStatus::parse);
+        round_trip(Rail::ALL, Rail::as_str, Rail::parse);
     }
 }

@@ -115,27 +115,11 @@ pub enum Scope {
     Trace,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Rail {
-    Card,
-    Usdc,
-}
-
-impl Rail {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Rail::Card => "card",
-            Rail::Usdc => "usdc",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Rail> {
-        match text {
-            "card" => Some(Rail::Card),
-            "usdc" => Some(Rail::Usdc),
-            _ => None,
-        }
+worded! {
+    /// Which rail pays: a card, or the agent's USDC wallet.
+    pub enum Rail {
+        Card = "card",
+        Usdc = "usdc",
     }
 }
 
