@@ -17,6 +17,7 @@ pub mod policy;
 pub mod rails;
 pub mod rates;
 pub mod refusals;
+pub mod reports;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -117,6 +118,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         processors,
         usdc: usdc.clone(),
         approvals,
+        reports: reports::Reports::new(db.clone(), ledger.clone()),
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)

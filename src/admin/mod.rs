@@ -108,7 +108,6 @@ pub(crate) fn parse_policy(catalog: &Catalog, doc: serde_json::Value, currency: 
     Ok(policy)
 }
 
-/// The caller's permission for `permission` on `agent`, as a 403 when it is missing.
 /// Why a state change was made; required so the audit trail explains itself.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

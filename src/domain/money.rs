@@ -67,17 +67,24 @@ pub struct Money {
     pub currency: Currency,
 }
 
-impl fmt::Display for Money {
-    /// Major units for people: `12.50 EUR`, `1250 JPY`, `1.250 BHD`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Money {
+    /// The amount in major units, as exact decimal text: `12.50` (EUR), `1250` (JPY), `1.250` (BHD).
+    pub fn decimal(&self) -> String {
         let exp = self.currency.exponent();
         let sign = if self.amount < 0 { "-" } else { "" };
         let abs = self.amount.unsigned_abs();
         if exp == 0 {
-            return write!(f, "{sign}{abs} {}", self.currency);
+            return format!("{sign}{abs}");
         }
         let scale = 10u64.pow(exp);
-        write!(f, "{sign}{}.{:0width$} {}", abs / scale, abs % scale, self.currency, width = exp as usize)
+        format!("{sign}{}.{:0width$}", abs / scale, abs % scale, width = exp as usize)
+    }
+}
+
+impl fmt::Display for Money {
+    /// Major units for people: `12.50 EUR`, `1250 JPY`, `1.250 BHD`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.decimal(), self.currency)
     }
 }
 

@@ -10,6 +10,7 @@ mod keys;
 mod ledger;
 pub mod openapi;
 pub mod processors;
+mod reports;
 mod system;
 mod usdc;
 pub mod webhooks;
@@ -28,6 +29,7 @@ use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::rails::card::signature::HexSignature;
 use crate::rails::usdc::Usdc;
+use crate::reports::Reports;
 
 pub struct AppState {
     pub admin: Admin,
@@ -38,6 +40,7 @@ pub struct AppState {
     pub processors: processors::Processors,
     pub usdc: Usdc,
     pub approvals: Approvals,
+    pub reports: Reports,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -95,6 +98,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(ledger::balance)
         .service(ledger::ledger)
         .service(ledger::put_trace)
+        .service(reports::export)
+        .service(reports::spend)
         .service(approvals::list_approvals)
         .service(approvals::get_approval)
         .service(approvals::approve)

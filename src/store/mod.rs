@@ -11,6 +11,7 @@ pub mod events;
 pub mod keys;
 pub mod ledger;
 mod prepared;
+pub mod reports;
 mod schema;
 pub mod wallets;
 mod words;

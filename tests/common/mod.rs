@@ -199,7 +199,6 @@ impl TestApp {
         base
     }
 
-    /// Everything the database holds, as text: to prove what is *not* stored.
     /// POSTs a signed native webhook body.
     pub async fn signed(&self, path: &str, body: &Value) -> (StatusCode, Value) {
         let bytes = serde_json::to_vec(body).unwrap();
@@ -256,6 +255,7 @@ impl TestApp {
         }
     }
 
+    /// Everything the database holds, as text: to prove what is *not* stored.
     pub fn stored_text(&self) -> String {
         match &self.storage {
             Storage::Sqlite(dir) => {

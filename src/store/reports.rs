@@ -1,0 +1,346 @@
+//! Reads across the whole ledger, for exports and spend reports: authorizations and transfers
+//! joined to their agent and card, under one filter. The SQL is written out (both backends take
+//! it as it is) because its grouping is chosen per request; only fixed column expressions are
+//! ever spliced in, every value is a bound parameter.
+
+use diesel::QueryableByName;
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::BoxedSqlQuery;
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::sqlite::Sqlite;
+
+use super::DbConnection;
+use crate::domain::authorization::Rail;
+use crate::domain::ids::{AgentId, CardId};
+use crate::domain::ledger::{HoldStatus, Source, TransferKind};
+use crate::domain::report::{GroupBy, QUARTER_HOUR_MS, SpendCell, SpendTotals};
+use crate::error::Result;
+
+/// Which ledger records a report or an export covers; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFilter {
+    pub agent: Option<AgentId>,
+    pub card: Option<CardId>,
+    /// The card's label.
+    pub service: Option<String>,
+    pub department: Option<String>,
+    pub trace: Option<String>,
+    pub rail: Option<Rail>,
+    /// A merchant id or name, exactly.
+    pub merchant: Option<String>,
+    /// The authorization's status (for a transfer, its authorization's).
+    pub status: Option<HoldStatus>,
+    /// From this time (ms), inclusive.
+    pub from_ms: Option<i64>,
+    /// Until this time (ms), exclusive.
+    pub to_ms: Option<i64>,
+}
+
+/// One line of an export: an authorization (approved or declined), or a transfer with what its
+/// authorization says of the purchase.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct LedgerLine {
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = BigInt)]
+    pub at_ms: i64,
+    #[diesel(sql_type = Text)]
+    pub agent_id: String,
+    #[diesel(sql_type = Text)]
+    pub agent_name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub department: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub card_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub service: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub rail: Option<Rail>,
+    /// None for an authorization.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub transfer: Option<TransferKind>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub status: Option<HoldStatus>,
+    #[diesel(sql_type = BigInt)]
+    pub amount: i64,
+    #[diesel(sql_type = Text)]
+    pub currency: String,
+    #[diesel(sql_type = BigInt)]
+    pub cap_amount: i64,
+    #[diesel(sql_type = Text)]
+    pub cap_currency: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub fx_rate: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub fx_date: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub merchant_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub merchant_name: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub mcc: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub country: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub trace_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub authorization_id: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub source: Option<Source>,
+    #[diesel(sql_type = Text)]
+    pub external_id: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub transaction_hash: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub reason: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub rule: Option<String>,
+}
+
+/// A statement under construction: SQL text and its parameters, numbered as each backend writes
+/// them (`?1` on SQLite, `$1` on PostgreSQL).
+struct Statement {
+    sql: String,
+    binds: Vec<Bind>,
+    mark: char,
+}
+
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+impl Statement {
+    fn new(conn: &DbConnection) -> Self {
+        let mark = if matches!(conn, DbConnection::Sqlite(_)) { '?' } else { '$' };
+        Statement { sql: String::with_capacity(1024), binds: Vec::new(), mark }
+    }
+
+    fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    fn bind(&mut self, value: Bind) -> &mut Self {
+        self.binds.push(value);
+        self.sql.push(self.mark);
+        self.sql.push_str(&self.binds.len().to_string());
+        self
+    }
+
+    fn text(&mut self, value: &str) -> &mut Self {
+        self.bind(Bind::Text(value.to_owned()))
+    }
+
+    fn int(&mut self, value: i64) -> &mut Self {
+        self.bind(Bind::Int(value))
+    }
+
+    fn load<T: QueryableByName<Sqlite> + QueryableByName<Pg> + 'static>(
+        self,
+        conn: &mut DbConnection,
+    ) -> Result<Vec<T>> {
+        fn with_binds<'a, DB>(
+            mut q: BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>,
+            binds: Vec<Bind>,
+        ) -> BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>
+        where
+            DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<Text> + diesel::sql_types::HasSqlType<BigInt>,
+            String: diesel::serialize::ToSql<Text, DB>,
+            i64: diesel::serialize::ToSql<BigInt, DB>,
+        {
+            for b in binds {
+                q = match b {
+                    Bind::Text(v) => q.bind::<Text, _>(v),
+                    Bind::Int(v) => q.bind::<BigInt, _>(v),
+                };
+            }
+            q
+        }
+        let query = diesel::sql_query(self.sql);
+        Ok(match conn {
+            DbConnection::Sqlite(lite) => with_binds(query.into_boxed::<Sqlite>(), self.binds).load(lite)?,
+            DbConnection::Postgresql(pg) => with_binds(query.into_boxed::<Pg>(), self.binds).load(pg)?,
+        })
+    }
+
+    /// ` AND …` for each of the filter's conditions, `sides` naming the columns of the query.
+    fn filter(&mut self, f: &ReportFilter, sides: &Sides) -> &mut Self {
+        if let Some(agent) = &f.agent {
+            self.push(" AND ").push(sides.agent).push(" = ").text(agent.as_str());
+        }
+        if let Some(card) = &f.card {
+            self.push(" AND ").push(sides.card).push(" = ").text(card.as_str());
+        }
+        if let Some(service) = &f.service {
+            self.push(" AND c.label = ").text(service);
+        }
+        if let Some(department) = &f.department {
+            self.push(" AND g.department = ").text(department);
+        }
+        if let Some(trace) = &f.trace {
+            self.push(" AND ").push(sides.trace).push(" = ").text(trace);
+        }
+        if let Some(rail) = f.rail {
+            self.push(" AND a.rail = ").text(rail.as_str());
+        }
+        if let Some(merchant) = &f.merchant {
+            self.push(" AND (a.merchant_id = ").text(merchant).push(" OR a.merchant_name = ").text(merchant).push(")");
+        }
+        if let Some(status) = f.status {
+            self.push(" AND a.status = ").text(status.as_str());
+        }
+        if let Some(from) = f.from_ms {
+            self.push(" AND ").push(sides.time).push(" >= ").int(from);
+        }
+        if let Some(to) = f.to_ms {
+            self.push(" AND ").push(sides.time).push(" < ").int(to);
+        }
+        self
+    }
+}
+
+/// The columns a filter reads, on the authorizations' side or the transfers'.
+struct Sides {
+    agent: &'static str,
+    card: &'static str,
+    trace: &'static str,
+    time: &'static str,
+}
+
+const AUTHORIZATIONS: Sides =
+    Sides { agent: "a.agent_id", card: "a.card_id", trace: "a.trace_id", time: "a.authorized_at" };
+const TRANSFERS: Sides = Sides { agent: "t.agent_id", card: "t.card_id", trace: "t.trace_id", time: "t.created_at" };
+
+/// The transaction hash of the USDC payment behind the authorization in column `id`, if it settled.
+fn payment_hash(id: &str) -> String {
+    format!("(SELECT MAX(p.transaction_hash) FROM x402_payments p WHERE p.authorization_id = {id})")
+}
+
+/// Up to `limit` authorizations after `after` (an authorization id), in id order.
+pub fn authorization_lines(
+    conn: &mut DbConnection,
+    f: &ReportFilter,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<LedgerLine>> {
+    let mut s = Statement::new(conn);
+    s.push(
+        "SELECT a.id, a.authorized_at AS at_ms, a.agent_id, g.name AS agent_name, g.department, a.card_id, \
+         c.label AS service, a.rail, CAST(NULL AS TEXT) AS transfer, a.status, a.amount, a.currency, \
+         a.cap_amount, a.cap_currency, a.fx_rate, a.fx_date, a.merchant_id, a.merchant_name, a.mcc, a.country, \
+         a.trace_id, a.id AS authorization_id, a.source, a.external_id, ",
+    )
+    .push(&payment_hash("a.id"))
+    .push(
+        " AS transaction_hash, a.reason, a.rule \
+         FROM authorizations a JOIN agents g ON g.id = a.agent_id LEFT JOIN cards c ON c.id = a.card_id \
+         WHERE a.id > ",
+    )
+    .text(after)
+    .filter(f, &AUTHORIZATIONS)
+    .push(" ORDER BY a.id LIMIT ")
+    .int(limit);
+    s.load(conn)
+}
+
+/// Up to `limit` transfers after `after` (a transfer id), in id order.
+pub fn transfer_lines(conn: &mut DbConnection, f: &ReportFilter, after: &str, limit: i64) -> Result<Vec<LedgerLine>> {
+    let mut s = Statement::new(conn);
+    s.push(
+        "SELECT t.id, t.created_at AS at_ms, t.agent_id, g.name AS agent_name, g.department, t.card_id, \
+         c.label AS service, a.rail, t.kind AS transfer, a.status, t.amount, t.currency, \
+         t.amount AS cap_amount, t.currency AS cap_currency, a.fx_rate, a.fx_date, a.merchant_id, a.merchant_name, \
+         a.mcc, a.country, t.trace_id, t.authorization_id, a.source, t.external_id, ",
+    )
+    .push(&payment_hash("t.authorization_id"))
+    .push(
+        " AS transaction_hash, CAST(NULL AS TEXT) AS reason, CAST(NULL AS TEXT) AS rule \
+         FROM transfers t JOIN agents g ON g.id = t.agent_id LEFT JOIN cards c ON c.id = t.card_id \
+         LEFT JOIN authorizations a ON a.id = t.authorization_id WHERE t.id > ",
+    )
+    .text(after)
+    .filter(f, &TRANSFERS)
+    .push(" ORDER BY t.id LIMIT ")
+    .int(limit);
+    s.load(conn)
+}
+
+#[derive(QueryableByName)]
+struct SpendRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    k1: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k2: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    k3: Option<String>,
+    #[diesel(sql_type = Text)]
+    currency: String,
+    #[diesel(sql_type = BigInt)]
+    posted: i64,
+    #[diesel(sql_type = BigInt)]
+    held: i64,
+    #[diesel(sql_type = BigInt)]
+    refunded: i64,
+    #[diesel(sql_type = BigInt)]
+    approved: i64,
+    #[diesel(sql_type = BigInt)]
+    declined: i64,
+    #[diesel(sql_type = BigInt)]
+    declined_amount: i64,
+}
+
+/// The column expression a dimension groups by.
+fn dimension(by: GroupBy) -> String {
+    match by {
+        GroupBy::Agent => "a.agent_id".into(),
+        GroupBy::Department => "g.department".into(),
+        GroupBy::Card => "a.card_id".into(),
+        GroupBy::Service => "c.label".into(),
+        GroupBy::Trace => "a.trace_id".into(),
+        GroupBy::Rail => "a.rail".into(),
+        GroupBy::Merchant => "a.merchant_name".into(),
+        GroupBy::Mcc => "a.mcc".into(),
+        GroupBy::Country => "a.country".into(),
+        GroupBy::Day | GroupBy::Week | GroupBy::Month => {
+            format!("CAST(a.authorized_at / {QUARTER_HOUR_MS} AS TEXT)")
+        }
+    }
+}
+
+/// Authorizations in the filter, summed per group of up to three dimensions and per cap currency.
+pub fn spend(conn: &mut DbConnection, f: &ReportFilter, group_by: &[GroupBy]) -> Result<Vec<SpendCell>> {
+    let mut s = Statement::new(conn);
+    s.push("SELECT ");
+    for (i, name) in ["k1", "k2", "k3"].into_iter().enumerate() {
+        let column = group_by.get(i).map_or_else(|| "CAST(NULL AS TEXT)".to_owned(), |by| dimension(*by));
+        s.push(&column).push(" AS ").push(name).push(", ");
+    }
+    s.push(
+        "a.cap_currency AS currency, CAST(SUM(a.posted) AS BIGINT) AS posted, CAST(SUM(a.held) AS BIGINT) AS held, \
+         CAST(SUM(a.refunded) AS BIGINT) AS refunded, \
+         CAST(SUM(CASE WHEN a.status = 'declined' THEN 0 ELSE 1 END) AS BIGINT) AS approved, \
+         CAST(SUM(CASE WHEN a.status = 'declined' THEN 1 ELSE 0 END) AS BIGINT) AS declined, \
+         CAST(SUM(CASE WHEN a.status = 'declined' THEN a.cap_amount ELSE 0 END) AS BIGINT) AS declined_amount \
+         FROM authorizations a JOIN agents g ON g.id = a.agent_id LEFT JOIN cards c ON c.id = a.card_id WHERE 1 = 1",
+    )
+    .filter(f, &AUTHORIZATIONS)
+    .push(" GROUP BY 1, 2, 3, 4");
+    let rows: Vec<SpendRow> = s.load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| SpendCell {
+            keys: [r.k1, r.k2, r.k3],
+            currency: r.currency,
+            totals: SpendTotals::new(
+                r.posted,
+                r.held,
+                r.refunded,
+                r.approved.max(0) as u64,
+                r.declined.max(0) as u64,
+                r.declined_amount,
+            ),
+        })
+        .collect())
+}
