@@ -1,6 +1,7 @@
 //! The `spendgate` binary as people run it: serve (with --demo), migrate, and the CLI client,
 //! including a server killed with SIGKILL mid-life.
 
+use std::collections::HashMap;
 use std::process::{Command, Output};
 
 use serde_json::Value;
@@ -490,4 +491,56 @@ fn the_cli_covers_the_days_work() {
     let said = String::from_utf8_lossy(&too_dear.stderr);
     assert!(said.contains("402 per_call_exceeded") && said.contains("nothing was signed"), "{said}");
     assert_eq!(upstream.settled().len(), 1, "nothing paid past the ceiling");
+}
+
+/// The end of the sprint, from the CLI: what did each PR cost, per service, and its lines as CSV.
+#[test]
+fn the_cost_per_trace_and_service_is_one_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let env =
+        [("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER), ("SPENDGATE_WEBHOOK_SECRET", "whsec_cli_native_0123456789abcdef")];
+    let server = serve(dir.path(), &[], &env);
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("SPENDGATE_URL", &server.base)
+            .env("SPENDGATE_API_KEY", OWNER)
+            .envs(env)
+            .output()
+            .unwrap()
+    };
+    let agent =
+        text_of(&run(&["agents", "create", "--name", "ci", "--department", "eng", "--quiet"])).trim().to_owned();
+    text_of(&run(&["fund", &agent, "--amount", "100.00"]));
+    for (label, amount, trace) in
+        [("openai", "12.50", "PR-4823"), ("github", "3.00", "PR-4823"), ("openai", "1.00", "PR-9")]
+    {
+        let card = text_of(&run(&["cards", "issue", "--agent", &agent, "--label", label, "--quiet"])).trim().to_owned();
+        let decision = text_of(&run(&["authorize", "--card", &card, "--amount", amount, "--trace", trace]));
+        assert!(decision.contains("approved"), "{decision}");
+    }
+
+    let table = text_of(&run(&["report", "spend", "--by", "trace,service", "--since", "30d"]));
+    let lines: Vec<&str> = table.lines().collect();
+    let row =
+        |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}:\n{table}"));
+    assert!(row("12.50 USD") < row("3.00 USD") && row("3.00 USD") < row("1.00 USD"), "top spend first:\n{table}");
+    assert!(lines[row("12.50 USD")].contains("PR-4823") && lines[row("12.50 USD")].contains("openai"), "{table}");
+    assert!(table.contains("16.50 USD") && table.contains("amounts in USD"), "the total:\n{table}");
+    let report = json_of(&run(&["report", "spend", "--by", "trace", "--since", "30d", "--json"]));
+    assert_eq!(report["groups"][0]["group"]["trace"], "PR-4823");
+    assert_eq!(report["groups"][0]["totals"]["held"], 15_50);
+
+    let csv = text_of(&run(&["ledger", "export", "--since", "7d", "--by-trace", "PR-4823", "--format", "csv"]));
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let services: Vec<String> =
+        reader.deserialize::<HashMap<String, String>>().map(|r| r.unwrap()["service"].clone()).collect();
+    assert_eq!(services, ["openai", "github"], "{csv}");
+    let file = dir.path().join("out.jsonl");
+    let out = run(&["ledger", "export", "--format", "jsonl", "--output", file.to_str().unwrap()]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 4, "the funding and three authorizations");
+    let refused = run(&["ledger", "export", "--status", "approved"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("400 validation_failed"), "{refused:?}");
 }

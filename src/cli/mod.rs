@@ -242,6 +242,142 @@ pub struct AuthorizeArgs {
     dry_run: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct LedgerList {
+    #[arg(required = true)]
+    agent: Option<String>,
+    #[arg(long)]
+    card: Option<String>,
+    #[arg(long)]
+    trace: Option<String>,
+    /// From this time (RFC 3339), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Until this time (RFC 3339), exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+/// The filters of an export or a report.
+#[derive(Args, Debug, Default)]
+pub struct ReportFilter {
+    /// Only the last span of time: `7d`, `24h`, `2w`.
+    #[arg(long, conflicts_with = "from")]
+    since: Option<String>,
+    /// From this time (RFC 3339), inclusive.
+    #[arg(long)]
+    from: Option<String>,
+    /// Until this time (RFC 3339), exclusive.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this agent's.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only this card's.
+    #[arg(long)]
+    card: Option<String>,
+    /// Only cards with this label.
+    #[arg(long)]
+    service: Option<String>,
+    /// Only agents of this department.
+    #[arg(long)]
+    department: Option<String>,
+    /// Only this trace's.
+    #[arg(long, visible_alias = "by-trace")]
+    trace: Option<String>,
+    /// card or usdc.
+    #[arg(long)]
+    rail: Option<String>,
+    /// A merchant id or name.
+    #[arg(long)]
+    merchant: Option<String>,
+    /// pending, posted, voided, expired or declined.
+    #[arg(long)]
+    status: Option<String>,
+}
+
+impl ReportFilter {
+    /// The query parameters, `--since` made a `from` time.
+    fn query(self) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let from = match self.since {
+            Some(since) => Some(since_time(&since, jiff::Zoned::now())?.to_string()),
+            None => self.from,
+        };
+        Ok([
+            ("from", from),
+            ("to", self.to),
+            ("agent", self.agent),
+            ("card", self.card),
+            ("service", self.service),
+            ("department", self.department),
+            ("trace", self.trace),
+            ("rail", self.rail),
+            ("merchant", self.merchant),
+            ("status", self.status),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect())
+    }
+}
+
+/// `now` less a span such as `7d`, `24h`, `2w` or `30m` (days counted in the local time zone).
+fn since_time(since: &str, now: jiff::Zoned) -> anyhow::Result<jiff::Timestamp> {
+    let span: jiff::Span =
+        since.parse().map_err(|_| anyhow::anyhow!("--since {since:?}: give a span such as 7d, 24h or 2w"))?;
+    if span.is_negative() || span.is_zero() {
+        anyhow::bail!("--since {since:?}: give a span such as 7d, 24h or 2w");
+    }
+    Ok(now.checked_sub(span)?.timestamp())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Every authorization and transfer in the filter, oldest first, written as it arrives:
+    /// `spendgate ledger export --since 7d --by-trace PR-4823 --format csv > out.csv`.
+    Export {
+        #[command(flatten)]
+        filter: ReportFilter,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
+        format: ExportFormat,
+        /// Write here instead of to standard output.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+pub enum ExportFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Spend per group, top groups first: `spendgate report spend --by trace,service --since 30d`.
+    Spend {
+        /// One to three of agent, department, card, service, trace, rail, merchant, mcc, country,
+        /// and at most one of day, week, month.
+        #[arg(long)]
+        by: String,
+        #[command(flatten)]
+        filter: ReportFilter,
+        /// The report's currency (default: the agents').
+        #[arg(long)]
+        currency: Option<String>,
+        /// An IANA time zone for day, week and month (default UTC).
+        #[arg(long)]
+        time_zone: Option<String>,
+        /// How many of the first dimension to show; the rest is one "other" row.
+        #[arg(long)]
+        top: Option<usize>,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Manage API keys.
@@ -276,23 +412,19 @@ pub enum Command {
     },
     /// An agent's balance: funded, held, spent, available.
     Balance { agent: String },
-    /// An agent's authorizations and transfers, oldest first.
+    /// An agent's authorizations and transfers, oldest first; `ledger export` writes every
+    /// agent's (or a filter's) as CSV or JSON Lines.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Ledger {
-        agent: String,
-        #[arg(long)]
-        card: Option<String>,
-        #[arg(long)]
-        trace: Option<String>,
-        /// From this time (RFC 3339), inclusive.
-        #[arg(long)]
-        from: Option<String>,
-        /// Until this time (RFC 3339), exclusive.
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-        #[arg(long)]
-        cursor: Option<String>,
+        #[command(subcommand)]
+        command: Option<LedgerCommand>,
+        #[command(flatten)]
+        list: LedgerList,
+    },
+    /// Where the money went: spend per trace, service, agent, department, day…
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
     },
     /// Read or replace an agent's or a card's policy.
     Policy {
@@ -420,7 +552,9 @@ pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow:
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (value, view) = runtime.block_on(execute(&client, command, config))?;
-    if args.json {
+    if matches!(view, View::Nothing) {
+        // The command wrote its own output.
+    } else if args.json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else if args.quiet {
         print!("{}", ids(&value));
@@ -485,13 +619,27 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
         Command::Balance { agent } => {
             (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Balance)
         }
-        Command::Ledger { agent, card, trace, from, to, limit, cursor } => {
+        Command::Ledger { command: Some(LedgerCommand::Export { filter, format, output }), .. } => {
+            export(client, filter, format, output).await?;
+            (Value::Null, View::Nothing)
+        }
+        Command::Ledger { command: None, list } => {
+            let LedgerList { agent, card, trace, from, to, limit, cursor } = list;
+            let agent = agent.unwrap_or_default();
             let query = [("card", card), ("trace", trace), ("from", from), ("to", to), ("cursor", cursor)]
                 .into_iter()
                 .filter_map(|(k, v)| v.map(|v| (k, v)))
                 .chain([("limit", limit.to_string())]);
             let query = serde_urlencoded::to_string(query.collect::<Vec<_>>())?;
             (client.get(&format!("/v1/agents/{}/ledger?{query}", segment(&agent))).await?, View::Ledger)
+        }
+        Command::Report { command: ReportCommand::Spend { by, filter, currency, time_zone, top } } => {
+            let mut query = filter.query()?;
+            query.push(("group_by", by));
+            let extra = [("currency", currency), ("time_zone", time_zone), ("top", top.map(|n| n.to_string()))];
+            query.extend(extra.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            let query = serde_urlencoded::to_string(query)?;
+            (client.get(&format!("/v1/reports/spend?{query}")).await?, View::Spend)
         }
         Command::Policy { command } => match command {
             PolicyCommand::Get { of } => {
@@ -639,6 +787,42 @@ async fn authorize(client: &Client, args: AuthorizeArgs, config: Option<&Path>) 
     Ok(last.map(outcome_of).unwrap_or(answer))
 }
 
+/// `ledger export`: the server's lines, written as they arrive. A response cut short (the server
+/// met an error after it began) is an error here, so that a partial file is never taken for whole.
+async fn export(
+    client: &Client,
+    filter: ReportFilter,
+    format: ExportFormat,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut query = filter.query()?;
+    query.push(("format", format!("{format:?}").to_lowercase()));
+    let url = format!("{}/v1/ledger/export?{}", client.base, serde_urlencoded::to_string(query)?);
+    // An export may run for minutes: no overall timeout, only the connection's.
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+    let mut response =
+        http.get(&url).bearer_auth(&client.key).send().await.map_err(|e| unreachable(&client.base, &e))?;
+    if !response.status().is_success() {
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        return Err(refused(status, &serde_json::from_str(&text).unwrap_or(Value::String(text))));
+    }
+    let mut out: Box<dyn Write> = match &output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| anyhow::anyhow!("the export was cut off, the output is incomplete: {e}"))?
+    {
+        out.write_all(&chunk)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// A ledger authorization in the shape of a decision.
 fn outcome_of(a: &Value) -> Value {
     json!({"approved": a["approved"], "authorization_id": a["id"], "reason": a["reason"], "rule": a["rule"],
@@ -690,5 +874,17 @@ mod tests {
         assert!(checked_key(Some("sgk_abc def".into())).is_err());
         assert!(checked_key(None).unwrap_err().to_string().contains("SPENDGATE_API_KEY"));
         assert_eq!(checked_key(Some("sgk_abc".into())).unwrap(), "sgk_abc");
+    }
+
+    #[test]
+    fn since_counts_back_from_now_in_days_hours_and_weeks() {
+        let now: jiff::Zoned = "2026-12-06T10:00:00+00:00[UTC]".parse().unwrap();
+        let at = |since: &str| since_time(since, now.clone()).map(|t| t.to_string());
+        assert_eq!(at("7d").unwrap(), "2026-11-29T10:00:00Z");
+        assert_eq!(at("24h").unwrap(), "2026-12-05T10:00:00Z");
+        assert_eq!(at("2w").unwrap(), "2026-11-22T10:00:00Z");
+        for bad in ["", "seven days", "-7d", "0d"] {
+            assert!(at(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -63,6 +63,10 @@ pub(super) enum View {
     /// The server's answer, printed as is (a policy document, an upstream answer).
     Json,
     Record,
+    /// A spend report: a row per group.
+    Spend,
+    /// The command wrote its output itself.
+    Nothing,
 }
 
 /// The longest a cell in a list gets before it is cut (`show` and `--json` have it whole).
@@ -156,6 +160,8 @@ pub(super) fn render(value: &Value, view: View) -> String {
             ("merchant", |r| cell(&r["merchant"]["name"])),
         ],
         View::Outcome => return describe_outcome(value),
+        View::Spend => return spend(value),
+        View::Nothing => return String::new(),
         View::Balance => {
             let mut out = String::new();
             for field in ["funded", "refunded", "held", "spent", "available"] {
@@ -193,6 +199,51 @@ pub(super) fn render(value: &Value, view: View) -> String {
     format!("{table}\n{} row(s){more}\n", rows.len())
 }
 
+/// A spend report as a table: the group's values, then its amounts in the report's currency.
+fn spend(report: &Value) -> String {
+    let amount = |v: &Value| money(&json!({"amount": v, "currency": report["currency"]})).unwrap_or_else(|| cell(v));
+    let dims: Vec<&str> = report["group_by"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let mut table = table();
+    let mut header: Vec<&str> = dims.clone();
+    header.extend(["spend", "posted", "held", "refunded", "approved", "declined", "declined amount"]);
+    table.set_header(header);
+    let groups = report["groups"].as_array().cloned().unwrap_or_default();
+    let totals = |t: &Value| {
+        vec![
+            amount(&t["spend"]),
+            amount(&t["posted"]),
+            amount(&t["held"]),
+            amount(&t["refunded"]),
+            cell(&t["approved"]),
+            cell(&t["declined"]),
+            amount(&t["declined_amount"]),
+        ]
+    };
+    for g in &groups {
+        let mut row: Vec<String> = dims
+            .iter()
+            .map(|d| match &g["group"][d] {
+                Value::Null if g["other"] == true => "(other)".to_owned(),
+                v => cut(cell(v)),
+            })
+            .collect();
+        row.extend(totals(&g["totals"]));
+        table.add_row(row);
+    }
+    let mut total: Vec<String> =
+        dims.iter().enumerate().map(|(i, _)| if i == 0 { "total" } else { "" }.to_owned()).collect();
+    total.extend(totals(&report["total"]));
+    table.add_row(total);
+    let rates: Vec<String> = report["conversions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| format!("{} → {} at {} ({})", cell(&c["from"]), cell(&c["to"]), cell(&c["rate"]), cell(&c["date"])))
+        .collect();
+    let rates = if rates.is_empty() { String::new() } else { format!("converted: {}\n", rates.join(", ")) };
+    format!("{table}\n{} group(s), amounts in {}\n{rates}", groups.len(), cell(&report["currency"]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +253,23 @@ mod tests {
         assert_eq!(cut("short".into()), "short");
         let long = "x".repeat(100);
         assert_eq!(cut(long).chars().count(), MAX_CELL + 1);
+    }
+
+    #[test]
+    fn a_spend_report_reads_as_a_table_with_its_total_and_rates() {
+        let report = json!({"currency": "USD", "group_by": ["trace", "service"],
+            "groups": [
+                {"group": {"trace": "PR-4823", "service": "openai"}, "other": false,
+                 "totals": {"spend": 1000, "posted": 1250, "held": 0, "refunded": 250, "approved": 1, "declined": 0, "declined_amount": 0}},
+                {"group": {"trace": null, "service": null}, "other": true,
+                 "totals": {"spend": 300, "posted": 300, "held": 0, "refunded": 0, "approved": 1, "declined": 1, "declined_amount": 20000}}],
+            "total": {"spend": 1300, "posted": 1550, "held": 0, "refunded": 250, "approved": 2, "declined": 1, "declined_amount": 20000},
+            "conversions": [{"from": "EUR", "to": "USD", "rate": "1.08", "date": "2026-12-04"}]});
+        let text = render(&report, View::Spend);
+        for expected in
+            ["PR-4823", "openai", "10.00 USD", "(other)", "200.00 USD", "total", "13.00 USD", "EUR → USD at 1.08"]
+        {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
     }
 }
