@@ -341,7 +341,7 @@ pub enum LedgerCommand {
     /// `spendgate ledger export --since 7d --by-trace PR-4823 --format csv > out.csv`.
     Export {
         #[command(flatten)]
-        filter: ReportFilter,
+        filter: Box<ReportFilter>,
         #[arg(long, value_enum, default_value_t = ExportFormat::Csv)]
         format: ExportFormat,
         /// Write here instead of to standard output.
@@ -365,7 +365,7 @@ pub enum ReportCommand {
         #[arg(long)]
         by: String,
         #[command(flatten)]
-        filter: ReportFilter,
+        filter: Box<ReportFilter>,
         /// The report's currency (default: the agents').
         #[arg(long)]
         currency: Option<String>,
@@ -620,7 +620,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Balance)
         }
         Command::Ledger { command: Some(LedgerCommand::Export { filter, format, output }), .. } => {
-            export(client, filter, format, output).await?;
+            export(client, *filter, format, output).await?;
             (Value::Null, View::Nothing)
         }
         Command::Ledger { command: None, list } => {
