@@ -5,7 +5,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::TestApp;
+use common::{Backend, TestApp};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use spendgate::reports::export::HEADER;
@@ -264,4 +266,252 @@ async fn a_formula_in_a_trace_reaches_the_csv_as_text() {
     let (_, _, jsonl) = fetch(&app, "/v1/ledger/export?status=pending&format=jsonl", &app.owner_key).await;
     let line: Value = serde_json::from_str(jsonl.trim()).unwrap();
     assert_eq!(line["trace_id"], "=HYPERLINK(\"http://evil\")", "JSON Lines carry the value as it is");
+}
+
+/// Authorizations written behind the server's back for the tests at scale: every tenth declined,
+/// the rest posted with their post transfer, over four services and a thousand traces. 530,000
+/// make a million lines; `SPENDGATE_SCALE` sets another number (docs/performance.md).
+fn authorizations() -> i64 {
+    std::env::var("SPENDGATE_SCALE").ok().and_then(|n| n.parse().ok()).unwrap_or(530_000)
+}
+
+/// The SQL that writes the seeded ledger, authorization `i` made at `start` + `i` seconds (ms).
+fn seed_sql(backend: Backend, agent: &str, cards: &[String], start: i64) -> String {
+    let (numbers, counter, text) = match backend {
+        Backend::Sqlite => (
+            format!(
+                "(WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) SELECT i FROM n)",
+                authorizations() - 1
+            ),
+            "printf('%016d', i)",
+            "CAST(i % 1000 AS TEXT)",
+        ),
+        Backend::Postgres => (
+            format!("(SELECT generate_series(0, {}) AS i)", authorizations() - 1),
+            "lpad(i::text, 16, '0')",
+            "(i % 1000)::text",
+        ),
+    };
+    // An id as spendgate makes one: a ULID whose first ten characters are its time, here a second
+    // per authorization, and then a counter.
+    let time = format!("({start} + i * 1000)");
+    let id = (0..10)
+        .map(|k| {
+            format!(
+                "substr('0123456789abcdefghjkmnpqrstvwxyz', CAST((({time} >> {}) & 31) AS INTEGER) + 1, 1)",
+                45 - 5 * k
+            )
+        })
+        .chain([counter.to_owned()])
+        .collect::<Vec<_>>()
+        .join(" || ");
+    let amount = "(100 + i % 900)";
+    let declined = "i % 10 = 9";
+    format!(
+        "INSERT INTO authorizations (id, source, external_id, agent_id, card_id, rail, status, reason, rule, amount, \
+         currency, cap_amount, cap_currency, card_amount, card_currency, fx_rate, fx_date, held, posted, counted, \
+         counted_card, refunded, merchant_id, merchant_name, mcc, country, trace_id, seq, authorized_at, updated_at, \
+         approval_id, fx_source) \
+         SELECT 'auth_' || {id}, 'native', 'seed-' || {counter}, '{agent}', \
+         CASE (i / 1000) % 4 WHEN 0 THEN '{c0}' WHEN 1 THEN '{c1}' WHEN 2 THEN '{c2}' ELSE '{c3}' END, 'card', \
+         CASE WHEN {declined} THEN 'declined' ELSE 'posted' END, CASE WHEN {declined} THEN 'velocity_exceeded' END, \
+         NULL, {amount}, 'USD', {amount}, 'USD', {amount}, 'USD', NULL, NULL, 0, \
+         CASE WHEN {declined} THEN 0 ELSE {amount} END, CASE WHEN {declined} THEN 0 ELSE {amount} END, \
+         CASE WHEN {declined} THEN 0 ELSE {amount} END, 0, 'm_1', 'OPENAI *API', '5734', 'US', 'PR-' || {text}, \
+         i + 1000, {time}, {time}, NULL, NULL FROM {numbers} AS n; \
+         INSERT INTO transfers (id, external_id, agent_id, authorization_id, card_id, trace_id, kind, amount, currency, \
+         created_at) SELECT 'trf_' || substr(id, 6), 'cap-' || external_id, agent_id, id, card_id, trace_id, 'post', \
+         posted, 'USD', authorized_at FROM authorizations WHERE status = 'posted' AND external_id LIKE 'seed-%';",
+        c0 = cards[0],
+        c1 = cards[1],
+        c2 = cards[2],
+        c3 = cards[3],
+    )
+}
+
+/// The server as its own process (so that its memory is its own) on `backend`, seeded: with the
+/// time of the first authorization.
+async fn seeded(backend: Backend) -> (common::process::Server, common::Storage, Client, i64) {
+    let (url, storage) = common::fresh_storage(backend);
+    let dir = tempfile::tempdir().unwrap();
+    let owner = format!("sgk_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let server = common::process::serve(
+        dir.path(),
+        &[],
+        &[("SPENDGATE_DATABASE_URL", url.as_str()), ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", owner.as_str())],
+    );
+    let client = Client { http: common::http_client(), base: server.base.clone(), key: owner };
+    let agent =
+        client.post("/v1/agents", json!({"name": "ci", "department": "eng"})).await["id"].as_str().unwrap().to_owned();
+    let mut cards = Vec::new();
+    for label in ["openai", "github", "anthropic", "aws"] {
+        let card = client.post(&format!("/v1/agents/{agent}/cards"), json!({"label": label})).await;
+        cards.push(card["id"].as_str().unwrap().to_owned());
+    }
+    let start = jiff::Timestamp::now().as_millisecond() - authorizations() * 1000;
+    let sql = seed_sql(backend, &agent, &cards, start);
+    match backend {
+        Backend::Sqlite => {
+            let path = url.strip_prefix("sqlite://").unwrap();
+            let mut conn = SqliteConnection::establish(path).unwrap();
+            conn.batch_execute(&format!("PRAGMA busy_timeout = 10000; BEGIN; {sql} COMMIT;")).unwrap();
+        }
+        Backend::Postgres => {
+            let mut conn = PgConnection::establish(&url).unwrap();
+            conn.batch_execute(&format!("BEGIN; {sql} COMMIT; ANALYZE;")).unwrap();
+        }
+    }
+    drop(dir);
+    // A connection per request from here on: the seeding and the debug build's slow reports
+    // outlast the server's keep-alive, and a pooled connection it closed fails the next request.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let client = Client { http, ..client };
+    (server, storage, client, start)
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let response =
+            self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.key).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "{path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let response = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.key).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response
+    }
+}
+
+/// A figure of the process's memory from /proc (`VmRSS`, `VmHWM`), in MiB.
+fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+/// A million lines stream through in flat memory, and the report of the top traces by service
+/// over them answers: on each backend, printed as figures (docs/performance.md).
+async fn a_million_lines_export_in_flat_memory_and_report_in_time(backend: Backend) {
+    let (server, _storage, client, start) = seeded(backend).await;
+    let n = authorizations();
+    // Every authorization and every post: the lines of the export.
+    let expected = n + n * 9 / 10;
+    let pid = server.child.id();
+    // A small export first, so that what every export needs (connections, caches) is in place.
+    let mut small = client.get("/v1/ledger/export?trace=PR-7").await;
+    while small.chunk().await.unwrap().is_some() {}
+    let before = memory_mib(pid, "VmHWM:");
+
+    let started = std::time::Instant::now();
+    let mut response = client.get("/v1/ledger/export").await;
+    let (mut lines, mut bytes, mut tail) = (0i64, 0usize, Vec::new());
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as i64;
+        bytes += chunk.len();
+        tail = chunk.to_vec();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let peak = memory_mib(pid, "VmHWM:");
+    // The header, and every seeded line (nothing was funded).
+    assert_eq!(lines, 1 + expected, "every line once");
+    let last = String::from_utf8_lossy(&tail);
+    assert!(last.lines().last().unwrap().contains(",velocity_exceeded,"), "the newest line last: {last}");
+    println!(
+        "{backend:?}: export of {expected} lines ({:.0} MiB of CSV) in {seconds:.1} s ({:.0} lines/s); server peak RSS \
+         {before:.1} MiB before, {peak:.1} MiB after",
+        bytes as f64 / 1048576.0,
+        expected as f64 / seconds,
+    );
+    assert!(peak - before < 48.0, "memory grew by {:.1} MiB for an export that streams", peak - before);
+
+    let mut timings = Vec::new();
+    let mut report = Value::Null;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        report = client.get("/v1/reports/spend?group_by=trace,service&top=10").await.json().await.unwrap();
+        timings.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    timings.sort_by(f64::total_cmp);
+    println!(
+        "{backend:?}: spend report by trace and service over {n} authorizations: median {:.0} ms of {timings:.0?}",
+        timings[1]
+    );
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 10 * 4 + 1, "ten traces by four services, and the rest");
+    // Trace k's amounts: 100 + i % 900 for i ≡ k (mod 1000), declines (i % 10 = 9) aside; the
+    // expected sum is computed here the long way.
+    let spend_of = |k: i64| (0..n).filter(|i| i % 1000 == k && i % 10 != 9).map(|i| 100 + i % 900).sum::<i64>();
+    let best = (0..1000).max_by_key(|k| (spend_of(*k), -k)).unwrap();
+    let first = &groups[0]["group"]["trace"];
+    let first_total: i64 =
+        groups.iter().filter(|g| &g["group"]["trace"] == first).map(|g| g["totals"]["spend"].as_i64().unwrap()).sum();
+    assert_eq!(first_total, spend_of(best), "the top trace's spend, summed over its services");
+    let total = &report["total"];
+    assert_eq!(total["approved"].as_i64().unwrap() + total["declined"].as_i64().unwrap(), n);
+
+    // The last tenth of the time: read through the ids' range, not the whole table.
+    let from = jiff::Timestamp::from_millisecond(start + (n - n / 10) * 1000).unwrap();
+    let path = format!("/v1/reports/spend?group_by=trace,service&top=10&from={from}");
+    let mut timings = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        report = client.get(&path).await.json().await.unwrap();
+        timings.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    timings.sort_by(f64::total_cmp);
+    println!("{backend:?}: the same over the last tenth of the time: median {:.0} ms of {timings:.0?}", timings[1]);
+    let total = &report["total"];
+    assert_eq!(total["approved"].as_i64().unwrap() + total["declined"].as_i64().unwrap(), n / 10);
+}
+
+#[actix_web::test]
+async fn a_million_lines_on_sqlite() {
+    a_million_lines_export_in_flat_memory_and_report_in_time(Backend::Sqlite).await;
+}
+
+#[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
+async fn a_million_lines_on_postgres() {
+    a_million_lines_export_in_flat_memory_and_report_in_time(Backend::Postgres).await;
+}
+
+/// The export loads into DuckDB as it is: the documented columns, typed (integers, decimals, times,
+/// an MCC kept as text), and the spend per trace adds up as the report says.
+#[actix_web::test]
+async fn duckdb_reads_the_csv_without_cleaning() {
+    let app = common::spawn(Backend::Sqlite).await;
+    history(&app).await;
+    let (status, _, csv) = fetch(&app, "/v1/ledger/export", &app.owner_key).await;
+    assert_eq!(status, StatusCode::OK);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.csv");
+    std::fs::write(&file, &csv).unwrap();
+    let python = common::python::python_with(&["duckdb==1.1.3"]);
+    let script = r#"
+import duckdb, json, sys
+rel = duckdb.read_csv(sys.argv[1])
+spend = duckdb.sql("""SELECT trace_id, sum(CASE WHEN kind IN ('post', 'excess') THEN amount_minor
+                       WHEN kind = 'refund' THEN -amount_minor ELSE 0 END)::BIGINT AS spend
+                       FROM rel WHERE trace_id IS NOT NULL GROUP BY 1 ORDER BY 1""").fetchall()
+print(json.dumps({"columns": rel.columns, "types": [str(t) for t in rel.types], "rows": len(rel.fetchall()),
+                  "spend": spend}))
+"#;
+    let out = std::process::Command::new(python).arg("-c").arg(script).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(read["columns"], json!(HEADER));
+    let type_of = |column: &str| read["types"][HEADER.iter().position(|h| *h == column).unwrap()].clone();
+    assert_eq!(type_of("time"), "TIMESTAMP");
+    assert_eq!(type_of("amount_minor"), "BIGINT");
+    assert_eq!(type_of("amount"), "DOUBLE");
+    assert_eq!(read["rows"], 9);
+    assert_eq!(read["spend"], json!([["PR-4823", 10_00], ["PR-77", 0], ["PR-9", 3_00]]));
 }

@@ -3,6 +3,8 @@
 //! it as it is) because its grouping is chosen per request; only fixed column expressions are
 //! ever spliced in, every value is a bound parameter.
 
+use std::collections::HashMap;
+
 use diesel::QueryableByName;
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -12,7 +14,7 @@ use diesel::sqlite::Sqlite;
 
 use super::DbConnection;
 use crate::domain::authorization::Rail;
-use crate::domain::ids::{AgentId, CardId};
+use crate::domain::ids::{AgentId, AuthorizationId, CardId, TransferId};
 use crate::domain::ledger::{HoldStatus, Source, TransferKind};
 use crate::domain::report::{GroupBy, QUARTER_HOUR_MS, SpendCell, SpendTotals};
 use crate::error::Result;
@@ -141,28 +143,24 @@ impl Statement {
         self,
         conn: &mut DbConnection,
     ) -> Result<Vec<T>> {
-        fn with_binds<'a, DB>(
-            mut q: BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>,
-            binds: Vec<Bind>,
-        ) -> BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>
-        where
-            DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<Text> + diesel::sql_types::HasSqlType<BigInt>,
-            String: diesel::serialize::ToSql<Text, DB>,
-            i64: diesel::serialize::ToSql<BigInt, DB>,
-        {
-            for b in binds {
-                q = match b {
-                    Bind::Text(v) => q.bind::<Text, _>(v),
-                    Bind::Int(v) => q.bind::<BigInt, _>(v),
-                };
-            }
-            q
-        }
         let query = diesel::sql_query(self.sql);
         Ok(match conn {
             DbConnection::Sqlite(lite) => with_binds(query.into_boxed::<Sqlite>(), self.binds).load(lite)?,
             DbConnection::Postgresql(pg) => with_binds(query.into_boxed::<Pg>(), self.binds).load(pg)?,
         })
+    }
+
+    /// Hands each row to `each` as SQLite steps to it, holding none of them.
+    fn stream<T: QueryableByName<Sqlite> + 'static>(
+        self,
+        lite: &mut SqliteConnection,
+        mut each: impl FnMut(T),
+    ) -> Result<()> {
+        let query = with_binds(diesel::sql_query(self.sql).into_boxed::<Sqlite>(), self.binds);
+        for row in query.load_iter::<T, diesel::connection::DefaultLoadingMode>(lite)? {
+            each(row?);
+        }
+        Ok(())
     }
 
     /// ` AND …` for each of the filter's conditions, `sides` naming the columns of the query.
@@ -191,27 +189,77 @@ impl Statement {
         if let Some(status) = f.status {
             self.push(" AND a.status = ").text(status.as_str());
         }
+        // A time range is also a range of ids, read through the primary key instead of every row:
+        // an id is its prefix and a ULID, whose first part is the time it was made, within
+        // moments of the record's own time. An hour's margin each way keeps every record in; the
+        // time columns then say exactly.
         if let Some(from) = f.from_ms {
+            let floor = id_at(sides.prefix, from.saturating_sub(ID_MARGIN_MS));
+            self.push(" AND ").push(sides.id).push(" >= ").text(&floor);
             self.push(" AND ").push(sides.time).push(" >= ").int(from);
         }
         if let Some(to) = f.to_ms {
+            let ceiling = id_at(sides.prefix, to.saturating_add(ID_MARGIN_MS));
+            self.push(" AND ").push(sides.id).push(" < ").text(&ceiling);
             self.push(" AND ").push(sides.time).push(" < ").int(to);
         }
         self
     }
 }
 
+/// How far a record's id time may be from its own time (see `Statement::filter`).
+const ID_MARGIN_MS: i64 = 3_600_000;
+
+/// The smallest id with this prefix made at `ms`.
+fn id_at(prefix: &str, ms: i64) -> String {
+    let ms = ms.clamp(0, (1 << 48) - 1) as u64;
+    format!("{prefix}_{}", ulid::Ulid::from_parts(ms, 0).to_string().to_ascii_lowercase())
+}
+
+fn with_binds<'a, DB>(
+    mut q: BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>,
+    binds: Vec<Bind>,
+) -> BoxedSqlQuery<'a, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend + diesel::sql_types::HasSqlType<Text> + diesel::sql_types::HasSqlType<BigInt>,
+    String: diesel::serialize::ToSql<Text, DB>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+{
+    for b in binds {
+        q = match b {
+            Bind::Text(v) => q.bind::<Text, _>(v),
+            Bind::Int(v) => q.bind::<BigInt, _>(v),
+        };
+    }
+    q
+}
+
 /// The columns a filter reads, on the authorizations' side or the transfers'.
 struct Sides {
+    id: &'static str,
+    prefix: &'static str,
     agent: &'static str,
     card: &'static str,
     trace: &'static str,
     time: &'static str,
 }
 
-const AUTHORIZATIONS: Sides =
-    Sides { agent: "a.agent_id", card: "a.card_id", trace: "a.trace_id", time: "a.authorized_at" };
-const TRANSFERS: Sides = Sides { agent: "t.agent_id", card: "t.card_id", trace: "t.trace_id", time: "t.created_at" };
+const AUTHORIZATIONS: Sides = Sides {
+    id: "a.id",
+    prefix: AuthorizationId::PREFIX,
+    agent: "a.agent_id",
+    card: "a.card_id",
+    trace: "a.trace_id",
+    time: "a.authorized_at",
+};
+const TRANSFERS: Sides = Sides {
+    id: "t.id",
+    prefix: TransferId::PREFIX,
+    agent: "t.agent_id",
+    card: "t.card_id",
+    trace: "t.trace_id",
+    time: "t.created_at",
+};
 
 /// The transaction hash of the USDC payment behind the authorization in column `id`, if it settled.
 fn payment_hash(id: &str) -> String {
@@ -310,37 +358,76 @@ fn dimension(by: GroupBy) -> String {
 }
 
 /// Authorizations in the filter, summed per group of up to three dimensions and per cap currency.
+/// PostgreSQL sums them in a hash aggregate. SQLite would group by sorting every row; summing in a
+/// map here as the rows stream by takes a fifth less time (1,000,000 authorizations: 0.88 s against
+/// 1.07 s in one sitting, docs/performance.md).
 pub fn spend(conn: &mut DbConnection, f: &ReportFilter, group_by: &[GroupBy]) -> Result<Vec<SpendCell>> {
+    let grouped = matches!(conn, DbConnection::Postgresql(_));
+    let sum =
+        |expr: &str| if grouped { format!("CAST(SUM({expr}) AS BIGINT)") } else { format!("CAST({expr} AS BIGINT)") };
     let mut s = Statement::new(conn);
     s.push("SELECT ");
     for (i, name) in ["k1", "k2", "k3"].into_iter().enumerate() {
         let column = group_by.get(i).map_or_else(|| "CAST(NULL AS TEXT)".to_owned(), |by| dimension(*by));
         s.push(&column).push(" AS ").push(name).push(", ");
     }
-    s.push(
-        "a.cap_currency AS currency, CAST(SUM(a.posted) AS BIGINT) AS posted, CAST(SUM(a.held) AS BIGINT) AS held, \
-         CAST(SUM(a.refunded) AS BIGINT) AS refunded, \
-         CAST(SUM(CASE WHEN a.status = 'declined' THEN 0 ELSE 1 END) AS BIGINT) AS approved, \
-         CAST(SUM(CASE WHEN a.status = 'declined' THEN 1 ELSE 0 END) AS BIGINT) AS declined, \
-         CAST(SUM(CASE WHEN a.status = 'declined' THEN a.cap_amount ELSE 0 END) AS BIGINT) AS declined_amount \
-         FROM authorizations a JOIN agents g ON g.id = a.agent_id LEFT JOIN cards c ON c.id = a.card_id WHERE 1 = 1",
-    )
-    .filter(f, &AUTHORIZATIONS)
-    .push(" GROUP BY 1, 2, 3, 4");
-    let rows: Vec<SpendRow> = s.load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| SpendCell {
-            keys: [r.k1, r.k2, r.k3],
-            currency: r.currency,
-            totals: SpendTotals::new(
-                r.posted,
-                r.held,
-                r.refunded,
-                r.approved.max(0) as u64,
-                r.declined.max(0) as u64,
-                r.declined_amount,
-            ),
-        })
-        .collect())
+    let declined = "a.status = 'declined'";
+    s.push("a.cap_currency AS currency, ")
+        .push(&sum("a.posted"))
+        .push(" AS posted, ")
+        .push(&sum("a.held"))
+        .push(" AS held, ")
+        .push(&sum("a.refunded"))
+        .push(" AS refunded, ")
+        .push(&sum(&format!("CASE WHEN {declined} THEN 0 ELSE 1 END")))
+        .push(" AS approved, ")
+        .push(&sum(&format!("CASE WHEN {declined} THEN 1 ELSE 0 END")))
+        .push(" AS declined, ")
+        .push(&sum(&format!("CASE WHEN {declined} THEN a.cap_amount ELSE 0 END")))
+        .push(
+            " AS declined_amount FROM authorizations a JOIN agents g ON g.id = a.agent_id \
+             LEFT JOIN cards c ON c.id = a.card_id WHERE 1 = 1",
+        )
+        .filter(f, &AUTHORIZATIONS);
+    let cell = |r: SpendRow| SpendCell {
+        keys: [r.k1, r.k2, r.k3],
+        currency: r.currency,
+        totals: SpendTotals::new(
+            r.posted,
+            r.held,
+            r.refunded,
+            r.approved.max(0) as u64,
+            r.declined.max(0) as u64,
+            r.declined_amount,
+        ),
+    };
+    match conn {
+        DbConnection::Postgresql(_) => {
+            s.push(" GROUP BY 1, 2, 3, 4");
+            Ok(s.load::<SpendRow>(conn)?.into_iter().map(cell).collect())
+        }
+        DbConnection::Sqlite(lite) => {
+            let mut sums: HashMap<([Option<String>; 3], String), SpendTotals> = HashMap::new();
+            s.stream(lite, |r: SpendRow| {
+                let c = cell(r);
+                sums.entry((c.keys, c.currency)).or_default().add(&c.totals);
+            })?;
+            Ok(sums.into_iter().map(|((keys, currency), totals)| SpendCell { keys, currency, totals }).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_made_at_a_time_sorts_between_the_ids_of_the_times_around_it() {
+        let at = 1_765_000_000_000;
+        let made = format!("auth_{}", ulid::Ulid::from_parts(at as u64, u128::MAX >> 48).to_string().to_lowercase());
+        assert!(id_at("auth", at) <= made && made < id_at("auth", at + 1));
+        assert!(id_at("auth", at - 1) < id_at("auth", at));
+        assert_eq!(id_at("trf", -5), format!("trf_{}", "0".repeat(26)), "before the epoch: the smallest");
+        assert!(id_at("auth", i64::MAX).starts_with("auth_7zzzzzzzzz"), "beyond ULID time: the largest");
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod python;
 pub mod slack;
 
 use diesel::connection::SimpleConnection;
