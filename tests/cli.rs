@@ -22,6 +22,18 @@ fn cli(base: &str, key: &str, args: &[&str]) -> Output {
         .expect("run the CLI")
 }
 
+/// The CLI as the owner, with the server's settings (its secrets) in the environment too.
+fn cli_with(base: &str, env: &[(&str, &str)], args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .env("SPENDGATE_URL", base)
+        .env("SPENDGATE_API_KEY", OWNER)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run the CLI")
+}
+
 fn json_of(out: &Output) -> Value {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
@@ -362,16 +374,7 @@ fn the_cli_covers_the_days_work() {
         ("SPENDGATE_APPROVAL_SECRET", "approval-secret-0123456789"),
     ];
     let server = serve(dir.path(), &[], &env);
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("SPENDGATE_URL", &server.base)
-            .env("SPENDGATE_API_KEY", OWNER)
-            .envs(env)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| cli_with(&server.base, &env, args);
     let policy = dir.path().join("policy.json");
     std::fs::write(&policy, r#"{"currency": "USD", "approval": {"above": 5000}}"#).unwrap();
     let policy_arg = format!("@{}", policy.display());
@@ -500,16 +503,7 @@ fn the_cost_per_trace_and_service_is_one_command() {
     let env =
         [("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER), ("SPENDGATE_WEBHOOK_SECRET", "whsec_cli_native_0123456789abcdef")];
     let server = serve(dir.path(), &[], &env);
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env_clear()
-            .env("SPENDGATE_URL", &server.base)
-            .env("SPENDGATE_API_KEY", OWNER)
-            .envs(env)
-            .output()
-            .unwrap()
-    };
+    let run = |args: &[&str]| cli_with(&server.base, &env, args);
     let agent =
         text_of(&run(&["agents", "create", "--name", "ci", "--department", "eng", "--quiet"])).trim().to_owned();
     text_of(&run(&["fund", &agent, "--amount", "100.00"]));

@@ -10,6 +10,7 @@ use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::ledger::{BalanceView, LedgerEntry, TransferView};
 use crate::store::ledger::LedgerFilter;
+use crate::store::query_time;
 
 /// `POST /v1/agents/{agent_id}/fund`: `id` is the caller's idempotency key.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -55,16 +56,6 @@ pub fn check_amount(field: &str, amount: i64) -> Result<()> {
     Ok(())
 }
 
-fn parse_time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
-    value
-        .map(|v| {
-            v.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|_| {
-                Error::validation(format!("{field} must be an RFC 3339 time such as 2026-11-22T00:00:00Z"))
-            })
-        })
-        .transpose()
-}
-
 impl Admin {
     /// Adds to the agent's prepaid balance. Idempotent by `id`: the same id again returns the
     /// first transfer (`replayed`), a different amount under it is a 409.
@@ -101,8 +92,8 @@ impl Admin {
         let filter = LedgerFilter {
             card_id: q.card,
             trace_id: q.trace,
-            from_ms: parse_time("from", q.from.as_deref())?,
-            to_ms: parse_time("to", q.to.as_deref())?,
+            from_ms: query_time("from", q.from.as_deref())?,
+            to_ms: query_time("to", q.to.as_deref())?,
         };
         let (data, next_cursor) = self.ledger.entries(&agent_id, filter, q.cursor, size).await?;
         Ok(Page { data, next_cursor })

@@ -17,8 +17,8 @@ use crate::domain::money::Currency;
 use crate::domain::report::GroupBy;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::Ledger;
-use crate::store::Db;
 use crate::store::reports::{self as records, ReportFilter};
+use crate::store::{Db, query_time};
 use export::Format;
 use spend::{Shape, ShapeError, SpendReport};
 
@@ -86,7 +86,8 @@ report_query! {
         /// One to three of agent, department, card, service, trace, rail, merchant, mcc, country,
         /// and at most one of day, week, month; comma-separated, in order.
         pub group_by: String,
-        /// The currency of the report; default: the agents' currency when they share one.
+        /// The currency of the report; default: the agents' currency (of several, the first in
+        /// alphabetical order, the others converted).
         pub currency: Option<String>,
         /// An IANA time zone for day, week and month (default UTC).
         pub time_zone: Option<String>,
@@ -116,16 +117,6 @@ fn text(field: &str, value: Option<&str>) -> Result<Option<String>> {
         }
         v => Ok(v.map(str::to_owned)),
     }
-}
-
-fn time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
-    value
-        .map(|v| {
-            v.parse::<jiff::Timestamp>().map(|t| t.as_millisecond()).map_err(|_| {
-                Error::validation(format!("{field} must be an RFC 3339 time such as 2026-11-22T00:00:00Z"))
-            })
-        })
-        .transpose()
 }
 
 impl FilterText<'_> {
@@ -160,8 +151,8 @@ impl FilterText<'_> {
             rail: word("rail", self.rail, &rails)?.as_deref().and_then(Rail::parse),
             merchant: text("merchant", self.merchant)?,
             status: word("status", self.status, &statuses)?.as_deref().and_then(HoldStatus::parse),
-            from_ms: time("from", self.from)?,
-            to_ms: time("to", self.to)?,
+            from_ms: query_time("from", self.from)?,
+            to_ms: query_time("to", self.to)?,
         };
         if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms)
             && from >= to
@@ -253,7 +244,7 @@ impl Reports {
         let cells = self.db.read(move |conn| records::spend(conn, &filter, &dims)).await?;
         let currency = match currency {
             Some(c) => c,
-            // The agents' currency when they share one, else the first (the report names the rates).
+            // The agents' currency; of several, the first by code (the report names the rates).
             None => {
                 let mut currencies: Vec<&str> = cells.iter().map(|c| c.currency.as_str()).collect();
                 currencies.sort_unstable();

@@ -591,6 +591,17 @@ pub(crate) fn from_millis(ms: i64) -> Result<jiff::Timestamp> {
     jiff::Timestamp::from_millisecond(ms).map_err(|e| Error::Internal(format!("stored time {ms}: {e}")))
 }
 
+/// A time a request gives (RFC 3339) as the milliseconds the tables hold, or a 400 naming `field`.
+pub(crate) fn query_time(field: &str, value: Option<&str>) -> Result<Option<i64>> {
+    value
+        .map(|v| {
+            v.parse::<jiff::Timestamp>().map(to_millis).map_err(|_| {
+                Error::validation(format!("{field} must be an RFC 3339 time such as 2026-11-22T00:00:00Z"))
+            })
+        })
+        .transpose()
+}
+
 /// For stored values that must parse; a failure means the row was written by something else.
 pub(crate) fn corrupt(what: &str, value: &str) -> Error {
     Error::Internal(format!("stored {what} {value:?} is not valid"))
