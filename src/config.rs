@@ -20,6 +20,8 @@ pub struct Config {
     pub database_pool_size: u32,
     /// The longest an API request waits for the database before answering 503 `storage_unavailable`.
     pub database_timeout_ms: u64,
+    /// The same for a spend report or a page of an export, which may read a whole range of the ledger.
+    pub report_timeout_ms: u64,
     /// HTTP worker threads; 0 means one per core less one (at least one), for the ledger writer.
     pub workers: usize,
     /// Becomes the first owner key when no key exists yet (for automation). At least 32 characters.
@@ -121,6 +123,7 @@ impl Default for Config {
             database_url: "sqlite://data/spendgate.db".into(),
             database_pool_size: 8,
             database_timeout_ms: 5_000,
+            report_timeout_ms: 60_000,
             workers: 0,
             bootstrap_admin_key: None,
             // Visa's test range, as used by processors' sandboxes: never a real card.
@@ -231,6 +234,10 @@ impl Config {
         anyhow::ensure!(
             (100..=600_000).contains(&self.database_timeout_ms),
             "database_timeout_ms must be 100 to 600000"
+        );
+        anyhow::ensure!(
+            (1_000..=3_600_000).contains(&self.report_timeout_ms),
+            "report_timeout_ms must be 1000 to 3600000"
         );
         anyhow::ensure!((500..=30_000).contains(&self.lithic_deadline_ms), "lithic_deadline_ms must be 500 to 30000");
         anyhow::ensure!(

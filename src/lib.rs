@@ -118,7 +118,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         processors,
         usdc: usdc.clone(),
         approvals,
-        reports: reports::Reports::new(db.clone(), ledger.clone()),
+        // A report reads a whole range: it gets a bound of its own, not a decision-path read's.
+        reports: reports::Reports::new(
+            db.clone().with_timeout(Duration::from_millis(config.report_timeout_ms)),
+            ledger.clone(),
+        ),
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)

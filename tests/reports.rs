@@ -338,7 +338,13 @@ async fn seeded(backend: Backend) -> (common::process::Server, common::Storage, 
     let server = common::process::serve(
         dir.path(),
         &[],
-        &[("SPENDGATE_DATABASE_URL", url.as_str()), ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", owner.as_str())],
+        &[
+            ("SPENDGATE_DATABASE_URL", url.as_str()),
+            ("SPENDGATE_BOOTSTRAP_ADMIN_KEY", owner.as_str()),
+            // Shorter than a report over the whole ledger takes in the debug build: reports have
+            // a bound of their own (`report_timeout_ms`).
+            ("SPENDGATE_DATABASE_TIMEOUT_MS", "1000"),
+        ],
     );
     let client = Client { http: common::http_client(), base: server.base.clone(), key: owner };
     let agent =
