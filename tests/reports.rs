@@ -368,8 +368,9 @@ async fn seeded(backend: Backend) -> (common::process::Server, common::Storage, 
         }
     }
     drop(dir);
-    // A connection per request from here on: the seeding and the debug build's slow reports
-    // outlast the server's keep-alive, and a pooled connection it closed fails the next request.
+    // A connection per request from here on: a pooled connection left idle past the server's
+    // keep-alive (during the seeding, or while another streamed the export) is closed by the
+    // server, and the request that picks it up next fails.
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let client = Client { http, ..client };
     (server, storage, client, start)

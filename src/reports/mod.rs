@@ -85,6 +85,7 @@ report_query! {
     pub struct SpendQuery {
         /// One to three of agent, department, card, service, trace, rail, merchant, mcc, country,
         /// and at most one of day, week, month; comma-separated, in order.
+        #[param(pattern = "^[a-z]+(,[a-z]+){0,2}$", example = "trace,service")]
         pub group_by: String,
         /// The currency of the report; default: the agents' currency (of several, the first in
         /// alphabetical order, the others converted).
@@ -92,6 +93,7 @@ report_query! {
         /// An IANA time zone for day, week and month (default UTC).
         pub time_zone: Option<String>,
         /// How many values of the first dimension that is not time to show (1 to 1000, default 10).
+        #[param(minimum = 1, maximum = 1000)]
         pub top: Option<usize>,
     }
 }
