@@ -230,6 +230,8 @@ async fn an_agent_key_reads_only_its_own_and_bad_input_changes_nothing(app: Test
         "/v1/reports/spend?group_by=agent,trace,service,rail",
         "/v1/reports/spend?group_by=price",
         "/v1/reports/spend?group_by=day&time_zone=Mars/Olympus",
+        "/v1/reports/spend?group_by=day&time_zone=../../../../etc/passwd",
+        "/v1/reports/spend?group_by=day&time_zone=/etc/localtime",
         "/v1/reports/spend?group_by=agent&currency=XAU",
         "/v1/reports/spend?group_by=agent&top=0",
         "/v1/reports/spend?group_by=agent&top=-1",
