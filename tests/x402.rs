@@ -93,6 +93,15 @@ async fn pays_a_v2_api_and_answers_a_retry_without_paying_again(app: TestApp) {
     assert_eq!(a["x402"]["asset"], server.token.to_checksum(None));
     assert_eq!(a["x402"]["pay_to"], x402_server::PAY_TO);
     assert_eq!(a["x402"]["transaction_hash"], json!(settled[0].transaction));
+    // The export carries the payment's transaction beside the hold and its post.
+    let (status, export) = app.get(&format!("/v1/ledger/export?format=jsonl&rail=usdc&agent={agent}")).await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<Value> = export.as_str().unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<(&str, &str)> =
+        lines.iter().map(|l| (l["kind"].as_str().unwrap(), l["transaction_hash"].as_str().unwrap())).collect();
+    let hash = settled[0].transaction.to_string();
+    assert_eq!(kinds, [("authorization", hash.as_str()), ("post", hash.as_str())]);
+    assert_eq!((lines[0]["processor"].as_str(), lines[0]["amount"].as_str()), (Some("x402"), Some("0.25")));
 
     // The same key again: the first answer, no second payment, no second signature.
     let again = fetch(&app, &agent, "call-1", json!({"url": url, "trace_id": "research-7"})).await;
