@@ -86,6 +86,12 @@ prefixed_id!(
     ApprovalId, "apr"
 );
 
+/// The ULID part of any of these ids. Every id's ULID comes from the one monotonic generator, so
+/// this part orders records of different kinds (authorizations and transfers) in time together.
+pub fn ulid_part(id: &str) -> &str {
+    id.rsplit('_').next().unwrap_or(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

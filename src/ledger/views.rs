@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant, Rail, RateSource};
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, AuthorizationId, TransferId, ulid_part};
 use crate::domain::ledger::{HoldStatus, PaymentStatus, TransferKind};
 use crate::domain::money::{Currency, Money};
 use crate::error::Result;
@@ -258,10 +258,6 @@ pub enum LedgerEntry {
     Transfer(TransferView),
 }
 
-fn ulid_part(id: &str) -> &str {
-    id.rsplit('_').next().unwrap_or(id)
-}
-
 /// Authorizations and transfers merged in time order. Ids end in a ULID from one monotonic
 /// generator, so the ULID part orders both tables and is the cursor.
 pub(super) fn entries(
@@ -271,8 +267,8 @@ pub(super) fn entries(
     cursor: Option<&str>,
     limit: i64,
 ) -> Result<(Vec<LedgerEntry>, Option<String>)> {
-    let auth_cursor = cursor.map(|c| format!("auth_{c}"));
-    let trf_cursor = cursor.map(|c| format!("trf_{c}"));
+    let auth_cursor = cursor.map(|c| format!("{}_{c}", AuthorizationId::PREFIX));
+    let trf_cursor = cursor.map(|c| format!("{}_{c}", TransferId::PREFIX));
     let auths = ledger::list_authorizations(conn, agent, filter, auth_cursor.as_deref(), limit + 1)?;
     let transfers = ledger::list_transfers(conn, agent, filter, trf_cursor.as_deref(), limit + 1)?;
     let usdc: Vec<&str> = auths.iter().filter(|a| a.rail == Rail::Usdc).map(|a| a.id.as_str()).collect();

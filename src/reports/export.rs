@@ -5,6 +5,7 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::ids::{AuthorizationId, TransferId, ulid_part};
 use crate::domain::money::Money;
 use crate::error::{Error, Result};
 use crate::store::reports::{self, LedgerLine, ReportFilter};
@@ -164,16 +165,12 @@ impl ExportRow {
     }
 }
 
-/// The ULID part of an id, which orders authorizations and transfers together.
-fn ulid_part(id: &str) -> &str {
-    id.rsplit('_').next().unwrap_or(id)
-}
-
 /// The next lines after `cursor` (a ULID; empty at the start), merged in time order, and the
 /// cursor after them (None when nothing is left).
 pub fn page(conn: &mut DbConnection, f: &ReportFilter, cursor: &str) -> Result<(Vec<ExportRow>, Option<String>)> {
-    let authorizations = reports::authorization_lines(conn, f, &format!("auth_{cursor}"), PAGE)?;
-    let transfers = reports::transfer_lines(conn, f, &format!("trf_{cursor}"), PAGE)?;
+    let after = |prefix: &str| format!("{prefix}_{cursor}");
+    let authorizations = reports::authorization_lines(conn, f, &after(AuthorizationId::PREFIX), PAGE)?;
+    let transfers = reports::transfer_lines(conn, f, &after(TransferId::PREFIX), PAGE)?;
     // A full page from one table may stop short of rows the other returned: lines are safe to
     // give only up to the smaller last id of the full pages.
     let bound: Option<String> = [&authorizations, &transfers]
@@ -198,16 +195,16 @@ pub fn encode(format: Format, rows: Vec<ExportRow>, header: bool) -> Result<Vec<
         Format::Csv => {
             let mut writer = csv::WriterBuilder::new().has_headers(header).from_writer(&mut out);
             if header && rows.is_empty() {
-                writer.write_record(HEADER).map_err(csv_error)?;
+                writer.write_record(HEADER).map_err(failed)?;
             }
             for row in rows {
-                writer.serialize(row.defused()).map_err(csv_error)?;
+                writer.serialize(row.defused()).map_err(failed)?;
             }
-            writer.flush().map_err(|e| Error::Internal(format!("export: {e}")))?;
+            writer.flush().map_err(failed)?;
         }
         Format::JsonLines => {
             for row in rows {
-                serde_json::to_writer(&mut out, &row).map_err(|e| Error::Internal(format!("export: {e}")))?;
+                serde_json::to_writer(&mut out, &row).map_err(failed)?;
                 out.push(b'\n');
             }
         }
@@ -215,7 +212,7 @@ pub fn encode(format: Format, rows: Vec<ExportRow>, header: bool) -> Result<Vec<
     Ok(out)
 }
 
-fn csv_error(e: csv::Error) -> Error {
+fn failed(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("export: {e}"))
 }
 

@@ -248,10 +248,7 @@ impl Reports {
             Some(c) => c,
             // The agents' currency; of several, the first by code (the report names the rates).
             None => {
-                let mut currencies: Vec<&str> = cells.iter().map(|c| c.currency.as_str()).collect();
-                currencies.sort_unstable();
-                currencies.dedup();
-                currencies.first().and_then(|c| c.parse().ok()).unwrap_or(Currency::USD)
+                cells.iter().map(|c| c.currency.as_str()).min().and_then(|c| c.parse().ok()).unwrap_or(Currency::USD)
             }
         };
         let shape = Shape { group_by, currency, time_zone, top };
