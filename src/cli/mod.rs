@@ -307,7 +307,7 @@ impl ReportFilter {
             Some(since) => Some(since_time(&since, jiff::Zoned::now())?.to_string()),
             None => self.from,
         };
-        Ok([
+        Ok(given([
             ("from", from),
             ("to", self.to),
             ("agent", self.agent),
@@ -318,11 +318,14 @@ impl ReportFilter {
             ("rail", self.rail),
             ("merchant", self.merchant),
             ("status", self.status),
-        ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        ])
         .collect())
     }
+}
+
+/// The query parameters that were given, of those named.
+fn given<const N: usize>(params: [(&'static str, Option<String>); N]) -> impl Iterator<Item = (&'static str, String)> {
+    params.into_iter().filter_map(|(k, v)| v.map(|v| (k, v)))
 }
 
 /// `now` less a span such as `7d`, `24h`, `2w` or `30m` (days counted in the local time zone).
@@ -626,9 +629,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
         Command::Ledger { command: None, list } => {
             let LedgerList { agent, card, trace, from, to, limit, cursor } = list;
             let agent = agent.unwrap_or_default();
-            let query = [("card", card), ("trace", trace), ("from", from), ("to", to), ("cursor", cursor)]
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
+            let query = given([("card", card), ("trace", trace), ("from", from), ("to", to), ("cursor", cursor)])
                 .chain([("limit", limit.to_string())]);
             let query = serde_urlencoded::to_string(query.collect::<Vec<_>>())?;
             (client.get(&format!("/v1/agents/{}/ledger?{query}", segment(&agent))).await?, View::Ledger)
@@ -637,7 +638,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             let mut query = filter.query()?;
             query.push(("group_by", by));
             let extra = [("currency", currency), ("time_zone", time_zone), ("top", top.map(|n| n.to_string()))];
-            query.extend(extra.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))));
+            query.extend(given(extra));
             let query = serde_urlencoded::to_string(query)?;
             (client.get(&format!("/v1/reports/spend?{query}")).await?, View::Spend)
         }
