@@ -114,6 +114,10 @@ pub struct Config {
     pub slack_timeout_ms: u64,
     /// The pause before the second attempt to post a message; doubled for each after it (5 in all).
     pub slack_retry_ms: u64,
+    /// How often every audit chain's head is recorded as a checkpoint (when any has grown); 0: never.
+    pub audit_checkpoint_minutes: u64,
+    /// A secp256k1 private key (0x-hex) that signs each checkpoint (EIP-191); unset: unsigned.
+    pub audit_signing_key: Option<Secret>,
 }
 
 impl Default for Config {
@@ -170,6 +174,8 @@ impl Default for Config {
             slack_signing_secret: None,
             slack_timeout_ms: 5_000,
             slack_retry_ms: 1_000,
+            audit_checkpoint_minutes: 60,
+            audit_signing_key: None,
         }
     }
 }

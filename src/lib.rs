@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -33,6 +34,8 @@ use crate::admin::keys::FirstKey;
 use crate::approvals::link::LinkSigner;
 use crate::approvals::slack::SlackSignature;
 use crate::approvals::{ApprovalSettings, Approvals};
+use crate::audit::Audit;
+use crate::audit::checkpoint::CheckpointSigner;
 use crate::cache::Snapshots;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
@@ -68,6 +71,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let db = Db::connect(&config.database_url, config.database_pool_size)?
         .with_timeout(Duration::from_millis(config.database_timeout_ms));
     db.migrate().await?;
+    // A verification reads every chain whole: it gets a report's bound, not a decision-path read's.
+    let audit = Audit::new(
+        db.clone().with_timeout(Duration::from_millis(config.report_timeout_ms)),
+        checkpoint_signer(config)?,
+    );
+    audit.adopt().await?;
     let rates = rates::built_in();
     // New approval requests go to Slack when a webhook is set; a bounded queue, swept from the database.
     let (asked_tx, asked_rx) = match config.slack_webhook_url {
@@ -92,6 +101,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), catalog, settings);
     let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone(), issuer(config)?);
     spawn_background(config, &ledger, &rates);
+    if config.audit_checkpoint_minutes > 0 {
+        actix_web::rt::spawn(
+            audit.clone().checkpoint_forever(Duration::from_secs(config.audit_checkpoint_minutes * 60)),
+        );
+    }
     let first_key = admin.ensure_first_key(config.bootstrap_admin_key.as_ref().map(|k| k.expose())).await?;
 
     let listener = std::net::TcpListener::bind(&config.listen)
@@ -123,6 +137,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             db.clone().with_timeout(Duration::from_millis(config.report_timeout_ms)),
             ledger.clone(),
         ),
+        audit,
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
@@ -130,6 +145,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     .listen(listener)?;
     server = server.workers(http_workers(config.workers));
     Ok(Started { addr, admin, first_key, ledger, usdc, server: server.run() })
+}
+
+/// The key that signs audit checkpoints, if one is set.
+fn checkpoint_signer(config: &Config) -> anyhow::Result<Option<CheckpointSigner>> {
+    config
+        .audit_signing_key
+        .as_ref()
+        .map(|key| {
+            CheckpointSigner::from_hex(key.expose()).ok_or_else(|| {
+                anyhow::anyhow!("SPENDGATE_AUDIT_SIGNING_KEY must be a secp256k1 private key, 64 hex digits")
+            })
+        })
+        .transpose()
 }
 
 /// HTTP worker threads: as configured, or one per core less one (at least one), the core left for

@@ -183,6 +183,7 @@ async fn a_limit_that_asks_is_approved_through_the_link_once(backend: Backend) {
     assert_eq!(used["approval_id"], id.as_str(), "the ledger shows the approval it used");
     let asking = ledger["data"].as_array().unwrap().iter().find(|e| e["id"] == asked["authorization_id"]).unwrap();
     assert_eq!(asking["approval_id"], id.as_str(), "and the request each decline made");
+    app.assert_chains_whole().await;
 }
 
 async fn links_refuse_forged_expired_used_and_crossed_tokens(backend: Backend) {

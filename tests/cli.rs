@@ -246,7 +246,7 @@ fn migrate_applies_once() {
             .unwrap()
     };
     let first = text_of(&run());
-    assert!(first.starts_with("applied 10 migration(s):"), "{first}");
+    assert!(first.starts_with("applied 11 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
     let bad =
         Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();
@@ -537,4 +537,21 @@ fn the_cost_per_trace_and_service_is_one_command() {
     assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 4, "the funding and three authorizations");
     let refused = run(&["ledger", "export", "--status", "approved"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("400 validation_failed"), "{refused:?}");
+
+    // The audit trail: whole, its heads kept in a file, and broken once a row changes behind the
+    // server's back (the command then fails, for cron).
+    let heads = dir.path().join("heads.json");
+    std::fs::write(&heads, text_of(&run(&["audit", "checkpoint"]))).unwrap();
+    let verified = text_of(&run(&["audit", "verify", "--checkpoint", heads.to_str().unwrap()]));
+    assert!(verified.starts_with("verified: 1 agents") && verified.contains("held to checkpoint ckp_"), "{verified}");
+    use diesel::connection::SimpleConnection;
+    let db = dir.path().join("data/spendgate.db");
+    let mut conn = <diesel::SqliteConnection as diesel::Connection>::establish(db.to_str().unwrap()).unwrap();
+    conn.batch_execute("PRAGMA busy_timeout = 5000; UPDATE transfers SET amount = 1000000 WHERE kind = 'fund'")
+        .unwrap();
+    let broken = run(&["audit", "verify", "--checkpoint", heads.to_str().unwrap()]);
+    let shown = String::from_utf8_lossy(&broken.stdout);
+    assert!(!broken.status.success(), "{shown}");
+    assert!(shown.contains("BROKEN: 1 chain(s)") && shown.contains("record_altered"), "{shown}");
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("the audit trail is broken"), "{broken:?}");
 }

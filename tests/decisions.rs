@@ -40,6 +40,7 @@ async fn concurrent_authorizations_never_exceed_a_limit(app: TestApp) {
     assert_eq!(approved, 50, "500 concurrent $10 against a $500 limit");
     let b = app.balance(&agent).await;
     assert_eq!((b["held"].as_i64(), b["available"].as_i64()), (Some(50_000), Some(50_000)), "{b}");
+    app.assert_chains_whole().await;
 }
 
 async fn retries_of_every_event_are_idempotent(app: TestApp) {
@@ -101,6 +102,7 @@ async fn retries_of_every_event_are_idempotent(app: TestApp) {
     let (s, e) = app.signed(&format!("/v1/authorizations/{id2}/reverse"), &json!({"id": "rev-3"})).await;
     assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("nothing_held")));
     assert_eq!(app.balance(&agent).await["held"], 0);
+    app.assert_chains_whole().await;
 }
 
 async fn voids_free_the_window_refunds_do_not_and_excess_counts(app: TestApp) {

@@ -51,6 +51,12 @@ async fn admin(http: &reqwest::Client, base: &str, path: &str, body: Value) -> V
     r.json().await.unwrap()
 }
 
+/// Every agent's audit chain verifies on the server at `base`.
+async fn assert_chains_whole(http: &reqwest::Client, base: &str) {
+    let v = admin(http, base, "/v1/audit/verify", json!({})).await;
+    assert_eq!(v["verified"], true, "{v}");
+}
+
 async fn read(http: &reqwest::Client, base: &str, path: &str) -> Value {
     let r = http.get(format!("{base}{path}")).bearer_auth(OWNER).send().await.unwrap();
     assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -122,6 +128,8 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
     assert!(approved_by[0] > 0 && approved_by[1] > 0, "both processes decided: {approved_by:?}");
     let balance: Value = read(&http, &b.base, &format!("/v1/agents/{agent}/balance")).await;
     assert_eq!(balance["held"], 250_000, "{balance}");
+    // Both processes appended to the agent's one chain, each under the row lock: one whole chain.
+    assert_chains_whole(&http, &a.base).await;
 }
 
 /// Nodes started together on a new PostgreSQL database each find no key: one makes the first
@@ -266,6 +274,8 @@ async fn sigkill_under_load(backend: Backend) {
     assert_eq!(last["approved"], true, "{last}");
     let over = authorize(&http, &again.base, "after-restart-2", &card, 100).await.unwrap();
     assert_eq!((&over["approved"], &over["reason"]), (&json!(false), &json!("limit_exceeded")), "{over}");
+    // Whatever the kill cut short was rolled back whole: every record kept is linked.
+    assert_chains_whole(&http, &again.base).await;
 }
 
 #[actix_web::test]

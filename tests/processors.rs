@@ -395,6 +395,8 @@ async fn stripe_lifecycle_leaves_the_ledger_exact(app: TestApp) {
     assert_eq!(stripe_ask(&app, "iauth_h", "ic_life", 1, "5734").await.body["approved"], false);
     let (_, events) = app.get(&format!("/v1/agents/{agent}/events")).await;
     assert!(events["data"].as_array().unwrap().iter().any(|e| e["kind"] == "authorization_overridden"), "{events}");
+    // Overrides rewrite a decision's row: each write is its own link.
+    app.assert_chains_whole().await;
 }
 
 // ---------------------------------------------------------------- Lithic

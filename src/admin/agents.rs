@@ -69,7 +69,7 @@ impl Admin {
         self.db
             .write(move |conn| {
                 store::agents::insert(conn, &stored)?;
-                store::events::insert(conn, &event)
+                store::events::record(conn, &event)
             })
             .await?;
         tracing::info!(agent = %agent.id, actor = %who.key_id, "agent created");
@@ -117,7 +117,7 @@ impl Admin {
                 }
                 let now = store::now();
                 store::agents::update_status(conn, &id, target, now)?;
-                store::events::insert(conn, &Event::new(&id, None, kind, &actor, now).reason(Some(reason)))?;
+                store::events::record(conn, &Event::new(&id, None, kind, &actor, now).reason(Some(reason)))?;
                 agent.status = target;
                 agent.updated_at = now;
                 Ok(agent)
@@ -146,7 +146,7 @@ impl Admin {
                 let now = store::now();
                 store::agents::update_policy(conn, &id, &stored, now)?;
                 let data = serde_json::json!({ "previous": old, "policy": stored });
-                store::events::insert(conn, &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data))
+                store::events::record(conn, &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data))
             })
             .await?;
         self.snapshots().invalidate_agent(&key);

@@ -214,7 +214,7 @@ impl Admin {
                     ));
                 }
                 store::cards::insert(conn, &stored)?;
-                store::events::insert(conn, &event)
+                store::events::record(conn, &event)
             })
             .await;
         if let Err(e) = written {
@@ -336,7 +336,7 @@ impl Admin {
                     }
                     let event = Event::new(&agent_id, Some(&card_id), action.event_kind(), &actor, now)
                         .reason(Some(reason.clone()));
-                    store::events::insert(conn, &event)?;
+                    store::events::record(conn, &event)?;
                     card.status = next;
                     card.updated_at = now;
                     return Ok(card);
@@ -377,7 +377,7 @@ impl Admin {
                 let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
                 let data = serde_json::json!({ "previous": card.policy, "policy": policy });
-                store::events::insert(
+                store::events::record(
                     conn,
                     &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now).data(data),
                 )?;
@@ -403,7 +403,7 @@ impl Admin {
             let data = serde_json::json!({"processor": card.processor, "error": e.to_string()});
             let event =
                 Event::new(&card.agent_id, Some(&card.id), "processor_sync_failed", actor, store::now()).data(data);
-            if let Err(e) = self.db.write(move |conn| store::events::insert(conn, &event)).await {
+            if let Err(e) = self.db.write(move |conn| store::events::record(conn, &event)).await {
                 tracing::warn!(error = %e, "could not record a processor sync failure");
             }
         }
@@ -430,7 +430,7 @@ impl Admin {
                 let now = store::now();
                 store::cards::set_trace(conn, &card_id, trace_id.as_deref(), now)?;
                 let data = serde_json::json!({ "previous": card.trace_id, "trace_id": trace_id });
-                store::events::insert(
+                store::events::record(
                     conn,
                     &Event::new(&agent_id, Some(&card_id), "trace_changed", &actor, now).data(data),
                 )?;

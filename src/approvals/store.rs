@@ -182,7 +182,7 @@ impl Records {
                     data: Some(data),
                     created_at: now,
                 };
-                store::events::insert(conn, &event)?;
+                store::events::record(conn, &event)?;
                 let view = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
                 Ok((view, row.deferred.is_some()))
             })

@@ -382,6 +382,25 @@ pub enum ReportCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Walk every agent's audit chain against the records and name each broken chain's first
+    /// broken link; exits 1 if any is broken.
+    Verify {
+        /// A checkpoint kept elsewhere (as `audit checkpoint` printed it) to hold the chains to;
+        /// without it, the latest the server made.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+    },
+    /// Record every chain's head now and print the checkpoint as JSON, to keep outside the database.
+    Checkpoint,
+    /// The checkpoints the server made, newest first.
+    Checkpoints {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Manage API keys.
     Keys {
@@ -447,6 +466,11 @@ pub enum Command {
         limit: i64,
         #[arg(long)]
         cursor: Option<String>,
+    },
+    /// The tamper-evident audit trail: verify it, and checkpoints of its heads.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Requests for a person's approval.
     Approvals {
@@ -564,6 +588,9 @@ pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow:
     } else {
         print!("{}", render(&value, view));
     }
+    if matches!(view, View::Verification) && value["verified"] != true {
+        anyhow::bail!("the audit trail is broken");
+    }
     Ok(())
 }
 
@@ -666,6 +693,26 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             }
             (client.get(&format!("{}/events?{query}", client.owner_path(&of).await?)).await?, View::Events)
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { checkpoint } => {
+                let checkpoint: Option<Value> = checkpoint
+                    .map(|path| {
+                        let text = std::fs::read_to_string(&path)
+                            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                        serde_json::from_str(&text)
+                            .map_err(|e| anyhow::anyhow!("{} is not a checkpoint's JSON: {e}", path.display()))
+                    })
+                    .transpose()?;
+                // A verification reads every record: no overall timeout, only the connection's.
+                let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+                let patient = Client { base: client.base.clone(), key: client.key.clone(), http };
+                (patient.post("/v1/audit/verify", json!({ "checkpoint": checkpoint })).await?, View::Verification)
+            }
+            AuditCommand::Checkpoint => (client.call(Method::POST, "/v1/audit/checkpoints", None).await?, View::Json),
+            AuditCommand::Checkpoints { limit } => {
+                (client.get(&format!("/v1/audit/checkpoints?limit={limit}")).await?, View::Checkpoints)
+            }
+        },
         Command::Approvals { command } => match command {
             ApprovalsCommand::List { status } => {
                 let query = status.map(|s| format!("&status={}", segment(&s))).unwrap_or_default();

@@ -65,6 +65,9 @@ pub(super) enum View {
     Record,
     /// A spend report: a row per group.
     Spend,
+    /// An audit verification: what was walked, and each broken link.
+    Verification,
+    Checkpoints,
     /// The command wrote its output itself.
     Nothing,
 }
@@ -159,8 +162,16 @@ pub(super) fn render(value: &Value, view: View) -> String {
             ("amount", |r| money(&r["amount"]).unwrap_or_else(|| cell(&r["amount"]))),
             ("merchant", |r| cell(&r["merchant"]["name"])),
         ],
+        View::Checkpoints => &[
+            ("id", |r| cell(&r["id"])),
+            ("created_at", |r| cell(&r["created_at"])),
+            ("agents", |r| r["heads"].as_array().map_or(0, Vec::len).to_string()),
+            ("digest", |r| cell(&r["digest"])),
+            ("signer", |r| cell(&r["signer"])),
+        ],
         View::Outcome => return describe_outcome(value),
         View::Spend => return spend(value),
+        View::Verification => return verification(value),
         View::Nothing => return String::new(),
         View::Balance => {
             let mut out = String::new();
@@ -188,7 +199,7 @@ pub(super) fn render(value: &Value, view: View) -> String {
     };
     let mut table = table();
     table.set_header(columns.iter().map(|(name, _)| *name).collect::<Vec<_>>());
-    let rows = value["data"].as_array().cloned().unwrap_or_default();
+    let rows = value["data"].as_array().or(value.as_array()).cloned().unwrap_or_default();
     for row in &rows {
         table.add_row(columns.iter().map(|(_, read)| cut(read(row))).collect::<Vec<_>>());
     }
@@ -197,6 +208,29 @@ pub(super) fn render(value: &Value, view: View) -> String {
         None => String::new(),
     };
     format!("{table}\n{} row(s){more}\n", rows.len())
+}
+
+/// What a verification walked, held to which checkpoint, and each broken chain's first broken link.
+fn verification(v: &Value) -> String {
+    let held = v["checkpoint"].as_str().map(|id| format!(", held to checkpoint {id}")).unwrap_or_default();
+    let walked = format!("{} agents, {} links, {} records{held}", v["agents"], v["links"], v["records"]);
+    let broken = v["broken"].as_array().cloned().unwrap_or_default();
+    if broken.is_empty() {
+        return format!("verified: {walked}\n");
+    }
+    let mut table = table();
+    table.set_header(["agent", "link", "problem", "record", "detail"]);
+    for b in &broken {
+        let record = format!("{} {}", b["record_kind"].as_str().unwrap_or(""), b["record_id"].as_str().unwrap_or(""));
+        table.add_row(vec![
+            cell(&b["agent_id"]),
+            cell(&b["n"]),
+            cell(&b["problem"]),
+            record.trim().to_owned(),
+            cell(&b["detail"]),
+        ]);
+    }
+    format!("BROKEN: {} chain(s) of {walked}\n{table}\n", broken.len())
 }
 
 /// A spend report as a table: the group's values, then its amounts in the report's currency.

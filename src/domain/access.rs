@@ -65,6 +65,8 @@ pub enum Permission {
     ExportWallet,
     /// Decide a dry run: it takes the ledger writer's time, which an agent must not be able to spend.
     DryRun,
+    /// Verify the audit chains and make checkpoints: reads every record of every agent.
+    Audit,
 }
 
 impl Permission {
@@ -77,6 +79,7 @@ impl Permission {
             Permission::ManageKeys => "manage API keys",
             Permission::ExportWallet => "export wallet keys",
             Permission::DryRun => "decide dry runs",
+            Permission::Audit => "verify the audit trail",
         }
     }
 }
@@ -95,7 +98,9 @@ impl Principal {
     pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), Denied> {
         let allowed = match self.role {
             Role::Owner => true,
-            Role::Manager => !matches!(permission, Permission::ManageKeys | Permission::ExportWallet),
+            Role::Manager => {
+                !matches!(permission, Permission::ManageKeys | Permission::ExportWallet | Permission::Audit)
+            }
             Role::Operator => matches!(permission, Permission::Read | Permission::Freeze | Permission::DryRun),
             Role::Agent => {
                 matches!(permission, Permission::Read | Permission::Pay)

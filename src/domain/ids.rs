@@ -85,6 +85,10 @@ prefixed_id!(
     /// A request for a human's approval, and what the human decided.
     ApprovalId, "apr"
 );
+prefixed_id!(
+    /// A checkpoint of every audit chain's head.
+    CheckpointId, "ckp"
+);
 
 /// The ULID part of any of these ids. Every id's ULID comes from the one monotonic generator, so
 /// this part orders records of different kinds (authorizations and transfers) in time together.

@@ -39,6 +39,7 @@ macro_rules! worded {
 pub mod access;
 pub mod agent;
 pub mod approval;
+pub mod audit;
 pub mod authorization;
 pub mod card;
 pub mod catalog;

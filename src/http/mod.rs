@@ -3,6 +3,7 @@
 
 mod agents;
 mod approvals;
+mod audit;
 mod auth;
 mod cards;
 pub mod error;
@@ -25,6 +26,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::admin::Admin;
 use crate::approvals::Approvals;
+use crate::audit::Audit;
 use crate::error::Error;
 use crate::ledger::Ledger;
 use crate::rails::card::signature::HexSignature;
@@ -41,6 +43,7 @@ pub struct AppState {
     pub usdc: Usdc,
     pub approvals: Approvals,
     pub reports: Reports,
+    pub audit: Audit,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -100,6 +103,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(ledger::put_trace)
         .service(reports::export)
         .service(reports::spend)
+        .service(audit::verify)
+        .service(audit::checkpoints)
+        .service(audit::make_checkpoint)
         .service(approvals::list_approvals)
         .service(approvals::get_approval)
         .service(approvals::approve)

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, cards, keys, ledger, processors, reports, system, usdc, webhooks};
+use super::{agents, approvals, audit, cards, keys, ledger, processors, reports, system, usdc, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use super::{agents, approvals, cards, keys, ledger, processors, reports, system,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
+        audit::verify, audit::checkpoints, audit::make_checkpoint,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,

@@ -163,6 +163,7 @@ mod tests {
             authorized_at: at_ms,
             updated_at: at_ms,
             approval_id: None,
+            chain_n: 1,
         }
     }
 

@@ -1,24 +1,30 @@
 use diesel::prelude::*;
 
+use serde::Serialize;
+
+use super::chain::{self, LinkRow};
 use super::schema::events;
 use super::{DbConnection, from_millis, to_millis};
+use crate::audit::chain::Head;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, CardId, EventId, KeyId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-#[derive(Queryable, Selectable, Insertable)]
+#[derive(Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = events)]
 // NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
 #[diesel(treat_none_as_default_value = false)]
-struct EventRow {
-    id: String,
-    agent_id: String,
+pub(super) struct EventRow {
+    pub id: String,
+    pub agent_id: String,
     card_id: Option<String>,
     kind: String,
     actor: Option<String>,
     reason: Option<String>,
     data: Option<String>,
     created_at: i64,
+    /// The audit chain's link that wrote it.
+    pub chain_n: i64,
 }
 
 impl EventRow {
@@ -36,19 +42,39 @@ impl EventRow {
     }
 }
 
-pub fn insert(conn: &mut DbConnection, event: &Event) -> Result<()> {
-    let row = EventRow {
-        id: event.id.to_string(),
-        agent_id: event.agent_id.to_string(),
-        card_id: event.card_id.as_ref().map(ToString::to_string),
-        kind: event.kind.clone(),
-        actor: event.actor.as_ref().map(ToString::to_string),
-        reason: event.reason.clone(),
-        data: event.data.as_ref().map(ToString::to_string),
-        created_at: to_millis(event.created_at),
-    };
+impl EventRow {
+    pub(super) fn of(event: &Event) -> EventRow {
+        EventRow {
+            id: event.id.to_string(),
+            agent_id: event.agent_id.to_string(),
+            card_id: event.card_id.as_ref().map(ToString::to_string),
+            kind: event.kind.clone(),
+            actor: event.actor.as_ref().map(ToString::to_string),
+            reason: event.reason.clone(),
+            data: event.data.as_ref().map(ToString::to_string),
+            created_at: to_millis(event.created_at),
+            chain_n: 0,
+        }
+    }
+}
+
+/// Records an event in its agent's trail and audit chain, in the caller's transaction: the agent's
+/// row stays locked until it ends. For writes outside the ledger writer, which links its own.
+pub fn record(conn: &mut DbConnection, event: &Event) -> Result<()> {
+    let mut head = chain::lock_head(conn, event.agent_id.as_str())?
+        .ok_or_else(|| Error::not_found("agent", event.agent_id.as_str()))?;
+    let link = insert_linked(conn, event, &mut head)?;
+    chain::insert_links(conn, &[link])?;
+    chain::save_head(conn, event.agent_id.as_str(), &head)
+}
+
+/// Inserts an event as the next link of `head`, whose agent's row the caller has locked; the
+/// caller writes the link it returns and the head.
+pub fn insert_linked(conn: &mut DbConnection, event: &Event, head: &mut Head) -> Result<LinkRow> {
+    let mut row = EventRow::of(event);
+    let link = chain::link(head, &mut row);
     diesel::insert_into(events::table).values(&row).execute(conn)?;
-    Ok(())
+    Ok(link)
 }
 
 /// A card's trail: its own events and its agent's agent-wide ones since it was issued, oldest first.

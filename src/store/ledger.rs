@@ -3,17 +3,19 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
+use serde::Serialize;
 
-use super::DbConnection;
 use super::prepared::{ByExternalKeys, InsertAuthorizations, SaveLedger, SaveLedgers};
 use super::schema::{agents, authorizations, transfers};
+use super::{DbConnection, chain};
+use crate::audit::chain::Head;
 use crate::domain::authorization::Rail;
 use crate::domain::ids::AgentId;
 pub use crate::domain::ledger::Balance;
 use crate::domain::ledger::{HoldStatus, Source, TransferKind};
 use crate::error::Result;
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = authorizations)]
 // NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
 #[diesel(treat_none_as_default_value = false)]
@@ -52,9 +54,11 @@ pub struct AuthorizationRow {
     pub approval_id: Option<String>,
     /// `ecb`, `bundled` or `extra`: where `fx_rate` came from.
     pub fx_source: Option<String>,
+    /// The audit chain's link that this write of the row made (`store::chain`).
+    pub chain_n: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize)]
 #[diesel(table_name = transfers)]
 // NULL for None (not DEFAULT): the INSERT is then one cacheable prepared statement.
 #[diesel(treat_none_as_default_value = false)]
@@ -69,15 +73,19 @@ pub struct TransferRow {
     pub amount: i64,
     pub currency: String,
     pub created_at: i64,
+    /// The audit chain's link that wrote it.
+    pub chain_n: i64,
 }
 
 /// An agent's ledger state as its row holds it, read while the row is locked.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLedger {
     pub seq: i64,
     pub config_version: i64,
     pub currency: String,
     pub balance: Balance,
+    /// The end of the agent's audit chain, which each record the transaction writes extends.
+    pub chain: Head,
 }
 
 /// Reads the ledger state of the agents a transaction is about to change, numbering the change:
@@ -93,9 +101,12 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
             agents::config_version,
             agents::currency,
             (agents::funded, agents::refunded, agents::held, agents::spent),
+            agents::chain_length,
+            agents::chain_head,
         ),
     );
-    let found: Vec<(String, AgentLedger)> = match conn {
+    type Stored = (i64, i64, String, Balance, i64, Option<String>);
+    let found: Vec<(String, Stored)> = match conn {
         DbConnection::Postgresql(pg) => {
             let ids: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
             agents::table.filter(agents::id.eq_any(ids)).order(agents::id).select(columns).for_update().load(pg)?
@@ -108,13 +119,17 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
             found
         }
     };
-    Ok(found
+    found
         .into_iter()
-        .map(|(id, ledger)| (AgentId::from_stored(id), AgentLedger { seq: ledger.seq + 1, ..ledger }))
-        .collect())
+        .map(|(id, (seq, config_version, currency, balance, length, head))| {
+            let chain = chain::head_of(&id, length, head.as_deref())?;
+            Ok((AgentId::from_stored(id), AgentLedger { seq: seq + 1, config_version, currency, balance, chain }))
+        })
+        .collect()
 }
 
-/// Writes what a transaction made of each agent's ledger: its change number and its balance.
+/// Writes what a transaction made of each agent's ledger: its change number, its balance and its
+/// chain's end.
 pub fn save_ledgers<'a>(
     conn: &mut DbConnection,
     ledgers: impl Iterator<Item = (&'a AgentId, &'a AgentLedger)>,
@@ -126,7 +141,7 @@ pub fn save_ledgers<'a>(
         }
         DbConnection::Sqlite(lite) => {
             for (id, l) in ledgers {
-                SaveLedger { id: id.as_str(), seq: l.seq, balance: l.balance }.execute(lite)?;
+                SaveLedger { id: id.as_str(), ledger: l, head: hex::encode(l.chain.hash) }.execute(lite)?;
             }
         }
     }
@@ -254,7 +269,7 @@ pub fn insert_authorizations(conn: &mut DbConnection, rows: &[AuthorizationRow])
 }
 
 /// Writes an authorization's new amounts and status (after a post, void or expiry, or a processor's
-/// own verdict overriding spendgate's).
+/// own verdict overriding spendgate's), and the chain link of this write.
 pub fn update_amounts(conn: &mut DbConnection, row: &AuthorizationRow) -> Result<()> {
     diesel::update(authorizations::table.find(&row.id))
         .set((
@@ -270,6 +285,8 @@ pub fn update_amounts(conn: &mut DbConnection, row: &AuthorizationRow) -> Result
             authorizations::refunded.eq(row.refunded),
             authorizations::seq.eq(row.seq),
             authorizations::updated_at.eq(row.updated_at),
+            authorizations::approval_id.eq(&row.approval_id),
+            authorizations::chain_n.eq(row.chain_n),
         ))
         .execute(conn)?;
     Ok(())

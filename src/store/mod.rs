@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod cards;
+pub mod chain;
 pub mod events;
 pub mod keys;
 pub mod ledger;
@@ -600,6 +601,17 @@ pub(crate) fn query_time(field: &str, value: Option<&str>) -> Result<Option<i64>
             })
         })
         .transpose()
+}
+
+/// Runs `f` in one transaction that sees the database as of one moment, whatever commits meanwhile
+/// (on SQLite any read transaction does; on PostgreSQL, repeatable read).
+pub fn snapshot<T>(conn: &mut DbConnection, f: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+    conn.transaction(|conn| {
+        if let DbConnection::Postgresql(pg) = conn {
+            pg.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+        }
+        f(conn)
+    })
 }
 
 /// For stored values that must parse; a failure means the row was written by something else.

@@ -14,7 +14,8 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text};
 use diesel::sqlite::Sqlite;
 
-use super::ledger::{AgentLedger, AuthorizationRow, Balance};
+use super::chain::LinkRow;
+use super::ledger::{AgentLedger, AuthorizationRow};
 use super::schema::authorizations;
 use crate::domain::ids::AgentId;
 use crate::domain::ledger::Source;
@@ -23,8 +24,9 @@ use crate::domain::ledger::Source;
 /// same prepared statement).
 pub(super) struct SaveLedger<'a> {
     pub id: &'a str,
-    pub seq: i64,
-    pub balance: Balance,
+    pub ledger: &'a AgentLedger,
+    /// The chain head's hash, in hex.
+    pub head: String,
 }
 
 impl QueryId for SaveLedger<'_> {
@@ -34,17 +36,23 @@ impl QueryId for SaveLedger<'_> {
 
 impl QueryFragment<Sqlite> for SaveLedger<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
-        let b = &self.balance;
+        let (l, b) = (self.ledger, &self.ledger.balance);
         out.push_sql("UPDATE agents SET ledger_seq = ");
-        out.push_bind_param::<BigInt, _>(&self.seq)?;
-        for (column, value) in
-            [("funded", &b.funded), ("refunded", &b.refunded), ("held", &b.held), ("spent", &b.spent)]
-        {
+        out.push_bind_param::<BigInt, _>(&l.seq)?;
+        for (column, value) in [
+            ("funded", &b.funded),
+            ("refunded", &b.refunded),
+            ("held", &b.held),
+            ("spent", &b.spent),
+            ("chain_length", &l.chain.length),
+        ] {
             out.push_sql(", ");
             out.push_sql(column);
             out.push_sql(" = ");
             out.push_bind_param::<BigInt, _>(value)?;
         }
+        out.push_sql(", chain_head = ");
+        out.push_bind_param::<Text, _>(&self.head)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<Text, _>(&self.id)
     }
@@ -55,19 +63,20 @@ impl RunQueryDsl<SqliteConnection> for SaveLedger<'_> {}
 /// Every agent's ledger state written back on PostgreSQL in one statement.
 pub(super) struct SaveLedgers<'a> {
     ids: Vec<&'a str>,
-    /// seq, funded, refunded, held and spent, in the order the statement names them.
-    columns: [Vec<i64>; 5],
+    /// seq, funded, refunded, held, spent and chain_length, in the order the statement names them.
+    columns: [Vec<i64>; 6],
+    heads: Vec<String>,
 }
 
 impl<'a> SaveLedgers<'a> {
     pub fn new(ledgers: impl Iterator<Item = (&'a AgentId, &'a AgentLedger)>) -> Self {
-        let mut save = SaveLedgers { ids: Vec::new(), columns: Default::default() };
+        let mut save = SaveLedgers { ids: Vec::new(), columns: Default::default(), heads: Vec::new() };
         for (id, l) in ledgers {
             save.ids.push(id.as_str());
             let b = &l.balance;
-            for (column, value) in save.columns.iter_mut().zip([l.seq, b.funded, b.refunded, b.held, b.spent]) {
-                column.push(value);
-            }
+            let values = [l.seq, b.funded, b.refunded, b.held, b.spent, l.chain.length];
+            save.columns.iter_mut().zip(values).for_each(|(column, value)| column.push(value));
+            save.heads.push(hex::encode(l.chain.hash));
         }
         save
     }
@@ -82,7 +91,7 @@ impl QueryFragment<Pg> for SaveLedgers<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(
             "UPDATE agents AS a SET ledger_seq = v.seq, funded = v.funded, refunded = v.refunded, \
-             held = v.held, spent = v.spent FROM unnest(",
+             held = v.held, spent = v.spent, chain_length = v.chain_length, chain_head = v.chain_head FROM unnest(",
         );
         out.push_bind_param::<Array<Text>, _>(&self.ids)?;
         out.push_sql("::text[]");
@@ -91,7 +100,11 @@ impl QueryFragment<Pg> for SaveLedgers<'_> {
             out.push_bind_param::<Array<BigInt>, _>(column)?;
             out.push_sql("::bigint[]");
         }
-        out.push_sql(") AS v(id, seq, funded, refunded, held, spent) WHERE a.id = v.id");
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.heads)?;
+        out.push_sql(
+            "::text[]) AS v(id, seq, funded, refunded, held, spent, chain_length, chain_head) WHERE a.id = v.id",
+        );
         Ok(())
     }
 }
@@ -170,7 +183,7 @@ const NULLABLE_TEXT: [NullableTextColumn; 11] = [
     ("approval_id", |r| r.approval_id.as_deref()),
     ("fx_source", |r| r.fx_source.as_deref()),
 ];
-const BIGINT: [BigIntColumn; 11] = [
+const BIGINT: [BigIntColumn; 12] = [
     ("amount", |r| r.amount),
     ("cap_amount", |r| r.cap_amount),
     ("card_amount", |r| r.card_amount),
@@ -182,6 +195,7 @@ const BIGINT: [BigIntColumn; 11] = [
     ("seq", |r| r.seq),
     ("authorized_at", |r| r.authorized_at),
     ("updated_at", |r| r.updated_at),
+    ("chain_n", |r| r.chain_n),
 ];
 
 /// New authorizations inserted on PostgreSQL in one statement, one array per column.
@@ -236,6 +250,47 @@ impl QueryFragment<Pg> for InsertAuthorizations<'_> {
 
 impl RunQueryDsl<PgConnection> for InsertAuthorizations<'_> {}
 
+/// New chain links inserted on PostgreSQL in one statement, one array per column.
+pub(super) struct InsertLinks<'a> {
+    /// agent_id, kind, record_id, content_hash and hash, in the order the statement names them.
+    text: [Vec<&'a str>; 5],
+    n: Vec<i64>,
+}
+
+impl<'a> InsertLinks<'a> {
+    pub fn new(links: &'a [LinkRow]) -> Self {
+        let mut insert = InsertLinks { text: Default::default(), n: Vec::with_capacity(links.len()) };
+        for l in links {
+            let values = [l.agent_id.as_str(), l.kind.as_str(), &l.record_id, &l.content_hash, &l.hash];
+            insert.text.iter_mut().zip(values).for_each(|(column, value)| column.push(value));
+            insert.n.push(l.n);
+        }
+        insert
+    }
+}
+
+impl QueryId for InsertLinks<'_> {
+    type QueryId = InsertLinks<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for InsertLinks<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO chain_links (agent_id, kind, record_id, content_hash, hash, n) SELECT * FROM unnest(",
+        );
+        for column in &self.text {
+            out.push_bind_param::<Array<Text>, _>(column)?;
+            out.push_sql("::text[], ");
+        }
+        out.push_bind_param::<Array<BigInt>, _>(&self.n)?;
+        out.push_sql("::bigint[])");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<PgConnection> for InsertLinks<'_> {}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -244,6 +299,7 @@ mod tests {
     use diesel::connection::{InstrumentationEvent, SimpleConnection};
     use diesel::r2d2::PooledConnection;
 
+    use crate::audit::chain::Head;
     use crate::domain::ids::AgentId;
     use crate::domain::ledger::Source;
     use crate::store::ledger::{self, AgentLedger, AuthorizationRow, Balance};
@@ -287,6 +343,7 @@ mod tests {
                 config_version: 0,
                 currency: "USD".into(),
                 balance: Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 },
+                chain: Head { length: seq, hash: [seq as u8; 32] },
             };
             ledger::save_ledgers(&mut conn, [(&agent, &ledger)].into_iter()).unwrap();
         }
@@ -298,6 +355,7 @@ mod tests {
         );
         let locked = ledger::lock_agents(&mut conn, std::slice::from_ref(&agent)).unwrap();
         assert_eq!(locked[0].1.seq, 4, "the stored seq is 3, and a lock numbers the next change");
+        assert_eq!(locked[0].1.chain, Head { length: 3, hash: [3; 32] }, "the chain's end as saved");
     }
 
     fn row(n: i64, optional: bool) -> AuthorizationRow {
@@ -335,6 +393,7 @@ mod tests {
             authorized_at: 1_000 + n,
             updated_at: 2_000 + n,
             approval_id: None,
+            chain_n: 20 + n,
         }
     }
 
@@ -365,9 +424,12 @@ mod tests {
                 found.sort_by(|a, b| a.id.cmp(&b.id));
                 assert_eq!(found, batch);
                 let balance = Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 };
-                let saved = AgentLedger { seq, config_version: 0, currency: "USD".into(), balance };
+                let chain = Head { length: seq, hash: [seq as u8; 32] };
+                let saved = AgentLedger { seq, config_version: 0, currency: "USD".into(), balance, chain };
                 ledger::save_ledgers(&mut conn, [(&agent, &saved)].into_iter()).unwrap();
                 assert_eq!(ledger::balance(&mut conn, &agent).unwrap(), Some(("USD".to_owned(), balance)));
+                let locked = ledger::lock_agents(&mut conn, std::slice::from_ref(&agent)).unwrap();
+                assert_eq!(locked[0].1.chain, chain, "the chain's end as saved");
             }
             let prepared = prepared.lock().unwrap();
             for statement in ["INSERT INTO authorizations", "SELECT \"authorizations\"", "UPDATE agents"] {

@@ -16,6 +16,8 @@ diesel::table! {
         refunded -> BigInt,
         held -> BigInt,
         spent -> BigInt,
+        chain_length -> BigInt,
+        chain_head -> Nullable<Text>,
     }
 }
 
@@ -65,6 +67,7 @@ diesel::table! {
         reason -> Nullable<Text>,
         data -> Nullable<Text>,
         created_at -> BigInt,
+        chain_n -> BigInt,
     }
 }
 
@@ -102,6 +105,7 @@ diesel::table! {
         updated_at -> BigInt,
         approval_id -> Nullable<Text>,
         fx_source -> Nullable<Text>,
+        chain_n -> BigInt,
     }
 }
 
@@ -153,6 +157,29 @@ diesel::table! {
         amount -> BigInt,
         currency -> Text,
         created_at -> BigInt,
+        chain_n -> BigInt,
+    }
+}
+
+diesel::table! {
+    chain_links (agent_id, n) {
+        agent_id -> Text,
+        n -> BigInt,
+        kind -> Text,
+        record_id -> Text,
+        content_hash -> Text,
+        hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (id) {
+        id -> Text,
+        created_at -> BigInt,
+        heads -> Text,
+        digest -> Text,
+        signer -> Nullable<Text>,
+        signature -> Nullable<Text>,
     }
 }
 
@@ -198,6 +225,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     agents,
     api_keys,
     approvals,
+    audit_checkpoints,
+    chain_links,
     cards,
     events,
     authorizations,

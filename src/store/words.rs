@@ -7,6 +7,7 @@ use diesel::deserialize::{self, FromSql, Queryable};
 use diesel::expression::AsExpression;
 use diesel::sql_types::Text;
 
+use crate::domain::audit::RecordKind;
 use crate::domain::authorization::Rail;
 use crate::domain::ledger::{HoldStatus, PaymentStatus, Source, TransferKind};
 
@@ -51,4 +52,4 @@ macro_rules! stored_as_text {
     )+};
 }
 
-stored_as_text!(HoldStatus, TransferKind, Source, PaymentStatus, Rail);
+stored_as_text!(HoldStatus, TransferKind, Source, PaymentStatus, Rail, RecordKind);

@@ -256,6 +256,39 @@ impl TestApp {
         }
     }
 
+    /// Every agent's audit chain verifies: whatever a test did, each record is linked as written.
+    pub async fn assert_chains_whole(&self) {
+        let (status, v) = self.post("/v1/audit/verify", serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["verified"], true, "{v}");
+    }
+
+    /// The one value `sql` selects, as text, read from outside the server.
+    pub fn text(&self, sql: &str) -> String {
+        #[derive(QueryableByName)]
+        struct One {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let query = diesel::sql_query(format!("SELECT CAST(({sql}) AS TEXT) AS value"));
+        let one: One = match &self.storage {
+            Storage::Sqlite(dir) => {
+                let path = dir.path().join("nested/dir/spendgate.db");
+                query.get_result(&mut SqliteConnection::establish(path.to_str().unwrap()).expect("connect"))
+            }
+            Storage::Postgres { .. } => {
+                query.get_result(&mut PgConnection::establish(&self.database_url).expect("connect"))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        one.value
+    }
+
+    /// The one number `sql` selects.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        self.text(sql).parse().expect("a number")
+    }
+
     /// Everything the database holds, as text: to prove what is *not* stored.
     pub fn stored_text(&self) -> String {
         match &self.storage {

@@ -59,7 +59,7 @@ impl Writer {
                     Ok(vec![hold.release_all(balance, Release::Void)])
                 })?;
                 let data = serde_json::json!({"authorization_id": row.id, "previous_reason": null});
-                record_event(conn, &row, "authorization_overridden", row.reason.clone(), data, now)?;
+                self.record_event(conn, l, &event(&row, "authorization_overridden", row.reason.clone(), data, now))?;
                 let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
                 recorded.insert(key, row);
                 return Ok(outcome);
@@ -155,6 +155,7 @@ impl Writer {
             }
             row.approval_id = Some(id);
         }
+        self.chain(l, &mut row);
         self.unwritten.push(row.clone());
         let mut payment_stored = false;
         if decision.approved() {
@@ -165,7 +166,7 @@ impl Writer {
                 payment_stored = self.stage_payment(conn, payment, &row.id)?;
             }
         } else {
-            record_decline_event(conn, &row, now)?;
+            self.record_event(conn, l, &decline_event(&row, now))?;
         }
         let mut outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
         outcome.payment_stored = payment_stored;
@@ -234,7 +235,7 @@ impl Writer {
             hold.approve_after_all(balance, cap, card).map(|()| Vec::new())
         })?;
         let data = serde_json::json!({"authorization_id": row.id, "previous_reason": previous});
-        record_event(conn, &row, "authorization_overridden", previous.clone(), data, now)?;
+        self.record_event(conn, l, &event(&row, "authorization_overridden", previous.clone(), data, now))?;
         let outcome = AuthOutcome::from_row(&row, l.currency, l.ledger.balance.available(), false);
         recorded.insert((row.source, row.external_id.clone()), row);
         Ok(outcome)
@@ -278,9 +279,10 @@ impl Writer {
         let decision = Decision::decline(c.reason, None);
         let trace = c.auth.request.trace_id.clone();
         let hold = hold_for(&decision, &mut l.ledger.balance);
-        let row = new_row(&c.auth, &agent_id, card.as_ref(), l, &decision, &hold, trace, now.as_millisecond());
+        let mut row = new_row(&c.auth, &agent_id, card.as_ref(), l, &decision, &hold, trace, now.as_millisecond());
+        self.chain(l, &mut row);
         self.unwritten.push(row.clone());
-        record_decline_event(conn, &row, now)?;
+        self.record_event(conn, l, &decline_event(&row, now))?;
         recorded.insert(key, row);
         Ok(())
     }
@@ -338,6 +340,7 @@ fn new_row(
         authorized_at: now_ms,
         updated_at: now_ms,
         approval_id: decision.allowance.clone(),
+        chain_n: 0,
     };
     super::lifecycle::set_hold(&mut row, hold);
     row
@@ -366,15 +369,15 @@ fn processor_decision(
     }
 }
 
-fn record_event(
-    conn: &mut DbConnection,
+/// An event of an authorization's trail, by the ledger (no API key).
+fn event(
     row: &AuthorizationRow,
     kind: &str,
     reason: Option<String>,
     data: serde_json::Value,
     now: jiff::Timestamp,
-) -> Result<()> {
-    let event = Event {
+) -> Event {
+    Event {
         id: EventId::generate(),
         agent_id: AgentId::from_stored(row.agent_id.clone()),
         card_id: row.card_id.clone().map(CardId::from_stored),
@@ -383,12 +386,11 @@ fn record_event(
         reason,
         data: Some(data),
         created_at: now,
-    };
-    store::events::insert(conn, &event)
+    }
 }
 
 /// Declines show in the card's trail, attempts on frozen cards included.
-fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: jiff::Timestamp) -> Result<()> {
+fn decline_event(row: &AuthorizationRow, now: jiff::Timestamp) -> Event {
     let data = serde_json::json!({
         "authorization_id": row.id,
         "reason": row.reason,
@@ -398,5 +400,5 @@ fn record_decline_event(conn: &mut DbConnection, row: &AuthorizationRow, now: ji
         "trace_id": row.trace_id,
         "approval_id": row.approval_id,
     });
-    record_event(conn, row, "authorization_declined", row.reason.clone(), data, now)
+    event(row, "authorization_declined", row.reason.clone(), data, now)
 }

@@ -33,12 +33,14 @@ impl Writer {
         set_hold(row, &hold);
         row.seq = l.ledger.seq;
         row.updated_at = now_ms;
+        self.chain(l, row);
         rows::update_amounts(conn, row)?;
         if let Some(book) = self.books.get_mut(&AgentId::from_stored(row.agent_id.clone())) {
             book.apply(row);
         }
-        let transfers: Vec<TransferRow> = moved.iter().map(|m| transfer(row, external_id, m, now_ms)).collect();
-        for t in &transfers {
+        let mut transfers: Vec<TransferRow> = moved.iter().map(|m| transfer(row, external_id, m, now_ms)).collect();
+        for t in &mut transfers {
+            self.chain(l, t);
             rows::insert_transfer(conn, t)?;
         }
         Ok(transfers)
@@ -156,7 +158,7 @@ impl Writer {
             ));
         }
         let moved = core::fund(&mut l.ledger.balance, c.amount.amount);
-        let t = TransferRow {
+        let mut t = TransferRow {
             id: TransferId::generate().to_string(),
             external_id: c.external_id.clone(),
             agent_id: c.agent_id.to_string(),
@@ -167,7 +169,9 @@ impl Writer {
             amount: moved.amount,
             currency: l.currency.code().to_owned(),
             created_at: now_ms,
+            chain_n: 0,
         };
+        self.chain(l, &mut t);
         rows::insert_transfer(conn, &t)?;
         Ok((TransferView::from_row(&t)?, false))
     }
@@ -255,5 +259,6 @@ fn transfer(row: &AuthorizationRow, external_id: &str, moved: &Moved, now_ms: i6
         amount: moved.amount,
         currency: row.cap_currency.clone(),
         created_at: now_ms,
+        chain_n: 0,
     }
 }

@@ -26,11 +26,13 @@ use crate::domain::agent::Agent;
 use crate::domain::authorization::DeclineReason;
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
+use crate::domain::event::Event;
 use crate::domain::ids::AgentId;
 use crate::domain::ledger::Source;
 use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
 use crate::policy::FxRules;
+use crate::store::chain::{Chained, LinkRow};
 use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow};
 use crate::store::x402::PaymentRow;
 use crate::store::{self, Db, DbConnection};
@@ -128,6 +130,8 @@ struct Writer {
     unwritten: Vec<AuthorizationRow>,
     /// Payments approved in this batch, inserted right after their holds.
     unwritten_payments: Vec<PaymentRow>,
+    /// The audit chain's links of this batch's writes, inserted with its authorizations.
+    links: Vec<LinkRow>,
     approval_ttl_ms: i64,
     /// Where new approval requests are announced once their batch is on disk.
     notify: Option<mpsc::Sender<String>>,
@@ -158,6 +162,7 @@ pub(super) fn spawn(
         books: HashMap::new(),
         unwritten: Vec::new(),
         unwritten_payments: Vec::new(),
+        links: Vec::new(),
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
         asked: Vec::new(),
@@ -296,6 +301,18 @@ impl Writer {
         for payment in std::mem::take(&mut self.unwritten_payments) {
             store::x402::insert(conn, &payment)?;
         }
+        store::chain::insert_links(conn, &std::mem::take(&mut self.links))
+    }
+
+    /// Makes `record` the next link of its agent's audit chain; the link is written with the batch.
+    pub(super) fn chain<R: Chained>(&mut self, l: &mut Locked, record: &mut R) {
+        self.links.push(store::chain::link(&mut l.ledger.chain, record));
+    }
+
+    /// Records an event in the agent's trail, as the next link of its chain.
+    pub(super) fn record_event(&mut self, conn: &mut DbConnection, l: &mut Locked, event: &Event) -> Result<()> {
+        let link = store::events::insert_linked(conn, event, &mut l.ledger.chain)?;
+        self.links.push(link);
         Ok(())
     }
 

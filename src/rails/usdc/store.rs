@@ -37,7 +37,7 @@ impl Records {
     }
 
     pub async fn record(&self, event: Event) -> Result<()> {
-        self.db.write(move |conn| store::events::insert(conn, &event)).await
+        self.db.write(move |conn| store::events::record(conn, &event)).await
     }
 
     pub async fn payment(&self, agent: &AgentId, id: &str) -> Result<Option<PaymentRow>> {

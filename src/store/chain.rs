@@ -1,0 +1,407 @@
+//! The audit chain's rows (see `audit::chain`): the links, each agent's head on its row, what each
+//! record's content is when hashed, and the reads a verification walks.
+//!
+//! A record's content is its stored columns as compact JSON, in the order its row struct declares
+//! them (docs/audit.md lists them): what was written is what is hashed, so a record read back hashes
+//! the same. A new column changes that content, so it needs a new version of the chain's format.
+
+use std::collections::HashMap;
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::events::EventRow;
+use super::ledger::{AuthorizationRow, TransferRow};
+use super::prepared::InsertLinks;
+use super::schema::{agents, audit_checkpoints, authorizations, chain_links, events, transfers};
+use super::{DbConnection, corrupt};
+use crate::audit::chain::{Head, Record, StoredLink, from_hex};
+use crate::domain::audit::RecordKind;
+use crate::error::Result;
+
+/// A row the chain links.
+pub trait Chained: Serialize {
+    const KIND: RecordKind;
+    fn record_id(&self) -> &str;
+    fn agent(&self) -> &str;
+    fn chain_n(&self) -> i64;
+    fn set_chain_n(&mut self, n: i64);
+
+    /// What the chain hashes.
+    fn content(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a row of strings and integers serializes")
+    }
+}
+
+macro_rules! chained {
+    ($($row:ty => $kind:expr),+) => {$(
+        impl Chained for $row {
+            const KIND: RecordKind = $kind;
+            fn record_id(&self) -> &str {
+                &self.id
+            }
+            fn agent(&self) -> &str {
+                &self.agent_id
+            }
+            fn chain_n(&self) -> i64 {
+                self.chain_n
+            }
+            fn set_chain_n(&mut self, n: i64) {
+                self.chain_n = n;
+            }
+        }
+    )+};
+}
+
+chained!(
+    AuthorizationRow => RecordKind::Authorization,
+    TransferRow => RecordKind::Transfer,
+    EventRow => RecordKind::Event
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
+#[diesel(table_name = chain_links)]
+pub struct LinkRow {
+    pub agent_id: String,
+    pub n: i64,
+    pub kind: RecordKind,
+    pub record_id: String,
+    pub content_hash: String,
+    pub hash: String,
+}
+
+impl LinkRow {
+    fn stored(self) -> StoredLink {
+        StoredLink {
+            n: self.n,
+            kind: self.kind,
+            record_id: self.record_id,
+            content_hash: self.content_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+/// Makes `record` the next link of its agent's chain: it takes the next position, and the link
+/// hashes its content with that position in it. The caller writes both.
+pub fn link<R: Chained>(head: &mut Head, record: &mut R) -> LinkRow {
+    record.set_chain_n(head.next());
+    let link = head.append(&record.content());
+    LinkRow {
+        agent_id: record.agent().to_owned(),
+        n: link.n,
+        kind: R::KIND,
+        record_id: record.record_id().to_owned(),
+        content_hash: hex::encode(link.content_hash),
+        hash: hex::encode(link.hash),
+    }
+}
+
+pub fn insert_links(conn: &mut DbConnection, links: &[LinkRow]) -> Result<()> {
+    match conn {
+        // One round trip for the lot.
+        DbConnection::Postgresql(pg) if !links.is_empty() => {
+            InsertLinks::new(links).execute(pg)?;
+        }
+        DbConnection::Postgresql(_) => {}
+        // In process, one cached statement per row costs less than parsing a new one per batch.
+        DbConnection::Sqlite(lite) => {
+            for link in links {
+                diesel::insert_into(chain_links::table).values(link).execute(lite)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The head as the agent's row stores it: `chain_head` is NULL while the chain is empty.
+pub fn head_of(agent_id: &str, length: i64, hash: Option<&str>) -> Result<Head> {
+    match hash {
+        None => Ok(Head::empty(agent_id)),
+        Some(h) => Ok(Head { length, hash: from_hex(h).ok_or_else(|| corrupt("chain head", h))? }),
+    }
+}
+
+/// Locks an agent's row for a write outside the ledger writer (which locks it itself) and reads
+/// its chain's end; None for an unknown agent.
+pub fn lock_head(conn: &mut DbConnection, agent_id: &str) -> Result<Option<Head>> {
+    let query = agents::table.find(agent_id).select((agents::chain_length, agents::chain_head));
+    let found: Option<(i64, Option<String>)> = match conn {
+        // The lock an UPDATE of the row takes: it waits for another writer of the chain, but not
+        // for the key-share locks that inserting a card or event (foreign keys) takes, so two such
+        // transactions that each hold one cannot deadlock upgrading it.
+        DbConnection::Postgresql(pg) => query.for_no_key_update().get_result(pg).optional()?,
+        // The one writer connection holds the database for the transaction.
+        DbConnection::Sqlite(lite) => query.get_result(lite).optional()?,
+    };
+    found.map(|(length, hash)| head_of(agent_id, length, hash.as_deref())).transpose()
+}
+
+pub fn save_head(conn: &mut DbConnection, agent_id: &str, head: &Head) -> Result<()> {
+    diesel::update(agents::table.find(agent_id))
+        .set((agents::chain_length.eq(head.length), agents::chain_head.eq(hex::encode(head.hash))))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Every agent's chain end as its row stores it, by agent id.
+pub fn heads(conn: &mut DbConnection) -> Result<Vec<(String, i64, Option<String>)>> {
+    Ok(agents::table.select((agents::id, agents::chain_length, agents::chain_head)).order(agents::id).load(conn)?)
+}
+
+/// An agent's links after position `after`, in order.
+pub fn links(conn: &mut DbConnection, agent_id: &str, after: i64, limit: i64) -> Result<Vec<StoredLink>> {
+    let rows: Vec<LinkRow> = chain_links::table
+        .filter(chain_links::agent_id.eq(agent_id))
+        .filter(chain_links::n.gt(after))
+        .order(chain_links::n)
+        .limit(limit)
+        .select(LinkRow::as_select())
+        .load(conn)?;
+    Ok(rows.into_iter().map(LinkRow::stored).collect())
+}
+
+/// An agent's links at these positions.
+pub fn links_at(conn: &mut DbConnection, agent_id: &str, ns: &[i64]) -> Result<Vec<StoredLink>> {
+    let rows: Vec<LinkRow> = chain_links::table
+        .filter(chain_links::agent_id.eq(agent_id))
+        .filter(chain_links::n.eq_any(ns.to_vec()))
+        .select(LinkRow::as_select())
+        .load(conn)?;
+    Ok(rows.into_iter().map(LinkRow::stored).collect())
+}
+
+/// One agent's chain end as its row stores it.
+pub fn head(conn: &mut DbConnection, agent_id: &str) -> Result<(i64, Option<String>)> {
+    Ok(agents::table.find(agent_id).select((agents::chain_length, agents::chain_head)).get_result(conn)?)
+}
+
+/// The records the links name, as they are stored now, by id.
+pub fn records(conn: &mut DbConnection, kind: RecordKind, ids: &[&str]) -> Result<HashMap<String, Record>> {
+    fn by_id<R: Chained>(rows: Vec<R>) -> HashMap<String, Record> {
+        rows.into_iter()
+            .map(|r| (r.record_id().to_owned(), Record { chain_n: r.chain_n(), content: r.content() }))
+            .collect()
+    }
+    let ids = ids.to_vec();
+    Ok(match kind {
+        RecordKind::Authorization => by_id(
+            authorizations::table
+                .filter(authorizations::id.eq_any(ids))
+                .select(AuthorizationRow::as_select())
+                .load(conn)?,
+        ),
+        RecordKind::Transfer => {
+            by_id(transfers::table.filter(transfers::id.eq_any(ids)).select(TransferRow::as_select()).load(conn)?)
+        }
+        RecordKind::Event => {
+            by_id(events::table.filter(events::id.eq_any(ids)).select(EventRow::as_select()).load(conn)?)
+        }
+    })
+}
+
+/// How many records an agent has, of every kind.
+pub fn count_records(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
+    let auths: i64 = authorizations::table.filter(authorizations::agent_id.eq(agent_id)).count().get_result(conn)?;
+    let moves: i64 = transfers::table.filter(transfers::agent_id.eq(agent_id)).count().get_result(conn)?;
+    let events: i64 = events::table.filter(events::agent_id.eq(agent_id)).count().get_result(conn)?;
+    Ok(auths + moves + events)
+}
+
+/// An agent's records of one kind after id `after`, by id: (id, chain_n).
+pub fn positions(
+    conn: &mut DbConnection,
+    kind: RecordKind,
+    agent_id: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, i64)>> {
+    Ok(match kind {
+        RecordKind::Authorization => authorizations::table
+            .filter(authorizations::agent_id.eq(agent_id))
+            .filter(authorizations::id.gt(after))
+            .order(authorizations::id)
+            .limit(limit)
+            .select((authorizations::id, authorizations::chain_n))
+            .load(conn)?,
+        RecordKind::Transfer => transfers::table
+            .filter(transfers::agent_id.eq(agent_id))
+            .filter(transfers::id.gt(after))
+            .order(transfers::id)
+            .limit(limit)
+            .select((transfers::id, transfers::chain_n))
+            .load(conn)?,
+        RecordKind::Event => events::table
+            .filter(events::agent_id.eq(agent_id))
+            .filter(events::id.gt(after))
+            .order(events::id)
+            .limit(limit)
+            .select((events::id, events::chain_n))
+            .load(conn)?,
+    })
+}
+
+/// The agents whose chain is empty: those with records from before the chain existed.
+pub fn unchained_agents(conn: &mut DbConnection) -> Result<Vec<String>> {
+    Ok(agents::table.filter(agents::chain_length.eq(0)).select(agents::id).order(agents::id).load(conn)?)
+}
+
+/// Links one table's unlinked rows of an agent, a page at a time (each page's rows leave the filter).
+macro_rules! adopt_table {
+    ($conn:ident, $head:ident, $agent:ident, $table:ident, $row:ty) => {
+        loop {
+            let rows: Vec<$row> = $table::table
+                .filter($table::agent_id.eq($agent))
+                .filter($table::chain_n.eq(0))
+                .order($table::id)
+                .limit(1_000)
+                .select(<$row>::as_select())
+                .load($conn)?;
+            if rows.is_empty() {
+                break;
+            }
+            for mut row in rows {
+                let link = link(&mut $head, &mut row);
+                diesel::update($table::table.find(&row.id)).set($table::chain_n.eq(row.chain_n)).execute($conn)?;
+                insert_links($conn, &[link])?;
+            }
+        }
+    };
+}
+
+/// Links an agent's records written before the chain existed (`chain_n` 0), in one transaction
+/// with the agent's row locked: authorizations, then transfers, then events, each by id. Returns
+/// how many it linked; none when the chain has begun.
+pub fn adopt(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
+    let Some(mut head) = lock_head(conn, agent_id)? else { return Ok(0) };
+    if head.length > 0 {
+        return Ok(0);
+    }
+    adopt_table!(conn, head, agent_id, authorizations, AuthorizationRow);
+    adopt_table!(conn, head, agent_id, transfers, TransferRow);
+    adopt_table!(conn, head, agent_id, events, EventRow);
+    save_head(conn, agent_id, &head)?;
+    Ok(head.length)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
+#[diesel(table_name = audit_checkpoints)]
+pub struct CheckpointRow {
+    pub id: String,
+    pub created_at: i64,
+    /// JSON: `[{"agent_id", "length", "hash"}, …]`.
+    pub heads: String,
+    pub digest: String,
+    pub signer: Option<String>,
+    pub signature: Option<String>,
+}
+
+pub fn insert_checkpoint(conn: &mut DbConnection, row: &CheckpointRow) -> Result<()> {
+    diesel::insert_into(audit_checkpoints::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+/// The latest checkpoints, newest first.
+pub fn checkpoints(conn: &mut DbConnection, limit: i64) -> Result<Vec<CheckpointRow>> {
+    Ok(audit_checkpoints::table
+        .order(audit_checkpoints::id.desc())
+        .limit(limit)
+        .select(CheckpointRow::as_select())
+        .load(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ledger::TransferKind;
+
+    fn transfer() -> TransferRow {
+        TransferRow {
+            id: "trf_1".into(),
+            external_id: "cap-1".into(),
+            agent_id: "agt_1".into(),
+            authorization_id: Some("auth_1".into()),
+            card_id: None,
+            trace_id: Some("PR-4823".into()),
+            kind: TransferKind::Post,
+            amount: 2_500,
+            currency: "USD".into(),
+            created_at: 1_764_979_200_000,
+            chain_n: 7,
+        }
+    }
+
+    /// Known answer: what the chain hashes for a transfer. A change here breaks every chain
+    /// already written, so it must come with a new version of the format (docs/audit.md).
+    #[test]
+    fn a_records_content_is_its_row_as_compact_json_in_column_order() {
+        assert_eq!(
+            String::from_utf8(transfer().content()).unwrap(),
+            r#"{"id":"trf_1","external_id":"cap-1","agent_id":"agt_1","authorization_id":"auth_1","card_id":null,"trace_id":"PR-4823","kind":"post","amount":2500,"currency":"USD","created_at":1764979200000,"chain_n":7}"#
+        );
+    }
+
+    /// docs/audit.md lists each kind's columns in the order the content has them, all of them.
+    #[test]
+    fn the_documented_columns_are_the_hashed_ones() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/audit.md")).unwrap();
+        let listed = |kind: &str| -> Vec<String> {
+            let start = doc.find(&format!("- `{kind}`: ")).unwrap_or_else(|| panic!("{kind} is listed"));
+            let rest = &doc[start + kind.len() + 6..];
+            let end = rest.find("\n  - ").or_else(|| rest.find("\n- ")).unwrap();
+            rest[..end].split(',').map(|c| c.split_whitespace().next().unwrap().to_owned()).collect()
+        };
+        let keys = |content: Vec<u8>| -> Vec<String> {
+            let value: serde_json::Value = serde_json::from_slice(&content).unwrap();
+            let text = String::from_utf8(content).unwrap();
+            let mut keys: Vec<String> = value.as_object().unwrap().keys().cloned().collect();
+            keys.sort_by_key(|k| text.find(&format!("\"{k}\":")).unwrap());
+            keys
+        };
+        assert_eq!(keys(transfer().content()), listed("transfer"));
+        let event = EventRow::of(&crate::domain::event::Event::new(
+            &crate::domain::ids::AgentId::from_stored("agt_1".into()),
+            None,
+            "frozen",
+            &crate::domain::ids::KeyId::from_stored("key_1".into()),
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
+        assert_eq!(keys(event.content()), listed("event"));
+        let authorization = AuthorizationRow {
+            id: "auth_1".into(),
+            source: crate::domain::ledger::Source::Native,
+            external_id: "a-1".into(),
+            agent_id: "agt_1".into(),
+            card_id: None,
+            rail: crate::domain::authorization::Rail::Card,
+            status: crate::domain::ledger::HoldStatus::Pending,
+            reason: None,
+            rule: None,
+            amount: 1,
+            currency: "USD".into(),
+            cap_amount: 1,
+            cap_currency: "USD".into(),
+            card_amount: 1,
+            card_currency: "USD".into(),
+            fx_rate: None,
+            fx_date: None,
+            held: 1,
+            posted: 0,
+            counted: 1,
+            counted_card: 1,
+            refunded: 0,
+            merchant_id: None,
+            merchant_name: "M".into(),
+            mcc: None,
+            country: None,
+            trace_id: None,
+            seq: 1,
+            authorized_at: 0,
+            updated_at: 0,
+            approval_id: None,
+            fx_source: None,
+            chain_n: 1,
+        };
+        assert_eq!(keys(authorization.content()), listed("authorization"));
+    }
+}
