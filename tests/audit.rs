@@ -1,7 +1,7 @@
 //! The tamper-evident audit trail, on both backends: a history with every kind of record verifies;
 //! each way of tampering with the rows behind the server's back (an edit, a deletion, a reordering,
-//! an insertion, a cut-off tail, a rewritten chain) is named at the right link; records from before
-//! the chain are adopted into it at start-up.
+//! an insertion, a balance raised, a cut-off tail, a rewritten chain) is named at the right link;
+//! records from before the chain are adopted into it at start-up.
 
 mod common;
 
@@ -203,6 +203,16 @@ async fn a_record_written_behind_the_servers_back_is_unlinked(app: TestApp) {
     assert!(declined > 0);
 }
 
+/// Money from nowhere: the balance on the agent's row raised, no record to show for it.
+async fn a_balance_its_records_do_not_add_up_to_is_named(app: TestApp) {
+    let h = history(&app).await;
+    let available = app.balance(&h.agent).await["available"].as_i64().unwrap();
+    app.execute_elsewhere(&format!("UPDATE agents SET funded = funded + 1000000 WHERE id = '{}'", h.agent));
+    assert_eq!(app.balance(&h.agent).await["available"].as_i64().unwrap(), available + 1_000_000);
+    let length = app.scalar(&format!("SELECT chain_length FROM agents WHERE id = '{}'", h.agent));
+    assert_eq!(broken(&verify(&app, json!({})).await), (format!("balance_mismatch at {length}"), " ".to_owned()));
+}
+
 /// Cutting off the tail, with the agent's row set back to match, leaves a chain that is whole by
 /// itself: the checkpoint kept elsewhere is what shows it.
 async fn a_cut_off_tail_is_caught_by_a_checkpoint_kept_elsewhere(app: TestApp) {
@@ -220,6 +230,16 @@ async fn a_cut_off_tail_is_caught_by_a_checkpoint_kept_elsewhere(app: TestApp) {
     ));
     let v = verify(&app, json!({})).await;
     assert_eq!(v["verified"], true, "without a checkpoint, a clean cut is not visible: {v}");
+    // Nor is the server's own checkpoint to be trusted once someone has written to it.
+    app.post("/v1/audit/checkpoints", json!({})).await;
+    app.execute_elsewhere(&format!(
+        "UPDATE audit_checkpoints SET heads = REPLACE(heads, '\"length\":{prev}', '\"length\":{length}')",
+        prev = length - 1
+    ));
+    let v = verify(&app, json!({})).await;
+    assert!(broken(&v).0.starts_with("checkpoint_mismatch at 0"), "{v}");
+    assert!(v["broken"][0]["detail"].as_str().unwrap().contains("was altered"), "{v}");
+    app.execute_elsewhere("DELETE FROM audit_checkpoints");
     let v = verify(&app, json!({"checkpoint": kept})).await;
     assert_eq!(broken(&v).0, format!("checkpoint_mismatch at {length}"));
 }
@@ -273,6 +293,7 @@ on_both_backends!(
     a_deleted_transfer_and_a_deleted_link_are_named,
     reordered_links_and_swapped_records_are_named,
     a_record_written_behind_the_servers_back_is_unlinked,
+    a_balance_its_records_do_not_add_up_to_is_named,
     a_cut_off_tail_is_caught_by_a_checkpoint_kept_elsewhere,
     a_rewritten_chain_is_caught_by_a_checkpoint,
     records_from_before_the_chain_are_adopted_at_start_up,

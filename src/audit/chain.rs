@@ -9,6 +9,7 @@
 use sha2::{Digest as _, Sha256};
 
 use crate::domain::audit::{Break, Problem, RecordKind};
+use crate::domain::ledger::Balance;
 
 /// A SHA-256 value.
 pub type Digest = [u8; 32];
@@ -141,6 +142,16 @@ impl Walk {
         Ok(())
     }
 
+    /// The agent's balance as its row holds it must be what its records add up to: funded the
+    /// funding transfers, held, spent and refunded its authorizations' (the ledger core's invariant).
+    pub fn balanced(&self, stored: &Balance, summed: &Balance) -> Result<(), Break> {
+        if stored == summed {
+            return Ok(());
+        }
+        let detail = format!("the agent's row holds {stored:?}; its records add up to {summed:?}");
+        Err(self.broken(self.n, Problem::BalanceMismatch, None, detail))
+    }
+
     /// The chain must pass through a checkpoint's head: `hash` at link `length`.
     pub fn through(&self, length: i64, hash: &str, found: Option<&StoredLink>) -> Result<(), Break> {
         match found {
@@ -256,6 +267,15 @@ mod tests {
         let w = walk(&links[..2], &[(1, "a"), (2, "b")]).unwrap();
         let e = w.through(3, &links[2].hash, None).unwrap_err();
         assert_eq!((e.n, e.problem), (3, Problem::CheckpointMismatch));
+    }
+
+    #[test]
+    fn a_balance_is_held_to_its_records() {
+        let w = Walk::new("agt_1");
+        let summed = Balance { funded: 10_000, refunded: 0, held: 2_500, spent: 1_000 };
+        w.balanced(&summed, &summed).unwrap();
+        let inflated = Balance { funded: 1_000_000, ..summed };
+        assert_eq!(w.balanced(&inflated, &summed).unwrap_err().problem, Problem::BalanceMismatch);
     }
 
     /// An earlier write of a record that was written again is not checked against the row.

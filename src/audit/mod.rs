@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::domain::access::{Permission, Principal};
 use crate::domain::audit::{Break, Problem, RecordKind};
-use crate::domain::ids::CheckpointId;
+use crate::domain::ids::{AgentId, CheckpointId};
 use crate::error::{Error, Result};
 use crate::store::chain::{self as rows, CheckpointRow};
 use crate::store::{self, Db, DbConnection};
@@ -78,11 +78,13 @@ impl Audit {
         if let Some(cp) = &given {
             cp.check().map_err(|e| Error::validation(e.to_string()))?;
         }
-        let against = match given {
-            Some(cp) => Some(cp),
-            None => {
-                self.db.read(|conn| rows::checkpoints(conn, 1)).await?.into_iter().next().map(from_row).transpose()?
-            }
+        let (against, altered) = match given {
+            Some(cp) => (Some(cp), None),
+            None => match self.db.read(|conn| rows::checkpoints(conn, 1)).await?.into_iter().next().map(stored) {
+                None => (None, None),
+                Some(Ok(cp)) => (Some(cp), None),
+                Some(Err(b)) => (None, Some(b)),
+            },
         };
         let held: HashMap<String, ChainHead> =
             against.iter().flat_map(|cp| cp.heads.iter().map(|h| (h.agent_id.clone(), h.clone()))).collect();
@@ -93,7 +95,7 @@ impl Audit {
             links: 0,
             records: 0,
             checkpoint: against.as_ref().map(|cp| cp.id.clone()),
-            broken: Vec::new(),
+            broken: altered.into_iter().collect(),
         };
         for (agent, ..) in &heads {
             let (id, hold) = (agent.clone(), held.get(agent).cloned());
@@ -133,9 +135,10 @@ impl Audit {
         self.db.read(move |conn| rows::checkpoints(conn, limit)).await?.into_iter().map(from_row).collect()
     }
 
-    /// A checkpoint every `every`, when any chain has grown since the last one.
+    /// A checkpoint every `every` (the first one `every` after start), when any chain has grown
+    /// since the last one.
     pub async fn checkpoint_forever(self, every: Duration) {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -180,7 +183,8 @@ impl Audit {
 }
 
 /// One agent's chain, in one snapshot: every link in order with the records they name, the end
-/// the agent's row names, the checkpoint's head, and then every record accounted for.
+/// the agent's row names, the checkpoint's head, every record accounted for, and the balance on
+/// the agent's row what those records add up to.
 fn walk_agent(conn: &mut DbConnection, agent: &str, hold: Option<ChainHead>) -> Result<(Walk, Option<Break>)> {
     let mut walk = Walk::new(agent);
     let (length, hash) = rows::head(conn, agent)?;
@@ -220,6 +224,11 @@ fn walk_agent(conn: &mut DbConnection, agent: &str, hold: Option<ChainHead>) -> 
         if rows::count_records(conn, agent)? != walk.current as i64 {
             return unlinked(conn, &walk, agent);
         }
+        let (_, stored) = store::ledger::balance(conn, &AgentId::from_stored(agent.to_owned()))?
+            .ok_or_else(|| Error::not_found("agent", agent))?;
+        if let Err(b) = walk.balanced(&stored, &rows::sums(conn, agent)?) {
+            return Ok(Some(b));
+        }
         Ok::<_, Error>(None)
     })()?;
     Ok((walk, broken))
@@ -251,6 +260,21 @@ fn unlinked(conn: &mut DbConnection, walk: &Walk, agent: &str) -> Result<Option<
         }
     }
     Ok(None)
+}
+
+/// A stored checkpoint, checked: it is in the database too, so one that no longer checks is a break.
+fn stored(row: CheckpointRow) -> std::result::Result<Checkpoint, Break> {
+    let id = row.id.clone();
+    let checked =
+        from_row(row).map_err(|e| e.to_string()).and_then(|cp| cp.check().map(|()| cp).map_err(|e| e.to_string()));
+    checked.map_err(|why| Break {
+        agent_id: String::new(),
+        n: 0,
+        problem: Problem::CheckpointMismatch,
+        record_kind: None,
+        record_id: None,
+        detail: format!("the latest stored checkpoint {id} was altered: {why}"),
+    })
 }
 
 fn to_row(cp: &Checkpoint, created_ms: i64) -> CheckpointRow {

@@ -30,6 +30,8 @@ worded! {
         RecordUnlinked = "record_unlinked",
         /// The agent's row does not end its chain where the links end: links were cut off or added.
         HeadMismatch = "head_mismatch",
+        /// The agent's balance on its row is not what its records add up to.
+        BalanceMismatch = "balance_mismatch",
         /// The chain does not pass through a checkpoint's head: rewritten or cut off since.
         CheckpointMismatch = "checkpoint_mismatch",
     }

@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 
+use diesel::dsl::sql;
 use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable};
 use serde::Serialize;
 
 use super::events::EventRow;
@@ -17,6 +19,7 @@ use super::schema::{agents, audit_checkpoints, authorizations, chain_links, even
 use super::{DbConnection, corrupt};
 use crate::audit::chain::{Head, Record, StoredLink, from_hex};
 use crate::domain::audit::RecordKind;
+use crate::domain::ledger::{Balance, TransferKind};
 use crate::error::Result;
 
 /// A row the chain links.
@@ -208,6 +211,24 @@ pub fn count_records(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
     Ok(auths + moves + events)
 }
 
+/// What an agent's records add up to: its funding transfers, and its authorizations' held,
+/// posted (spent) and refunded amounts.
+pub fn sums(conn: &mut DbConnection, agent_id: &str) -> Result<Balance> {
+    // SUM of a BIGINT is NUMERIC on PostgreSQL: cast back, and NULL (no rows) is 0.
+    let total = |column: &str| sql::<Nullable<BigInt>>(&format!("CAST(SUM({column}) AS BIGINT)"));
+    let (held, spent, refunded): (Option<i64>, Option<i64>, Option<i64>) = authorizations::table
+        .filter(authorizations::agent_id.eq(agent_id))
+        .select((total("held"), total("posted"), total("refunded")))
+        .get_result(conn)?;
+    let funded: Option<i64> = transfers::table
+        .filter(transfers::agent_id.eq(agent_id))
+        .filter(transfers::kind.eq(TransferKind::Fund))
+        .select(total("amount"))
+        .get_result(conn)?;
+    let or_zero = |v: Option<i64>| v.unwrap_or(0);
+    Ok(Balance { funded: or_zero(funded), refunded: or_zero(refunded), held: or_zero(held), spent: or_zero(spent) })
+}
+
 /// An agent's records of one kind after id `after`, by id: (id, chain_n).
 pub fn positions(
     conn: &mut DbConnection,
@@ -313,7 +334,6 @@ pub fn checkpoints(conn: &mut DbConnection, limit: i64) -> Result<Vec<Checkpoint
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ledger::TransferKind;
 
     fn transfer() -> TransferRow {
         TransferRow {

@@ -1,5 +1,4 @@
 use diesel::prelude::*;
-
 use serde::Serialize;
 
 use super::chain::{self, LinkRow};
@@ -40,9 +39,7 @@ impl EventRow {
             created_at: from_millis(self.created_at)?,
         })
     }
-}
 
-impl EventRow {
     pub(super) fn of(event: &Event) -> EventRow {
         EventRow {
             id: event.id.to_string(),
