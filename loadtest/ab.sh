@@ -17,7 +17,7 @@ for round in $(seq 1 "${3:-3}"); do
     if [ -n "${POSTGRES:-}" ]; then
       runs=$((${runs:-0} + 1))
       schema="ab_$$_$runs"
-      psql -q "$POSTGRES" -c "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema"
+      PGOPTIONS=--client-min-messages=warning psql -q -v ON_ERROR_STOP=1 "$POSTGRES" -c "DROP SCHEMA IF EXISTS $schema CASCADE; CREATE SCHEMA $schema"
       url="$POSTGRES?options=-csearch_path%3D$schema"
     fi
     SPENDGATE_WEBHOOK_SECRET=$secret SPENDGATE_LOG=warn SPENDGATE_FX_URL= SPENDGATE_BOOTSTRAP_ADMIN_KEY=$key \
@@ -29,6 +29,6 @@ for round in $(seq 1 "${3:-3}"); do
       --rate "${RATE:-5000}" --seconds "${SECONDS_EACH:-20}" --rounds 1 2>/dev/null | grep -E "median|CPU|check"
     kill $pid
     wait $pid 2>/dev/null || true
-    if [ -n "${POSTGRES:-}" ]; then psql -q "$POSTGRES" -c "DROP SCHEMA $schema CASCADE"; fi
+    if [ -n "${POSTGRES:-}" ]; then PGOPTIONS=--client-min-messages=warning psql -q -v ON_ERROR_STOP=1 "$POSTGRES" -c "DROP SCHEMA $schema CASCADE"; fi
   done
 done
