@@ -118,6 +118,12 @@ pub struct Config {
     pub audit_checkpoint_minutes: u64,
     /// A secp256k1 private key (0x-hex) that signs each checkpoint (EIP-191); unset: unsigned.
     pub audit_signing_key: Option<Secret>,
+    /// Private addresses webhook endpoints may be at (CIDRs and host:port, as x402_private_destinations).
+    pub webhook_private_destinations: String,
+    /// The pause after a delivery's first failed attempt; doubled after each, up to an hour.
+    pub webhook_retry_ms: u64,
+    /// The longest one delivery attempt waits for the endpoint.
+    pub webhook_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -176,6 +182,9 @@ impl Default for Config {
             slack_retry_ms: 1_000,
             audit_checkpoint_minutes: 60,
             audit_signing_key: None,
+            webhook_private_destinations: String::new(),
+            webhook_retry_ms: 5_000,
+            webhook_timeout_ms: 10_000,
         }
     }
 }

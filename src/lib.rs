@@ -14,6 +14,7 @@ pub mod error;
 pub mod fixtures;
 pub mod http;
 pub mod ledger;
+pub mod outbox;
 pub mod policy;
 pub mod rails;
 pub mod rates;
@@ -39,6 +40,7 @@ use crate::audit::checkpoint::CheckpointSigner;
 use crate::cache::Snapshots;
 use crate::config::Config;
 use crate::ledger::{Ledger, LedgerSettings};
+use crate::outbox::{Outbox, OutboxSettings};
 use crate::policy::FxRules;
 use crate::rails::card::issuing::{Issuer, IssuingSettings, LithicApi, StripeApi};
 use crate::rails::card::signature::{BasicAuth, HexSignature, StandardWebhooks};
@@ -101,6 +103,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
     let ledger = Ledger::start(db.clone(), Snapshots::new(config.cache_capacity), rates.clone(), catalog, settings);
     let admin = Admin::new(db.clone(), catalog, config.simulator_bin.clone(), ledger.clone(), issuer(config)?);
     spawn_background(config, &ledger, &rates);
+    let outbox = Outbox::new(
+        db.clone(),
+        OutboxSettings {
+            destinations: Destinations::parse(&config.webhook_private_destinations)
+                .map_err(|e| anyhow::anyhow!("webhook_private_destinations: {e}"))?,
+            retry_base: Duration::from_millis(config.webhook_retry_ms),
+            timeout: Duration::from_millis(config.webhook_timeout_ms),
+        },
+    )?;
+    actix_web::rt::spawn(outbox.clone().run_forever(Duration::from_millis(250)));
     if config.audit_checkpoint_minutes > 0 {
         actix_web::rt::spawn(
             audit.clone().checkpoint_forever(Duration::from_secs(config.audit_checkpoint_minutes * 60)),
@@ -138,6 +150,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
             ledger.clone(),
         ),
         audit,
+        outbox,
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)

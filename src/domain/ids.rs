@@ -89,6 +89,14 @@ prefixed_id!(
     /// A checkpoint of every audit chain's head.
     CheckpointId, "ckp"
 );
+prefixed_id!(
+    /// An endpoint that receives events.
+    EndpointId, "whe"
+);
+prefixed_id!(
+    /// One event on its way to one endpoint.
+    DeliveryId, "dlv"
+);
 
 /// The ULID part of any of these ids. Every id's ULID comes from the one monotonic generator, so
 /// this part orders records of different kinds (authorizations and transfers) in time together.

@@ -50,3 +50,4 @@ pub mod ledger;
 pub mod money;
 pub mod policy;
 pub mod report;
+pub mod webhook;

@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod auth;
 mod cards;
+mod endpoints;
 pub mod error;
 mod keys;
 mod ledger;
@@ -29,6 +30,7 @@ use crate::approvals::Approvals;
 use crate::audit::Audit;
 use crate::error::Error;
 use crate::ledger::Ledger;
+use crate::outbox::Outbox;
 use crate::rails::card::signature::HexSignature;
 use crate::rails::usdc::Usdc;
 use crate::reports::Reports;
@@ -44,6 +46,7 @@ pub struct AppState {
     pub approvals: Approvals,
     pub reports: Reports,
     pub audit: Audit,
+    pub outbox: Outbox,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -106,6 +109,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(audit::verify)
         .service(audit::checkpoints)
         .service(audit::make_checkpoint)
+        .service(endpoints::create_endpoint)
+        .service(endpoints::list_endpoints)
+        .service(endpoints::delete_endpoint)
+        .service(endpoints::endpoint_deliveries)
         .service(approvals::list_approvals)
         .service(approvals::get_approval)
         .service(approvals::approve)

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, audit, cards, keys, ledger, processors, reports, system, usdc, webhooks};
+use super::{agents, approvals, audit, cards, endpoints, keys, ledger, processors, reports, system, usdc, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{agents, approvals, audit, cards, keys, ledger, processors, reports, 
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
         audit::verify, audit::checkpoints, audit::make_checkpoint,
+        endpoints::create_endpoint, endpoints::list_endpoints, endpoints::delete_endpoint, endpoints::endpoint_deliveries,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,

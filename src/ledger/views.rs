@@ -148,7 +148,7 @@ impl X402Payment {
 }
 
 impl AuthorizationView {
-    pub(super) fn from_row(row: &AuthorizationRow) -> Self {
+    pub fn from_row(row: &AuthorizationRow) -> Self {
         let reason = row.reason.as_deref().and_then(DeclineReason::parse);
         // A hold voided because its answer came too late was a decline to the caller.
         let approved = row.status != HoldStatus::Declined && reason.is_none();

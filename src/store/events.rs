@@ -27,7 +27,7 @@ pub(super) struct EventRow {
 }
 
 impl EventRow {
-    fn into_domain(self) -> Result<Event> {
+    pub(super) fn into_domain(self) -> Result<Event> {
         Ok(Event {
             id: EventId::from_stored(self.id),
             agent_id: AgentId::from_stored(self.agent_id),

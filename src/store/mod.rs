@@ -15,6 +15,7 @@ mod prepared;
 pub mod reports;
 mod schema;
 pub mod wallets;
+pub mod webhooks;
 mod words;
 pub mod x402;
 

@@ -184,6 +184,42 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_endpoints (id) {
+        id -> Text,
+        url -> Text,
+        events -> Text,
+        secret -> Text,
+        description -> Nullable<Text>,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+        deleted_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    webhook_cursors (agent_id) {
+        agent_id -> Text,
+        n -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Text,
+        endpoint_id -> Text,
+        event_id -> Text,
+        event_type -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        delivered_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     wallets (agent_id) {
         agent_id -> Text,
         address -> Text,
@@ -232,5 +268,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     authorizations,
     transfers,
     wallets,
+    webhook_cursors,
+    webhook_deliveries,
+    webhook_endpoints,
     x402_payments
 );

@@ -10,6 +10,7 @@ use diesel::sql_types::Text;
 use crate::domain::audit::RecordKind;
 use crate::domain::authorization::Rail;
 use crate::domain::ledger::{HoldStatus, PaymentStatus, Source, TransferKind};
+use crate::domain::webhook::{DeliveryStatus, EventType};
 
 macro_rules! stored_as_text {
     ($($t:ty),+) => {$(
@@ -52,4 +53,4 @@ macro_rules! stored_as_text {
     )+};
 }
 
-stored_as_text!(HoldStatus, TransferKind, Source, PaymentStatus, Rail, RecordKind);
+stored_as_text!(HoldStatus, TransferKind, Source, PaymentStatus, Rail, RecordKind, EventType, DeliveryStatus);

@@ -96,6 +96,18 @@ impl Destinations {
         }
     }
 
+    /// An HTTP client that reaches only these destinations: no redirect is followed, no proxy from
+    /// the environment is used (it would resolve names where the resolver cannot check them), and
+    /// every name is resolved by the guarded resolver.
+    pub fn client(&self, timeout: std::time::Duration) -> reqwest::Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .dns_resolver(Arc::new(self.resolver()))
+            .build()
+    }
+
     /// The HTTP client's resolver: resolves with the system's resolver and refuses a name any of
     /// whose addresses is forbidden (one bad record is enough to distrust the rest).
     pub fn resolver(&self) -> GuardedResolver {

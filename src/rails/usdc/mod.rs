@@ -85,16 +85,9 @@ struct Inner {
 
 impl Usdc {
     pub fn new(settings: UsdcSettings, db: Db, ledger: Ledger) -> anyhow::Result<Usdc> {
-        // The agent names the URL: no redirect is followed, no proxy from the environment is used
-        // (it would resolve names where the resolver cannot check them), and every name is
-        // resolved by the guarded resolver.
-        let http = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .dns_resolver(Arc::new(settings.destinations.resolver()))
-            .build()
-            .map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
+        // The agent names the URL: only the allowed destinations are reached.
+        let http =
+            settings.destinations.client(settings.timeout).map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
         let wallets = moka::sync::Cache::new(100_000);
         let fetches = FetchSlots::new(settings.max_fetches, settings.max_fetches_per_agent);
         let inner = Inner {

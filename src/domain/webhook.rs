@@ -1,0 +1,51 @@
+//! Events out: the event types an endpoint can subscribe to, and the endpoints themselves.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ids::{EndpointId, KeyId};
+
+worded! {
+    /// What happened. Each delivery's body is `{"id", "type", "timestamp", "data"}`.
+    pub enum EventType {
+        #[serde(rename = "authorization.approved")]
+        AuthorizationApproved = "authorization.approved",
+        #[serde(rename = "authorization.declined")]
+        AuthorizationDeclined = "authorization.declined",
+        #[serde(rename = "approval.requested")]
+        ApprovalRequested = "approval.requested",
+        #[serde(rename = "approval.decided")]
+        ApprovalDecided = "approval.decided",
+        #[serde(rename = "card.frozen")]
+        CardFrozen = "card.frozen",
+        #[serde(rename = "card.unfrozen")]
+        CardUnfrozen = "card.unfrozen",
+        #[serde(rename = "card.closed")]
+        CardClosed = "card.closed",
+        #[serde(rename = "audit.checkpoint")]
+        AuditCheckpoint = "audit.checkpoint",
+    }
+}
+
+worded! {
+    pub enum DeliveryStatus {
+        Pending = "pending",
+        Delivered = "delivered",
+        Failed = "failed",
+    }
+}
+
+/// A subscribed endpoint, as the API shows it (its secret only once, when it is made).
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub url: String,
+    pub events: Vec<EventType>,
+    pub description: Option<String>,
+    pub created_by: Option<KeyId>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+    /// `whsec_…`: verify each delivery's `webhook-signature` with it. Shown when the endpoint is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}

@@ -1,0 +1,61 @@
+//! Which events a record of an agent's audit chain makes, as the body each delivery carries:
+//! `{"id", "type", "timestamp", "data"}`.
+
+use serde_json::{Value, json};
+
+use crate::domain::authorization::DeclineReason;
+use crate::domain::webhook::EventType;
+use crate::ledger::AuthorizationView;
+use crate::store::webhooks::Linked;
+
+/// One event, ready to deliver.
+pub struct Out {
+    /// Stable: every delivery and every attempt of this event carries it as `webhook-id`.
+    pub id: String,
+    pub event_type: EventType,
+    /// When it happened.
+    pub at_ms: i64,
+    pub payload: String,
+}
+
+/// An authorization's every write is a link; its decision is one event per outcome (a processor
+/// overriding spendgate makes the other), so the later writes' events are the same ids again.
+pub fn of(linked: &Linked) -> Vec<Out> {
+    match linked {
+        Linked::Authorization(row) => {
+            let mut data = serde_json::to_value(AuthorizationView::from_row(row)).unwrap_or(Value::Null);
+            data["agent_id"] = json!(row.agent_id);
+            let (event_type, outcome) = match row.reason {
+                None => (EventType::AuthorizationApproved, "approved"),
+                Some(_) => (EventType::AuthorizationDeclined, "declined"),
+            };
+            let mut made = Vec::new();
+            if let (Some(reason), Some(approval)) = (&row.reason, &row.approval_id)
+                && reason == DeclineReason::ApprovalRequired.as_str()
+            {
+                let asked = json!({"approval_id": approval, "agent_id": row.agent_id, "authorization": data});
+                made.push(out(approval.clone(), EventType::ApprovalRequested, row.authorized_at, asked));
+            }
+            made.insert(0, out(format!("{}.{outcome}", row.id), event_type, row.authorized_at, data));
+            made
+        }
+        Linked::Event(e) => {
+            let event_type = match (e.kind.as_str(), e.card_id.is_some()) {
+                ("frozen", true) => EventType::CardFrozen,
+                ("unfrozen", true) => EventType::CardUnfrozen,
+                ("closed", true) => EventType::CardClosed,
+                ("approval_granted" | "approval_denied", _) => EventType::ApprovalDecided,
+                _ => return Vec::new(),
+            };
+            let data = serde_json::to_value(e).unwrap_or(Value::Null);
+            vec![out(e.id.to_string(), event_type, e.created_at.as_millisecond(), data)]
+        }
+        Linked::Other => Vec::new(),
+    }
+}
+
+fn out(id: String, event_type: EventType, at_ms: i64, data: Value) -> Out {
+    let timestamp = jiff::Timestamp::from_millisecond(at_ms).map(|t| t.to_string()).unwrap_or_default();
+    let payload = json!({"id": id, "type": event_type, "timestamp": timestamp, "data": data}).to_string();
+    Out { id, event_type, at_ms, payload }
+}

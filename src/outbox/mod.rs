@@ -1,0 +1,334 @@
+//! Events out: endpoints people subscribe, and the outbox that delivers to them.
+//!
+//! The events come from each agent's audit chain (a decision, a card frozen, an approval decided),
+//! read behind a cursor per agent that advances in the same transaction that queues the
+//! deliveries: the decision path writes nothing for them, and whatever was committed is delivered,
+//! across restarts and kill -9, at least once, under the same event id. Each delivery is signed
+//! (Standard Webhooks), sent off every request path, and retried with backoff until a 2xx.
+
+mod events;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::crypto::Secret;
+use crate::domain::access::{Permission, Principal};
+use crate::domain::ids::{DeliveryId, EndpointId, KeyId};
+use crate::domain::webhook::{DeliveryStatus, Endpoint, EventType};
+use crate::error::{Error, ErrorCode, Result};
+use crate::rails::card::signature::StandardWebhooks;
+use crate::rails::usdc::destination::{Destinations, refusal_in};
+use crate::store::webhooks::{self as rows, DeliveryRow, Due, EndpointRow};
+use crate::store::{self, Db, from_millis};
+pub use events::Out;
+
+/// Links read from one agent's chain per transaction.
+const PAGE: i64 = 500;
+/// Deliveries attempted per pass.
+const BATCH: i64 = 32;
+/// Attempts before a delivery is given up (about a day at the default backoff).
+const MAX_ATTEMPTS: i32 = 15;
+
+pub struct OutboxSettings {
+    /// Where endpoints may be: public addresses, and the private ones an operator allowed.
+    pub destinations: Destinations,
+    /// The pause after the first failed attempt; doubled after each, up to an hour.
+    pub retry_base: Duration,
+    /// The longest one attempt waits for the endpoint.
+    pub timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct Outbox {
+    db: Db,
+    destinations: Arc<Destinations>,
+    retry_base: Duration,
+    http: reqwest::Client,
+}
+
+/// `POST /v1/webhook-endpoints`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewEndpoint {
+    /// `https://…` (or `http://`) where deliveries are POSTed; not an internal address unless
+    /// `webhook_private_destinations` allows it.
+    pub url: String,
+    /// The event types to receive (see docs/webhooks.md).
+    pub events: Vec<String>,
+    pub description: Option<String>,
+}
+
+impl Outbox {
+    pub fn new(db: Db, settings: OutboxSettings) -> anyhow::Result<Outbox> {
+        // Like the fetch proxy's: a name that later resolves to an internal address is refused too.
+        let http =
+            settings.destinations.client(settings.timeout).map_err(|e| anyhow::anyhow!("webhook HTTP client: {e}"))?;
+        Ok(Outbox { db, destinations: Arc::new(settings.destinations), retry_base: settings.retry_base, http })
+    }
+
+    pub async fn create(&self, who: &Principal, input: NewEndpoint) -> Result<Endpoint> {
+        who.check(Permission::Manage, None)?;
+        let url = reqwest::Url::parse(input.url.trim())
+            .map_err(|_| Error::validation(format!("url {:?} is not a URL", input.url)))?;
+        if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+            return Err(Error::validation("url must be an http or https URL with a host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::validation("url must not carry credentials: verify the signature instead"));
+        }
+        self.destinations.check_url(&url).map_err(|r| Error::coded(ErrorCode::DestinationForbidden, r.to_string()))?;
+        let events = event_types(&input.events)?;
+        if input.description.as_deref().is_some_and(|d| d.chars().count() > 500) {
+            return Err(Error::validation("description must be at most 500 characters"));
+        }
+        let secret = format!("whsec_{}", BASE64.encode(rand::random::<[u8; 32]>()));
+        let now = store::now();
+        let row = EndpointRow {
+            id: EndpointId::generate().to_string(),
+            url: url.to_string(),
+            events: events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(","),
+            secret: secret.clone(),
+            description: input.description,
+            created_by: Some(who.key_id.to_string()),
+            created_at: now.as_millisecond(),
+            deleted_at: None,
+        };
+        let stored = row.clone();
+        self.db.write(move |conn| rows::insert_endpoint(conn, &stored)).await?;
+        tracing::info!(endpoint = %row.id, url = %row.url, actor = %who.key_id, "webhook endpoint created");
+        Ok(Endpoint { secret: Some(secret), ..view(row)? })
+    }
+
+    pub async fn list(&self, who: &Principal) -> Result<Vec<Endpoint>> {
+        who.check(Permission::Read, None)?;
+        self.db.read(rows::endpoints).await?.into_iter().map(view).collect()
+    }
+
+    pub async fn delete(&self, who: &Principal, id: &str) -> Result<()> {
+        who.check(Permission::Manage, None)?;
+        let (key, now) = (id.to_owned(), store::now().as_millisecond());
+        if !self.db.write(move |conn| rows::delete_endpoint(conn, &key, now)).await? {
+            return Err(Error::not_found("webhook endpoint", id));
+        }
+        tracing::info!(endpoint = %id, actor = %who.key_id, "webhook endpoint deleted");
+        Ok(())
+    }
+
+    /// An endpoint's latest deliveries, newest first.
+    pub async fn deliveries(&self, who: &Principal, id: &str, limit: i64) -> Result<Vec<serde_json::Value>> {
+        who.check(Permission::Read, None)?;
+        let key = id.to_owned();
+        let found = self.db.read(move |conn| rows::deliveries(conn, &key, limit)).await?;
+        found.ok_or_else(|| Error::not_found("webhook endpoint", id))?.into_iter().map(delivery_view).collect()
+    }
+
+    /// Queues what the chains hold past their cursors, then attempts what is due; every `every`.
+    pub async fn run_forever(self, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.queue().await {
+                tracing::warn!(error = %e, "webhook outbox could not queue events; trying again");
+            }
+            if let Err(e) = self.send().await {
+                tracing::warn!(error = %e, "webhook outbox could not send; trying again");
+            }
+        }
+    }
+
+    /// For each agent whose chain has grown: the events of its new links, one delivery per
+    /// endpoint subscribed to it (and made before it), queued with the cursor moved past them; all
+    /// agents in one transaction (on SQLite, one sync of the WAL a pass).
+    async fn queue(&self) -> Result<usize> {
+        if self.db.read(rows::endpoints).await?.is_empty() {
+            return Ok(0);
+        }
+        let behind = self.db.read(|conn| rows::behind(conn, 100)).await?;
+        if behind.is_empty() {
+            return Ok(0);
+        }
+        self.db
+            .write(move |conn| {
+                let endpoints = rows::endpoints(conn)?;
+                let now_ms = store::now().as_millisecond();
+                let mut queued = 0;
+                // In id order, as `behind` gives them: two nodes lock cursors in the same order.
+                for (agent, _) in behind {
+                    let cursor = rows::lock_cursor(conn, &agent)?;
+                    let page = rows::linked_after(conn, &agent, cursor, PAGE)?;
+                    let Some(last) = page.last().map(|(n, _)| *n) else { continue };
+                    let deliveries: Vec<DeliveryRow> = page
+                        .iter()
+                        .flat_map(|(_, linked)| events::of(linked))
+                        .flat_map(|out| fan_out(&out, &endpoints, now_ms))
+                        .collect();
+                    rows::enqueue(conn, &deliveries)?;
+                    rows::save_cursor(conn, &agent, last)?;
+                    queued += deliveries.len();
+                }
+                Ok(queued)
+            })
+            .await
+    }
+
+    /// One attempt at each due delivery, all at once, each within the timeout.
+    async fn send(&self) -> Result<usize> {
+        let now_ms = store::now().as_millisecond();
+        let due = self.db.read(move |conn| rows::due(conn, now_ms, BATCH)).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        // Leased for longer than an attempt can take: another node's sender leaves them alone.
+        let lease = now_ms + 2 * 60_000;
+        let due = self
+            .db
+            .write(move |conn| {
+                let mut claimed = Vec::new();
+                for d in due {
+                    if rows::claim(conn, &d.delivery, lease)? {
+                        claimed.push(d);
+                    }
+                }
+                Ok(claimed)
+            })
+            .await?;
+        let mut attempts = tokio::task::JoinSet::new();
+        for d in due {
+            let this = self.clone();
+            attempts.spawn(async move {
+                let outcome = this.attempt(&d).await;
+                (d.delivery, outcome)
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = attempts.join_next().await {
+            outcomes.extend(done.ok());
+        }
+        let n = outcomes.len();
+        let retry_base = self.retry_base;
+        self.db
+            .write(move |conn| {
+                let now_ms = store::now().as_millisecond();
+                for (d, outcome) in outcomes {
+                    let attempts = d.attempts + 1;
+                    let (status, next, error) = match outcome {
+                        Ok(()) => (DeliveryStatus::Delivered, now_ms, None),
+                        Err(why) if attempts >= MAX_ATTEMPTS => (DeliveryStatus::Failed, now_ms, Some(why)),
+                        Err(why) => (DeliveryStatus::Pending, now_ms + backoff(retry_base, attempts), Some(why)),
+                    };
+                    rows::attempted(conn, &d.id, attempts, status, next, error.as_deref(), now_ms)?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(n)
+    }
+
+    /// POSTs the delivery's payload, signed; Ok on a 2xx.
+    async fn attempt(&self, due: &Due) -> std::result::Result<(), String> {
+        let signer = StandardWebhooks::new(Some(&Secret::new(due.secret.clone())), None)
+            .map_err(|e| format!("the endpoint's secret {e}"))?
+            .ok_or("the endpoint has no secret")?;
+        let d = &due.delivery;
+        let t = jiff::Timestamp::now().as_second();
+        let signature = signer.sign(&d.event_id, t, d.payload.as_bytes());
+        let sent = self
+            .http
+            .post(&due.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.event_id)
+            .header("webhook-timestamp", t.to_string())
+            .header("webhook-signature", signature)
+            .body(d.payload.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!("the endpoint answered {}", r.status().as_u16())),
+            Err(e) => Err(match refusal_in(&e) {
+                Some(refused) => refused.to_string(),
+                None if e.is_timeout() => "no answer within the timeout".to_owned(),
+                None => "the endpoint could not be reached".to_owned(),
+            }),
+        }
+    }
+}
+
+/// The pause before attempt `attempts + 1`: the base, doubled after each failure, at most an hour.
+fn backoff(base: Duration, attempts: i32) -> i64 {
+    let doubled = base.as_millis() as i64 * (1_i64 << (attempts - 1).clamp(0, 20));
+    doubled.min(3_600_000)
+}
+
+/// One delivery of `out` per endpoint that subscribed to its type and existed when it happened.
+fn fan_out(out: &Out, endpoints: &[EndpointRow], now_ms: i64) -> Vec<DeliveryRow> {
+    endpoints
+        .iter()
+        .filter(|e| e.created_at <= out.at_ms && e.events.split(',').any(|t| t == out.event_type.as_str()))
+        .map(|e| DeliveryRow {
+            id: DeliveryId::generate().to_string(),
+            endpoint_id: e.id.clone(),
+            event_id: out.id.clone(),
+            event_type: out.event_type,
+            payload: out.payload.clone(),
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: now_ms,
+            last_error: None,
+            created_at: now_ms,
+            delivered_at: None,
+        })
+        .collect()
+}
+
+/// The event types named, each known, at least one.
+fn event_types(names: &[String]) -> Result<Vec<EventType>> {
+    if names.is_empty() {
+        return Err(Error::validation("events must name at least one event type"));
+    }
+    let mut types = Vec::new();
+    for name in names {
+        let t = EventType::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+            Error::validation(format!("unknown event type {name:?} (one of {})", known.join(", ")))
+        })?;
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    Ok(types)
+}
+
+fn view(row: EndpointRow) -> Result<Endpoint> {
+    let events = row.events.split(',').map(|t| EventType::parse(t).ok_or_else(|| store::corrupt("event type", t)));
+    Ok(Endpoint {
+        id: EndpointId::from_stored(row.id),
+        url: row.url,
+        events: events.collect::<Result<_>>()?,
+        description: row.description,
+        created_by: row.created_by.map(KeyId::from_stored),
+        created_at: from_millis(row.created_at)?,
+        secret: None,
+    })
+}
+
+fn delivery_view(d: DeliveryRow) -> Result<serde_json::Value> {
+    let at = |ms: i64| from_millis(ms).map(|t| t.to_string());
+    Ok(serde_json::json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "type": d.event_type,
+        "status": d.status,
+        "attempts": d.attempts,
+        "next_attempt_at": at(d.next_attempt_at)?,
+        "last_error": d.last_error,
+        "created_at": at(d.created_at)?,
+        "delivered_at": d.delivered_at.map(at).transpose()?,
+    }))
+}

@@ -1,0 +1,231 @@
+//! Events out: the endpoints, how far the outbox has read each agent's audit chain, and the
+//! deliveries it queued.
+
+use diesel::prelude::*;
+
+use super::DbConnection;
+use super::chain;
+use super::events::EventRow;
+use super::ledger::AuthorizationRow;
+use super::schema::{agents, authorizations, events, webhook_cursors, webhook_deliveries, webhook_endpoints};
+use crate::domain::audit::RecordKind;
+use crate::domain::event::Event;
+use crate::domain::webhook::{DeliveryStatus, EventType};
+use crate::error::Result;
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
+#[diesel(table_name = webhook_endpoints)]
+pub struct EndpointRow {
+    pub id: String,
+    pub url: String,
+    /// Event types, comma-separated.
+    pub events: String,
+    pub secret: String,
+    pub description: Option<String>,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+pub fn insert_endpoint(conn: &mut DbConnection, row: &EndpointRow) -> Result<()> {
+    diesel::insert_into(webhook_endpoints::table).values(row).execute(conn)?;
+    Ok(())
+}
+
+/// The endpoints not deleted, oldest first.
+pub fn endpoints(conn: &mut DbConnection) -> Result<Vec<EndpointRow>> {
+    Ok(webhook_endpoints::table
+        .filter(webhook_endpoints::deleted_at.is_null())
+        .order(webhook_endpoints::id)
+        .select(EndpointRow::as_select())
+        .load(conn)?)
+}
+
+/// Deletes an endpoint (it stays, marked, for its deliveries' sake): false if there was none.
+pub fn delete_endpoint(conn: &mut DbConnection, id: &str, now_ms: i64) -> Result<bool> {
+    let n = diesel::update(webhook_endpoints::table.find(id).filter(webhook_endpoints::deleted_at.is_null()))
+        .set(webhook_endpoints::deleted_at.eq(now_ms))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Agents whose audit chain has grown past the outbox's cursor: (agent, cursor).
+pub fn behind(conn: &mut DbConnection, limit: i64) -> Result<Vec<(String, i64)>> {
+    let rows: Vec<(String, i64, Option<i64>)> = agents::table
+        .left_join(webhook_cursors::table.on(webhook_cursors::agent_id.eq(agents::id)))
+        .filter(
+            webhook_cursors::n
+                .nullable()
+                .is_null()
+                .or(agents::chain_length.nullable().gt(webhook_cursors::n.nullable())),
+        )
+        .filter(agents::chain_length.gt(0))
+        .select((agents::id, agents::chain_length, webhook_cursors::n.nullable()))
+        .order(agents::id)
+        .limit(limit)
+        .load(conn)?;
+    Ok(rows.into_iter().map(|(agent, _, n)| (agent, n.unwrap_or(0))).collect())
+}
+
+/// The agent's cursor, locked for this transaction (on PostgreSQL; SQLite has one writer): two
+/// nodes never queue the same stretch of a chain twice.
+pub fn lock_cursor(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
+    let start = (webhook_cursors::agent_id.eq(agent_id), webhook_cursors::n.eq(0_i64));
+    let query = webhook_cursors::table.find(agent_id).select(webhook_cursors::n);
+    Ok(match conn {
+        DbConnection::Postgresql(pg) => {
+            diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(pg)?;
+            query.for_update().get_result(pg)?
+        }
+        DbConnection::Sqlite(lite) => {
+            diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(lite)?;
+            query.get_result(lite)?
+        }
+    })
+}
+
+pub fn save_cursor(conn: &mut DbConnection, agent_id: &str, n: i64) -> Result<()> {
+    diesel::update(webhook_cursors::table.find(agent_id)).set(webhook_cursors::n.eq(n)).execute(conn)?;
+    Ok(())
+}
+
+/// A record of an agent's chain, as far as events out are concerned.
+pub enum Linked {
+    Authorization(Box<AuthorizationRow>),
+    Event(Event),
+    /// A transfer, or a record no longer there (the audit verification reports that).
+    Other,
+}
+
+/// The agent's links after `after`, in order, each with its record as stored now.
+pub fn linked_after(conn: &mut DbConnection, agent_id: &str, after: i64, limit: i64) -> Result<Vec<(i64, Linked)>> {
+    let links = chain::links(conn, agent_id, after, limit)?;
+    let ids = |kind: RecordKind| -> Vec<String> {
+        links.iter().filter(|l| l.kind == kind).map(|l| l.record_id.clone()).collect()
+    };
+    let auths: Vec<AuthorizationRow> = authorizations::table
+        .filter(authorizations::id.eq_any(ids(RecordKind::Authorization)))
+        .select(AuthorizationRow::as_select())
+        .load(conn)?;
+    let evts: Vec<EventRow> =
+        events::table.filter(events::id.eq_any(ids(RecordKind::Event))).select(EventRow::as_select()).load(conn)?;
+    let evts: Vec<Event> = evts.into_iter().map(EventRow::into_domain).collect::<Result<_>>()?;
+    Ok(links
+        .iter()
+        .map(|l| {
+            let linked = match l.kind {
+                RecordKind::Authorization => auths
+                    .iter()
+                    .find(|a| a.id == l.record_id)
+                    .map_or(Linked::Other, |a| Linked::Authorization(Box::new(a.clone()))),
+                RecordKind::Event => evts
+                    .iter()
+                    .find(|e| e.id.as_str() == l.record_id)
+                    .map_or(Linked::Other, |e| Linked::Event(e.clone())),
+                RecordKind::Transfer => Linked::Other,
+            };
+            (l.n, linked)
+        })
+        .collect())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
+#[diesel(table_name = webhook_deliveries)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub endpoint_id: String,
+    pub event_id: String,
+    pub event_type: EventType,
+    pub payload: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// Queues deliveries; one already queued for the same endpoint and event stays as it is.
+pub fn enqueue(conn: &mut DbConnection, rows: &[DeliveryRow]) -> Result<()> {
+    for row in rows {
+        let insert = diesel::insert_into(webhook_deliveries::table).values(row);
+        match conn {
+            DbConnection::Postgresql(pg) => insert.on_conflict_do_nothing().execute(pg)?,
+            DbConnection::Sqlite(lite) => insert.on_conflict_do_nothing().execute(lite)?,
+        };
+    }
+    Ok(())
+}
+
+/// A delivery due now, with where it goes and the secret that signs it.
+pub struct Due {
+    pub delivery: DeliveryRow,
+    pub url: String,
+    pub secret: String,
+}
+
+/// Pending deliveries due by `now_ms`, oldest first, of endpoints not deleted.
+pub fn due(conn: &mut DbConnection, now_ms: i64, limit: i64) -> Result<Vec<Due>> {
+    let rows: Vec<(DeliveryRow, String, String)> = webhook_deliveries::table
+        .inner_join(webhook_endpoints::table.on(webhook_endpoints::id.eq(webhook_deliveries::endpoint_id)))
+        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
+        .filter(webhook_deliveries::next_attempt_at.le(now_ms))
+        .filter(webhook_endpoints::deleted_at.is_null())
+        .order(webhook_deliveries::next_attempt_at)
+        .limit(limit)
+        .select((DeliveryRow::as_select(), webhook_endpoints::url, webhook_endpoints::secret))
+        .load(conn)?;
+    Ok(rows.into_iter().map(|(delivery, url, secret)| Due { delivery, url, secret }).collect())
+}
+
+/// Takes a due delivery for one attempt, until `lease_until`: false when another sender (another
+/// node) took it first.
+pub fn claim(conn: &mut DbConnection, row: &DeliveryRow, lease_until: i64) -> Result<bool> {
+    let n = diesel::update(
+        webhook_deliveries::table
+            .find(&row.id)
+            .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
+            .filter(webhook_deliveries::next_attempt_at.eq(row.next_attempt_at)),
+    )
+    .set(webhook_deliveries::next_attempt_at.eq(lease_until))
+    .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// An attempt's outcome: delivered, or the next attempt's time, or failed for good.
+pub fn attempted(
+    conn: &mut DbConnection,
+    id: &str,
+    attempts: i32,
+    status: DeliveryStatus,
+    next_attempt_at: i64,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<()> {
+    diesel::update(webhook_deliveries::table.find(id))
+        .set((
+            webhook_deliveries::attempts.eq(attempts),
+            webhook_deliveries::status.eq(status),
+            webhook_deliveries::next_attempt_at.eq(next_attempt_at),
+            webhook_deliveries::last_error.eq(error),
+            webhook_deliveries::delivered_at.eq((status == DeliveryStatus::Delivered).then_some(now_ms)),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// An endpoint's deliveries, newest first; None for an endpoint never made.
+pub fn deliveries(conn: &mut DbConnection, endpoint_id: &str, limit: i64) -> Result<Option<Vec<DeliveryRow>>> {
+    let known: i64 = webhook_endpoints::table.filter(webhook_endpoints::id.eq(endpoint_id)).count().get_result(conn)?;
+    if known == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        webhook_deliveries::table
+            .filter(webhook_deliveries::endpoint_id.eq(endpoint_id))
+            .order(webhook_deliveries::id.desc())
+            .limit(limit)
+            .select(DeliveryRow::as_select())
+            .load(conn)?,
+    ))
+}
