@@ -140,7 +140,7 @@ print(json.dumps({"types": types, "changed": changed}))
 
 async fn deliveries_are_signed_and_the_official_library_verifies_them(app: TestApp) {
     let receiver = Receiver::start().await;
-    let events = ["authorization.approved", "authorization.declined", "card.frozen"];
+    let events = ["audit.checkpoint", "authorization.approved", "authorization.declined", "card.frozen"];
     let endpoint = subscribe(&app, &receiver.url, &events).await;
     let secret = endpoint["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("whsec_"));
@@ -154,8 +154,10 @@ async fn deliveries_are_signed_and_the_official_library_verifies_them(app: TestA
     assert_eq!((approved["approved"].as_bool(), declined["approved"].as_bool()), (Some(true), Some(false)));
     let (s, _) = app.post(&format!("/v1/agents/{agent}/cards/{card}/freeze"), json!({"reason": "hooks"})).await;
     assert_eq!(s, StatusCode::OK);
+    let (s, checkpoint) = app.post("/v1/audit/checkpoints", json!({})).await;
+    assert_eq!(s, StatusCode::CREATED);
 
-    let got = receiver.until("three events", |g| kinds(g).len() == 3).await;
+    let got = receiver.until("four events", |g| kinds(g).len() == 4).await;
     assert_eq!(kinds(&got), events);
     let body = |t: &str| -> Value {
         got.iter().map(|r| serde_json::from_str::<Value>(&r.body).unwrap()).find(|b| b["type"] == t).unwrap()
@@ -168,6 +170,7 @@ async fn deliveries_are_signed_and_the_official_library_verifies_them(app: TestA
     );
     assert_eq!(body("authorization.declined")["data"]["reason"], "insufficient_funds");
     assert_eq!(body("card.frozen")["data"]["reason"], "hooks");
+    assert_eq!(body("audit.checkpoint")["data"], checkpoint, "the checkpoint, to keep elsewhere");
     for r in &got {
         assert_eq!(r.id, serde_json::from_str::<Value>(&r.body).unwrap()["id"], "webhook-id is the event's id");
     }

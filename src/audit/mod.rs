@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::audit::{Break, Problem, RecordKind};
 use crate::domain::ids::{AgentId, CheckpointId};
+use crate::domain::webhook::EventType;
 use crate::error::{Error, Result};
+use crate::outbox;
 use crate::store::chain::{self as rows, CheckpointRow};
 use crate::store::{self, Db, DbConnection};
 use chain::{StoredLink, Walk};
@@ -169,6 +171,8 @@ impl Audit {
                 let cp =
                     Checkpoint::new(CheckpointId::generate().to_string(), now.to_string(), heads, signer.as_deref());
                 rows::insert_checkpoint(conn, &to_row(&cp, now.as_millisecond()))?;
+                let data = serde_json::to_value(&cp).map_err(|e| Error::Internal(e.to_string()))?;
+                outbox::queue_event(conn, cp.id.clone(), EventType::AuditCheckpoint, now.as_millisecond(), data)?;
                 Ok(Some(cp))
             })
             .await?;

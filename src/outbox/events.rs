@@ -54,7 +54,7 @@ pub fn of(linked: &Linked) -> Vec<Out> {
     }
 }
 
-fn out(id: String, event_type: EventType, at_ms: i64, data: Value) -> Out {
+pub fn out(id: String, event_type: EventType, at_ms: i64, data: Value) -> Out {
     let timestamp = jiff::Timestamp::from_millisecond(at_ms).map(|t| t.to_string()).unwrap_or_default();
     let payload = json!({"id": id, "type": event_type, "timestamp": timestamp, "data": data}).to_string();
     Out { id, event_type, at_ms, payload }

@@ -24,7 +24,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::rails::card::signature::StandardWebhooks;
 use crate::rails::usdc::destination::{Destinations, refusal_in};
 use crate::store::webhooks::{self as rows, DeliveryRow, Due, EndpointRow};
-use crate::store::{self, Db, from_millis};
+use crate::store::{self, Db, DbConnection, from_millis};
 pub use events::Out;
 
 /// Links read from one agent's chain per transaction.
@@ -258,6 +258,20 @@ impl Outbox {
             }),
         }
     }
+}
+
+/// Queues an event that is not a record of an agent's chain (an audit checkpoint), in the caller's
+/// transaction, for every endpoint subscribed to it.
+pub fn queue_event(
+    conn: &mut DbConnection,
+    id: String,
+    event_type: EventType,
+    at_ms: i64,
+    data: serde_json::Value,
+) -> Result<()> {
+    let endpoints = rows::endpoints(conn)?;
+    let deliveries = fan_out(&events::out(id, event_type, at_ms, data), &endpoints, store::now().as_millisecond());
+    rows::enqueue(conn, &deliveries)
 }
 
 /// The pause before attempt `attempts + 1`: the base, doubled after each failure, at most an hour.
