@@ -261,6 +261,60 @@ async fn approvals_asked_and_decided_are_events(app: TestApp) {
     );
 }
 
+/// A limit with alert thresholds: each is announced once per window, with what it cost and where,
+/// however often a void lets the window cross it again.
+async fn a_limit_past_an_alert_threshold_is_announced_once_per_window(app: TestApp) {
+    let receiver = Receiver::start().await;
+    subscribe(&app, &receiver.url, &["limit.threshold_crossed"]).await;
+    let agent = app.create_agent("alerted").await;
+    app.fund(&agent, 100_000).await;
+    let (s, _) = app
+        .put(
+            &format!("/v1/agents/{agent}/policy"),
+            json!({"limits": [{"id": "daily", "scope": "agent", "window": {"calendar": "day", "timezone": "UTC"},
+                "amount": 1_000, "alert_at": [50, 100]}]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await["id"].as_str().unwrap().to_owned();
+    let first = app.authorize("t-1", &card, 600).await;
+    app.authorize("t-2", &card, 300).await;
+    app.authorize("t-3", &card, 100).await;
+    let got = receiver.until("two alerts", |g| g.len() >= 2).await;
+    // Deliveries go out side by side: in no particular order.
+    let mut alerts: Vec<Value> =
+        got.iter().map(|r| serde_json::from_str::<Value>(&r.body).unwrap()["data"].clone()).collect();
+    alerts.sort_by_key(|a| a["alert"]["percent"].as_i64());
+    let percents: Vec<i64> = alerts.iter().map(|a| a["alert"]["percent"].as_i64().unwrap()).collect();
+    assert_eq!(percents, [50, 100]);
+    let half = &alerts[0];
+    assert_eq!(half["agent_id"], agent.as_str());
+    assert_eq!(
+        (half["alert"]["rule"].as_str(), half["alert"]["service"].as_str()),
+        (Some("agent.limit.daily"), Some("openai"))
+    );
+    assert_eq!(
+        (half["alert"]["used"]["amount"].as_i64(), half["alert"]["cap"]["amount"].as_i64()),
+        (Some(600), Some(1_000))
+    );
+    assert_eq!(half["alert"]["authorization_id"], first["authorization_id"]);
+    let (_, trail) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    let in_trail = trail["data"].as_array().unwrap().iter().filter(|e| e["kind"] == "limit_threshold_crossed").count();
+    assert_eq!(in_trail, 2, "the trail records each crossing");
+
+    // A void frees the window, the next authorization crosses 100% again: in the trail, not twice
+    // to the endpoint.
+    let id = first["authorization_id"].as_str().unwrap();
+    let (s, _) = app.signed(&format!("/v1/authorizations/{id}/reverse"), &json!({"id": "rev-t"})).await;
+    assert_eq!(s, StatusCode::OK);
+    app.authorize("t-4", &card, 600).await;
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    let (_, trail) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    let in_trail = trail["data"].as_array().unwrap().iter().filter(|e| e["kind"] == "limit_threshold_crossed").count();
+    assert_eq!(in_trail, 4, "50% and 100% were crossed again");
+    assert_eq!(receiver.received().len(), 2, "once per window: {:#?}", receiver.received());
+}
+
 async fn endpoints_are_held_to_the_destination_rules(app: TestApp) {
     for (url, code) in [
         ("http://10.0.0.7/hooks", "destination_forbidden"),
@@ -334,6 +388,23 @@ mod by_backend {
 
 on_both_backends!(endpoints_are_held_to_the_destination_rules);
 
+mod alerts {
+    use super::*;
+
+    #[actix_web::test]
+    async fn sqlite() {
+        a_limit_past_an_alert_threshold_is_announced_once_per_window(app_with_local_endpoints(Backend::Sqlite).await)
+            .await;
+    }
+
+    #[actix_web::test]
+    #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
+    async fn postgres() {
+        a_limit_past_an_alert_threshold_is_announced_once_per_window(app_with_local_endpoints(Backend::Postgres).await)
+            .await;
+    }
+}
+
 mod asking {
     use super::*;
 
@@ -370,6 +441,8 @@ async fn no_event_is_lost_across_sigkill() {
         ("SPENDGATE_WEBHOOK_SECRET", common::WEBHOOK_SECRET),
         ("SPENDGATE_WEBHOOK_PRIVATE_DESTINATIONS", "127.0.0.1/32"),
         ("SPENDGATE_WEBHOOK_RETRY_MS", "100"),
+        // An attempt cut off by the kill is taken up again once its lease (timeout + 5 s) ends.
+        ("SPENDGATE_WEBHOOK_TIMEOUT_MS", "2000"),
     ];
     let mut server = common::process::serve(dir.path(), &[], &env);
     let (http, base) = (common::http_client(), server.base.clone());

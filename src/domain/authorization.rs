@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::approval::Ask;
-use super::money::Money;
+use super::money::{Currency, Money};
 pub use super::policy::Rail;
 
 /// Who is being paid, as the network or the x402 server describes it.
@@ -226,6 +226,22 @@ pub struct Decision {
     pub allowance: Option<String>,
     /// For an `approval_required` decline: what to ask a person.
     pub ask: Option<Ask>,
+    /// For an approval: the alert thresholds of limits it took past (`alert_at`).
+    pub crossed: Vec<Crossed>,
+}
+
+/// An approval took a limit past one of its alert thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossed {
+    /// e.g. `agent.limit.daily`.
+    pub rule: String,
+    pub percent: u8,
+    /// The limit's amount, and what its window counts with this authorization, in `currency`.
+    pub cap: i64,
+    pub used: i64,
+    pub currency: Currency,
+    /// When the limit's current window began: the threshold is crossed once per window.
+    pub window_start_ms: i64,
 }
 
 impl Decision {
@@ -234,6 +250,14 @@ impl Decision {
     }
 
     pub fn decline(reason: DeclineReason, rule: Option<String>) -> Self {
-        Decision { decline: Some(reason), rule, amounts: None, fx: None, allowance: None, ask: None }
+        Decision {
+            decline: Some(reason),
+            rule,
+            amounts: None,
+            fx: None,
+            allowance: None,
+            ask: None,
+            crossed: Vec::new(),
+        }
     }
 }

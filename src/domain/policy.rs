@@ -91,6 +91,10 @@ pub struct Limit {
     /// approval (`ask`) that raises the limit for the rest of its window when granted.
     #[serde(default, skip_serializing_if = "OnExceed::is_decline")]
     pub on_exceed: OnExceed,
+    /// Percentages of `amount` (1–100, at most five) whose crossing is announced once per window:
+    /// an event in the trail (`limit_threshold_crossed`) and `limit.threshold_crossed` to webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_at: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -417,6 +421,16 @@ impl Policy {
                 return fail(format!("limits[{i}]"), "give an amount, a count or both");
             }
             check_amount(&at("amount"), limit.amount)?;
+            if !limit.alert_at.is_empty() {
+                if limit.amount.is_none() {
+                    return fail(at("alert_at"), "needs the limit's amount: it is a percentage of it");
+                }
+                if limit.alert_at.len() > 5 || limit.alert_at.iter().any(|p| !(1..=100).contains(p)) {
+                    return fail(at("alert_at"), "at most five percentages, each from 1 to 100");
+                }
+                limit.alert_at.sort_unstable();
+                limit.alert_at.dedup();
+            }
             if matches!(limit.count, Some(c) if c <= 0) {
                 return fail(at("count"), "must be a positive number of authorizations");
             }
@@ -580,6 +594,18 @@ mod tests {
                 json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1},
                                {"id": "a", "scope": "card", "window": "lifetime", "amount": 2}]}),
                 "limits[1].id: duplicate limit id",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "count": 3, "alert_at": [80]}]}),
+                "limits[0].alert_at: needs the limit's amount",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1, "alert_at": [0]}]}),
+                "limits[0].alert_at: at most five percentages, each from 1 to 100",
+            ),
+            (
+                json!({"limits": [{"id": "a", "scope": "card", "window": "lifetime", "amount": 1, "alert_at": [101]}]}),
+                "limits[0].alert_at: at most five percentages",
             ),
             (
                 json!({"limits": [{"id": "a", "scope": "card", "window": {"rolling": "5s"}, "amount": 1}]}),

@@ -22,6 +22,8 @@ worded! {
         CardUnfrozen = "card.unfrozen",
         #[serde(rename = "card.closed")]
         CardClosed = "card.closed",
+        #[serde(rename = "limit.threshold_crossed")]
+        LimitThresholdCrossed = "limit.threshold_crossed",
         #[serde(rename = "audit.checkpoint")]
         AuditCheckpoint = "audit.checkpoint",
     }

@@ -39,6 +39,18 @@ pub fn of(linked: &Linked) -> Vec<Out> {
             made.insert(0, out(format!("{}.{outcome}", row.id), event_type, row.authorized_at, data));
             made
         }
+        Linked::Event(e) if e.kind == "limit_threshold_crossed" => {
+            // Once per limit, threshold and window, however often a void lets it cross again.
+            let data = e.data.clone().unwrap_or(Value::Null);
+            let id = format!("{}:{}:{}:{}", e.agent_id, data["rule"], data["percent"], data["window_start"])
+                .replace('"', "");
+            vec![out(
+                id,
+                EventType::LimitThresholdCrossed,
+                e.created_at.as_millisecond(),
+                json!({"agent_id": e.agent_id, "card_id": e.card_id, "alert": data}),
+            )]
+        }
         Linked::Event(e) => {
             let event_type = match (e.kind.as_str(), e.card_id.is_some()) {
                 ("frozen", true) => EventType::CardFrozen,

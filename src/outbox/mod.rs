@@ -48,6 +48,9 @@ pub struct Outbox {
     db: Db,
     destinations: Arc<Destinations>,
     retry_base: Duration,
+    /// How long an attempt holds its delivery: longer than the attempt may take, so no other
+    /// sender takes it meanwhile; after a crash, as long as it waits to be attempted again.
+    lease: Duration,
     http: reqwest::Client,
 }
 
@@ -68,7 +71,13 @@ impl Outbox {
         // Like the fetch proxy's: a name that later resolves to an internal address is refused too.
         let http =
             settings.destinations.client(settings.timeout).map_err(|e| anyhow::anyhow!("webhook HTTP client: {e}"))?;
-        Ok(Outbox { db, destinations: Arc::new(settings.destinations), retry_base: settings.retry_base, http })
+        Ok(Outbox {
+            db,
+            destinations: Arc::new(settings.destinations),
+            retry_base: settings.retry_base,
+            lease: settings.timeout + Duration::from_secs(5),
+            http,
+        })
     }
 
     pub async fn create(&self, who: &Principal, input: NewEndpoint) -> Result<Endpoint> {
@@ -184,8 +193,7 @@ impl Outbox {
         if due.is_empty() {
             return Ok(0);
         }
-        // Leased for longer than an attempt can take: another node's sender leaves them alone.
-        let lease = now_ms + 2 * 60_000;
+        let lease = now_ms + self.lease.as_millis() as i64;
         let due = self
             .db
             .write(move |conn| {

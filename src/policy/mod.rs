@@ -31,7 +31,9 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::agent::{Agent, AgentStatus};
 use crate::domain::approval::{Allowance, Ask};
-use crate::domain::authorization::{Amounts, AuthRequest, Decision, DeclineReason, FxUsed, Merchant, NamedBy, Rail};
+use crate::domain::authorization::{
+    Amounts, AuthRequest, Crossed, Decision, DeclineReason, FxUsed, Merchant, NamedBy, Rail,
+};
 use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
 use crate::domain::money::{Currency, Money};
@@ -95,6 +97,8 @@ pub struct Snapshot<'a> {
 struct Trail {
     allowance: Option<String>,
     ask: Option<Ask>,
+    /// Alert thresholds the request takes limits past, should it be approved.
+    crossed: Vec<Crossed>,
 }
 
 type Outcome<T = ()> = Result<T, (DeclineReason, String)>;
@@ -132,12 +136,12 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
         Ok(()) => (None, None),
         Err((reason, rule)) => (Some(reason), Some(rule)),
     };
-    let (allowance, ask) = match decline {
-        None => (trail.allowance, None),
-        Some(DeclineReason::ApprovalRequired) => (None, trail.ask),
-        Some(_) => (None, None),
+    let (allowance, ask, crossed) = match decline {
+        None => (trail.allowance, None, trail.crossed),
+        Some(DeclineReason::ApprovalRequired) => (None, trail.ask, Vec::new()),
+        Some(_) => (None, None, Vec::new()),
     };
-    Decision { decline, rule, amounts: Some(amounts), fx, allowance, ask }
+    Decision { decline, rule, amounts: Some(amounts), fx, allowance, ask, crossed }
 }
 
 /// The request in the agent's and the card's currencies, for recording what a processor decided on
@@ -485,6 +489,7 @@ fn check_limit(
         }
     };
     if crosses(0, 0).is_none() {
+        trail.crossed.extend(crossed_alerts(limit, r, sum, start));
         return Ok(());
     }
     // People's approvals raise the limit for what they cover: this card, this trace, or the agent.
@@ -506,6 +511,7 @@ fn check_limit(
     let extra = granted.iter().fold(0i64, |sum, a| sum.saturating_add(a.amount));
     let Some(reason) = crosses(extra, granted.len() as i64) else {
         trail.allowance.get_or_insert_with(|| granted[0].approval_id.clone());
+        trail.crossed.extend(crossed_alerts(limit, r, sum, start));
         return Ok(());
     };
     if limit.on_exceed == OnExceed::Ask {
@@ -520,6 +526,28 @@ fn check_limit(
         return deny(DeclineReason::ApprovalRequired, rule);
     }
     deny(reason, rule)
+}
+
+/// The limit's alert thresholds that the request takes its window from below to at or above.
+fn crossed_alerts(limit: &Limit, r: &Rules<'_>, sum: i64, window_start_ms: i64) -> Vec<Crossed> {
+    let Some(cap) = limit.amount else { return Vec::new() };
+    let used = sum.saturating_add(r.amount);
+    limit
+        .alert_at
+        .iter()
+        .filter_map(|&percent| {
+            // The threshold in minor units, rounded up: 80% of 999 is reached at 800.
+            let at = ((i128::from(cap) * i128::from(percent) + 99) / 100) as i64;
+            (sum < at && used >= at).then(|| Crossed {
+                rule: format!("{}.limit.{}", r.owner, limit.id),
+                percent,
+                cap,
+                used,
+                currency: r.currency,
+                window_start_ms,
+            })
+        })
+        .collect()
 }
 
 /// A spend in `currency`: recorded amounts where they are in it, else converted (rounded up).

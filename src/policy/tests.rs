@@ -301,6 +301,27 @@ fn rolling_limits_slide_and_name_the_limit() {
     assert!(!w.decide_at(&req(7_001), "2026-11-22T13:00:00Z").approved());
 }
 
+/// A limit's alert thresholds are crossed by the approval that takes the window from below one to
+/// at or above it: once, whichever authorization that is, and never by a decline.
+#[test]
+fn an_approval_that_takes_a_limit_past_an_alert_threshold_says_so() {
+    let mut w = World::new().agent_policy(json!({"limits": [{"id": "daily", "scope": "agent",
+        "window": {"calendar": "day", "timezone": "UTC"}, "amount": 999, "alert_at": [100, 80, 80]}]}));
+    let crossed = |d: &Decision| d.crossed.iter().map(|c| (c.percent, c.used)).collect::<Vec<_>>();
+    assert_eq!(crossed(&w.decide(&req(799))), [], "80% of 999 is 800 (rounded up)");
+    assert_eq!(crossed(&w.decide(&req(800))), [(80, 800)]);
+    assert_eq!(crossed(&w.decide(&req(999))), [(80, 999), (100, 999)], "one request may cross both");
+    w.spent(&req(800), "2026-11-22T08:00:00Z");
+    assert_eq!(crossed(&w.decide(&req(100))), [], "80% was crossed before this one");
+    assert_eq!(crossed(&w.decide(&req(200))), [], "a decline crosses nothing");
+    let d = w.decide(&req(199));
+    let c = &d.crossed[0];
+    assert_eq!((c.rule.as_str(), c.percent, c.cap, c.used), ("agent.limit.daily", 100, 999, 999));
+    assert_eq!(c.window_start_ms, at("2026-11-22T00:00:00Z").as_millisecond());
+    // The next day's window starts from nothing again.
+    assert_eq!(crossed(&w.decide_at(&req(800), "2026-11-23T08:00:00Z")), [(80, 800)]);
+}
+
 #[test]
 fn calendar_limits_reset_at_midnight_in_their_timezone() {
     let mut w = World::new().card_policy(json!({"limits": [

@@ -10,7 +10,7 @@ use super::{AbandonCmd, AuthorizeCmd, Locked, Recorded, Writer};
 use crate::cache::{self, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::approval::Allowance;
-use crate::domain::authorization::{AuthRequest, Decision, DeclineReason};
+use crate::domain::authorization::{AuthRequest, Crossed, Decision, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, AuthorizationId, CardId, EventId};
@@ -164,6 +164,9 @@ impl Writer {
             }
             if let Some(payment) = &c.auth.payment {
                 payment_stored = self.stage_payment(conn, payment, &row.id)?;
+            }
+            for crossed in &decision.crossed {
+                self.record_event(conn, l, &threshold_event(&row, card, crossed, now))?;
             }
         } else {
             self.record_event(conn, l, &decline_event(&row, now))?;
@@ -355,9 +358,15 @@ fn processor_decision(
 ) -> Result<Decision> {
     let rule = Some("processor".to_owned());
     match (verdict, policy::amounts_of(request, snap, now)) {
-        (Verdict::Approved, Ok((amounts, fx))) => {
-            Ok(Decision { decline: None, rule, amounts: Some(amounts), fx, allowance: None, ask: None })
-        }
+        (Verdict::Approved, Ok((amounts, fx))) => Ok(Decision {
+            decline: None,
+            rule,
+            amounts: Some(amounts),
+            fx,
+            allowance: None,
+            ask: None,
+            crossed: Vec::new(),
+        }),
         (Verdict::Approved, Err(_)) => Err(Error::coded(
             ErrorCode::UnsupportedCurrency,
             format!("cannot convert {} to the agent's currency to record the hold", request.currency),
@@ -387,6 +396,24 @@ fn event(
         data: Some(data),
         created_at: now,
     }
+}
+
+/// A limit past one of its alert thresholds, with what it cost and where.
+fn threshold_event(row: &AuthorizationRow, card: Option<&Card>, c: &Crossed, now: jiff::Timestamp) -> Event {
+    let money = |amount: i64| serde_json::json!({"amount": amount, "currency": c.currency.code()});
+    let window_start = jiff::Timestamp::from_millisecond(c.window_start_ms).map(|t| t.to_string()).ok();
+    let data = serde_json::json!({
+        "rule": c.rule,
+        "percent": c.percent,
+        "cap": money(c.cap),
+        "used": money(c.used),
+        "window_start": window_start,
+        "authorization_id": row.id,
+        "trace_id": row.trace_id,
+        "service": card.map(|card| &card.label),
+        "merchant": {"id": row.merchant_id, "name": row.merchant_name},
+    });
+    event(row, "limit_threshold_crossed", None, data, now)
 }
 
 /// Declines show in the card's trail, attempts on frozen cards included.
