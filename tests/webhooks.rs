@@ -329,6 +329,9 @@ async fn endpoints_are_held_to_the_destination_rules(app: TestApp) {
         assert!(s.is_client_error(), "{url}: {s} {e}");
         assert_eq!(e["error"]["code"], code, "{url}: {e}");
     }
+    let long = format!("https://example.com/{}", "a".repeat(3_000));
+    let (s, _) = app.post("/v1/webhook-endpoints", json!({"url": long, "events": ["card.frozen"]})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
     for events in [json!([]), json!(["card.melted"])] {
         let (s, e) = app.post("/v1/webhook-endpoints", json!({"url": "https://example.com/h", "events": events})).await;
         assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("validation_failed")), "{e}");

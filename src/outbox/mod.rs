@@ -82,6 +82,9 @@ impl Outbox {
 
     pub async fn create(&self, who: &Principal, input: NewEndpoint) -> Result<Endpoint> {
         who.check(Permission::Manage, None)?;
+        if input.url.len() > 2_048 {
+            return Err(Error::validation("url must be at most 2048 characters"));
+        }
         let url = reqwest::Url::parse(input.url.trim())
             .map_err(|_| Error::validation(format!("url {:?} is not a URL", input.url)))?;
         if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
@@ -109,7 +112,9 @@ impl Outbox {
         };
         let stored = row.clone();
         self.db.write(move |conn| rows::insert_endpoint(conn, &stored)).await?;
-        tracing::info!(endpoint = %row.id, url = %row.url, actor = %who.key_id, "webhook endpoint created");
+        // The host only: a URL's path or query may carry a token.
+        let host = url.host_str().unwrap_or_default();
+        tracing::info!(endpoint = %row.id, host, actor = %who.key_id, "webhook endpoint created");
         Ok(Endpoint { secret: Some(secret), ..view(row)? })
     }
 
