@@ -166,18 +166,15 @@ async fn a_deleted_transfer_and_a_deleted_link_are_named(app: TestApp) {
 async fn reordered_links_and_swapped_records_are_named(app: TestApp) {
     let h = history(&app).await;
     let a = &h.agent;
-    // Two links change places.
-    app.execute_elsewhere(&format!(
+    // Two links change places (and, done again, change back).
+    let swap = format!(
         "UPDATE chain_links SET n = -1 WHERE agent_id = '{a}' AND n = 3; \
          UPDATE chain_links SET n = 3 WHERE agent_id = '{a}' AND n = 4; \
          UPDATE chain_links SET n = 4 WHERE agent_id = '{a}' AND n = -1;"
-    ));
+    );
+    app.execute_elsewhere(&swap);
     assert_eq!(broken(&verify(&app, json!({})).await).0, "link_altered at 3");
-    app.execute_elsewhere(&format!(
-        "UPDATE chain_links SET n = -1 WHERE agent_id = '{a}' AND n = 3; \
-         UPDATE chain_links SET n = 3 WHERE agent_id = '{a}' AND n = 4; \
-         UPDATE chain_links SET n = 4 WHERE agent_id = '{a}' AND n = -1;"
-    ));
+    app.execute_elsewhere(&swap);
     assert_eq!(verify(&app, json!({})).await["verified"], true, "put back, it verifies again");
 
     // Two events trade their times: the earlier one's link no longer matches.

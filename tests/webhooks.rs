@@ -359,69 +359,14 @@ async fn endpoints_are_held_to_the_destination_rules(app: TestApp) {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
-mod by_backend {
-    use super::*;
-
-    #[actix_web::test]
-    async fn signed_sqlite() {
-        deliveries_are_signed_and_the_official_library_verifies_them(app_with_local_endpoints(Backend::Sqlite).await)
-            .await;
-    }
-
-    #[actix_web::test]
-    #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
-    async fn signed_postgres() {
-        deliveries_are_signed_and_the_official_library_verifies_them(app_with_local_endpoints(Backend::Postgres).await)
-            .await;
-    }
-
-    #[actix_web::test]
-    async fn outage_sqlite() {
-        an_endpoint_that_is_down_gets_the_same_event_when_it_is_back(app_with_local_endpoints(Backend::Sqlite).await)
-            .await;
-    }
-
-    #[actix_web::test]
-    #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
-    async fn outage_postgres() {
-        an_endpoint_that_is_down_gets_the_same_event_when_it_is_back(app_with_local_endpoints(Backend::Postgres).await)
-            .await;
-    }
-}
-
+on_both_backends!(
+    spawn: app_with_local_endpoints;
+    deliveries_are_signed_and_the_official_library_verifies_them,
+    an_endpoint_that_is_down_gets_the_same_event_when_it_is_back,
+    a_limit_past_an_alert_threshold_is_announced_once_per_window,
+    approvals_asked_and_decided_are_events,
+);
 on_both_backends!(endpoints_are_held_to_the_destination_rules);
-
-mod alerts {
-    use super::*;
-
-    #[actix_web::test]
-    async fn sqlite() {
-        a_limit_past_an_alert_threshold_is_announced_once_per_window(app_with_local_endpoints(Backend::Sqlite).await)
-            .await;
-    }
-
-    #[actix_web::test]
-    #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
-    async fn postgres() {
-        a_limit_past_an_alert_threshold_is_announced_once_per_window(app_with_local_endpoints(Backend::Postgres).await)
-            .await;
-    }
-}
-
-mod asking {
-    use super::*;
-
-    #[actix_web::test]
-    async fn sqlite() {
-        approvals_asked_and_decided_are_events(app_with_local_endpoints(Backend::Sqlite).await).await;
-    }
-
-    #[actix_web::test]
-    #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
-    async fn postgres() {
-        approvals_asked_and_decided_are_events(app_with_local_endpoints(Backend::Postgres).await).await;
-    }
-}
 
 const OWNER: &str = "sgk_webhook_test_owner_key_0123456789abcdef0123";
 

@@ -495,6 +495,15 @@ struct Client {
     http: reqwest::Client,
 }
 
+impl Client {
+    /// The same client for a call that may run for minutes (an export, a verification): no
+    /// overall timeout, only the connection's.
+    fn patient(&self) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+        Ok(Client { base: self.base.clone(), key: self.key.clone(), http })
+    }
+}
+
 /// The error for a server that cannot be reached, with the likely cause.
 pub(crate) fn unreachable(base: &str, e: &reqwest::Error) -> anyhow::Error {
     anyhow::anyhow!(
@@ -703,10 +712,11 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
                             .map_err(|e| anyhow::anyhow!("{} is not a checkpoint's JSON: {e}", path.display()))
                     })
                     .transpose()?;
-                // A verification reads every record: no overall timeout, only the connection's.
-                let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-                let patient = Client { base: client.base.clone(), key: client.key.clone(), http };
-                (patient.post("/v1/audit/verify", json!({ "checkpoint": checkpoint })).await?, View::Verification)
+                // A verification reads every record.
+                (
+                    client.patient()?.post("/v1/audit/verify", json!({ "checkpoint": checkpoint })).await?,
+                    View::Verification,
+                )
             }
             AuditCommand::Checkpoint => (client.call(Method::POST, "/v1/audit/checkpoints", None).await?, View::Json),
             AuditCommand::Checkpoints { limit } => {
@@ -847,10 +857,15 @@ async fn export(
     let mut query = filter.query()?;
     query.push(("format", format!("{format:?}").to_lowercase()));
     let url = format!("{}/v1/ledger/export?{}", client.base, serde_urlencoded::to_string(query)?);
-    // An export may run for minutes: no overall timeout, only the connection's.
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
-    let mut response =
-        http.get(&url).bearer_auth(&client.key).send().await.map_err(|e| unreachable(&client.base, &e))?;
+    // An export may run for minutes.
+    let mut response = client
+        .patient()?
+        .http
+        .get(&url)
+        .bearer_auth(&client.key)
+        .send()
+        .await
+        .map_err(|e| unreachable(&client.base, &e))?;
     if !response.status().is_success() {
         let status = response.status().as_u16();
         let text = response.text().await?;

@@ -29,15 +29,15 @@ pub fn of(linked: &Linked) -> Vec<Out> {
                 None => (EventType::AuthorizationApproved, "approved"),
                 Some(_) => (EventType::AuthorizationDeclined, "declined"),
             };
-            let mut made = Vec::new();
-            if let (Some(reason), Some(approval)) = (&row.reason, &row.approval_id)
-                && reason == DeclineReason::ApprovalRequired.as_str()
-            {
-                let asked = json!({"approval_id": approval, "agent_id": row.agent_id, "authorization": data});
-                made.push(out(approval.clone(), EventType::ApprovalRequested, row.authorized_at, asked));
-            }
-            made.insert(0, out(format!("{}.{outcome}", row.id), event_type, row.authorized_at, data));
-            made
+            let asked = match (&row.reason, &row.approval_id) {
+                (Some(reason), Some(approval)) if reason == DeclineReason::ApprovalRequired.as_str() => {
+                    let asked = json!({"approval_id": approval, "agent_id": row.agent_id, "authorization": data});
+                    Some(out(approval.clone(), EventType::ApprovalRequested, row.authorized_at, asked))
+                }
+                _ => None,
+            };
+            let decided = out(format!("{}.{outcome}", row.id), event_type, row.authorized_at, data);
+            std::iter::once(decided).chain(asked).collect()
         }
         Linked::Event(e) if e.kind == "limit_threshold_crossed" => {
             // Once per limit, threshold and window, however often a void lets it cross again.

@@ -237,28 +237,21 @@ pub fn positions(
     after: &str,
     limit: i64,
 ) -> Result<Vec<(String, i64)>> {
+    macro_rules! of {
+        ($table:ident) => {
+            $table::table
+                .filter($table::agent_id.eq(agent_id))
+                .filter($table::id.gt(after))
+                .order($table::id)
+                .limit(limit)
+                .select(($table::id, $table::chain_n))
+                .load(conn)?
+        };
+    }
     Ok(match kind {
-        RecordKind::Authorization => authorizations::table
-            .filter(authorizations::agent_id.eq(agent_id))
-            .filter(authorizations::id.gt(after))
-            .order(authorizations::id)
-            .limit(limit)
-            .select((authorizations::id, authorizations::chain_n))
-            .load(conn)?,
-        RecordKind::Transfer => transfers::table
-            .filter(transfers::agent_id.eq(agent_id))
-            .filter(transfers::id.gt(after))
-            .order(transfers::id)
-            .limit(limit)
-            .select((transfers::id, transfers::chain_n))
-            .load(conn)?,
-        RecordKind::Event => events::table
-            .filter(events::agent_id.eq(agent_id))
-            .filter(events::id.gt(after))
-            .order(events::id)
-            .limit(limit)
-            .select((events::id, events::chain_n))
-            .load(conn)?,
+        RecordKind::Authorization => of!(authorizations),
+        RecordKind::Transfer => of!(transfers),
+        RecordKind::Event => of!(events),
     })
 }
 

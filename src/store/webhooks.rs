@@ -1,6 +1,8 @@
 //! Events out: the endpoints, how far the outbox has read each agent's audit chain, and the
 //! deliveries it queued.
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 
 use super::DbConnection;
@@ -103,25 +105,26 @@ pub fn linked_after(conn: &mut DbConnection, agent_id: &str, after: i64, limit: 
     let ids = |kind: RecordKind| -> Vec<String> {
         links.iter().filter(|l| l.kind == kind).map(|l| l.record_id.clone()).collect()
     };
-    let auths: Vec<AuthorizationRow> = authorizations::table
+    let auths: HashMap<String, AuthorizationRow> = authorizations::table
         .filter(authorizations::id.eq_any(ids(RecordKind::Authorization)))
         .select(AuthorizationRow::as_select())
-        .load(conn)?;
-    let evts: Vec<EventRow> =
+        .load::<AuthorizationRow>(conn)?
+        .into_iter()
+        .map(|a| (a.id.clone(), a))
+        .collect();
+    let rows: Vec<EventRow> =
         events::table.filter(events::id.eq_any(ids(RecordKind::Event))).select(EventRow::as_select()).load(conn)?;
-    let evts: Vec<Event> = evts.into_iter().map(EventRow::into_domain).collect::<Result<_>>()?;
+    let evts: HashMap<String, Event> =
+        rows.into_iter().map(|e| e.into_domain().map(|e| (e.id.to_string(), e))).collect::<Result<_>>()?;
     Ok(links
         .iter()
         .map(|l| {
+            // A record linked twice in the page (an authorization written again) is a copy each time.
             let linked = match l.kind {
-                RecordKind::Authorization => auths
-                    .iter()
-                    .find(|a| a.id == l.record_id)
-                    .map_or(Linked::Other, |a| Linked::Authorization(Box::new(a.clone()))),
-                RecordKind::Event => evts
-                    .iter()
-                    .find(|e| e.id.as_str() == l.record_id)
-                    .map_or(Linked::Other, |e| Linked::Event(e.clone())),
+                RecordKind::Authorization => {
+                    auths.get(&l.record_id).map_or(Linked::Other, |a| Linked::Authorization(Box::new(a.clone())))
+                }
+                RecordKind::Event => evts.get(&l.record_id).map_or(Linked::Other, |e| Linked::Event(e.clone())),
                 RecordKind::Transfer => Linked::Other,
             };
             (l.n, linked)

@@ -322,26 +322,32 @@ impl TestApp {
     }
 }
 
-/// Runs each listed test case against SQLite, and against PostgreSQL when it is configured.
+/// Runs each listed test case against SQLite, and against PostgreSQL when it is configured; on a
+/// server from `common::spawn`, or from the function named first (`spawn: my_spawn;`, as the test
+/// file's root names it).
 #[macro_export]
 macro_rules! on_both_backends {
-    ($($case:ident),* $(,)?) => {
+    (spawn: $spawn:path; $($case:ident),* $(,)?) => {
         $(
             mod $case {
-                use super::common::{spawn, postgres_url, Backend};
+                use super::*;
+                use super::common::{postgres_url, Backend};
 
                 #[actix_web::test]
                 async fn sqlite() {
-                    super::$case(spawn(Backend::Sqlite).await).await;
+                    super::$case($spawn(Backend::Sqlite).await).await;
                 }
 
                 #[actix_web::test]
                 #[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
                 async fn postgres() {
                     assert!(postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
-                    super::$case(spawn(Backend::Postgres).await).await;
+                    super::$case($spawn(Backend::Postgres).await).await;
                 }
             }
         )*
+    };
+    ($($case:ident),* $(,)?) => {
+        on_both_backends!(spawn: common::spawn; $($case),*);
     };
 }
