@@ -78,6 +78,11 @@ impl Snapshots {
         Ok(Some(agent))
     }
 
+    /// The agent if the cache holds it, without reading the database.
+    pub fn cached_agent(&self, id: &AgentId) -> Option<Arc<Versioned<Agent>>> {
+        self.agents.get(id)
+    }
+
     /// Replaces entries with ones read inside the ledger's transaction.
     pub fn put_card(&self, card: Arc<Versioned<Card>>) {
         self.cards.insert(card.value.id.clone(), card);

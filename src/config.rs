@@ -124,6 +124,8 @@ pub struct Config {
     pub webhook_retry_ms: u64,
     /// The longest one delivery attempt waits for the endpoint.
     pub webhook_timeout_ms: u64,
+    /// How often the agents whose policy has `alerts.spend_rate` are checked for an anomaly.
+    pub spend_rate_check_seconds: u64,
 }
 
 impl Default for Config {
@@ -185,6 +187,7 @@ impl Default for Config {
             webhook_private_destinations: String::new(),
             webhook_retry_ms: 5_000,
             webhook_timeout_ms: 10_000,
+            spend_rate_check_seconds: 60,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! server; what each module may use is stated in docs/architecture.md ("The layers").
 
 pub mod admin;
+pub mod alerts;
 pub mod approvals;
 pub mod audit;
 pub mod cache;
@@ -32,6 +33,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::admin::Admin;
 use crate::admin::keys::FirstKey;
+use crate::alerts::Alerts;
 use crate::approvals::link::LinkSigner;
 use crate::approvals::slack::SlackSignature;
 use crate::approvals::{ApprovalSettings, Approvals};
@@ -113,6 +115,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         },
     )?;
     actix_web::rt::spawn(outbox.clone().run_forever(Duration::from_millis(250)));
+    let every = Duration::from_secs(config.spend_rate_check_seconds.max(1));
+    actix_web::rt::spawn(Alerts::new(db.clone()).run_forever(every));
     if config.audit_checkpoint_minutes > 0 {
         actix_web::rt::spawn(
             audit.clone().checkpoint_forever(Duration::from_secs(config.audit_checkpoint_minutes * 60)),

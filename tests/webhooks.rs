@@ -315,6 +315,132 @@ async fn a_limit_past_an_alert_threshold_is_announced_once_per_window(app: TestA
     assert_eq!(receiver.received().len(), 2, "once per window: {:#?}", receiver.received());
 }
 
+fn bodies(got: &[Received]) -> Vec<Value> {
+    got.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect()
+}
+
+fn trail_count(trail: &Value, kind: &str) -> usize {
+    trail["data"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).count()
+}
+
+/// An agent's available balance falling below its policy's threshold is announced once each time
+/// it falls, to a webhook and, as a message, to a Slack endpoint (whose URL the API then hides).
+async fn a_balance_falling_below_its_threshold_is_announced_once_per_fall(app: TestApp) {
+    let hooks = Receiver::start().await;
+    let slack = Receiver::start().await;
+    subscribe(&app, &hooks.url, &["balance.low"]).await;
+    let slack_url = format!("{}/services/T000/B000/secret-token", slack.url);
+    let (s, made) = app
+        .post(
+            "/v1/webhook-endpoints",
+            json!({"url": slack_url, "format": "slack", "events": ["balance.low", "spend.anomaly"]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    assert!(made.get("secret").is_none(), "a Slack endpoint signs nothing: {made}");
+    let listed = app.get("/v1/webhook-endpoints").await.1.to_string();
+    assert!(!listed.contains("secret-token") && listed.contains("\"format\":\"slack\""), "{listed}");
+    let (s, e) = app
+        .post(
+            "/v1/webhook-endpoints",
+            json!({"url": slack.url, "format": "slack", "events": ["authorization.approved"]}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("validation_failed")), "{e}");
+
+    let agent = app.create_agent("thrifty").await;
+    let (s, _) = app.put(&format!("/v1/agents/{agent}/policy"), json!({"alerts": {"balance_below": 5_000}})).await;
+    assert_eq!(s, StatusCode::OK);
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await["id"].as_str().unwrap().to_owned();
+    let (s, e) =
+        app.put(&format!("/v1/agents/{agent}/cards/{card}/policy"), json!({"alerts": {"balance_below": 1}})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a card's policy has no alerts: {e}");
+    app.fund(&agent, 10_000).await;
+    app.authorize("b-1", &card, 3_000).await; // 7,000 left
+    let crossing = app.authorize("b-2", &card, 2_500).await; // 4,500: below
+    app.authorize("b-3", &card, 1_000).await; // 3,500: still below, no new fall
+    app.fund(&agent, 5_000).await; // 8,500
+    app.authorize("b-4", &card, 4_000).await; // 4,500: a second fall
+
+    let got = hooks.until("two balance alerts", |g| g.len() >= 2).await;
+    let alerts: Vec<Value> = bodies(&got).into_iter().map(|b| b["data"]["alert"].clone()).collect();
+    for alert in &alerts {
+        assert_eq!(
+            (alert["available"]["amount"].as_i64(), alert["threshold"]["amount"].as_i64()),
+            (Some(4_500), Some(5_000))
+        );
+        assert_eq!((alert["service"].as_str(), alert["agent_name"].as_str()), (Some("openai"), Some("thrifty")));
+    }
+    assert!(alerts.iter().any(|a| a["authorization_id"] == crossing["authorization_id"]), "{alerts:#?}");
+    let messages = slack.until("two Slack messages", |g| g.len() >= 2).await;
+    for m in &messages {
+        assert!(m.signature.is_empty(), "Slack gets no Standard Webhooks headers");
+        let message: Value = serde_json::from_str(&m.body).unwrap();
+        assert_eq!(message["text"], ":small_red_triangle_down: thrifty's balance is 45.00 USD", "{message}");
+        assert!(message["blocks"].to_string().contains("45.00 USD available, below 50.00 USD"), "{message}");
+    }
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!((hooks.received().len(), slack.received().len()), (2, 2), "once per fall");
+    let (_, trail) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    assert_eq!(trail_count(&trail, "balance_low"), 2);
+    app.assert_chains_whole().await;
+}
+
+async fn app_checking_spend_rates(backend: Backend) -> TestApp {
+    common::spawn_with(backend, |c| {
+        c.webhook_private_destinations = "127.0.0.1/32".into();
+        c.webhook_retry_ms = 100;
+        c.spend_rate_check_seconds = 1;
+    })
+    .await
+}
+
+/// An hour that spends more than the policy's multiple of the agent's own hourly average is an
+/// anomaly, announced once an hour with the services and traces the money went to; an hour at or
+/// under it is not.
+async fn an_hour_far_above_the_agents_own_average_is_an_anomaly(app: TestApp) {
+    let receiver = Receiver::start().await;
+    subscribe(&app, &receiver.url, &["spend.anomaly"]).await;
+    let agent = app.create_agent("steady").await;
+    app.fund(&agent, 100_000).await;
+    let card = app.issue_card(&agent, json!({"label": "openai"})).await["id"].as_str().unwrap().to_owned();
+    // Two days of history at 100 an hour: 4,800 spent, moved back ten hours; the agent three days old.
+    app.authorize("h-1", &card, 4_800).await;
+    app.execute_elsewhere(&format!(
+        "UPDATE authorizations SET authorized_at = authorized_at - 36000000 WHERE agent_id = '{agent}';
+         UPDATE agents SET created_at = created_at - 259200000 WHERE id = '{agent}';"
+    ));
+    let rule = json!({"alerts": {"spend_rate": {"multiple": 3, "baseline": "2d", "min_amount": 100}}});
+    let (s, _) = app.put(&format!("/v1/agents/{agent}/policy"), rule).await;
+    assert_eq!(s, StatusCode::OK);
+
+    app.authorize("h-2", &card, 300).await; // three times the average: not over it
+    actix_web::rt::time::sleep(Duration::from_millis(2_500)).await;
+    let (_, trail) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    assert_eq!(trail_count(&trail, "spend_anomaly"), 0, "at the multiple is not over it");
+
+    let body = json!({"id": "h-3", "card_id": card, "amount": 50, "currency": "USD", "trace_id": "run-9",
+        "merchant": {"id": "m_openai", "name": "OPENAI *API", "mcc": "5734", "country": "US"}});
+    assert_eq!(app.signed("/v1/authorizations", &body).await.0, StatusCode::OK);
+    let got = receiver.until("an anomaly", |g| !g.is_empty()).await;
+    let alert = bodies(&got)[0]["data"]["alert"].clone();
+    assert_eq!(alert["last_hour"], json!({"amount": 350, "currency": "USD"}), "{alert}");
+    assert_eq!(alert["hourly_baseline"], json!({"amount": 100, "currency": "USD"}), "{alert}");
+    assert_eq!(alert["top_services"], json!([{"service": "openai", "spend": {"amount": 350, "currency": "USD"}}]));
+    assert_eq!(
+        alert["top_traces"],
+        json!([{"trace_id": null, "spend": {"amount": 300, "currency": "USD"}},
+               {"trace_id": "run-9", "spend": {"amount": 50, "currency": "USD"}}])
+    );
+
+    // Still anomalous a few checks later: announced once in the hour.
+    app.authorize("h-4", &card, 500).await;
+    actix_web::rt::time::sleep(Duration::from_millis(2_500)).await;
+    let (_, trail) = app.get(&format!("/v1/agents/{agent}/events")).await;
+    assert_eq!(trail_count(&trail, "spend_anomaly"), 1);
+    assert_eq!(receiver.received().len(), 1);
+}
+
 async fn endpoints_are_held_to_the_destination_rules(app: TestApp) {
     for (url, code) in [
         ("http://10.0.0.7/hooks", "destination_forbidden"),
@@ -365,7 +491,9 @@ on_both_backends!(
     an_endpoint_that_is_down_gets_the_same_event_when_it_is_back,
     a_limit_past_an_alert_threshold_is_announced_once_per_window,
     approvals_asked_and_decided_are_events,
+    a_balance_falling_below_its_threshold_is_announced_once_per_fall,
 );
+on_both_backends!(spawn: app_checking_spend_rates; an_hour_far_above_the_agents_own_average_is_an_anomaly,);
 on_both_backends!(endpoints_are_held_to_the_destination_rules);
 
 const OWNER: &str = "sgk_webhook_test_owner_key_0123456789abcdef0123";

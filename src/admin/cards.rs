@@ -5,6 +5,7 @@ use super::agents::{load_agent, parse_agent_id};
 use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
+use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, CardId, KeyId};
 use crate::domain::money::Currency;
@@ -69,6 +70,16 @@ pub struct IssuedCard {
     pub number: Option<String>,
 }
 
+/// A card's policy: in the card's currency, and without the alerts only an agent's policy has
+/// (they watch the agent's balance and spend as a whole).
+fn card_policy(catalog: &Catalog, doc: serde_json::Value, currency: Currency) -> Result<Policy> {
+    let policy = parse_policy(catalog, doc, Some(currency))?;
+    if policy.alerts.is_some() {
+        return Err(Error::validation("policy.alerts: alerts belong in the agent's policy, not a card's"));
+    }
+    Ok(policy)
+}
+
 fn parse_card_id(id: &str) -> Result<CardId> {
     CardId::parse(id).ok_or_else(|| Error::not_found("card", id))
 }
@@ -114,9 +125,9 @@ impl Admin {
             (Some(_), Some(_)) => {
                 return Err(Error::validation("give policy or template, not both"));
             }
-            (Some(doc), None) => parse_policy(self.catalog, doc, Some(currency))?,
+            (Some(doc), None) => card_policy(self.catalog, doc, currency)?,
             (None, Some(name)) => self.template_policy(name, currency)?,
-            (None, None) => parse_policy(self.catalog, serde_json::json!({}), Some(currency))?,
+            (None, None) => card_policy(self.catalog, serde_json::json!({}), currency)?,
         };
         let now = store::now();
         if input.expires_at.is_some_and(|at| at <= now) {
@@ -373,7 +384,7 @@ impl Admin {
                 if card.status == CardStatus::Closed {
                     return Err(Error::coded(ErrorCode::CardClosed, "the card is closed"));
                 }
-                let policy = parse_policy(catalog, doc, Some(card.currency))?;
+                let policy = card_policy(catalog, doc, card.currency)?;
                 let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
                 let data = serde_json::json!({ "previous": card.policy, "policy": policy });

@@ -64,7 +64,7 @@ impl SlackSignature {
 }
 
 /// Text for Slack's mrkdwn: `&`, `<` and `>` are its control characters.
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
@@ -145,7 +145,7 @@ fn who(view: &ApprovalView) -> String {
     }
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     match text.char_indices().nth(max - 1) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_owned(),

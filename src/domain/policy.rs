@@ -52,6 +52,9 @@ pub struct Policy {
     pub x402: Option<Box<X402Rules>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Approval>,
+    /// Only in an agent's policy: alerts on its money as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Box<Alerts>>,
 }
 
 /// Either an allow list or a block list, never both.
@@ -305,6 +308,49 @@ pub struct Approval {
     pub above: i64,
 }
 
+/// Announcements about an agent's money as a whole, in its trail and to webhooks; they decline nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// The available balance falling below this (minor units of the agent's currency) is announced
+    /// (`balance_low`), once each time it falls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_below: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_rate: Option<SpendRate>,
+}
+
+/// The last hour's spend against the agent's own hourly average before it (`spend_anomaly`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpendRate {
+    /// How many times the hourly average the last hour must exceed (2 to 1000).
+    pub multiple: u32,
+    /// The period before the last hour whose hourly average is the baseline: whole hours from
+    /// `"1d"` to `"90d"`.
+    #[serde(default = "a_week")]
+    pub baseline: String,
+    /// The least the last hour must spend to be announced, in minor units (a quiet agent's first
+    /// purchase is not an anomaly).
+    #[serde(default = "one")]
+    pub min_amount: i64,
+}
+
+fn a_week() -> String {
+    "7d".to_owned()
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl SpendRate {
+    /// The baseline's length in hours (a normalized policy's is whole and in range).
+    pub fn baseline_hours(&self) -> i64 {
+        Window::parse_rolling(&self.baseline).map_or(0, |seconds| seconds / 3_600)
+    }
+}
+
 impl Policy {
     /// Whether the x402 rules let the agent pay (and so contact) `host` (`name` or `name:port`,
     /// as the URL gives it). No list allows every host.
@@ -517,6 +563,21 @@ impl Policy {
         if let Some(approval) = &self.approval {
             check_amount("approval.above", Some(approval.above))?;
         }
+        if let Some(alerts) = &mut self.alerts {
+            check_amount("alerts.balance_below", alerts.balance_below)?;
+            if let Some(rate) = &mut alerts.spend_rate {
+                if !(2..=1_000).contains(&rate.multiple) {
+                    return fail("alerts.spend_rate.multiple", "must be from 2 to 1000");
+                }
+                rate.baseline = rate.baseline.trim().to_owned();
+                let seconds = Window::parse_rolling(&rate.baseline)
+                    .map_err(|e| PolicyError(format!("alerts.spend_rate.baseline: {e}")))?;
+                if seconds % 3_600 != 0 || !(86_400..=90 * 86_400).contains(&seconds) {
+                    return fail("alerts.spend_rate.baseline", "must be whole hours from 1d to 90d, e.g. \"7d\"");
+                }
+                check_amount("alerts.spend_rate.min_amount", Some(rate.min_amount))?;
+            }
+        }
         Ok(())
     }
 
@@ -570,6 +631,17 @@ mod tests {
         assert_eq!(out["limits"][0]["window"], json!({"rolling": "24h"}));
         assert_eq!(out["limits"][2]["window"], json!("lifetime"));
         assert_eq!(Policy::from_json(out).unwrap(), policy);
+    }
+
+    #[test]
+    fn alerts_default_to_a_week_and_any_spend() {
+        let policy =
+            check(json!({"alerts": {"balance_below": 500, "spend_rate": {"multiple": 4, "baseline": " 36h "}}}))
+                .unwrap();
+        let rate = policy.alerts.as_ref().and_then(|a| a.spend_rate.clone()).unwrap();
+        assert_eq!((rate.multiple, rate.baseline_hours(), rate.min_amount), (4, 36, 1));
+        let rate: SpendRate = serde_json::from_value(json!({"multiple": 2})).unwrap();
+        assert_eq!(rate.baseline_hours(), 168);
     }
 
     #[test]
@@ -645,6 +717,21 @@ mod tests {
             (json!({"merchant_lock": {}}), "merchant_lock: give at least one"),
             (json!({"surprise": 1}), "unknown field `surprise`"),
             (json!({"per_transaction": 1.5}), "per_transaction: invalid type"),
+            (json!({"alerts": {"balance_below": 0}}), "alerts.balance_below: must be a positive"),
+            (json!({"alerts": {"spend_rate": {"multiple": 1}}}), "alerts.spend_rate.multiple: must be from 2"),
+            (
+                json!({"alerts": {"spend_rate": {"multiple": 3, "baseline": "90m"}}}),
+                "alerts.spend_rate.baseline: must be whole hours",
+            ),
+            (
+                json!({"alerts": {"spend_rate": {"multiple": 3, "baseline": "91d"}}}),
+                "alerts.spend_rate.baseline: must be whole hours",
+            ),
+            (
+                json!({"alerts": {"spend_rate": {"multiple": 3, "baseline": "week"}}}),
+                "alerts.spend_rate.baseline: rolling window",
+            ),
+            (json!({"alerts": {"spend_rate": {"multiple": 3, "min_amount": 0}}}), "alerts.spend_rate.min_amount"),
         ];
         for (doc, expected) in cases {
             let err = check(doc.clone()).expect_err(&format!("{doc} should be refused"));

@@ -24,8 +24,30 @@ worded! {
         CardClosed = "card.closed",
         #[serde(rename = "limit.threshold_crossed")]
         LimitThresholdCrossed = "limit.threshold_crossed",
+        #[serde(rename = "balance.low")]
+        BalanceLow = "balance.low",
+        #[serde(rename = "spend.anomaly")]
+        SpendAnomaly = "spend.anomaly",
         #[serde(rename = "audit.checkpoint")]
         AuditCheckpoint = "audit.checkpoint",
+    }
+}
+
+impl EventType {
+    /// The alerts: a person should look. Only they may go to a Slack endpoint.
+    pub fn is_alert(self) -> bool {
+        matches!(self, EventType::LimitThresholdCrossed | EventType::BalanceLow | EventType::SpendAnomaly)
+    }
+}
+
+worded! {
+    /// How an endpoint takes its deliveries.
+    pub enum EndpointFormat {
+        /// The event as JSON, signed (Standard Webhooks).
+        Standard = "standard",
+        /// A Slack incoming webhook: each alert as a message with its cost context, unsigned (the
+        /// URL is the credential).
+        Slack = "slack",
     }
 }
 
@@ -41,7 +63,9 @@ worded! {
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Endpoint {
     pub id: EndpointId,
+    /// A Slack endpoint's shows its host only: the rest is its credential.
     pub url: String,
+    pub format: EndpointFormat,
     pub events: Vec<EventType>,
     pub description: Option<String>,
     pub created_by: Option<KeyId>,

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use crate::domain::authorization::DeclineReason;
+use crate::domain::event::Event;
 use crate::domain::webhook::EventType;
 use crate::ledger::AuthorizationView;
 use crate::store::webhooks::Linked;
@@ -39,18 +40,7 @@ pub fn of(linked: &Linked) -> Vec<Out> {
             let decided = out(format!("{}.{outcome}", row.id), event_type, row.authorized_at, data);
             std::iter::once(decided).chain(asked).collect()
         }
-        Linked::Event(e) if e.kind == "limit_threshold_crossed" => {
-            // Once per limit, threshold and window, however often a void lets it cross again.
-            let data = e.data.clone().unwrap_or(Value::Null);
-            let id = format!("{}:{}:{}:{}", e.agent_id, data["rule"], data["percent"], data["window_start"])
-                .replace('"', "");
-            vec![out(
-                id,
-                EventType::LimitThresholdCrossed,
-                e.created_at.as_millisecond(),
-                json!({"agent_id": e.agent_id, "card_id": e.card_id, "alert": data}),
-            )]
-        }
+        Linked::Event(e) if let Some(event_type) = alert_type(&e.kind) => vec![alert(e, event_type)],
         Linked::Event(e) => {
             let event_type = match (e.kind.as_str(), e.card_id.is_some()) {
                 ("frozen", true) => EventType::CardFrozen,
@@ -63,6 +53,31 @@ pub fn of(linked: &Linked) -> Vec<Out> {
             vec![out(e.id.to_string(), event_type, e.created_at.as_millisecond(), data)]
         }
         Linked::Other => Vec::new(),
+    }
+}
+
+/// An alert, with what it cost and where in `alert`.
+fn alert(e: &Event, event_type: EventType) -> Out {
+    let data = e.data.clone().unwrap_or(Value::Null);
+    let id = match event_type {
+        // Once per limit, threshold and window, however often a void lets it cross again.
+        EventType::LimitThresholdCrossed => {
+            format!("{}:{}:{}:{}", e.agent_id, data["rule"], data["percent"], data["window_start"]).replace('"', "")
+        }
+        // Each is recorded once: a fall below the balance's threshold, an hour's anomaly.
+        _ => e.id.to_string(),
+    };
+    let body = json!({"agent_id": e.agent_id, "card_id": e.card_id, "alert": data});
+    out(id, event_type, e.created_at.as_millisecond(), body)
+}
+
+/// The webhook type of an alert recorded in the trail under `kind`.
+fn alert_type(kind: &str) -> Option<EventType> {
+    match kind {
+        "limit_threshold_crossed" => Some(EventType::LimitThresholdCrossed),
+        "balance_low" => Some(EventType::BalanceLow),
+        "spend_anomaly" => Some(EventType::SpendAnomaly),
+        _ => None,
     }
 }
 

@@ -7,6 +7,7 @@
 //! (Standard Webhooks), sent off every request path, and retried with backoff until a 2xx.
 
 mod events;
+mod slack;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use utoipa::ToSchema;
 use crate::crypto::Secret;
 use crate::domain::access::{Permission, Principal};
 use crate::domain::ids::{DeliveryId, EndpointId, KeyId};
-use crate::domain::webhook::{DeliveryStatus, Endpoint, EventType};
+use crate::domain::webhook::{DeliveryStatus, Endpoint, EndpointFormat, EventType};
 use crate::error::{Error, ErrorCode, Result};
 use crate::rails::card::signature::StandardWebhooks;
 use crate::rails::usdc::destination::{Destinations, refusal_in};
@@ -64,6 +65,9 @@ pub struct NewEndpoint {
     /// The event types to receive (see docs/webhooks.md).
     pub events: Vec<String>,
     pub description: Option<String>,
+    /// `standard` (the default): signed JSON. `slack`: a Slack incoming webhook, for alerts only.
+    #[serde(default)]
+    pub format: Option<EndpointFormat>,
 }
 
 impl Outbox {
@@ -95,6 +99,12 @@ impl Outbox {
         }
         self.destinations.check_url(&url).map_err(|r| Error::coded(ErrorCode::DestinationForbidden, r.to_string()))?;
         let events = event_types(&input.events)?;
+        let format = input.format.unwrap_or(EndpointFormat::Standard);
+        if let (EndpointFormat::Slack, Some(other)) = (format, events.iter().find(|e| !e.is_alert())) {
+            return Err(Error::validation(format!(
+                "events: a slack endpoint takes the alerts only (limit.threshold_crossed, balance.low, spend.anomaly), not {other}"
+            )));
+        }
         if input.description.as_deref().is_some_and(|d| d.chars().count() > 500) {
             return Err(Error::validation("description must be at most 500 characters"));
         }
@@ -109,13 +119,16 @@ impl Outbox {
             created_by: Some(who.key_id.to_string()),
             created_at: now.as_millisecond(),
             deleted_at: None,
+            format,
         };
         let stored = row.clone();
         self.db.write(move |conn| rows::insert_endpoint(conn, &stored)).await?;
         // The host only: a URL's path or query may carry a token.
         let host = url.host_str().unwrap_or_default();
         tracing::info!(endpoint = %row.id, host, actor = %who.key_id, "webhook endpoint created");
-        Ok(Endpoint { secret: Some(secret), ..view(row)? })
+        // A Slack endpoint's URL is its credential; it signs nothing.
+        let secret = (format == EndpointFormat::Standard).then_some(secret);
+        Ok(Endpoint { secret, ..view(row)? })
     }
 
     pub async fn list(&self, who: &Principal) -> Result<Vec<Endpoint>> {
@@ -243,24 +256,26 @@ impl Outbox {
         Ok(n)
     }
 
-    /// POSTs the delivery's payload, signed; Ok on a 2xx.
+    /// POSTs the delivery's payload, signed (or, to Slack, its message); Ok on a 2xx.
     async fn attempt(&self, due: &Due) -> std::result::Result<(), String> {
-        let signer = StandardWebhooks::new(Some(&Secret::new(due.secret.clone())), None)
-            .map_err(|e| format!("the endpoint's secret {e}"))?
-            .ok_or("the endpoint has no secret")?;
         let d = &due.delivery;
-        let t = jiff::Timestamp::now().as_second();
-        let signature = signer.sign(&d.event_id, t, d.payload.as_bytes());
-        let sent = self
-            .http
-            .post(&due.url)
-            .header("content-type", "application/json")
-            .header("webhook-id", &d.event_id)
-            .header("webhook-timestamp", t.to_string())
-            .header("webhook-signature", signature)
-            .body(d.payload.clone())
-            .send()
-            .await;
+        let request = self.http.post(&due.url).header("content-type", "application/json");
+        let request = match due.format {
+            EndpointFormat::Standard => {
+                let signer = StandardWebhooks::new(Some(&Secret::new(due.secret.clone())), None)
+                    .map_err(|e| format!("the endpoint's secret {e}"))?
+                    .ok_or("the endpoint has no secret")?;
+                let t = jiff::Timestamp::now().as_second();
+                let signature = signer.sign(&d.event_id, t, d.payload.as_bytes());
+                request
+                    .header("webhook-id", &d.event_id)
+                    .header("webhook-timestamp", t.to_string())
+                    .header("webhook-signature", signature)
+                    .body(d.payload.clone())
+            }
+            EndpointFormat::Slack => request.body(slack::message(&d.payload)?.to_string()),
+        };
+        let sent = request.send().await;
         match sent {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(format!("the endpoint answered {}", r.status().as_u16())),
@@ -334,9 +349,16 @@ fn event_types(names: &[String]) -> Result<Vec<EventType>> {
 
 fn view(row: EndpointRow) -> Result<Endpoint> {
     let events = row.events.split(',').map(|t| EventType::parse(t).ok_or_else(|| store::corrupt("event type", t)));
+    let url = match row.format {
+        EndpointFormat::Standard => row.url,
+        EndpointFormat::Slack => reqwest::Url::parse(&row.url)
+            .map(|u| format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or_default()))
+            .map_err(|_| store::corrupt("endpoint url", "a slack URL that does not parse"))?,
+    };
     Ok(Endpoint {
         id: EndpointId::from_stored(row.id),
-        url: row.url,
+        url,
+        format: row.format,
         events: events.collect::<Result<_>>()?,
         description: row.description,
         created_by: row.created_by.map(KeyId::from_stored),

@@ -75,6 +75,17 @@ pub fn list(conn: &mut DbConnection, cursor: Option<&str>, limit: i64) -> Result
     query.load(conn)?.into_iter().map(AgentRow::into_domain).collect()
 }
 
+/// The agents whose policy watches their spend rate (`alerts.spend_rate`), in id order.
+pub fn watching_spend_rate(conn: &mut DbConnection) -> Result<Vec<Agent>> {
+    let rows = agents::table
+        .filter(agents::policy.like("%\"spend_rate\"%"))
+        .select(AgentRow::as_select())
+        .order(agents::id)
+        .load(conn)?;
+    let agents = rows.into_iter().map(AgentRow::into_domain).collect::<Result<Vec<_>>>()?;
+    Ok(agents.into_iter().filter(|a| a.policy.alerts.as_ref().is_some_and(|x| x.spend_rate.is_some())).collect())
+}
+
 pub fn count(conn: &mut DbConnection) -> Result<i64> {
     Ok(agents::table.count().get_result(conn)?)
 }

@@ -65,6 +65,28 @@ pub fn record(conn: &mut DbConnection, event: &Event) -> Result<()> {
     chain::save_head(conn, event.agent_id.as_str(), &head)
 }
 
+/// Records the event unless its agent's trail has one of the same kind made at or after
+/// `since_ms`; decided under the agent's lock, so two nodes record it once. True if recorded.
+pub fn record_unless_since(conn: &mut DbConnection, event: &Event, since_ms: i64) -> Result<bool> {
+    let agent = event.agent_id.as_str();
+    let mut head = chain::lock_head(conn, agent)?.ok_or_else(|| Error::not_found("agent", agent))?;
+    let recent: i64 = events::table
+        .filter(events::agent_id.eq(agent))
+        // The id's time is within moments of created_at: the range reads the (agent, id) index.
+        .filter(events::id.ge(super::reports::id_at(EventId::PREFIX, since_ms - super::reports::ID_MARGIN_MS)))
+        .filter(events::kind.eq(&event.kind))
+        .filter(events::created_at.ge(since_ms))
+        .count()
+        .get_result(conn)?;
+    if recent > 0 {
+        return Ok(false);
+    }
+    let link = insert_linked(conn, event, &mut head)?;
+    chain::insert_links(conn, &[link])?;
+    chain::save_head(conn, agent, &head)?;
+    Ok(true)
+}
+
 /// Inserts an event as the next link of `head`, whose agent's row the caller has locked; the
 /// caller writes the link it returns and the head.
 pub fn insert_linked(conn: &mut DbConnection, event: &Event, head: &mut Head) -> Result<LinkRow> {

@@ -208,10 +208,10 @@ impl Statement {
 }
 
 /// How far a record's id time may be from its own time (see `Statement::filter`).
-const ID_MARGIN_MS: i64 = 3_600_000;
+pub(super) const ID_MARGIN_MS: i64 = 3_600_000;
 
 /// The smallest id with this prefix made at `ms`.
-fn id_at(prefix: &str, ms: i64) -> String {
+pub(super) fn id_at(prefix: &str, ms: i64) -> String {
     let ms = ms.clamp(0, (1 << 48) - 1) as u64;
     format!("{prefix}_{}", ulid::Ulid::from_parts(ms, 0).to_string().to_ascii_lowercase())
 }

@@ -193,6 +193,7 @@ diesel::table! {
         created_by -> Nullable<Text>,
         created_at -> BigInt,
         deleted_at -> Nullable<BigInt>,
+        format -> Text,
     }
 }
 

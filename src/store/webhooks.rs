@@ -12,7 +12,7 @@ use super::ledger::AuthorizationRow;
 use super::schema::{agents, authorizations, events, webhook_cursors, webhook_deliveries, webhook_endpoints};
 use crate::domain::audit::RecordKind;
 use crate::domain::event::Event;
-use crate::domain::webhook::{DeliveryStatus, EventType};
+use crate::domain::webhook::{DeliveryStatus, EndpointFormat, EventType};
 use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
@@ -27,6 +27,7 @@ pub struct EndpointRow {
     pub created_by: Option<String>,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    pub format: EndpointFormat,
 }
 
 pub fn insert_endpoint(conn: &mut DbConnection, row: &EndpointRow) -> Result<()> {
@@ -160,25 +161,31 @@ pub fn enqueue(conn: &mut DbConnection, rows: &[DeliveryRow]) -> Result<()> {
     Ok(())
 }
 
-/// A delivery due now, with where it goes and the secret that signs it.
+/// A delivery due now, with where it goes, how, and the secret that signs it.
 pub struct Due {
     pub delivery: DeliveryRow,
     pub url: String,
     pub secret: String,
+    pub format: EndpointFormat,
 }
 
 /// Pending deliveries due by `now_ms`, oldest first, of endpoints not deleted.
 pub fn due(conn: &mut DbConnection, now_ms: i64, limit: i64) -> Result<Vec<Due>> {
-    let rows: Vec<(DeliveryRow, String, String)> = webhook_deliveries::table
+    let rows: Vec<(DeliveryRow, String, String, EndpointFormat)> = webhook_deliveries::table
         .inner_join(webhook_endpoints::table.on(webhook_endpoints::id.eq(webhook_deliveries::endpoint_id)))
         .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
         .filter(webhook_deliveries::next_attempt_at.le(now_ms))
         .filter(webhook_endpoints::deleted_at.is_null())
         .order(webhook_deliveries::next_attempt_at)
         .limit(limit)
-        .select((DeliveryRow::as_select(), webhook_endpoints::url, webhook_endpoints::secret))
+        .select((
+            DeliveryRow::as_select(),
+            webhook_endpoints::url,
+            webhook_endpoints::secret,
+            webhook_endpoints::format,
+        ))
         .load(conn)?;
-    Ok(rows.into_iter().map(|(delivery, url, secret)| Due { delivery, url, secret }).collect())
+    Ok(rows.into_iter().map(|(delivery, url, secret, format)| Due { delivery, url, secret, format }).collect())
 }
 
 /// Takes a due delivery for one attempt, until `lease_until`: false when another sender (another

@@ -10,7 +10,7 @@ use diesel::sql_types::Text;
 use crate::domain::audit::RecordKind;
 use crate::domain::authorization::Rail;
 use crate::domain::ledger::{HoldStatus, PaymentStatus, Source, TransferKind};
-use crate::domain::webhook::{DeliveryStatus, EventType};
+use crate::domain::webhook::{DeliveryStatus, EndpointFormat, EventType};
 
 macro_rules! stored_as_text {
     ($($t:ty),+) => {$(
@@ -53,4 +53,14 @@ macro_rules! stored_as_text {
     )+};
 }
 
-stored_as_text!(HoldStatus, TransferKind, Source, PaymentStatus, Rail, RecordKind, EventType, DeliveryStatus);
+stored_as_text!(
+    HoldStatus,
+    TransferKind,
+    Source,
+    PaymentStatus,
+    Rail,
+    RecordKind,
+    EventType,
+    DeliveryStatus,
+    EndpointFormat
+);

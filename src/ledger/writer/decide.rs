@@ -165,9 +165,11 @@ impl Writer {
             if let Some(payment) = &c.auth.payment {
                 payment_stored = self.stage_payment(conn, payment, &row.id)?;
             }
+            let spent = spent_on(&row, card);
             for crossed in &decision.crossed {
-                self.record_event(conn, l, &threshold_event(&row, card, crossed, now))?;
+                self.record_event(conn, l, &threshold_event(&row, &agent.value, &spent, crossed, now))?;
             }
+            l.spent_by = Some(spent);
         } else {
             self.record_event(conn, l, &decline_event(&row, now))?;
         }
@@ -188,19 +190,7 @@ impl Writer {
         l: &mut Locked,
     ) -> Result<Option<Snapshots>> {
         let version = l.ledger.config_version;
-        let agent_id = &c.agent.value.id;
-        let agent = match (&l.agent, c.agent.version == version) {
-            (_, true) => c.agent.clone(),
-            (Some(fresh), false) => fresh.clone(),
-            (None, false) => {
-                let fresh = Arc::new(
-                    cache::load_agent(conn, agent_id)?.ok_or_else(|| Error::not_found("agent", agent_id.as_str()))?,
-                );
-                self.snapshots.put_agent(fresh.clone());
-                fresh
-            }
-        };
-        l.agent = Some(agent.clone());
+        let agent = self.locked_agent(conn, &c.agent.value.id, l, Some(&c.agent))?;
         let card = match &c.card {
             None => None,
             Some(card) if card.version == version => Some(card.clone()),
@@ -398,21 +388,37 @@ fn event(
     }
 }
 
+/// What an approval was for, as an alert names it.
+fn spent_on(row: &AuthorizationRow, card: Option<&Card>) -> serde_json::Value {
+    serde_json::json!({
+        "authorization_id": row.id,
+        "trace_id": row.trace_id,
+        "service": card.map(|card| &card.label),
+        "merchant": {"id": row.merchant_id, "name": row.merchant_name},
+    })
+}
+
 /// A limit past one of its alert thresholds, with what it cost and where.
-fn threshold_event(row: &AuthorizationRow, card: Option<&Card>, c: &Crossed, now: jiff::Timestamp) -> Event {
+fn threshold_event(
+    row: &AuthorizationRow,
+    agent: &Agent,
+    spent: &serde_json::Value,
+    c: &Crossed,
+    now: jiff::Timestamp,
+) -> Event {
     let money = |amount: i64| serde_json::json!({"amount": amount, "currency": c.currency.code()});
     let window_start = jiff::Timestamp::from_millisecond(c.window_start_ms).map(|t| t.to_string()).ok();
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
+        "agent_name": agent.name,
         "rule": c.rule,
         "percent": c.percent,
         "cap": money(c.cap),
         "used": money(c.used),
         "window_start": window_start,
-        "authorization_id": row.id,
-        "trace_id": row.trace_id,
-        "service": card.map(|card| &card.label),
-        "merchant": {"id": row.merchant_id, "name": row.merchant_name},
     });
+    if let (Some(data), Some(spent)) = (data.as_object_mut(), spent.as_object()) {
+        data.extend(spent.clone());
+    }
     event(row, "limit_threshold_crossed", None, data, now)
 }
 

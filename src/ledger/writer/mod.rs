@@ -21,13 +21,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::book::Book;
 use super::views::{AuthOutcome, LifecycleOutcome, TransferView};
 use super::{Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
-use crate::cache::{Snapshots, Versioned};
+use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::authorization::DeclineReason;
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, EventId};
 use crate::domain::ledger::Source;
 use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
@@ -185,6 +185,11 @@ struct Locked {
     ledger: AgentLedger,
     currency: Currency,
     agent: Option<Arc<Versioned<Agent>>>,
+    /// The available balance when the batch locked the agent: the batch that takes it below the
+    /// agent's `alerts.balance_below` announces it (once per fall: the next batch opens below).
+    opening: i64,
+    /// What the batch's last approval for the agent was for, which that announcement names.
+    spent_by: Option<serde_json::Value>,
 }
 
 /// The batch's authorizations already recorded, by (source, external id): retries answer with them.
@@ -242,7 +247,8 @@ impl Writer {
         for (id, ledger) in rows::lock_agents(conn, &agent_ids)? {
             touched.push(id.clone());
             let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
-            locked.insert(id, Locked { ledger, currency, agent: None });
+            let opening = ledger.balance.available();
+            locked.insert(id, Locked { ledger, currency, agent: None, opening, spent_by: None });
         }
         self.catch_up(conn, &locked, now_ms)?;
 
@@ -289,6 +295,9 @@ impl Writer {
             replies.push(reply);
         }
 
+        for (id, l) in locked.iter_mut() {
+            self.announce_low_balance(conn, id, l, now)?;
+        }
         self.write_authorizations(conn)?;
         rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
         Ok(replies)
@@ -307,6 +316,76 @@ impl Writer {
     /// Makes `record` the next link of its agent's audit chain; the link is written with the batch.
     pub(super) fn chain<R: Chained>(&mut self, l: &mut Locked, record: &mut R) {
         self.links.push(store::chain::link(&mut l.ledger.chain, record));
+    }
+
+    /// The agent as of the locked `config_version`: the batch's, or `hint` (the caller's
+    /// snapshot) or the cache's when that new, or else read again under the lock.
+    fn locked_agent(
+        &mut self,
+        conn: &mut DbConnection,
+        id: &AgentId,
+        l: &mut Locked,
+        hint: Option<&Arc<Versioned<Agent>>>,
+    ) -> Result<Arc<Versioned<Agent>>> {
+        let version = l.ledger.config_version;
+        let current = |a: &&Arc<Versioned<Agent>>| a.version == version;
+        let agent = match hint.filter(current).or(l.agent.as_ref().filter(current)) {
+            Some(agent) => agent.clone(),
+            None => match self.snapshots.cached_agent(id).filter(|a| a.version == version) {
+                Some(agent) => agent,
+                None => {
+                    let fresh = cache::load_agent(conn, id)?.ok_or_else(|| Error::not_found("agent", id.as_str()))?;
+                    let fresh = Arc::new(fresh);
+                    self.snapshots.put_agent(fresh.clone());
+                    fresh
+                }
+            },
+        };
+        l.agent = Some(agent.clone());
+        Ok(agent)
+    }
+
+    /// Records `balance_low` when the batch took the agent's available balance from at or above
+    /// its `alerts.balance_below` to under it.
+    fn announce_low_balance(
+        &mut self,
+        conn: &mut DbConnection,
+        id: &AgentId,
+        l: &mut Locked,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let available = l.ledger.balance.available();
+        if available >= l.opening {
+            return Ok(());
+        }
+        let agent = self.locked_agent(conn, id, l, None)?;
+        let Some(threshold) = agent.value.policy.alerts.as_ref().and_then(|a| a.balance_below) else {
+            return Ok(());
+        };
+        if available >= threshold || l.opening < threshold {
+            return Ok(());
+        }
+        let money = |amount: i64| serde_json::json!({"amount": amount, "currency": l.currency.code()});
+        let mut data = serde_json::json!({
+            "agent_name": agent.value.name,
+            "threshold": money(threshold),
+            "available": money(available),
+            "held": money(l.ledger.balance.held),
+        });
+        if let (Some(data), Some(serde_json::Value::Object(spent_by))) = (data.as_object_mut(), &l.spent_by) {
+            data.extend(spent_by.clone());
+        }
+        let event = Event {
+            id: EventId::generate(),
+            agent_id: id.clone(),
+            card_id: None,
+            kind: "balance_low".into(),
+            actor: None,
+            reason: None,
+            data: Some(data),
+            created_at: now,
+        };
+        self.record_event(conn, l, &event)
     }
 
     /// Records an event in the agent's trail, as the next link of its chain.
