@@ -477,6 +477,11 @@ async fn endpoints_are_held_to_the_destination_rules(app: TestApp) {
     // A deleted endpoint is no longer listed, and deleting it again is a 404.
     let (_, made) =
         app.post("/v1/webhook-endpoints", json!({"url": "https://example.com/h", "events": ["card.frozen"]})).await;
+    // The first endpoint gets only what happens after it: the outbox starts at each chain's head
+    // instead of reading every chain from its start.
+    let head = app.scalar(&format!("SELECT chain_length FROM agents WHERE id = '{agent}'"));
+    assert!(head > 0);
+    assert_eq!(app.scalar(&format!("SELECT n FROM webhook_cursors WHERE agent_id = '{agent}'")), head);
     let path = format!("/v1/webhook-endpoints/{}", made["id"].as_str().unwrap());
     let (s, _) = app.call(Method::DELETE, &path, Some(&app.owner_key), None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);

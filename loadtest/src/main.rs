@@ -88,6 +88,50 @@ struct Args {
     /// reported for the target and for the baseline beside it.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Only be a webhook endpoint at this address (e.g. 127.0.0.1:8099): answer every POST with 204,
+    /// for measuring the outbox (loadtest/ab.sh with HOOKS).
+    #[arg(long)]
+    sink: Option<String>,
+}
+
+/// An HTTP/1.1 endpoint that reads each request (headers, then `content-length` bytes of body) and
+/// answers 204, keeping the connection; as cheap as a receiver can be, so it takes little of the
+/// machine from the server measured.
+async fn sink(addr: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("the sink's address is free");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        tokio::task::spawn_local(async move {
+            let mut buf: Vec<u8> = Vec::with_capacity(8192);
+            let mut chunk = [0u8; 8192];
+            loop {
+                let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < end + 4 + length {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..end + 4 + length);
+                if stream.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// CPU time a process has used, user and system, all threads, in microseconds.
@@ -524,6 +568,10 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let local = tokio::task::LocalSet::new();
+    if let Some(addr) = &args.sink {
+        local.block_on(&runtime, sink(addr));
+        return;
+    }
     local.block_on(&runtime, async {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(args.max_in_flight)

@@ -30,8 +30,10 @@ pub use events::Out;
 
 /// Links read from one agent's chain per transaction.
 const PAGE: i64 = 500;
-/// Deliveries attempted per pass.
-const BATCH: i64 = 32;
+/// Agents whose chains are read per transaction.
+const AGENTS: i64 = 100;
+/// Deliveries attempted per pass, side by side.
+const BATCH: i64 = 128;
 /// Attempts before a delivery is given up (about a day at the default backoff).
 const MAX_ATTEMPTS: i32 = 15;
 
@@ -42,6 +44,13 @@ pub struct OutboxSettings {
     pub retry_base: Duration,
     /// The longest one attempt waits for the endpoint.
     pub timeout: Duration,
+}
+
+/// What one pass of the queue or the sender did, and whether it left work a next pass can do now.
+#[derive(Default)]
+struct Pass {
+    done: usize,
+    more: bool,
 }
 
 #[derive(Clone)]
@@ -122,7 +131,16 @@ impl Outbox {
             format,
         };
         let stored = row.clone();
-        self.db.write(move |conn| rows::insert_endpoint(conn, &stored)).await?;
+        self.db
+            .write(move |conn| {
+                let first = rows::endpoints(conn)?.is_empty();
+                rows::insert_endpoint(conn, &stored)?;
+                if first {
+                    rows::skip_to_heads(conn)?;
+                }
+                Ok(())
+            })
+            .await?;
         // The host only: a URL's path or query may carry a token.
         let host = url.host_str().unwrap_or_default();
         tracing::info!(endpoint = %row.id, host, actor = %who.key_id, "webhook endpoint created");
@@ -154,76 +172,117 @@ impl Outbox {
         found.ok_or_else(|| Error::not_found("webhook endpoint", id))?.into_iter().map(delivery_view).collect()
     }
 
-    /// Queues what the chains hold past their cursors, then attempts what is due; every `every`.
+    /// Queues what the chains hold past their cursors, then attempts what is due: again at once
+    /// while either has more than a pass takes, else after `every`.
     pub async fn run_forever(self, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.queue().await {
-                tracing::warn!(error = %e, "webhook outbox could not queue events; trying again");
-            }
-            if let Err(e) = self.send().await {
-                tracing::warn!(error = %e, "webhook outbox could not send; trying again");
+            loop {
+                let queued = self.queue().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "webhook outbox could not queue events; trying again");
+                    Pass::default()
+                });
+                let sent = self.send().await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "webhook outbox could not send; trying again");
+                    Pass::default()
+                });
+                if queued.done > 0 || sent.done > 0 {
+                    self.gauge_backlog(queued.more).await;
+                }
+                if !queued.more && !sent.more {
+                    break;
+                }
             }
         }
     }
 
-    /// For each agent whose chain has grown: the events of its new links, one delivery per
-    /// endpoint subscribed to it (and made before it), queued with the cursor moved past them; all
-    /// agents in one transaction (on SQLite, one sync of the WAL a pass).
-    async fn queue(&self) -> Result<usize> {
-        if self.db.read(rows::endpoints).await?.is_empty() {
-            return Ok(0);
+    /// `spendgate_webhook_deliveries_pending` and `spendgate_webhook_chains_behind`.
+    async fn gauge_backlog(&self, behind: bool) {
+        if let Ok(pending) = self.db.read(rows::pending_count).await {
+            metrics::gauge!("spendgate_webhook_deliveries_pending").set(pending as f64);
         }
-        let behind = self.db.read(|conn| rows::behind(conn, 100)).await?;
-        if behind.is_empty() {
-            return Ok(0);
+        let behind =
+            if behind { self.db.read(|conn| rows::behind(conn, AGENTS)).await.map_or(0, |b| b.len()) } else { 0 };
+        metrics::gauge!("spendgate_webhook_chains_behind").set(behind as f64);
+    }
+
+    /// For each agent whose chain has grown: the events of its new links, one delivery per
+    /// endpoint subscribed to it (and made before it). The links are read on a reader; one
+    /// transaction then moves each cursor past them and queues their deliveries, so the writer
+    /// (on SQLite, the ledger's too) is held only for the writing.
+    async fn queue(&self) -> Result<Pass> {
+        if self.db.read(rows::endpoints).await?.is_empty() {
+            return Ok(Pass::default());
+        }
+        let pages = self
+            .db
+            .read(|conn| {
+                let behind = rows::behind(conn, AGENTS)?;
+                let all_read = behind.len() < AGENTS as usize;
+                let pages = behind
+                    .into_iter()
+                    .map(|(agent, cursor)| Ok((rows::linked_after(conn, &agent, cursor, PAGE)?, agent, cursor)))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((pages, all_read))
+            })
+            .await?;
+        let (pages, all_read) = pages;
+        if pages.is_empty() {
+            return Ok(Pass::default());
         }
         self.db
             .write(move |conn| {
                 let endpoints = rows::endpoints(conn)?;
                 let now_ms = store::now().as_millisecond();
-                let mut queued = 0;
-                // In id order, as `behind` gives them: two nodes lock cursors in the same order.
-                for (agent, _) in behind {
-                    let cursor = rows::lock_cursor(conn, &agent)?;
-                    let page = rows::linked_after(conn, &agent, cursor, PAGE)?;
+                let mut pass = Pass { done: 0, more: !all_read };
+                // In id order, as `behind` gives them: two nodes move cursors in the same order.
+                for (page, agent, cursor) in pages {
                     let Some(last) = page.last().map(|(n, _)| *n) else { continue };
+                    if !rows::advance_cursor(conn, &agent, cursor, last)? {
+                        continue;
+                    }
+                    pass.more |= page.len() as i64 == PAGE;
                     let deliveries: Vec<DeliveryRow> = page
                         .iter()
                         .flat_map(|(_, linked)| events::of(linked))
                         .flat_map(|out| fan_out(&out, &endpoints, now_ms))
                         .collect();
                     rows::enqueue(conn, &deliveries)?;
-                    rows::save_cursor(conn, &agent, last)?;
-                    queued += deliveries.len();
+                    pass.done += deliveries.len();
                 }
-                Ok(queued)
+                Ok(pass)
             })
             .await
     }
 
     /// One attempt at each due delivery, all at once, each within the timeout.
-    async fn send(&self) -> Result<usize> {
+    async fn send(&self) -> Result<Pass> {
         let now_ms = store::now().as_millisecond();
         let due = self.db.read(move |conn| rows::due(conn, now_ms, BATCH)).await?;
         if due.is_empty() {
-            return Ok(0);
+            return Ok(Pass::default());
         }
-        let lease = now_ms + self.lease.as_millis() as i64;
-        let due = self
-            .db
-            .write(move |conn| {
-                let mut claimed = Vec::new();
-                for d in due {
-                    if rows::claim(conn, &d.delivery, lease)? {
-                        claimed.push(d);
+        let more = due.len() as i64 == BATCH;
+        // Nodes sharing a database lease each delivery for its attempt. SQLite has one process,
+        // whose one sender is this loop: it leases nothing, and after a crash whatever was due is due.
+        let due = if self.db.is_sqlite() {
+            due
+        } else {
+            let lease = now_ms + self.lease.as_millis() as i64;
+            self.db
+                .write(move |conn| {
+                    let mut claimed = Vec::new();
+                    for d in due {
+                        if rows::claim(conn, &d.delivery, lease)? {
+                            claimed.push(d);
+                        }
                     }
-                }
-                Ok(claimed)
-            })
-            .await?;
+                    Ok(claimed)
+                })
+                .await?
+        };
         let mut attempts = tokio::task::JoinSet::new();
         for d in due {
             let this = self.clone();
@@ -236,24 +295,35 @@ impl Outbox {
         while let Some(done) = attempts.join_next().await {
             outcomes.extend(done.ok());
         }
-        let n = outcomes.len();
+        let done = outcomes.len();
         let retry_base = self.retry_base;
         self.db
             .write(move |conn| {
                 let now_ms = store::now().as_millisecond();
+                let mut delivered = Vec::new();
                 for (d, outcome) in outcomes {
-                    let attempts = d.attempts + 1;
-                    let (status, next, error) = match outcome {
-                        Ok(()) => (DeliveryStatus::Delivered, now_ms, None),
-                        Err(why) if attempts >= MAX_ATTEMPTS => (DeliveryStatus::Failed, now_ms, Some(why)),
-                        Err(why) => (DeliveryStatus::Pending, now_ms + backoff(retry_base, attempts), Some(why)),
+                    let why = match outcome {
+                        Ok(()) => {
+                            delivered.push(d.id);
+                            continue;
+                        }
+                        Err(why) => why,
                     };
-                    rows::attempted(conn, &d.id, attempts, status, next, error.as_deref(), now_ms)?;
+                    let attempts = d.attempts + 1;
+                    let (status, next) = match attempts >= MAX_ATTEMPTS {
+                        true => (DeliveryStatus::Failed, now_ms),
+                        false => (DeliveryStatus::Pending, now_ms + backoff(retry_base, attempts)),
+                    };
+                    rows::attempted(conn, &d.id, attempts, status, next, &why)?;
+                    metrics::counter!("spendgate_webhook_attempts_total", "outcome" => status.as_str()).increment(1);
                 }
+                rows::delivered(conn, &delivered, now_ms)?;
+                metrics::counter!("spendgate_webhook_attempts_total", "outcome" => "delivered")
+                    .increment(delivered.len() as u64);
                 Ok(())
             })
             .await?;
-        Ok(n)
+        Ok(Pass { done, more })
     }
 
     /// POSTs the delivery's payload, signed (or, to Slack, its message); Ok on a 2xx.

@@ -266,15 +266,26 @@ impl Db {
         F: FnOnce(&mut DbConnection) -> Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        let db = self.clone();
-        self.bounded(self.run(self.writer.clone(), move |conn| {
-            let written = conn.transaction(f);
-            db.settle_wal_on(conn);
-            let written = written?;
+        let (db, pool) = (self.clone(), self.writer.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            let written = {
+                let mut pooled = pool.get()?;
+                let conn: &mut DbConnection = &mut pooled;
+                let written = conn.transaction(f);
+                db.settle_wal_on(conn);
+                written?
+            };
+            // Synced with the connection back in the pool: the ledger writer (SQLite's one writer
+            // too) goes on with its next batch meanwhile instead of waiting for this disk flush.
             db.sync_wal()?;
             Ok(written)
-        }))
-        .await
+        });
+        self.bounded(async { work.await.map_err(|e| Error::Internal(format!("storage task failed: {e}")))? }).await
+    }
+
+    /// SQLite, which one process writes; PostgreSQL may be shared by several nodes.
+    pub fn is_sqlite(&self) -> bool {
+        self.wal.is_some()
     }
 
     /// SQLite: the WAL the writer appends to, which must be synced before one of its commits is

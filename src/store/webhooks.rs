@@ -70,26 +70,42 @@ pub fn behind(conn: &mut DbConnection, limit: i64) -> Result<Vec<(String, i64)>>
     Ok(rows.into_iter().map(|(agent, _, n)| (agent, n.unwrap_or(0))).collect())
 }
 
-/// The agent's cursor, locked for this transaction (on PostgreSQL; SQLite has one writer): two
-/// nodes never queue the same stretch of a chain twice.
-pub fn lock_cursor(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
-    let start = (webhook_cursors::agent_id.eq(agent_id), webhook_cursors::n.eq(0_i64));
-    let query = webhook_cursors::table.find(agent_id).select(webhook_cursors::n);
-    Ok(match conn {
-        DbConnection::Postgresql(pg) => {
-            diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(pg)?;
-            query.for_update().get_result(pg)?
-        }
-        DbConnection::Sqlite(lite) => {
-            diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(lite)?;
-            query.get_result(lite)?
-        }
-    })
+/// Puts every agent's cursor at the head of its chain: for the first endpoint, which gets only what
+/// happens after it is made, so the outbox need not read every chain from its start to learn that.
+pub fn skip_to_heads(conn: &mut DbConnection) -> Result<()> {
+    let greater = match conn {
+        DbConnection::Postgresql(_) => "GREATEST",
+        DbConnection::Sqlite(_) => "MAX",
+    };
+    diesel::sql_query(format!(
+        "INSERT INTO webhook_cursors (agent_id, n) SELECT id, chain_length FROM agents WHERE chain_length > 0 \
+         ON CONFLICT (agent_id) DO UPDATE SET n = {greater}(webhook_cursors.n, excluded.n)"
+    ))
+    .execute(conn)?;
+    Ok(())
 }
 
-pub fn save_cursor(conn: &mut DbConnection, agent_id: &str, n: i64) -> Result<()> {
-    diesel::update(webhook_cursors::table.find(agent_id)).set(webhook_cursors::n.eq(n)).execute(conn)?;
-    Ok(())
+/// Moves the agent's cursor from `from` to `to`, unless another node moved it first (false): the
+/// events were read outside this transaction, and only the node that moves the cursor queues them.
+pub fn advance_cursor(conn: &mut DbConnection, agent_id: &str, from: i64, to: i64) -> Result<bool> {
+    if from == 0 {
+        let start = (webhook_cursors::agent_id.eq(agent_id), webhook_cursors::n.eq(to));
+        let inserted = match conn {
+            DbConnection::Postgresql(pg) => {
+                diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(pg)?
+            }
+            DbConnection::Sqlite(lite) => {
+                diesel::insert_into(webhook_cursors::table).values(start).on_conflict_do_nothing().execute(lite)?
+            }
+        };
+        if inserted == 1 {
+            return Ok(true);
+        }
+    }
+    let moved = diesel::update(webhook_cursors::table.find(agent_id).filter(webhook_cursors::n.eq(from)))
+        .set(webhook_cursors::n.eq(to))
+        .execute(conn)?;
+    Ok(moved == 1)
 }
 
 /// A record of an agent's chain, as far as events out are concerned.
@@ -135,6 +151,8 @@ pub fn linked_after(conn: &mut DbConnection, agent_id: &str, after: i64, limit: 
 
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Queryable, Selectable)]
 #[diesel(table_name = webhook_deliveries)]
+// NULL for None (not DEFAULT): SQLite then takes many rows in one INSERT.
+#[diesel(treat_none_as_default_value = false)]
 pub struct DeliveryRow {
     pub id: String,
     pub endpoint_id: String,
@@ -151,8 +169,9 @@ pub struct DeliveryRow {
 
 /// Queues deliveries; one already queued for the same endpoint and event stays as it is.
 pub fn enqueue(conn: &mut DbConnection, rows: &[DeliveryRow]) -> Result<()> {
-    for row in rows {
-        let insert = diesel::insert_into(webhook_deliveries::table).values(row);
+    // Some hundred rows a statement: within SQLite's limit of bound values.
+    for rows in rows.chunks(200) {
+        let insert = diesel::insert_into(webhook_deliveries::table).values(rows);
         match conn {
             DbConnection::Postgresql(pg) => insert.on_conflict_do_nothing().execute(pg)?,
             DbConnection::Sqlite(lite) => insert.on_conflict_do_nothing().execute(lite)?,
@@ -188,6 +207,14 @@ pub fn due(conn: &mut DbConnection, now_ms: i64, limit: i64) -> Result<Vec<Due>>
     Ok(rows.into_iter().map(|(delivery, url, secret, format)| Due { delivery, url, secret, format }).collect())
 }
 
+/// How many deliveries wait for an attempt (or their next one).
+pub fn pending_count(conn: &mut DbConnection) -> Result<i64> {
+    Ok(webhook_deliveries::table
+        .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
+        .count()
+        .get_result(conn)?)
+}
+
 /// Takes a due delivery for one attempt, until `lease_until`: false when another sender (another
 /// node) took it first.
 pub fn claim(conn: &mut DbConnection, row: &DeliveryRow, lease_until: i64) -> Result<bool> {
@@ -202,15 +229,30 @@ pub fn claim(conn: &mut DbConnection, row: &DeliveryRow, lease_until: i64) -> Re
     Ok(n == 1)
 }
 
-/// An attempt's outcome: delivered, or the next attempt's time, or failed for good.
+/// Deliveries whose attempt succeeded, in one statement.
+pub fn delivered(conn: &mut DbConnection, ids: &[String], now_ms: i64) -> Result<()> {
+    for ids in ids.chunks(500) {
+        diesel::update(webhook_deliveries::table.filter(webhook_deliveries::id.eq_any(ids)))
+            .set((
+                webhook_deliveries::attempts.eq(webhook_deliveries::attempts + 1),
+                webhook_deliveries::status.eq(DeliveryStatus::Delivered),
+                webhook_deliveries::next_attempt_at.eq(now_ms),
+                webhook_deliveries::last_error.eq(None::<String>),
+                webhook_deliveries::delivered_at.eq(Some(now_ms)),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// A failed attempt's outcome: the next attempt's time, or failed for good.
 pub fn attempted(
     conn: &mut DbConnection,
     id: &str,
     attempts: i32,
     status: DeliveryStatus,
     next_attempt_at: i64,
-    error: Option<&str>,
-    now_ms: i64,
+    error: &str,
 ) -> Result<()> {
     diesel::update(webhook_deliveries::table.find(id))
         .set((
@@ -218,7 +260,6 @@ pub fn attempted(
             webhook_deliveries::status.eq(status),
             webhook_deliveries::next_attempt_at.eq(next_attempt_at),
             webhook_deliveries::last_error.eq(error),
-            webhook_deliveries::delivered_at.eq((status == DeliveryStatus::Delivered).then_some(now_ms)),
         ))
         .execute(conn)?;
     Ok(())
