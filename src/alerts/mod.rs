@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::domain::agent::Agent;
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, EventId};
+use crate::domain::ids::AgentId;
 use crate::domain::policy::SpendRate;
 use crate::domain::report::{GroupBy, SpendCell};
 use crate::error::Result;
@@ -108,16 +108,7 @@ impl Alerts {
             "top_services": top(&last.cells, 0, "service", &money),
             "top_traces": top(&last.cells, 1, "trace_id", &money),
         });
-        let event = Event {
-            id: EventId::generate(),
-            agent_id: agent.id.clone(),
-            card_id: None,
-            kind: "spend_anomaly".into(),
-            actor: None,
-            reason: None,
-            data: Some(data),
-            created_at: store::now(),
-        };
+        let event = Event::by_spendgate(&agent.id, None, "spend_anomaly", store::now()).data(data);
         let since = now_ms - HOUR_MS;
         let recorded = self.db.write(move |conn| store::events::record_unless_since(conn, &event, since)).await?;
         if recorded {

@@ -22,12 +22,17 @@ pub struct Event {
 
 impl Event {
     pub fn new(agent_id: &AgentId, card_id: Option<&CardId>, kind: &str, actor: &KeyId, now: jiff::Timestamp) -> Self {
+        Event { actor: Some(actor.clone()), ..Event::by_spendgate(agent_id, card_id, kind, now) }
+    }
+
+    /// An event spendgate records itself (a decision's, an alert), made by no API key.
+    pub fn by_spendgate(agent_id: &AgentId, card_id: Option<&CardId>, kind: &str, now: jiff::Timestamp) -> Self {
         Event {
             id: EventId::generate(),
             agent_id: agent_id.clone(),
             card_id: card_id.cloned(),
             kind: kind.to_owned(),
-            actor: Some(actor.clone()),
+            actor: None,
             reason: None,
             data: None,
             created_at: now,

@@ -60,9 +60,14 @@ impl EventRow {
 pub fn record(conn: &mut DbConnection, event: &Event) -> Result<()> {
     let mut head = chain::lock_head(conn, event.agent_id.as_str())?
         .ok_or_else(|| Error::not_found("agent", event.agent_id.as_str()))?;
-    let link = insert_linked(conn, event, &mut head)?;
+    append(conn, event, &mut head)
+}
+
+/// Writes the event, its link and the new head, under the agent's lock the caller took.
+fn append(conn: &mut DbConnection, event: &Event, head: &mut Head) -> Result<()> {
+    let link = insert_linked(conn, event, head)?;
     chain::insert_links(conn, &[link])?;
-    chain::save_head(conn, event.agent_id.as_str(), &head)
+    chain::save_head(conn, event.agent_id.as_str(), head)
 }
 
 /// Records the event unless its agent's trail has one of the same kind made at or after
@@ -81,9 +86,7 @@ pub fn record_unless_since(conn: &mut DbConnection, event: &Event, since_ms: i64
     if recent > 0 {
         return Ok(false);
     }
-    let link = insert_linked(conn, event, &mut head)?;
-    chain::insert_links(conn, &[link])?;
-    chain::save_head(conn, agent, &head)?;
+    append(conn, event, &mut head)?;
     Ok(true)
 }
 

@@ -13,7 +13,7 @@ use crate::domain::approval::Allowance;
 use crate::domain::authorization::{AuthRequest, Crossed, Decision, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, AuthorizationId, CardId, EventId};
+use crate::domain::ids::{AgentId, AuthorizationId, CardId};
 use crate::domain::ledger::{Balance, HoldStatus};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::core::{Hold, Release};
@@ -376,16 +376,9 @@ fn event(
     data: serde_json::Value,
     now: jiff::Timestamp,
 ) -> Event {
-    Event {
-        id: EventId::generate(),
-        agent_id: AgentId::from_stored(row.agent_id.clone()),
-        card_id: row.card_id.clone().map(CardId::from_stored),
-        kind: kind.into(),
-        actor: None,
-        reason,
-        data: Some(data),
-        created_at: now,
-    }
+    let agent = AgentId::from_stored(row.agent_id.clone());
+    let card = row.card_id.clone().map(CardId::from_stored);
+    Event::by_spendgate(&agent, card.as_ref(), kind, now).reason(reason).data(data)
 }
 
 /// What an approval was for, as an alert names it.

@@ -27,7 +27,7 @@ use crate::domain::authorization::DeclineReason;
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, EventId};
+use crate::domain::ids::AgentId;
 use crate::domain::ledger::Source;
 use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
@@ -375,16 +375,7 @@ impl Writer {
         if let (Some(data), Some(serde_json::Value::Object(spent_by))) = (data.as_object_mut(), &l.spent_by) {
             data.extend(spent_by.clone());
         }
-        let event = Event {
-            id: EventId::generate(),
-            agent_id: id.clone(),
-            card_id: None,
-            kind: "balance_low".into(),
-            actor: None,
-            reason: None,
-            data: Some(data),
-            created_at: now,
-        };
+        let event = Event::by_spendgate(id, None, "balance_low", now).data(data);
         self.record_event(conn, l, &event)
     }
 
