@@ -82,7 +82,7 @@ error_codes! {
         /// A processor's API refused to issue the card.
         ProcessorRefused = "processor_refused",
     }
-    429 => { TooManyFetches = "too_many_fetches", }
+    429 => { TooManyFetches = "too_many_fetches", TooManyDryRuns = "too_many_dry_runs", }
     500 => { Internal = "internal", }
     502 => {
         UpstreamFailed = "upstream_failed",

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fixtures;
 pub mod http;
 pub mod ledger;
+pub mod mcp;
 pub mod outbox;
 pub mod policy;
 pub mod rails;
@@ -155,6 +156,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         ),
         audit,
         outbox,
+        mcp: mcp::endpoint(admin.clone(), usdc.clone()),
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)

@@ -33,6 +33,10 @@ enum Command {
     /// Send one authorization in a processor's format for a card known by the processor's id,
     /// signed with the configured secret, and print the decision (a dry run unless --live).
     Simulate(cli::simulate::SimulateArgs),
+    /// Serve the MCP tools over stdin and stdout, for an agent that starts its tools as programs:
+    /// each call goes to the server at --url (SPENDGATE_URL) as the agent key --api-key
+    /// (SPENDGATE_API_KEY).
+    Mcp,
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
             spendgate::demo::fill_secrets(&mut c, false)?;
             cli::simulate::run(&c, args)
         }),
+        Command::Mcp => cli::mcp(cli.client),
         Command::Client(command) => cli::run(cli.client, command, cli.config.as_deref()),
     };
     match result {

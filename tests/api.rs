@@ -543,7 +543,7 @@ async fn concurrent_status_changes_never_reopen_a_closed_card(app: TestApp) {
         let app = &app;
         async move { app.post(&path, json!({"reason": format!("race {i}")})).await.0 }
     });
-    let statuses = futures_join_all(requests).await;
+    let statuses = common::join_all(requests).await;
     assert!(statuses.iter().all(|s| [StatusCode::OK, StatusCode::CONFLICT].contains(s)), "{statuses:?}");
     let mut closes = statuses.iter().enumerate().filter(|(i, _)| actions[i % actions.len()] == "close");
     assert!(
@@ -567,7 +567,7 @@ async fn concurrent_issues_all_land(app: TestApp) {
         let path = path.clone();
         async move { app.post(&path, json!({"label": format!("svc-{i}")})).await }
     });
-    let results = futures_join_all(requests).await;
+    let results = common::join_all(requests).await;
     let mut ids: Vec<_> = results
         .iter()
         .map(|(s, c)| {
@@ -590,7 +590,7 @@ async fn concurrent_registrations_of_one_processor_card_make_one_card(app: TestA
         let (app, path, body) = (&app, path.clone(), body.clone());
         async move { app.post(&path, body).await }
     });
-    let results = futures_join_all(requests).await;
+    let results = common::join_all(requests).await;
     let created = results.iter().filter(|(s, _)| *s == StatusCode::CREATED).count();
     assert_eq!(created, 1, "{results:?}");
     for (status, body) in results.iter().filter(|(s, _)| *s != StatusCode::CREATED) {
@@ -598,29 +598,6 @@ async fn concurrent_registrations_of_one_processor_card_make_one_card(app: TestA
     }
     let (_, list) = app.get(&path).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
-}
-
-/// Runs the futures concurrently on this task and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if outputs[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => outputs[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
-    })
-    .await;
-    outputs.into_iter().map(|o| o.expect("ready")).collect()
 }
 
 /// A database that stops answering (no error, no answer, as behind a network that drops packets):

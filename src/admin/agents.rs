@@ -37,7 +37,16 @@ pub enum AgentAction {
     Unfreeze,
 }
 
-pub(crate) fn parse_agent_id(id: &str) -> Result<AgentId> {
+/// What a route may name instead of an agent id: the agent of the agent key that calls it.
+pub const ME: &str = "me";
+
+/// The agent a route names: its id, or `me` for an agent key's own agent.
+pub(crate) fn parse_agent_id(who: &Principal, id: &str) -> Result<AgentId> {
+    if id == ME {
+        return who.agent_id.clone().ok_or_else(|| {
+            Error::validation("`me` names the agent of an agent key, and this key belongs to no agent")
+        });
+    }
     AgentId::parse(id).ok_or_else(|| Error::not_found("agent", id))
 }
 
@@ -82,7 +91,7 @@ impl Admin {
     }
 
     pub async fn get_agent(&self, who: &Principal, id: &str) -> Result<Agent> {
-        let id = parse_agent_id(id)?;
+        let id = parse_agent_id(who, id)?;
         who.check(Permission::Read, Some(&id))?;
         self.db.read(move |conn| load_agent(conn, &id)).await
     }
@@ -96,7 +105,7 @@ impl Admin {
         action: AgentAction,
         body: ReasonBody,
     ) -> Result<Agent> {
-        let id = parse_agent_id(id)?;
+        let id = parse_agent_id(who, id)?;
         let permission = match action {
             AgentAction::Freeze => Permission::Freeze,
             AgentAction::Unfreeze => Permission::Manage,
@@ -133,7 +142,7 @@ impl Admin {
     }
 
     pub async fn set_agent_policy(&self, who: &Principal, id: &str, doc: serde_json::Value) -> Result<Policy> {
-        let id = parse_agent_id(id)?;
+        let id = parse_agent_id(who, id)?;
         who.check(Permission::Manage, Some(&id))?;
         let currency = self.get_agent(who, id.as_str()).await?.currency;
         let policy = parse_policy(self.catalog, doc, Some(currency))?;
@@ -154,7 +163,7 @@ impl Admin {
     }
 
     pub async fn agent_events(&self, who: &Principal, id: &str, page: PageQuery) -> Result<Page<Event>> {
-        let id = parse_agent_id(id)?;
+        let id = parse_agent_id(who, id)?;
         who.check(Permission::Read, Some(&id))?;
         self.page(
             page,

@@ -3,7 +3,7 @@ use utoipa::ToSchema;
 
 use super::agents::{load_agent, parse_agent_id};
 use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
-use crate::domain::access::{Permission, Principal};
+use crate::domain::access::{Permission, Principal, Role};
 use crate::domain::card::{Card, CardAction, CardStatus, Processor, luhn_check_digit};
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
@@ -105,7 +105,7 @@ fn simulated_number(bin: &str) -> String {
 
 impl Admin {
     pub async fn issue_card(&self, who: &Principal, agent_id: &str, mut input: NewCard) -> Result<IssuedCard> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Manage, Some(&agent_id))?;
         let label = required_text("label", &input.label, 64)?;
         // Unnamed, the card caps in the currency its policy (or template) names, else USD.
@@ -265,7 +265,7 @@ impl Admin {
     }
 
     pub async fn list_cards(&self, who: &Principal, agent_id: &str, page: PageQuery) -> Result<Page<Card>> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Read, Some(&agent_id))?;
         self.page(
             page,
@@ -280,7 +280,7 @@ impl Admin {
 
     /// `agent_id` is given when the route names the agent; the card must then be that agent's.
     pub async fn get_card(&self, who: &Principal, agent_id: Option<&str>, card_id: &str) -> Result<Card> {
-        let agent_id = agent_id.map(parse_agent_id).transpose()?;
+        let agent_id = agent_id.map(|id| parse_agent_id(who, id)).transpose()?;
         let card_id = parse_card_id(card_id)?;
         if let Some(agent) = &agent_id {
             who.check(Permission::Read, Some(agent))?;
@@ -308,7 +308,7 @@ impl Admin {
             deferred: None,
             payment: None,
         };
-        self.ledger.dry_run(auth).await
+        self.ledger.dry_run(auth, who.role == Role::Agent).await
     }
 
     /// Freeze, unfreeze or close. Repeating an action is a no-op; a closed card stays closed (409).
@@ -320,7 +320,7 @@ impl Admin {
         action: CardAction,
         body: ReasonBody,
     ) -> Result<Card> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         let card_id = parse_card_id(card_id)?;
         let permission = if action == CardAction::Freeze { Permission::Freeze } else { Permission::Manage };
         who.check(permission, Some(&agent_id))?;
@@ -372,7 +372,7 @@ impl Admin {
         card_id: &str,
         doc: serde_json::Value,
     ) -> Result<Policy> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         let card_id = parse_card_id(card_id)?;
         who.check(Permission::Manage, Some(&agent_id))?;
         let catalog = self.catalog;
@@ -429,9 +429,9 @@ impl Admin {
         card_id: &str,
         trace_id: Option<String>,
     ) -> Result<Card> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         let card_id = parse_card_id(card_id)?;
-        who.check(Permission::Manage, Some(&agent_id))?;
+        who.check(Permission::Tag, Some(&agent_id))?;
         let trace_id = trace_id.map(|t| required_text("trace_id", &t, 200)).transpose()?;
         let actor = who.key_id.clone();
         let card = self
@@ -461,7 +461,7 @@ impl Admin {
         card_id: &str,
         page: PageQuery,
     ) -> Result<Page<Event>> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         let card_id = parse_card_id(card_id)?;
         who.check(Permission::Read, Some(&agent_id))?;
         self.page(

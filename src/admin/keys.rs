@@ -171,7 +171,7 @@ impl Admin {
         let name = input.name.as_deref().map(|n| super::required_text("name", n, 100)).transpose()?;
         let agent_id = match (input.role, input.agent_id.as_deref()) {
             (Role::Agent, Some(id)) => Some(
-                parse_agent_id(id)
+                parse_agent_id(who, id)
                     .map_err(|_| Error::coded(ErrorCode::UnknownAgent, format!("agent {id} does not exist")))?,
             ),
             (Role::Agent, None) => {

@@ -6,7 +6,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::agents::parse_agent_id;
 use super::{Admin, Page, PageQuery, required_text};
 use crate::domain::access::{Permission, Principal};
-use crate::domain::money::Money;
+use crate::domain::money::{MAX_AMOUNT, Money};
 use crate::error::{Error, Result};
 use crate::ledger::{BalanceView, LedgerEntry, TransferView};
 use crate::store::ledger::LedgerFilter;
@@ -46,9 +46,6 @@ pub struct LedgerQuery {
     pub cursor: Option<String>,
 }
 
-/// Most that one funding may add: far above any real balance, far below i64 overflow.
-const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
-
 pub fn check_amount(field: &str, amount: i64) -> Result<()> {
     if !(1..=MAX_AMOUNT).contains(&amount) {
         return Err(Error::validation(format!("{field} must be a positive number of minor units up to {MAX_AMOUNT}")));
@@ -60,7 +57,7 @@ impl Admin {
     /// Adds to the agent's prepaid balance. Idempotent by `id`: the same id again returns the
     /// first transfer (`replayed`), a different amount under it is a 409.
     pub async fn fund(&self, who: &Principal, agent_id: &str, input: FundRequest) -> Result<(TransferView, bool)> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Manage, Some(&agent_id))?;
         let id = required_text("id", &input.id, 200)?;
         check_amount("amount", input.amount)?;
@@ -73,13 +70,13 @@ impl Admin {
     }
 
     pub async fn balance(&self, who: &Principal, agent_id: &str) -> Result<BalanceView> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Read, Some(&agent_id))?;
         self.ledger.balance(&agent_id).await
     }
 
     pub async fn ledger_entries(&self, who: &Principal, agent_id: &str, q: LedgerQuery) -> Result<Page<LedgerEntry>> {
-        let agent_id = parse_agent_id(agent_id)?;
+        let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Read, Some(&agent_id))?;
         // Make sure the agent exists, so a typo is a 404 rather than an empty page.
         self.ledger.balance(&agent_id).await?;

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod cards;
 pub mod keys;
 pub mod ledger;
+pub mod spendable;
 
 use std::sync::Arc;
 

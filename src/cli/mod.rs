@@ -36,6 +36,14 @@ pub struct ClientArgs {
     quiet: bool,
 }
 
+/// `spendgate mcp`: stdout carries the protocol, so nothing else may be printed there.
+pub fn mcp(client: ClientArgs) -> anyhow::Result<()> {
+    let key =
+        client.api_key.ok_or_else(|| anyhow::anyhow!("give the agent's key with --api-key or SPENDGATE_API_KEY"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(crate::mcp::stdio::serve(&client.url, &key))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum KeysCommand {
     /// Create a key; the secret is printed once.

@@ -18,7 +18,8 @@ pub enum Role {
     Manager,
     /// Read everything and freeze; cannot unfreeze or change anything else.
     Operator,
-    /// Scoped to one agent: reads that agent's own records (and, later, pays through it).
+    /// Scoped to one agent: reads that agent's own records, pays through it, tags its cards with
+    /// the trace it works on, and asks what a payment would be answered.
     Agent,
 }
 
@@ -63,13 +64,23 @@ pub enum Permission {
     ManageKeys,
     /// Read an agent's wallet key out.
     ExportWallet,
-    /// Decide a dry run: it takes the ledger writer's time, which an agent must not be able to spend.
+    /// Decide a dry run. It takes the ledger writer's time, as a payment does: an agent key may ask
+    /// for its own agent only.
     DryRun,
+    /// Set the trace a card's authorizations are tagged with.
+    Tag,
     /// Verify the audit chains and make checkpoints: reads every record of every agent.
     Audit,
+    /// Use the MCP tools: they act for the key's own agent, so only an agent key has any.
+    Tools,
 }
 
 impl Permission {
+    /// What an agent key may do, for its own agent only.
+    fn agent_may(self) -> bool {
+        matches!(self, Permission::Read | Permission::Pay | Permission::DryRun | Permission::Tag | Permission::Tools)
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Permission::Read => "read",
@@ -79,6 +90,8 @@ impl Permission {
             Permission::ManageKeys => "manage API keys",
             Permission::ExportWallet => "export wallet keys",
             Permission::DryRun => "decide dry runs",
+            Permission::Tag => "set a card's trace",
+            Permission::Tools => "use the MCP tools, which act for an agent key's own agent",
             Permission::Audit => "verify the audit trail",
         }
     }
@@ -97,21 +110,18 @@ impl Principal {
     /// `agent` is the agent the request touches, if any: agent keys may only read their own.
     pub fn check(&self, permission: Permission, agent: Option<&AgentId>) -> Result<(), Denied> {
         let allowed = match self.role {
+            _ if permission == Permission::Tools => self.role == Role::Agent && agent == self.agent_id.as_ref(),
             Role::Owner => true,
             Role::Manager => {
                 !matches!(permission, Permission::ManageKeys | Permission::ExportWallet | Permission::Audit)
             }
             Role::Operator => matches!(permission, Permission::Read | Permission::Freeze | Permission::DryRun),
-            Role::Agent => {
-                matches!(permission, Permission::Read | Permission::Pay)
-                    && agent.is_some()
-                    && agent == self.agent_id.as_ref()
-            }
+            Role::Agent => permission.agent_may() && agent.is_some() && agent == self.agent_id.as_ref(),
         };
         if allowed {
             Ok(())
-        } else if self.role == Role::Agent && matches!(permission, Permission::Read | Permission::Pay) {
-            Err(Denied("an agent key may only read and pay for its own agent".into()))
+        } else if self.role == Role::Agent && permission.agent_may() {
+            Err(Denied("an agent key may act for its own agent only".into()))
         } else {
             Err(Denied(format!("the {} role may not {}", self.role, permission.describe())))
         }
@@ -137,7 +147,7 @@ mod tests {
         let owner = principal(Role::Owner, None);
         let manager = principal(Role::Manager, None);
         let operator = principal(Role::Operator, None);
-        for p in [Read, Freeze, Manage, Pay, ManageKeys, ExportWallet, DryRun] {
+        for p in [Read, Freeze, Manage, Pay, ManageKeys, ExportWallet, DryRun, Tag] {
             assert!(owner.check(p, Some(&a)).is_ok());
         }
         assert!(manager.check(Manage, Some(&a)).is_ok());
@@ -148,11 +158,19 @@ mod tests {
         assert!(operator.check(Read, None).is_ok());
         assert!(operator.check(Freeze, Some(&a)).is_ok());
         assert!(operator.check(Manage, Some(&a)).is_err());
+        assert!(operator.check(Tag, Some(&a)).is_err() && manager.check(Tag, Some(&a)).is_ok());
         assert!(operator.check(DryRun, Some(&a)).is_ok() && manager.check(DryRun, Some(&a)).is_ok());
     }
 
+    fn owner_tools_refused() -> bool {
+        let a = AgentId::generate();
+        [Role::Owner, Role::Manager, Role::Operator]
+            .into_iter()
+            .all(|role| principal(role, None).check(Permission::Tools, Some(&a)).is_err())
+    }
+
     #[test]
-    fn agent_keys_read_only_their_own_agent() {
+    fn agent_keys_act_only_for_their_own_agent() {
         let mine = AgentId::generate();
         let other = AgentId::generate();
         let agent = principal(Role::Agent, Some(&mine));
@@ -163,6 +181,13 @@ mod tests {
         assert!(agent.check(Permission::Pay, Some(&mine)).is_ok());
         assert!(agent.check(Permission::Pay, Some(&other)).is_err());
         assert!(agent.check(Permission::ExportWallet, Some(&mine)).is_err());
-        assert!(agent.check(Permission::DryRun, Some(&mine)).is_err(), "a dry run costs the writer's time");
+        assert!(owner_tools_refused(), "the MCP tools are an agent key's only");
+        for p in [Permission::DryRun, Permission::Tag, Permission::Tools] {
+            assert!(agent.check(p, Some(&mine)).is_ok());
+            assert!(agent.check(p, Some(&other)).is_err());
+        }
+        for p in [Permission::Manage, Permission::ManageKeys, Permission::Audit] {
+            assert!(agent.check(p, Some(&mine)).is_err(), "{p:?}");
+        }
     }
 }

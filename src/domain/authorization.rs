@@ -160,6 +160,30 @@ impl DeclineReason {
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
+
+    /// What would let a request declined for this reason through, said to the agent that asked.
+    pub fn remedy(self) -> &'static str {
+        use DeclineReason::*;
+        match self {
+            UnknownCard | CardClosed | CardExpired | CardUsed => "use another of your cards: this one cannot pay",
+            CardFrozen | AgentFrozen => "nothing you can do: only an operator can unfreeze",
+            UnsupportedCurrency => "pay in a currency spendgate converts (its rate table lists them)",
+            StaleFx | Timeout | InternalError => "retry later: this is spendgate's side, not your policy",
+            MccNotAllowed | MerchantNotAllowed | CountryNotAllowed | HostNotAllowed | RecipientNotAllowed => {
+                "your policy does not allow this payee: only a person can allow it, by changing your policy"
+            }
+            OutsideActiveHours => "retry within your policy's active hours",
+            PerTransactionExceeded | PerCallExceeded => {
+                "no single payment this large is approved; a person would have to raise the cap"
+            }
+            LimitExceeded | VelocityExceeded => {
+                "wait until the limit frees up (GET /v1/me says when), or ask a person to raise it"
+            }
+            ApprovalRequired => "make the payment to ask a person: it is approved or denied by them",
+            InsufficientFunds => "your balance is too low: an operator must fund it",
+            ProcessorDeclined => "the card processor declined on its own; retry or ask an operator",
+        }
+    }
 }
 
 impl fmt::Display for DeclineReason {

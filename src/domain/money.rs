@@ -6,6 +6,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use utoipa::ToSchema;
 
+/// Largest amount taken in, in minor units: far above any real payment or balance, far below i64
+/// overflow however many are added up.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+
 /// An ISO 4217 currency that has a minor unit (so X-codes such as XAU are refused).
 /// Parsed in any case, always written upper-case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ToSchema)]

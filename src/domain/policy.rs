@@ -177,7 +177,7 @@ impl Window {
 }
 
 /// The three ways a window is written, for the API description.
-fn window_schema() -> utoipa::openapi::schema::Schema {
+pub(crate) fn window_schema() -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
     let text = |pattern: Option<&str>| ObjectBuilder::new().schema_type(Type::String).pattern(pattern);
     OneOfBuilder::new()

@@ -2,7 +2,8 @@ use actix_web::{HttpResponse, get, post, put, web};
 
 use super::AppState;
 use super::error::ErrorBody;
-use crate::admin::agents::{AgentAction, NewAgent};
+use crate::admin::agents::{AgentAction, ME, NewAgent};
+use crate::admin::spendable::{Spendable, SpendableQuery};
 use crate::admin::{Page, PageQuery, ReasonBody};
 use crate::domain::access::Principal;
 use crate::domain::agent::Agent;
@@ -106,4 +107,27 @@ pub async fn agent_events(
     page: web::Query<PageQuery>,
 ) -> Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(state.admin.agent_events(&who, &path, page.into_inner()).await?))
+}
+
+/// What the agent behind this agent key may still spend: its status, balance and cards, and each
+/// limit over them with its cap, what is used, what remains and when the window next frees some.
+/// Every route that names an agent takes `me` for it too.
+#[utoipa::path(tag = "agents", params(SpendableQuery), security(("bearer" = [])),
+    responses((status = 200, body = Spendable), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+#[get("/v1/me")]
+pub async fn me(state: web::Data<AppState>, who: Principal, query: web::Query<SpendableQuery>) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.spendable(&who, ME, query.into_inner()).await?))
+}
+
+/// `GET /v1/me` for any agent a key may read.
+#[utoipa::path(tag = "agents", params(SpendableQuery), security(("bearer" = [])),
+    responses((status = 200, body = Spendable), (status = 404, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}/spendable")]
+pub async fn spendable(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    query: web::Query<SpendableQuery>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.spendable(&who, &path, query.into_inner()).await?))
 }

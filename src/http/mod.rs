@@ -10,6 +10,7 @@ mod endpoints;
 pub mod error;
 mod keys;
 mod ledger;
+mod mcp;
 pub mod openapi;
 pub mod processors;
 mod reports;
@@ -47,6 +48,7 @@ pub struct AppState {
     pub reports: Reports,
     pub audit: Audit,
     pub outbox: Outbox,
+    pub mcp: crate::mcp::Endpoint,
 }
 
 /// Every route, with the JSON and query settings that turn bad input into our error shape.
@@ -71,6 +73,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usdc::export_wallet)
         .service(usdc::fetch)
         .service(usdc::authorize)
+        .service(usdc::dry_run)
         .service(usdc::get_payment)
         .service(usdc::deferred_status)
         .service(usdc::report_settlement)
@@ -78,6 +81,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(system::metrics)
         .service(system::openapi)
         .service(system::policy_templates)
+        .service(mcp::mcp)
+        .service(agents::me)
+        .service(agents::spendable)
         .service(agents::create_agent)
         .service(agents::list_agents)
         .service(agents::get_agent)

@@ -5,7 +5,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, approvals, audit, cards, endpoints, keys, ledger, processors, reports, system, usdc, webhooks};
+use super::{
+    agents, approvals, audit, cards, endpoints, keys, ledger, mcp, processors, reports, system, usdc, webhooks,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,7 +15,7 @@ use super::{agents, approvals, audit, cards, endpoints, keys, ledger, processors
     paths(
         system::healthz, system::readyz, system::metrics, system::policy_templates,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::freeze_agent, agents::unfreeze_agent,
-        agents::get_agent_policy, agents::put_agent_policy, agents::agent_events,
+        agents::get_agent_policy, agents::put_agent_policy, agents::agent_events, agents::me, agents::spendable, mcp::mcp,
         cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::dry_run, cards::freeze_card,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,
         keys::create_key, keys::list_keys, keys::revoke_key,
@@ -21,7 +23,7 @@ use super::{agents, approvals, audit, cards, endpoints, keys, ledger, processors
         audit::verify, audit::checkpoints, audit::make_checkpoint,
         endpoints::create_endpoint, endpoints::list_endpoints, endpoints::delete_endpoint, endpoints::endpoint_deliveries,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
-        usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::get_payment, usdc::deferred_status,
+        usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::dry_run, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
         processors::stripe_authorization, processors::stripe_event, processors::lithic_asa, processors::lithic_event,

@@ -109,7 +109,7 @@ async fn decide(
     };
     let auth = Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None, payment: None };
     if dry_run {
-        return Decided::DryRun(ledger.dry_run(auth).await.map(|outcome| HttpResponse::Ok().json(outcome)));
+        return Decided::DryRun(ledger.dry_run(auth, false).await.map(|outcome| HttpResponse::Ok().json(outcome)));
     }
     Decided::Real(ledger.authorize_within(auth, budget).await)
 }

@@ -8,17 +8,18 @@ use utoipa::ToSchema;
 use super::AppState;
 use super::error::{ErrorBody, ErrorDetail};
 use crate::admin::agents::parse_agent_id;
-use crate::domain::access::{Permission, Principal};
+use crate::domain::access::{Permission, Principal, Role};
 use crate::domain::ids::AgentId;
 use crate::error::Result;
+use crate::ledger::AuthOutcome;
 use crate::rails::usdc::{
-    AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentView,
-    WalletView,
+    AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentCheck,
+    PaymentView, WalletView,
 };
 
 /// The agent, once the caller may act on it this way.
 fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
-    let agent = parse_agent_id(id)?;
+    let agent = parse_agent_id(who, id)?;
     who.check(permission, Some(&agent))?;
     Ok(agent)
 }
@@ -130,6 +131,21 @@ fn upstream_answer(status: u16, headers: &[(String, String)], body: Vec<u8>) -> 
         response.append_header((name.as_str(), value.as_str()));
     }
     response.body(body)
+}
+
+/// Would a payment of `amount` to this URL's host be approved now, and if not, why and what would
+/// unblock it: the same rules, balance and windows as a payment, with nothing signed or recorded.
+#[utoipa::path(tag = "usdc", request_body = PaymentCheck, security(("bearer" = [])),
+    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/x402/dry-run")]
+pub async fn dry_run(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<PaymentCheck>,
+) -> Result<HttpResponse> {
+    let agent = agent_for(&who, &path, Permission::DryRun)?;
+    Ok(HttpResponse::Ok().json(state.usdc.dry_run(&agent, body.into_inner(), who.role == Role::Agent).await?))
 }
 
 /// Decides and signs a payment for an agent that makes the HTTP call itself: send `header: value`.

@@ -71,7 +71,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         payment: None,
     };
     let outcome = match dry_run {
-        true => state.ledger.dry_run(auth).await?,
+        true => state.ledger.dry_run(auth, false).await?,
         false => state.ledger.authorize(auth).await,
     };
     Ok(HttpResponse::Ok().json(outcome))

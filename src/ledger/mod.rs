@@ -31,9 +31,10 @@ use crate::domain::catalog::Catalog;
 use crate::domain::ids::{AgentId, CardId};
 use crate::domain::ledger::Source;
 use crate::domain::money::Money;
-use crate::error::{Error, Result};
-use crate::policy::FxRules;
+use crate::error::{Error, ErrorCode, Result};
 use crate::policy::fx::RateTable;
+use crate::policy::usage::LimitUsage;
+use crate::policy::{self, FxRules};
 use crate::store::Db;
 use crate::store::ledger::LedgerFilter;
 use crate::store::x402::PaymentRow;
@@ -69,6 +70,11 @@ pub struct Ledger {
     snapshots: Snapshots,
     budget: Duration,
     health: Arc<WriterHealth>,
+    catalog: &'static Catalog,
+    fx: FxRules,
+    /// Agents with a dry run asked by their own key under way: one each, so an agent key cannot
+    /// fill the writer's queue with questions.
+    agents_asking: Arc<Mutex<std::collections::HashSet<AgentId>>>,
 }
 
 /// What the writer thread last did, for readiness: whether it runs, since when its current batch
@@ -171,6 +177,30 @@ pub enum Payer {
     Wallet(AgentId),
 }
 
+/// An agent's dry run under way; the agent may ask again once it is dropped.
+struct Asking<'a> {
+    asking: &'a Mutex<std::collections::HashSet<AgentId>>,
+    agent: AgentId,
+}
+
+impl<'a> Asking<'a> {
+    fn start(asking: &'a Mutex<std::collections::HashSet<AgentId>>, agent: &AgentId) -> Result<Self> {
+        if !asking.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.clone()) {
+            return Err(Error::coded(
+                ErrorCode::TooManyDryRuns,
+                "this agent has a dry run under way; ask again once it is answered",
+            ));
+        }
+        Ok(Asking { asking, agent: agent.clone() })
+    }
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        self.asking.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.agent);
+    }
+}
+
 /// An authorization that a processor decided without spendgate's answer (its own controls, a
 /// stand-in on timeout, a force post): recorded as a fact, with no rule applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +253,17 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let health = Arc::new(WriterHealth::default());
         writer::spawn(db.clone(), snapshots.clone(), rates.clone(), catalog, &settings, rx, health.clone());
-        Ledger { tx, db, rates, snapshots, budget: settings.budget, health }
+        Ledger {
+            tx,
+            db,
+            rates,
+            snapshots,
+            budget: settings.budget,
+            health,
+            catalog,
+            fx: settings.fx,
+            agents_asking: Arc::default(),
+        }
     }
 
     /// Why decisions cannot be made and recorded now, each a line for a person; none when they
@@ -323,16 +363,20 @@ impl Ledger {
 
     /// What `authorize` would answer now, recording nothing: the same snapshot, totals and rules,
     /// decided under the same locks, so the answer is the one a real request would get.
-    pub async fn dry_run(&self, auth: Authorize) -> Result<AuthOutcome> {
-        let Some((card, agent)) = self.payer(&auth.payer).await? else {
-            return Ok(AuthOutcome { dry_run: true, ..AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request) });
+    /// `by_agent`: an agent key asks, and may have one dry run under way at a time (else 429).
+    pub async fn dry_run(&self, auth: Authorize, by_agent: bool) -> Result<AuthOutcome> {
+        let outcome = match self.payer(&auth.payer).await? {
+            None => AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request),
+            Some((card, agent)) => {
+                let _asking = by_agent.then(|| Asking::start(&self.agents_asking, &agent.value.id)).transpose()?;
+                let (reply, answer) = oneshot::channel();
+                let deadline = std::time::Instant::now() + self.budget;
+                let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: None, dry_run: true, reply };
+                self.send(Command::Authorize(Box::new(cmd))).await?;
+                answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))??
+            }
         };
-        let (reply, answer) = oneshot::channel();
-        let deadline = std::time::Instant::now() + self.budget;
-        let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: None, dry_run: true, reply };
-        self.send(Command::Authorize(Box::new(cmd))).await?;
-        let outcome = answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))??;
-        Ok(AuthOutcome { dry_run: true, ..outcome })
+        Ok(AuthOutcome { dry_run: true, unblock: outcome.reason.map(DeclineReason::remedy), ..outcome })
     }
 
     /// Records an authorization the processor decided on its own. Idempotent by external id; an
@@ -406,6 +450,45 @@ impl Ledger {
         let found = self.db.read(move |conn| crate::store::ledger::balance(conn, &id)).await?;
         let (currency, b) = found.ok_or_else(|| Error::not_found("agent", agent_id.as_str()))?;
         BalanceView::new(&currency, &b)
+    }
+
+    /// How much of each limit over the agent and these of its cards is used now (a read: it
+    /// counts what the database holds, as a decision made now would).
+    pub async fn usage(&self, agent: &Agent, cards: Vec<Card>, trace: Option<String>) -> Result<Vec<LimitUsage>> {
+        let horizon = policy::horizon_ms(std::iter::once(&agent.policy).chain(cards.iter().map(|c| &c.policy)));
+        let now = jiff::Timestamp::now();
+        let since = horizon.map(|h| now.as_millisecond().saturating_sub(h));
+        let id = agent.id.clone();
+        let rows = self.db.read(move |conn| crate::store::ledger::counting_since(conn, &id, since)).await?;
+        let mut book = book::Book::default();
+        for row in &rows {
+            book.apply(row);
+        }
+        let rates = self.rates();
+        let snap = |card| policy::Snapshot {
+            agent,
+            card,
+            card_used: false,
+            spends: book.spends(),
+            totals: None,
+            available: 0,
+            rates: &rates,
+            fx: self.fx,
+            catalog: self.catalog,
+            allowances: &agent.allowances,
+        };
+        let mut out = policy::usage::usage(&snap(None), None, now);
+        let mut traces: Vec<&str> =
+            trace.iter().chain(cards.iter().filter_map(|c| c.trace_id.as_ref())).map(String::as_str).collect();
+        traces.sort_unstable();
+        traces.dedup();
+        for t in traces {
+            out.extend(policy::usage::usage(&snap(None), Some(t), now));
+        }
+        for card in &cards {
+            out.extend(policy::usage::usage(&snap(Some(card)), trace.as_deref().or(card.trace_id.as_deref()), now));
+        }
+        Ok(out)
     }
 
     /// The agent's authorizations and transfers, oldest first, merged by time.

@@ -52,6 +52,9 @@ pub struct AuthOutcome {
     /// Present (true) only on a dry run's answer: nothing was recorded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// On a dry run's decline: what would let the request through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unblock: Option<&'static str>,
 }
 
 impl AuthOutcome {
@@ -71,6 +74,7 @@ impl AuthOutcome {
             approval_id: None,
             payment_stored: false,
             dry_run: false,
+            unblock: None,
         }
     }
 
@@ -88,6 +92,7 @@ impl AuthOutcome {
             approval_id: view.approval_id,
             payment_stored: false,
             dry_run: false,
+            unblock: None,
         }
     }
 }

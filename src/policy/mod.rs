@@ -23,6 +23,7 @@
 
 pub mod fx;
 pub mod totals;
+pub mod usage;
 pub mod window;
 
 use std::sync::Arc;
@@ -460,24 +461,8 @@ fn check_limit(
     let kept =
         snap.totals.zip(totals::key_for(index, limit, owner, snap.card, req)).and_then(|(t, k)| t.get(&k, start));
     let (sum, count) = kept.unwrap_or_else(|| {
-        let (mut sum, mut count) = (0i64, 0i64);
-        for s in snap.spends {
-            if s.at_ms >= start
-                && s.counted > 0
-                && in_scope(s)
-                && matches_filters(
-                    limit,
-                    snap.catalog,
-                    s.rail,
-                    s.mcc.as_deref(),
-                    (s.merchant_id.as_deref(), &s.merchant_name),
-                )
-            {
-                sum = sum.saturating_add(spend_in(s, r.currency, snap));
-                count += 1;
-            }
-        }
-        (sum, count)
+        let c = counted(limit, r.currency, snap, start, in_scope);
+        (c.amount, c.count)
     });
     let crosses = |extra_amount: i64, extra_count: i64| {
         if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap.saturating_add(extra_amount)) {
@@ -526,6 +511,43 @@ fn check_limit(
         return deny(DeclineReason::ApprovalRequired, rule);
     }
     deny(reason, rule)
+}
+
+/// What a limit's window counts from `start_ms` on, among the spends `in_scope`.
+struct Counted {
+    /// In the limit's policy currency.
+    amount: i64,
+    count: i64,
+    /// When the oldest spend counted was authorized.
+    first_ms: Option<i64>,
+}
+
+fn counted(
+    limit: &Limit,
+    currency: Currency,
+    snap: &Snapshot<'_>,
+    start_ms: i64,
+    in_scope: impl Fn(&Spend) -> bool,
+) -> Counted {
+    let mut c = Counted { amount: 0, count: 0, first_ms: None };
+    for s in snap.spends {
+        if s.at_ms >= start_ms
+            && s.counted > 0
+            && in_scope(s)
+            && matches_filters(
+                limit,
+                snap.catalog,
+                s.rail,
+                s.mcc.as_deref(),
+                (s.merchant_id.as_deref(), &s.merchant_name),
+            )
+        {
+            c.amount = c.amount.saturating_add(spend_in(s, currency, snap));
+            c.count += 1;
+            c.first_ms.get_or_insert(s.at_ms);
+        }
+    }
+    c
 }
 
 /// The limit's alert thresholds that the request takes its window from below to at or above.

@@ -769,3 +769,55 @@ fn running_totals_stay_what_a_scan_would_sum_as_spends_change_and_windows_slide(
     assert!(compared > 10_000, "totals were kept and compared: {compared}");
     assert!((100..3_900).contains(&declined), "the limits bite some of the time: {declined} declines");
 }
+
+mod usage_agrees_with_decisions {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// What the usage says remains is exactly what a decision lets through: `remaining` is
+        /// approved, one more minor unit is declined by that limit.
+        #[test]
+        fn remaining_is_what_a_decision_approves(
+            cap in 1_000i64..20_000,
+            count_cap in 3i64..8,
+            spends in proptest::collection::vec((1i64..3_000, 0i64..30, any::<bool>()), 0..9),
+            card_scope in any::<bool>(),
+        ) {
+            let scope = if card_scope { "card" } else { "agent" };
+            let limit = json!({"limits": [{"id": "day", "scope": scope, "window": {"rolling": "24h"}, "amount": cap, "count": count_cap}]});
+            let mut w = World::new().agent_policy(limit);
+            for (amount, hours_ago, on_trace) in spends {
+                let when = at(NOW).checked_sub(SignedDuration::from_hours(hours_ago)).unwrap().to_string();
+                let r = with(req(amount), |r| r.trace_id = on_trace.then(|| "T".into()));
+                if w.decide_at(&r, &when).approved() {
+                    w.spent(&r, &when);
+                }
+            }
+            w.spends.sort_by_key(|s| s.at_ms);
+            let snap = Snapshot {
+                agent: &w.agent, card: card_scope.then_some(&w.card), card_used: false, spends: &w.spends,
+                available: w.available, rates: &w.rates, fx: w.fx, catalog: crate::fixtures::catalog(),
+                allowances: &w.allowances, totals: None,
+            };
+            let usage = usage::usage(&snap, None, at(NOW));
+            prop_assert_eq!(usage.len(), 1);
+            let (amount, count) = (usage[0].amount.unwrap(), usage[0].count.unwrap());
+            prop_assert_eq!(amount.remaining, (cap - amount.used).max(0));
+            prop_assert_eq!(count.remaining, count_cap - count.used);
+            if count.remaining > 0 && amount.remaining > 0 {
+                prop_assert!(w.decide(&req(amount.remaining)).approved());
+            }
+            if count.remaining == 0 && amount.remaining > 0 {
+                let one = w.decide(&req(1));
+                prop_assert_eq!(declined(&one), (DeclineReason::VelocityExceeded, "agent.limit.day"));
+            }
+            let over = w.decide(&req(amount.remaining + 1));
+            prop_assert_eq!(declined(&over), (DeclineReason::LimitExceeded, "agent.limit.day"));
+            // A rolling window frees its oldest counted spend 24 hours after it was made.
+            let oldest = w.spends.iter().find(|s| s.at_ms > at(NOW).as_millisecond() - 86_400_000).map(|s| s.at_ms);
+            prop_assert_eq!(usage[0].frees_at.map(|t| t.as_millisecond()), oldest.map(|ms| ms + 86_400_000));
+        }
+    }
+}

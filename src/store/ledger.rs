@@ -10,7 +10,7 @@ use super::schema::{agents, authorizations, transfers};
 use super::{DbConnection, chain};
 use crate::audit::chain::Head;
 use crate::domain::authorization::Rail;
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, AuthorizationId};
 pub use crate::domain::ledger::Balance;
 use crate::domain::ledger::{HoldStatus, Source, TransferKind};
 use crate::error::Result;
@@ -317,6 +317,28 @@ pub fn pending_before(conn: &mut DbConnection, before_ms: i64, limit: i64) -> Re
         .limit(limit)
         .select(AuthorizationRow::as_select())
         .load(conn)?)
+}
+
+/// An agent's approved authorizations that still count in some window (`counted` > 0), authorized
+/// at or after `since_ms` (all of them with None), in the order they were written.
+pub fn counting_since(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    since_ms: Option<i64>,
+) -> Result<Vec<AuthorizationRow>> {
+    let mut q = authorizations::table
+        .filter(authorizations::agent_id.eq(agent.as_str().to_owned()))
+        .filter(authorizations::status.ne(HoldStatus::Declined))
+        .filter(authorizations::counted.gt(0))
+        .select(AuthorizationRow::as_select())
+        .order(authorizations::seq)
+        .into_boxed();
+    if let Some(since) = since_ms {
+        // The id floor lets the (agent_id, id) index skip what is older.
+        let floor = super::reports::id_at(AuthorizationId::PREFIX, since.saturating_sub(super::reports::ID_MARGIN_MS));
+        q = q.filter(authorizations::id.ge(floor)).filter(authorizations::authorized_at.ge(since));
+    }
+    Ok(q.load(conn)?)
 }
 
 /// What the ledger listing filters by.

@@ -1,6 +1,7 @@
 //! Test helpers: the real server on a random port with a fresh database, SQLite or PostgreSQL.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod process;
 pub mod python;
 pub mod slack;
@@ -350,4 +351,27 @@ macro_rules! on_both_backends {
     ($($case:ident),* $(,)?) => {
         on_both_backends!(spawn: common::spawn; $($case),*);
     };
+}
+
+/// Runs the futures concurrently on this task and returns their outputs in order.
+pub async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outputs[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("ready")).collect()
 }

@@ -21,8 +21,7 @@ use crate::domain::ledger::Source;
 use crate::error::{Error, Result};
 use crate::ledger::{Ledger, Movement, Payer, Target, Verdict};
 
-/// Largest amount accepted, in minor units: far above any card authorization, far below overflow.
-pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
+pub use crate::domain::money::MAX_AMOUNT;
 
 /// A processor's deadline less the margin its answer needs to get back: the decision budget.
 pub fn budget(deadline: Duration) -> Duration {

@@ -44,7 +44,8 @@ use crate::ledger::Ledger;
 
 pub use deferred::{Awaiting, DeferredStatus};
 pub use views::{
-    AuthorizeRequest, Authorized, ExportedWallet, FetchOutcome, FetchRequest, Fetched, Paid, PaymentView, WalletView,
+    AuthorizeRequest, Authorized, ExportedWallet, FetchOutcome, FetchRequest, Fetched, Paid, PaymentCheck, PaymentView,
+    WalletView,
 };
 
 #[derive(Debug)]

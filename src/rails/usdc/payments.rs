@@ -10,12 +10,12 @@ use super::deferred;
 use super::eip3009::Transfer;
 use super::proxy::{check_call, check_url, destination_refused, host_of};
 use super::store::{PaymentRow, now_ms};
-use super::views::{AuthorizeRequest, Authorized, FetchOutcome, FetchRequest, PaymentView};
+use super::views::{AuthorizeRequest, Authorized, FetchOutcome, FetchRequest, PaymentCheck, PaymentView};
 use super::x402::{self, Challenge, Offer};
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, NamedBy, Rail, Recipient};
 use crate::domain::ids::{AgentId, PaymentId};
 use crate::domain::ledger::{HoldStatus, PaymentStatus, Source};
-use crate::domain::money::Money;
+use crate::domain::money::{MAX_AMOUNT, Money};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::{AuthOutcome, Authorize, Movement, Payer, Target};
 
@@ -132,6 +132,46 @@ impl Usdc {
                 self.deliver(row, &call, true, Some(&outcome)).await.map(FetchOutcome::Answered)
             }
         }
+    }
+
+    /// What a payment of `amount` to the URL's host would be answered now, recording and signing
+    /// nothing. The recipient is taken as the server would name it in its 402.
+    /// `by_agent`: the agent's own key asks (one dry run at a time).
+    pub async fn dry_run(&self, agent: &AgentId, input: PaymentCheck, by_agent: bool) -> Result<AuthOutcome> {
+        let url = check_url(&input.url)?;
+        let trace_id = check_trace(input.trace_id)?;
+        if !(1..=MAX_AMOUNT).contains(&input.amount) {
+            return Err(Error::validation(format!("amount must be 1 to {MAX_AMOUNT} cents")));
+        }
+        let recipient = match input.pay_to.as_deref() {
+            Some(account) => {
+                let (network, address) = caip10(account).ok_or_else(|| {
+                    Error::validation("pay_to must be a CAIP-10 account: eip155:<chain id>:0x<40 hex digits>")
+                })?;
+                Recipient::new(network, address, NamedBy::Server)
+            }
+            // No list can hold it: a policy that lists recipients declines, one that does not trusts the server.
+            None => Recipient { account: "unknown".into(), named_by: NamedBy::Server },
+        };
+        self.agent_exists(agent).await?;
+        let request = AuthRequest {
+            rail: Rail::Usdc,
+            amount: input.amount,
+            currency: "USD".into(),
+            merchant: Merchant { id: None, name: host_of(&url), mcc: None, country: None },
+            trace_id,
+            max_amount: None,
+            recipient: Some(recipient),
+        };
+        let auth = Authorize {
+            source: Source::X402,
+            external_id: PaymentId::generate().to_string(),
+            payer: Payer::Wallet(agent.clone()),
+            request,
+            deferred: None,
+            payment: None,
+        };
+        self.inner.ledger.dry_run(auth, by_agent).await
     }
 
     /// Decides and signs a payment for the agent to send itself.
@@ -391,6 +431,19 @@ pub(super) fn check_max_amount(max: Option<i64>) -> Result<Option<i64>> {
         }
         other => Ok(other),
     }
+}
+
+/// `eip155:<chain id>:0x<address>` as (network, address).
+fn caip10(account: &str) -> Option<(&str, &str)> {
+    let (network, address) = account.rsplit_once(':')?;
+    let chain = network.strip_prefix("eip155:")?;
+    let hex = address.strip_prefix("0x")?;
+    let valid = !chain.is_empty()
+        && chain.len() <= 32
+        && chain.bytes().all(|b| b.is_ascii_digit())
+        && hex.len() == 40
+        && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    valid.then_some((network, address))
 }
 
 pub(super) fn check_trace(trace: Option<String>) -> Result<Option<String>> {

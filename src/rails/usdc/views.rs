@@ -31,6 +31,24 @@ pub struct FetchRequest {
     pub max_amount: Option<i64>,
 }
 
+/// A payment to decide without making it: would the policy pay `amount` to this URL's host now?
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentCheck {
+    #[schema(pattern = "^[Hh][Tt][Tt][Pp][Ss]?://")]
+    pub url: String,
+    /// US cents (USDC pays in dollars).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    /// The recipient as CAIP-10 (`eip155:8453:0x…`), as the server's 402 would name it. Without
+    /// it, a policy that lists recipients declines (`recipient_not_allowed`): the check cannot
+    /// know where the server will ask the money to go.
+    #[schema(min_length = 1, max_length = 200)]
+    pub pay_to: Option<String>,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
+    pub trace_id: Option<String>,
+}
+
 /// An agent that makes the HTTP call itself asks for the payment header only.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
