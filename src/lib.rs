@@ -148,7 +148,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         webhook,
         processors,
         usdc: usdc.clone(),
-        approvals,
+        approvals: approvals.clone(),
         // A report reads a whole range: it gets a bound of its own, not a decision-path read's.
         reports: reports::Reports::new(
             db.clone().with_timeout(Duration::from_millis(config.report_timeout_ms)),
@@ -156,7 +156,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         ),
         audit,
         outbox,
-        mcp: mcp::endpoint(admin.clone(), usdc.clone()),
+        mcp: mcp::endpoint(admin.clone(), usdc.clone(), approvals.clone()),
     });
     let mut server = HttpServer::new(move || {
         App::new().app_data(state.clone()).wrap(from_fn(http::observe)).configure(http::routes)
@@ -287,6 +287,7 @@ fn approvals(
         slack_timeout: Duration::from_millis(config.slack_timeout_ms),
         retry_base: Duration::from_millis(config.slack_retry_ms),
         max_attempts: 5,
+        request_ttl: Duration::from_secs(config.approval_ttl_hours * 3_600),
     };
     Ok(Approvals::start(settings, db.clone(), ledger.clone(), asked, approved)?)
 }

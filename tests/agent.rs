@@ -204,8 +204,99 @@ async fn an_agent_checks_a_payment_before_making_it(app: TestApp) {
     assert_eq!(ledger["data"].as_array().unwrap().len(), 1, "the funding only: {ledger}");
 }
 
+/// A card that pays at most 5.00 a purchase, tagged with `trace` by the agent's own key.
+async fn capped_card(app: &TestApp, me: &Agent<'_>, agent: &str, trace: &str) -> String {
+    let card = app.issue_card(agent, json!({"label": "openai", "policy": {"per_transaction": 500}})).await;
+    let card = card["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/agents/me/cards/{card}/trace");
+    assert_eq!(me.call(Method::PUT, &path, Some(json!({"trace_id": trace}))).await.0, StatusCode::OK);
+    card
+}
+
+async fn a_mandate_a_person_approves_once_covers_the_spend_inside_it(app: TestApp) {
+    let (agent, _, me) = coder(&app).await;
+    let card = capped_card(&app, &me, &agent, "PR-1").await;
+    assert_eq!(app.authorize("before", &card, 1_500).await["reason"], "per_transaction_exceeded");
+    let ask = json!({"purpose": "run the eval suite on PR-1", "amount": 3_000, "trace_id": "PR-1",
+        "merchants": ["OPENAI*"], "hours": 24});
+    let (status, asked) = me.call(Method::POST, "/v1/agents/me/mandates", Some(ask.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{asked}");
+    let id = asked["id"].as_str().unwrap().to_owned();
+    assert_eq!((asked["status"].as_str(), asked["rule"].as_str()), (Some("pending"), Some("mandate")), "{asked}");
+    assert_eq!(asked["mandate"]["remaining"], 0);
+    assert_eq!(app.authorize("pending", &card, 1_500).await["reason"], "per_transaction_exceeded");
+    // The agent cannot approve its own mandate, nor ask for another agent.
+    let (status, _) = me.call(Method::POST, &format!("/v1/approvals/{id}/approve"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let other = app.create_agent("other").await;
+    let (status, _) = me.call(Method::POST, &format!("/v1/agents/{other}/mandates"), Some(ask)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // The agent waits; a person approves; the wait answers at once.
+    let path = format!("/v1/agents/me/mandates/{id}?wait=20");
+    let started = std::time::Instant::now();
+    let approve = async {
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(300)).await;
+        app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await
+    };
+    let ((status, decided), (approved, _)) = tokio::join!(me.call(Method::GET, &path, None), approve);
+    assert_eq!((status, approved), (StatusCode::OK, StatusCode::OK));
+    assert_eq!(decided["status"], "approved", "{decided}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+
+    // Inside it: approved, naming it. Past it, or outside its scope: the rules decide.
+    for n in 0..2 {
+        let d = app.authorize(&format!("in-{n}"), &card, 1_500).await;
+        assert_eq!((d["approved"].as_bool(), d["approval_id"].as_str()), (Some(true), Some(id.as_str())), "{d}");
+    }
+    assert_eq!(app.authorize("past", &card, 600).await["reason"], "per_transaction_exceeded");
+    let elsewhere = capped_card(&app, &me, &agent, "PR-2").await;
+    assert_eq!(app.authorize("other-trace", &elsewhere, 1_500).await["reason"], "per_transaction_exceeded");
+    let (_, now) = me.call(Method::GET, &format!("/v1/agents/me/mandates/{id}"), None).await;
+    assert_eq!(
+        (now["mandate"]["used"].as_i64(), now["mandate"]["remaining"].as_i64()),
+        (Some(3_000), Some(0)),
+        "{now}"
+    );
+    let (_, ledger) = app.get(&format!("/v1/agents/{agent}/ledger?trace=PR-1")).await;
+    let under: Vec<&Value> =
+        ledger["data"].as_array().unwrap().iter().filter(|e| e["approval_id"] == id.as_str()).collect();
+    assert_eq!(under.len(), 2, "every spend under it names it: {ledger}");
+
+    // Bad requests change nothing.
+    for bad in [
+        json!({"purpose": "", "amount": 1}),
+        json!({"purpose": "x", "amount": 0}),
+        json!({"purpose": "x", "amount": 1, "hours": 0}),
+        json!({"purpose": "x", "amount": 1, "currency": "EUR"}),
+    ] {
+        let (status, _) = me.call(Method::POST, "/v1/agents/me/mandates", Some(bad.clone())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+/// Concurrent spend under one mandate approves exactly what it holds.
+async fn a_mandate_is_exact_under_concurrency(app: TestApp) {
+    let (agent, _, me) = coder(&app).await;
+    let card = capped_card(&app, &me, &agent, "PR-7").await;
+    let ask = json!({"purpose": "load test", "amount": 3_000, "trace_id": "PR-7"});
+    let (_, asked) = me.call(Method::POST, "/v1/agents/me/mandates", Some(ask)).await;
+    let id = asked["id"].as_str().unwrap();
+    assert_eq!(app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await.0, StatusCode::OK);
+    let tries = (0..20).map(|n| {
+        let (app, card) = (&app, card.clone());
+        async move { app.authorize(&format!("c-{n}"), &card, 600).await }
+    });
+    let approved = common::join_all(tries).await.iter().filter(|d| d["approved"] == true).count();
+    assert_eq!(approved, 5, "3000 / 600");
+    let (_, now) = app.get(&format!("/v1/agents/{agent}/mandates/{id}")).await;
+    assert_eq!(now["mandate"]["used"], 3_000);
+}
+
 on_both_backends!(
     me_says_what_is_left_and_when_it_frees,
     an_agent_key_widens_nothing,
     an_agent_checks_a_payment_before_making_it,
+    a_mandate_a_person_approves_once_covers_the_spend_inside_it,
+    a_mandate_is_exact_under_concurrency,
 );

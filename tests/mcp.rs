@@ -14,7 +14,16 @@ use x402_server::{PAY_TO, X402Server};
 
 const SDK: &str = "@modelcontextprotocol/sdk@1.32.2";
 
-const TOOLS: [&str; 6] = ["what_can_i_spend", "check_payment", "pay", "payment_approval", "set_trace", "recent_spend"];
+const TOOLS: [&str; 8] = [
+    "what_can_i_spend",
+    "check_payment",
+    "pay",
+    "payment_approval",
+    "set_trace",
+    "recent_spend",
+    "ask_for_mandate",
+    "mandate_status",
+];
 
 struct Setting {
     agent: String,
@@ -73,6 +82,7 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
     let s = setting(app).await;
     let trace = format!("PR-{transport}");
     let paid = s.server.url("/v2/paid?price=250000");
+    let host = s.server.base.trim_start_matches("http://");
     let listed = format!("eip155:84532:{PAY_TO}");
     let unlisted = "eip155:84532:0x00000000000000000000000000000000000000bb";
     let calls = json!([
@@ -91,8 +101,13 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
         {"name": "check_payment", "arguments": {"url": paid, "amount": 25, "pay_to": unlisted}},
         {"name": "what_can_i_spend", "arguments": {"agent_id": "agt_01m90000000000000000000000"}},
         {"name": "set_policy", "arguments": {"policy": {}}},
+        // More, asked of a person, who approves while the agent waits; then it pays past its cap.
+        {"name": "ask_for_mandate", "arguments": {"purpose": "one large report for PR", "amount": 600, "hosts": [host], "hours": 2}},
+        {"name": "mandate_status", "arguments": {"mandate_id": {"$from": 14, "path": "structuredContent.id"}, "wait_seconds": 30}},
+        {"name": "pay", "arguments": {"url": s.server.url("/v2/paid?price=5000000"), "idempotency_key": "task-4"}},
     ]);
-    let seen = drive(app, &s, transport, calls).await;
+    let (seen, approved) = tokio::join!(drive(app, &s, transport, calls), approve_the_mandate(app, &s.agent));
+    assert_eq!(approved, StatusCode::OK);
     assert_eq!(seen["server"]["name"], "spendgate", "{seen}");
     assert!(seen["instructions"].as_str().unwrap().contains("what_can_i_spend"));
     let mut names: Vec<&str> = seen["tools"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
@@ -128,19 +143,37 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
     assert!(!r[12].to_string().contains("other"), "{}", r[12]);
     assert!(failed(&r[13]), "no tool changes a policy: {}", r[13]);
 
+    assert!(text(&r[14]).contains("is waiting for a person's decision"), "{}", r[14]);
+    assert!(text(&r[15]).contains("is approved"), "{}", r[15]);
+    assert!(text(&r[16]).contains("Paid 5.00 USD"), "within the mandate: {}", r[16]);
+
     // The effects, through the admin API.
     let (_, card) = app.get(&format!("/v1/cards/{}", s.card)).await;
     assert_eq!(card["trace_id"], trace.as_str());
     let (_, theirs) = app.get(&format!("/v1/cards/{}", s.other_card)).await;
     assert!(theirs["trace_id"].is_null(), "{theirs}");
-    assert_eq!(s.server.settled().len(), 1, "one payment settled");
+    assert_eq!(s.server.settled().len(), 2, "two payments settled");
     let (_, ledger) = app.get(&format!("/v1/agents/{}/ledger?trace={trace}", s.agent)).await;
     let held: Vec<&Value> = ledger["data"].as_array().unwrap().iter().filter(|e| e["approved"] == true).collect();
     assert_eq!(held.len(), 1, "{ledger}");
     assert_eq!(held[0]["x402"]["payment_id"], payment);
     let (_, policy) = app.get(&format!("/v1/agents/{}/policy", s.agent)).await;
     assert_eq!(policy["x402"]["per_call"], 100, "{policy}");
-    assert_eq!(app.balance(&s.agent).await["available"], 50_000 - 25);
+    assert_eq!(app.balance(&s.agent).await["available"], 50_000 - 25 - 500);
+}
+
+/// A person, watching the pending approvals, approves the agent's mandate when it appears.
+async fn approve_the_mandate(app: &TestApp, agent: &str) -> StatusCode {
+    for _ in 0..600 {
+        let (_, pending) = app.get("/v1/approvals?status=pending").await;
+        let mandate =
+            pending["data"].as_array().unwrap().iter().find(|a| a["agent_id"] == agent && a["rule"] == "mandate");
+        if let Some(id) = mandate.and_then(|m| m["id"].as_str()) {
+            return app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await.0;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no mandate was asked for");
 }
 
 async fn every_tool_over_http(app: TestApp) {

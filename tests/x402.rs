@@ -118,6 +118,104 @@ async fn pays_a_v2_api_and_answers_a_retry_without_paying_again(app: TestApp) {
     );
 }
 
+/// An MPP (`WWW-Authenticate: Payment`, evm charge) challenge: paid once by an EIP-3009
+/// authorization bound to the challenge, recorded like an x402 payment, replayed not re-signed.
+async fn pays_an_mpp_challenge_once_and_records_it(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let address = wallet_address(&app, &agent).await;
+    let url = server.url("/mpp/evm?price=250000");
+    let paid = fetch(&app, &agent, "mpp-1", json!({"url": url, "trace_id": "PR-9"})).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!((paid.body["data"].as_str(), paid.header("spendgate-settlement")), (Some("paid content"), "settled"));
+    assert_eq!(paid.header("spendgate-cost"), "25");
+    let settled = server.settled();
+    assert_eq!(settled.len(), 1, "the server verified the challenge binding, the nonce and the signature");
+    assert_eq!(
+        (settled[0].payer.to_checksum(None), settled[0].value),
+        (address.clone(), alloy_primitives::U256::from(250_000))
+    );
+    let credential: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&server.payment_headers()[0]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (credential["challenge"]["method"].as_str(), credential["payload"]["type"].as_str()),
+        (Some("evm"), Some("authorization"))
+    );
+    assert_eq!(credential["source"], format!("did:pkh:eip155:84532:{address}"));
+
+    let payment = paid.header("spendgate-payment").to_owned();
+    let (_, view) = app.get(&format!("/v1/agents/{agent}/x402/payments/{payment}")).await;
+    assert_eq!((view["protocol"].as_str(), view["status"].as_str()), (Some("mpp"), Some("settled")), "{view}");
+    assert!(view["x402_version"].is_null());
+    assert_eq!(view["transaction_hash"], json!(settled[0].transaction));
+    let auths = ledger_authorizations(&app, &agent).await;
+    assert_eq!(auths.len(), 1);
+    assert_eq!((auths[0]["status"].as_str(), auths[0]["trace_id"].as_str()), (Some("posted"), Some("PR-9")));
+    assert_eq!(app.balance(&agent).await["spent"], 25);
+
+    // The same key again: the first answer, nothing signed or sent again.
+    let again = fetch(&app, &agent, "mpp-1", json!({"url": url, "trace_id": "PR-9"})).await;
+    assert_eq!((again.status, again.header("spendgate-payment")), (StatusCode::OK, payment.as_str()));
+    assert_eq!(server.payment_headers().len(), 1);
+
+    // The same policy: past the per-call cap, nothing is signed.
+    let policy = json!({"x402": {"per_call": 10}});
+    assert_eq!(app.put(&format!("/v1/agents/{agent}/policy"), policy).await.0, StatusCode::OK);
+    let capped = fetch(&app, &agent, "mpp-2", json!({"url": url})).await;
+    assert_eq!(capped.body["error"]["code"], "per_call_exceeded", "{}", capped.body);
+    assert_eq!(server.payment_headers().len(), 1);
+    assert_eq!(app.put(&format!("/v1/agents/{agent}/policy"), json!({})).await.0, StatusCode::OK);
+
+    // Offered both, spendgate pays x402 when it can, else MPP: one payment either way.
+    let both = fetch(&app, &agent, "both-1", json!({"url": server.url("/both?price=10000")})).await;
+    assert_eq!(both.status, StatusCode::OK, "{}", both.body);
+    let (_, view) = app.get(&format!("/v1/agents/{agent}/x402/payments/{}", both.header("spendgate-payment"))).await;
+    assert_eq!((view["protocol"].as_str(), view["x402_version"].as_i64()), (Some("x402"), Some(2)));
+    let fallback = fetch(&app, &agent, "both-2", json!({"url": server.url("/both?price=10000&x402=unpayable")})).await;
+    assert_eq!(fallback.status, StatusCode::OK, "{}", fallback.body);
+    let (_, view) =
+        app.get(&format!("/v1/agents/{agent}/x402/payments/{}", fallback.header("spendgate-payment"))).await;
+    assert_eq!(view["protocol"], "mpp");
+    assert_eq!(server.payment_headers().len(), 3, "one payment per call, never both protocols");
+    assert_eq!(server.settled().len(), 3);
+    assert_eq!(app.balance(&agent).await["spent"], 27);
+}
+
+/// Against mppx, the MPP reference SDK's server (its evm charge): paid by MPP where it offers only
+/// MPP, and by x402 where it offers both; its own verification accepts each, once.
+async fn pays_the_mpp_reference_servers_challenges(app: TestApp) {
+    let (agent, server) = setup(&app, 1_000).await;
+    let token = server.token.to_checksum(None);
+    // Installed and started beside this test's server, which answers on this thread meanwhile.
+    let mppx = actix_web::rt::task::spawn_blocking(move || {
+        let env = [
+            ("TOKEN", token.as_str()),
+            ("PAY_TO", x402_server::PAY_TO),
+            ("TOKEN_NAME", x402_server::TOKEN_NAME),
+            ("TOKEN_VERSION", x402_server::TOKEN_VERSION),
+        ];
+        let home = common::node::node_with(&["mppx@0.11.0", "viem@2.54.0"]);
+        common::node::start_script(&home, "tests/mpp/server.mjs", &env)
+    })
+    .await
+    .expect("the reference server starts");
+    let base = format!("http://127.0.0.1:{}", mppx.first["port"]);
+    let mpp = fetch(&app, &agent, "ref-1", json!({"url": format!("{base}/mpp-only")})).await;
+    let both = fetch(&app, &agent, "ref-2", json!({"url": format!("{base}/both")})).await;
+    let settled = mppx.stop();
+    for (paid, protocol) in [(&mpp, "mpp"), (&both, "x402")] {
+        assert_eq!((paid.status, paid.body["data"].as_str()), (StatusCode::OK, Some("paid by mppx")), "{}", paid.body);
+        assert_eq!(paid.header("spendgate-settlement"), "settled", "the receipt was read");
+        let (_, view) =
+            app.get(&format!("/v1/agents/{agent}/x402/payments/{}", paid.header("spendgate-payment"))).await;
+        assert_eq!(view["protocol"], protocol, "{view}");
+    }
+    assert_eq!(settled.len(), 2, "{settled:?}");
+    assert!(settled.iter().all(|s| s["settled"]["value"] == "250000" && s["settled"]["to"] == x402_server::PAY_TO));
+    assert_eq!(app.balance(&agent).await["spent"], 50);
+}
+
 async fn pays_a_v1_api_with_x_payment(app: TestApp) {
     let (agent, server) = setup(&app, 1_000).await;
     let paid = fetch(&app, &agent, "v1-call", json!({"url": server.url("/v1/paid?price=10000")})).await;
@@ -442,6 +540,8 @@ on_both_backends!(
     pays_a_v2_api_and_answers_a_retry_without_paying_again,
     pays_a_v1_api_with_x_payment,
     policy_declines_sign_nothing,
+    pays_an_mpp_challenge_once_and_records_it,
+    pays_the_mpp_reference_servers_challenges,
     an_unknown_settlement_keeps_the_hold_and_a_retry_resends_the_same_payment,
     a_failed_settlement_voids_the_hold,
     one_agent_limit_spans_card_and_usdc_spend,

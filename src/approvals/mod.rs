@@ -5,6 +5,7 @@
 //! Slack never delays an answer.
 
 pub mod link;
+pub mod mandates;
 pub mod page;
 pub mod slack;
 mod store;
@@ -42,6 +43,8 @@ pub struct ApprovalSettings {
     /// First pause between two attempts to reach Slack; doubled after each.
     pub retry_base: Duration,
     pub max_attempts: i32,
+    /// How long people have to decide a mandate (`approval_ttl_hours`).
+    pub request_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -116,6 +119,9 @@ pub struct ApprovalView {
     pub notification: Notification,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: jiff::Timestamp,
+    /// Set for a mandate the agent asked for (`rule` is `mandate`): the spend it covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mandate: Option<mandates::MandateView>,
 }
 
 /// Delivery of the Slack message.
@@ -130,7 +136,10 @@ pub struct Notification {
 impl ApprovalView {
     /// The request in words: `12.00 USD at OPENAI *API`.
     pub fn summary(&self) -> String {
-        format!("{} at {}", self.cap_amount, self.merchant.name)
+        match &self.mandate {
+            Some(m) => format!("a mandate of {}: {}", self.cap_amount, m.purpose),
+            None => format!("{} at {}", self.cap_amount, self.merchant.name),
+        }
     }
 }
 

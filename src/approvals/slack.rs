@@ -213,7 +213,7 @@ pub(super) async fn notify_forever(approvals: Approvals, mut asked: mpsc::Receiv
 
 impl Approvals {
     /// Posts one request's message, unless it was sent already; records how delivery went.
-    async fn deliver(&self, id: &str) {
+    pub(super) async fn deliver(&self, id: &str) {
         let Some(url) = self.inner.settings.slack_webhook_url.clone() else { return };
         let view = match self.view(id).await {
             Ok(view) if view.notification.status == "pending" => view,

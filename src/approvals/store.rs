@@ -2,8 +2,9 @@
 //! views, listed, decided (with the agent's rules bumped and the trail written in the same
 //! transaction), and the Slack delivery state.
 
+use super::mandates::{Asked, MandateView};
 use super::{ALLOWANCE_HOURS, ApprovalView, Notification, already};
-use crate::domain::approval::{ApprovalAction, ApprovalStatus};
+use crate::domain::approval::{ApprovalAction, ApprovalStatus, MANDATE_RULE};
 use crate::domain::authorization::Merchant;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, CardId, EventId, KeyId};
@@ -29,7 +30,8 @@ fn ts(ms: i64) -> jiff::Timestamp {
 
 impl ApprovalView {
     /// The request as people see it now (a pending one past its expiry is expired).
-    fn new(row: ApprovalRow, agent_name: String, card_label: Option<String>, now_ms: i64) -> Result<Self> {
+    /// `used`: what spend under it counts now, for a mandate.
+    fn new(row: ApprovalRow, agent_name: String, card_label: Option<String>, used: i64, now_ms: i64) -> Result<Self> {
         let cap_currency = row.cap_currency.parse().map_err(|_| store::corrupt("approval currency", &row.id))?;
         let money = |amount| Money { amount, currency: cap_currency };
         let stored = ApprovalStatus::parse(&row.status).ok_or_else(|| store::corrupt("approval status", &row.id))?;
@@ -63,6 +65,16 @@ impl ApprovalView {
                 error: row.notify_error,
             },
             created_at: ts(row.created_at),
+            mandate: row.purpose.clone().map(|purpose| {
+                let in_force = stored == ApprovalStatus::Approved && row.allowance_until.is_some_and(|u| u > now_ms);
+                MandateView {
+                    purpose,
+                    hosts: ApprovalRow::names(row.hosts.as_deref()),
+                    merchants: ApprovalRow::names(row.merchants.as_deref()),
+                    used,
+                    remaining: if in_force { row.cap_amount.saturating_sub(used).max(0) } else { 0 },
+                }
+            }),
             id: row.id,
         })
     }
@@ -76,7 +88,11 @@ fn load_view(conn: &mut DbConnection, id: &str, now_ms: i64) -> Result<Option<Ap
         Some(card) => store::cards::find(conn, &CardId::from_stored(card.clone()))?.map(|c| c.label),
         None => None,
     };
-    ApprovalView::new(row, agent_name, card_label, now_ms).map(Some)
+    let used = match row.purpose {
+        Some(_) => store::ledger::counted_under(conn, &agent, &row.id, row.created_at)?,
+        None => 0,
+    };
+    ApprovalView::new(row, agent_name, card_label, used, now_ms).map(Some)
 }
 
 impl Records {
@@ -185,6 +201,61 @@ impl Records {
                 store::events::record(conn, &event)?;
                 let view = load_view(conn, &key, now_ms)?.ok_or_else(|| Error::not_found("approval", &key))?;
                 Ok((view, row.deferred.is_some()))
+            })
+            .await
+    }
+
+    /// Stores a mandate the agent asked for, with its event in the agent's trail.
+    pub async fn ask_mandate(&self, m: Asked, event: Event) -> Result<ApprovalView> {
+        let names = |list: &[String]| serde_json::to_string(list).map_err(|e| Error::Internal(e.to_string()));
+        let row = ApprovalRow {
+            hosts: Some(names(&m.hosts)?),
+            merchants: Some(names(&m.merchants)?),
+            id: m.id,
+            agent_id: m.agent.to_string(),
+            card_id: None,
+            // No declined attempt asked: the agent did, before spending.
+            authorization_id: String::new(),
+            rail: match (m.hosts.is_empty(), m.merchants.is_empty()) {
+                (false, true) => "usdc",
+                (true, false) => "card",
+                _ => "any",
+            }
+            .to_owned(),
+            rule: MANDATE_RULE.to_owned(),
+            single_use: false,
+            amount: m.amount,
+            currency: m.currency.code().to_owned(),
+            cap_amount: m.amount,
+            cap_currency: m.currency.code().to_owned(),
+            cap: None,
+            spent: None,
+            // An approval's allowance lasts until then.
+            window_end_at: Some(m.until_ms),
+            merchant_id: None,
+            merchant_name: m.purpose.clone(),
+            mcc: None,
+            country: None,
+            trace_id: m.trace_id,
+            deferred: None,
+            status: ApprovalStatus::Pending.as_str().to_owned(),
+            expires_at: m.expires_at,
+            decided_by: None,
+            decided_at: None,
+            allowance_until: None,
+            notify_status: if m.notified { "pending" } else { "off" }.to_owned(),
+            notify_attempts: 0,
+            notify_error: None,
+            created_at: m.now_ms,
+            updated_at: m.now_ms,
+            deferred_result: None,
+            purpose: Some(m.purpose),
+        };
+        self.db
+            .write(move |conn| {
+                store::approvals::insert(conn, &row)?;
+                store::events::record(conn, &event)?;
+                load_view(conn, &row.id, row.created_at)?.ok_or_else(|| Error::not_found("approval", &row.id))
             })
             .await
     }

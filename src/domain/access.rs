@@ -73,12 +73,22 @@ pub enum Permission {
     Audit,
     /// Use the MCP tools: they act for the key's own agent, so only an agent key has any.
     Tools,
+    /// Ask people for a mandate (spend past the rules, which a person must approve).
+    Ask,
 }
 
 impl Permission {
     /// What an agent key may do, for its own agent only.
     fn agent_may(self) -> bool {
-        matches!(self, Permission::Read | Permission::Pay | Permission::DryRun | Permission::Tag | Permission::Tools)
+        matches!(
+            self,
+            Permission::Read
+                | Permission::Pay
+                | Permission::DryRun
+                | Permission::Tag
+                | Permission::Tools
+                | Permission::Ask
+        )
     }
 
     fn describe(self) -> &'static str {
@@ -92,6 +102,7 @@ impl Permission {
             Permission::DryRun => "decide dry runs",
             Permission::Tag => "set a card's trace",
             Permission::Tools => "use the MCP tools, which act for an agent key's own agent",
+            Permission::Ask => "ask for a mandate",
             Permission::Audit => "verify the audit trail",
         }
     }
@@ -182,7 +193,7 @@ mod tests {
         assert!(agent.check(Permission::Pay, Some(&other)).is_err());
         assert!(agent.check(Permission::ExportWallet, Some(&mine)).is_err());
         assert!(owner_tools_refused(), "the MCP tools are an agent key's only");
-        for p in [Permission::DryRun, Permission::Tag, Permission::Tools] {
+        for p in [Permission::DryRun, Permission::Tag, Permission::Tools, Permission::Ask] {
             assert!(agent.check(p, Some(&mine)).is_ok());
             assert!(agent.check(p, Some(&other)).is_err());
         }

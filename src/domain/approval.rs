@@ -21,6 +21,25 @@ pub struct Allowance {
     pub amount: i64,
     pub until_ms: i64,
     pub single_use: bool,
+    /// Set when this is a mandate the agent asked for, rather than a rule's request.
+    pub mandate: Option<Mandate>,
+}
+
+/// The rule name a mandate's approval carries.
+pub const MANDATE_RULE: &str = "mandate";
+
+/// Spend an agent asked people for in advance, and a person approved: up to the allowance's
+/// `amount` (in the agent's currency), on its trace if it names one, to the hosts or merchants it
+/// names, until it expires. Within it, limits, approval thresholds and per-payment caps do not
+/// decline; a freeze, the balance, and every lock it does not name still do.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Mandate {
+    /// Hosts (the USDC rail) it pays, even where the policy's `x402.allow_hosts` leaves them out.
+    pub hosts: Vec<String>,
+    /// Merchant ids or descriptor patterns (`*` any run), even where a merchant lock leaves them out.
+    pub merchants: Vec<String>,
+    /// Already spent under it, in the agent's currency.
+    pub used: i64,
 }
 
 /// Why a decline needs a person, as the policy saw it: what a request would put the rule at.

@@ -169,15 +169,18 @@ impl DeclineReason {
             CardFrozen | AgentFrozen => "nothing you can do: only an operator can unfreeze",
             UnsupportedCurrency => "pay in a currency spendgate converts (its rate table lists them)",
             StaleFx | Timeout | InternalError => "retry later: this is spendgate's side, not your policy",
-            MccNotAllowed | MerchantNotAllowed | CountryNotAllowed | HostNotAllowed | RecipientNotAllowed => {
-                "your policy does not allow this payee: only a person can allow it, by changing your policy"
+            MerchantNotAllowed | HostNotAllowed => {
+                "your policy does not allow this payee: ask a person for a mandate that names it"
+            }
+            MccNotAllowed | CountryNotAllowed | RecipientNotAllowed => {
+                "your policy does not allow this payee, and only a person changing the policy can"
             }
             OutsideActiveHours => "retry within your policy's active hours",
             PerTransactionExceeded | PerCallExceeded => {
-                "no single payment this large is approved; a person would have to raise the cap"
+                "no single payment this large passes your policy: ask a person for a mandate that covers it"
             }
             LimitExceeded | VelocityExceeded => {
-                "wait until the limit frees up (GET /v1/me says when), or ask a person to raise it"
+                "wait until the limit frees up (GET /v1/me says when), or ask a person for a mandate"
             }
             ApprovalRequired => "make the payment to ask a person: it is approved or denied by them",
             InsufficientFunds => "your balance is too low: an operator must fund it",

@@ -50,6 +50,16 @@ worded! {
 }
 
 worded! {
+    /// Which HTTP 402 protocol a USDC payment answered.
+    pub enum PaymentProtocol {
+        /// x402 (`PAYMENT-REQUIRED`, or a v1 body): the payment goes in `PAYMENT-SIGNATURE` / `X-PAYMENT`.
+        X402 = "x402",
+        /// MPP (`WWW-Authenticate: Payment`): the credential goes in `Authorization: Payment`.
+        Mpp = "mpp",
+    }
+}
+
+worded! {
     /// How a signed USDC payment ended.
     pub enum PaymentStatus {
         /// Signed and stored, not yet known to be settled.

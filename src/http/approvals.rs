@@ -8,8 +8,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ErrorBody, LinkRefusals};
+use crate::admin::agents::parse_agent_id;
 use crate::admin::{Page, PageQuery};
 use crate::approvals::link::TokenError;
+use crate::approvals::mandates::MandateRequest;
 use crate::approvals::{ApprovalView, Approver, page};
 use crate::domain::access::Principal;
 use crate::domain::approval::ApprovalAction;
@@ -195,4 +197,48 @@ pub async fn slack_interactions(
     }
     state.approvals.interaction(&body).await.map_err(Error::Validation)?;
     Ok(HttpResponse::Ok().finish())
+}
+
+/// Asks people for a mandate: spend the agent may make past its limits (never past a freeze, a
+/// lock the mandate does not name, or the balance), on a trace and to the hosts or merchants it
+/// names, until it is used up or expires. It is an approval request like any other.
+#[utoipa::path(tag = "approvals", request_body = MandateRequest, security(("bearer" = [])),
+    responses((status = 201, body = ApprovalView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/mandates")]
+pub async fn request_mandate(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<MandateRequest>,
+) -> Result<HttpResponse> {
+    let agent = parse_agent_id(&who, &path)?;
+    Ok(HttpResponse::Created().json(state.approvals.request_mandate(&who, &agent, body.into_inner()).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MandateQuery {
+    /// Wait up to this many seconds (0 to 60) for a pending mandate to be decided.
+    #[param(minimum = 0, maximum = 60)]
+    pub wait: Option<u64>,
+}
+
+/// A mandate and where it stands: pending, approved (with what is used and what remains), denied
+/// or expired. With `?wait=`, answers as soon as a person decides, or when the wait is over.
+#[utoipa::path(tag = "approvals", params(MandateQuery), security(("bearer" = [])),
+    responses((status = 200, body = ApprovalView), (status = 404, body = ErrorBody)))]
+#[get("/v1/agents/{agent_id}/mandates/{mandate_id}")]
+pub async fn get_mandate(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<(String, String)>,
+    query: web::Query<MandateQuery>,
+) -> Result<HttpResponse> {
+    let (agent, id) = path.into_inner();
+    let agent = parse_agent_id(&who, &agent)?;
+    let wait = match query.wait.unwrap_or(0) {
+        seconds @ 0..=60 => std::time::Duration::from_secs(seconds),
+        _ => return Err(Error::validation("wait must be 0 to 60 seconds")),
+    };
+    Ok(HttpResponse::Ok().json(state.approvals.mandate(&who, &agent, &id, wait).await?))
 }

@@ -119,6 +119,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(endpoints::list_endpoints)
         .service(endpoints::delete_endpoint)
         .service(endpoints::endpoint_deliveries)
+        .service(approvals::request_mandate)
+        .service(approvals::get_mandate)
         .service(approvals::list_approvals)
         .service(approvals::get_approval)
         .service(approvals::approve)

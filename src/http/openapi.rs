@@ -25,7 +25,7 @@ use super::{
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::dry_run, usdc::get_payment, usdc::deferred_status,
         usdc::report_settlement,
-        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny,
+        approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny, approvals::request_mandate, approvals::get_mandate,
         processors::stripe_authorization, processors::stripe_event, processors::lithic_asa, processors::lithic_event,
         processors::marqeta_jit,
         approvals::approval_page, approvals::approval_submit, approvals::slack_interactions,

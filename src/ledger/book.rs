@@ -2,7 +2,7 @@
 //! that have been used, and the ledger_seq it reflects. It is a cache of the database, checked
 //! against the locked agent row before every use and caught up from the rows changed since.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::domain::ids::CardId;
@@ -28,6 +28,10 @@ pub struct Book {
     used_cards: HashSet<String>,
     /// Single-use approvals some authorization has used.
     used_approvals: HashSet<String>,
+    /// What each authorization made under an approval counts now (kept whole, never pruned: a
+    /// mandate's use must not forget a spend its window no longer needs), and their sum per approval.
+    under_approval: HashMap<String, i64>,
+    approval_spent: HashMap<String, i64>,
     /// One copy of each string the spends share (cards, traces, MCCs, merchants).
     strings: HashSet<Arc<str>>,
 }
@@ -48,6 +52,11 @@ impl Book {
 
     pub fn approval_used(&self, approval_id: &str) -> bool {
         self.used_approvals.contains(approval_id)
+    }
+
+    /// What the authorizations made under this approval (a mandate) count now, in the agent's currency.
+    pub fn approval_spent(&self, approval_id: &str) -> i64 {
+        self.approval_spent.get(approval_id).copied().unwrap_or(0)
     }
 
     /// The spends, and the totals to bring up to date over them.
@@ -107,6 +116,8 @@ impl Book {
         }
         if let Some(approval) = &row.approval_id {
             self.used_approvals.insert(approval.clone());
+            let before = self.under_approval.insert(row.id.clone(), row.counted).unwrap_or(0);
+            *self.approval_spent.entry(approval.clone()).or_default() += row.counted - before;
         }
         let spend = self.spend_of(row);
         match self.position(&row.id, row.authorized_at) {

@@ -13,6 +13,7 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 use crate::admin::Admin;
+use crate::approvals::Approvals;
 use crate::rails::usdc::Usdc;
 pub use tools::AgentTools;
 
@@ -21,7 +22,7 @@ pub type Endpoint = StreamableHttpService<AgentTools, NeverSessionManager>;
 
 /// Stateless: each POST is answered on its own (with JSON, not a stream), so any node behind a
 /// load balancer serves any call and nothing is kept between them.
-pub fn endpoint(admin: Admin, usdc: Usdc) -> Endpoint {
+pub fn endpoint(admin: Admin, usdc: Usdc, approvals: Approvals) -> Endpoint {
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -29,7 +30,7 @@ pub fn endpoint(admin: Admin, usdc: Usdc) -> Endpoint {
         // local caller, which spendgate does not.
         .disable_allowed_hosts();
     StreamableHttpService::new(
-        move || Ok(AgentTools::new(admin.clone(), usdc.clone())),
+        move || Ok(AgentTools::new(admin.clone(), usdc.clone(), approvals.clone())),
         Arc::new(NeverSessionManager::default()),
         config,
     )

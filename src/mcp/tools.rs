@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use rmcp::handler::server::common::Extension;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -19,6 +20,8 @@ use crate::admin::agents::ME;
 use crate::admin::ledger::LedgerQuery;
 use crate::admin::spendable::SpendableQuery;
 use crate::admin::{Admin, PageQuery};
+use crate::approvals::Approvals;
+use crate::approvals::mandates::MandateRequest;
 use crate::domain::access::Principal;
 use crate::domain::authorization::Merchant;
 use crate::domain::card::CardStatus;
@@ -31,6 +34,7 @@ use crate::rails::usdc::{DeferredStatus, FetchOutcome, FetchRequest, PaymentChec
 pub struct AgentTools {
     admin: Admin,
     usdc: Usdc,
+    approvals: Approvals,
 }
 
 /// The tools' table, built once (a server is made per request).
@@ -106,6 +110,34 @@ pub struct TraceArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct MandateArgs {
+    /// Why you need the money, for the person who decides: the task and what it buys.
+    pub purpose: String,
+    /// The most you would spend under it, in minor units of your currency (cents for USD).
+    pub amount: i64,
+    /// Only spend tagged with this trace counts under it.
+    pub trace_id: Option<String>,
+    /// Paid-API hosts it covers (e.g. api.example.com), even ones your policy does not list.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Card merchants it covers (ids or descriptor patterns such as "OPENAI*").
+    #[serde(default)]
+    pub merchants: Vec<String>,
+    /// How long it lasts from now, in hours (1 to 720, default 24).
+    pub hours: Option<i64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MandateStatusArgs {
+    /// The mandate id ask_for_mandate returned.
+    pub mandate_id: String,
+    /// Wait up to this many seconds (0 to 60) for a person to decide.
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SpendArgs {
     /// Only spend tagged with this trace.
     pub trace_id: Option<String>,
@@ -141,8 +173,8 @@ fn respond(outcome: Result<CallToolResult>) -> CallToolResult {
 
 #[tool_router]
 impl AgentTools {
-    pub fn new(admin: Admin, usdc: Usdc) -> Self {
-        AgentTools { admin, usdc }
+    pub fn new(admin: Admin, usdc: Usdc, approvals: Approvals) -> Self {
+        AgentTools { admin, usdc, approvals }
     }
 
     #[tool(
@@ -311,6 +343,67 @@ impl AgentTools {
             Ok(answer(text, data))
         }
         .await)
+    }
+
+    #[tool(
+        name = "ask_for_mandate",
+        description = "Ask a person, before you spend, for money past your limits: a purpose, an amount, and \
+            optionally a trace, the hosts or merchants it covers, and how long it lasts. Once a person approves, \
+            payments inside it go through without asking again until it is used up or expires. It never lifts a \
+            freeze, your balance, or a lock it does not name. Follow it with mandate_status.",
+        annotations(destructive_hint = false, idempotent_hint = false)
+    )]
+    async fn ask_for_mandate(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(args): Parameters<MandateArgs>,
+    ) -> CallToolResult {
+        respond(
+            async {
+                let who = caller(&parts)?;
+                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
+                let request = MandateRequest {
+                    purpose: args.purpose,
+                    amount: args.amount,
+                    currency: None,
+                    trace_id: args.trace_id,
+                    hosts: args.hosts,
+                    merchants: args.merchants,
+                    hours: args.hours,
+                };
+                let view = self.approvals.request_mandate(&who, &agent, request).await?;
+                let data = serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
+                Ok(answer(words::mandate(&view), data))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        name = "mandate_status",
+        description = "Where a mandate you asked for stands: pending, approved (with what is used and what \
+            remains), denied or expired. With wait_seconds, answers as soon as a person decides.",
+        annotations(read_only_hint = true)
+    )]
+    async fn mandate_status(
+        &self,
+        Extension(parts): Extension<http::request::Parts>,
+        Parameters(args): Parameters<MandateStatusArgs>,
+    ) -> CallToolResult {
+        respond(
+            async {
+                let who = caller(&parts)?;
+                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
+                let wait = args.wait_seconds.unwrap_or(0);
+                if wait > 60 {
+                    return Err(Error::validation("wait_seconds must be 0 to 60"));
+                }
+                let view = self.approvals.mandate(&who, &agent, &args.mandate_id, Duration::from_secs(wait)).await?;
+                let data = serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
+                Ok(answer(words::mandate(&view), data))
+            }
+            .await,
+        )
     }
 
     #[tool(

@@ -5,6 +5,8 @@ use serde_json::{Value, json};
 
 use crate::admin::Page;
 use crate::admin::spendable::Spendable;
+use crate::approvals::ApprovalView;
+use crate::domain::approval::ApprovalStatus;
 use crate::domain::money::Money;
 use crate::error::{Error, ErrorCode};
 use crate::ledger::{AuthOutcome, LedgerEntry};
@@ -166,4 +168,26 @@ pub(super) fn entries(page: &Page<LedgerEntry>) -> String {
         out.push_str("There is more: ask with a trace or card to narrow it.\n");
     }
     out
+}
+
+pub(super) fn mandate(view: &ApprovalView) -> String {
+    let Some(m) = &view.mandate else { return format!("approval {} is not a mandate", view.id) };
+    let trace = view.trace_id.as_deref().map(|t| format!(" on trace {t}")).unwrap_or_default();
+    let asked = format!("Mandate {} ({}{trace}, for: {})", view.id, view.cap_amount, m.purpose);
+    let money = |amount| Money { amount, currency: view.cap_amount.currency };
+    match view.status {
+        ApprovalStatus::Pending => {
+            format!("{asked} is waiting for a person's decision; ask mandate_status with wait_seconds.")
+        }
+        ApprovalStatus::Approved => {
+            let until = view.allowance_until.map(|t| format!(" until {t}")).unwrap_or_default();
+            format!(
+                "{asked} is approved{until}: {} used, {} remaining. Payments inside it go through.",
+                money(m.used),
+                money(m.remaining)
+            )
+        }
+        ApprovalStatus::Denied => format!("{asked} was denied by a person. Do not spend past your limits."),
+        ApprovalStatus::Expired => format!("{asked} expired before anyone decided."),
+    }
 }

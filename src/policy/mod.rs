@@ -31,7 +31,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::domain::agent::{Agent, AgentStatus};
-use crate::domain::approval::{Allowance, Ask};
+use crate::domain::approval::{Allowance, Ask, Mandate};
 use crate::domain::authorization::{
     Amounts, AuthRequest, Crossed, Decision, DeclineReason, FxUsed, Merchant, NamedBy, Rail,
 };
@@ -133,10 +133,27 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
         Err((reason, rule)) => return Decision { rule: Some(rule), fx, ..Decision::decline(reason, None) },
     };
     let mut trail = Trail::default();
-    let (decline, rule) = match check(req, snap, now, amounts, &mut trail) {
+    let (mut decline, mut rule) = match check(req, snap, now, amounts, &mut trail, None) {
         Ok(()) => (None, None),
         Err((reason, rule)) => (Some(reason), Some(rule)),
     };
+    // What the rules refuse, a mandate a person approved may let through.
+    if decline.is_some_and(mandate_may_lift) {
+        let covering = snap.allowances.iter().filter_map(|a| Some((a, a.mandate.as_ref()?)));
+        for (allowance, mandate) in covering.filter(|(a, m)| covers(a, m, req, amounts, now)) {
+            let mut within = Trail::default();
+            match check(req, snap, now, amounts, &mut within, Some(mandate)) {
+                Ok(()) => {
+                    (decline, rule) = (None, None);
+                    trail = Trail { allowance: Some(allowance.approval_id.clone()), ..within };
+                    break;
+                }
+                // What stops it inside the mandate (the balance, a lock it does not name) is
+                // what would unblock it, not the rule the mandate lifts.
+                Err((reason, why)) => (decline, rule, trail) = (Some(reason), Some(why), Trail::default()),
+            }
+        }
+    }
     let (allowance, ask, crossed) = match decline {
         None => (trail.allowance, None, trail.crossed),
         Some(DeclineReason::ApprovalRequired) => (None, trail.ask, Vec::new()),
@@ -229,7 +246,56 @@ fn convert(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, fx_used: &mut
     Ok(Amounts { agent, card })
 }
 
-fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts, trail: &mut Trail) -> Outcome {
+/// The declines a mandate can lift: spending rules, and locks it may name. Never a freeze, a
+/// currency, an MCC, a country, the hours, a recipient, the caller's own ceiling or the balance.
+fn mandate_may_lift(reason: DeclineReason) -> bool {
+    use DeclineReason::*;
+    matches!(
+        reason,
+        LimitExceeded
+            | VelocityExceeded
+            | ApprovalRequired
+            | PerTransactionExceeded
+            | PerCallExceeded
+            | HostNotAllowed
+            | MerchantNotAllowed
+    )
+}
+
+/// Whether the request falls inside the mandate: in force, not used up, on its trace, and to a
+/// payee it names when it names any (a host for a USDC payment, a merchant for a card purchase).
+fn covers(a: &Allowance, m: &Mandate, req: &AuthRequest, amounts: Amounts, now: Timestamp) -> bool {
+    let left = a.amount.saturating_sub(m.used);
+    let trace = a.trace_id.is_none() || a.trace_id == req.trace_id;
+    let payee = (m.hosts.is_empty() && m.merchants.is_empty()) || names_payee(m, req);
+    a.until_ms > now.as_millisecond() && amounts.agent.amount <= left && trace && payee
+}
+
+/// The mandate names the request's payee: its host on the USDC rail, its merchant on a card.
+fn names_payee(m: &Mandate, req: &AuthRequest) -> bool {
+    let merchant = &req.merchant;
+    match req.rail {
+        Rail::Usdc => m.hosts.iter().any(|h| h.eq_ignore_ascii_case(&merchant.name)),
+        Rail::Card => {
+            m.merchants.iter().any(|p| merchant.id.as_deref() == Some(p.as_str()) || glob_match(p, &merchant.name))
+        }
+    }
+}
+
+/// The rules, in order; within a mandate (`lifted`), limits, thresholds and per-payment caps pass,
+/// and so do the locks it names.
+fn check(
+    req: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: Timestamp,
+    amounts: Amounts,
+    trail: &mut Trail,
+    lifted: Option<&Mandate>,
+) -> Outcome {
+    // A lock steps aside only for the payee the mandate names.
+    let named = lifted.is_some_and(|m| names_payee(m, req));
+    let names_merchants = named && req.rail == Rail::Card;
+    let names_hosts = named && req.rail == Rail::Usdc;
     let mut rules = Vec::with_capacity(2);
     if let Some(card) = snap.card {
         rules.push(Rules { owner: "card", policy: &card.policy, amount: amounts.card.amount, currency: card.currency });
@@ -248,13 +314,13 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
         }
     }
     for r in &rules {
-        if let Some(lock) = &r.policy.merchant_lock {
+        if let Some(lock) = r.policy.merchant_lock.as_ref().filter(|_| !names_merchants) {
             let by_id = m.id.as_ref().is_some_and(|id| lock.ids.contains(id));
             if !by_id && !lock.names.iter().any(|p| glob_match(p, &m.name)) {
                 return deny(DeclineReason::MerchantNotAllowed, format!("{}.merchant_lock", r.owner));
             }
         }
-        if req.rail == Rail::Usdc && !r.policy.x402_allows_host(&m.name) {
+        if req.rail == Rail::Usdc && !names_hosts && !r.policy.x402_allows_host(&m.name) {
             return deny(DeclineReason::HostNotAllowed, format!("{}.x402.allow_hosts", r.owner));
         }
         let listed = r.policy.x402_pay_to();
@@ -287,7 +353,7 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
             return deny(DeclineReason::OutsideActiveHours, format!("{}.active_hours", r.owner));
         }
     }
-    for r in &rules {
+    for r in rules.iter().filter(|_| lifted.is_none()) {
         if r.policy.per_transaction.is_some_and(|cap| r.amount > cap) {
             return deny(DeclineReason::PerTransactionExceeded, format!("{}.per_transaction", r.owner));
         }
@@ -302,12 +368,12 @@ fn check(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amount
         };
         return deny(reason, "request.max_amount");
     }
-    for r in &rules {
+    for r in rules.iter().filter(|_| lifted.is_none()) {
         for (index, limit) in r.policy.limits.iter().enumerate() {
             check_limit(index, limit, r, req, snap, now, trail)?;
         }
     }
-    for r in &rules {
+    for r in rules.iter().filter(|_| lifted.is_none()) {
         let Some(threshold) = r.policy.approval.as_ref().filter(|a| r.amount > a.above) else { continue };
         let rule = format!("{}.approval", r.owner);
         let card = snap.card.map(|c| &c.id);

@@ -420,8 +420,88 @@ impl World {
             amount,
             until_ms: at(until).as_millisecond(),
             single_use,
+            mandate: None,
         });
     }
+
+    /// A mandate a person approved: `amount` in all, `used` of it spent already.
+    fn mandate(&mut self, amount: i64, used: i64, trace: Option<&str>, hosts: &[&str], merchants: &[&str]) {
+        self.allowances.push(Allowance {
+            approval_id: format!("apr_m{}", self.allowances.len()),
+            rule: crate::domain::approval::MANDATE_RULE.into(),
+            card_id: None,
+            trace_id: trace.map(Into::into),
+            amount,
+            until_ms: at("2026-11-23T00:00:00Z").as_millisecond(),
+            single_use: false,
+            mandate: Some(Mandate {
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                merchants: merchants.iter().map(|m| m.to_string()).collect(),
+                used,
+            }),
+        });
+    }
+}
+
+#[test]
+fn a_mandate_lifts_limits_within_its_scope_and_names_itself() {
+    let mut w = World::new().agent_policy(json!({
+        "limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": 1_000, "count": 2}],
+        "per_transaction": 800, "approval": {"above": 700}}));
+    let on = |amount, trace: &str| with(req(amount), |r| r.trace_id = Some(trace.into()));
+    assert_eq!(declined(&w.decide(&on(1_500, "PR-1"))).0, DeclineReason::PerTransactionExceeded);
+    w.mandate(3_000, 1_000, Some("PR-1"), &[], &["OPENAI*"]);
+    let d = w.decide(&on(1_500, "PR-1"));
+    assert!(d.approved(), "{d:?}");
+    assert_eq!(d.allowance.as_deref(), Some("apr_m0"), "the spend names the mandate");
+    // Not past what is left of it, not on another trace, not at another merchant.
+    assert_eq!(declined(&w.decide(&on(2_001, "PR-1"))).0, DeclineReason::PerTransactionExceeded);
+    assert!(w.decide(&on(2_000, "PR-1")).approved());
+    assert_eq!(declined(&w.decide(&on(1_500, "PR-2"))).0, DeclineReason::PerTransactionExceeded);
+    let elsewhere = with(on(1_500, "PR-1"), |r| r.merchant = Merchant { name: "AWS".into(), ..r.merchant.clone() });
+    assert_eq!(declined(&w.decide(&elsewhere)).0, DeclineReason::PerTransactionExceeded);
+    // Spend the rules allow on their own does not use the mandate.
+    assert_eq!(w.decide(&on(100, "PR-1")).allowance, None);
+    // Never past the balance, a freeze, or a lock it does not name.
+    w.available = 1_499;
+    assert_eq!(declined(&w.decide(&on(1_500, "PR-1"))), (DeclineReason::InsufficientFunds, "agent.balance"));
+    w.available = 1_000_000;
+    w.card.policy = policy(json!({"mcc": {"block": ["5734"]}}), "USD");
+    assert_eq!(declined(&w.decide(&on(1_500, "PR-1"))).0, DeclineReason::MccNotAllowed);
+    w.card.policy = policy(json!({}), "USD");
+    w.agent.status = AgentStatus::Frozen;
+    assert_eq!(declined(&w.decide(&on(1_500, "PR-1"))).0, DeclineReason::AgentFrozen);
+    w.agent.status = AgentStatus::Active;
+    // Expired: the rules decide again.
+    assert_eq!(
+        declined(&w.decide_at(&on(1_500, "PR-1"), "2026-11-23T00:00:00Z")).0,
+        DeclineReason::PerTransactionExceeded
+    );
+}
+
+#[test]
+fn a_mandate_lifts_only_the_locks_it_names() {
+    let mut w = World::new().agent_policy(json!({"x402": {"allow_hosts": ["api.example.com"]}}));
+    w.card.policy = policy(json!({"merchant_lock": {"names": ["OPENAI*"]}}), "USD");
+    let call = |host: &str| AuthRequest {
+        rail: Rail::Usdc,
+        amount: 100,
+        currency: "USD".into(),
+        merchant: Merchant { id: Some(PAY_TO.into()), name: host.into(), mcc: None, country: None },
+        trace_id: None,
+        max_amount: None,
+        recipient: Some(Recipient::new("eip155:8453", PAY_TO, NamedBy::Server)),
+    };
+    let aws = with(req(100), |r| r.merchant = Merchant { name: "AWS EMEA".into(), ..r.merchant.clone() });
+    w.mandate(1_000, 0, None, &[], &[]);
+    assert_eq!(declined(&evaluate(&call("new.example.com"), &snap(&w), at(NOW))).0, DeclineReason::HostNotAllowed);
+    assert_eq!(declined(&w.decide(&aws)).0, DeclineReason::MerchantNotAllowed);
+    w.allowances.clear();
+    w.mandate(1_000, 0, None, &["new.example.com"], &["AWS*"]);
+    let d = evaluate(&call("new.example.com"), &snap(&w), at(NOW));
+    assert_eq!((d.approved(), d.allowance.as_deref()), (true, Some("apr_m0")));
+    assert_eq!(declined(&evaluate(&call("other.example.com"), &snap(&w), at(NOW))).0, DeclineReason::HostNotAllowed);
+    assert!(w.decide(&aws).approved(), "the merchant it names");
 }
 
 #[test]

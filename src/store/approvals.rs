@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use super::DbConnection;
 use super::ledger::AuthorizationRow;
 use super::schema::approvals;
-use crate::domain::approval::{Allowance, ApprovalStatus, Ask};
+use crate::domain::approval::{Allowance, ApprovalStatus, Ask, MANDATE_RULE, Mandate};
 use crate::domain::ids::{AgentId, ApprovalId, CardId};
 use crate::error::Result;
 
@@ -45,6 +45,17 @@ pub struct ApprovalRow {
     pub updated_at: i64,
     /// What an approved deferred fetch came to (JSON the rail replays).
     pub deferred_result: Option<String>,
+    /// A mandate's: why the agent asks, and the hosts and merchants it may pay (JSON arrays).
+    pub purpose: Option<String>,
+    pub hosts: Option<String>,
+    pub merchants: Option<String>,
+}
+
+impl ApprovalRow {
+    /// A mandate's hosts or merchants, from their stored JSON.
+    pub fn names(stored: Option<&str>) -> Vec<String> {
+        stored.and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default()
+    }
 }
 
 /// A request for a person's approval of what `authorization` asked.
@@ -94,6 +105,9 @@ pub fn ask(conn: &mut DbConnection, asking: Asking<'_>) -> Result<(String, bool)
         created_at: now_ms,
         updated_at: now_ms,
         deferred_result: None,
+        purpose: None,
+        hosts: None,
+        merchants: None,
     };
     if let Some(open) = find_pending_like(conn, &request, now_ms)? {
         return Ok((open.id, false));
@@ -192,6 +206,11 @@ pub fn allowances(conn: &mut DbConnection, agent: &AgentId, now_ms: i64) -> Resu
     Ok(rows
         .into_iter()
         .map(|r| Allowance {
+            mandate: (r.rule == MANDATE_RULE).then(|| Mandate {
+                hosts: ApprovalRow::names(r.hosts.as_deref()),
+                merchants: ApprovalRow::names(r.merchants.as_deref()),
+                used: 0,
+            }),
             approval_id: r.id,
             rule: r.rule,
             card_id: r.card_id.map(CardId::from_stored),

@@ -341,6 +341,20 @@ pub fn counting_since(
     Ok(q.load(conn)?)
 }
 
+/// What the agent's authorizations made under an approval (a mandate) count now, held and posted:
+/// read from the approval's creation on, by the (agent_id, id) index.
+pub fn counted_under(conn: &mut DbConnection, agent: &AgentId, approval_id: &str, since_ms: i64) -> Result<i64> {
+    let floor = super::reports::id_at(AuthorizationId::PREFIX, since_ms.saturating_sub(super::reports::ID_MARGIN_MS));
+    let counted: Vec<i64> = authorizations::table
+        .filter(authorizations::agent_id.eq(agent.as_str()))
+        .filter(authorizations::id.ge(floor))
+        .filter(authorizations::approval_id.eq(approval_id))
+        .filter(authorizations::status.ne(HoldStatus::Declined))
+        .select(authorizations::counted)
+        .load(conn)?;
+    Ok(counted.iter().sum())
+}
+
 /// What the ledger listing filters by.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerFilter {

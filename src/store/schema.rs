@@ -142,6 +142,9 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         deferred_result -> Nullable<Text>,
+        purpose -> Nullable<Text>,
+        hosts -> Nullable<Text>,
+        merchants -> Nullable<Text>,
     }
 }
 
@@ -254,6 +257,7 @@ diesel::table! {
         response_body -> Nullable<Binary>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        protocol -> Text,
     }
 }
 

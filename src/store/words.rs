@@ -9,7 +9,7 @@ use diesel::sql_types::Text;
 
 use crate::domain::audit::RecordKind;
 use crate::domain::authorization::Rail;
-use crate::domain::ledger::{HoldStatus, PaymentStatus, Source, TransferKind};
+use crate::domain::ledger::{HoldStatus, PaymentProtocol, PaymentStatus, Source, TransferKind};
 use crate::domain::webhook::{DeliveryStatus, EndpointFormat, EventType};
 
 macro_rules! stored_as_text {
@@ -54,6 +54,7 @@ macro_rules! stored_as_text {
 }
 
 stored_as_text!(
+    PaymentProtocol,
     HoldStatus,
     TransferKind,
     Source,

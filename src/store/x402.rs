@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use super::DbConnection;
 use super::schema::x402_payments;
 use crate::domain::ids::AgentId;
-use crate::domain::ledger::PaymentStatus;
+use crate::domain::ledger::{PaymentProtocol, PaymentStatus};
 use crate::error::Result;
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
@@ -35,6 +35,7 @@ pub struct PaymentRow {
     pub response_body: Option<Vec<u8>>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub protocol: PaymentProtocol,
 }
 
 pub fn find_by_key(conn: &mut DbConnection, agent: &AgentId, key: &str) -> Result<Option<PaymentRow>> {

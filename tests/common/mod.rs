@@ -101,7 +101,8 @@ pub fn test_config(database_url: &str, owner_key: &str) -> Config {
         marqeta_username: Some(Secret::new(MARQETA_USER)),
         marqeta_password: Some(Secret::new(MARQETA_PASSWORD)),
         master_key: Some(Secret::new(MASTER_KEY)),
-        x402_assets: format!("eip155:84532={TEST_TOKEN}"),
+        // The test token's EIP-712 domain is the local x402 server's (MPP challenges name none).
+        x402_assets: format!("eip155:84532={TEST_TOKEN}|Test USD|1"),
         x402_timeout_ms: 2_000,
         // The local x402 servers listen on loopback, which the fetch proxy otherwise refuses.
         x402_private_destinations: "127.0.0.1/32".into(),

@@ -20,8 +20,10 @@ pub fn node_with(packages: &[&str]) -> PathBuf {
     let _ = std::fs::remove_dir_all(&building);
     std::fs::create_dir_all(&building).unwrap();
     std::fs::write(building.join("package.json"), r#"{"private": true, "type": "module"}"#).unwrap();
+    // Peer ranges are not enforced: the registry's newest peers of a pinned package can name
+    // versions of it that do not exist yet; the versions a test pins are the ones it runs.
     let installed = Command::new("npm")
-        .args(["install", "--silent", "--no-audit", "--no-fund", "--save-exact"])
+        .args(["install", "--silent", "--no-audit", "--no-fund", "--save-exact", "--legacy-peer-deps"])
         .args(packages)
         .current_dir(&building)
         .status()
@@ -44,4 +46,46 @@ pub fn run_script(home: &Path, script: &str, env: &[(&str, &str)]) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "node {script} failed: {stderr}");
     String::from_utf8(output.stdout).expect("utf-8 output")
+}
+
+/// Starts the script `script` with node inside `home` and `env`, and reads its first line of output
+/// (a JSON document: where it listens); the rest of its output is read when it is stopped.
+pub struct Running {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    pub first: serde_json::Value,
+}
+
+pub fn start_script(home: &Path, script: &str, env: &[(&str, &str)]) -> Running {
+    use std::io::BufRead;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+    let name = source.file_name().unwrap();
+    std::fs::copy(&source, home.join(name)).expect("script copied");
+    let mut child = Command::new("node")
+        .arg(name)
+        .envs(env.iter().copied())
+        .current_dir(home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("the script says where it listens").expect("a line");
+    Running { child, lines, first: serde_json::from_str(&first).expect("a JSON line") }
+}
+
+impl Running {
+    /// Stops the script; every line it printed after the first, each a JSON document.
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (&mut self.lines).map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    }
+}
+
+/// A test that fails before `stop` leaves no server behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -169,6 +169,27 @@ async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>)
                 .finish();
         }
         "/odd402" => return HttpResponse::PaymentRequired().body("pay me somehow"),
+        "/mpp/evm" | "/both" => {
+            let price = query.get("price").cloned().unwrap_or_else(|| "250000".into());
+            // `/both` offers x402 too (`?x402=unpayable`: in a scheme no client pays).
+            let x402 = (path == "/both").then(|| {
+                let mut r = requirement(2, token, &price, &url);
+                if query.get("x402").is_some_and(|v| v == "unpayable") {
+                    r["scheme"] = json!("upto");
+                }
+                r
+            });
+            if let Some(requirement) = &x402
+                && let Some(header) = req.headers().get("PAYMENT-SIGNATURE").and_then(|v| v.to_str().ok())
+            {
+                seen.lock().unwrap().payment_headers.push(header.to_owned());
+                return match verify(2, header, requirement, token) {
+                    Ok((payer, value, nonce)) => settle(&seen, payer, value, nonce, 2, &path),
+                    Err(why) => payment_required(2, requirement, &url, &why),
+                };
+            }
+            return mpp_evm(&req, token, &seen, &price, x402.as_ref(), &url, &path);
+        }
         _ => {}
     }
     let mut parts = path.trim_start_matches('/').split('/');
@@ -276,7 +297,8 @@ fn verify(version: u8, header: &str, requirement: &Value, token: Address) -> Res
     if valid_before < now + 6 {
         return Err("invalid_exact_evm_payload_authorization_valid_before".into());
     }
-    let message = TransferWithAuthorization {
+    let signature = payload["payload"]["signature"].as_str().unwrap_or_default();
+    let authorized = TransferWithAuthorization {
         from,
         to,
         value,
@@ -284,19 +306,183 @@ fn verify(version: u8, header: &str, requirement: &Value, token: Address) -> Res
         validBefore: U256::from(valid_before),
         nonce,
     };
+    signed_by(&authorized, signature, token)
+        .map(|()| (from, value, nonce.to_string()))
+        .map_err(|()| "invalid_exact_evm_payload_signature".to_owned())
+}
+
+/// The EIP-712 signature of `authorized` (0x-hex) recovers to its `from`, in the test token's domain.
+fn signed_by(authorized: &TransferWithAuthorization, signature: &str, token: Address) -> Result<(), ()> {
     let domain = eip712_domain! {
         name: TOKEN_NAME,
         version: TOKEN_VERSION,
         chain_id: 84532,
         verifying_contract: token,
     };
-    let digest = message.eip712_signing_hash(&domain);
-    let signature: Signature = payload["payload"]["signature"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "invalid_exact_evm_payload_signature".to_owned())?;
-    match signature.recover_address_from_prehash(&digest) {
-        Ok(signer) if signer == from => Ok((from, value, nonce.to_string())),
-        _ => Err("invalid_exact_evm_payload_signature".into()),
+    let signature: Signature = signature.parse().map_err(|_| ())?;
+    match signature.recover_address_from_prehash(&authorized.eip712_signing_hash(&domain)) {
+        Ok(signer) if signer == authorized.from => Ok(()),
+        _ => Err(()),
     }
+}
+
+/// Settles a verified payment once per nonce (a nonce used before is refused, as on chain).
+fn settle(
+    seen: &Arc<Mutex<Seen>>,
+    payer: Address,
+    value: U256,
+    nonce: String,
+    version: u8,
+    path: &str,
+) -> HttpResponse {
+    let mut s = seen.lock().unwrap();
+    if s.settled.contains_key(&nonce) {
+        s.refused.push("nonce already used".into());
+        return HttpResponse::Conflict().body("nonce already used");
+    }
+    let transaction = format!("0x{}", hex::encode(keccak256(nonce.as_bytes())));
+    s.settled.insert(nonce, Settled { payer, value, transaction: transaction.clone(), deliveries: 1 });
+    let doc = json!({"success": true, "transaction": transaction, "network": "eip155:84532", "payer": payer.to_checksum(None)});
+    HttpResponse::Ok()
+        .insert_header(settlement_header(version, &doc))
+        .json(json!({"data": "paid content", "path": path}))
+}
+
+// MPP (draft-ryan-httpauth-payment, evm charge by EIP-3009 authorization), as a server would
+// run it: a stateless challenge whose id is the HMAC of its parameters, verified on the way back.
+
+const MPP_REALM: &str = "api.test";
+const MPP_SECRET: &[u8] = b"the local MPP server's binding secret";
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The challenge id: HMAC-SHA256 over the seven positional slots, base64url.
+fn mpp_id(realm: &str, method: &str, intent: &str, request: &str, expires: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(MPP_SECRET).unwrap();
+    mac.update([realm, method, intent, request, expires, "", ""].join("|").as_bytes());
+    b64url(&mac.finalize().into_bytes())
+}
+
+fn mpp_challenge(token: Address, price: &str, problem: Option<&str>, x402: Option<&Value>, url: &str) -> HttpResponse {
+    // serde_json's maps sort their keys: compact output is the JCS form of this document.
+    let request = json!({"amount": price, "currency": token.to_checksum(None), "recipient": PAY_TO,
+        "methodDetails": {"chainId": 84532, "credentialTypes": ["permit2", "authorization"]}});
+    let request = b64url(request.to_string().as_bytes());
+    let expires = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(300)).to_string();
+    let id = mpp_id(MPP_REALM, "evm", "charge", &request, &expires);
+    let header = format!(
+        r#"Payment id="{id}", realm="{MPP_REALM}", method="evm", intent="charge", expires="{expires}", request="{request}""#
+    );
+    let mut response = HttpResponse::PaymentRequired();
+    response.insert_header(("WWW-Authenticate", header)).insert_header(("Cache-Control", "no-store"));
+    if let Some(requirement) = x402 {
+        let doc =
+            json!({"x402Version": 2, "error": "payment required", "resource": {"url": url}, "accepts": [requirement]});
+        response.insert_header(("PAYMENT-REQUIRED", BASE64.encode(doc.to_string())));
+    }
+    match problem {
+        Some(detail) => response
+            .content_type("application/problem+json")
+            .json(json!({"type": "https://paymentauth.org/problems/verification-failed", "title": "Payment verification failed", "detail": detail})),
+        None => response.finish(),
+    }
+}
+
+fn mpp_evm(
+    req: &HttpRequest,
+    token: Address,
+    seen: &Arc<Mutex<Seen>>,
+    price: &str,
+    x402: Option<&Value>,
+    url: &str,
+    path: &str,
+) -> HttpResponse {
+    let credential = req
+        .headers()
+        .get("Authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Payment "))
+        .map(str::to_owned);
+    let Some(credential) = credential else {
+        seen.lock().unwrap().unpaid += 1;
+        return mpp_challenge(token, price, None, x402, url);
+    };
+    seen.lock().unwrap().payment_headers.push(credential.clone());
+    match verify_mpp(&credential, token, price) {
+        Ok((payer, value, nonce, id)) => {
+            let mut s = seen.lock().unwrap();
+            if s.settled.contains_key(&nonce) {
+                s.refused.push("nonce already used".into());
+                drop(s);
+                return mpp_challenge(token, price, Some("this authorization was used already"), x402, url);
+            }
+            let transaction = format!("0x{}", hex::encode(keccak256(nonce.as_bytes())));
+            s.settled.insert(nonce, Settled { payer, value, transaction: transaction.clone(), deliveries: 1 });
+            let receipt = json!({"method": "evm", "challengeId": id, "reference": transaction, "status": "success",
+                "timestamp": jiff::Timestamp::now().to_string(), "chainId": 84532});
+            HttpResponse::Ok()
+                .insert_header(("Payment-Receipt", b64url(receipt.to_string().as_bytes())))
+                .json(json!({"data": "paid content", "path": path}))
+        }
+        Err(why) => {
+            seen.lock().unwrap().refused.push(why.clone());
+            mpp_challenge(token, price, Some(&why), x402, url)
+        }
+    }
+}
+
+/// Checks an MPP credential as the evm charge draft says a server must; returns (payer, value, nonce, challenge id).
+fn verify_mpp(credential: &str, token: Address, price: &str) -> Result<(Address, U256, String, String), String> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(credential).map_err(|_| "not base64url")?;
+    let doc: Value = serde_json::from_slice(&bytes).map_err(|_| "not JSON")?;
+    let c = &doc["challenge"];
+    let field = |v: &Value, key: &str| v[key].as_str().map(str::to_owned).ok_or_else(|| format!("{key} missing"));
+    let (id, realm, request, expires) =
+        (field(c, "id")?, field(c, "realm")?, field(c, "request")?, field(c, "expires")?);
+    if id != mpp_id(&realm, &field(c, "method")?, &field(c, "intent")?, &request, &expires) {
+        return Err("the challenge id does not bind its parameters".into());
+    }
+    if expires.parse::<jiff::Timestamp>().map_err(|_| "expires")? <= jiff::Timestamp::now() {
+        return Err("the challenge has expired".into());
+    }
+    let asked: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&request).map_err(|_| "request")?,
+    )
+    .map_err(|_| "request")?;
+    if asked["amount"] != price || asked["currency"] != token.to_checksum(None) {
+        return Err("a credential for another request".into());
+    }
+    let p = &doc["payload"];
+    if p["type"] != "authorization" {
+        return Err("payload.type must be authorization".into());
+    }
+    let from: Address = field(p, "from")?.parse().map_err(|_| "from")?;
+    let to: Address = field(p, "to")?.parse().map_err(|_| "to")?;
+    let value: U256 = field(p, "value")?.parse().map_err(|_| "value")?;
+    let valid_after: u64 = field(p, "validAfter")?.parse().map_err(|_| "validAfter")?;
+    let valid_before: u64 = field(p, "validBefore")?.parse().map_err(|_| "validBefore")?;
+    let nonce: B256 = field(p, "nonce")?.parse().map_err(|_| "nonce")?;
+    if to != PAY_TO.parse::<Address>().unwrap() || value != price.parse::<U256>().unwrap() {
+        return Err("to or value differ from the challenge".into());
+    }
+    if nonce != keccak256([id.as_bytes(), realm.as_bytes()].concat()) {
+        return Err("the nonce is not the challenge hash".into());
+    }
+    if valid_before <= jiff::Timestamp::now().as_second() as u64 {
+        return Err("validBefore has passed".into());
+    }
+    let authorized = TransferWithAuthorization {
+        from,
+        to,
+        value,
+        validAfter: U256::from(valid_after),
+        validBefore: U256::from(valid_before),
+        nonce,
+    };
+    signed_by(&authorized, &field(p, "signature")?, token)
+        .map(|()| (from, value, nonce.to_string(), id))
+        .map_err(|()| "the signature does not recover to from".to_owned())
 }

@@ -24,9 +24,15 @@ const client = new Client({ name: "spendgate-test-agent", version: "1.0.0" });
 await client.connect(transport);
 const { tools } = await client.listTools();
 const results = [];
+// An argument {"$from": i, "path": "a.b"} is that field of the i-th call's result.
+const resolve = (value) =>
+  value && typeof value === "object" && "$from" in value
+    ? value.path.split(".").reduce((v, k) => v?.[k], results[value.$from])
+    : value;
 for (const call of calls) {
+  const args = Object.fromEntries(Object.entries(call.arguments).map(([k, v]) => [k, resolve(v)]));
   try {
-    results.push(await client.callTool({ name: call.name, arguments: call.arguments }));
+    results.push(await client.callTool({ name: call.name, arguments: args }));
   } catch (e) {
     results.push({ protocolError: String(e.message ?? e) });
   }

@@ -101,7 +101,13 @@ impl Writer {
             .allowances
             .iter()
             .filter(|a| !(a.single_use && book.approval_used(&a.approval_id)))
-            .cloned()
+            .map(|a| {
+                let mut a = a.clone();
+                if let Some(mandate) = &mut a.mandate {
+                    mandate.used = book.approval_spent(&a.approval_id);
+                }
+                a
+            })
             .collect();
         let snap = Snapshot {
             agent: &agent.value,

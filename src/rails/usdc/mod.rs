@@ -18,6 +18,7 @@
 mod deferred;
 pub mod destination;
 pub mod eip3009;
+pub mod mpp;
 mod payments;
 mod proxy;
 mod settlement;

@@ -8,13 +8,14 @@ use sha2::{Digest, Sha256};
 use super::Usdc;
 use super::deferred;
 use super::eip3009::Transfer;
+use super::mpp;
 use super::proxy::{check_call, check_url, destination_refused, host_of};
 use super::store::{PaymentRow, now_ms};
 use super::views::{AuthorizeRequest, Authorized, FetchOutcome, FetchRequest, PaymentCheck, PaymentView};
 use super::x402::{self, Challenge, Offer};
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, NamedBy, Rail, Recipient};
 use crate::domain::ids::{AgentId, PaymentId};
-use crate::domain::ledger::{HoldStatus, PaymentStatus, Source};
+use crate::domain::ledger::{HoldStatus, PaymentProtocol, PaymentStatus, Source};
 use crate::domain::money::{MAX_AMOUNT, Money};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::{AuthOutcome, Authorize, Movement, Payer, Target};
@@ -22,9 +23,8 @@ use crate::ledger::{AuthOutcome, Authorize, Movement, Payer, Target};
 /// The payment requirements to pay, and where.
 pub(super) struct Purchase {
     pub(super) url: Url,
-    pub(super) version: u8,
     pub(super) offer: Offer,
-    pub(super) resource: Option<serde_json::Value>,
+    pub(super) protocol: Protocol,
     /// Who named these requirements: the server, or the agent handing them in.
     pub(super) named_by: NamedBy,
     pub(super) trace_id: Option<String>,
@@ -34,6 +34,12 @@ pub(super) struct Purchase {
     pub(super) external_id: String,
     /// The sealed fetch to replay if the payment needs a person's approval (fetches only).
     pub(super) deferred: Option<String>,
+}
+
+/// How the payment is answered: the 402's protocol, and what its payload echoes.
+pub(super) enum Protocol {
+    X402 { version: u8, resource: Option<serde_json::Value> },
+    Mpp(mpp::Challenge),
 }
 
 /// What `sign` came to: a stored payment (and whether this call stored it), or a wait for the
@@ -94,17 +100,16 @@ impl Usdc {
         }
         let www_authenticate = first.headers_named("www-authenticate");
         let challenge = x402::challenge(first.header("payment-required"), &www_authenticate, &first.body);
-        let (version, accepts, resource) = match challenge {
+        let offered_mpp = mpp::challenges(&www_authenticate);
+        // x402 when it offers a requirement spendgate can pay, else MPP: one is chosen, never both.
+        let (offer, protocol) = match challenge {
             None => return Ok(FetchOutcome::Answered(first.into_fetched(None))),
-            Some(Challenge::Mpp) => {
-                return Err(refused(
-                    ErrorCode::UnsupportedPaymentProtocol,
-                    "the server asks for MPP (WWW-Authenticate: Payment), which spendgate does not pay; nothing was signed",
-                ));
-            }
-            Some(Challenge::X402 { version, accepts, resource }) => (version, accepts, resource),
+            Some(Challenge::X402 { version, accepts, resource }) => match self.choose(version, &accepts) {
+                Ok(offer) => (offer, Protocol::X402 { version, resource }),
+                Err(refusal) => self.choose_mpp(&offered_mpp).map_err(|_| refusal)?,
+            },
+            Some(Challenge::Mpp) => self.choose_mpp(&offered_mpp)?,
         };
-        let offer = self.choose(version, &accepts)?;
         let external_id = match approval {
             None => format!("{agent}:{key}"),
             Some(approval) => format!("{agent}:{key}:{approval}"),
@@ -112,9 +117,8 @@ impl Usdc {
         let url = call.url.clone();
         let purchase = Purchase {
             url,
-            version,
             offer,
-            resource,
+            protocol,
             named_by: NamedBy::Server,
             trace_id,
             max_amount,
@@ -203,9 +207,8 @@ impl Usdc {
         let external_id = format!("{agent}:{key}");
         let purchase = Purchase {
             url,
-            version,
             offer,
-            resource,
+            protocol: Protocol::X402 { version, resource },
             named_by: NamedBy::Agent,
             trace_id,
             max_amount,
@@ -234,6 +237,20 @@ impl Usdc {
             cost,
             remaining,
         })
+    }
+
+    /// The MPP challenge to pay, or the refusal that says why none can be.
+    fn choose_mpp(&self, challenges: &[mpp::Challenge]) -> Result<(Offer, Protocol)> {
+        let now = jiff::Timestamp::now().as_second();
+        match mpp::choose(challenges, &self.inner.settings.assets, now) {
+            Ok(charge) => Ok((charge.offer, Protocol::Mpp(charge.challenge))),
+            Err(why) => Err(refused(
+                ErrorCode::UnsupportedPaymentProtocol,
+                &format!(
+                    "the server asks for MPP (WWW-Authenticate: Payment) in a way spendgate cannot pay ({why}); nothing was signed"
+                ),
+            )),
+        }
     }
 
     pub(super) fn choose(&self, version: u8, accepts: &[serde_json::Value]) -> Result<Offer> {
@@ -266,8 +283,15 @@ impl Usdc {
 
         let now = jiff::Timestamp::now().as_second();
         let validity = p.offer.max_timeout_seconds.min(self.inner.settings.max_valid_seconds) as i64;
-        let mut nonce = B256::ZERO;
-        rand::RngCore::fill_bytes(&mut rand::rng(), nonce.as_mut_slice());
+        // MPP binds the authorization to its challenge by the nonce; x402's is random.
+        let nonce = match &p.protocol {
+            Protocol::Mpp(challenge) => mpp::nonce(challenge),
+            Protocol::X402 { .. } => {
+                let mut nonce = B256::ZERO;
+                rand::RngCore::fill_bytes(&mut rand::rng(), nonce.as_mut_slice());
+                nonce
+            }
+        };
         let transfer = Transfer {
             from: wallet.address(),
             to: p.offer.pay_to,
@@ -279,8 +303,17 @@ impl Usdc {
         let (signature, authorization) =
             transfer.sign(&wallet, &p.offer.domain).map_err(|e| Error::Internal(e.to_string()))?;
         drop(wallet);
-        let (header_name, header_value) =
-            x402::payment_header(p.version, &p.offer, p.resource.as_ref(), signature, &authorization);
+        let (header_name, header_value, version, protocol) = match &p.protocol {
+            Protocol::X402 { version, resource } => {
+                let (name, value) =
+                    x402::payment_header(*version, &p.offer, resource.as_ref(), signature, &authorization);
+                (name, value, i32::from(*version), PaymentProtocol::X402)
+            }
+            Protocol::Mpp(challenge) => {
+                let (name, value) = mpp::credential(challenge, &p.offer, signature, &authorization);
+                (name, value, 0, PaymentProtocol::Mpp)
+            }
+        };
         let now_ms = now_ms();
         let mut row = PaymentRow {
             id: PaymentId::generate().to_string(),
@@ -290,7 +323,8 @@ impl Usdc {
             // Set by the ledger to the hold's id.
             authorization_id: String::new(),
             url: p.url.to_string(),
-            x402_version: i32::from(p.version),
+            x402_version: version,
+            protocol,
             network: p.offer.network.caip2.to_owned(),
             asset: p.offer.asset.to_checksum(None),
             pay_to: p.offer.pay_to.to_checksum(None),

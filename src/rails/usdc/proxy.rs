@@ -8,6 +8,7 @@ use reqwest::Url;
 
 use super::Usdc;
 use super::destination::{self};
+use super::mpp;
 use super::views::{FetchRequest, Fetched, Paid, PaymentView};
 use super::x402::{self, Settlement};
 use crate::domain::ids::AgentId;
@@ -47,8 +48,17 @@ impl Upstream {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
 
+    /// How the server says the payment went: x402's settlement header, or MPP's receipt.
     pub(super) fn settlement(&self) -> Option<Settlement> {
         x402::settlement(self.header("payment-response").or_else(|| self.header("x-payment-response")))
+            .or_else(|| mpp::receipt(self.header("payment-receipt")))
+    }
+
+    /// A 402 that asks for payment again: the payment just sent was refused.
+    pub(super) fn asks_again(&self) -> bool {
+        self.status == 402
+            && (self.header("payment-required").is_some()
+                || !mpp::challenges(&self.headers_named("www-authenticate")).is_empty())
     }
 }
 
@@ -68,7 +78,10 @@ impl Usdc {
         self.inner.settings.destinations.check_url(&call.url).map_err(SendError::Refused)?;
         let mut request = self.inner.http.request(call.method.clone(), call.url.clone());
         for (name, value) in &call.headers {
-            request = request.header(name, value);
+            // The payment's header is spendgate's alone (MPP's is `Authorization`).
+            if payment.is_none_or(|(paying, _)| !paying.eq_ignore_ascii_case(name)) {
+                request = request.header(name, value);
+            }
         }
         if let Some((name, value)) = payment {
             request = request.header(name, value);

@@ -108,8 +108,7 @@ impl Usdc {
             Ok(upstream) => {
                 let settlement = upstream.settlement().or_else(|| {
                     // A fresh payload answered by a new 402 with requirements was refused before settling.
-                    let again = upstream.status == 402 && upstream.header("payment-required").is_some();
-                    (first && again).then(|| Settlement::Failed { reason: "payment_rejected".into() })
+                    (first && upstream.asks_again()).then(|| Settlement::Failed { reason: "payment_rejected".into() })
                 });
                 (settlement, Some(upstream), None)
             }

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::deferred::DeferredStatus;
 use super::store::PaymentRow;
-use crate::domain::ledger::PaymentStatus;
+use crate::domain::ledger::{PaymentProtocol, PaymentStatus};
 use crate::domain::money::Money;
 
 /// What an agent asks spendgate to call.
@@ -139,7 +139,10 @@ pub struct PaymentView {
     pub id: String,
     pub authorization_id: String,
     pub url: String,
-    pub x402_version: i32,
+    /// The 402 protocol it answered: `x402` or `mpp`.
+    pub protocol: PaymentProtocol,
+    /// 1 or 2 for x402; absent for MPP.
+    pub x402_version: Option<i32>,
     pub network: String,
     pub asset: String,
     pub pay_to: String,
@@ -163,7 +166,8 @@ impl PaymentView {
             id: row.id.clone(),
             authorization_id: row.authorization_id.clone(),
             url: row.url.clone(),
-            x402_version: row.x402_version,
+            protocol: row.protocol,
+            x402_version: (row.protocol == PaymentProtocol::X402).then_some(row.x402_version),
             network: row.network.clone(),
             asset: row.asset.clone(),
             pay_to: row.pay_to.clone(),

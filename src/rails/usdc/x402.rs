@@ -35,7 +35,8 @@ impl Network {
 pub struct Asset {
     pub network: &'static str,
     pub address: Address,
-    pub domain: Option<(&'static str, &'static str)>,
+    /// The token's EIP-712 (name, version), where known.
+    pub domain: Option<(String, String)>,
 }
 
 /// Circle's USDC on Base and Base Sepolia.
@@ -44,27 +45,38 @@ pub fn built_in_assets() -> Vec<Asset> {
         Asset {
             network: "eip155:8453",
             address: alloy_primitives::address!("0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"),
-            domain: Some(("USD Coin", "2")),
+            domain: Some(("USD Coin".into(), "2".into())),
         },
         Asset {
             network: "eip155:84532",
             address: alloy_primitives::address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e"),
-            domain: Some(("USDC", "2")),
+            domain: Some(("USDC".into(), "2".into())),
         },
     ]
 }
 
-/// `SPENDGATE_X402_ASSETS`: `<network>=<token address>,…`, added to the built-in USDC.
+/// `SPENDGATE_X402_ASSETS`: `<network>=<token address>[|<EIP-712 name>|<version>],…`, added to the
+/// built-in USDC. The domain, when given, is pinned as for USDC; MPP pays only tokens whose domain
+/// is known (its challenges do not name one).
 pub fn parse_assets(spec: &str) -> Result<Vec<Asset>, String> {
     let mut assets = built_in_assets();
     for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (network, address) =
+        let (network, token) =
             entry.split_once('=').ok_or_else(|| format!("{entry:?} is not <network>=<token address>"))?;
         let network = Network::find(network.trim())
             .ok_or_else(|| format!("unknown network {network:?} (eip155:8453, eip155:84532, base, base-sepolia)"))?;
+        let mut parts = token.split('|');
+        let address = parts.next().unwrap_or_default();
         let address: Address = address.trim().parse().map_err(|_| format!("{address:?} is not an address"))?;
+        let domain = match (parts.next(), parts.next(), parts.next()) {
+            (None, _, _) => None,
+            (Some(name), Some(version), None) if !name.trim().is_empty() && !version.trim().is_empty() => {
+                Some((name.trim().to_owned(), version.trim().to_owned()))
+            }
+            _ => return Err(format!("{entry:?}: a token's domain is written <address>|<name>|<version>")),
+        };
         if !assets.iter().any(|a| a.network == network.caip2 && a.address == address) {
-            assets.push(Asset { network: network.caip2, address, domain: None });
+            assets.push(Asset { network: network.caip2, address, domain });
         }
     }
     Ok(assets)
@@ -164,7 +176,7 @@ fn offer(version: u8, raw: &Value, assets: &[Asset]) -> Result<Offer, String> {
     let (Some(name), Some(domain_version)) = (text("name"), text("version")) else {
         return Err("extra.name and extra.version (the token's EIP-712 domain) are missing".into());
     };
-    if let Some((pinned_name, pinned_version)) = known.domain
+    if let Some((pinned_name, pinned_version)) = &known.domain
         && (name != pinned_name || domain_version != pinned_version)
     {
         return Err(format!(
@@ -305,6 +317,12 @@ mod tests {
         assert!(choose(2, std::slice::from_ref(&other), &assets).unwrap_err().contains("not configured"));
         let configured = parse_assets("eip155:84532=0x5FbDB2315678afecb367f032d93F642f64180aa3").unwrap();
         assert_eq!(choose(2, &[other], &configured).unwrap().domain.name, "Test");
+        let pinned = parse_assets("eip155:84532=0x5FbDB2315678afecb367f032d93F642f64180aa3|Test|1").unwrap();
+        assert_eq!(pinned.last().unwrap().domain, Some(("Test".to_owned(), "1".to_owned())));
+        let mut other_name = v2_requirement("1", "Other");
+        other_name["asset"] = json!("0x5FbDB2315678afecb367f032d93F642f64180aa3");
+        assert!(choose(2, &[other_name], &pinned).unwrap_err().contains("signs as \"Test\""));
+        assert!(parse_assets("eip155:84532=0x5FbDB2315678afecb367f032d93F642f64180aa3|Test").is_err());
         assert!(parse_assets("base=nope").is_err());
         assert!(parse_assets("mainnet=0x5FbDB2315678afecb367f032d93F642f64180aa3").is_err());
     }
