@@ -82,7 +82,12 @@ error_codes! {
         /// A processor's API refused to issue the card.
         ProcessorRefused = "processor_refused",
     }
-    429 => { TooManyFetches = "too_many_fetches", TooManyDryRuns = "too_many_dry_runs", }
+    429 => {
+        TooManyFetches = "too_many_fetches",
+        TooManyDryRuns = "too_many_dry_runs",
+        /// An agent's mandate requests waiting for people are at their bound.
+        TooManyMandates = "too_many_mandates",
+    }
     500 => { Internal = "internal", }
     502 => {
         UpstreamFailed = "upstream_failed",

@@ -273,6 +273,14 @@ async fn a_mandate_a_person_approves_once_covers_the_spend_inside_it(app: TestAp
         let (status, _) = me.call(Method::POST, "/v1/agents/me/mandates", Some(bad.clone())).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    // Asking costs people's attention: five may wait at once.
+    for n in 0..6 {
+        let (status, e) = me
+            .call(Method::POST, "/v1/agents/me/mandates", Some(json!({"purpose": format!("ask {n}"), "amount": 1})))
+            .await;
+        let expected = if n < 5 { StatusCode::CREATED } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_eq!(status, expected, "{e}");
+    }
 }
 
 /// Concurrent spend under one mandate approves exactly what it holds.

@@ -82,7 +82,8 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
     let s = setting(app).await;
     let trace = format!("PR-{transport}");
     let paid = s.server.url("/v2/paid?price=250000");
-    let host = s.server.base.trim_start_matches("http://");
+    let new_api = X402Server::start(TEST_TOKEN).await;
+    let new_host = new_api.base.trim_start_matches("http://");
     let listed = format!("eip155:84532:{PAY_TO}");
     let unlisted = "eip155:84532:0x00000000000000000000000000000000000000bb";
     let calls = json!([
@@ -102,9 +103,12 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
         {"name": "what_can_i_spend", "arguments": {"agent_id": "agt_01m90000000000000000000000"}},
         {"name": "set_policy", "arguments": {"policy": {}}},
         // More, asked of a person, who approves while the agent waits; then it pays past its cap.
-        {"name": "ask_for_mandate", "arguments": {"purpose": "one large report for PR", "amount": 600, "hosts": [host], "hours": 2}},
-        {"name": "mandate_status", "arguments": {"mandate_id": {"$from": 14, "path": "structuredContent.id"}, "wait_seconds": 30}},
-        {"name": "pay", "arguments": {"url": s.server.url("/v2/paid?price=5000000"), "idempotency_key": "task-4"}},
+        // A host the policy does not list, past the per-call cap: refused, and not contacted, until
+        // a mandate naming it lets it through.
+        {"name": "pay", "arguments": {"url": new_api.url("/v2/paid?price=5000000"), "idempotency_key": "task-4"}},
+        {"name": "ask_for_mandate", "arguments": {"purpose": "one large report for PR", "amount": 600, "hosts": [new_host], "hours": 2}},
+        {"name": "mandate_status", "arguments": {"mandate_id": {"$from": 15, "path": "structuredContent.id"}, "wait_seconds": 30}},
+        {"name": "pay", "arguments": {"url": new_api.url("/v2/paid?price=5000000"), "idempotency_key": "task-5"}},
     ]);
     let (seen, approved) = tokio::join!(drive(app, &s, transport, calls), approve_the_mandate(app, &s.agent));
     assert_eq!(approved, StatusCode::OK);
@@ -143,16 +147,18 @@ async fn every_tool_over(app: &TestApp, transport: &str) {
     assert!(!r[12].to_string().contains("other"), "{}", r[12]);
     assert!(failed(&r[13]), "no tool changes a policy: {}", r[13]);
 
-    assert!(text(&r[14]).contains("is waiting for a person's decision"), "{}", r[14]);
-    assert!(text(&r[15]).contains("is approved"), "{}", r[15]);
-    assert!(text(&r[16]).contains("Paid 5.00 USD"), "within the mandate: {}", r[16]);
+    assert!(failed(&r[14]) && text(&r[14]).contains("host_not_allowed"), "{}", r[14]);
+    assert!(text(&r[15]).contains("is waiting for a person's decision"), "{}", r[15]);
+    assert!(text(&r[16]).contains("is approved"), "{}", r[16]);
+    assert!(text(&r[17]).contains("Paid 5.00 USD"), "within the mandate: {}", r[17]);
+    assert_eq!(new_api.unpaid(), 1, "the unlisted host was contacted only once the mandate named it");
 
     // The effects, through the admin API.
     let (_, card) = app.get(&format!("/v1/cards/{}", s.card)).await;
     assert_eq!(card["trace_id"], trace.as_str());
     let (_, theirs) = app.get(&format!("/v1/cards/{}", s.other_card)).await;
     assert!(theirs["trace_id"].is_null(), "{theirs}");
-    assert_eq!(s.server.settled().len(), 2, "two payments settled");
+    assert_eq!((s.server.settled().len(), new_api.settled().len()), (1, 1), "one payment each");
     let (_, ledger) = app.get(&format!("/v1/agents/{}/ledger?trace={trace}", s.agent)).await;
     let held: Vec<&Value> = ledger["data"].as_array().unwrap().iter().filter(|e| e["approved"] == true).collect();
     assert_eq!(held.len(), 1, "{ledger}");

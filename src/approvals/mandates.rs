@@ -149,7 +149,7 @@ impl Approvals {
         });
         let event = Event::new(agent, None, "mandate_requested", &who.key_id, jiff::Timestamp::now()).data(data);
         let id = asked.id.clone();
-        let view = self.inner.records.ask_mandate(asked, event).await?;
+        let view = self.inner.records.ask_mandate(asked, event, MAX_PENDING).await?;
         if notified {
             let approvals = self.clone();
             actix_web::rt::spawn(async move { approvals.deliver(&id).await });
@@ -167,6 +167,10 @@ impl Approvals {
         wait: std::time::Duration,
     ) -> Result<ApprovalView> {
         who.check(Permission::Read, Some(agent))?;
+        // One wait per agent: another asked meanwhile is answered at once, so an agent cannot
+        // keep many waits polling the database.
+        let waiting = Waiting::start(&self.inner.waiting, agent);
+        let wait = if waiting.is_some() { wait } else { std::time::Duration::ZERO };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let view = self.view(id).await?;
@@ -180,6 +184,29 @@ impl Approvals {
         }
     }
 }
+
+/// An agent's wait under way, ended when dropped.
+struct Waiting<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<AgentId>>,
+    agent: AgentId,
+}
+
+impl<'a> Waiting<'a> {
+    fn start(set: &'a std::sync::Mutex<std::collections::HashSet<AgentId>>, agent: &AgentId) -> Option<Self> {
+        let mut waiting = set.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.insert(agent.clone()).then(|| Waiting { set, agent: agent.clone() })
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.agent);
+    }
+}
+
+/// Most mandate requests an agent may have waiting for people at once: asking is cheap for an
+/// agent and costs people's attention.
+const MAX_PENDING: i64 = 5;
 
 /// How often a waiting request looks again: a decision reaches the agent within this.
 const POLL: std::time::Duration = std::time::Duration::from_millis(250);

@@ -60,6 +60,8 @@ struct Inner {
     /// Told each approved request that carries a deferred payment, for the rail to make it (the
     /// rail also sweeps the database for any it misses).
     approved: Option<mpsc::Sender<String>>,
+    /// Agents with a wait on a mandate's decision under way: one each (see `mandates`).
+    waiting: std::sync::Mutex<std::collections::HashSet<AgentId>>,
 }
 
 /// Who decided: a Slack user, someone holding a link, or an API key.
@@ -158,8 +160,16 @@ impl Approvals {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
-        let approvals =
-            Approvals { inner: Arc::new(Inner { records: store::Records::new(db), ledger, settings, http, approved }) };
+        let approvals = Approvals {
+            inner: Arc::new(Inner {
+                records: store::Records::new(db),
+                ledger,
+                settings,
+                http,
+                approved,
+                waiting: Default::default(),
+            }),
+        };
         if let Some(asked) = asked {
             actix_web::rt::spawn(slack::notify_forever(approvals.clone(), asked));
         }

@@ -9,7 +9,7 @@ use crate::domain::authorization::Merchant;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, CardId, EventId, KeyId};
 use crate::domain::money::Money;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::RequestedAmount;
 pub use crate::store::Db;
 use crate::store::approvals::ApprovalRow;
@@ -205,8 +205,9 @@ impl Records {
             .await
     }
 
-    /// Stores a mandate the agent asked for, with its event in the agent's trail.
-    pub async fn ask_mandate(&self, m: Asked, event: Event) -> Result<ApprovalView> {
+    /// Stores a mandate the agent asked for, with its event in the agent's trail, unless it has
+    /// `max_pending` waiting for people already (429).
+    pub async fn ask_mandate(&self, m: Asked, event: Event, max_pending: i64) -> Result<ApprovalView> {
         let names = |list: &[String]| serde_json::to_string(list).map_err(|e| Error::Internal(e.to_string()));
         let row = ApprovalRow {
             hosts: Some(names(&m.hosts)?),
@@ -253,6 +254,12 @@ impl Records {
         };
         self.db
             .write(move |conn| {
+                if store::approvals::pending_mandates(conn, &row.agent_id, row.created_at)? >= max_pending {
+                    return Err(Error::coded(
+                        ErrorCode::TooManyMandates,
+                        format!("{max_pending} mandates already wait for a person's decision; wait for them first"),
+                    ));
+                }
                 store::approvals::insert(conn, &row)?;
                 store::events::record(conn, &event)?;
                 load_view(conn, &row.id, row.created_at)?.ok_or_else(|| Error::not_found("approval", &row.id))

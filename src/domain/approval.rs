@@ -42,6 +42,20 @@ pub struct Mandate {
     pub used: i64,
 }
 
+impl Mandate {
+    /// It names this host (`host` or `host:port`, as a URL gives it), in any case.
+    pub fn names_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+    }
+}
+
+impl Allowance {
+    /// A mandate in force at `now_ms` that names this host: a person allowed paying it.
+    pub fn mandates_host(&self, host: &str, now_ms: i64) -> bool {
+        self.until_ms > now_ms && self.mandate.as_ref().is_some_and(|m| m.names_host(host))
+    }
+}
+
 /// Why a decline needs a person, as the policy saw it: what a request would put the rule at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Ask {

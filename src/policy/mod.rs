@@ -275,7 +275,7 @@ fn covers(a: &Allowance, m: &Mandate, req: &AuthRequest, amounts: Amounts, now: 
 fn names_payee(m: &Mandate, req: &AuthRequest) -> bool {
     let merchant = &req.merchant;
     match req.rail {
-        Rail::Usdc => m.hosts.iter().any(|h| h.eq_ignore_ascii_case(&merchant.name)),
+        Rail::Usdc => m.names_host(&merchant.name),
         Rail::Card => {
             m.merchants.iter().any(|p| merchant.id.as_deref() == Some(p.as_str()) || glob_match(p, &merchant.name))
         }

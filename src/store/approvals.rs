@@ -195,6 +195,17 @@ pub fn decide(
     Ok(changed == 1)
 }
 
+/// How many mandates the agent asked for still wait for a person (pending, unexpired).
+pub fn pending_mandates(conn: &mut DbConnection, agent: &str, now_ms: i64) -> Result<i64> {
+    Ok(approvals::table
+        .filter(approvals::agent_id.eq(agent))
+        .filter(approvals::status.eq("pending"))
+        .filter(approvals::rule.eq(MANDATE_RULE))
+        .filter(approvals::expires_at.gt(now_ms))
+        .count()
+        .get_result(conn)?)
+}
+
 /// The allowances in force for an agent: approved, and not yet ended.
 pub fn allowances(conn: &mut DbConnection, agent: &AgentId, now_ms: i64) -> Result<Vec<Allowance>> {
     let rows: Vec<ApprovalRow> = approvals::table

@@ -73,9 +73,12 @@ impl Usdc {
         let sealed = deferred::seal(master, agent, &key, &input);
         let trace_id = check_trace(input.trace_id)?;
         let snapshot = self.agent(agent).await?;
-        // Contact only hosts the policy lets the agent pay: a host outside them is never called.
+        // Contact only hosts the policy, or a mandate a person approved, lets the agent pay: a host
+        // outside them is never called.
         let host = host_of(&call.url);
-        if !snapshot.value.policy.x402_allows_host(&host) {
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let mandated = snapshot.value.allowances.iter().any(|a| a.mandates_host(&host, now_ms));
+        if !snapshot.value.policy.x402_allows_host(&host) && !mandated {
             crate::refusals::refused("x402 host not allowed", &host, agent.as_str(), "not in x402.allow_hosts");
             return Err(refused(
                 ErrorCode::Declined(DeclineReason::HostNotAllowed),
