@@ -290,6 +290,21 @@ async fn a_mandate_is_exact_under_concurrency(app: TestApp) {
     let ask = json!({"purpose": "load test", "amount": 3_000, "trace_id": "PR-7"});
     let (_, asked) = me.call(Method::POST, "/v1/agents/me/mandates", Some(ask)).await;
     let id = asked["id"].as_str().unwrap();
+    // One wait per agent at a time: a second, meanwhile, is answered at once.
+    let me = &me;
+    let timed = |path: String| async move {
+        let started = std::time::Instant::now();
+        let (_, view) = me.call(Method::GET, &path, None).await;
+        (view["status"].clone(), started.elapsed())
+    };
+    let path = format!("/v1/agents/me/mandates/{id}?wait=2");
+    let ((first, waited), (second, answered)) = tokio::join!(timed(path.clone()), timed(path));
+    assert_eq!((first.as_str(), second.as_str()), (Some("pending"), Some("pending")));
+    let (long, short) = if waited > answered { (waited, answered) } else { (answered, waited) };
+    assert!(
+        long >= std::time::Duration::from_millis(1_900) && short < std::time::Duration::from_secs(1),
+        "{long:?} {short:?}"
+    );
     assert_eq!(app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await.0, StatusCode::OK);
     let tries = (0..20).map(|n| {
         let (app, card) = (&app, card.clone());

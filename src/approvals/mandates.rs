@@ -169,8 +169,8 @@ impl Approvals {
         who.check(Permission::Read, Some(agent))?;
         // One wait per agent: another asked meanwhile is answered at once, so an agent cannot
         // keep many waits polling the database.
-        let waiting = Waiting::start(&self.inner.waiting, agent);
-        let wait = if waiting.is_some() { wait } else { std::time::Duration::ZERO };
+        let turn = self.inner.waiting.take(agent);
+        let wait = if turn.is_some() { wait } else { std::time::Duration::ZERO };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let view = self.view(id).await?;
@@ -182,25 +182,6 @@ impl Approvals {
             }
             tokio::time::sleep(POLL.min(deadline - tokio::time::Instant::now())).await;
         }
-    }
-}
-
-/// An agent's wait under way, ended when dropped.
-struct Waiting<'a> {
-    set: &'a std::sync::Mutex<std::collections::HashSet<AgentId>>,
-    agent: AgentId,
-}
-
-impl<'a> Waiting<'a> {
-    fn start(set: &'a std::sync::Mutex<std::collections::HashSet<AgentId>>, agent: &AgentId) -> Option<Self> {
-        let mut waiting = set.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.insert(agent.clone()).then(|| Waiting { set, agent: agent.clone() })
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.agent);
     }
 }
 

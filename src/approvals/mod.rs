@@ -60,8 +60,8 @@ struct Inner {
     /// Told each approved request that carries a deferred payment, for the rail to make it (the
     /// rail also sweeps the database for any it misses).
     approved: Option<mpsc::Sender<String>>,
-    /// Agents with a wait on a mandate's decision under way: one each (see `mandates`).
-    waiting: std::sync::Mutex<std::collections::HashSet<AgentId>>,
+    /// Waits on a mandate's decision under way: one per agent (see `mandates`).
+    waiting: crate::ledger::OnePerAgent,
 }
 
 /// Who decided: a Slack user, someone holding a link, or an API key.

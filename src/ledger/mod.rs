@@ -72,9 +72,9 @@ pub struct Ledger {
     health: Arc<WriterHealth>,
     catalog: &'static Catalog,
     fx: FxRules,
-    /// Agents with a dry run asked by their own key under way: one each, so an agent key cannot
-    /// fill the writer's queue with questions.
-    agents_asking: Arc<Mutex<std::collections::HashSet<AgentId>>>,
+    /// Dry runs asked by agent keys under way: one per agent, so an agent key cannot fill the
+    /// writer's queue with questions.
+    agents_asking: Arc<OnePerAgent>,
 }
 
 /// What the writer thread last did, for readiness: whether it runs, since when its current batch
@@ -177,27 +177,28 @@ pub enum Payer {
     Wallet(AgentId),
 }
 
-/// An agent's dry run under way; the agent may ask again once it is dropped.
-struct Asking<'a> {
-    asking: &'a Mutex<std::collections::HashSet<AgentId>>,
+/// At most one of something under way per agent (a dry run, a wait on a decision): what an agent
+/// key could otherwise start by the thousand.
+#[derive(Default)]
+pub struct OnePerAgent(Mutex<std::collections::HashSet<AgentId>>);
+
+/// An agent's turn; the next may start once it is dropped.
+pub struct Turn<'a> {
+    of: &'a OnePerAgent,
     agent: AgentId,
 }
 
-impl<'a> Asking<'a> {
-    fn start(asking: &'a Mutex<std::collections::HashSet<AgentId>>, agent: &AgentId) -> Result<Self> {
-        if !asking.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.clone()) {
-            return Err(Error::coded(
-                ErrorCode::TooManyDryRuns,
-                "this agent has a dry run under way; ask again once it is answered",
-            ));
-        }
-        Ok(Asking { asking, agent: agent.clone() })
+impl OnePerAgent {
+    /// The agent's turn, or None while another is under way.
+    pub fn take(&self, agent: &AgentId) -> Option<Turn<'_>> {
+        let free = self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.clone());
+        free.then(|| Turn { of: self, agent: agent.clone() })
     }
 }
 
-impl Drop for Asking<'_> {
+impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self.asking.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.agent);
+        self.of.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.agent);
     }
 }
 
@@ -368,7 +369,15 @@ impl Ledger {
         let outcome = match self.payer(&auth.payer).await? {
             None => AuthOutcome::failed(DeclineReason::UnknownCard, &auth.request),
             Some((card, agent)) => {
-                let _asking = by_agent.then(|| Asking::start(&self.agents_asking, &agent.value.id)).transpose()?;
+                let _turn = match by_agent {
+                    false => None,
+                    true => Some(self.agents_asking.take(&agent.value.id).ok_or_else(|| {
+                        Error::coded(
+                            ErrorCode::TooManyDryRuns,
+                            "this agent has a dry run under way; ask again once it is answered",
+                        )
+                    })?),
+                };
                 let (reply, answer) = oneshot::channel();
                 let deadline = std::time::Instant::now() + self.budget;
                 let cmd = writer::AuthorizeCmd { auth, card, agent, deadline, verdict: None, dry_run: true, reply };

@@ -161,6 +161,12 @@ fn answer(text: String, data: Value) -> CallToolResult {
 
 /// What spendgate refused, as the tool's error (the model reads it; the protocol call succeeded).
 fn refused(e: &Error) -> CallToolResult {
+    // As on the REST routes, a server-side failure's detail goes to the log, not to the caller.
+    match e {
+        Error::Internal(detail) => tracing::error!(%detail, "internal error in an MCP tool"),
+        Error::StorageUnavailable(detail) => tracing::warn!(%detail, "storage unavailable in an MCP tool"),
+        _ => {}
+    }
     let code = e.code();
     let mut result = CallToolResult::error(vec![ContentBlock::text(words::refusal(e))]);
     result.structured_content = Some(json!({"error": {"code": code.as_str(), "message": e.to_string()}}));
