@@ -1,6 +1,6 @@
-//! The USDC rail: agents pay x402 APIs from their wallets. A 402 is read (`x402`), the cheapest
-//! payable requirement is signed (`eip3009`) and decided by the same ledger and policy core as
-//! card spend (rail `usdc`); only an approved payment, committed with its hold, is ever sent.
+//! The USDC rail: agents pay x402 and MPP APIs from their wallets. A 402 is read (`x402`, `mpp`),
+//! the cheapest payable requirement is signed (`eip3009`) and decided by the same ledger and policy
+//! core as card spend (rail `usdc`); only an approved payment, committed with its hold, is ever sent.
 //!
 //! One payment per (agent, idempotency key): the signed payload is stored before it leaves, and a
 //! retry re-sends that payload (same nonce, so it can settle at most once) instead of signing again.
@@ -13,7 +13,7 @@
 //! By job: `wallets` (made once, sealed), `proxy` (the outbound call and its guards), `payments`
 //! (decide and sign), `settlement` (what the answer says, the hold moved to match), `deferred`,
 //! `views` (what the API takes and shows), and `store`, the rail's only way to its records. The
-//! wire formats are `x402` and `eip3009`; keys are `wallet`; destinations are `destination`.
+//! wire formats are `x402`, `mpp` and `eip3009`; keys are `wallet`; destinations are `destination`.
 
 mod deferred;
 pub mod destination;

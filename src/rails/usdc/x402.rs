@@ -1,5 +1,6 @@
 //! The x402 wire formats, v1 and v2: reading a 402's payment requirements, choosing one spendgate
-//! can pay, encoding the signed payment, and reading the settlement answer. Pure: no I/O, no rule.
+//! can pay, encoding the signed payment, and reading the settlement answer; the networks and tokens
+//! both 402 protocols pay with. Pure: no I/O, no rule.
 
 use alloy_primitives::{Address, U256};
 use base64::Engine;
@@ -87,7 +88,7 @@ pub fn parse_assets(spec: &str) -> Result<Vec<Asset>, String> {
 pub enum Challenge {
     /// x402: the requirements on offer, as received.
     X402 { version: u8, accepts: Vec<Value>, resource: Option<Value> },
-    /// MPP (`WWW-Authenticate: Payment …`): recognized, not paid.
+    /// MPP (`WWW-Authenticate: Payment …`): its challenges are read by `mpp`.
     Mpp,
 }
 
