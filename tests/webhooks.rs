@@ -259,6 +259,19 @@ async fn approvals_asked_and_decided_are_events(app: TestApp) {
         (decided["data"]["kind"].as_str(), decided["data"]["data"]["approval_id"].as_str()),
         (Some("approval_granted"), Some(approval.as_str()))
     );
+    // A mandate the agent asks for is requested the same way.
+    let key = app.create_key("agent", Some(&agent)).await;
+    let ask = json!({"purpose": "the nightly eval", "amount": 2_000});
+    let (s, mandate) = app.call(reqwest::Method::POST, "/v1/agents/me/mandates", Some(&key), Some(ask)).await;
+    assert_eq!(s, StatusCode::CREATED, "{mandate}");
+    let got = receiver.until("the mandate", |g| g.len() == 3).await;
+    let mandate_id = mandate["id"].as_str().unwrap();
+    let asked = got.iter().map(|r| serde_json::from_str::<Value>(&r.body).unwrap()).find(|b| b["id"] == mandate_id);
+    let asked = asked.expect("the mandate's request reached the endpoint");
+    assert_eq!(
+        (asked["type"].as_str(), asked["data"]["mandate"]["purpose"].as_str()),
+        (Some("approval.requested"), Some("the nightly eval"))
+    );
 }
 
 /// A limit with alert thresholds: each is announced once per window, with what it cost and where,

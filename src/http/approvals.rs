@@ -203,7 +203,8 @@ pub async fn slack_interactions(
 /// lock the mandate does not name, or the balance), on a trace and to the hosts or merchants it
 /// names, until it is used up or expires. It is an approval request like any other.
 #[utoipa::path(tag = "approvals", request_body = MandateRequest, security(("bearer" = [])),
-    responses((status = 201, body = ApprovalView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = ApprovalView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "five of the agent's mandates wait for people already (`too_many_mandates`)")))]
 #[post("/v1/agents/{agent_id}/mandates")]
 pub async fn request_mandate(
     state: web::Data<AppState>,

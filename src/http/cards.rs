@@ -74,7 +74,8 @@ pub struct DryRunBody {
 /// What an authorization on this card would be answered now, and why: the same rules, balance and
 /// spending windows as a real one, with nothing recorded (no hold, no decline, no approval request).
 #[utoipa::path(tag = "cards", request_body = DryRunBody, security(("bearer" = [])),
-    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the agent's key has a dry run under way (`too_many_dry_runs`)")))]
 #[post("/v1/cards/{card_id}/dry-run")]
 pub async fn dry_run(
     state: web::Data<AppState>,

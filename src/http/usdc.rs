@@ -136,7 +136,8 @@ fn upstream_answer(status: u16, headers: &[(String, String)], body: Vec<u8>) -> 
 /// Would a payment of `amount` to this URL's host be approved now, and if not, why and what would
 /// unblock it: the same rules, balance and windows as a payment, with nothing signed or recorded.
 #[utoipa::path(tag = "usdc", request_body = PaymentCheck, security(("bearer" = [])),
-    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AuthOutcome), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "the agent's key has a dry run under way (`too_many_dry_runs`)")))]
 #[post("/v1/agents/{agent_id}/x402/dry-run")]
 pub async fn dry_run(
     state: web::Data<AppState>,

@@ -41,6 +41,14 @@ pub fn of(linked: &Linked) -> Vec<Out> {
             std::iter::once(decided).chain(asked).collect()
         }
         Linked::Event(e) if let Some(event_type) = alert_type(&e.kind) => vec![alert(e, event_type)],
+        // A mandate the agent asked for is a request for a person, under the approval's id as a
+        // decline's request is.
+        Linked::Event(e) if e.kind == "mandate_requested" => {
+            let mandate = e.data.clone().unwrap_or(Value::Null);
+            let Some(approval) = mandate["approval_id"].as_str().map(str::to_owned) else { return Vec::new() };
+            let asked = json!({"approval_id": approval, "agent_id": e.agent_id, "mandate": mandate});
+            vec![out(approval, EventType::ApprovalRequested, e.created_at.as_millisecond(), asked)]
+        }
         Linked::Event(e) => {
             let event_type = match (e.kind.as_str(), e.card_id.is_some()) {
                 ("frozen", true) => EventType::CardFrozen,
