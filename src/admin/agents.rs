@@ -50,6 +50,13 @@ pub(crate) fn parse_agent_id(who: &Principal, id: &str) -> Result<AgentId> {
     AgentId::parse(id).ok_or_else(|| Error::not_found("agent", id))
 }
 
+/// The agent a route (or an MCP tool) names, once the caller may act on it this way.
+pub(crate) fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
+    let agent = parse_agent_id(who, id)?;
+    who.check(permission, Some(&agent))?;
+    Ok(agent)
+}
+
 /// Loads an agent inside a transaction or read, as a 404 when it does not exist.
 pub(crate) fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Agent> {
     store::agents::find(conn, id)?.ok_or_else(|| Error::not_found("agent", id.as_str()))

@@ -167,6 +167,9 @@ impl Approvals {
         wait: std::time::Duration,
     ) -> Result<ApprovalView> {
         who.check(Permission::Read, Some(agent))?;
+        if wait > MAX_WAIT {
+            return Err(Error::validation(format!("wait must be 0 to {} seconds", MAX_WAIT.as_secs())));
+        }
         // One wait per agent: another asked meanwhile is answered at once, so an agent cannot
         // keep many waits polling the database.
         let turn = self.inner.waiting.take(agent);
@@ -188,6 +191,9 @@ impl Approvals {
 /// Most mandate requests an agent may have waiting for people at once: asking is cheap for an
 /// agent and costs people's attention.
 const MAX_PENDING: i64 = 5;
+
+/// The longest a request waits for a decision.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often a waiting request looks again: a decision reaches the agent within this.
 const POLL: std::time::Duration = std::time::Duration::from_millis(250);

@@ -7,22 +7,14 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ErrorBody, ErrorDetail};
-use crate::admin::agents::parse_agent_id;
+use crate::admin::agents::agent_for;
 use crate::domain::access::{Permission, Principal, Role};
-use crate::domain::ids::AgentId;
 use crate::error::Result;
 use crate::ledger::AuthOutcome;
 use crate::rails::usdc::{
     AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentCheck,
     PaymentView, WalletView,
 };
-
-/// The agent, once the caller may act on it this way.
-fn agent_for(who: &Principal, id: &str, permission: Permission) -> Result<AgentId> {
-    let agent = parse_agent_id(who, id)?;
-    who.check(permission, Some(&agent))?;
-    Ok(agent)
-}
 
 fn idempotency_key(req: &HttpRequest) -> &str {
     req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("")

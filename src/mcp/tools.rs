@@ -16,13 +16,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::words;
-use crate::admin::agents::ME;
+use crate::admin::agents::{ME, agent_for, parse_agent_id};
 use crate::admin::ledger::LedgerQuery;
 use crate::admin::spendable::SpendableQuery;
 use crate::admin::{Admin, PageQuery};
 use crate::approvals::Approvals;
 use crate::approvals::mandates::MandateRequest;
-use crate::domain::access::Principal;
+use crate::domain::access::{Permission, Principal};
 use crate::domain::authorization::Merchant;
 use crate::domain::card::CardStatus;
 use crate::error::{Error, Result};
@@ -222,15 +222,14 @@ impl AgentTools {
         respond(
             async {
                 let who = caller(&parts)?;
-                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
                 let outcome = match (args.url, args.card_id) {
                     (Some(url), None) => {
                         if args.currency.as_deref().is_some_and(|c| !c.eq_ignore_ascii_case("USD")) {
                             return Err(Error::validation("a payment to a paid API is in USD: leave currency out"));
                         }
+                        let agent = agent_for(&who, ME, Permission::DryRun)?;
                         let check =
                             PaymentCheck { url, amount: args.amount, pay_to: args.pay_to, trace_id: args.trace_id };
-                        who.check(crate::domain::access::Permission::DryRun, Some(&agent))?;
                         self.usdc.dry_run(&agent, check, true).await?
                     }
                     (None, Some(card)) => {
@@ -269,8 +268,7 @@ impl AgentTools {
         respond(
             async {
                 let who = caller(&parts)?;
-                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
-                who.check(crate::domain::access::Permission::Pay, Some(&agent))?;
+                let agent = agent_for(&who, ME, Permission::Pay)?;
                 let key = args
                     .idempotency_key
                     .unwrap_or_else(|| format!("mcp-{}", crate::domain::ids::PaymentId::generate()));
@@ -309,8 +307,7 @@ impl AgentTools {
         respond(
             async {
                 let who = caller(&parts)?;
-                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
-                who.check(crate::domain::access::Permission::Read, Some(&agent))?;
+                let agent = agent_for(&who, ME, Permission::Read)?;
                 Ok(deferred(self.usdc.deferred_status(&agent, &args.approval_id).await?))
             }
             .await,
@@ -367,7 +364,8 @@ impl AgentTools {
         respond(
             async {
                 let who = caller(&parts)?;
-                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
+                // Approvals checks who may ask, as on the REST route.
+                let agent = parse_agent_id(&who, ME)?;
                 let request = MandateRequest {
                     purpose: args.purpose,
                     amount: args.amount,
@@ -399,12 +397,9 @@ impl AgentTools {
         respond(
             async {
                 let who = caller(&parts)?;
-                let agent = crate::admin::agents::parse_agent_id(&who, ME)?;
-                let wait = args.wait_seconds.unwrap_or(0);
-                if wait > 60 {
-                    return Err(Error::validation("wait_seconds must be 0 to 60"));
-                }
-                let view = self.approvals.mandate(&who, &agent, &args.mandate_id, Duration::from_secs(wait)).await?;
+                let agent = parse_agent_id(&who, ME)?;
+                let wait = Duration::from_secs(args.wait_seconds.unwrap_or(0));
+                let view = self.approvals.mandate(&who, &agent, &args.mandate_id, wait).await?;
                 let data = serde_json::to_value(&view).map_err(|e| Error::Internal(e.to_string()))?;
                 Ok(answer(words::mandate(&view), data))
             }
