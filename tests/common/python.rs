@@ -6,6 +6,10 @@ use std::process::Command;
 
 /// The `python` of a virtual environment holding `packages` (pinned, `name==version`).
 pub fn python_with(packages: &[&str]) -> PathBuf {
+    // The tests of one binary run on threads of one process, which would share one building
+    // directory: one installs, the others wait.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let name = packages.join("+").replace(['=', '.'], "_");
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("python-{name}"));
     let python = home.join("bin/python");
