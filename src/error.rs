@@ -87,6 +87,8 @@ error_codes! {
         TooManyDryRuns = "too_many_dry_runs",
         /// An agent's mandate requests waiting for people are at their bound.
         TooManyMandates = "too_many_mandates",
+        /// A node runs at most two backtests at once.
+        TooManyBacktests = "too_many_backtests",
     }
     500 => { Internal = "internal", }
     502 => {

@@ -5,8 +5,10 @@ pub mod admin;
 pub mod alerts;
 pub mod approvals;
 pub mod audit;
+pub mod backtest;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod demo;
@@ -316,7 +318,7 @@ fn spawn_background(config: &Config, ledger: &Ledger, rates: &ledger::Rates) {
     let max_age = jiff::SignedDuration::from_hours(config.hold_expiry_hours as i64);
     actix_web::rt::spawn(async move {
         loop {
-            if let Err(e) = ledger.expire_holds(jiff::Timestamp::now() - max_age).await {
+            if let Err(e) = ledger.expire_holds(crate::clock::now() - max_age).await {
                 tracing::warn!(error = %e, "hold expiry sweep failed; retrying in a minute");
             }
             tokio::time::sleep(Duration::from_secs(60)).await;

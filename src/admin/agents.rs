@@ -85,6 +85,9 @@ impl Admin {
         self.db
             .write(move |conn| {
                 store::agents::insert(conn, &stored)?;
+                let by = event.actor.as_ref().map(|k| k.as_str());
+                let first = event.created_at.as_millisecond();
+                store::policies::record_live(conn, &stored.id, None, &stored.policy, by, None, first)?;
                 store::events::record(conn, &event)
             })
             .await?;
@@ -161,7 +164,11 @@ impl Admin {
                 let old = load_agent(conn, &id)?.policy;
                 let now = store::now();
                 store::agents::update_policy(conn, &id, &stored, now)?;
-                let data = serde_json::json!({ "previous": old, "policy": stored });
+                let by = Some(actor.as_str());
+                let (version_id, version) =
+                    store::policies::record_live(conn, &id, None, &stored, by, None, now.as_millisecond())?;
+                let data = serde_json::json!({ "previous": old, "policy": stored, "version": version,
+                    "version_id": version_id });
                 store::events::record(conn, &Event::new(&id, None, "agent_policy_changed", &actor, now).data(data))
             })
             .await?;

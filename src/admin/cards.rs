@@ -72,7 +72,7 @@ pub struct IssuedCard {
 
 /// A card's policy: in the card's currency, and without the alerts only an agent's policy has
 /// (they watch the agent's balance and spend as a whole).
-fn card_policy(catalog: &Catalog, doc: serde_json::Value, currency: Currency) -> Result<Policy> {
+pub(super) fn card_policy(catalog: &Catalog, doc: serde_json::Value, currency: Currency) -> Result<Policy> {
     let policy = parse_policy(catalog, doc, Some(currency))?;
     if policy.alerts.is_some() {
         return Err(Error::validation("policy.alerts: alerts belong in the agent's policy, not a card's"));
@@ -225,6 +225,9 @@ impl Admin {
                     ));
                 }
                 store::cards::insert(conn, &stored)?;
+                let by = event.actor.as_ref().map(|k| k.as_str());
+                let (agent, card, first) = (&stored.agent_id, Some(stored.id.as_str()), now.as_millisecond());
+                store::policies::record_live(conn, agent, card, &stored.policy, by, None, first)?;
                 store::events::record(conn, &event)
             })
             .await;
@@ -387,7 +390,11 @@ impl Admin {
                 let policy = card_policy(catalog, doc, card.currency)?;
                 let now = store::now();
                 store::cards::update_policy(conn, &card_id, &policy, now)?;
-                let data = serde_json::json!({ "previous": card.policy, "policy": policy });
+                let (by, at) = (Some(actor.as_str()), now.as_millisecond());
+                let (version_id, version) =
+                    store::policies::record_live(conn, &agent_id, Some(card_id.as_str()), &policy, by, None, at)?;
+                let data = serde_json::json!({ "previous": card.policy, "policy": policy, "version": version,
+                    "version_id": version_id });
                 store::events::record(
                     conn,
                     &Event::new(&agent_id, Some(&card_id), "policy_changed", &actor, now).data(data),

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod cards;
 pub mod keys;
 pub mod ledger;
+pub mod policies;
 pub mod spendable;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct Admin {
     ledger: Ledger,
     issuer: Arc<Issuer>,
     live_keys: Arc<keys::LiveKeys>,
+    backtests: Arc<policies::Running>,
 }
 
 impl Admin {
@@ -41,6 +43,7 @@ impl Admin {
             ledger,
             issuer: Arc::new(issuer),
             live_keys: Arc::new(keys::LiveKeys::new()),
+            backtests: Arc::default(),
         }
     }
 

@@ -147,7 +147,7 @@ impl Approvals {
             "amount": {"amount": asked.amount, "currency": currency.code()}, "trace_id": asked.trace_id,
             "hosts": asked.hosts, "merchants": asked.merchants, "until": jiff::Timestamp::from_millisecond(until).ok(),
         });
-        let event = Event::new(agent, None, "mandate_requested", &who.key_id, jiff::Timestamp::now()).data(data);
+        let event = Event::new(agent, None, "mandate_requested", &who.key_id, crate::clock::now()).data(data);
         let id = asked.id.clone();
         let view = self.inner.records.ask_mandate(asked, event, MAX_PENDING).await?;
         if notified {

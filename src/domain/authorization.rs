@@ -57,14 +57,15 @@ impl Recipient {
     }
 }
 
-/// Where the payment requirements came from: a recipient is trusted only when the paid server
-/// named it in the 402 spendgate read itself, or when the policy lists it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NamedBy {
-    /// The server, in the 402 spendgate received from it (`x402/fetch`).
-    Server,
-    /// The agent, in requirements it handed in (`x402/authorize`).
-    Agent,
+worded! {
+    /// Where the payment requirements came from: a recipient is trusted only when the paid server
+    /// named it in the 402 spendgate read itself, or when the policy lists it.
+    pub enum NamedBy {
+        /// The server, in the 402 spendgate received from it (`x402/fetch`).
+        Server = "server",
+        /// The agent, in requirements it handed in (`x402/authorize`).
+        Agent = "agent",
+    }
 }
 
 /// Why an authorization was declined. The codes are stable: processors' responses, metrics and

@@ -97,6 +97,18 @@ prefixed_id!(
     /// One event on its way to one endpoint.
     DeliveryId, "dlv"
 );
+prefixed_id!(
+    /// One version of a card's or agent's policy: live, past, or a draft.
+    PolicyVersionId, "pol"
+);
+prefixed_id!(
+    /// A draft replayed over recorded history.
+    BacktestId, "bkt"
+);
+prefixed_id!(
+    /// A live decision a draft in shadow would have made otherwise.
+    DisagreementId, "shd"
+);
 
 /// The ULID part of any of these ids. Every id's ULID comes from the one monotonic generator, so
 /// this part orders records of different kinds (authorizations and transfers) in time together.

@@ -41,6 +41,7 @@ pub mod agent;
 pub mod approval;
 pub mod audit;
 pub mod authorization;
+pub mod backtest;
 pub mod card;
 pub mod catalog;
 pub mod event;

@@ -12,6 +12,7 @@ mod keys;
 mod ledger;
 mod mcp;
 pub mod openapi;
+mod policies;
 pub mod processors;
 mod reports;
 mod system;
@@ -82,6 +83,17 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(system::openapi)
         .service(system::policy_templates)
         .service(mcp::mcp)
+        .service(policies::versions)
+        .service(policies::get_draft)
+        .service(policies::put_draft)
+        .service(policies::discard_draft)
+        .service(policies::promote)
+        .service(policies::put_shadow)
+        .service(policies::shadow_report)
+        .service(policies::start_backtest)
+        .service(policies::list_backtests)
+        .service(policies::get_backtest)
+        .service(policies::cancel_backtest)
         .service(agents::me)
         .service(agents::spendable)
         .service(agents::create_agent)

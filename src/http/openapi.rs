@@ -6,7 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, approvals, audit, cards, endpoints, keys, ledger, mcp, processors, reports, system, usdc, webhooks,
+    agents, approvals, audit, cards, endpoints, keys, ledger, mcp, policies, processors, reports, system, usdc,
+    webhooks,
 };
 
 #[derive(OpenApi)]
@@ -18,6 +19,9 @@ use super::{
         agents::get_agent_policy, agents::put_agent_policy, agents::agent_events, agents::me, agents::spendable, mcp::mcp,
         cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::dry_run, cards::freeze_card,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,
+        policies::versions, policies::get_draft, policies::put_draft, policies::discard_draft, policies::promote,
+        policies::put_shadow, policies::shadow_report,
+        policies::start_backtest, policies::list_backtests, policies::get_backtest, policies::cancel_backtest,
         keys::create_key, keys::list_keys, keys::revoke_key,
         ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
         audit::verify, audit::checkpoints, audit::make_checkpoint,

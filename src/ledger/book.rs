@@ -5,7 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::domain::approval::Allowance;
 use crate::domain::ids::CardId;
+use crate::ledger::core::Hold;
 use crate::policy::Spend;
 use crate::policy::totals::Totals;
 use crate::store::ledger::AuthorizationRow;
@@ -57,6 +59,22 @@ impl Book {
     /// What the authorizations made under this approval (a mandate) count now, in the agent's currency.
     pub fn approval_spent(&self, approval_id: &str) -> i64 {
         self.approval_spent.get(approval_id).copied().unwrap_or(0)
+    }
+
+    /// What of the approvals people granted is still to spend: single-use ones not yet used, and
+    /// each mandate with what has been spent under it.
+    pub fn allowances(&self, granted: &[Allowance]) -> Vec<Allowance> {
+        granted
+            .iter()
+            .filter(|a| !(a.single_use && self.approval_used(&a.approval_id)))
+            .map(|a| {
+                let mut a = a.clone();
+                if let Some(mandate) = &mut a.mandate {
+                    mandate.used = self.approval_spent(&a.approval_id);
+                }
+                a
+            })
+            .collect()
     }
 
     /// The spends, and the totals to bring up to date over them.
@@ -136,6 +154,19 @@ impl Book {
     }
 }
 
+/// The hold, back on its row.
+pub fn set_hold(row: &mut AuthorizationRow, hold: &Hold) {
+    let Hold { status, cap_amount, card_amount, held, posted, counted, counted_card, refunded } = *hold;
+    row.status = status;
+    row.cap_amount = cap_amount;
+    row.card_amount = card_amount;
+    row.held = held;
+    row.posted = posted;
+    row.counted = counted;
+    row.counted_card = counted_card;
+    row.refunded = refunded;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +206,9 @@ mod tests {
             updated_at: at_ms,
             approval_id: None,
             chain_n: 1,
+            recipient: None,
+            recipient_named_by: None,
+            max_amount: None,
         }
     }
 

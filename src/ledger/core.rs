@@ -201,6 +201,39 @@ impl Hold {
         Ok(Moved::new(TransferKind::Increase, more))
     }
 
+    /// Applies one transfer as it was recorded (a backtest replays history on its own holds): a
+    /// capture's post, excess and release arrive as three transfers, each applied in turn.
+    pub fn replay(&mut self, balance: &mut Balance, kind: TransferKind, amount: i64) -> Result<(), Refusal> {
+        self.not_declined()?;
+        match kind {
+            TransferKind::Fund => {}
+            TransferKind::Post => {
+                let from_hold = amount.min(self.held);
+                self.held -= from_hold;
+                balance.held -= from_hold;
+                self.posted += amount;
+                balance.spent += amount;
+            }
+            TransferKind::Excess => {
+                self.posted += amount;
+                balance.spent += amount;
+            }
+            TransferKind::Increase => {
+                self.held += amount;
+                balance.held += amount;
+            }
+            TransferKind::Void => drop(self.release(balance, amount.min(self.held), Release::Void)),
+            TransferKind::Expire => drop(self.release(balance, amount.min(self.held), Release::Expire)),
+            TransferKind::Refund => drop(self.refund(balance, amount)?),
+        }
+        if self.held == 0 && self.posted > 0 {
+            self.status = HoldStatus::Posted;
+        }
+        self.recount();
+        self.assert_valid();
+        Ok(())
+    }
+
     fn not_declined(&self) -> Result<(), Refusal> {
         match self.status {
             HoldStatus::Declined => Err(Refusal::Declined),

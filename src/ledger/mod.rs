@@ -11,7 +11,7 @@
 //! that loads, applies a step of `policy` and `core`, saves and commits; `book` is an agent's spends
 //! in memory; `views` what the ledger answers.
 
-mod book;
+pub mod book;
 pub mod core;
 mod views;
 mod writer;
@@ -293,6 +293,11 @@ impl Ledger {
         self.rates.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// How stale rates are treated.
+    pub fn fx(&self) -> FxRules {
+        self.fx
+    }
+
     pub fn snapshots(&self) -> &Snapshots {
         &self.snapshots
     }
@@ -465,7 +470,7 @@ impl Ledger {
     /// counts what the database holds, as a decision made now would).
     pub async fn usage(&self, agent: &Agent, cards: Vec<Card>, trace: Option<String>) -> Result<Vec<LimitUsage>> {
         let horizon = policy::horizon_ms(std::iter::once(&agent.policy).chain(cards.iter().map(|c| &c.policy)));
-        let now = jiff::Timestamp::now();
+        let now = crate::clock::now();
         let since = horizon.map(|h| now.as_millisecond().saturating_sub(h));
         let id = agent.id.clone();
         let rows = self.db.read(move |conn| crate::store::ledger::counting_since(conn, &id, since)).await?;

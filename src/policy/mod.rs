@@ -132,6 +132,22 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
         Ok(amounts) => amounts,
         Err((reason, rule)) => return Decision { rule: Some(rule), fx, ..Decision::decline(reason, None) },
     };
+    Decision { fx, ..decide(req, snap, now, amounts) }
+}
+
+/// The decision on a request whose amounts in the agent's and card's currencies are known (a
+/// backtest replays them as recorded, not at today's rates): `evaluate` without the conversion.
+pub fn evaluate_converted(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts) -> Decision {
+    let checked = status(snap, now)
+        .and_then(|()| if req.amount < 0 { deny(DeclineReason::InternalError, "request.amount") } else { Ok(()) });
+    match checked {
+        Ok(()) => decide(req, snap, now, amounts),
+        Err((reason, rule)) => Decision { rule: Some(rule), ..Decision::decline(reason, None) },
+    }
+}
+
+/// The rules after the status and the currency, with the mandates that may lift what they refuse.
+fn decide(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts) -> Decision {
     let mut trail = Trail::default();
     let (mut decline, mut rule) = match check(req, snap, now, amounts, &mut trail, None) {
         Ok(()) => (None, None),
@@ -159,7 +175,7 @@ pub fn evaluate(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp) -> Decis
         Some(DeclineReason::ApprovalRequired) => (None, trail.ask, Vec::new()),
         Some(_) => (None, None, Vec::new()),
     };
-    Decision { decline, rule, amounts: Some(amounts), fx, allowance, ask, crossed }
+    Decision { decline, rule, amounts: Some(amounts), fx: None, allowance, ask, crossed }
 }
 
 /// The request in the agent's and the card's currencies, for recording what a processor decided on
@@ -296,12 +312,7 @@ fn check(
     let named = lifted.is_some_and(|m| names_payee(m, req));
     let names_merchants = named && req.rail == Rail::Card;
     let names_hosts = named && req.rail == Rail::Usdc;
-    let mut rules = Vec::with_capacity(2);
-    if let Some(card) = snap.card {
-        rules.push(Rules { owner: "card", policy: &card.policy, amount: amounts.card.amount, currency: card.currency });
-    }
-    let agent = &snap.agent.policy;
-    rules.push(Rules { owner: "agent", policy: agent, amount: amounts.agent.amount, currency: snap.agent.currency });
+    let rules = rules_of(snap, amounts);
     let m = &req.merchant;
 
     for r in &rules {
@@ -335,7 +346,7 @@ fn check(
     // in requirements could name any address.
     if req.rail == Rail::Usdc
         && rules.iter().all(|r| r.policy.x402_pay_to().is_empty())
-        && !req.recipient.as_ref().is_some_and(|to| to.named_by == NamedBy::Server)
+        && req.recipient.as_ref().is_none_or(|to| to.named_by != NamedBy::Server)
     {
         return deny(DeclineReason::RecipientNotAllowed, "request.pay_to");
     }
@@ -403,6 +414,49 @@ fn check(
         return deny(DeclineReason::InsufficientFunds, "agent.balance");
     }
     Ok(())
+}
+
+/// The card's policy (if a card pays) and the agent's, with the request's amount in each one's currency.
+fn rules_of<'a>(snap: &Snapshot<'a>, amounts: Amounts) -> Vec<Rules<'a>> {
+    let mut rules = Vec::with_capacity(2);
+    if let Some(card) = snap.card {
+        rules.push(Rules { owner: "card", policy: &card.policy, amount: amounts.card.amount, currency: card.currency });
+    }
+    let agent = &snap.agent.policy;
+    rules.push(Rules { owner: "agent", policy: agent, amount: amounts.agent.amount, currency: snap.agent.currency });
+    rules
+}
+
+/// A limit the request falls under, and what its window holds with the request counted, in the
+/// limit's policy currency.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Load {
+    /// e.g. `agent.limit.daily`.
+    pub rule: String,
+    pub amount: i64,
+    pub amount_cap: Option<i64>,
+    pub count: i64,
+    pub count_cap: Option<i64>,
+}
+
+/// How full each limit the request falls under would be with it counted (a backtest's peak
+/// utilisation); counted as a decision counts, from the same totals.
+pub fn loads(req: &AuthRequest, snap: &Snapshot<'_>, now: Timestamp, amounts: Amounts) -> Vec<Load> {
+    let mut out = Vec::new();
+    for r in &rules_of(snap, amounts) {
+        for (index, limit) in r.policy.limits.iter().enumerate() {
+            if let Some((sum, count, _)) = window_total(index, limit, r, req, snap, now) {
+                out.push(Load {
+                    rule: format!("{}.limit.{}", r.owner, limit.id),
+                    amount: sum.saturating_add(r.amount),
+                    amount_cap: limit.amount,
+                    count: count + 1,
+                    count_cap: limit.count,
+                });
+            }
+        }
+    }
+    out
 }
 
 fn allow_block(
@@ -506,30 +560,8 @@ fn check_limit(
     now: Timestamp,
     trail: &mut Trail,
 ) -> Outcome {
-    let m: &Merchant = &req.merchant;
-    if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (m.id.as_deref(), &m.name)) {
-        return Ok(());
-    }
+    let Some((sum, count, start)) = window_total(index, limit, r, req, snap, now) else { return Ok(()) };
     let card_id = snap.card.map(|c| &c.id);
-    let in_scope: Box<dyn Fn(&Spend) -> bool> = match limit.scope {
-        Scope::Agent => Box::new(|_| true),
-        Scope::Card => match card_id {
-            Some(id) => Box::new(move |s: &Spend| s.card_id.as_deref() == Some(id.as_str())),
-            None => return Ok(()),
-        },
-        Scope::Trace => match &req.trace_id {
-            Some(trace) => Box::new(move |s: &Spend| s.trace_id.as_deref() == Some(trace.as_str())),
-            None => return Ok(()),
-        },
-    };
-    let start = window::start_ms(&limit.window, now);
-    let owner = if r.owner == "card" { snap.card.map(|c| c.id.as_str()) } else { None };
-    let kept =
-        snap.totals.zip(totals::key_for(index, limit, owner, snap.card, req)).and_then(|(t, k)| t.get(&k, start));
-    let (sum, count) = kept.unwrap_or_else(|| {
-        let c = counted(limit, r.currency, snap, start, in_scope);
-        (c.amount, c.count)
-    });
     let crosses = |extra_amount: i64, extra_count: i64| {
         if limit.amount.is_some_and(|cap| sum.saturating_add(r.amount) > cap.saturating_add(extra_amount)) {
             Some(DeclineReason::LimitExceeded)
@@ -577,6 +609,42 @@ fn check_limit(
         return deny(DeclineReason::ApprovalRequired, rule);
     }
     deny(reason, rule)
+}
+
+/// What the limit's window holds before the request (sum in the policy currency, count) and when
+/// the window starts; None when the request is not under the limit (its filters or scope).
+fn window_total(
+    index: usize,
+    limit: &Limit,
+    r: &Rules<'_>,
+    req: &AuthRequest,
+    snap: &Snapshot<'_>,
+    now: Timestamp,
+) -> Option<(i64, i64, i64)> {
+    let m: &Merchant = &req.merchant;
+    if !matches_filters(limit, snap.catalog, req.rail, m.mcc.as_deref(), (m.id.as_deref(), &m.name)) {
+        return None;
+    }
+    let in_scope: Box<dyn Fn(&Spend) -> bool> = match limit.scope {
+        Scope::Agent => Box::new(|_| true),
+        Scope::Card => {
+            let id = &snap.card?.id;
+            Box::new(move |s: &Spend| s.card_id.as_deref() == Some(id.as_str()))
+        }
+        Scope::Trace => {
+            let trace = req.trace_id.as_ref()?;
+            Box::new(move |s: &Spend| s.trace_id.as_deref() == Some(trace.as_str()))
+        }
+    };
+    let start = window::start_ms(&limit.window, now);
+    let owner = if r.owner == "card" { snap.card.map(|c| c.id.as_str()) } else { None };
+    let kept =
+        snap.totals.zip(totals::key_for(index, limit, owner, snap.card, req)).and_then(|(t, k)| t.get(&k, start));
+    let (sum, count) = kept.unwrap_or_else(|| {
+        let c = counted(limit, r.currency, snap, start, in_scope);
+        (c.amount, c.count)
+    });
+    Some((sum, count, start))
 }
 
 /// What a limit's window counts from `start_ms` on, among the spends `in_scope`.

@@ -414,6 +414,9 @@ mod tests {
             approval_id: None,
             fx_source: None,
             chain_n: 1,
+            recipient: None,
+            recipient_named_by: None,
+            max_amount: None,
         };
         assert_eq!(keys(authorization.content()), listed("authorization"));
     }

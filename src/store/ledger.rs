@@ -9,7 +9,7 @@ use super::prepared::{ByExternalKeys, InsertAuthorizations, SaveLedger, SaveLedg
 use super::schema::{agents, authorizations, transfers};
 use super::{DbConnection, chain};
 use crate::audit::chain::Head;
-use crate::domain::authorization::Rail;
+use crate::domain::authorization::{NamedBy, Rail};
 use crate::domain::ids::{AgentId, AuthorizationId};
 pub use crate::domain::ledger::Balance;
 use crate::domain::ledger::{HoldStatus, Source, TransferKind};
@@ -56,6 +56,16 @@ pub struct AuthorizationRow {
     pub fx_source: Option<String>,
     /// The audit chain's link that this write of the row made (`store::chain`).
     pub chain_n: i64,
+    // What a USDC payment's request named besides its price. Left out of the chain's content when
+    // NULL, so that rows written before these columns hash as they did.
+    /// The CAIP-10 account paid, and who named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient_named_by: Option<NamedBy>,
+    /// The ceiling the caller set on this one request, in the agent's currency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_amount: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, Serialize)]

@@ -6,11 +6,14 @@
 
 pub mod agents;
 pub mod approvals;
+pub mod backtests;
 pub mod cards;
 pub mod chain;
 pub mod events;
+pub mod history;
 pub mod keys;
 pub mod ledger;
+pub mod policies;
 mod prepared;
 pub mod reports;
 mod schema;
@@ -589,10 +592,9 @@ fn names(versions: Vec<diesel::migration::MigrationVersion<'_>>) -> Vec<String> 
     versions.into_iter().map(|v| v.to_string()).collect()
 }
 
-/// The current time at the precision it is stored with (milliseconds), so that what a write
-/// returns equals what a later read returns.
+/// The current time at the precision it is stored with (see `clock`).
 pub fn now() -> jiff::Timestamp {
-    from_millis(jiff::Timestamp::now().as_millisecond()).expect("the clock is within range")
+    crate::clock::now()
 }
 
 /// Milliseconds since the Unix epoch, as stored.

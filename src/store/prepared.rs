@@ -17,6 +17,7 @@ use diesel::sqlite::Sqlite;
 use super::chain::LinkRow;
 use super::ledger::{AgentLedger, AuthorizationRow};
 use super::schema::authorizations;
+use crate::domain::authorization::NamedBy;
 use crate::domain::ids::AgentId;
 use crate::domain::ledger::Source;
 
@@ -156,6 +157,7 @@ impl QueryFragment<Pg> for ByExternalKeys<'_> {
 type TextColumn = (&'static str, fn(&AuthorizationRow) -> &str);
 type NullableTextColumn = (&'static str, fn(&AuthorizationRow) -> Option<&str>);
 type BigIntColumn = (&'static str, fn(&AuthorizationRow) -> i64);
+type NullableBigIntColumn = (&'static str, fn(&AuthorizationRow) -> Option<i64>);
 
 /// The columns of `authorizations`, by type: every one is inserted.
 const TEXT: [TextColumn; 10] = [
@@ -170,7 +172,7 @@ const TEXT: [TextColumn; 10] = [
     ("card_currency", |r| &r.card_currency),
     ("merchant_name", |r| &r.merchant_name),
 ];
-const NULLABLE_TEXT: [NullableTextColumn; 11] = [
+const NULLABLE_TEXT: [NullableTextColumn; 13] = [
     ("card_id", |r| r.card_id.as_deref()),
     ("reason", |r| r.reason.as_deref()),
     ("rule", |r| r.rule.as_deref()),
@@ -182,6 +184,8 @@ const NULLABLE_TEXT: [NullableTextColumn; 11] = [
     ("trace_id", |r| r.trace_id.as_deref()),
     ("approval_id", |r| r.approval_id.as_deref()),
     ("fx_source", |r| r.fx_source.as_deref()),
+    ("recipient", |r| r.recipient.as_deref()),
+    ("recipient_named_by", |r| r.recipient_named_by.map(NamedBy::as_str)),
 ];
 const BIGINT: [BigIntColumn; 12] = [
     ("amount", |r| r.amount),
@@ -197,12 +201,14 @@ const BIGINT: [BigIntColumn; 12] = [
     ("updated_at", |r| r.updated_at),
     ("chain_n", |r| r.chain_n),
 ];
+const NULLABLE_BIGINT: [NullableBigIntColumn; 1] = [("max_amount", |r| r.max_amount)];
 
 /// New authorizations inserted on PostgreSQL in one statement, one array per column.
 pub(super) struct InsertAuthorizations<'a> {
     text: Vec<Vec<&'a str>>,
     nullable_text: Vec<Vec<Option<&'a str>>>,
     bigint: Vec<Vec<i64>>,
+    nullable_bigint: Vec<Vec<Option<i64>>>,
 }
 
 impl<'a> InsertAuthorizations<'a> {
@@ -211,6 +217,7 @@ impl<'a> InsertAuthorizations<'a> {
             text: TEXT.iter().map(|(_, get)| rows.iter().map(get).collect()).collect(),
             nullable_text: NULLABLE_TEXT.iter().map(|(_, get)| rows.iter().map(get).collect()).collect(),
             bigint: BIGINT.iter().map(|(_, get)| rows.iter().map(get).collect()).collect(),
+            nullable_bigint: NULLABLE_BIGINT.iter().map(|(_, get)| rows.iter().map(get).collect()).collect(),
         }
     }
 }
@@ -222,7 +229,8 @@ impl QueryId for InsertAuthorizations<'_> {
 
 impl QueryFragment<Pg> for InsertAuthorizations<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let names = TEXT.iter().map(|c| c.0).chain(NULLABLE_TEXT.iter().map(|c| c.0)).chain(BIGINT.iter().map(|c| c.0));
+        let names = TEXT.iter().map(|c| c.0).chain(NULLABLE_TEXT.iter().map(|c| c.0));
+        let names = names.chain(BIGINT.iter().map(|c| c.0)).chain(NULLABLE_BIGINT.iter().map(|c| c.0));
         out.push_sql("INSERT INTO authorizations (");
         out.push_sql(&names.collect::<Vec<_>>().join(", "));
         out.push_sql(") SELECT * FROM unnest(");
@@ -241,6 +249,11 @@ impl QueryFragment<Pg> for InsertAuthorizations<'_> {
         for column in &self.bigint {
             out.push_sql(separator);
             out.push_bind_param::<Array<BigInt>, _>(column)?;
+            out.push_sql("::bigint[]");
+        }
+        for column in &self.nullable_bigint {
+            out.push_sql(separator);
+            out.push_bind_param::<Array<Nullable<BigInt>>, _>(column)?;
             out.push_sql("::bigint[]");
         }
         out.push_sql(")");
@@ -394,6 +407,9 @@ mod tests {
             updated_at: 2_000 + n,
             approval_id: None,
             chain_n: 20 + n,
+            recipient: some("eip155:8453:0xab"),
+            recipient_named_by: optional.then_some(crate::domain::authorization::NamedBy::Server),
+            max_amount: optional.then_some(700 + n),
         }
     }
 

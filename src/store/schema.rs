@@ -106,6 +106,9 @@ diesel::table! {
         approval_id -> Nullable<Text>,
         fx_source -> Nullable<Text>,
         chain_n -> BigInt,
+        recipient -> Nullable<Text>,
+        recipient_named_by -> Nullable<Text>,
+        max_amount -> Nullable<BigInt>,
     }
 }
 
@@ -145,6 +148,52 @@ diesel::table! {
         purpose -> Nullable<Text>,
         hosts -> Nullable<Text>,
         merchants -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    policy_versions (id) {
+        id -> Text,
+        agent_id -> Text,
+        card_id -> Nullable<Text>,
+        number -> Nullable<BigInt>,
+        state -> Text,
+        shadow -> Bool,
+        policy -> Text,
+        reason -> Nullable<Text>,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+        decided_by -> Nullable<Text>,
+        decided_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    shadow_disagreements (id) {
+        id -> Text,
+        version_id -> Text,
+        authorization_id -> Text,
+        agent_id -> Text,
+        live_reason -> Nullable<Text>,
+        live_rule -> Nullable<Text>,
+        shadow_reason -> Nullable<Text>,
+        shadow_rule -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    backtests (id) {
+        id -> Text,
+        spec -> Text,
+        status -> Text,
+        replayed -> BigInt,
+        total -> BigInt,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
     }
 }
 
@@ -267,10 +316,13 @@ diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
     approvals,
     audit_checkpoints,
+    backtests,
     chain_links,
     cards,
     events,
     authorizations,
+    policy_versions,
+    shadow_disagreements,
     transfers,
     wallets,
     webhook_cursors,

@@ -8,7 +8,8 @@ use diesel::expression::AsExpression;
 use diesel::sql_types::Text;
 
 use crate::domain::audit::RecordKind;
-use crate::domain::authorization::Rail;
+use crate::domain::authorization::{NamedBy, Rail};
+use crate::domain::backtest::{BacktestStatus, PolicyState};
 use crate::domain::ledger::{HoldStatus, PaymentProtocol, PaymentStatus, Source, TransferKind};
 use crate::domain::webhook::{DeliveryStatus, EndpointFormat, EventType};
 
@@ -32,6 +33,16 @@ macro_rules! stored_as_text {
 
             fn build(row: Self) -> deserialize::Result<Self> {
                 Ok(row)
+            }
+        }
+
+        // For a nullable column (`Option<$t>`), which diesel binds by value.
+        impl<DB: Backend> diesel::serialize::ToSql<Text, DB> for $t
+        where
+            str: diesel::serialize::ToSql<Text, DB>,
+        {
+            fn to_sql<'b>(&'b self, out: &mut diesel::serialize::Output<'b, '_, DB>) -> diesel::serialize::Result {
+                self.as_str().to_sql(out)
             }
         }
 
@@ -60,6 +71,9 @@ stored_as_text!(
     Source,
     PaymentStatus,
     Rail,
+    NamedBy,
+    PolicyState,
+    BacktestStatus,
     RecordKind,
     EventType,
     DeliveryStatus,

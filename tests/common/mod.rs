@@ -286,6 +286,25 @@ impl TestApp {
         one.value
     }
 
+    /// Every row of `sql`, which selects one text column named `value`, read from outside the server.
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let query = diesel::sql_query(sql);
+        let rows: Vec<Row> = match &self.storage {
+            Storage::Sqlite(dir) => {
+                let path = dir.path().join("nested/dir/spendgate.db");
+                query.load(&mut SqliteConnection::establish(path.to_str().unwrap()).expect("connect"))
+            }
+            Storage::Postgres { .. } => query.load(&mut PgConnection::establish(&self.database_url).expect("connect")),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.into_iter().map(|r| r.value).collect()
+    }
+
     /// The one number `sql` selects.
     pub fn scalar(&self, sql: &str) -> i64 {
         self.text(sql).parse().expect("a number")

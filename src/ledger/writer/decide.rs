@@ -9,7 +9,6 @@ use std::time::Instant;
 use super::{AbandonCmd, AuthorizeCmd, Locked, Recorded, Writer};
 use crate::cache::{self, Versioned};
 use crate::domain::agent::Agent;
-use crate::domain::approval::Allowance;
 use crate::domain::authorization::{AuthRequest, Crossed, Decision, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::event::Event;
@@ -96,19 +95,7 @@ impl Writer {
         }
         let book = &*book;
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let allowances: Vec<Allowance> = agent
-            .value
-            .allowances
-            .iter()
-            .filter(|a| !(a.single_use && book.approval_used(&a.approval_id)))
-            .map(|a| {
-                let mut a = a.clone();
-                if let Some(mandate) = &mut a.mandate {
-                    mandate.used = book.approval_spent(&a.approval_id);
-                }
-                a
-            })
-            .collect();
+        let allowances = book.allowances(&agent.value.allowances);
         let snap = Snapshot {
             agent: &agent.value,
             card,
@@ -340,8 +327,11 @@ fn new_row(
         updated_at: now_ms,
         approval_id: decision.allowance.clone(),
         chain_n: 0,
+        recipient: req.recipient.as_ref().map(|r| r.account.clone()),
+        recipient_named_by: req.recipient.as_ref().map(|r| r.named_by),
+        max_amount: req.max_amount,
     };
-    super::lifecycle::set_hold(&mut row, hold);
+    crate::ledger::book::set_hold(&mut row, hold);
     row
 }
 

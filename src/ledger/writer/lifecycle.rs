@@ -10,6 +10,7 @@ use crate::domain::ledger::{Balance, HoldStatus, TransferKind};
 use crate::domain::money::Currency;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::Movement;
+use crate::ledger::book::set_hold;
 use crate::ledger::core::{self, Hold, Moved, Refusal, Release};
 use crate::ledger::views::{AuthorizationView, LifecycleOutcome, TransferView};
 use crate::store::DbConnection;
@@ -214,19 +215,6 @@ fn hold_of(row: &AuthorizationRow) -> Hold {
         counted_card: row.counted_card,
         refunded: row.refunded,
     }
-}
-
-/// The hold, back on its row.
-pub(super) fn set_hold(row: &mut AuthorizationRow, hold: &Hold) {
-    let Hold { status, cap_amount, card_amount, held, posted, counted, counted_card, refunded } = *hold;
-    row.status = status;
-    row.cap_amount = cap_amount;
-    row.card_amount = card_amount;
-    row.held = held;
-    row.posted = posted;
-    row.counted = counted;
-    row.counted_card = counted_card;
-    row.refunded = refunded;
 }
 
 /// A refusal of the core, as the API says it.

@@ -45,7 +45,7 @@ impl Usdc {
         self.agent_exists(agent).await?;
         let row = self.wallet_row(agent).await?;
         let wallet = master.open(agent, &row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
-        let mut event = Event::new(agent, None, "wallet_exported", actor, jiff::Timestamp::now());
+        let mut event = Event::new(agent, None, "wallet_exported", actor, crate::clock::now());
         event.data = Some(serde_json::json!({"address": row.address}));
         self.inner.records.record(event).await?;
         tracing::warn!(target: "security", agent = %agent, address = %row.address, key = %actor, "wallet key exported");
