@@ -119,5 +119,6 @@ pub fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Versio
     let Some(version) = store::ledger::config_version(conn, id)? else { return Ok(None) };
     let Some(mut value) = store::agents::find(conn, id)? else { return Ok(None) };
     value.allowances = store::approvals::allowances(conn, id, store::now().as_millisecond())?;
+    value.shadows = store::policies::shadows(conn, id)?;
     Ok(Some(Versioned { value, version }))
 }

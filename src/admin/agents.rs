@@ -79,6 +79,7 @@ impl Admin {
             created_at: now,
             updated_at: now,
             allowances: Vec::new(),
+            shadows: Vec::new(),
         };
         let event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
         let stored = agent.clone();

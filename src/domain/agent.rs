@@ -48,4 +48,16 @@ pub struct Agent {
     /// What people approved past these rules and is still in force; loaded for decisions only.
     #[serde(skip)]
     pub allowances: Vec<Allowance>,
+    /// Drafts of its own policy or its cards' in shadow: evaluated beside each decision, deciding
+    /// nothing; loaded for decisions only.
+    #[serde(skip)]
+    pub shadows: Vec<Shadow>,
+}
+
+/// A draft in shadow: the policy it would put in place of the agent's (`card_id` None) or a card's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shadow {
+    pub version_id: String,
+    pub card_id: Option<super::ids::CardId>,
+    pub policy: Policy,
 }

@@ -42,6 +42,7 @@ impl World {
             created_at: now,
             updated_at: now,
             allowances: Vec::new(),
+            shadows: Vec::new(),
         };
         let card = Card {
             id: CardId::generate(),
@@ -74,6 +75,7 @@ impl World {
             rates,
             fx,
             allowances: Vec::new(),
+            shadows: Vec::new(),
         }
     }
 

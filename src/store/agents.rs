@@ -33,6 +33,7 @@ impl AgentRow {
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
             allowances: Vec::new(),
+            shadows: Vec::new(),
         })
     }
 }

@@ -6,8 +6,9 @@ use diesel::prelude::*;
 use super::agents::policy_json;
 use super::schema::{policy_versions, shadow_disagreements};
 use super::{DbConnection, MultiBackend};
+use crate::domain::agent::Shadow;
 use crate::domain::backtest::PolicyState;
-use crate::domain::ids::{AgentId, PolicyVersionId};
+use crate::domain::ids::{AgentId, CardId, PolicyVersionId};
 use crate::domain::policy::Policy;
 use crate::error::Result;
 
@@ -181,13 +182,22 @@ pub fn discard(conn: &mut DbConnection, id: &str, by: &str, now_ms: i64) -> Resu
 }
 
 /// The agent's drafts in shadow (its own and its cards').
-pub fn shadows(conn: &mut DbConnection, agent: &AgentId) -> Result<Vec<VersionRow>> {
-    Ok(policy_versions::table
+pub fn shadows(conn: &mut DbConnection, agent: &AgentId) -> Result<Vec<Shadow>> {
+    let rows: Vec<VersionRow> = policy_versions::table
         .filter(policy_versions::agent_id.eq(agent.as_str()))
         .filter(policy_versions::state.eq(PolicyState::Draft))
         .filter(policy_versions::shadow.eq(true))
         .select(VersionRow::as_select())
-        .load(conn)?)
+        .load(conn)?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(Shadow {
+                policy: serde_json::from_str(&row.policy).map_err(|_| super::corrupt("policy", &row.id))?,
+                card_id: row.card_id.map(CardId::from_stored),
+                version_id: row.id,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

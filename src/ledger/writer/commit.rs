@@ -124,6 +124,7 @@ impl Writer {
                 touched.iter().for_each(|a| drop(self.books.remove(a)));
                 self.unwritten.clear();
                 self.unwritten_payments.clear();
+                self.disagreements.clear();
                 self.links.clear();
                 self.asked.clear();
                 if batch.len() > 1 {

@@ -12,7 +12,7 @@ use crate::domain::agent::Agent;
 use crate::domain::authorization::{AuthRequest, Crossed, Decision, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, AuthorizationId, CardId};
+use crate::domain::ids::{AgentId, AuthorizationId, CardId, DisagreementId};
 use crate::domain::ledger::{Balance, HoldStatus};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ledger::core::{Hold, Release};
@@ -21,6 +21,7 @@ use crate::ledger::{Authorize, Payer, Verdict};
 use crate::policy::{self, Snapshot};
 use crate::store::approvals::Asking;
 use crate::store::ledger::AuthorizationRow;
+use crate::store::policies::DisagreementRow;
 use crate::store::{self, DbConnection};
 
 /// The agent and, for a card payment, the card, as of the locked version.
@@ -113,6 +114,10 @@ impl Writer {
             None if Instant::now() > c.deadline => Decision::decline(DeclineReason::Timeout, None),
             None => policy::evaluate(request, &snap, now),
         };
+        let shadowed = match c.verdict {
+            None if !c.dry_run && Instant::now() <= c.deadline => shadow_decisions(request, &snap, now),
+            _ => Vec::new(),
+        };
         let trace = request.trace_id.clone();
         if c.dry_run {
             // Held on a copy of the balance: nothing is recorded, so there is nothing to name either
@@ -150,6 +155,21 @@ impl Writer {
         }
         self.chain(l, &mut row);
         self.unwritten.push(row.clone());
+        for (version_id, shadow) in
+            shadowed.into_iter().filter(|(_, s)| s.decline != decision.decline || s.rule != decision.rule)
+        {
+            self.disagreements.push(DisagreementRow {
+                id: DisagreementId::generate().to_string(),
+                version_id,
+                authorization_id: row.id.clone(),
+                agent_id: row.agent_id.clone(),
+                live_reason: decision.decline.map(|r| r.as_str().to_owned()),
+                live_rule: decision.rule.clone(),
+                shadow_reason: shadow.decline.map(|r| r.as_str().to_owned()),
+                shadow_rule: shadow.rule,
+                created_at: now.as_millisecond(),
+            });
+        }
         let mut payment_stored = false;
         if decision.approved() {
             if let Some(book) = self.books.get_mut(agent_id) {
@@ -272,6 +292,27 @@ impl Writer {
         recorded.insert(key, row);
         Ok(())
     }
+}
+
+/// What each draft in shadow that covers the request decides: the agent's policy, or this card's,
+/// replaced by the draft. Its windows are counted by a scan: the running totals sum the live rules.
+fn shadow_decisions(request: &AuthRequest, snap: &Snapshot<'_>, now: jiff::Timestamp) -> Vec<(String, Decision)> {
+    let mut out = Vec::new();
+    for shadow in &snap.agent.shadows {
+        let decision = match (&shadow.card_id, snap.card) {
+            (None, _) => {
+                let agent = Agent { policy: shadow.policy.clone(), ..snap.agent.clone() };
+                policy::evaluate(request, &Snapshot { agent: &agent, totals: None, ..*snap }, now)
+            }
+            (Some(id), Some(card)) if *id == card.id => {
+                let card = Card { policy: shadow.policy.clone(), ..card.clone() };
+                policy::evaluate(request, &Snapshot { card: Some(&card), totals: None, ..*snap }, now)
+            }
+            _ => continue,
+        };
+        out.push((shadow.version_id.clone(), decision));
+    }
+    out
 }
 
 /// The decision's hold: an approval holds its amount in `balance`; a decline holds nothing.

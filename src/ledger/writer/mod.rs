@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::policy::FxRules;
 use crate::store::chain::{Chained, LinkRow};
 use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow};
+use crate::store::policies::DisagreementRow;
 use crate::store::x402::PaymentRow;
 use crate::store::{self, Db, DbConnection};
 
@@ -130,6 +131,8 @@ struct Writer {
     unwritten: Vec<AuthorizationRow>,
     /// Payments approved in this batch, inserted right after their holds.
     unwritten_payments: Vec<PaymentRow>,
+    /// Where drafts in shadow decided this batch's authorizations otherwise, inserted with them.
+    disagreements: Vec<DisagreementRow>,
     /// The audit chain's links of this batch's writes, inserted with its authorizations.
     links: Vec<LinkRow>,
     approval_ttl_ms: i64,
@@ -162,6 +165,7 @@ pub(super) fn spawn(
         books: HashMap::new(),
         unwritten: Vec::new(),
         unwritten_payments: Vec::new(),
+        disagreements: Vec::new(),
         links: Vec::new(),
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
@@ -310,6 +314,7 @@ impl Writer {
         for payment in std::mem::take(&mut self.unwritten_payments) {
             store::x402::insert(conn, &payment)?;
         }
+        store::policies::insert_disagreements(conn, &std::mem::take(&mut self.disagreements))?;
         store::chain::insert_links(conn, &std::mem::take(&mut self.links))
     }
 
