@@ -75,7 +75,6 @@ impl World {
             rates,
             fx,
             allowances: Vec::new(),
-            shadows: Vec::new(),
         }
     }
 
