@@ -555,3 +555,51 @@ fn the_cost_per_trace_and_service_is_one_command() {
     assert!(shown.contains("BROKEN: 1 chain(s)") && shown.contains("record_altered"), "{shown}");
     assert!(String::from_utf8_lossy(&broken.stderr).contains("the audit trail is broken"), "{broken:?}");
 }
+
+#[test]
+fn a_policy_change_is_drafted_backtested_shadowed_and_promoted_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let env =
+        [("SPENDGATE_BOOTSTRAP_ADMIN_KEY", OWNER), ("SPENDGATE_WEBHOOK_SECRET", "whsec_cli_native_0123456789abcdef")];
+    let server = serve(dir.path(), &[], &env);
+    let run = |args: &[&str]| cli_with(&server.base, &env, args);
+    let agent = json_of(&run(&["agents", "create", "--name", "infra-bot", "--json"]));
+    let agent = agent["id"].as_str().unwrap();
+    text_of(&run(&["fund", agent, "--amount", "500"]));
+    let five = r#"{"limits": [{"id": "hourly", "scope": "card", "window": {"rolling": "1h"}, "count": 5}]}"#;
+    let card = json_of(&run(&["cards", "issue", "--agent", agent, "--label", "aws", "--policy", five, "--json"]));
+    let card = card["id"].as_str().unwrap();
+    for _ in 0..4 {
+        let out =
+            text_of(&run(&["authorize", "--card", card, "--amount", "10", "--merchant", "AWS", "--trace", "PR-4823"]));
+        assert!(out.starts_with("approved"), "{out}");
+    }
+
+    let two = five.replace("\"count\": 5", "\"count\": 2");
+    let drafted = text_of(&run(&["policy", "draft", "--card", card, &two, "--reason", "a loop spent $40 in an hour"]));
+    assert!(drafted.contains("limits.hourly.count: 5 -> 2"), "{drafted}");
+    assert_eq!(text_of(&run(&["policy", "diff", "--card", card])), drafted);
+
+    let report = text_of(&run(&["policy", "backtest", "--card", card, "--since", "1d"]));
+    assert!(
+        report.contains("this draft would have declined 2 that were approved, 20.00 USD in all, 2 of them on trace PR-4823 (most at aws)"),
+        "{report}"
+    );
+    assert!(report.contains("velocity_exceeded card.limit.hourly"), "{report}");
+
+    text_of(&run(&["policy", "shadow", "--card", card, "on"]));
+    let live = text_of(&run(&["authorize", "--card", card, "--amount", "10", "--merchant", "AWS"]));
+    assert!(live.starts_with("approved"), "the draft in shadow decides nothing: {live}");
+    let shadow = text_of(&run(&["policy", "shadow", "--card", card, "report"]));
+    assert!(shadow.contains("would have declined 1 that were approved, 10.00 USD in all"), "{shadow}");
+
+    let promoted = json_of(&run(&["policy", "promote", "--card", card, "--reason", "tighten", "--json"]));
+    assert_eq!((promoted["state"].as_str(), promoted["number"].as_i64()), (Some("live"), Some(2)));
+    let declined = text_of(&run(&["authorize", "--card", card, "--amount", "10", "--merchant", "AWS"]));
+    assert!(declined.starts_with("declined: velocity_exceeded"), "{declined}");
+    let versions = text_of(&run(&["policy", "versions", "--card", card]));
+    assert!(
+        versions.contains("live") && versions.contains("superseded") && versions.contains("2 row(s)"),
+        "{versions}"
+    );
+}

@@ -170,6 +170,80 @@ pub enum PolicyCommand {
         of: Owner,
         policy: String,
     },
+    /// Save a draft beside the live policy (JSON, or @FILE); it decides nothing until promoted.
+    Draft {
+        #[command(flatten)]
+        of: Owner,
+        policy: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// What the draft changes in the live policy.
+    Diff {
+        #[command(flatten)]
+        of: Owner,
+    },
+    /// Replay the draft (or another policy) over recorded decisions and say what it would have
+    /// changed; waits for the report unless --no-wait.
+    Backtest {
+        #[command(flatten)]
+        of: Owner,
+        /// More cards (or agents) to apply the same draft to, e.g. every card of a template.
+        #[arg(long = "also")]
+        also: Vec<String>,
+        /// A policy document (JSON, or @FILE) instead of the saved draft.
+        #[arg(long, conflicts_with_all = ["template", "recorded"])]
+        policy: Option<String>,
+        /// A policy template's name instead of the saved draft.
+        #[arg(long, conflicts_with = "recorded")]
+        template: Option<String>,
+        /// The rules as they were: reproduces history (a check that the replay is faithful).
+        #[arg(long)]
+        recorded: bool,
+        /// The span until now replayed: `7d`, `24h`, `2w` (default 7d).
+        #[arg(long, conflicts_with = "from", default_value = "7d")]
+        since: String,
+        /// From this time (RFC 3339), inclusive.
+        #[arg(long)]
+        from: Option<String>,
+        /// Until this time (RFC 3339), exclusive; default now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the backtest's id and return; `policy backtests --id` shows it later.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A backtest's progress or report, by id.
+    Backtests {
+        #[arg(long)]
+        id: String,
+    },
+    /// Put the draft in shadow (`on`), take it out (`off`), or show what it disagreed with (`report`).
+    Shadow {
+        #[command(flatten)]
+        of: Owner,
+        #[arg(value_parser = ["on", "off", "report"])]
+        action: String,
+    },
+    /// Make the draft the live policy.
+    Promote {
+        #[command(flatten)]
+        of: Owner,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put the draft away.
+    Discard {
+        #[command(flatten)]
+        of: Owner,
+        #[arg(long)]
+        reason: String,
+    },
+    /// The policy's versions, newest first.
+    Versions {
+        #[command(flatten)]
+        of: Owner,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -694,6 +768,7 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
                 let document = read_policy(&policy)?;
                 (client.put(&format!("{}/policy", client.owner_path(&of).await?), document).await?, View::Json)
             }
+            command => policy_change(client, command).await?,
         },
         Command::Trace { command } => {
             let (card, trace) = match command {
@@ -773,6 +848,78 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
                                   "trace_id": trace, "max_amount": max_amount});
             let key = idempotency_key.unwrap_or_else(|| new_id("cli"));
             (fetch(client, &format!("{path}/x402/fetch"), &key, request).await?, View::Json)
+        }
+    })
+}
+
+/// Drafts, their diff, backtests, shadow and promotion.
+async fn policy_change(client: &Client, command: PolicyCommand) -> anyhow::Result<(Value, View)> {
+    use reqwest::Method;
+    let policies = |of: &Owner| -> anyhow::Result<String> {
+        match (&of.agent, &of.card) {
+            (Some(id), None) | (None, Some(id)) => Ok(format!("/v1/policies/{}", segment(id))),
+            _ => anyhow::bail!("name one of --agent or --card"),
+        }
+    };
+    Ok(match command {
+        PolicyCommand::Get { .. } | PolicyCommand::Set { .. } => unreachable!("answered by `execute`"),
+        PolicyCommand::Draft { of, policy, reason } => {
+            let body = json!({"policy": read_policy(&policy)?, "reason": reason});
+            (client.put(&format!("{}/draft", policies(&of)?), body).await?, View::Draft)
+        }
+        PolicyCommand::Diff { of } => (client.get(&format!("{}/draft", policies(&of)?)).await?, View::Draft),
+        PolicyCommand::Backtest { of, also, policy, template, recorded, since, from, to, no_wait } => {
+            let mut targets = vec![policies(&of)?.trim_start_matches("/v1/policies/").to_owned()];
+            targets.extend(also);
+            let from = match from {
+                Some(from) => from,
+                None => since_time(&since, jiff::Zoned::now())?.to_string(),
+            };
+            let mut body = json!({"targets": targets, "from": from});
+            match (policy, template, recorded) {
+                (Some(p), _, _) => body["policy"] = read_policy(&p)?,
+                (_, Some(name), _) => body["template"] = json!(name),
+                (_, _, true) => body["policy"] = json!("recorded"),
+                _ => {}
+            }
+            if let Some(to) = to {
+                body["to"] = json!(to);
+            }
+            let started = client.post("/v1/backtests", body).await?;
+            if no_wait {
+                return Ok((started, View::Record));
+            }
+            let path = format!("/v1/backtests/{}", segment(started["id"].as_str().unwrap_or_default()));
+            loop {
+                let now = client.get(&path).await?;
+                if now["status"] != "running" {
+                    eprintln!();
+                    break (now, View::Backtest);
+                }
+                eprint!("\rreplayed {} of {} decisions", now["replayed"], now["total"]);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        PolicyCommand::Backtests { id } => {
+            (client.get(&format!("/v1/backtests/{}", segment(&id))).await?, View::Backtest)
+        }
+        PolicyCommand::Shadow { of, action } => {
+            let path = format!("{}/draft/shadow", policies(&of)?);
+            match action.as_str() {
+                "report" => (json!({"report": client.get(&path).await?}), View::Backtest),
+                on => (client.put(&path, json!({"shadow": on == "on"})).await?, View::Record),
+            }
+        }
+        PolicyCommand::Promote { of, reason } => {
+            let path = format!("{}/draft/promote", policies(&of)?);
+            (client.post(&path, json!({"reason": reason})).await?, View::Record)
+        }
+        PolicyCommand::Discard { of, reason } => {
+            let path = format!("{}/draft", policies(&of)?);
+            (client.call(Method::DELETE, &path, Some(json!({"reason": reason}))).await?, View::Record)
+        }
+        PolicyCommand::Versions { of } => {
+            (client.get(&format!("{}/versions?limit=500", policies(&of)?)).await?, View::Versions)
         }
     })
 }

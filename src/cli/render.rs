@@ -68,6 +68,12 @@ pub(super) enum View {
     /// An audit verification: what was walked, and each broken link.
     Verification,
     Checkpoints,
+    /// A draft: what it changes in the live policy.
+    Draft,
+    /// A backtest (or a shadow's report): what the draft would have changed, in words.
+    Backtest,
+    /// A policy's versions.
+    Versions,
     /// The command wrote its output itself.
     Nothing,
 }
@@ -169,6 +175,16 @@ pub(super) fn render(value: &Value, view: View) -> String {
             ("digest", |r| cell(&r["digest"])),
             ("signer", |r| cell(&r["signer"])),
         ],
+        View::Versions => &[
+            ("id", |r| cell(&r["id"])),
+            ("number", |r| cell(&r["number"])),
+            ("state", |r| if r["shadow"] == true { "draft (shadow)".to_owned() } else { cell(&r["state"]) }),
+            ("created_at", |r| cell(&r["created_at"])),
+            ("by", |r| cell(&r["created_by"])),
+            ("reason", |r| cell(&r["reason"])),
+        ],
+        View::Draft => return draft(value),
+        View::Backtest => return backtest(value),
         View::Outcome => return describe_outcome(value),
         View::Spend => return spend(value),
         View::Verification => return verification(value),
@@ -276,6 +292,109 @@ fn spend(report: &Value) -> String {
         .collect();
     let rates = if rates.is_empty() { String::new() } else { format!("converted: {}\n", rates.join(", ")) };
     format!("{table}\n{} group(s), amounts in {}\n{rates}", groups.len(), cell(&report["currency"]))
+}
+
+/// A draft's changes, one line each: `limits.hourly.count: 10 -> 5`.
+fn draft(value: &Value) -> String {
+    let shown = |v: &Value| if v.is_null() { "(none)".to_owned() } else { v.to_string() };
+    let mut out = format!(
+        "draft {} of live version {}{}\n",
+        cell(&value["draft"]["id"]),
+        cell(&value["live"]["number"]),
+        if value["draft"]["shadow"] == true { ", in shadow" } else { "" }
+    );
+    let diff = value["diff"].as_array().cloned().unwrap_or_default();
+    if diff.is_empty() {
+        out.push_str("  no change\n");
+    }
+    for d in diff {
+        out.push_str(&format!("  {}: {} -> {}\n", cell(&d["path"]), shown(&d["live"]), shown(&d["draft"])));
+    }
+    out
+}
+
+/// Money per currency, as a sum in words: `$1,240.00` or `$12.00 and €3.00`.
+fn tally(amounts: &Value) -> String {
+    let parts: Vec<String> = amounts
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(currency, amount)| money(&json!({"amount": amount, "currency": currency})))
+        .collect();
+    if parts.is_empty() { "nothing".to_owned() } else { parts.join(" and ") }
+}
+
+/// A backtest for people: what the draft would have declined, how much, where; then the rest.
+fn backtest(value: &Value) -> String {
+    let r = &value["report"];
+    let mut out = String::new();
+    if let Some(id) = value["id"].as_str() {
+        let spec = &value["spec"];
+        out.push_str(&format!(
+            "backtest {id} ({}): {} to {}\n",
+            cell(&value["status"]),
+            cell(&spec["from"]),
+            cell(&spec["to"])
+        ));
+        if value["status"] != "done" {
+            out.push_str(&format!(
+                "  replayed {} of {} decisions {}\n",
+                value["replayed"],
+                value["total"],
+                cell(&value["error"])
+            ));
+            return out;
+        }
+    }
+    let declined = &r["newly_declined"];
+    let count = declined["count"].as_u64().unwrap_or(0);
+    out.push_str(&format!(
+        "{} decisions compared of {}; this draft would have declined {count} that were approved, {} in all",
+        r["compared"],
+        r["decisions"],
+        tally(&declined["amount"])
+    ));
+    let top = |list: &Value| list.as_array().and_then(|l| l.first()).cloned();
+    if let (Some(trace), true) = (top(&r["by_trace"]), count > 0) {
+        out.push_str(&format!(", {} of them on trace {}", trace["count"], cell(&trace["key"])));
+        if let Some(service) = top(&r["by_service"]) {
+            out.push_str(&format!(" (most at {})", cell(&service["key"])));
+        }
+    }
+    out.push_str(".\n");
+    let approved = &r["newly_approved"];
+    if approved["count"].as_u64().unwrap_or(0) > 0 {
+        out.push_str(&format!(
+            "It would have approved {} that were declined, {}.\n",
+            approved["count"],
+            tally(&approved["amount"])
+        ));
+    }
+    if r["otherwise_declined"].as_u64().unwrap_or(0) > 0 {
+        out.push_str(&format!("{} declines would name another reason.\n", r["otherwise_declined"]));
+    }
+    for (title, key) in [("by reason", "by_reason"), ("by trace", "by_trace"), ("by service", "by_service")] {
+        let rows = r[key].as_array().cloned().unwrap_or_default();
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("declined {title}:\n"));
+        for g in rows.iter().take(5) {
+            out.push_str(&format!("  {:>6}  {:<16}  {}\n", g["count"], tally(&g["amount"]), cell(&g["key"])));
+        }
+    }
+    let peaks = r["peaks"].as_array().cloned().unwrap_or_default();
+    if !peaks.is_empty() {
+        out.push_str("fullest limits:\n");
+        for p in peaks.iter().take(5) {
+            out.push_str(&format!("  {:>4}%  {}\n", p["percent"], cell(&p["rule"])));
+        }
+    }
+    if let Some(not) = r["not_replayed"].as_object().filter(|m| !m.is_empty()) {
+        let why: Vec<String> = not.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        out.push_str(&format!("not replayed (history cannot say): {}\n", why.join(", ")));
+    }
+    out
 }
 
 #[cfg(test)]
