@@ -155,22 +155,44 @@ async fn backtests_refuse_bad_requests(app: TestApp) {
     let (status, started) = app.post("/v1/backtests", json!({"targets": [card], "policy": none})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
-    let mut done = Value::Null;
-    for _ in 0..200 {
-        let (_, b) = app.get(&format!("/v1/backtests/{id}")).await;
-        if b["status"] != "running" {
-            done = b;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(done["status"], "done", "{done}");
-    assert_eq!(done["report"]["decisions"], 1);
-    assert_eq!(done["report"]["newly_declined"]["count"], 1, "a cap of one cent declines it");
+    let report = finished_id(&app, &id).await;
+    assert_eq!(report["decisions"], 1);
+    assert_eq!(report["newly_declined"]["count"], 1, "a cap of one cent declines it");
+    let (_, done) = app.get(&format!("/v1/backtests/{id}")).await;
     assert_eq!(done["spec"]["targets"], json!([card]));
     // Cancelling one that has ended changes nothing.
     let (status, after) = app.post(&format!("/v1/backtests/{id}/cancel"), json!({})).await;
     assert_eq!((status, after["status"].clone()), (StatusCode::OK, json!("done")));
+
+    // The draft may be a stored version (the live one changes nothing) or a template.
+    let (_, versions) = app.get(&format!("/v1/policies/{card}/versions")).await;
+    let live = versions["data"][0]["id"].as_str().unwrap();
+    let report = finished(&app, json!({"targets": [card], "version_id": live})).await;
+    assert_eq!((report["decisions"].clone(), report["changed"].clone()), (json!(1), json!(0)), "{report}");
+    let report = finished(&app, json!({"targets": [card], "template": "coding-agent"})).await;
+    assert_eq!(report["decisions"], 1, "{report}");
+    let (status, body) = app.post("/v1/backtests", json!({"targets": [card], "template": "nonesuch"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// Runs a backtest to its end; its report.
+async fn finished(app: &TestApp, spec: Value) -> Value {
+    let (status, started) = app.post("/v1/backtests", spec).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    finished_id(app, started["id"].as_str().unwrap()).await
+}
+
+async fn finished_id(app: &TestApp, id: &str) -> Value {
+    let path = format!("/v1/backtests/{id}");
+    for _ in 0..200 {
+        let (_, b) = app.get(&path).await;
+        match b["status"].as_str() {
+            Some("running") => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Some("done") => return b["report"].clone(),
+            _ => panic!("{b}"),
+        }
+    }
+    panic!("the backtest did not finish");
 }
 
 on_both_backends!(drafts_shadow_and_promotion, backtests_refuse_bad_requests);

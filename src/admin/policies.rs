@@ -212,6 +212,23 @@ impl Backtest {
 #[derive(Default)]
 pub struct Running(Mutex<HashMap<String, Arc<AtomicBool>>>);
 
+impl Running {
+    /// A place for one more, with its cancel switch; None when `MAX_RUNNING` run already.
+    fn reserve(&self, id: &str) -> Option<Arc<AtomicBool>> {
+        let mut running = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if running.len() >= MAX_RUNNING {
+            return None;
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        running.insert(id.to_owned(), cancel.clone());
+        Some(cancel)
+    }
+
+    fn release(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
 /// At most this many backtests run at once on a node: each takes a reader connection and a core.
 const MAX_RUNNING: usize = 2;
 const MAX_TARGETS: usize = 1_000;
@@ -465,15 +482,15 @@ impl Admin {
             owners.push(owner);
         }
         let parts = self.parts(&spec, owners, from.as_millisecond(), to.as_millisecond()).await?;
-        let running = self.backtests.0.lock().unwrap_or_else(|e| e.into_inner()).len();
-        if running >= MAX_RUNNING {
-            return Err(Error::coded(
+        let id = BacktestId::generate().to_string();
+        let cancel = self.backtests.reserve(&id).ok_or_else(|| {
+            Error::coded(
                 ErrorCode::TooManyBacktests,
                 format!("{MAX_RUNNING} backtests already run on this node; wait for one, or cancel one"),
-            ));
-        }
+            )
+        })?;
         let row = BacktestRow {
-            id: BacktestId::generate().to_string(),
+            id,
             spec: serde_json::to_string(&NewBacktest { from: Some(from), to: Some(to), ..spec })
                 .map_err(|e| Error::Internal(e.to_string()))?,
             status: BacktestStatus::Running,
@@ -486,8 +503,11 @@ impl Admin {
             finished_at: None,
         };
         let stored = row.clone();
-        self.db.write(move |conn| store::backtests::insert(conn, &stored)).await?;
-        self.run_in_background(row.id.clone(), parts);
+        if let Err(e) = self.db.write(move |conn| store::backtests::insert(conn, &stored)).await {
+            self.backtests.release(&row.id);
+            return Err(e);
+        }
+        self.run_in_background(row.id.clone(), parts, cancel);
         tracing::info!(backtest = %row.id, actor = %who.key_id, "backtest started");
         Backtest::of(row, false)
     }
@@ -551,9 +571,7 @@ impl Admin {
         serde_json::from_str(&row.policy).map_err(|_| store::corrupt("policy", &row.id))
     }
 
-    fn run_in_background(&self, id: String, parts: Vec<Part>) {
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.backtests.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), cancel.clone());
+    fn run_in_background(&self, id: String, parts: Vec<Part>, cancel: Arc<AtomicBool>) {
         let (db, catalog, rates, fx) = (self.db.clone(), self.catalog, self.ledger.rates(), self.ledger.fx());
         let running = self.backtests.clone();
         let handle = tokio::runtime::Handle::current();
@@ -593,7 +611,7 @@ impl Admin {
             if let Err(e) = handle.block_on(db.write(finish)) {
                 tracing::warn!(backtest = %id, error = %e, "could not save a backtest's result");
             }
-            running.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            running.release(&id);
             tracing::info!(backtest = %id, status = status.as_str(), "backtest ended");
         });
     }
@@ -657,10 +675,7 @@ impl Admin {
 
 /// The owner's live version.
 fn live_policy(conn: &mut DbConnection, owner: &Owner) -> Result<VersionRow> {
-    let versions = store::policies::list(conn, owner.agent(), owner.card(), None, 50)?;
-    versions
-        .into_iter()
-        .find(|v| v.state == PolicyState::Live)
+    store::policies::live(conn, owner.agent(), owner.card())?
         .ok_or_else(|| Error::Internal(format!("{} has no live policy version", owner.agent())))
 }
 

@@ -218,7 +218,13 @@ impl<'a> Replay<'a> {
     fn recorded_decision(&self, row: &AuthorizationRow) -> Then {
         let approved = row.status != HoldStatus::Declined;
         if let Some(reason) = self.overridden.get(&row.id) {
-            return Then::Declined { reason: reason.clone(), rule: None };
+            // A decline that named a reason the policy gives; a timeout was not the policy's.
+            return match DeclineReason::parse(reason) {
+                Some(DeclineReason::Timeout | DeclineReason::InternalError) => {
+                    Then::Unknowable(Unknowable::OutOfTime, false)
+                }
+                _ => Then::Declined { reason: reason.clone(), rule: None },
+            };
         }
         if row.rule.as_deref() == Some("processor") {
             return Then::Unknowable(Unknowable::ProcessorDecided, approved);
@@ -272,8 +278,8 @@ impl<'a> Replay<'a> {
         match (e.kind.as_str(), card) {
             ("policy_changed", Some(card)) => {
                 if let Some(p) = policy() {
-                    let drafted = !self.drafts.cards.contains_key(&card);
-                    for (world, change) in [(&mut self.recorded, true), (&mut self.drafted, drafted)] {
+                    let undrafted = !self.drafts.cards.contains_key(&card);
+                    for (world, change) in [(&mut self.recorded, true), (&mut self.drafted, undrafted)] {
                         if let (true, Some(c)) = (change, world.cards.get_mut(&card)) {
                             c.policy = p.clone();
                         }

@@ -128,6 +128,15 @@ pub fn find(conn: &mut DbConnection, id: &str) -> Result<Option<VersionRow>> {
     Ok(policy_versions::table.find(id).select(VersionRow::as_select()).first(conn).optional()?)
 }
 
+/// The target's live version.
+pub fn live(conn: &mut DbConnection, agent: &AgentId, card: Option<&str>) -> Result<Option<VersionRow>> {
+    Ok(of_target(agent, card)
+        .filter(policy_versions::state.eq(PolicyState::Live))
+        .select(VersionRow::as_select())
+        .first(conn)
+        .optional()?)
+}
+
 /// The target's draft, if it has one.
 pub fn draft(conn: &mut DbConnection, agent: &AgentId, card: Option<&str>) -> Result<Option<VersionRow>> {
     Ok(of_target(agent, card)

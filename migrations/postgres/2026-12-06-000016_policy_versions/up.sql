@@ -58,8 +58,8 @@ CREATE TABLE backtests (
     finished_at BIGINT
 );
 
--- The policies in force now are each one's first version.
+-- The policies in force now are each one's first version (ids that sort before any made later).
 INSERT INTO policy_versions (id, agent_id, card_id, number, state, policy, created_at)
-SELECT 'pol_' || md5(random()::text || id), id, NULL, 1, 'live', policy, updated_at FROM agents;
+SELECT 'pol_00' || substr(md5(random()::text || id), 1, 24), id, NULL, 1, 'live', policy, updated_at FROM agents;
 INSERT INTO policy_versions (id, agent_id, card_id, number, state, policy, created_at)
-SELECT 'pol_' || md5(random()::text || id), agent_id, id, 1, 'live', policy, updated_at FROM cards;
+SELECT 'pol_00' || substr(md5(random()::text || id), 1, 24), agent_id, id, 1, 'live', policy, updated_at FROM cards;
