@@ -591,7 +591,7 @@ impl Admin {
                     }
                 }
             };
-            let outcome = backtest::run(&db, &handle, context, parts, &cancel, &mut progress);
+            let outcome = backtest::run(&db, context, parts, &cancel, &mut progress);
             let (status, result, error) = match outcome {
                 Ok(Some(report)) => (BacktestStatus::Done, serde_json::to_string(&report).ok(), None),
                 Ok(None) => (BacktestStatus::Cancelled, None, None),

@@ -1,6 +1,6 @@
 //! Backtests: drafts replayed over recorded history (`replay`), and what they would have changed
-//! (`report`). A backtest reads the agents' chains page by page on a reader connection, on a
-//! thread of its own at the lowest CPU priority, so that decisions never wait for it.
+//! (`report`). A backtest reads the agents' chains page by page on a reader connection and replays
+//! them, all on a thread of its own at the lowest CPU priority, so that decisions never wait for it.
 
 pub mod replay;
 pub mod report;
@@ -30,11 +30,9 @@ pub struct Part {
 
 /// Replays each part's history from its start; the decisions in the drafts' range are compared.
 /// `progress(replayed, total)` is told after each page. None if `cancelled` was set.
-/// Runs on a thread outside the runtime of `handle`, whose reader connections it borrows one page
-/// at a time.
+/// Runs on the calling thread (not a runtime's), borrowing a reader connection one page at a time.
 pub fn run(
     db: &Db,
-    handle: &tokio::runtime::Handle,
     context: Context<'_>,
     parts: Vec<Part>,
     cancelled: &AtomicBool,
@@ -44,7 +42,7 @@ pub fn run(
     let mut starts = Vec::with_capacity(parts.len());
     for part in &parts {
         let (agent, drafts) = (part.agent.clone(), part.drafts.clone());
-        let start = handle.block_on(db.read(move |conn| start_of(conn, &agent, &drafts)))?;
+        let start = db.read_here(|conn| start_of(conn, &agent, &drafts))?;
         total += start.decisions;
         starts.push(start);
     }
@@ -57,7 +55,7 @@ pub fn run(
         let mut after = 0;
         while !replay.past_range() {
             let id = part.agent.clone();
-            let links = handle.block_on(db.read(move |conn| history::page(conn, &id, after, PAGE)))?;
+            let links = db.read_here(|conn| history::page(conn, &id, after, PAGE))?;
             let Some((last, _)) = links.last() else { break };
             after = *last;
             for (_, record) in links {
@@ -122,12 +120,16 @@ fn start_of(conn: &mut DbConnection, id: &AgentId, drafts: &Drafts) -> Result<St
     Ok(Start { agent, cards, approvals, overridden, decisions })
 }
 
-/// Lowers the calling thread's CPU priority as far as it goes: on Linux the nice value is the
-/// thread's own, so the server's other threads keep theirs.
+/// Lowers the calling thread's CPU priority as far as it goes. On Linux, the scheduling policy and
+/// the nice value are the thread's own, so the server's other threads keep theirs: `SCHED_IDLE`
+/// runs it only on a core nothing else wants, and a waking decision thread takes that core at once.
 pub fn yield_cpu() {
     #[cfg(target_os = "linux")]
-    // SAFETY: setpriority reads no memory of ours; who = 0 is the calling thread.
+    // SAFETY: both calls read only the parameter passed by reference; 0 is the calling thread.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+        }
     }
 }

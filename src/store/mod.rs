@@ -318,6 +318,13 @@ impl Db {
         .map_err(|e| Error::Internal(format!("storage task failed: {e}")))?
     }
 
+    /// Runs `f` on a reader connection on the calling thread, which must not be a runtime's (a
+    /// backtest's: its reads then run at its thread's low priority too).
+    pub fn read_here<T>(&self, f: impl FnOnce(&mut DbConnection) -> Result<T>) -> Result<T> {
+        let mut conn = self.reader.get()?;
+        f(&mut conn)
+    }
+
     /// A connection for the ledger's writer thread (a plain thread, not a tokio task): on SQLite
     /// the one writer connection, which admin writes share between ledger batches.
     pub fn ledger_connection(&self) -> Result<r2d2::PooledConnection<Manager>> {
