@@ -262,17 +262,20 @@ async fn generate(app: &TestApp, f: &Fleet, total: usize, seed: u64) {
             let _ = app.ledger.movement(Target::Id(id.clone()), &format!("rf-{id}"), refund).await;
         }
         if round.is_multiple_of(60) {
-            app.fund(&f.main, 80_000).await;
+            let body = json!({"id": format!("top-up-{round}"), "amount": 80_000, "currency": "USD"});
+            let (s, b) = admin(app, reqwest::Method::POST, &format!("/v1/agents/{}/fund", f.main), Some(body)).await;
+            assert_eq!(s, StatusCode::CREATED, "{b}");
         }
         if round.is_multiple_of(45) {
             approve_pending(app).await;
         }
         if round.is_multiple_of(150) {
             let (hourly, daily) = if round.is_multiple_of(300) { (12, 60_000) } else { (8, 35_000) };
-            let (s, b) = app.put(&format!("/v1/agents/{}/policy", f.main), main_policy(hourly)).await;
+            let path = format!("/v1/agents/{}/policy", f.main);
+            let (s, b) = admin(app, reqwest::Method::PUT, &path, Some(main_policy(hourly))).await;
             assert_eq!(s, StatusCode::OK, "{b}");
             let path = format!("/v1/agents/{}/cards/{}/policy", f.main, f.openai);
-            let (s, b) = app.put(&path, openai_policy(daily)).await;
+            let (s, b) = admin(app, reqwest::Method::PUT, &path, Some(openai_policy(daily))).await;
             assert_eq!(s, StatusCode::OK, "{b}");
         }
         match round % 97 {
@@ -291,25 +294,40 @@ async fn generate(app: &TestApp, f: &Fleet, total: usize, seed: u64) {
     }
 }
 
+/// An admin call of the generator, retried while the server answers 503 (storage busy: retry
+/// shortly), as a client would; any other answer is returned.
+async fn admin(app: &TestApp, method: reqwest::Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    for attempt in 1..=10 {
+        let answer = app.call(method.clone(), path, Some(&app.owner_key), body.clone()).await;
+        if answer.0 != StatusCode::SERVICE_UNAVAILABLE {
+            return answer;
+        }
+        eprintln!("{path}: 503, attempt {attempt}: {}", answer.1);
+        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+    }
+    panic!("{path}: storage stayed unavailable");
+}
+
 async fn card_action(app: &TestApp, agent: &str, card: &str, action: &str) {
     let path = format!("/v1/agents/{agent}/cards/{card}/{action}");
-    let (status, body) = app.post(&path, json!({"reason": "generated history"})).await;
+    let (status, body) = admin(app, reqwest::Method::POST, &path, Some(json!({"reason": "generated history"}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 async fn agent_action(app: &TestApp, agent: &str, action: &str) {
-    let (status, body) =
-        app.post(&format!("/v1/agents/{agent}/{action}"), json!({"reason": "generated history"})).await;
+    let path = format!("/v1/agents/{agent}/{action}");
+    let (status, body) = admin(app, reqwest::Method::POST, &path, Some(json!({"reason": "generated history"}))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// A person approves what waits for one.
 async fn approve_pending(app: &TestApp) {
-    let (status, page) = app.get("/v1/approvals?status=pending&limit=50").await;
+    let (status, page) = admin(app, reqwest::Method::GET, "/v1/approvals?status=pending&limit=50", None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
     for a in page["data"].as_array().unwrap() {
         let id = a["id"].as_str().unwrap();
-        let (status, body) = app.post(&format!("/v1/approvals/{id}/approve"), json!({})).await;
+        let (status, body) =
+            admin(app, reqwest::Method::POST, &format!("/v1/approvals/{id}/approve"), Some(json!({}))).await;
         assert!(status == StatusCode::OK || status == StatusCode::CONFLICT, "{body}");
     }
 }

@@ -82,7 +82,6 @@ pub struct PolicyVersion {
 
 impl PolicyVersion {
     fn of(row: VersionRow) -> Result<Self> {
-        let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).map_err(|e| Error::Internal(e.to_string()));
         Ok(PolicyVersion {
             policy: serde_json::from_str(&row.policy).map_err(|_| store::corrupt("policy", &row.id))?,
             id: PolicyVersionId::from_stored(row.id),
@@ -93,9 +92,9 @@ impl PolicyVersion {
             shadow: row.shadow,
             reason: row.reason,
             created_by: row.created_by,
-            created_at: at(row.created_at)?,
+            created_at: store::from_millis(row.created_at)?,
             decided_by: row.decided_by,
-            decided_at: row.decided_at.map(at).transpose()?,
+            decided_at: row.decided_at.map(store::from_millis).transpose()?,
         })
     }
 }
@@ -189,7 +188,6 @@ pub struct Backtest {
 
 impl Backtest {
     fn of(row: BacktestRow, with_report: bool) -> Result<Self> {
-        let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).map_err(|e| Error::Internal(e.to_string()));
         let report = match (&row.result, with_report) {
             (Some(text), true) => Some(serde_json::from_str(text).map_err(|_| store::corrupt("backtest", &row.id))?),
             _ => None,
@@ -202,8 +200,8 @@ impl Backtest {
             total: row.total,
             report,
             error: row.error,
-            created_at: at(row.created_at)?,
-            finished_at: row.finished_at.map(at).transpose()?,
+            created_at: store::from_millis(row.created_at)?,
+            finished_at: row.finished_at.map(store::from_millis).transpose()?,
         })
     }
 }
