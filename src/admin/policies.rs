@@ -48,6 +48,21 @@ impl Owner {
             Owner::Card(_, c) => Some(c.as_str()),
         }
     }
+
+    /// The id that names the owner: the card's, or the agent's.
+    pub fn id(&self) -> &str {
+        self.card().unwrap_or(self.agent().as_str())
+    }
+}
+
+/// The owner's draft, or a 404.
+fn draft_of(conn: &mut DbConnection, owner: &Owner) -> Result<VersionRow> {
+    store::policies::draft(conn, owner.agent(), owner.card())?.ok_or_else(|| Error::not_found("draft", owner.id()))
+}
+
+/// A version as it is now, read back after a change in the same transaction.
+fn version(conn: &mut DbConnection, id: &str) -> Result<VersionRow> {
+    store::policies::find(conn, id)?.ok_or_else(|| Error::not_found("policy version", id))
 }
 
 /// One version of a policy.
@@ -297,15 +312,7 @@ impl Admin {
     }
 
     async fn get_draft_of(&self, owner: Owner) -> Result<Draft> {
-        let (draft, live) = self
-            .db
-            .read(move |conn| {
-                let draft = store::policies::draft(conn, owner.agent(), owner.card())?;
-                let draft =
-                    draft.ok_or_else(|| Error::not_found("draft", owner.card().unwrap_or(owner.agent().as_str())))?;
-                Ok((draft, live_policy(conn, &owner)?))
-            })
-            .await?;
+        let (draft, live) = self.db.read(move |conn| Ok((draft_of(conn, &owner)?, live_policy(conn, &owner)?))).await?;
         let draft = PolicyVersion::of(draft)?;
         let live = PolicyVersion::of(live)?;
         let diff = diff(&to_value(&live.policy), &to_value(&draft.policy));
@@ -320,8 +327,7 @@ impl Admin {
         let row = self
             .db
             .write(move |conn| {
-                let draft = store::policies::draft(conn, owner.agent(), owner.card())?
-                    .ok_or_else(|| Error::not_found("draft", owner.card().unwrap_or(owner.agent().as_str())))?;
+                let draft = draft_of(conn, &owner)?;
                 let now = store::now();
                 store::policies::discard(conn, &draft.id, actor.as_str(), now.as_millisecond())?;
                 let card = owner.card().map(|c| CardId::from_stored(c.to_owned()));
@@ -331,7 +337,7 @@ impl Admin {
                 if draft.shadow {
                     store::agents::bump_config(conn, owner.agent())?;
                 }
-                store::policies::find(conn, &draft.id)?.ok_or_else(|| Error::not_found("draft", &draft.id))
+                version(conn, &draft.id)
             })
             .await?;
         self.snapshots().invalidate_agent(&AgentId::from_stored(row.agent_id.clone()));
@@ -349,8 +355,7 @@ impl Admin {
         let row = self
             .db
             .write(move |conn| {
-                let draft = store::policies::draft(conn, owner.agent(), owner.card())?
-                    .ok_or_else(|| Error::not_found("draft", owner.card().unwrap_or(owner.agent().as_str())))?;
+                let draft = draft_of(conn, &owner)?;
                 let now = store::now();
                 let document: Value =
                     serde_json::from_str(&draft.policy).map_err(|_| store::corrupt("policy", &draft.id))?;
@@ -382,7 +387,7 @@ impl Admin {
                     "version_id": draft.id, "promoted": true });
                 let event = Event::new(owner.agent(), card.as_ref(), kind, &actor, now).reason(Some(reason)).data(data);
                 store::events::record(conn, &event)?;
-                store::policies::find(conn, &draft.id)?.ok_or_else(|| Error::not_found("draft", &draft.id))
+                version(conn, &draft.id)
             })
             .await?;
         match &key {
@@ -403,8 +408,7 @@ impl Admin {
         let row = self
             .db
             .write(move |conn| {
-                let draft = store::policies::draft(conn, owner.agent(), owner.card())?
-                    .ok_or_else(|| Error::not_found("draft", owner.card().unwrap_or(owner.agent().as_str())))?;
+                let draft = draft_of(conn, &owner)?;
                 if draft.shadow != switch.shadow {
                     store::policies::set_shadow(conn, &draft.id, switch.shadow)?;
                     let kind = if switch.shadow { "policy_shadow_started" } else { "policy_shadow_stopped" };
@@ -416,7 +420,7 @@ impl Admin {
                     )?;
                     store::agents::bump_config(conn, owner.agent())?;
                 }
-                store::policies::find(conn, &draft.id)?.ok_or_else(|| Error::not_found("draft", &draft.id))
+                version(conn, &draft.id)
             })
             .await?;
         self.snapshots().invalidate_agent(&AgentId::from_stored(row.agent_id.clone()));
@@ -431,8 +435,7 @@ impl Admin {
             .db
             .read(move |conn| {
                 let agent = load_agent(conn, owner.agent())?;
-                let draft = store::policies::draft(conn, owner.agent(), owner.card())?
-                    .ok_or_else(|| Error::not_found("draft", owner.card().unwrap_or(owner.agent().as_str())))?;
+                let draft = draft_of(conn, &owner)?;
                 let mut found = Vec::new();
                 for d in store::policies::disagreements(conn, &draft.id, None, SHADOW_LISTED)? {
                     if let Some(row) = store::ledger::find(conn, &d.authorization_id)? {
@@ -564,8 +567,8 @@ impl Admin {
     async fn saved_draft(&self, owner: &Owner) -> Result<Value> {
         let key = owner.clone();
         let row = self.db.read(move |conn| store::policies::draft(conn, key.agent(), key.card())).await?;
-        let name = owner.card().unwrap_or(owner.agent().as_str()).to_owned();
-        let row = row.ok_or_else(|| Error::validation(format!("{name} has no draft: save one, or give the policy")))?;
+        let row =
+            row.ok_or_else(|| Error::validation(format!("{} has no draft: save one, or give the policy", owner.id())))?;
         serde_json::from_str(&row.policy).map_err(|_| store::corrupt("policy", &row.id))
     }
 

@@ -41,8 +41,7 @@ pub fn run(
     let mut total = 0;
     let mut starts = Vec::with_capacity(parts.len());
     for part in &parts {
-        let (agent, drafts) = (part.agent.clone(), part.drafts.clone());
-        let start = db.read_here(|conn| start_of(conn, &agent, &drafts))?;
+        let start = db.read_here(|conn| start_of(conn, &part.agent, &part.drafts))?;
         total += start.decisions;
         starts.push(start);
     }
@@ -51,10 +50,10 @@ pub fn run(
     progress(0, total);
     for (part, start) in parts.into_iter().zip(starts) {
         let Start { agent, cards, approvals, overridden, .. } = start;
-        let mut replay = Replay::new(context, agent, cards, part.drafts, approvals, overridden);
+        let Part { agent: id, drafts } = part;
+        let mut replay = Replay::new(context, agent, cards, drafts, approvals, overridden);
         let mut after = 0;
         while !replay.past_range() {
-            let id = part.agent.clone();
             let links = db.read_here(|conn| history::page(conn, &id, after, PAGE))?;
             let Some((last, _)) = links.last() else { break };
             after = *last;
