@@ -14,9 +14,11 @@ use crate::admin::PageQuery;
 use crate::admin::agents::NewAgent;
 use crate::admin::cards::NewCard;
 use crate::admin::ledger::FundRequest;
+use crate::admin::treasury::TreasuryMovement;
 use crate::config::Config;
 use crate::crypto::Secret;
 use crate::domain::access::Principal;
+use crate::domain::ledger::TreasuryKind;
 use crate::rails::usdc::Usdc;
 use crate::rails::usdc::wallet::MasterKey;
 
@@ -176,6 +178,22 @@ pub async fn setup(admin: &Admin, usdc: &Usdc, saved_key: Option<&str>) -> anyho
         return Ok(DemoSetup { key, loaded: false, owner });
     }
     let demo: Demo = serde_json::from_str(crate::fixtures::DEMO)?;
+    // The treasury the demo agents are funded from, with as much again to fund more.
+    let mut backing: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for entry in &demo.agents {
+        let currency = entry.policy.as_ref().and_then(|p| p["currency"].as_str()).unwrap_or("USD");
+        *backing.entry(currency.to_ascii_uppercase()).or_default() += entry.balance * 2;
+    }
+    for (currency, amount) in backing.into_iter().filter(|(_, amount)| *amount > 0) {
+        let deposit = TreasuryMovement {
+            id: format!("demo-{currency}"),
+            amount,
+            currency,
+            reference: Some("demo data".into()),
+            reason: Some("backing for the demo agents".into()),
+        };
+        admin.record_treasury(&owner, TreasuryKind::Deposit, deposit).await?;
+    }
     for entry in demo.agents {
         let input = NewAgent { name: entry.name, department: entry.department, policy: entry.policy };
         let agent = admin.create_agent(&owner, input).await?;
@@ -190,6 +208,7 @@ pub async fn setup(admin: &Admin, usdc: &Usdc, saved_key: Option<&str>) -> anyho
                 id: format!("demo-{}", agent.id),
                 amount: entry.balance,
                 currency: agent.currency.code().to_owned(),
+                reason: Some("demo data".into()),
             };
             admin.fund(&owner, agent.id.as_str(), fund).await?;
         }

@@ -68,6 +68,12 @@ error_codes! {
         ApprovalDecided = "approval_decided",
         ApprovalExpired = "approval_expired",
         AnswerTooLarge = "answer_too_large",
+        /// The treasury has less than a funding, top-up or withdrawal asks.
+        TreasuryShort = "treasury_short",
+        /// A funding would take the agent's available balance past its policy's `funding.max_balance`.
+        MaxBalanceExceeded = "max_balance_exceeded",
+        /// A drain asks for more than the agent has available (held money is never drained).
+        ExceedsAvailable = "exceeds_available",
     }
     413 => { PayloadTooLarge = "payload_too_large", }
     415 => { UnsupportedMediaType = "unsupported_media_type", }

@@ -98,14 +98,17 @@ async fn untouched_history_verifies_and_only_owners_may_ask(app: TestApp) {
     assert!(v["broken"].as_array().unwrap().is_empty());
     // agent_created, issued, fund, 3 decisions, a post, a void (with the authorizations' writes),
     // the decline's event, frozen: every record is checked against its last write.
+    // And the treasuries' journals, each its own chain.
     let records = app.scalar(&format!(
         "SELECT (SELECT COUNT(*) FROM authorizations WHERE agent_id = '{a}') + (SELECT COUNT(*) FROM transfers WHERE \
          agent_id = '{a}') + (SELECT COUNT(*) FROM events WHERE agent_id = '{a}')",
         a = h.agent
     ));
-    assert_eq!(v["records"].as_i64().unwrap(), records);
+    let journal = app.scalar("SELECT COUNT(*) FROM treasury_transfers");
+    assert_eq!(v["records"].as_i64().unwrap(), records + journal);
     let length = app.scalar(&format!("SELECT chain_length FROM agents WHERE id = '{}'", h.agent));
-    assert_eq!(v["links"].as_i64().unwrap(), length);
+    let treasuries = app.scalar("SELECT CAST(SUM(chain_length) AS BIGINT) FROM treasuries");
+    assert_eq!(v["links"].as_i64().unwrap(), length + treasuries);
     assert!(length > records, "an authorization written again gets a link for each write: {length} vs {records}");
 
     let (s, cp) = app.post("/v1/audit/checkpoints", json!({})).await;
@@ -200,14 +203,27 @@ async fn a_record_written_behind_the_servers_back_is_unlinked(app: TestApp) {
     assert!(declined > 0);
 }
 
-/// Money from nowhere: the balance on the agent's row raised, no record to show for it.
+/// Money from nowhere: the balance on the agent's row raised, no record to show for it. The
+/// agent's records do not add up to it, and the treasury never granted it.
 async fn a_balance_its_records_do_not_add_up_to_is_named(app: TestApp) {
     let h = history(&app).await;
     let available = app.balance(&h.agent).await["available"].as_i64().unwrap();
     app.execute_elsewhere(&format!("UPDATE agents SET funded = funded + 1000000 WHERE id = '{}'", h.agent));
     assert_eq!(app.balance(&h.agent).await["available"].as_i64().unwrap(), available + 1_000_000);
     let length = app.scalar(&format!("SELECT chain_length FROM agents WHERE id = '{}'", h.agent));
-    assert_eq!(broken(&verify(&app, json!({})).await), (format!("balance_mismatch at {length}"), " ".to_owned()));
+    let v = verify(&app, json!({})).await;
+    let named: Vec<(&str, &str, i64)> = v["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["agent_id"].as_str().unwrap(), b["problem"].as_str().unwrap(), b["n"].as_i64().unwrap()))
+        .collect();
+    let usd = app.scalar("SELECT chain_length FROM treasuries WHERE currency = 'USD'");
+    assert_eq!(
+        named,
+        [(h.agent.as_str(), "balance_mismatch", length), ("treasury:USD", "balance_mismatch", usd)],
+        "{v}"
+    );
 }
 
 /// Cutting off the tail, with the agent's row set back to match, leaves a chain that is whole by
@@ -263,7 +279,8 @@ async fn records_from_before_the_chain_are_adopted_at_start_up(app: TestApp) {
     let h = history(&app).await;
     app.execute_elsewhere(
         "DELETE FROM chain_links; UPDATE agents SET chain_length = 0, chain_head = NULL; \
-         UPDATE authorizations SET chain_n = 0; UPDATE transfers SET chain_n = 0; UPDATE events SET chain_n = 0;",
+         UPDATE authorizations SET chain_n = 0; UPDATE transfers SET chain_n = 0; UPDATE events SET chain_n = 0; \
+         UPDATE treasuries SET chain_length = 0, chain_head = NULL; UPDATE treasury_transfers SET chain_n = 0;",
     );
     let node = app.another_node().await;
     let response = app
@@ -278,7 +295,9 @@ async fn records_from_before_the_chain_are_adopted_at_start_up(app: TestApp) {
     let v: Value = response.json().await.unwrap();
     assert_eq!(v["verified"], true, "{v}");
     let length = app.scalar(&format!("SELECT chain_length FROM agents WHERE id = '{}'", h.agent));
-    assert_eq!(v["records"].as_i64().unwrap(), length, "one link for each record");
+    let treasuries = app.scalar("SELECT CAST(SUM(chain_length) AS BIGINT) FROM treasuries");
+    assert!(treasuries > 0);
+    assert_eq!(v["records"].as_i64().unwrap(), length + treasuries, "one link for each record");
     // And the chain goes on from there.
     app.fund(&h.agent, 1).await;
     assert_eq!(verify(&app, json!({})).await["verified"], true);

@@ -246,7 +246,7 @@ fn migrate_applies_once() {
             .unwrap()
     };
     let first = text_of(&run());
-    assert!(first.starts_with("applied 15 migration(s):"), "{first}");
+    assert!(first.starts_with("applied 16 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
     let bad =
         Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();
@@ -279,6 +279,7 @@ async fn simulate_sends_each_processors_request_and_prints_the_decision() {
     let agent =
         post("/v1/agents".into(), serde_json::json!({"name": "sim", "policy": {"per_transaction": 1_000}})).await;
     let agent = agent["id"].as_str().unwrap();
+    post("/v1/treasury/deposits".into(), serde_json::json!({"id": "d1", "amount": 10_000, "currency": "USD"})).await;
     post(format!("/v1/agents/{agent}/fund"), serde_json::json!({"id": "f1", "amount": 10_000, "currency": "USD"}))
         .await;
     let cards = [
@@ -381,7 +382,15 @@ fn the_cli_covers_the_days_work() {
     let agent =
         text_of(&run(&["agents", "create", "--name", "daily", "--policy", &policy_arg, "--quiet"])).trim().to_owned();
     assert!(agent.starts_with("agt_"), "{agent}");
-    assert!(text_of(&run(&["fund", &agent, "--amount", "250.00 USD"])).contains("250.00 USD"));
+    // Funding needs money behind the treasury first; an owner records it.
+    let refused = run(&["fund", &agent, "--amount", "250.00 USD"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("treasury_short"), "{said}");
+    let deposit = text_of(&run(&["treasury", "deposit", "--amount", "1000.00 USD", "--reference", "wire 7"]));
+    assert!(deposit.contains("deposit"), "{deposit}");
+    assert!(text_of(&run(&["fund", &agent, "--amount", "250.00 USD", "--reason", "sprint"])).contains("250.00 USD"));
+    let treasury = text_of(&run(&["treasury", "--json"]));
+    assert!(treasury.contains("\"available\": 75000") || treasury.contains("\"available\":75000"), "{treasury}");
     let balance = text_of(&run(&["balance", &agent]));
     assert!(balance.contains("available 250.00 USD"), "{balance}");
 
@@ -506,6 +515,7 @@ fn the_cost_per_trace_and_service_is_one_command() {
     let run = |args: &[&str]| cli_with(&server.base, &env, args);
     let agent =
         text_of(&run(&["agents", "create", "--name", "ci", "--department", "eng", "--quiet"])).trim().to_owned();
+    text_of(&run(&["treasury", "deposit", "--amount", "100.00 USD"]));
     text_of(&run(&["fund", &agent, "--amount", "100.00"]));
     for (label, amount, trace) in
         [("openai", "12.50", "PR-4823"), ("github", "3.00", "PR-4823"), ("openai", "1.00", "PR-9")]
@@ -543,7 +553,7 @@ fn the_cost_per_trace_and_service_is_one_command() {
     let heads = dir.path().join("heads.json");
     std::fs::write(&heads, text_of(&run(&["audit", "checkpoint"]))).unwrap();
     let verified = text_of(&run(&["audit", "verify", "--checkpoint", heads.to_str().unwrap()]));
-    assert!(verified.starts_with("verified: 1 agents") && verified.contains("held to checkpoint ckp_"), "{verified}");
+    assert!(verified.starts_with("verified: 2 chains") && verified.contains("held to checkpoint ckp_"), "{verified}");
     use diesel::connection::SimpleConnection;
     let db = dir.path().join("data/spendgate.db");
     let mut conn = <diesel::SqliteConnection as diesel::Connection>::establish(db.to_str().unwrap()).unwrap();
@@ -565,6 +575,7 @@ fn a_policy_change_is_drafted_backtested_shadowed_and_promoted_from_the_cli() {
     let run = |args: &[&str]| cli_with(&server.base, &env, args);
     let agent = json_of(&run(&["agents", "create", "--name", "infra-bot", "--json"]));
     let agent = agent["id"].as_str().unwrap();
+    text_of(&run(&["treasury", "deposit", "--amount", "500 USD"]));
     text_of(&run(&["fund", agent, "--amount", "500"]));
     let five = r#"{"limits": [{"id": "hourly", "scope": "card", "window": {"rolling": "1h"}, "count": 5}]}"#;
     let card = json_of(&run(&["cards", "issue", "--agent", agent, "--label", "aws", "--policy", five, "--json"]));

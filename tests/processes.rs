@@ -67,6 +67,8 @@ async fn read(http: &reqwest::Client, base: &str, path: &str) -> Value {
 async fn setup(http: &reqwest::Client, base: &str, policy: Value, fund: i64) -> (String, String) {
     let agent = admin(http, base, "/v1/agents", json!({"name": "bot", "policy": policy})).await;
     let agent = agent["id"].as_str().unwrap().to_owned();
+    let backing = json!({"id": format!("backing-{agent}"), "amount": fund, "currency": "USD"});
+    admin(http, base, "/v1/treasury/deposits", backing).await;
     admin(http, base, &format!("/v1/agents/{agent}/fund"), json!({"id": "f", "amount": fund, "currency": "USD"})).await;
     let card = admin(http, base, &format!("/v1/agents/{agent}/cards"), json!({"label": "openai"})).await;
     (agent, card["id"].as_str().unwrap().to_owned())

@@ -544,6 +544,7 @@ async fn no_event_is_lost_across_sigkill() {
         .await;
     let agent = post(&http, &base, "/v1/agents", json!({"name": "killed"})).await["id"].as_str().unwrap().to_owned();
     let card = post(&http, &base, &format!("/v1/agents/{agent}/cards"), json!({"label": "svc"})).await;
+    post(&http, &base, "/v1/treasury/deposits", json!({"id": "d", "amount": 1_000_000, "currency": "USD"})).await;
     post(&http, &base, &format!("/v1/agents/{agent}/fund"), json!({"id": "f", "amount": 1_000_000, "currency": "USD"}))
         .await;
 

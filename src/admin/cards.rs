@@ -70,12 +70,15 @@ pub struct IssuedCard {
     pub number: Option<String>,
 }
 
-/// A card's policy: in the card's currency, and without the alerts only an agent's policy has
-/// (they watch the agent's balance and spend as a whole).
+/// A card's policy: in the card's currency, and without the alerts and funding only an agent's
+/// policy has (they are about the agent's balance and spend as a whole).
 pub(super) fn card_policy(catalog: &Catalog, doc: serde_json::Value, currency: Currency) -> Result<Policy> {
     let policy = parse_policy(catalog, doc, Some(currency))?;
     if policy.alerts.is_some() {
         return Err(Error::validation("policy.alerts: alerts belong in the agent's policy, not a card's"));
+    }
+    if policy.funding.is_some() {
+        return Err(Error::validation("policy.funding: funding belongs in the agent's policy, not a card's"));
     }
     Ok(policy)
 }

@@ -1,4 +1,5 @@
-//! Money operations of the admin API: fund an agent, read its balance and its ledger.
+//! Money operations of the admin API: fund an agent from its treasury and drain it back, read its
+//! balance and its ledger.
 
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -8,7 +9,7 @@ use super::{Admin, Page, PageQuery, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::money::{MAX_AMOUNT, Money};
 use crate::error::{Error, Result};
-use crate::ledger::{BalanceView, LedgerEntry, TransferView};
+use crate::ledger::{Actor, BalanceView, LedgerEntry, TransferView};
 use crate::store::ledger::LedgerFilter;
 use crate::store::query_time;
 
@@ -29,6 +30,35 @@ pub struct FundRequest {
     /// ISO 4217, the agent's currency.
     #[schema(pattern = "^[A-Za-z]{3}$", example = "USD")]
     pub currency: String,
+    /// Why, kept with the transfer in the ledger and the audit trail.
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/agents/{agent_id}/drain`: available money back to the treasury.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Idempotency key of this drain.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub id: String,
+    /// Minor units of the agent's currency; all that is available when absent. Held money is never drained.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: Option<i64>,
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
@@ -44,6 +74,12 @@ pub struct LedgerQuery {
     pub to: Option<String>,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
+}
+
+/// The caller, as the ledger keeps who moved money and why.
+pub(super) fn actor(who: &Principal, reason: Option<&str>) -> Result<Actor> {
+    let reason = reason.map(|r| required_text("reason", r, 500)).transpose()?;
+    Ok(Actor { key: who.key_id.to_string(), reason })
 }
 
 pub fn check_amount(field: &str, amount: i64) -> Result<()> {
@@ -62,9 +98,27 @@ impl Admin {
         let id = required_text("id", &input.id, 200)?;
         check_amount("amount", input.amount)?;
         let currency = input.currency.parse().map_err(|e: String| Error::validation(format!("currency: {e}")))?;
-        let (transfer, replayed) = self.ledger.fund(&agent_id, &id, Money { amount: input.amount, currency }).await?;
+        let actor = actor(who, input.reason.as_deref())?;
+        let (transfer, replayed) =
+            self.ledger.fund(&agent_id, &id, Money { amount: input.amount, currency }, &actor).await?;
         if !replayed {
             tracing::info!(agent = %agent_id, actor = %who.key_id, amount = %transfer.amount, "agent funded");
+        }
+        Ok((transfer, replayed))
+    }
+
+    /// Returns available money to the treasury. Idempotent by `id`, as funding is.
+    pub async fn drain(&self, who: &Principal, agent_id: &str, input: DrainRequest) -> Result<(TransferView, bool)> {
+        let agent_id = parse_agent_id(who, agent_id)?;
+        who.check(Permission::Manage, Some(&agent_id))?;
+        let id = required_text("id", &input.id, 200)?;
+        if let Some(amount) = input.amount {
+            check_amount("amount", amount)?;
+        }
+        let actor = actor(who, input.reason.as_deref())?;
+        let (transfer, replayed) = self.ledger.drain(&agent_id, &id, input.amount, &actor).await?;
+        if !replayed {
+            tracing::info!(agent = %agent_id, actor = %who.key_id, amount = %transfer.amount, "agent drained");
         }
         Ok((transfer, replayed))
     }

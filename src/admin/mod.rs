@@ -8,6 +8,7 @@ pub mod keys;
 pub mod ledger;
 pub mod policies;
 pub mod spendable;
+pub mod treasury;
 
 use std::sync::Arc;
 

@@ -38,6 +38,7 @@ pub struct Audit {
 pub struct Verification {
     /// Every chain is whole, ends where its agent's row says, and passes through the checkpoint.
     pub verified: bool,
+    /// Chains walked: each agent's and each treasury's.
     pub agents: u64,
     /// Links walked, and records checked against the last link that wrote them.
     pub links: u64,
@@ -63,6 +64,13 @@ impl Audit {
     /// Links the records of agents whose chain has not begun (written before the chain existed),
     /// one agent per transaction. Runs once at start-up, before the ledger writes.
     pub async fn adopt(&self) -> Result<()> {
+        let treasuries = self.db.read(store::treasury::unchained).await?;
+        for currency in treasuries {
+            let linked = self.db.write(move |conn| store::treasury::adopt(conn, &currency)).await?;
+            if linked > 0 {
+                tracing::info!(%currency, records = linked, "treasury records from before its chain linked into it");
+            }
+        }
         let agents = self.db.read(rows::unchained_agents).await?;
         for agent in agents {
             let id = agent.clone();
@@ -229,6 +237,9 @@ fn walk_agent(conn: &mut DbConnection, agent: &str, hold: Option<ChainHead>) -> 
         if rows::count_records(conn, agent)? != walk.current as i64 {
             return unlinked(conn, &walk, agent);
         }
+        if let Some(currency) = rows::treasury_of(agent) {
+            return Ok(treasury_balanced(conn, &walk, currency)?.err());
+        }
         let (_, stored) = store::ledger::balance(conn, &AgentId::from_stored(agent.to_owned()))?
             .ok_or_else(|| Error::not_found("agent", agent))?;
         if let Err(b) = walk.balanced(&stored, &rows::sums(conn, agent)?) {
@@ -237,6 +248,26 @@ fn walk_agent(conn: &mut DbConnection, agent: &str, hold: Option<ChainHead>) -> 
         Ok::<_, Error>(None)
     })()?;
     Ok((walk, broken))
+}
+
+/// No money from nowhere: a treasury's row holds what its journal adds up to, and what it granted
+/// agents net of what they returned is what the agents of its currency were funded with.
+fn treasury_balanced(conn: &mut DbConnection, walk: &Walk, currency: &str) -> Result<std::result::Result<(), Break>> {
+    let stored = store::treasury::all(conn)?.into_iter().find(|t| t.currency.code() == currency).map(|t| t.treasury);
+    let summed = store::treasury::sums(conn, currency)?;
+    if stored != Some(summed) {
+        let detail = format!("the treasury's row holds {stored:?}; its journal adds up to {summed:?}");
+        return Ok(Err(walk.broken(walk.links(), Problem::BalanceMismatch, None, detail)));
+    }
+    let funded = store::treasury::agents_funded(conn, currency)?;
+    if funded != summed.granted - summed.returned {
+        let detail = format!(
+            "the {currency} agents were funded with {funded}, but the treasury granted {} and got {} back",
+            summed.granted, summed.returned
+        );
+        return Ok(Err(walk.broken(walk.links(), Problem::BalanceMismatch, None, detail)));
+    }
+    Ok(Ok(()))
 }
 
 /// The first record (by kind, then id) that the link at its `chain_n` does not name.

@@ -21,7 +21,7 @@ use crate::domain::authorization::{Amounts, AuthRequest, DeclineReason, Merchant
 use crate::domain::card::{Card, CardStatus};
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
-use crate::domain::ledger::{Balance, HoldStatus, TransferKind};
+use crate::domain::ledger::{Balance, HoldStatus};
 use crate::domain::money::Money;
 use crate::domain::policy::Policy;
 use crate::ledger::book::Book;
@@ -257,8 +257,7 @@ impl<'a> Replay<'a> {
     }
 
     fn transfer(&mut self, t: &TransferRow) {
-        if t.kind == TransferKind::Fund {
-            core::fund(&mut self.balance, t.amount);
+        if core::replay_funding(&mut self.balance, t.kind, t.amount) {
             return;
         }
         let Some(held) = t.authorization_id.as_ref().and_then(|id| self.holds.get_mut(id)) else { return };

@@ -421,6 +421,37 @@ fn since_time(since: &str, now: jiff::Zoned) -> anyhow::Result<jiff::Timestamp> 
 }
 
 #[derive(Subcommand, Debug)]
+pub enum TreasuryCommand {
+    /// Record money placed behind a treasury (a wire to the card program, USDC in a treasury wallet).
+    Deposit(TreasuryMovement),
+    /// Record money taken out of a treasury (only what no agent was given).
+    Withdraw(TreasuryMovement),
+    /// A treasury's journal, oldest first.
+    Transfers {
+        #[arg(long)]
+        currency: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TreasuryMovement {
+    /// `1000`, `1000.00 USD`.
+    #[arg(long, allow_hyphen_values = true)]
+    amount: String,
+    /// The currency, unless the amount names it (default USD).
+    #[arg(long)]
+    currency: Option<String>,
+    /// What backs it or where it went: a wire, a transaction hash.
+    #[arg(long)]
+    reference: Option<String>,
+    #[arg(long)]
+    reason: Option<String>,
+    /// The movement's idempotency key (default: a new one).
+    #[arg(long)]
+    id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
     /// Every authorization and transfer in the filter, oldest first, written as it arrives:
     /// `spendgate ledger export --since 7d --by-trace PR-4823 --format csv > out.csv`.
@@ -502,7 +533,7 @@ pub enum Command {
     /// Send a signed authorization for a card as its processor would (spendgate's format for
     /// simulator cards) and print the decision, its reason and the rule that fired.
     Authorize(AuthorizeArgs),
-    /// Add prepaid money to an agent's balance.
+    /// Move money from the treasury of the agent's currency into its balance.
     Fund {
         agent: String,
         /// `100`, `12.50`, or `12.50 USD`.
@@ -513,6 +544,28 @@ pub enum Command {
         /// The funding's idempotency key (default: a new one).
         #[arg(long)]
         id: Option<String>,
+        /// Why, kept in the ledger and the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Move an agent's available money (all of it, or --amount) back to its treasury; held money
+    /// stays held.
+    Drain {
+        agent: String,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: Option<String>,
+        /// The drain's idempotency key (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The treasuries agents are funded from: what each has, its journal, and (owners) recording
+    /// what backs it.
+    #[command(args_conflicts_with_subcommands = true)]
+    Treasury {
+        #[command(subcommand)]
+        command: Option<TreasuryCommand>,
     },
     /// An agent's balance: funded, held, spent, available.
     Balance { agent: String },
@@ -686,6 +739,14 @@ pub fn run(args: ClientArgs, command: Command, config: Option<&Path>) -> anyhow:
 }
 
 /// An agent's or card's currency, as the server gave it.
+/// Records a deposit into or a withdrawal from a treasury.
+async fn treasury_movement(client: &Client, kind: &str, m: TreasuryMovement) -> anyhow::Result<Value> {
+    let amount = Amount::parse("--amount", &m.amount, m.currency.as_deref(), Currency::USD)?;
+    let body = json!({"id": m.id.unwrap_or_else(|| new_id(kind)), "amount": amount.minor,
+                      "currency": amount.currency.code(), "reference": m.reference, "reason": m.reason});
+    client.post(&format!("/v1/treasury/{kind}"), body).await
+}
+
 fn currency_of(record: &Value) -> anyhow::Result<Currency> {
     record["currency"]
         .as_str()
@@ -729,14 +790,31 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
         },
         Command::Cards { command } => cards(client, command).await?,
         Command::Authorize(args) => (authorize(client, args, config).await?, View::Outcome),
-        Command::Fund { agent, amount, currency, id } => {
+        Command::Fund { agent, amount, currency, id, reason } => {
             let path = format!("/v1/agents/{}", segment(&agent));
             let agent_currency = currency_of(&client.get(&path).await?)?;
             let amount = Amount::parse("--amount", &amount, currency.as_deref(), agent_currency)?;
             let body = json!({"id": id.unwrap_or_else(|| new_id("fund")), "amount": amount.minor,
-                              "currency": amount.currency.code()});
+                              "currency": amount.currency.code(), "reason": reason});
             (client.post(&format!("{path}/fund"), body).await?, View::Record)
         }
+        Command::Drain { agent, amount, id, reason } => {
+            let path = format!("/v1/agents/{}", segment(&agent));
+            let agent_currency = currency_of(&client.get(&path).await?)?;
+            let amount =
+                amount.map(|a| Amount::parse("--amount", &a, None, agent_currency)).transpose()?.map(|a| a.minor);
+            let body = json!({"id": id.unwrap_or_else(|| new_id("drain")), "amount": amount, "reason": reason});
+            (client.post(&format!("{path}/drain"), body).await?, View::Record)
+        }
+        Command::Treasury { command } => match command {
+            None => (client.get("/v1/treasury").await?, View::Json),
+            Some(TreasuryCommand::Transfers { currency }) => {
+                let query = currency.map(|c| format!("?currency={}", segment(&c))).unwrap_or_default();
+                (client.get(&format!("/v1/treasury/transfers{query}")).await?, View::Json)
+            }
+            Some(TreasuryCommand::Deposit(m)) => (treasury_movement(client, "deposits", m).await?, View::Record),
+            Some(TreasuryCommand::Withdraw(m)) => (treasury_movement(client, "withdrawals", m).await?, View::Record),
+        },
         Command::Balance { agent } => {
             (client.get(&format!("/v1/agents/{}/balance", segment(&agent))).await?, View::Balance)
         }

@@ -229,7 +229,7 @@ pub(super) fn render(value: &Value, view: View) -> String {
 /// What a verification walked, held to which checkpoint, and each broken chain's first broken link.
 fn verification(v: &Value) -> String {
     let held = v["checkpoint"].as_str().map(|id| format!(", held to checkpoint {id}")).unwrap_or_default();
-    let walked = format!("{} agents, {} links, {} records{held}", v["agents"], v["links"], v["records"]);
+    let walked = format!("{} chains, {} links, {} records{held}", v["agents"], v["links"], v["records"]);
     let broken = v["broken"].as_array().cloned().unwrap_or_default();
     if broken.is_empty() {
         return format!("verified: {walked}\n");

@@ -71,6 +71,8 @@ pub enum Permission {
     Tag,
     /// Verify the audit chains and make checkpoints: reads every record of every agent.
     Audit,
+    /// Record what backs a treasury: deposits and withdrawals, money entering or leaving spendgate.
+    Treasury,
     /// Use the MCP tools: they act for the key's own agent, so only an agent key has any.
     Tools,
     /// Ask people for a mandate (spend past the rules, which a person must approve).
@@ -104,6 +106,7 @@ impl Permission {
             Permission::Tools => "use the MCP tools, which act for an agent key's own agent",
             Permission::Ask => "ask for a mandate",
             Permission::Audit => "verify the audit trail",
+            Permission::Treasury => "record a treasury's deposits and withdrawals",
         }
     }
 }
@@ -123,9 +126,10 @@ impl Principal {
         let allowed = match self.role {
             _ if permission == Permission::Tools => self.role == Role::Agent && agent == self.agent_id.as_ref(),
             Role::Owner => true,
-            Role::Manager => {
-                !matches!(permission, Permission::ManageKeys | Permission::ExportWallet | Permission::Audit)
-            }
+            Role::Manager => !matches!(
+                permission,
+                Permission::ManageKeys | Permission::ExportWallet | Permission::Audit | Permission::Treasury
+            ),
             Role::Operator => matches!(permission, Permission::Read | Permission::Freeze | Permission::DryRun),
             Role::Agent => permission.agent_may() && agent.is_some() && agent == self.agent_id.as_ref(),
         };

@@ -9,6 +9,8 @@ worded! {
         Authorization = "authorization",
         Transfer = "transfer",
         Event = "event",
+        /// A movement of a treasury, in its own chain.
+        TreasuryTransfer = "treasury_transfer",
     }
 }
 

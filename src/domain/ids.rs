@@ -74,8 +74,12 @@ prefixed_id!(
     AuthorizationId, "auth"
 );
 prefixed_id!(
-    /// A ledger movement: fund, post, excess, void, expire or refund.
+    /// A ledger movement of an agent: fund, top-up, drain, post, excess, void, expire or refund.
     TransferId, "trf"
+);
+prefixed_id!(
+    /// A movement of a treasury: deposit, withdrawal, or to or from an agent.
+    TreasuryTransferId, "trt"
 );
 prefixed_id!(
     /// An x402 payment: what was signed for one request, and how it ended.

@@ -21,8 +21,12 @@ worded! {
 worded! {
     /// What a transfer did to a hold or a balance.
     pub enum TransferKind {
-        /// Money into the agent's balance.
+        /// Money from the treasury into the agent's balance, by a person.
         Fund = "fund",
+        /// Money from the treasury into the agent's balance, by its top-up rule.
+        TopUp = "top_up",
+        /// Available money from the agent's balance back to the treasury.
+        Drain = "drain",
         /// Captured out of the hold.
         Post = "post",
         /// Captured beyond the hold: the processor's fact, recorded as spent.
@@ -78,7 +82,61 @@ impl PaymentStatus {
     }
 }
 
-/// An agent's money in minor units of its currency. Available = funded + refunded − held − spent.
+worded! {
+    /// What a movement did to the treasury of a currency.
+    pub enum TreasuryKind {
+        /// Money that backs the treasury, recorded by a person (placed at the card program, USDC
+        /// in a treasury wallet).
+        Deposit = "deposit",
+        /// Money taken out of the treasury, recorded by a person.
+        Withdrawal = "withdrawal",
+        /// To an agent, by a person.
+        Fund = "fund",
+        /// To an agent, by its top-up rule.
+        TopUp = "top_up",
+        /// Back from an agent.
+        Drain = "drain",
+    }
+}
+
+impl TreasuryKind {
+    /// The agent's side of a movement between the treasury and an agent.
+    pub fn agent_side(self) -> Option<TransferKind> {
+        match self {
+            TreasuryKind::Fund => Some(TransferKind::Fund),
+            TreasuryKind::TopUp => Some(TransferKind::TopUp),
+            TreasuryKind::Drain => Some(TransferKind::Drain),
+            TreasuryKind::Deposit | TreasuryKind::Withdrawal => None,
+        }
+    }
+}
+
+/// The audit chain a currency's treasury journal is linked in (beside each agent's).
+pub fn treasury_chain(currency: &str) -> String {
+    format!("treasury:{currency}")
+}
+
+/// A currency's treasury in minor units: what people recorded as backing it, and what went to
+/// agents and came back. Every agent's balance comes from here, so the agents' money (available,
+/// held and spent net of refunds) adds up to `granted − returned`, never more than was deposited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Treasury {
+    pub deposited: i64,
+    pub withdrawn: i64,
+    /// Funded and topped up to agents.
+    pub granted: i64,
+    /// Drained back from agents.
+    pub returned: i64,
+}
+
+impl Treasury {
+    pub fn available(&self) -> i64 {
+        self.deposited - self.withdrawn - self.granted + self.returned
+    }
+}
+
+/// An agent's money in minor units of its currency. Available = funded + refunded − held − spent,
+/// where funded is what came from the treasury net of what was drained back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Balance {
     pub funded: i64,
@@ -115,6 +173,7 @@ mod tests {
         }
         round_trip(HoldStatus::ALL, HoldStatus::as_str, HoldStatus::parse);
         round_trip(TransferKind::ALL, TransferKind::as_str, TransferKind::parse);
+        round_trip(TreasuryKind::ALL, TreasuryKind::as_str, TreasuryKind::parse);
         round_trip(Source::ALL, Source::as_str, Source::parse);
         round_trip(PaymentStatus::ALL, PaymentStatus::as_str, PaymentStatus::parse);
         round_trip(Rail::ALL, Rail::as_str, Rail::parse);

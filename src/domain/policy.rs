@@ -55,6 +55,9 @@ pub struct Policy {
     /// Only in an agent's policy: alerts on its money as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<Box<Alerts>>,
+    /// Only in an agent's policy: how much its balance may hold and how it is refilled from the treasury.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding: Option<Box<Funding>>,
 }
 
 /// Either an allow list or a block list, never both.
@@ -320,6 +323,32 @@ pub struct Alerts {
     pub spend_rate: Option<SpendRate>,
 }
 
+/// An agent's balance and the treasury: a ceiling, and a refill when it runs low.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Funding {
+    /// The most the available balance may reach (minor units): a funding past it is refused, a
+    /// top-up stops at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_balance: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_up: Option<TopUpRule>,
+}
+
+/// When the available balance falls below `below`, bring it back to `to` from the treasury, right
+/// after the decision that took it there; at most `max_per_day` and `max_per_month` (UTC days and
+/// months) in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TopUpRule {
+    pub below: i64,
+    pub to: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_day: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_month: Option<i64>,
+}
+
 /// The last hour's spend against the agent's own hourly average before it (`spend_anomaly`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -578,6 +607,21 @@ impl Policy {
                 check_amount("alerts.spend_rate.min_amount", Some(rate.min_amount))?;
             }
         }
+        if let Some(funding) = &self.funding {
+            check_amount("funding.max_balance", funding.max_balance)?;
+            if let Some(rule) = &funding.top_up {
+                check_amount("funding.top_up.below", Some(rule.below))?;
+                check_amount("funding.top_up.to", Some(rule.to))?;
+                check_amount("funding.top_up.max_per_day", rule.max_per_day)?;
+                check_amount("funding.top_up.max_per_month", rule.max_per_month)?;
+                if rule.to < rule.below {
+                    return fail("funding.top_up.to", "must be at least below");
+                }
+                if funding.max_balance.is_some_and(|max| rule.to > max) {
+                    return fail("funding.top_up.to", "must be at most funding.max_balance");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -732,6 +776,14 @@ mod tests {
                 "alerts.spend_rate.baseline: rolling window",
             ),
             (json!({"alerts": {"spend_rate": {"multiple": 3, "min_amount": 0}}}), "alerts.spend_rate.min_amount"),
+            (json!({"funding": {"max_balance": 0}}), "funding.max_balance: must be a positive"),
+            (json!({"funding": {"top_up": {"below": 10, "to": 5}}}), "funding.top_up.to: must be at least below"),
+            (
+                json!({"funding": {"max_balance": 100, "top_up": {"below": 10, "to": 500}}}),
+                "funding.top_up.to: must be at most funding.max_balance",
+            ),
+            (json!({"funding": {"top_up": {"below": 10, "to": 50, "max_per_day": -1}}}), "funding.top_up.max_per_day"),
+            (json!({"funding": {"top_up": {"below": 10}}}), "funding.top_up: missing field `to`"),
         ];
         for (doc, expected) in cases {
             let err = check(doc.clone()).expect_err(&format!("{doc} should be refused"));

@@ -30,13 +30,23 @@ worded! {
         SpendAnomaly = "spend.anomaly",
         #[serde(rename = "audit.checkpoint")]
         AuditCheckpoint = "audit.checkpoint",
+        #[serde(rename = "balance.topped_up")]
+        BalanceToppedUp = "balance.topped_up",
+        #[serde(rename = "treasury.short")]
+        TreasuryShort = "treasury.short",
     }
 }
 
 impl EventType {
     /// The alerts: a person should look. Only they may go to a Slack endpoint.
     pub fn is_alert(self) -> bool {
-        matches!(self, EventType::LimitThresholdCrossed | EventType::BalanceLow | EventType::SpendAnomaly)
+        matches!(
+            self,
+            EventType::LimitThresholdCrossed
+                | EventType::BalanceLow
+                | EventType::SpendAnomaly
+                | EventType::TreasuryShort
+        )
     }
 }
 

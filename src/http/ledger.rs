@@ -1,4 +1,4 @@
-//! Funding, balances, the ledger and a card's active trace.
+//! Funding and drains, balances, the ledger and a card's active trace.
 
 use actix_web::{HttpResponse, get, post, put, web};
 use serde::Deserialize;
@@ -6,13 +6,14 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::admin::Page;
-use crate::admin::ledger::{FundRequest, LedgerQuery};
+use crate::admin::ledger::{DrainRequest, FundRequest, LedgerQuery};
 use crate::domain::access::Principal;
 use crate::domain::card::Card;
 use crate::error::Result;
 use crate::ledger::{BalanceView, LedgerEntry, TransferView};
 
-/// Add to an agent's prepaid balance. 201 when new, 200 when `id` was already applied.
+/// Move money from the treasury of the agent's currency into its balance. 201 when new, 200 when
+/// `id` was already applied; 409 `treasury_short` or `max_balance_exceeded` moves nothing.
 #[utoipa::path(post, path = "/v1/agents/{agent_id}/fund", tag = "ledger", request_body = FundRequest,
     responses((status = 201, body = TransferView), (status = 200, body = TransferView)))]
 #[post("/v1/agents/{agent_id}/fund")]
@@ -23,6 +24,21 @@ pub async fn fund(
     body: web::Json<FundRequest>,
 ) -> Result<HttpResponse> {
     let (transfer, replayed) = state.admin.fund(&who, &path, body.into_inner()).await?;
+    Ok(if replayed { HttpResponse::Ok() } else { HttpResponse::Created() }.json(transfer))
+}
+
+/// Move the agent's available money (or `amount` of it) back to its treasury; held money stays
+/// held. 201 when new, 200 when `id` was already applied; 409 `exceeds_available` moves nothing.
+#[utoipa::path(post, path = "/v1/agents/{agent_id}/drain", tag = "ledger", request_body = DrainRequest,
+    responses((status = 201, body = TransferView), (status = 200, body = TransferView)))]
+#[post("/v1/agents/{agent_id}/drain")]
+pub async fn drain(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<DrainRequest>,
+) -> Result<HttpResponse> {
+    let (transfer, replayed) = state.admin.drain(&who, &path, body.into_inner()).await?;
     Ok(if replayed { HttpResponse::Ok() } else { HttpResponse::Created() }.json(transfer))
 }
 

@@ -16,6 +16,7 @@ mod policies;
 pub mod processors;
 mod reports;
 mod system;
+mod treasury;
 mod usdc;
 pub mod webhooks;
 
@@ -119,6 +120,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(keys::list_keys)
         .service(keys::revoke_key)
         .service(ledger::fund)
+        .service(ledger::drain)
+        .service(treasury::treasuries)
+        .service(treasury::transfers)
+        .service(treasury::deposit)
+        .service(treasury::withdraw)
         .service(ledger::balance)
         .service(ledger::ledger)
         .service(ledger::put_trace)

@@ -6,8 +6,8 @@ use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, approvals, audit, cards, endpoints, keys, ledger, mcp, policies, processors, reports, system, usdc,
-    webhooks,
+    agents, approvals, audit, cards, endpoints, keys, ledger, mcp, policies, processors, reports, system, treasury,
+    usdc, webhooks,
 };
 
 #[derive(OpenApi)]
@@ -23,7 +23,8 @@ use super::{
         policies::put_shadow, policies::shadow_report,
         policies::start_backtest, policies::list_backtests, policies::get_backtest, policies::cancel_backtest,
         keys::create_key, keys::list_keys, keys::revoke_key,
-        ledger::fund, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
+        ledger::fund, ledger::drain, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
+        treasury::treasuries, treasury::transfers, treasury::deposit, treasury::withdraw,
         audit::verify, audit::checkpoints, audit::make_checkpoint,
         endpoints::create_endpoint, endpoints::list_endpoints, endpoints::delete_endpoint, endpoints::endpoint_deliveries,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,

@@ -11,9 +11,14 @@
 //! - a hold is released at most once: no transfer takes more out of it than it holds, and a
 //!   capture beyond it is recorded as `excess`, never as `post`;
 //! - across an agent's holds, the balance's held, spent and refunded are the sums of theirs, so
-//!   funded + refunded − held − spent is what is available.
+//!   funded + refunded − held − spent is what is available;
+//! - no money from nowhere: an agent is funded only from its currency's treasury, and only with
+//!   what the treasury has; a drain returns only what is available, never what is held. So the
+//!   treasury's available plus every agent's funded is what people deposited less what they
+//!   withdrew, and no agent's funded goes below what it spent net of refunds.
 
-use crate::domain::ledger::{Balance, HoldStatus, TransferKind};
+use crate::domain::ledger::{Balance, HoldStatus, TransferKind, Treasury};
+use crate::domain::policy::TopUpRule;
 
 /// An authorization's money, in minor units of the agent's (cap) currency unless named otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +61,12 @@ pub enum Refusal {
     NothingHeld(HoldStatus),
     /// Refunds would total more than was posted.
     RefundExceedsPosted { posted: i64 },
+    /// The treasury has less than the movement asks.
+    TreasuryShort { available: i64 },
+    /// The agent's available balance would pass its maximum; `room` is what it may still take.
+    OverMaxBalance { room: i64 },
+    /// A drain asks for more than is available (held money is never drained).
+    NotAvailable { available: i64 },
 }
 
 /// How a release ends a hold that it empties.
@@ -206,7 +217,7 @@ impl Hold {
     pub fn replay(&mut self, balance: &mut Balance, kind: TransferKind, amount: i64) -> Result<(), Refusal> {
         self.not_declined()?;
         match kind {
-            TransferKind::Fund => {}
+            TransferKind::Fund | TransferKind::TopUp | TransferKind::Drain => {}
             TransferKind::Post => {
                 let from_hold = amount.min(self.held);
                 self.held -= from_hold;
@@ -277,11 +288,122 @@ impl Hold {
     }
 }
 
-/// Money into the agent's balance.
-pub fn fund(balance: &mut Balance, amount: i64) -> Moved {
+/// Money that backs the treasury, recorded by a person.
+pub fn deposit(treasury: &mut Treasury, amount: i64) {
+    debug_assert!(amount > 0, "a deposit of {amount}");
+    treasury.deposited += amount;
+}
+
+/// Money taken out of the treasury: only what no agent has been given.
+pub fn withdraw(treasury: &mut Treasury, amount: i64) -> Result<(), Refusal> {
+    short(treasury, amount)?;
+    treasury.withdrawn += amount;
+    Ok(())
+}
+
+/// Money from the treasury into the agent's balance, by a person: refused when the treasury has
+/// less, or when it would take the available balance past `max_balance`.
+pub fn fund(
+    treasury: &mut Treasury,
+    balance: &mut Balance,
+    amount: i64,
+    max_balance: Option<i64>,
+) -> Result<Moved, Refusal> {
     debug_assert!(amount > 0, "funding of {amount}");
+    if let Some(room) = room_under(balance, max_balance)
+        && amount > room
+    {
+        return Err(Refusal::OverMaxBalance { room });
+    }
+    short(treasury, amount)?;
+    Ok(grant(treasury, balance, TransferKind::Fund, amount))
+}
+
+/// Available money back to the treasury: all of it (`None`) or `amount`, never what is held.
+pub fn drain(treasury: &mut Treasury, balance: &mut Balance, amount: Option<i64>) -> Result<Moved, Refusal> {
+    let available = balance.available();
+    let amount = amount.unwrap_or(available);
+    if amount <= 0 || amount > available {
+        return Err(Refusal::NotAvailable { available });
+    }
+    balance.funded -= amount;
+    treasury.returned += amount;
+    Ok(Moved::new(TransferKind::Drain, amount))
+}
+
+/// What a top-up rule did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopUp {
+    /// What the rule asked for: up to `to`, within the day's and month's allowance and the maximum.
+    pub wanted: i64,
+    /// What the treasury moved (`wanted` unless it was short).
+    pub moved: Option<Moved>,
+}
+
+impl TopUp {
+    /// What the treasury could not cover.
+    pub fn short(&self) -> i64 {
+        self.wanted - self.moved.map_or(0, |m| m.amount)
+    }
+}
+
+/// The agent's top-up rule applied now: None when its available balance is not below the line or
+/// the rule's allowances are used up; `today` and `this_month` are what top-ups moved already.
+pub fn top_up(
+    treasury: &mut Treasury,
+    balance: &mut Balance,
+    rule: &TopUpRule,
+    today: i64,
+    this_month: i64,
+    max_balance: Option<i64>,
+) -> Option<TopUp> {
+    let available = balance.available();
+    if available >= rule.below {
+        return None;
+    }
+    let allowances = [
+        Some(rule.to - available),
+        rule.max_per_day.map(|max| max - today),
+        rule.max_per_month.map(|max| max - this_month),
+        room_under(balance, max_balance),
+    ];
+    let wanted = allowances.into_iter().flatten().min().unwrap_or(0);
+    if wanted <= 0 {
+        return None;
+    }
+    let amount = wanted.min(treasury.available().max(0));
+    let moved = (amount > 0).then(|| grant(treasury, balance, TransferKind::TopUp, amount));
+    Some(TopUp { wanted, moved })
+}
+
+/// Applies a recorded movement between the treasury and the agent to its balance alone (a backtest
+/// replays the agent's history without its treasury); false for any other transfer.
+pub fn replay_funding(balance: &mut Balance, kind: TransferKind, amount: i64) -> bool {
+    match kind {
+        TransferKind::Fund | TransferKind::TopUp => balance.funded += amount,
+        TransferKind::Drain => balance.funded -= amount,
+        _ => return false,
+    }
+    true
+}
+
+fn grant(treasury: &mut Treasury, balance: &mut Balance, kind: TransferKind, amount: i64) -> Moved {
+    treasury.granted += amount;
     balance.funded += amount;
-    Moved::new(TransferKind::Fund, amount)
+    Moved::new(kind, amount)
+}
+
+fn short(treasury: &Treasury, amount: i64) -> Result<(), Refusal> {
+    let available = treasury.available();
+    if amount > available {
+        return Err(Refusal::TreasuryShort { available });
+    }
+    Ok(())
+}
+
+/// What the available balance may still take under `max_balance` (None: no maximum).
+fn room_under(balance: &Balance, max_balance: Option<i64>) -> Option<i64> {
+    max_balance.map(|max| (max - balance.available()).max(0))
 }
 
 /// ⌈amount × num / den⌉ without overflow.
@@ -299,7 +421,11 @@ mod tests {
     /// One thing that can happen to an agent's ledger; `hold` picks among the holds made so far.
     #[derive(Debug, Clone)]
     enum Event {
-        Fund(i64),
+        Deposit(i64),
+        Withdraw(i64),
+        Fund { amount: i64, max: Option<i64> },
+        Drain(Option<i64>),
+        TopUp { below: i64, to: i64, per_day: Option<i64>, max: Option<i64> },
         Approve { cap: i64, card: i64 },
         Decline { cap: i64 },
         Capture { hold: usize, amount: i64 },
@@ -315,8 +441,18 @@ mod tests {
         // what is held and posted (equal, one more, one less).
         let amount = prop_oneof![1..4i64, 1..10_000i64];
         let hold = 0..8usize;
+        let maybe = || proptest::option::of(prop_oneof![1..4i64, 1..20_000i64]);
         prop_oneof![
-            amount.clone().prop_map(Event::Fund),
+            amount.clone().prop_map(Event::Deposit),
+            amount.clone().prop_map(Event::Withdraw),
+            (amount.clone(), maybe()).prop_map(|(amount, max)| Event::Fund { amount, max }),
+            maybe().prop_map(Event::Drain),
+            (amount.clone(), 0..5_000i64, maybe(), maybe()).prop_map(|(below, more, per_day, max)| Event::TopUp {
+                below,
+                to: below + more,
+                per_day,
+                max
+            }),
             (amount.clone(), amount.clone()).prop_map(|(cap, card)| Event::Approve { cap, card }),
             amount.clone().prop_map(|cap| Event::Decline { cap }),
             (hold.clone(), amount.clone()).prop_map(|(hold, amount)| Event::Capture { hold, amount }),
@@ -332,10 +468,14 @@ mod tests {
     /// The ledger as the writer keeps it: a balance, its holds, and every transfer made, per hold.
     #[derive(Default)]
     struct Ledger {
+        treasury: Treasury,
         balance: Balance,
         holds: Vec<Hold>,
         transfers: Vec<Vec<Moved>>,
+        /// What people put in and took out of the treasury; what reached the agent, net.
+        deposited: i64,
         funded: i64,
+        topped_up: i64,
         /// Per hold: what its approvals held (an approval after all adds one).
         approved: Vec<i64>,
     }
@@ -344,10 +484,52 @@ mod tests {
         fn apply(&mut self, event: &Event) -> Result<(), Refusal> {
             let n = self.holds.len();
             let pick = |i: usize| if n == 0 { None } else { Some(i % n) };
-            let b = &mut self.balance;
+            let (t, b) = (&mut self.treasury, &mut self.balance);
             let moved: Vec<Moved> = match *event {
-                Event::Fund(amount) => {
-                    self.funded += fund(b, amount).amount;
+                Event::Deposit(amount) => {
+                    deposit(t, amount);
+                    self.deposited += amount;
+                    return Ok(());
+                }
+                Event::Withdraw(amount) => {
+                    withdraw(t, amount)?;
+                    self.deposited -= amount;
+                    return Ok(());
+                }
+                Event::Fund { amount, max } => {
+                    self.funded += fund(t, b, amount, max)?.amount;
+                    if max.is_some_and(|max| b.available() > max) {
+                        panic!("funded past the maximum {max:?}: {b:?}");
+                    }
+                    return Ok(());
+                }
+                Event::Drain(amount) => {
+                    let before = b.available();
+                    let moved = drain(t, b, amount)?;
+                    assert!(moved.amount <= before, "drained {} of {before} available", moved.amount);
+                    self.funded -= moved.amount;
+                    return Ok(());
+                }
+                Event::TopUp { below, to, per_day, max } => {
+                    let rule = TopUpRule { below, to, max_per_day: per_day, max_per_month: None };
+                    let before = b.available();
+                    let Some(done) = top_up(t, b, &rule, self.topped_up, self.topped_up, max) else {
+                        assert!(
+                            before >= below
+                                || per_day.is_some_and(|d| self.topped_up >= d)
+                                || max.is_some_and(|m| before >= m)
+                        );
+                        return Ok(());
+                    };
+                    let amount = done.moved.map_or(0, |m| m.amount);
+                    assert!(before < below && b.available() <= to, "topped {before} up to {}", b.available());
+                    assert_eq!(done.short() > 0, amount < done.wanted);
+                    assert!(t.available() == 0 || done.short() == 0, "short with money left: {t:?}");
+                    self.funded += amount;
+                    self.topped_up += amount;
+                    if per_day.is_some_and(|d| self.topped_up > d) || max.is_some_and(|m| b.available() > m) {
+                        panic!("a top-up past its allowance: {done:?} {b:?}");
+                    }
                     return Ok(());
                 }
                 Event::Approve { cap, card } => {
@@ -408,6 +590,16 @@ mod tests {
             if b.funded != self.funded || b.available() != b.funded + b.refunded - b.held - b.spent {
                 return Err(format!("funding from nowhere: {b:?} after {} funded", self.funded));
             }
+            // No money from nowhere, none lost: the treasury and the agent hold exactly what people
+            // deposited less what they withdrew; the treasury never gives what it does not have,
+            // and the agent's funding always covers what it spent net of refunds and holds.
+            let t = &self.treasury;
+            if t.available() < 0 || t.available() + b.funded != self.deposited || t.granted - t.returned != b.funded {
+                return Err(format!("money created or lost: {t:?} {b:?} after {} deposited", self.deposited));
+            }
+            if b.funded < 0 {
+                return Err(format!("drained more than was funded: {b:?}"));
+            }
             // Each hold is what its transfers say: approved + increases − posts − releases is held,
             // posts + excess is posted, refunds are refunded; no transfer is negative.
             for ((h, moved), approved) in self.holds.iter().zip(&self.transfers).zip(&self.approved) {
@@ -435,10 +627,11 @@ mod tests {
         fn every_history_keeps_every_invariant(events in proptest::collection::vec(event(), 1..60)) {
             let mut ledger = Ledger::default();
             for event in &events {
-                let (before_balance, before_holds) = (ledger.balance, ledger.holds.clone());
+                let (before_balance, before_holds, before_treasury) = (ledger.balance, ledger.holds.clone(), ledger.treasury);
                 if ledger.apply(event).is_err() {
                     // A refusal changes nothing.
                     prop_assert_eq!(ledger.balance, before_balance);
+                    prop_assert_eq!(ledger.treasury, before_treasury);
                     prop_assert_eq!(&ledger.holds, &before_holds);
                 }
                 if let Err(broken) = ledger.check() {

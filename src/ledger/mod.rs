@@ -29,7 +29,7 @@ use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
 use crate::domain::ids::{AgentId, CardId};
-use crate::domain::ledger::Source;
+use crate::domain::ledger::{Source, TreasuryKind};
 use crate::domain::money::Money;
 use crate::error::{Error, ErrorCode, Result};
 use crate::policy::fx::RateTable;
@@ -40,8 +40,17 @@ use crate::store::ledger::LedgerFilter;
 use crate::store::x402::PaymentRow;
 pub use views::{
     AuthOutcome, AuthorizationView, BalanceView, LedgerEntry, LifecycleOutcome, RequestedAmount, TransferView,
+    TreasuryTransferView, TreasuryView,
 };
 use writer::Command;
+
+/// Who moves money between a treasury and an agent, or records a treasury's backing, and why.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The API key's id.
+    pub key: String,
+    pub reason: Option<String>,
+}
 
 /// The current rate table, replaced whole by the refresher.
 pub type Rates = Arc<RwLock<Arc<RateTable>>>;
@@ -441,10 +450,68 @@ impl Ledger {
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
 
-    pub async fn fund(&self, agent_id: &AgentId, external_id: &str, amount: Money) -> Result<(TransferView, bool)> {
+    /// Treasury → agent, by `actor`.
+    pub async fn fund(
+        &self,
+        agent_id: &AgentId,
+        external_id: &str,
+        amount: Money,
+        actor: &Actor,
+    ) -> Result<(TransferView, bool)> {
         let (reply, answer) = oneshot::channel();
-        let cmd = writer::FundCmd { agent_id: agent_id.clone(), external_id: external_id.to_owned(), amount, reply };
+        let cmd = writer::FundCmd {
+            agent_id: agent_id.clone(),
+            external_id: external_id.to_owned(),
+            amount,
+            actor: actor.key.clone(),
+            reason: actor.reason.clone(),
+            reply,
+        };
         self.send(Command::Fund(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    /// Agent → treasury of what is available (all of it when `amount` is None).
+    pub async fn drain(
+        &self,
+        agent_id: &AgentId,
+        external_id: &str,
+        amount: Option<i64>,
+        actor: &Actor,
+    ) -> Result<(TransferView, bool)> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::DrainCmd {
+            agent_id: agent_id.clone(),
+            external_id: external_id.to_owned(),
+            amount,
+            actor: actor.key.clone(),
+            reason: actor.reason.clone(),
+            reply,
+        };
+        self.send(Command::Drain(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
+    /// A deposit into or a withdrawal from a treasury, as a person records it.
+    pub async fn record_treasury(
+        &self,
+        kind: TreasuryKind,
+        external_id: &str,
+        amount: Money,
+        reference: Option<String>,
+        actor: &Actor,
+    ) -> Result<(TreasuryTransferView, bool)> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::TreasuryCmd {
+            external_id: external_id.to_owned(),
+            kind,
+            amount,
+            actor: actor.key.clone(),
+            reason: actor.reason.clone(),
+            reference,
+            reply,
+        };
+        self.send(Command::Treasury(Box::new(cmd))).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
 

@@ -7,10 +7,11 @@ use utoipa::ToSchema;
 
 use crate::domain::authorization::{AuthRequest, DeclineReason, FxUsed, Merchant, Rail, RateSource};
 use crate::domain::ids::{AgentId, AuthorizationId, TransferId, ulid_part};
-use crate::domain::ledger::{HoldStatus, PaymentStatus, TransferKind};
+use crate::domain::ledger::{HoldStatus, PaymentStatus, TransferKind, Treasury, TreasuryKind};
 use crate::domain::money::{Currency, Money};
 use crate::error::Result;
 use crate::store::ledger::{self, AuthorizationRow, Balance, LedgerFilter, TransferRow};
+use crate::store::treasury::{LockedTreasury, TreasuryTransferRow};
 use crate::store::x402::PaymentRow;
 use crate::store::{DbConnection, corrupt, from_millis};
 
@@ -201,6 +202,12 @@ pub struct TransferView {
     pub card_id: Option<String>,
     pub trace_id: Option<String>,
     pub amount: Money,
+    /// Who moved money between the treasury and the agent (a key id, or `spendgate` for its
+    /// top-up rule), and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: jiff::Timestamp,
 }
@@ -218,6 +225,8 @@ impl TransferView {
                 amount: row.amount,
                 currency: row.currency.parse().map_err(|_| corrupt("transfer currency", &row.currency))?,
             },
+            actor: row.actor.clone(),
+            reason: row.reason.clone(),
             created_at: from_millis(row.created_at)?,
         })
     }
@@ -251,6 +260,77 @@ impl BalanceView {
             held: b.held,
             spent: b.spent,
             available: b.available(),
+        })
+    }
+}
+
+/// A currency's treasury: what backs it, what went to agents and came back, and what it still has.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TreasuryView {
+    pub currency: Currency,
+    /// Recorded by people as backing it, and taken out by them.
+    pub deposited: i64,
+    pub withdrawn: i64,
+    /// Funded and topped up to agents; drained back from them.
+    pub granted: i64,
+    pub returned: i64,
+    /// What it can still fund: deposited − withdrawn − granted + returned.
+    pub available: i64,
+}
+
+impl TreasuryView {
+    pub fn new(t: &LockedTreasury) -> Self {
+        let Treasury { deposited, withdrawn, granted, returned } = t.treasury;
+        TreasuryView {
+            currency: t.currency,
+            deposited,
+            withdrawn,
+            granted,
+            returned,
+            available: t.treasury.available(),
+        }
+    }
+}
+
+/// One movement of a treasury.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct TreasuryTransferView {
+    pub id: String,
+    /// The caller's idempotency key; for a movement with an agent, the agent's transfer id.
+    pub external_id: String,
+    pub kind: TreasuryKind,
+    pub amount: Money,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// The agent's side of the movement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_id: Option<String>,
+    /// The key id that moved it, or `spendgate` for a top-up rule.
+    pub actor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: jiff::Timestamp,
+}
+
+impl TreasuryTransferView {
+    pub fn from_row(row: &TreasuryTransferRow) -> Result<Self> {
+        Ok(TreasuryTransferView {
+            id: row.id.clone(),
+            external_id: row.external_id.clone(),
+            kind: row.kind,
+            amount: Money {
+                amount: row.amount,
+                currency: row.currency.parse().map_err(|_| corrupt("treasury currency", &row.currency))?,
+            },
+            agent_id: row.agent_id.clone(),
+            transfer_id: row.transfer_id.clone(),
+            actor: row.actor.clone(),
+            reason: row.reason.clone(),
+            reference: row.reference.clone(),
+            created_at: from_millis(row.created_at)?,
         })
     }
 }

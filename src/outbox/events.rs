@@ -55,6 +55,7 @@ pub fn of(linked: &Linked) -> Vec<Out> {
                 ("unfrozen", true) => EventType::CardUnfrozen,
                 ("closed", true) => EventType::CardClosed,
                 ("approval_granted" | "approval_denied", _) => EventType::ApprovalDecided,
+                ("balance_topped_up", _) => EventType::BalanceToppedUp,
                 _ => return Vec::new(),
             };
             let data = serde_json::to_value(e).unwrap_or(Value::Null);
@@ -85,6 +86,7 @@ fn alert_type(kind: &str) -> Option<EventType> {
         "limit_threshold_crossed" => Some(EventType::LimitThresholdCrossed),
         "balance_low" => Some(EventType::BalanceLow),
         "spend_anomaly" => Some(EventType::SpendAnomaly),
+        "treasury_short" => Some(EventType::TreasuryShort),
         _ => None,
     }
 }

@@ -53,6 +53,21 @@ pub fn message(payload: &str) -> Result<Value, String> {
                 ),
             )],
         ),
+        EventType::TreasuryShort => (
+            format!(
+                ":warning: The {} treasury could not top up {agent}",
+                escape(&text(&alert["treasury_available"]["currency"]).unwrap_or_default())
+            ),
+            vec![field(
+                "Top-up",
+                &format!(
+                    "{} wanted, {} moved; the treasury has {} left",
+                    money(&alert["wanted"]),
+                    money(&alert["moved"]),
+                    money(&alert["treasury_available"])
+                ),
+            )],
+        ),
         other => return Err(format!("{other} is not an alert")),
     };
     fields.insert(0, field("Agent", &escape(&agent)));

@@ -5,6 +5,7 @@
 //! them (docs/audit.md lists them): what was written is what is hashed, so a record read back hashes
 //! the same. A new column changes that content, so it needs a new version of the chain's format.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use diesel::dsl::sql;
@@ -15,18 +16,22 @@ use serde::Serialize;
 use super::events::EventRow;
 use super::ledger::{AuthorizationRow, TransferRow};
 use super::prepared::InsertLinks;
-use super::schema::{agents, audit_checkpoints, authorizations, chain_links, events, transfers};
+use super::schema::{
+    agents, audit_checkpoints, authorizations, chain_links, events, transfers, treasuries, treasury_transfers,
+};
+use super::treasury::TreasuryTransferRow;
 use super::{DbConnection, corrupt};
 use crate::audit::chain::{Head, Record, StoredLink, from_hex};
 use crate::domain::audit::RecordKind;
-use crate::domain::ledger::{Balance, TransferKind};
+use crate::domain::ledger::{Balance, TransferKind, treasury_chain};
 use crate::error::Result;
 
 /// A row the chain links.
 pub trait Chained: Serialize {
     const KIND: RecordKind;
     fn record_id(&self) -> &str;
-    fn agent(&self) -> &str;
+    /// Whose chain it is in: its agent's, or its treasury's (`treasury:<currency>`).
+    fn agent(&self) -> Cow<'_, str>;
     fn chain_n(&self) -> i64;
     fn set_chain_n(&mut self, n: i64);
 
@@ -43,8 +48,8 @@ macro_rules! chained {
             fn record_id(&self) -> &str {
                 &self.id
             }
-            fn agent(&self) -> &str {
-                &self.agent_id
+            fn agent(&self) -> Cow<'_, str> {
+                Cow::Borrowed(&self.agent_id)
             }
             fn chain_n(&self) -> i64 {
                 self.chain_n
@@ -91,7 +96,7 @@ pub fn link<R: Chained>(head: &mut Head, record: &mut R) -> LinkRow {
     record.set_chain_n(head.next());
     let link = head.append(&record.content());
     LinkRow {
-        agent_id: record.agent().to_owned(),
+        agent_id: record.agent().into_owned(),
         n: link.n,
         kind: R::KIND,
         record_id: record.record_id().to_owned(),
@@ -147,9 +152,17 @@ pub fn save_head(conn: &mut DbConnection, agent_id: &str, head: &Head) -> Result
     Ok(())
 }
 
-/// Every agent's chain end as its row stores it, by agent id.
+/// Every chain's end as its row stores it, by owner: each agent's (by id), then each treasury's
+/// (`treasury:<currency>`).
 pub fn heads(conn: &mut DbConnection) -> Result<Vec<(String, i64, Option<String>)>> {
-    Ok(agents::table.select((agents::id, agents::chain_length, agents::chain_head)).order(agents::id).load(conn)?)
+    let mut heads: Vec<(String, i64, Option<String>)> =
+        agents::table.select((agents::id, agents::chain_length, agents::chain_head)).order(agents::id).load(conn)?;
+    let treasuries: Vec<(String, i64, Option<String>)> = treasuries::table
+        .select((treasuries::currency, treasuries::chain_length, treasuries::chain_head))
+        .order(treasuries::currency)
+        .load(conn)?;
+    heads.extend(treasuries.into_iter().map(|(currency, length, head)| (treasury_chain(&currency), length, head)));
+    Ok(heads)
 }
 
 /// An agent's links after position `after`, in order.
@@ -175,8 +188,19 @@ pub fn links_at(conn: &mut DbConnection, agent_id: &str, ns: &[i64]) -> Result<V
 }
 
 /// One agent's chain end as its row stores it.
-pub fn head(conn: &mut DbConnection, agent_id: &str) -> Result<(i64, Option<String>)> {
-    Ok(agents::table.find(agent_id).select((agents::chain_length, agents::chain_head)).get_result(conn)?)
+pub fn head(conn: &mut DbConnection, owner: &str) -> Result<(i64, Option<String>)> {
+    Ok(match treasury_of(owner) {
+        Some(currency) => treasuries::table
+            .find(currency)
+            .select((treasuries::chain_length, treasuries::chain_head))
+            .get_result(conn)?,
+        None => agents::table.find(owner).select((agents::chain_length, agents::chain_head)).get_result(conn)?,
+    })
+}
+
+/// The currency of a treasury's chain owner (`treasury:<currency>`); None for an agent.
+pub fn treasury_of(owner: &str) -> Option<&str> {
+    owner.strip_prefix("treasury:")
 }
 
 /// The records the links name, as they are stored now, by id.
@@ -200,19 +224,28 @@ pub fn records(conn: &mut DbConnection, kind: RecordKind, ids: &[&str]) -> Resul
         RecordKind::Event => {
             by_id(events::table.filter(events::id.eq_any(ids)).select(EventRow::as_select()).load(conn)?)
         }
+        RecordKind::TreasuryTransfer => by_id(
+            treasury_transfers::table
+                .filter(treasury_transfers::id.eq_any(ids))
+                .select(TreasuryTransferRow::as_select())
+                .load(conn)?,
+        ),
     })
 }
 
-/// How many records an agent has, of every kind.
+/// How many records a chain's owner has, of every kind.
 pub fn count_records(conn: &mut DbConnection, agent_id: &str) -> Result<i64> {
+    if let Some(currency) = treasury_of(agent_id) {
+        return super::treasury::count(conn, currency);
+    }
     let auths: i64 = authorizations::table.filter(authorizations::agent_id.eq(agent_id)).count().get_result(conn)?;
     let moves: i64 = transfers::table.filter(transfers::agent_id.eq(agent_id)).count().get_result(conn)?;
     let events: i64 = events::table.filter(events::agent_id.eq(agent_id)).count().get_result(conn)?;
     Ok(auths + moves + events)
 }
 
-/// What an agent's records add up to: its funding transfers, and its authorizations' held,
-/// posted (spent) and refunded amounts.
+/// What an agent's records add up to: its transfers with the treasury, and its authorizations'
+/// held, posted (spent) and refunded amounts.
 pub fn sums(conn: &mut DbConnection, agent_id: &str) -> Result<Balance> {
     // SUM of a BIGINT is NUMERIC on PostgreSQL: cast back, and NULL (no rows) is 0.
     let total = |column: &str| sql::<Nullable<BigInt>>(&format!("CAST(SUM({column}) AS BIGINT)"));
@@ -220,11 +253,13 @@ pub fn sums(conn: &mut DbConnection, agent_id: &str) -> Result<Balance> {
         .filter(authorizations::agent_id.eq(agent_id))
         .select((total("held"), total("posted"), total("refunded")))
         .get_result(conn)?;
-    let funded: Option<i64> = transfers::table
+    // Funded: what came from the treasury, net of what was drained back.
+    let moved: Vec<(TransferKind, i64)> = transfers::table
         .filter(transfers::agent_id.eq(agent_id))
-        .filter(transfers::kind.eq(TransferKind::Fund))
-        .select(total("amount"))
-        .get_result(conn)?;
+        .filter(transfers::kind.eq_any([TransferKind::Fund, TransferKind::TopUp, TransferKind::Drain]))
+        .select((transfers::kind, transfers::amount))
+        .load(conn)?;
+    let funded = Some(moved.iter().map(|(kind, a)| if *kind == TransferKind::Drain { -a } else { *a }).sum());
     let or_zero = |v: Option<i64>| v.unwrap_or(0);
     Ok(Balance { funded: or_zero(funded), refunded: or_zero(refunded), held: or_zero(held), spent: or_zero(spent) })
 }
@@ -252,6 +287,16 @@ pub fn positions(
         RecordKind::Authorization => of!(authorizations),
         RecordKind::Transfer => of!(transfers),
         RecordKind::Event => of!(events),
+        RecordKind::TreasuryTransfer => match treasury_of(agent_id) {
+            Some(currency) => treasury_transfers::table
+                .filter(treasury_transfers::currency.eq(currency))
+                .filter(treasury_transfers::id.gt(after))
+                .order(treasury_transfers::id)
+                .limit(limit)
+                .select((treasury_transfers::id, treasury_transfers::chain_n))
+                .load(conn)?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -341,6 +386,8 @@ mod tests {
             currency: "USD".into(),
             created_at: 1_764_979_200_000,
             chain_n: 7,
+            actor: None,
+            reason: None,
         }
     }
 

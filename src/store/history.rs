@@ -67,6 +67,8 @@ pub fn page(conn: &mut DbConnection, agent: &AgentId, after: i64, limit: i64) ->
             RecordKind::Authorization => Recorded::Authorization(Box::new(rows.get(id).cloned().ok_or_else(missing)?)),
             RecordKind::Transfer => Recorded::Transfer(moved.remove(id).ok_or_else(missing)?),
             RecordKind::Event => Recorded::Event(happened.remove(id).ok_or_else(missing)?.into_domain()?),
+            // Only a treasury's chain links its journal.
+            RecordKind::TreasuryTransfer => continue,
         };
         page.push((*n, record));
     }

@@ -85,6 +85,12 @@ pub struct TransferRow {
     pub created_at: i64,
     /// The audit chain's link that wrote it.
     pub chain_n: i64,
+    /// Who moved money between the treasury and the agent (a key id, or `spendgate` for a rule),
+    /// and why. Left out of the chain's content when NULL, as on every transfer of a hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// An agent's ledger state as its row holds it, read while the row is locked.

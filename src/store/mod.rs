@@ -17,6 +17,7 @@ pub mod policies;
 mod prepared;
 pub mod reports;
 mod schema;
+pub mod treasury;
 pub mod wallets;
 pub mod webhooks;
 mod words;

@@ -210,6 +210,37 @@ diesel::table! {
         currency -> Text,
         created_at -> BigInt,
         chain_n -> BigInt,
+        actor -> Nullable<Text>,
+        reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    treasuries (currency) {
+        currency -> Text,
+        deposited -> BigInt,
+        withdrawn -> BigInt,
+        granted -> BigInt,
+        returned -> BigInt,
+        chain_length -> BigInt,
+        chain_head -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    treasury_transfers (id) {
+        id -> Text,
+        currency -> Text,
+        external_id -> Text,
+        kind -> Text,
+        amount -> BigInt,
+        agent_id -> Nullable<Text>,
+        transfer_id -> Nullable<Text>,
+        actor -> Text,
+        reason -> Nullable<Text>,
+        reference -> Nullable<Text>,
+        created_at -> BigInt,
+        chain_n -> BigInt,
     }
 }
 
@@ -324,6 +355,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     policy_versions,
     shadow_disagreements,
     transfers,
+    treasuries,
+    treasury_transfers,
     wallets,
     webhook_cursors,
     webhook_deliveries,

@@ -142,7 +142,7 @@ pub fn linked_after(conn: &mut DbConnection, agent_id: &str, after: i64, limit: 
                     auths.get(&l.record_id).map_or(Linked::Other, |a| Linked::Authorization(Box::new(a.clone())))
                 }
                 RecordKind::Event => evts.get(&l.record_id).map_or(Linked::Other, |e| Linked::Event(e.clone())),
-                RecordKind::Transfer => Linked::Other,
+                RecordKind::Transfer | RecordKind::TreasuryTransfer => Linked::Other,
             };
             (l.n, linked)
         })

@@ -10,7 +10,7 @@ use diesel::sql_types::Text;
 use crate::domain::audit::RecordKind;
 use crate::domain::authorization::{NamedBy, Rail};
 use crate::domain::backtest::{BacktestStatus, PolicyState};
-use crate::domain::ledger::{HoldStatus, PaymentProtocol, PaymentStatus, Source, TransferKind};
+use crate::domain::ledger::{HoldStatus, PaymentProtocol, PaymentStatus, Source, TransferKind, TreasuryKind};
 use crate::domain::webhook::{DeliveryStatus, EndpointFormat, EventType};
 
 macro_rules! stored_as_text {
@@ -68,6 +68,7 @@ stored_as_text!(
     PaymentProtocol,
     HoldStatus,
     TransferKind,
+    TreasuryKind,
     Source,
     PaymentStatus,
     Rail,

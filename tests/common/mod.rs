@@ -126,7 +126,23 @@ pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Config)) -> T
     let base = format!("http://{}", started.addr);
     let ledger = started.ledger.clone();
     actix_web::rt::spawn(started.server);
-    TestApp { base, owner_key, database_url, http: http_client(), storage, ledger }
+    let app = TestApp { base, owner_key, database_url, http: http_client(), storage, ledger };
+    back_treasuries(&app.http, &app.base, &app.owner_key).await;
+    app
+}
+
+/// The currencies whose treasuries the test world backs, so that agents in them can be funded.
+/// A test of the treasury itself uses another (CHF).
+pub const BACKED: [&str; 4] = ["USD", "EUR", "GBP", "JPY"];
+
+/// Records a large deposit behind each of the `BACKED` treasuries (idempotent).
+pub async fn back_treasuries(http: &reqwest::Client, base: &str, owner_key: &str) {
+    for currency in BACKED {
+        let body = serde_json::json!({"id": "test-backing", "amount": 100_000_000_000_000_i64, "currency": currency});
+        let response =
+            http.post(format!("{base}/v1/treasury/deposits")).bearer_auth(owner_key).json(&body).send().await.unwrap();
+        assert!(response.status().is_success(), "the test treasury: {}", response.text().await.unwrap());
+    }
 }
 
 /// An HTTP client for the tests (TLS by ring, as in spendgate itself).

@@ -73,8 +73,16 @@ pub(super) fn spawn_acknowledger(
 impl Writer {
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        loop {
+            // Top-ups due after the last batch go first, waiting for nothing.
+            if self.top_ups.is_empty() {
+                let Some(first) = rx.blocking_recv() else { break };
+                batch.push(first);
+            }
+            let mut due = std::mem::take(&mut self.top_ups);
+            due.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            due.dedup_by(|a, b| a.0 == b.0);
+            batch.extend(due.into_iter().map(|(agent_id, crossed)| Command::TopUp { agent_id, crossed }));
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
@@ -106,6 +114,7 @@ impl Writer {
         }
         match result {
             Ok(replies) => {
+                self.top_ups.append(&mut self.falling);
                 let committed = Committed {
                     answers: batch.into_iter().zip(replies).collect(),
                     asked: std::mem::take(&mut self.asked),
@@ -127,6 +136,7 @@ impl Writer {
                 self.disagreements.clear();
                 self.links.clear();
                 self.asked.clear();
+                self.falling.clear();
                 if batch.len() > 1 {
                     tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
                     batch.into_iter().for_each(|cmd| self.process(vec![cmd]));

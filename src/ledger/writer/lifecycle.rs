@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::{FundCmd, Locked, MovementCmd, Writer};
+use super::{Locked, MovementCmd, Writer};
 use crate::domain::ids::{AgentId, TransferId};
 use crate::domain::ledger::{Balance, HoldStatus, TransferKind};
 use crate::domain::money::Currency;
@@ -132,51 +132,6 @@ impl Writer {
         rates.convert(amount, from, to).map(|c| c.amount).map_err(|_| unsupported())
     }
 
-    pub(super) fn fund(
-        &mut self,
-        conn: &mut DbConnection,
-        c: &FundCmd,
-        locked: &mut HashMap<AgentId, Locked>,
-        now_ms: i64,
-    ) -> Result<(TransferView, bool)> {
-        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
-        if let Some(first) = rows::find_transfers(conn, &c.agent_id, &c.external_id)?.first() {
-            if first.kind != TransferKind::Fund
-                || first.amount != c.amount.amount
-                || first.currency != c.amount.currency.code()
-            {
-                return Err(Error::coded(
-                    ErrorCode::IdempotencyConflict,
-                    format!("id {} was already used for another transfer", c.external_id),
-                ));
-            }
-            return Ok((TransferView::from_row(first)?, true));
-        }
-        if c.amount.currency != l.currency {
-            return Err(Error::coded(
-                ErrorCode::CurrencyMismatch,
-                format!("the agent's balance is in {}, not {}", l.currency, c.amount.currency),
-            ));
-        }
-        let moved = core::fund(&mut l.ledger.balance, c.amount.amount);
-        let mut t = TransferRow {
-            id: TransferId::generate().to_string(),
-            external_id: c.external_id.clone(),
-            agent_id: c.agent_id.to_string(),
-            authorization_id: None,
-            card_id: None,
-            trace_id: None,
-            kind: moved.kind,
-            amount: moved.amount,
-            currency: l.currency.code().to_owned(),
-            created_at: now_ms,
-            chain_n: 0,
-        };
-        self.chain(l, &mut t);
-        rows::insert_transfer(conn, &t)?;
-        Ok((TransferView::from_row(&t)?, false))
-    }
-
     /// Releases what each stale hold still holds, as an `expire` transfer.
     pub(super) fn expire(
         &mut self,
@@ -229,6 +184,7 @@ fn refused(refusal: Refusal, row: &AuthorizationRow) -> Error {
         Refusal::RefundExceedsPosted { posted } => {
             Error::coded(ErrorCode::RefundExceedsPosted, format!("refunds would total more than the {posted} posted"))
         }
+        other => Error::Internal(format!("an unexpected refusal of a hold: {other:?}")),
     }
 }
 
@@ -248,5 +204,7 @@ fn transfer(row: &AuthorizationRow, external_id: &str, moved: &Moved, now_ms: i6
         currency: row.cap_currency.clone(),
         created_at: now_ms,
         chain_n: 0,
+        actor: None,
+        reason: None,
     }
 }

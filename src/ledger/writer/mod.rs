@@ -5,12 +5,14 @@
 //! - `commit`: the batch loop, the transaction, and the acknowledgements;
 //! - `catch_up`: each agent's in-memory book, brought up to date with the rows;
 //! - `decide`: authorizations (decide, record, override, abandon, dry run);
-//! - `lifecycle`: what happens to a hold afterwards (capture, reverse, refund, adjust, expire) and funding.
+//! - `lifecycle`: what happens to a hold afterwards (capture, reverse, refund, adjust, expire);
+//! - `treasury`: money between a treasury and its agents (funding, drains, top-ups), and deposits.
 
 mod catch_up;
 mod commit;
 mod decide;
 mod lifecycle;
+mod treasury;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::book::Book;
-use super::views::{AuthOutcome, LifecycleOutcome, TransferView};
+use super::views::{AuthOutcome, LifecycleOutcome, TransferView, TreasuryTransferView};
 use super::{Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
@@ -28,7 +30,7 @@ use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
 use crate::domain::event::Event;
 use crate::domain::ids::AgentId;
-use crate::domain::ledger::Source;
+use crate::domain::ledger::{Source, TreasuryKind};
 use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
 use crate::policy::FxRules;
@@ -43,7 +45,17 @@ pub(super) enum Command {
     Abandon(Box<AbandonCmd>),
     Movement(Box<MovementCmd>),
     Fund(Box<FundCmd>),
-    Expire { before_ms: i64, reply: oneshot::Sender<Result<usize>> },
+    Drain(Box<DrainCmd>),
+    Treasury(Box<TreasuryCmd>),
+    /// The agent's top-up rule, after a batch took its balance down (`crossed`: below its line).
+    TopUp {
+        agent_id: AgentId,
+        crossed: bool,
+    },
+    Expire {
+        before_ms: i64,
+        reply: oneshot::Sender<Result<usize>>,
+    },
 }
 
 pub(super) struct AuthorizeCmd {
@@ -80,13 +92,38 @@ pub(super) struct FundCmd {
     pub agent_id: AgentId,
     pub external_id: String,
     pub amount: Money,
+    /// The key id that moves it, and why.
+    pub actor: String,
+    pub reason: Option<String>,
     pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
+}
+
+pub(super) struct DrainCmd {
+    pub agent_id: AgentId,
+    pub external_id: String,
+    /// None: all that is available.
+    pub amount: Option<i64>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
+}
+
+/// A deposit into or a withdrawal from a treasury, recorded by a person.
+pub(super) struct TreasuryCmd {
+    pub external_id: String,
+    pub kind: TreasuryKind,
+    pub amount: Money,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub reference: Option<String>,
+    pub reply: oneshot::Sender<Result<(TreasuryTransferView, bool)>>,
 }
 
 enum Reply {
     Auth(AuthOutcome),
     Movement(Box<LifecycleOutcome>),
     Fund(TransferView, bool),
+    Treasury(TreasuryTransferView, bool),
     Expired(usize),
     Done,
 }
@@ -97,6 +134,9 @@ impl Command {
             (Command::Authorize(c), Reply::Auth(o)) => drop(c.reply.send(Ok(o))),
             (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(*o))),
             (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Drain(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Treasury(c), Reply::Treasury(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::TopUp { .. }, Reply::Done) => {}
             (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
             (Command::Abandon(c), _) => {
                 let _ = c.reply.send(());
@@ -110,6 +150,11 @@ impl Command {
             Command::Authorize(c) => drop(c.reply.send(Err(e))),
             Command::Movement(c) => drop(c.reply.send(Err(e))),
             Command::Fund(c) => drop(c.reply.send(Err(e))),
+            Command::Drain(c) => drop(c.reply.send(Err(e))),
+            Command::Treasury(c) => drop(c.reply.send(Err(e))),
+            Command::TopUp { agent_id, .. } => {
+                tracing::error!(error = %e, agent = %agent_id, "could not apply an agent's top-up rule; its next fall tries again");
+            }
             Command::Expire { reply, .. } => drop(reply.send(Err(e))),
             Command::Abandon(c) => {
                 tracing::error!(error = %e, external_id = %c.auth.external_id, "could not record an abandoned authorization");
@@ -140,6 +185,10 @@ struct Writer {
     notify: Option<mpsc::Sender<String>>,
     /// This batch's new approval requests.
     asked: Vec<String>,
+    /// Agents whose balance this batch took down under a top-up rule's line (true: across it).
+    falling: Vec<(AgentId, bool)>,
+    /// Top-ups for the next batch: those of committed batches only.
+    top_ups: Vec<(AgentId, bool)>,
     /// SQLite: where committed batches wait for the WAL sync that makes them durable.
     acknowledger: Option<std::sync::mpsc::Sender<commit::Committed>>,
     health: Arc<WriterHealth>,
@@ -170,6 +219,8 @@ pub(super) fn spawn(
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
         asked: Vec::new(),
+        falling: Vec::new(),
+        top_ups: Vec::new(),
         acknowledger: None,
     };
     if let Some(wal) = writer.db.wal() {
@@ -235,9 +286,10 @@ impl Writer {
                         agent_ids.insert(AgentId::from_stored(row.agent_id.clone()));
                     }
                 }
-                Command::Fund(c) => {
-                    agent_ids.insert(c.agent_id.clone());
-                }
+                Command::Fund(c) => drop(agent_ids.insert(c.agent_id.clone())),
+                Command::Drain(c) => drop(agent_ids.insert(c.agent_id.clone())),
+                Command::TopUp { agent_id, .. } => drop(agent_ids.insert(agent_id.clone())),
+                Command::Treasury(_) => {}
                 Command::Expire { before_ms, .. } => {
                     expiring = rows::pending_before(conn, *before_ms, 500)?;
                     agent_ids.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
@@ -255,6 +307,23 @@ impl Writer {
             locked.insert(id, Locked { ledger, currency, agent: None, opening, spent_by: None });
         }
         self.catch_up(conn, &locked, now_ms)?;
+
+        // The treasuries the batch moves money of, locked after its agents (always in that order).
+        let currencies: Vec<Currency> = batch
+            .iter()
+            .filter_map(|cmd| match cmd {
+                Command::Fund(c) => Some(c.amount.currency),
+                Command::Treasury(c) => Some(c.amount.currency),
+                Command::Drain(c) => locked.get(&c.agent_id).map(|l| l.currency),
+                Command::TopUp { agent_id, .. } => locked.get(agent_id).map(|l| l.currency),
+                _ => None,
+            })
+            .collect();
+        let mut treasuries: treasury::Treasuries = if currencies.is_empty() {
+            HashMap::new()
+        } else {
+            store::treasury::lock(conn, &currencies)?.into_iter().map(|t| (t.currency, t)).collect()
+        };
 
         // Retries of authorizations already recorded answer with the first result.
         let external: Vec<(Source, &str)> = batch
@@ -291,8 +360,20 @@ impl Writer {
                     Reply::Movement(Box::new(moved))
                 }
                 Command::Fund(c) => {
-                    let (t, replayed) = self.fund(conn, c, &mut locked, now_ms)?;
+                    let (t, replayed) = self.fund(conn, c, &mut locked, &mut treasuries, now_ms)?;
                     Reply::Fund(t, replayed)
+                }
+                Command::Drain(c) => {
+                    let (t, replayed) = self.drain(conn, c, &mut locked, &mut treasuries, now_ms)?;
+                    Reply::Fund(t, replayed)
+                }
+                Command::Treasury(c) => {
+                    let (t, replayed) = self.record_treasury(conn, c, &mut treasuries, now_ms)?;
+                    Reply::Treasury(t, replayed)
+                }
+                Command::TopUp { agent_id, crossed } => {
+                    self.top_up(conn, agent_id, *crossed, &mut locked, &mut treasuries, now)?;
+                    Reply::Done
                 }
                 Command::Expire { .. } => Reply::Expired(self.expire(conn, &expiring, &mut locked, now_ms)?),
             };
@@ -301,9 +382,13 @@ impl Writer {
 
         for (id, l) in locked.iter_mut() {
             self.announce_low_balance(conn, id, l, now)?;
+            self.note_falling(conn, id, l)?;
         }
         self.write_authorizations(conn)?;
         rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
+        for t in treasuries.values() {
+            store::treasury::save(conn, t)?;
+        }
         Ok(replies)
     }
 
@@ -382,6 +467,21 @@ impl Writer {
         }
         let event = Event::by_spendgate(id, None, "balance_low", now).data(data);
         self.record_event(conn, l, &event)
+    }
+
+    /// Notes an agent whose balance this batch took below its top-up rule's line: the rule is
+    /// applied in a batch of its own right after this one commits, so no answer waits for it.
+    fn note_falling(&mut self, conn: &mut DbConnection, id: &AgentId, l: &mut Locked) -> Result<()> {
+        let available = l.ledger.balance.available();
+        if available >= l.opening {
+            return Ok(());
+        }
+        let agent = self.locked_agent(conn, id, l, None)?;
+        let Some(rule) = agent.value.policy.funding.as_ref().and_then(|f| f.top_up) else { return Ok(()) };
+        if available < rule.below {
+            self.falling.push((id.clone(), l.opening >= rule.below));
+        }
+        Ok(())
     }
 
     /// Records an event in the agent's trail, as the next link of its chain.

@@ -1,0 +1,97 @@
+-- The treasury (docs/treasury.md): each currency's account that every agent's balance is funded
+-- from and drained back to, and its journal. People record what backs it (deposits, withdrawals).
+CREATE TABLE treasuries (
+    currency      TEXT PRIMARY KEY NOT NULL,
+    deposited     BIGINT NOT NULL DEFAULT 0 CHECK (deposited >= 0),
+    withdrawn     BIGINT NOT NULL DEFAULT 0 CHECK (withdrawn >= 0),
+    -- Funded and topped up to agents; drained back from them.
+    granted       BIGINT NOT NULL DEFAULT 0 CHECK (granted >= 0),
+    returned      BIGINT NOT NULL DEFAULT 0 CHECK (returned >= 0),
+    -- The treasury's own audit chain, as an agent's (chain_head NULL while it is empty).
+    chain_length  BIGINT NOT NULL DEFAULT 0,
+    chain_head    TEXT,
+    CHECK (deposited - withdrawn - granted + returned >= 0)
+);
+
+-- Every movement of a treasury: with an agent, transfer_id is the agent's side (in transfers).
+CREATE TABLE treasury_transfers (
+    id           TEXT PRIMARY KEY NOT NULL,
+    currency     TEXT NOT NULL REFERENCES treasuries (currency),
+    external_id  TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind = 'deposit' OR
+                                        kind = 'withdrawal' OR
+                                        kind = 'fund' OR
+                                        kind = 'top_up' OR
+                                        kind = 'drain'),
+    amount       BIGINT NOT NULL CHECK (amount > 0),
+    agent_id     TEXT REFERENCES agents (id),
+    transfer_id  TEXT,
+    actor        TEXT NOT NULL,
+    reason       TEXT,
+    reference    TEXT,
+    created_at   BIGINT NOT NULL,
+    chain_n      BIGINT NOT NULL DEFAULT 0,
+    UNIQUE (currency, external_id)
+);
+
+-- An agent's transfers gain top_up and drain, and say who moved them and why. SQLite cannot alter
+-- a CHECK, so the table is rebuilt; checks are chains of OR, not IN lists (see 000009).
+CREATE TABLE transfers_next (
+    id                TEXT PRIMARY KEY NOT NULL,
+    external_id       TEXT NOT NULL,
+    agent_id          TEXT NOT NULL REFERENCES agents (id),
+    authorization_id  TEXT REFERENCES authorizations (id),
+    card_id           TEXT,
+    trace_id          TEXT,
+    kind              TEXT NOT NULL CHECK (kind = 'fund' OR
+                                           kind = 'top_up' OR
+                                           kind = 'drain' OR
+                                           kind = 'post' OR
+                                           kind = 'excess' OR
+                                           kind = 'increase' OR
+                                           kind = 'void' OR
+                                           kind = 'expire' OR
+                                           kind = 'refund'),
+    amount            BIGINT NOT NULL CHECK (amount >= 0),
+    currency          TEXT NOT NULL,
+    created_at        BIGINT NOT NULL,
+    chain_n           BIGINT NOT NULL DEFAULT 0,
+    actor             TEXT,
+    reason            TEXT,
+    UNIQUE (agent_id, external_id)
+);
+INSERT INTO transfers_next (id, external_id, agent_id, authorization_id, card_id, trace_id, kind, amount, currency, created_at, chain_n)
+    SELECT id, external_id, agent_id, authorization_id, card_id, trace_id, kind, amount, currency, created_at, chain_n FROM transfers;
+DROP TABLE transfers;
+ALTER TABLE transfers_next RENAME TO transfers;
+CREATE INDEX transfers_agent ON transfers (agent_id, id);
+
+-- A treasury's journal is linked like an agent's records.
+CREATE TABLE chain_links_next (
+    agent_id      TEXT NOT NULL,
+    n             BIGINT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind = 'authorization' OR
+                                         kind = 'transfer' OR
+                                         kind = 'event' OR
+                                         kind = 'treasury_transfer'),
+    record_id     TEXT NOT NULL,
+    content_hash  TEXT NOT NULL,
+    hash          TEXT NOT NULL,
+    PRIMARY KEY (agent_id, n)
+) WITHOUT ROWID;
+INSERT INTO chain_links_next SELECT agent_id, n, kind, record_id, content_hash, hash FROM chain_links;
+DROP TABLE chain_links;
+ALTER TABLE chain_links_next RENAME TO chain_links;
+
+-- Balances funded before the treasury existed came from it after all: an opening deposit of what
+-- they add up to (its id sorts first), and each earlier funding as the treasury's (under the id of
+-- the agent's side). The chain links them at start-up.
+INSERT INTO treasuries (currency, deposited, granted)
+    SELECT currency, SUM(amount), SUM(amount) FROM transfers WHERE kind = 'fund' GROUP BY currency;
+INSERT INTO treasury_transfers (id, currency, external_id, kind, amount, actor, reason, created_at)
+    SELECT 'trt_00' || substr(MIN(id), 7), currency, 'opening', 'deposit', SUM(amount), 'spendgate',
+           'what agents were funded with before the treasury', MIN(created_at)
+    FROM transfers WHERE kind = 'fund' GROUP BY currency;
+INSERT INTO treasury_transfers (id, currency, external_id, kind, amount, agent_id, transfer_id, actor, created_at)
+    SELECT 'trt_' || substr(id, 5), currency, id, 'fund', amount, agent_id, id, 'spendgate', created_at
+    FROM transfers WHERE kind = 'fund';

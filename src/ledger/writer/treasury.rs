@@ -1,0 +1,323 @@
+//! Money between a treasury and its agents: funding, drains and top-ups, and what people record
+//! as backing a treasury. Each is a step of `core` on the locked treasury and agent, saved as the
+//! agent's transfer and the treasury's journal row, each the next link of its own audit chain.
+
+use std::collections::HashMap;
+
+use serde_json::json;
+
+use super::{DrainCmd, FundCmd, Locked, TreasuryCmd, Writer};
+use crate::domain::agent::AgentStatus;
+use crate::domain::event::Event;
+use crate::domain::ids::{AgentId, TransferId, TreasuryTransferId};
+use crate::domain::ledger::{TransferKind, TreasuryKind};
+use crate::domain::money::Currency;
+use crate::error::{Error, ErrorCode, Result};
+use crate::ledger::core::{self, Moved, Refusal};
+use crate::ledger::views::{TransferView, TreasuryTransferView};
+use crate::store::DbConnection;
+use crate::store::ledger::{self as rows, TransferRow};
+use crate::store::treasury::{self, LockedTreasury, TreasuryTransferRow};
+
+/// The treasuries a batch has locked, by currency.
+pub(super) type Treasuries = HashMap<Currency, LockedTreasury>;
+
+/// The actor of what a rule moves.
+const SPENDGATE: &str = "spendgate";
+
+impl Writer {
+    /// Treasury → agent, by a person. Idempotent by the caller's id among the agent's transfers.
+    pub(super) fn fund(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &FundCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        treasuries: &mut Treasuries,
+        now_ms: i64,
+    ) -> Result<(TransferView, bool)> {
+        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
+        let same = |first: &TransferRow| {
+            first.kind == TransferKind::Fund
+                && first.amount == c.amount.amount
+                && first.currency == c.amount.currency.code()
+        };
+        if let Some(replayed) = replay(conn, &c.agent_id, &c.external_id, same)? {
+            return Ok(replayed);
+        }
+        if c.amount.currency != l.currency {
+            return Err(Error::coded(
+                ErrorCode::CurrencyMismatch,
+                format!("the agent's balance is in {}, not {}", l.currency, c.amount.currency),
+            ));
+        }
+        let agent = self.locked_agent(conn, &c.agent_id, l, None)?;
+        let max_balance = agent.value.policy.funding.as_ref().and_then(|f| f.max_balance);
+        let t = treasury_of(treasuries, l.currency)?;
+        let moved = core::fund(&mut t.treasury, &mut l.ledger.balance, c.amount.amount, max_balance)
+            .map_err(|r| refused(r, l.currency))?;
+        let row =
+            self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, c.reason.clone(), now_ms)?;
+        Ok((TransferView::from_row(&row)?, false))
+    }
+
+    /// Agent → treasury of what is available (all of it when no amount is named), never what is held.
+    pub(super) fn drain(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &DrainCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        treasuries: &mut Treasuries,
+        now_ms: i64,
+    ) -> Result<(TransferView, bool)> {
+        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
+        let same =
+            |first: &TransferRow| first.kind == TransferKind::Drain && c.amount.is_none_or(|a| a == first.amount);
+        if let Some(replayed) = replay(conn, &c.agent_id, &c.external_id, same)? {
+            return Ok(replayed);
+        }
+        let t = treasury_of(treasuries, l.currency)?;
+        let moved =
+            core::drain(&mut t.treasury, &mut l.ledger.balance, c.amount).map_err(|r| refused(r, l.currency))?;
+        let row =
+            self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, c.reason.clone(), now_ms)?;
+        Ok((TransferView::from_row(&row)?, false))
+    }
+
+    /// A deposit into or a withdrawal from a treasury, recorded by a person. Idempotent by the
+    /// caller's id among the treasury's movements.
+    pub(super) fn record_treasury(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &TreasuryCmd,
+        treasuries: &mut Treasuries,
+        now_ms: i64,
+    ) -> Result<(TreasuryTransferView, bool)> {
+        let currency = c.amount.currency;
+        if let Some(first) = treasury::find_transfer(conn, currency.code(), &c.external_id)? {
+            if first.kind != c.kind || first.amount != c.amount.amount {
+                return Err(Error::coded(
+                    ErrorCode::IdempotencyConflict,
+                    format!("id {} was already used for another movement of the treasury", c.external_id),
+                ));
+            }
+            return Ok((TreasuryTransferView::from_row(&first)?, true));
+        }
+        let t = treasury_of(treasuries, currency)?;
+        match c.kind {
+            TreasuryKind::Deposit => core::deposit(&mut t.treasury, c.amount.amount),
+            TreasuryKind::Withdrawal => {
+                core::withdraw(&mut t.treasury, c.amount.amount).map_err(|r| refused(r, currency))?
+            }
+            other => return Err(Error::Internal(format!("a person records no {other} of a treasury"))),
+        }
+        let mut row = TreasuryTransferRow {
+            id: TreasuryTransferId::generate().to_string(),
+            currency: currency.code().to_owned(),
+            external_id: c.external_id.clone(),
+            kind: c.kind,
+            amount: c.amount.amount,
+            agent_id: None,
+            transfer_id: None,
+            actor: c.actor.clone(),
+            reason: c.reason.clone(),
+            reference: c.reference.clone(),
+            created_at: now_ms,
+            chain_n: 0,
+        };
+        self.links.push(crate::store::chain::link(&mut t.chain, &mut row));
+        treasury::insert_transfer(conn, &row)?;
+        Ok((TreasuryTransferView::from_row(&row)?, false))
+    }
+
+    /// The agent's top-up rule, right after a batch took its balance down: under the agent's lock,
+    /// so of all the batches (and nodes) that saw it fall, the first brings it back up and the
+    /// rest find it above the line. `crossed`: that batch took it from at or above the line to
+    /// below, so a treasury too short to cover it is announced (once per fall).
+    pub(super) fn top_up(
+        &mut self,
+        conn: &mut DbConnection,
+        id: &AgentId,
+        crossed: bool,
+        locked: &mut HashMap<AgentId, Locked>,
+        treasuries: &mut Treasuries,
+        now: jiff::Timestamp,
+    ) -> Result<()> {
+        let Some(l) = locked.get_mut(id) else { return Ok(()) };
+        let agent = self.locked_agent(conn, id, l, None)?;
+        let Some(funding) = agent.value.policy.funding.as_deref() else { return Ok(()) };
+        let Some(rule) = funding.top_up else { return Ok(()) };
+        // A frozen agent's money is left as it is.
+        if agent.value.status != AgentStatus::Active {
+            return Ok(());
+        }
+        let (day, month) = starts_of_day_and_month(now);
+        let today = treasury::topped_up_since(conn, id.as_str(), day)?;
+        let this_month = treasury::topped_up_since(conn, id.as_str(), month)?;
+        let t = treasury_of(treasuries, l.currency)?;
+        let before = l.ledger.balance.available();
+        let Some(done) =
+            core::top_up(&mut t.treasury, &mut l.ledger.balance, &rule, today, this_month, funding.max_balance)
+        else {
+            return Ok(());
+        };
+        let currency = l.currency;
+        let money = move |amount: i64| json!({"amount": amount, "currency": currency.code()});
+        let moved = done.moved.map_or(0, |m| m.amount);
+        if let Some(m) = done.moved {
+            let reason = format!("top-up rule: below {} brings it to {}", rule.below, rule.to);
+            let row = self.move_with_agent(
+                conn,
+                id,
+                l,
+                t,
+                m,
+                &format!("top_up:{}", TransferId::generate()),
+                SPENDGATE,
+                Some(reason),
+                now.as_millisecond(),
+            )?;
+            let data = json!({
+                "transfer_id": row.id,
+                "amount": money(moved),
+                "available_before": money(before),
+                "available": money(l.ledger.balance.available()),
+                "below": money(rule.below),
+                "to": money(rule.to),
+            });
+            let event = Event::by_spendgate(id, None, "balance_topped_up", now).data(data);
+            self.record_event(conn, l, &event)?;
+        }
+        if done.short() > 0 && (crossed || done.moved.is_some()) {
+            tracing::warn!(agent = %id, wanted = done.wanted, moved, currency = %l.currency, "the treasury could not cover a top-up");
+            let data = json!({
+                "agent_name": agent.value.name,
+                "wanted": money(done.wanted),
+                "moved": money(moved),
+                "treasury_available": money(t.treasury.available()),
+                "available": money(l.ledger.balance.available()),
+            });
+            let event = Event::by_spendgate(id, None, "treasury_short", now).data(data);
+            self.record_event(conn, l, &event)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one movement between a treasury and an agent: the agent's transfer and the
+    /// treasury's journal row naming it, each linked in its chain.
+    #[allow(clippy::too_many_arguments)]
+    fn move_with_agent(
+        &mut self,
+        conn: &mut DbConnection,
+        agent_id: &AgentId,
+        l: &mut Locked,
+        t: &mut LockedTreasury,
+        moved: Moved,
+        external_id: &str,
+        actor: &str,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<TransferRow> {
+        let mut agent_side = TransferRow {
+            id: TransferId::generate().to_string(),
+            external_id: external_id.to_owned(),
+            agent_id: agent_id.to_string(),
+            authorization_id: None,
+            card_id: None,
+            trace_id: None,
+            kind: moved.kind,
+            amount: moved.amount,
+            currency: l.currency.code().to_owned(),
+            created_at: now_ms,
+            chain_n: 0,
+            actor: Some(actor.to_owned()),
+            reason: reason.clone(),
+        };
+        self.chain(l, &mut agent_side);
+        rows::insert_transfer(conn, &agent_side)?;
+        let kind = match moved.kind {
+            TransferKind::Fund => TreasuryKind::Fund,
+            TransferKind::TopUp => TreasuryKind::TopUp,
+            TransferKind::Drain => TreasuryKind::Drain,
+            other => return Err(Error::Internal(format!("a {other} is no movement with the treasury"))),
+        };
+        let mut treasury_side = TreasuryTransferRow {
+            id: TreasuryTransferId::generate().to_string(),
+            currency: l.currency.code().to_owned(),
+            external_id: agent_side.id.clone(),
+            kind,
+            amount: moved.amount,
+            agent_id: Some(agent_side.agent_id.clone()),
+            transfer_id: Some(agent_side.id.clone()),
+            actor: actor.to_owned(),
+            reason,
+            reference: None,
+            created_at: now_ms,
+            chain_n: 0,
+        };
+        self.links.push(crate::store::chain::link(&mut t.chain, &mut treasury_side));
+        treasury::insert_transfer(conn, &treasury_side)?;
+        Ok(agent_side)
+    }
+}
+
+/// The first transfer under the caller's id, when this is a retry of it: the same again replays
+/// it, anything else under that id is a conflict.
+fn replay(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    external_id: &str,
+    same: impl Fn(&TransferRow) -> bool,
+) -> Result<Option<(TransferView, bool)>> {
+    let Some(first) = rows::find_transfers(conn, agent, external_id)?.into_iter().next() else { return Ok(None) };
+    if !same(&first) || first.external_id != external_id {
+        return Err(Error::coded(
+            ErrorCode::IdempotencyConflict,
+            format!("id {external_id} was already used for another transfer"),
+        ));
+    }
+    Ok(Some((TransferView::from_row(&first)?, true)))
+}
+
+fn treasury_of(treasuries: &mut Treasuries, currency: Currency) -> Result<&mut LockedTreasury> {
+    treasuries.get_mut(&currency).ok_or_else(|| Error::Internal(format!("the {currency} treasury was not locked")))
+}
+
+/// A refusal of the core about money between a treasury and an agent, as the API says it.
+fn refused(refusal: Refusal, currency: Currency) -> Error {
+    match refusal {
+        Refusal::TreasuryShort { available } => Error::coded(
+            ErrorCode::TreasuryShort,
+            format!("the {currency} treasury has {available} available; record a deposit first"),
+        ),
+        Refusal::OverMaxBalance { room } => Error::coded(
+            ErrorCode::MaxBalanceExceeded,
+            format!("the agent's funding.max_balance leaves room for {room} more"),
+        ),
+        Refusal::NotAvailable { available } => Error::coded(
+            ErrorCode::ExceedsAvailable,
+            format!("the agent has {available} available to drain (held money is not drained)"),
+        ),
+        other => Error::Internal(format!("an unexpected refusal of the treasury: {other:?}")),
+    }
+}
+
+/// The UTC day's and month's first millisecond: the top-up rule's allowances.
+fn starts_of_day_and_month(now: jiff::Timestamp) -> (i64, i64) {
+    let date = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let ms =
+        |d: jiff::civil::Date| d.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp().as_millisecond()).unwrap_or(0);
+    (ms(date), ms(date.first_of_month()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowances_start_at_the_utc_day_and_month() {
+        let now: jiff::Timestamp = "2026-12-06T23:59:59.999Z".parse().unwrap();
+        let (day, month) = starts_of_day_and_month(now);
+        assert_eq!(jiff::Timestamp::from_millisecond(day).unwrap().to_string(), "2026-12-06T00:00:00Z");
+        assert_eq!(jiff::Timestamp::from_millisecond(month).unwrap().to_string(), "2026-12-01T00:00:00Z");
+    }
+}
