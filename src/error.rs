@@ -74,6 +74,8 @@ error_codes! {
         MaxBalanceExceeded = "max_balance_exceeded",
         /// A drain asks for more than the agent has available (held money is never drained).
         ExceedsAvailable = "exceeds_available",
+        /// The agent is deactivated: only reactivation undoes it.
+        AgentDeactivated = "agent_deactivated",
     }
     413 => { PayloadTooLarge = "payload_too_large", }
     415 => { UnsupportedMediaType = "unsupported_media_type", }

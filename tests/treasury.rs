@@ -239,8 +239,91 @@ async fn a_top_up_fires_once_per_fall_and_a_short_treasury_is_announced(app: Tes
     app.assert_chains_whole().await;
 }
 
+/// Drains until the agent's drains add up to `total`, or gives up after five seconds.
+async fn drained_reaches(app: &TestApp, agent: &str, total: i64) -> i64 {
+    let mut sum = 0;
+    for _ in 0..100 {
+        sum = agent_transfers(app, agent, "drain").await.iter().map(|t| t["amount"]["amount"].as_i64().unwrap()).sum();
+        if sum >= total {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    sum
+}
+
+async fn deactivation_freezes_revokes_and_drains_as_holds_settle(app: TestApp) {
+    let rule = json!({"funding": {"top_up": {"below": 1_000, "to": 5_000}}});
+    let (agent, card) = chf_agent(&app, rule).await;
+    assert_eq!(deposit(&app, "d1", 100_000).await.0, StatusCode::CREATED);
+    assert_eq!(fund(&app, &agent, "f1", 10_000).await.0, StatusCode::CREATED);
+    let key = app.create_key("agent", Some(&agent)).await;
+    let captured = authorize_chf(&app, "a1", &card, 3_000).await;
+    let voided = authorize_chf(&app, "a2", &card, 2_000).await;
+    assert!(captured["approved"] == true && voided["approved"] == true);
+
+    let operator = app.create_key("operator", None).await;
+    let (s, _) = app
+        .call(Method::POST, &format!("/v1/agents/{agent}/deactivate"), Some(&operator), Some(json!({"reason": "x"})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "an operator may freeze, not deactivate");
+    let (s, d) = app.post(&format!("/v1/agents/{agent}/deactivate"), json!({"reason": "project over"})).await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["cards_frozen"], json!([card]), "{d}");
+    assert_eq!(d["keys_revoked"], 1, "{d}");
+    assert_eq!(d["drained"]["amount"]["amount"], 5_000, "what was available, not what is held: {d}");
+    let first_drain = d["drained"]["id"].clone();
+    assert!(d["agent"]["deactivated_at"].is_string(), "{d}");
+
+    // Nothing more can be spent or asked for; nothing refills it.
+    let (s, _) = app.call(Method::GET, "/v1/me", Some(&key), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "its keys are revoked");
+    assert_eq!(authorize_chf(&app, "a3", &card, 100).await["approved"], false);
+    let (_, c) = app.get(&format!("/v1/cards/{card}")).await;
+    assert_eq!(c["status"], "frozen");
+    let (s, e) = app.post(&format!("/v1/agents/{agent}/unfreeze"), json!({"reason": "oops"})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("agent_deactivated")), "{e}");
+
+    // The holds still settle, and what they release goes back to the treasury.
+    let capture = format!("/v1/authorizations/{}/capture", captured["authorization_id"].as_str().unwrap());
+    let (s, c) = app.signed(&capture, &json!({"id": "c1", "amount": 2_500, "currency": "CHF"})).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(drained_reaches(&app, &agent, 5_500).await, 5_500);
+    let reverse = format!("/v1/authorizations/{}/reverse", voided["authorization_id"].as_str().unwrap());
+    let (s, r) = app.signed(&reverse, &json!({"id": "r1"})).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(drained_reaches(&app, &agent, 7_500).await, 7_500);
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let b = app.balance(&agent).await;
+    assert_eq!(
+        (b["available"].as_i64(), b["held"].as_i64(), b["spent"].as_i64()),
+        (Some(0), Some(0), Some(2_500)),
+        "{b}"
+    );
+    assert!(agent_transfers(&app, &agent, "top_up").await.is_empty(), "a deactivated agent is not topped up");
+    assert_eq!(treasury(&app, "CHF").await["returned"], 7_500);
+
+    // Again: nothing more is done; the first drain is answered again.
+    let (s, d) = app.post(&format!("/v1/agents/{agent}/deactivate"), json!({"reason": "again"})).await;
+    assert_eq!((s, &d["drained"]["id"], d["keys_revoked"].as_i64()), (StatusCode::OK, &first_drain, Some(0)), "{d}");
+
+    // A person brings it back, with its cards; it needs money and a new key.
+    let (s, a) = app
+        .post(&format!("/v1/agents/{agent}/reactivate"), json!({"reason": "new project", "unfreeze_cards": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!((a["status"].as_str(), a["deactivated_at"].is_null()), (Some("active"), true), "{a}");
+    assert_eq!(authorize_chf(&app, "a4", &card, 100).await["reason"], "insufficient_funds");
+    assert_eq!(fund(&app, &agent, "f2", 1_000).await.0, StatusCode::CREATED);
+    assert_eq!(authorize_chf(&app, "a5", &card, 100).await["approved"], true);
+    let (s, _) = app.call(Method::GET, "/v1/me", Some(&key), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "its old keys stay revoked");
+    app.assert_chains_whole().await;
+}
+
 on_both_backends!(
     funds_from_the_treasury_and_drains_back,
+    deactivation_freezes_revokes_and_drains_as_holds_settle,
     a_maximum_balance_refuses_funding_past_it,
     a_top_up_fires_once_per_fall_and_a_short_treasury_is_announced,
 );

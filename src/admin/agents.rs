@@ -1,14 +1,16 @@
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
+use crate::domain::card::{CardAction, CardStatus};
 use crate::domain::event::Event;
-use crate::domain::ids::AgentId;
+use crate::domain::ids::{AgentId, CardId};
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorCode, Result};
+use crate::ledger::{Actor, TransferView};
 use crate::store::{self, DbConnection};
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -29,6 +31,34 @@ pub struct NewAgent {
     /// Agent-level policy; defaults to none (USD, no limits).
     #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
+}
+
+/// `POST /v1/agents/{agent_id}/reactivate`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reactivation {
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: String,
+    /// Unfreeze every frozen card of the agent too (default: they stay frozen, to be unfrozen one by one).
+    #[serde(default)]
+    pub unfreeze_cards: bool,
+}
+
+/// What a deactivation did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Deactivation {
+    pub agent: Agent,
+    /// The cards it froze (those already frozen or closed are not listed).
+    #[schema(value_type = Vec<String>)]
+    pub cards_frozen: Vec<CardId>,
+    /// How many of the agent's API keys it revoked.
+    pub keys_revoked: usize,
+    /// What it drained back to the treasury now; what the agent's holds release later follows.
+    pub drained: Option<TransferView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +110,7 @@ impl Admin {
             updated_at: now,
             allowances: Vec::new(),
             shadows: Vec::new(),
+            deactivated_at: None,
         };
         let event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
         let stored = agent.clone();
@@ -135,6 +166,12 @@ impl Admin {
                 if agent.status == target {
                     return Ok(agent);
                 }
+                if agent.deactivated_at.is_some() {
+                    return Err(Error::coded(
+                        ErrorCode::AgentDeactivated,
+                        "the agent is deactivated: reactivate it (POST /v1/agents/{id}/reactivate)",
+                    ));
+                }
                 let now = store::now();
                 store::agents::update_status(conn, &id, target, now)?;
                 store::events::record(conn, &Event::new(&id, None, kind, &actor, now).reason(Some(reason)))?;
@@ -145,6 +182,117 @@ impl Admin {
             .await?;
         self.snapshots().invalidate_agent(&agent.id);
         tracing::info!(agent = %agent.id, actor = %who.key_id, status = agent.status.as_str(), "agent status");
+        Ok(agent)
+    }
+
+    /// Deactivates an agent: it is frozen with every card, its keys are revoked, its top-ups stop,
+    /// and what is available goes back to the treasury, now and as its holds settle (they still
+    /// capture: the merchant must be paid). Repeating it changes nothing but retries the drain.
+    pub async fn deactivate(&self, who: &Principal, id: &str, body: ReasonBody) -> Result<Deactivation> {
+        let id = agent_for(who, id, Permission::Manage)?;
+        let reason = body.checked()?;
+        let actor = who.key_id.clone();
+        let why = reason.clone();
+        let (agent, frozen, keys_revoked) = self
+            .db
+            .write(move |conn| {
+                let mut agent = load_agent(conn, &id)?;
+                if agent.deactivated_at.is_some() {
+                    return Ok((agent, Vec::new(), 0));
+                }
+                let now = store::now();
+                store::agents::set_deactivated(conn, &id, Some(now), now)?;
+                let mut frozen = Vec::new();
+                for mut card in store::cards::list_for_agent(conn, &id, None, i64::MAX)? {
+                    if card.status == CardStatus::Active
+                        && store::cards::update_status(conn, &card.id, CardStatus::Active, CardStatus::Frozen, now)?
+                    {
+                        let kind = CardAction::Freeze.event_kind();
+                        let event = Event::new(&id, Some(&card.id), kind, &actor, now).reason(Some(why.clone()));
+                        store::events::record(conn, &event)?;
+                        card.status = CardStatus::Frozen;
+                        frozen.push(card);
+                    }
+                }
+                let revoked = store::keys::revoke_for_agent(conn, &id, now)?;
+                let ids: Vec<&str> = frozen.iter().map(|c| c.id.as_str()).collect();
+                let data = serde_json::json!({"cards_frozen": ids, "keys_revoked": revoked});
+                let event = Event::new(&id, None, "agent_deactivated", &actor, now).reason(Some(why)).data(data);
+                store::events::record(conn, &event)?;
+                agent.status = AgentStatus::Frozen;
+                agent.deactivated_at = Some(now);
+                agent.updated_at = now;
+                Ok((agent, frozen, revoked))
+            })
+            .await?;
+        self.snapshots().invalidate_agent(&agent.id);
+        for card in &frozen {
+            self.snapshots().invalidate_card(&card.id);
+        }
+        if keys_revoked > 0 {
+            self.live_keys.forget_all();
+        }
+        for card in &frozen {
+            self.sync_processor(card, &who.key_id).await;
+        }
+        tracing::info!(agent = %agent.id, actor = %who.key_id, cards = frozen.len(), keys = keys_revoked, "agent deactivated");
+        let at = agent.deactivated_at.map_or(0, |t| t.as_millisecond());
+        let actor = Actor { key: who.key_id.to_string(), reason: Some(format!("deactivated: {reason}")) };
+        let drained = match self.ledger.drain(&agent.id, &format!("deactivate:{at}"), None, &actor).await {
+            Ok((t, _)) => Some(t),
+            Err(Error::Coded { code: ErrorCode::ExceedsAvailable, .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let cards_frozen = frozen.into_iter().map(|c| c.id).collect();
+        Ok(Deactivation { agent, cards_frozen, keys_revoked, drained })
+    }
+
+    /// Makes a deactivated agent active again, with its cards unfrozen if asked. Its keys stay
+    /// revoked (make new ones) and its balance stays as the drains left it (fund it).
+    pub async fn reactivate(&self, who: &Principal, id: &str, body: Reactivation) -> Result<Agent> {
+        let id = agent_for(who, id, Permission::Manage)?;
+        let reason = ReasonBody { reason: body.reason }.checked()?;
+        let actor = who.key_id.clone();
+        let (agent, unfrozen) = self
+            .db
+            .write(move |conn| {
+                let mut agent = load_agent(conn, &id)?;
+                if agent.deactivated_at.is_none() {
+                    return Ok((agent, Vec::new()));
+                }
+                let now = store::now();
+                store::agents::set_deactivated(conn, &id, None, now)?;
+                let mut unfrozen = Vec::new();
+                if body.unfreeze_cards {
+                    for mut card in store::cards::list_for_agent(conn, &id, None, i64::MAX)? {
+                        if card.status == CardStatus::Frozen
+                            && store::cards::update_status(conn, &card.id, CardStatus::Frozen, CardStatus::Active, now)?
+                        {
+                            let kind = CardAction::Unfreeze.event_kind();
+                            let event = Event::new(&id, Some(&card.id), kind, &actor, now).reason(Some(reason.clone()));
+                            store::events::record(conn, &event)?;
+                            card.status = CardStatus::Active;
+                            unfrozen.push(card);
+                        }
+                    }
+                }
+                let ids: Vec<&str> = unfrozen.iter().map(|c| c.id.as_str()).collect();
+                let event = Event::new(&id, None, "agent_reactivated", &actor, now)
+                    .reason(Some(reason))
+                    .data(serde_json::json!({"cards_unfrozen": ids}));
+                store::events::record(conn, &event)?;
+                agent.status = AgentStatus::Active;
+                agent.deactivated_at = None;
+                agent.updated_at = now;
+                Ok((agent, unfrozen))
+            })
+            .await?;
+        self.snapshots().invalidate_agent(&agent.id);
+        for card in &unfrozen {
+            self.snapshots().invalidate_card(&card.id);
+            self.sync_processor(card, &who.key_id).await;
+        }
+        tracing::info!(agent = %agent.id, actor = %who.key_id, cards = unfrozen.len(), "agent reactivated");
         Ok(agent)
     }
 

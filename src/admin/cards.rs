@@ -414,7 +414,7 @@ impl Admin {
     /// Brings a card spendgate issued at its processor in step with its status and policy here.
     /// spendgate decides whatever the processor asks about, so a failure here is logged and put
     /// in the card's trail, and the change made here stands.
-    async fn sync_processor(&self, card: &Card, actor: &KeyId) {
+    pub(super) async fn sync_processor(&self, card: &Card, actor: &KeyId) {
         if !card.processor_managed || !self.issuer.issues(card.processor) {
             return;
         }

@@ -95,7 +95,7 @@ impl LiveKeys {
     }
 
     /// After a revocation has committed.
-    fn forget_all(&self) {
+    pub(super) fn forget_all(&self) {
         let mut generation = self.generation.lock().unwrap_or_else(|e| e.into_inner());
         *generation += 1;
         self.cache.invalidate_all();

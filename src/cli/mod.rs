@@ -90,6 +90,22 @@ pub enum AgentsCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Deactivate the agent: freeze it and its cards, revoke its keys, stop its top-ups, and
+    /// drain its available money to the treasury, now and as its holds settle.
+    Deactivate {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Make a deactivated agent active again (its keys stay revoked).
+    Reactivate {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        /// Unfreeze its frozen cards too.
+        #[arg(long)]
+        unfreeze_cards: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -786,6 +802,14 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             AgentsCommand::Unfreeze { id, reason } => {
                 let path = format!("/v1/agents/{}/unfreeze", segment(&id));
                 (client.post(&path, json!({ "reason": reason })).await?, View::Record)
+            }
+            AgentsCommand::Deactivate { id, reason } => {
+                let path = format!("/v1/agents/{}/deactivate", segment(&id));
+                (client.post(&path, json!({ "reason": reason })).await?, View::Json)
+            }
+            AgentsCommand::Reactivate { id, reason, unfreeze_cards } => {
+                let path = format!("/v1/agents/{}/reactivate", segment(&id));
+                (client.post(&path, json!({ "reason": reason, "unfreeze_cards": unfreeze_cards })).await?, View::Record)
             }
         },
         Command::Cards { command } => cards(client, command).await?,

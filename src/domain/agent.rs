@@ -45,6 +45,11 @@ pub struct Agent {
     pub created_at: jiff::Timestamp,
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: jiff::Timestamp,
+    /// Set while the agent is deactivated: frozen, its cards frozen, its keys revoked, what its
+    /// holds release drained back to the treasury. Only reactivation undoes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub deactivated_at: Option<jiff::Timestamp>,
     /// What people approved past these rules and is still in force; loaded for decisions only.
     #[serde(skip)]
     pub allowances: Vec<Allowance>,

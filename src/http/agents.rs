@@ -2,7 +2,7 @@ use actix_web::{HttpResponse, get, post, put, web};
 
 use super::AppState;
 use super::error::ErrorBody;
-use crate::admin::agents::{AgentAction, ME, NewAgent};
+use crate::admin::agents::{AgentAction, Deactivation, ME, NewAgent, Reactivation};
 use crate::admin::spendable::{Spendable, SpendableQuery};
 use crate::admin::{Page, PageQuery, ReasonBody};
 use crate::domain::access::Principal;
@@ -72,6 +72,33 @@ pub async fn unfreeze_agent(
 ) -> Result<HttpResponse> {
     let agent = state.admin.agent_action(&who, &path, AgentAction::Unfreeze, body.into_inner()).await?;
     Ok(HttpResponse::Ok().json(agent))
+}
+
+/// Deactivates the agent: frozen with every card, its keys revoked, its top-ups stopped, and its
+/// available money drained back to the treasury, now and as its holds settle.
+#[utoipa::path(tag = "agents", request_body = ReasonBody, security(("bearer" = [])),
+    responses((status = 200, body = Deactivation), (status = 404, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/deactivate")]
+pub async fn deactivate_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<ReasonBody>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.deactivate(&who, &path, body.into_inner()).await?))
+}
+
+/// Makes a deactivated agent active again; its cards too when `unfreeze_cards`. Keys stay revoked.
+#[utoipa::path(tag = "agents", request_body = Reactivation, security(("bearer" = [])),
+    responses((status = 200, body = Agent), (status = 404, body = ErrorBody)))]
+#[post("/v1/agents/{agent_id}/reactivate")]
+pub async fn reactivate_agent(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<Reactivation>,
+) -> Result<HttpResponse> {
+    Ok(HttpResponse::Ok().json(state.admin.reactivate(&who, &path, body.into_inner()).await?))
 }
 
 #[utoipa::path(tag = "agents", security(("bearer" = [])), responses((status = 200, body = Policy)))]

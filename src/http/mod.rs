@@ -121,6 +121,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(keys::revoke_key)
         .service(ledger::fund)
         .service(ledger::drain)
+        .service(agents::deactivate_agent)
+        .service(agents::reactivate_agent)
         .service(treasury::treasuries)
         .service(treasury::transfers)
         .service(treasury::deposit)

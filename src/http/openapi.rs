@@ -16,6 +16,7 @@ use super::{
     paths(
         system::healthz, system::readyz, system::metrics, system::policy_templates,
         agents::create_agent, agents::list_agents, agents::get_agent, agents::freeze_agent, agents::unfreeze_agent,
+        agents::deactivate_agent, agents::reactivate_agent,
         agents::get_agent_policy, agents::put_agent_policy, agents::agent_events, agents::me, agents::spendable, mcp::mcp,
         cards::issue_card, cards::list_cards, cards::get_agent_card, cards::get_card, cards::dry_run, cards::freeze_card,
         cards::unfreeze_card, cards::close_card, cards::get_card_policy, cards::put_card_policy, cards::card_events,

@@ -43,6 +43,7 @@ impl World {
             updated_at: now,
             allowances: Vec::new(),
             shadows: Vec::new(),
+            deactivated_at: None,
         };
         let card = Card {
             id: CardId::generate(),

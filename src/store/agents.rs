@@ -19,6 +19,7 @@ struct AgentRow {
     updated_at: i64,
     /// The ledger's currency: the agent policy's cap currency, fixed at creation.
     currency: String,
+    deactivated_at: Option<i64>,
 }
 
 impl AgentRow {
@@ -32,6 +33,7 @@ impl AgentRow {
             department: self.department,
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
+            deactivated_at: self.deactivated_at.map(from_millis).transpose()?,
             allowances: Vec::new(),
             shadows: Vec::new(),
         })
@@ -52,6 +54,7 @@ pub fn insert(conn: &mut DbConnection, agent: &Agent) -> Result<()> {
         created_at: to_millis(agent.created_at),
         updated_at: to_millis(agent.updated_at),
         currency: agent.currency.code().to_owned(),
+        deactivated_at: agent.deactivated_at.map(to_millis),
     };
     diesel::insert_into(agents::table).values(&row).execute(conn)?;
     Ok(())
@@ -95,6 +98,25 @@ pub fn update_status(conn: &mut DbConnection, id: &AgentId, status: AgentStatus,
     diesel::update(agents::table.find(id.as_str()))
         .set((
             agents::status.eq(status.as_str()),
+            agents::updated_at.eq(to_millis(now)),
+            agents::config_version.eq(agents::config_version + 1),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Deactivates (`Some`, frozen) or reactivates (`None`, active) an agent.
+pub fn set_deactivated(
+    conn: &mut DbConnection,
+    id: &AgentId,
+    at: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Result<()> {
+    let status = if at.is_some() { AgentStatus::Frozen } else { AgentStatus::Active };
+    diesel::update(agents::table.find(id.as_str()))
+        .set((
+            agents::status.eq(status.as_str()),
+            agents::deactivated_at.eq(at.map(to_millis)),
             agents::updated_at.eq(to_millis(now)),
             agents::config_version.eq(agents::config_version + 1),
         ))

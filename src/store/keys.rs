@@ -120,6 +120,15 @@ pub fn revoke(conn: &mut DbConnection, id: &KeyId, now: jiff::Timestamp) -> Resu
     Ok(())
 }
 
+/// Revokes every live key of an agent; returns how many.
+pub fn revoke_for_agent(conn: &mut DbConnection, agent: &AgentId, now: jiff::Timestamp) -> Result<usize> {
+    Ok(diesel::update(
+        api_keys::table.filter(api_keys::agent_id.eq(agent.as_str())).filter(api_keys::revoked_at.is_null()),
+    )
+    .set(api_keys::revoked_at.eq(Some(to_millis(now))))
+    .execute(conn)?)
+}
+
 /// Revokes live owner keys with this name (used by `serve --demo` to replace its own key).
 pub fn revoke_named_owners(conn: &mut DbConnection, name: &str, now: jiff::Timestamp) -> Result<usize> {
     Ok(diesel::update(

@@ -18,6 +18,7 @@ diesel::table! {
         spent -> BigInt,
         chain_length -> BigInt,
         chain_head -> Nullable<Text>,
+        deactivated_at -> Nullable<BigInt>,
     }
 }
 

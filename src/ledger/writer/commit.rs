@@ -8,7 +8,7 @@ use std::time::Instant;
 use diesel::Connection;
 use tokio::sync::mpsc;
 
-use super::{Command, Reply, Writer};
+use super::{Command, FollowUp, Reply, Writer};
 use crate::error::{Error, Result};
 
 /// A committed batch's answers and the approval requests it made, to be delivered once durable.
@@ -74,15 +74,25 @@ impl Writer {
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         loop {
-            // Top-ups due after the last batch go first, waiting for nothing.
-            if self.top_ups.is_empty() {
+            // What the last batches left to do goes first, waiting for nothing.
+            if self.due.is_empty() {
                 let Some(first) = rx.blocking_recv() else { break };
                 batch.push(first);
             }
-            let mut due = std::mem::take(&mut self.top_ups);
-            due.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            due.dedup_by(|a, b| a.0 == b.0);
-            batch.extend(due.into_iter().map(|(agent_id, crossed)| Command::TopUp { agent_id, crossed }));
+            let mut due = std::mem::take(&mut self.due);
+            // One of each per agent; a top-up that crossed the line (and so may announce a short
+            // treasury) before one that did not.
+            due.sort_by(|a, b| match (a, b) {
+                (FollowUp::TopUp { agent_id: x, crossed: p }, FollowUp::TopUp { agent_id: y, crossed: q }) => {
+                    x.cmp(y).then(q.cmp(p))
+                }
+                _ => a.cmp(b),
+            });
+            due.dedup_by(|later, kept| match (later, kept) {
+                (FollowUp::TopUp { agent_id: x, .. }, FollowUp::TopUp { agent_id: y, .. }) => x == y,
+                (later, kept) => later == kept,
+            });
+            batch.extend(due.into_iter().map(Command::FollowUp));
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
                     Ok(cmd) => batch.push(cmd),
@@ -114,7 +124,7 @@ impl Writer {
         }
         match result {
             Ok(replies) => {
-                self.top_ups.append(&mut self.falling);
+                self.due.append(&mut self.follow_ups);
                 let committed = Committed {
                     answers: batch.into_iter().zip(replies).collect(),
                     asked: std::mem::take(&mut self.asked),
@@ -136,7 +146,7 @@ impl Writer {
                 self.disagreements.clear();
                 self.links.clear();
                 self.asked.clear();
-                self.falling.clear();
+                self.follow_ups.clear();
                 if batch.len() > 1 {
                     tracing::warn!(error = %e, size = batch.len(), "ledger batch failed; retrying each command alone");
                     batch.into_iter().for_each(|cmd| self.process(vec![cmd]));

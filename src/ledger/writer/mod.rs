@@ -47,11 +47,8 @@ pub(super) enum Command {
     Fund(Box<FundCmd>),
     Drain(Box<DrainCmd>),
     Treasury(Box<TreasuryCmd>),
-    /// The agent's top-up rule, after a batch took its balance down (`crossed`: below its line).
-    TopUp {
-        agent_id: AgentId,
-        crossed: bool,
-    },
+    /// What a committed batch left to do for an agent, in a batch of its own.
+    FollowUp(FollowUp),
     Expire {
         before_ms: i64,
         reply: oneshot::Sender<Result<usize>>,
@@ -86,6 +83,24 @@ pub(super) struct MovementCmd {
     /// A payment's outcome, recorded in the movement's own transaction.
     pub payment: Option<Box<PaymentRow>>,
     pub reply: oneshot::Sender<Result<LifecycleOutcome>>,
+}
+
+/// What a batch leaves for right after it commits, so that no answer waits for it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum FollowUp {
+    /// The agent's top-up rule: the batch took its balance under the line (`crossed`: from at or
+    /// above it).
+    TopUp { agent_id: AgentId, crossed: bool },
+    /// A deactivated agent got money back (a hold released, a refund): drain it to the treasury.
+    Drain { agent_id: AgentId },
+}
+
+impl FollowUp {
+    fn agent_id(&self) -> &AgentId {
+        match self {
+            FollowUp::TopUp { agent_id, .. } | FollowUp::Drain { agent_id } => agent_id,
+        }
+    }
 }
 
 pub(super) struct FundCmd {
@@ -136,7 +151,7 @@ impl Command {
             (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Drain(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Treasury(c), Reply::Treasury(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
-            (Command::TopUp { .. }, Reply::Done) => {}
+            (Command::FollowUp(_), Reply::Done) => {}
             (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
             (Command::Abandon(c), _) => {
                 let _ = c.reply.send(());
@@ -152,8 +167,8 @@ impl Command {
             Command::Fund(c) => drop(c.reply.send(Err(e))),
             Command::Drain(c) => drop(c.reply.send(Err(e))),
             Command::Treasury(c) => drop(c.reply.send(Err(e))),
-            Command::TopUp { agent_id, .. } => {
-                tracing::error!(error = %e, agent = %agent_id, "could not apply an agent's top-up rule; its next fall tries again");
+            Command::FollowUp(f) => {
+                tracing::error!(error = %e, follow_up = ?f, "could not follow a batch up; the agent's next change tries again");
             }
             Command::Expire { reply, .. } => drop(reply.send(Err(e))),
             Command::Abandon(c) => {
@@ -185,10 +200,10 @@ struct Writer {
     notify: Option<mpsc::Sender<String>>,
     /// This batch's new approval requests.
     asked: Vec<String>,
-    /// Agents whose balance this batch took down under a top-up rule's line (true: across it).
-    falling: Vec<(AgentId, bool)>,
-    /// Top-ups for the next batch: those of committed batches only.
-    top_ups: Vec<(AgentId, bool)>,
+    /// What this batch leaves to do once it commits.
+    follow_ups: Vec<FollowUp>,
+    /// Follow-ups of committed batches, for the next batch.
+    due: Vec<FollowUp>,
     /// SQLite: where committed batches wait for the WAL sync that makes them durable.
     acknowledger: Option<std::sync::mpsc::Sender<commit::Committed>>,
     health: Arc<WriterHealth>,
@@ -219,8 +234,8 @@ pub(super) fn spawn(
         approval_ttl_ms: settings.approval_ttl.as_millis() as i64,
         notify: settings.asked.clone(),
         asked: Vec::new(),
-        falling: Vec::new(),
-        top_ups: Vec::new(),
+        follow_ups: Vec::new(),
+        due: Vec::new(),
         acknowledger: None,
     };
     if let Some(wal) = writer.db.wal() {
@@ -288,7 +303,7 @@ impl Writer {
                 }
                 Command::Fund(c) => drop(agent_ids.insert(c.agent_id.clone())),
                 Command::Drain(c) => drop(agent_ids.insert(c.agent_id.clone())),
-                Command::TopUp { agent_id, .. } => drop(agent_ids.insert(agent_id.clone())),
+                Command::FollowUp(f) => drop(agent_ids.insert(f.agent_id().clone())),
                 Command::Treasury(_) => {}
                 Command::Expire { before_ms, .. } => {
                     expiring = rows::pending_before(conn, *before_ms, 500)?;
@@ -315,7 +330,7 @@ impl Writer {
                 Command::Fund(c) => Some(c.amount.currency),
                 Command::Treasury(c) => Some(c.amount.currency),
                 Command::Drain(c) => locked.get(&c.agent_id).map(|l| l.currency),
-                Command::TopUp { agent_id, .. } => locked.get(agent_id).map(|l| l.currency),
+                Command::FollowUp(f) => locked.get(f.agent_id()).map(|l| l.currency),
                 _ => None,
             })
             .collect();
@@ -371,8 +386,12 @@ impl Writer {
                     let (t, replayed) = self.record_treasury(conn, c, &mut treasuries, now_ms)?;
                     Reply::Treasury(t, replayed)
                 }
-                Command::TopUp { agent_id, crossed } => {
+                Command::FollowUp(FollowUp::TopUp { agent_id, crossed }) => {
                     self.top_up(conn, agent_id, *crossed, &mut locked, &mut treasuries, now)?;
+                    Reply::Done
+                }
+                Command::FollowUp(FollowUp::Drain { agent_id }) => {
+                    self.drain_deactivated(conn, agent_id, &mut locked, &mut treasuries, now_ms)?;
                     Reply::Done
                 }
                 Command::Expire { .. } => Reply::Expired(self.expire(conn, &expiring, &mut locked, now_ms)?),
@@ -382,7 +401,7 @@ impl Writer {
 
         for (id, l) in locked.iter_mut() {
             self.announce_low_balance(conn, id, l, now)?;
-            self.note_falling(conn, id, l)?;
+            self.note_follow_ups(conn, id, l)?;
         }
         self.write_authorizations(conn)?;
         rows::save_ledgers(conn, locked.iter().map(|(id, l)| (id, &l.ledger)))?;
@@ -469,17 +488,21 @@ impl Writer {
         self.record_event(conn, l, &event)
     }
 
-    /// Notes an agent whose balance this batch took below its top-up rule's line: the rule is
-    /// applied in a batch of its own right after this one commits, so no answer waits for it.
-    fn note_falling(&mut self, conn: &mut DbConnection, id: &AgentId, l: &mut Locked) -> Result<()> {
+    /// Notes what the batch leaves to do for an agent once it commits (in a batch of its own, so
+    /// no answer waits for it): a top-up when it took the balance under the rule's line, a drain
+    /// when a deactivated agent got money back.
+    fn note_follow_ups(&mut self, conn: &mut DbConnection, id: &AgentId, l: &mut Locked) -> Result<()> {
         let available = l.ledger.balance.available();
-        if available >= l.opening {
+        if available == l.opening {
             return Ok(());
         }
         let agent = self.locked_agent(conn, id, l, None)?;
+        if available > l.opening && available > 0 && agent.value.deactivated_at.is_some() {
+            self.follow_ups.push(FollowUp::Drain { agent_id: id.clone() });
+        }
         let Some(rule) = agent.value.policy.funding.as_ref().and_then(|f| f.top_up) else { return Ok(()) };
-        if available < rule.below {
-            self.falling.push((id.clone(), l.opening >= rule.below));
+        if available < l.opening && available < rule.below {
+            self.follow_ups.push(FollowUp::TopUp { agent_id: id.clone(), crossed: l.opening >= rule.below });
         }
         Ok(())
     }

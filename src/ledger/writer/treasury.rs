@@ -202,6 +202,29 @@ impl Writer {
         Ok(())
     }
 
+    /// A deactivated agent's available money back to the treasury: what a hold released or a
+    /// refund credited after the deactivation drained it.
+    pub(super) fn drain_deactivated(
+        &mut self,
+        conn: &mut DbConnection,
+        id: &AgentId,
+        locked: &mut HashMap<AgentId, Locked>,
+        treasuries: &mut Treasuries,
+        now_ms: i64,
+    ) -> Result<()> {
+        let Some(l) = locked.get_mut(id) else { return Ok(()) };
+        let agent = self.locked_agent(conn, id, l, None)?;
+        if agent.value.deactivated_at.is_none() || l.ledger.balance.available() <= 0 {
+            return Ok(());
+        }
+        let t = treasury_of(treasuries, l.currency)?;
+        let moved = core::drain(&mut t.treasury, &mut l.ledger.balance, None).map_err(|r| refused(r, l.currency))?;
+        let external_id = format!("drain:{}", TransferId::generate());
+        let reason = Some("deactivated: what its holds released goes back".to_owned());
+        self.move_with_agent(conn, id, l, t, moved, &external_id, SPENDGATE, reason, now_ms)?;
+        Ok(())
+    }
+
     /// Writes one movement between a treasury and an agent: the agent's transfer and the
     /// treasury's journal row naming it, each linked in its chain.
     #[allow(clippy::too_many_arguments)]
