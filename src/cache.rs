@@ -120,5 +120,8 @@ pub fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Option<Versio
     let Some(mut value) = store::agents::find(conn, id)? else { return Ok(None) };
     value.allowances = store::approvals::allowances(conn, id, store::now().as_millisecond())?;
     value.shadows = store::policies::shadows(conn, id)?;
+    if value.parent_id.is_some() {
+        value.ancestors = store::agents::ancestors(conn, id)?;
+    }
     Ok(Some(Versioned { value, version }))
 }

@@ -195,7 +195,7 @@ pub async fn setup(admin: &Admin, usdc: &Usdc, saved_key: Option<&str>) -> anyho
         admin.record_treasury(&owner, TreasuryKind::Deposit, deposit).await?;
     }
     for entry in demo.agents {
-        let input = NewAgent { name: entry.name, department: entry.department, policy: entry.policy };
+        let input = NewAgent { name: entry.name, department: entry.department, policy: entry.policy, parent_id: None };
         let agent = admin.create_agent(&owner, input).await?;
         if usdc.enabled() {
             usdc.create_wallet(&agent.id).await?;

@@ -134,6 +134,102 @@ async fn two_processes_sharing_postgresql_never_exceed_a_limit() {
     assert_chains_whole(&http, &a.base).await;
 }
 
+/// 500 authorizations at once, spread over three children of one parent whose cap is $500 (and
+/// over every process given): exactly $500 is approved in all, the rest declined by the parent's
+/// limit or a child's own; then a freeze of the parent stops every child at its next decision.
+async fn children_share_their_parents_cap(bases: &[String]) {
+    let http = common::http_client();
+    let base = &bases[0];
+    admin(&http, base, "/v1/treasury/deposits", json!({"id": "backing", "amount": 1_000_000, "currency": "USD"})).await;
+    let budget = json!({"limits": [{"id": "budget", "scope": "agent", "window": "lifetime", "amount": 50_000}]});
+    let parent = admin(&http, base, "/v1/agents", json!({"name": "orchestrator", "policy": budget})).await;
+    let parent = parent["id"].as_str().unwrap().to_owned();
+    let mut cards = Vec::new();
+    let mut children = Vec::new();
+    for own in [None, None, Some(10_000)] {
+        let policy = own.map_or(
+            json!({}),
+            |cap| json!({"limits": [{"id": "own", "scope": "agent", "window": "lifetime", "amount": cap}]}),
+        );
+        let child =
+            admin(&http, base, "/v1/agents", json!({"name": "worker", "policy": policy, "parent_id": parent})).await;
+        assert_eq!(child["parent_id"], parent.as_str(), "{child}");
+        let child = child["id"].as_str().unwrap().to_owned();
+        admin(
+            &http,
+            base,
+            &format!("/v1/agents/{child}/fund"),
+            json!({"id": "f", "amount": 100_000, "currency": "USD"}),
+        )
+        .await;
+        let card = admin(&http, base, &format!("/v1/agents/{child}/cards"), json!({"label": "api"})).await;
+        cards.push(card["id"].as_str().unwrap().to_owned());
+        children.push(child);
+    }
+    // One decision through each process first, so that none starts the burst cold.
+    let mut approved = 0;
+    for (i, base) in bases.iter().enumerate() {
+        let warm = authorize(&http, base, &format!("warm-{i}"), &cards[i % 3], 200).await.unwrap();
+        assert_eq!(warm["approved"], true, "{warm}");
+        approved += 200;
+    }
+    let (bases, cards) = (Arc::new(bases.to_vec()), Arc::new(cards));
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let (http, bases, cards) = (http.clone(), bases.clone(), cards.clone());
+        tasks.push(actix_web::rt::spawn(async move {
+            authorize(&http, &bases[i % bases.len()], &format!("sub-{i}"), &cards[i % 3], 200).await.unwrap()
+        }));
+    }
+    let mut rules = HashSet::new();
+    for t in tasks {
+        let d = t.await.unwrap();
+        if d["approved"] == true {
+            approved += 200;
+        } else {
+            assert_eq!(d["reason"], "limit_exceeded", "{d}");
+            rules.insert(d["rule"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(approved, 50_000, "exactly the parent's cap");
+    assert!(rules.contains("parent.limit.budget"), "{rules:?}");
+    let mut held = 0;
+    for (i, child) in children.iter().enumerate() {
+        let b = read(&http, &bases[0], &format!("/v1/agents/{child}/balance")).await;
+        held += b["held"].as_i64().unwrap();
+        if i == 2 {
+            assert!(b["held"].as_i64().unwrap() <= 10_000, "a child's own limit still holds: {b}");
+        }
+    }
+    assert_eq!(held, 50_000);
+
+    // The parent is frozen: every child declines at its next decision, on every process.
+    admin(&http, &bases[0], &format!("/v1/agents/{parent}/freeze"), json!({"reason": "stop the run"})).await;
+    for (i, card) in cards.iter().enumerate() {
+        let d = authorize(&http, &bases[i % bases.len()], &format!("after-{i}"), card, 1).await.unwrap();
+        assert_eq!((d["reason"].as_str(), d["rule"].as_str()), (Some("agent_frozen"), Some("parent.status")), "{d}");
+    }
+    assert_chains_whole(&http, &bases[0]).await;
+}
+
+#[actix_web::test]
+async fn children_share_their_parents_cap_on_sqlite() {
+    let (url, _storage) = fresh_storage(Backend::Sqlite);
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &url);
+    children_share_their_parents_cap(std::slice::from_ref(&server.base)).await;
+}
+
+#[actix_web::test]
+#[cfg_attr(not(postgres_tests), ignore = "needs PostgreSQL: set SPENDGATE_TEST_DATABASE_URL")]
+async fn children_share_their_parents_cap_across_two_processes_on_postgresql() {
+    assert!(postgres_url().is_some(), "SPENDGATE_TEST_DATABASE_URL is not set");
+    let (url, _storage) = fresh_storage(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (start(dir.path(), &url), start(dir.path(), &url));
+    children_share_their_parents_cap(&[a.base.clone(), b.base.clone()]).await;
+}
+
 /// Nodes started together on a new PostgreSQL database each find no key: one makes the first
 /// owner key from `SPENDGATE_BOOTSTRAP_ADMIN_KEY` and the others use it, none fails to start.
 #[actix_web::test]

@@ -31,6 +31,10 @@ pub struct NewAgent {
     /// Agent-level policy; defaults to none (USD, no limits).
     #[schema(value_type = Option<Object>)]
     pub policy: Option<serde_json::Value>,
+    /// The agent it works under: its spend will count against the parent's limits too, and a
+    /// freeze of the parent stops it. In the parent's currency; at most four levels deep.
+    #[schema(pattern = "^agt_[0-9a-z]{26}$")]
+    pub parent_id: Option<String>,
 }
 
 /// `POST /v1/agents/{agent_id}/reactivate`.
@@ -98,6 +102,13 @@ impl Admin {
         let name = required_text("name", &input.name, 100)?;
         let department = input.department.as_deref().map(|d| required_text("department", d, 100)).transpose()?;
         let policy = parse_policy(self.catalog, input.policy.unwrap_or_else(|| serde_json::json!({})), None)?;
+        let parent_id = match input.parent_id.as_deref() {
+            None => None,
+            Some(p) => Some(
+                AgentId::parse(p)
+                    .ok_or_else(|| Error::coded(ErrorCode::UnknownAgent, format!("parent_id: no agent {p}")))?,
+            ),
+        };
         let now = store::now();
         let agent = Agent {
             id: AgentId::generate(),
@@ -111,11 +122,40 @@ impl Admin {
             allowances: Vec::new(),
             shadows: Vec::new(),
             deactivated_at: None,
+            parent_id,
+            ancestors: Vec::new(),
         };
-        let event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
+        let data = agent.parent_id.as_ref().map(|p| serde_json::json!({"parent_id": p}));
+        let mut event = Event::new(&agent.id, None, "agent_created", &who.key_id, now);
+        if let Some(data) = data {
+            event = event.data(data);
+        }
         let stored = agent.clone();
         self.db
             .write(move |conn| {
+                if let Some(parent_id) = &stored.parent_id {
+                    // The parent's row is locked for the count, so it cannot change under its new child.
+                    store::chain::lock_head(conn, parent_id.as_str())?;
+                    let parent = store::agents::find(conn, parent_id)?.ok_or_else(|| {
+                        Error::coded(ErrorCode::UnknownAgent, format!("parent_id: no agent {parent_id}"))
+                    })?;
+                    if parent.currency != stored.currency {
+                        return Err(Error::coded(
+                            ErrorCode::CurrencyMismatch,
+                            format!("a child spends in its parent's currency, {}", parent.currency),
+                        ));
+                    }
+                    if parent.deactivated_at.is_some() {
+                        return Err(Error::coded(ErrorCode::AgentDeactivated, "the parent is deactivated"));
+                    }
+                    if store::agents::ancestors(conn, parent_id)?.len() >= store::agents::MAX_DEPTH {
+                        return Err(Error::validation(format!(
+                            "parent_id: an agent has at most {} ancestors",
+                            store::agents::MAX_DEPTH
+                        )));
+                    }
+                    store::agents::add_child(conn, parent_id)?;
+                }
                 store::agents::insert(conn, &stored)?;
                 let by = event.actor.as_ref().map(|k| k.as_str());
                 let first = event.created_at.as_millisecond();

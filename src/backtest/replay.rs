@@ -181,6 +181,8 @@ impl<'a> Replay<'a> {
                     fx: self.context.fx,
                     catalog: self.context.catalog,
                     allowances: &allowances,
+                    // A backtest replays one agent's own history: its parents' are not in it.
+                    ancestors: &[],
                 };
                 let decision = policy::evaluate_converted(&request, &snap, now, amounts);
                 if in_range && decision.approved() {

@@ -50,6 +50,13 @@ pub struct Agent {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub deactivated_at: Option<jiff::Timestamp>,
+    /// The agent it works under (an orchestrator): its spend counts against the parent's limits too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub parent_id: Option<AgentId>,
+    /// The parent, its parent, …; loaded for decisions only.
+    #[serde(skip)]
+    pub ancestors: Vec<AgentId>,
     /// What people approved past these rules and is still in force; loaded for decisions only.
     #[serde(skip)]
     pub allowances: Vec<Allowance>,

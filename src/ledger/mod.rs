@@ -557,6 +557,8 @@ impl Ledger {
             fx: self.fx,
             catalog: self.catalog,
             allowances: &agent.allowances,
+            // What the parents' limits leave is theirs to say; this counts the agent's own.
+            ancestors: &[],
         };
         let mut out = policy::usage::usage(&snap(None), None, now);
         let mut traces: Vec<&str> =

@@ -91,7 +91,20 @@ pub struct Snapshot<'a> {
     pub catalog: &'a Catalog,
     /// What people have approved for this agent and not yet spent (single-use ones already used are left out).
     pub allowances: &'a [Allowance],
+    /// The agent's parent, its parent's parent, …: a freeze of any stops it, and their limits count
+    /// the spend of everything under them.
+    pub ancestors: &'a [Ancestor<'a>],
 }
+
+/// An agent above the one that pays, with the spends of its whole subtree.
+#[derive(Clone, Copy)]
+pub struct Ancestor<'a> {
+    pub agent: &'a Agent,
+    pub spends: &'a [Spend],
+}
+
+/// How an ancestor's rules are named in a decline: `parent.limit.daily`, `grandparent.per_transaction`.
+const ANCESTORS: [&str; 4] = ["parent", "grandparent", "great_grandparent", "great_great_grandparent"];
 
 /// What the checks noticed on the way besides the verdict.
 #[derive(Default)]
@@ -209,6 +222,11 @@ fn status(snap: &Snapshot<'_>, now: Timestamp) -> Outcome {
     }
     if snap.agent.status == AgentStatus::Frozen {
         return deny(DeclineReason::AgentFrozen, "agent.status");
+    }
+    for (a, owner) in snap.ancestors.iter().zip(ANCESTORS) {
+        if a.agent.status == AgentStatus::Frozen {
+            return deny(DeclineReason::AgentFrozen, format!("{owner}.status"));
+        }
     }
     Ok(())
 }
@@ -382,6 +400,19 @@ fn check(
     for r in rules.iter().filter(|_| lifted.is_none()) {
         for (index, limit) in r.policy.limits.iter().enumerate() {
             check_limit(index, limit, r, req, snap, now, trail)?;
+        }
+    }
+    // An ancestor's per-transaction cap and limits, over its whole subtree's spend. A mandate is
+    // the child's: it lifts none of them.
+    for (a, owner) in snap.ancestors.iter().zip(ANCESTORS) {
+        let policy = &a.agent.policy;
+        let r = Rules { owner, policy, amount: amounts.agent.amount, currency: a.agent.currency };
+        if policy.per_transaction.is_some_and(|cap| r.amount > cap) {
+            return deny(DeclineReason::PerTransactionExceeded, format!("{owner}.per_transaction"));
+        }
+        let view = Snapshot { agent: a.agent, card: None, spends: a.spends, totals: None, ancestors: &[], ..*snap };
+        for (index, limit) in policy.limits.iter().enumerate() {
+            check_limit(index, limit, &r, req, &view, now, trail)?;
         }
     }
     for r in rules.iter().filter(|_| lifted.is_none()) {

@@ -27,6 +27,8 @@ struct World {
     rates: RateTable,
     fx: FxRules,
     allowances: Vec<Allowance>,
+    /// The agent's parent, with its subtree's spends.
+    parent: Option<(Agent, Vec<Spend>)>,
 }
 
 impl World {
@@ -44,6 +46,8 @@ impl World {
             allowances: Vec::new(),
             shadows: Vec::new(),
             deactivated_at: None,
+            parent_id: None,
+            ancestors: Vec::new(),
         };
         let card = Card {
             id: CardId::generate(),
@@ -76,6 +80,7 @@ impl World {
             rates,
             fx,
             allowances: Vec::new(),
+            parent: None,
         }
     }
 
@@ -90,6 +95,8 @@ impl World {
     }
 
     fn decide_at(&self, req: &AuthRequest, now: &str) -> Decision {
+        let ancestors: Vec<Ancestor<'_>> =
+            self.parent.iter().map(|(agent, spends)| Ancestor { agent, spends: spends.as_slice() }).collect();
         let snap = Snapshot {
             agent: &self.agent,
             card: Some(&self.card),
@@ -101,6 +108,7 @@ impl World {
             catalog: crate::fixtures::catalog(),
             allowances: &self.allowances,
             totals: None,
+            ancestors: &ancestors,
         };
         let scanned = evaluate(req, &snap, at(now));
         // The running totals, built for this request, decide exactly as the scan does.
@@ -170,6 +178,40 @@ fn a_plain_request_is_approved_with_its_amounts() {
     assert!(d.approved());
     assert_eq!(d.amounts.unwrap().agent, Money { amount: 1_250, currency: Currency::USD });
     assert_eq!(d.fx, None);
+}
+
+#[test]
+fn a_parents_limits_count_its_subtree_and_its_freeze_stops_the_child() {
+    let mut w = World::new();
+    let mut parent = w.agent.clone();
+    parent.id = AgentId::generate();
+    parent.policy = policy(
+        json!({"per_transaction": 5_000, "limits": [{"id": "budget", "scope": "agent", "window": "lifetime", "amount": 10_000}]}),
+        "USD",
+    );
+    // A sibling has spent 9,000 of the parent's budget: it is in the parent's book, not the child's.
+    let sibling = Spend {
+        authorization_id: "auth_sibling".into(),
+        card_id: Some("card_sibling".into()),
+        card_currency: Some(Currency::USD),
+        trace_id: None,
+        rail: Rail::Card,
+        mcc: None,
+        merchant_id: None,
+        merchant_name: "OTHER".into(),
+        at_ms: at(NOW).as_millisecond() - 1_000,
+        counted: 9_000,
+        counted_card: 9_000,
+    };
+    w.parent = Some((parent, vec![sibling]));
+    assert!(w.decide(&req(1_000)).approved());
+    assert_eq!(declined(&w.decide(&req(1_001))), (DeclineReason::LimitExceeded, "parent.limit.budget"));
+    assert_eq!(declined(&w.decide(&req(6_000))), (DeclineReason::PerTransactionExceeded, "parent.per_transaction"));
+    // The child's own rules come first.
+    let own = World { parent: w.parent.clone(), ..World::new().agent_policy(json!({"per_transaction": 500})) };
+    assert_eq!(declined(&own.decide(&req(1_000))), (DeclineReason::PerTransactionExceeded, "agent.per_transaction"));
+    w.parent.as_mut().unwrap().0.status = AgentStatus::Frozen;
+    assert_eq!(declined(&w.decide(&req(1))), (DeclineReason::AgentFrozen, "parent.status"));
 }
 
 #[test]
@@ -688,6 +730,7 @@ fn snap(w: &World) -> Snapshot<'_> {
         catalog: crate::fixtures::catalog(),
         allowances: &w.allowances,
         totals: None,
+        ancestors: &[],
     }
 }
 
@@ -843,6 +886,7 @@ fn running_totals_stay_what_a_scan_would_sum_as_spends_change_and_windows_slide(
             catalog: crate::fixtures::catalog(),
             allowances: &w.allowances,
             totals,
+            ancestors: &[],
         };
         let scanned = evaluate(&req, &snap(None), now);
         assert_eq!(evaluate(&req, &snap(Some(&totals)), now), scanned, "step {step}");
@@ -881,7 +925,7 @@ mod usage_agrees_with_decisions {
             let snap = Snapshot {
                 agent: &w.agent, card: card_scope.then_some(&w.card), card_used: false, spends: &w.spends,
                 available: w.available, rates: &w.rates, fx: w.fx, catalog: crate::fixtures::catalog(),
-                allowances: &w.allowances, totals: None,
+                allowances: &w.allowances, totals: None, ancestors: &[],
             };
             let usage = usage::usage(&snap, None, at(NOW));
             prop_assert_eq!(usage.len(), 1);

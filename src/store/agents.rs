@@ -20,6 +20,7 @@ struct AgentRow {
     /// The ledger's currency: the agent policy's cap currency, fixed at creation.
     currency: String,
     deactivated_at: Option<i64>,
+    parent_id: Option<String>,
 }
 
 impl AgentRow {
@@ -34,6 +35,8 @@ impl AgentRow {
             created_at: from_millis(self.created_at)?,
             updated_at: from_millis(self.updated_at)?,
             deactivated_at: self.deactivated_at.map(from_millis).transpose()?,
+            parent_id: self.parent_id.map(AgentId::from_stored),
+            ancestors: Vec::new(),
             allowances: Vec::new(),
             shadows: Vec::new(),
         })
@@ -55,6 +58,7 @@ pub fn insert(conn: &mut DbConnection, agent: &Agent) -> Result<()> {
         updated_at: to_millis(agent.updated_at),
         currency: agent.currency.code().to_owned(),
         deactivated_at: agent.deactivated_at.map(to_millis),
+        parent_id: agent.parent_id.as_ref().map(|p| p.to_string()),
     };
     diesel::insert_into(agents::table).values(&row).execute(conn)?;
     Ok(())
@@ -103,6 +107,40 @@ pub fn update_status(conn: &mut DbConnection, id: &AgentId, status: AgentStatus,
         ))
         .execute(conn)?;
     Ok(())
+}
+
+/// The agent's ancestors, its parent first; at most `MAX_DEPTH` of them.
+pub fn ancestors(conn: &mut DbConnection, id: &AgentId) -> Result<Vec<AgentId>> {
+    let mut out = Vec::new();
+    let mut at = id.as_str().to_owned();
+    while out.len() <= MAX_DEPTH {
+        let parent: Option<Option<String>> =
+            agents::table.find(&at).select(agents::parent_id).get_result(conn).optional()?;
+        let Some(Some(parent)) = parent else { break };
+        out.push(AgentId::from_stored(parent.clone()));
+        at = parent;
+    }
+    Ok(out)
+}
+
+/// How many ancestors an agent may have: a child's decision locks each of them.
+pub const MAX_DEPTH: usize = 4;
+
+/// Counts a new child on its parent's row (in the transaction that makes the child).
+pub fn add_child(conn: &mut DbConnection, parent: &AgentId) -> Result<()> {
+    diesel::update(agents::table.find(parent.as_str())).set(agents::children.eq(agents::children + 1)).execute(conn)?;
+    Ok(())
+}
+
+/// Every agent under `id`, at any depth.
+pub fn descendants(conn: &mut DbConnection, id: &AgentId) -> Result<Vec<AgentId>> {
+    let mut out = Vec::new();
+    let mut level = vec![id.as_str().to_owned()];
+    while !level.is_empty() && out.len() < 100_000 {
+        level = agents::table.filter(agents::parent_id.eq_any(&level)).select(agents::id).load(conn)?;
+        out.extend(level.iter().cloned().map(AgentId::from_stored));
+    }
+    Ok(out)
 }
 
 /// Deactivates (`Some`, frozen) or reactivates (`None`, active) an agent.

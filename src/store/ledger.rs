@@ -97,6 +97,8 @@ pub struct TransferRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentLedger {
     pub seq: i64,
+    /// How many agents have it as their parent: its spend windows then span its subtree.
+    pub children: i64,
     pub config_version: i64,
     pub currency: String,
     pub balance: Balance,
@@ -119,9 +121,10 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
             (agents::funded, agents::refunded, agents::held, agents::spent),
             agents::chain_length,
             agents::chain_head,
+            agents::children,
         ),
     );
-    type Stored = (i64, i64, String, Balance, i64, Option<String>);
+    type Stored = (i64, i64, String, Balance, i64, Option<String>, i64);
     let found: Vec<(String, Stored)> = match conn {
         DbConnection::Postgresql(pg) => {
             let ids: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
@@ -137,9 +140,10 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
     };
     found
         .into_iter()
-        .map(|(id, (seq, config_version, currency, balance, length, head))| {
+        .map(|(id, (seq, config_version, currency, balance, length, head, children))| {
             let chain = chain::head_of(&id, length, head.as_deref())?;
-            Ok((AgentId::from_stored(id), AgentLedger { seq: seq + 1, config_version, currency, balance, chain }))
+            let ledger = AgentLedger { seq: seq + 1, children, config_version, currency, balance, chain };
+            Ok((AgentId::from_stored(id), ledger))
         })
         .collect()
 }

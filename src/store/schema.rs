@@ -19,6 +19,8 @@ diesel::table! {
         chain_length -> BigInt,
         chain_head -> Nullable<Text>,
         deactivated_at -> Nullable<BigInt>,
+        parent_id -> Nullable<Text>,
+        children -> BigInt,
     }
 }
 

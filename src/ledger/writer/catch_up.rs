@@ -23,15 +23,34 @@ impl Writer {
         now_ms: i64,
     ) -> Result<()> {
         let mut behind = Vec::new();
+        let mut subtrees = Vec::new();
         for (id, l) in locked {
             let book = self.books.entry(id.clone()).or_insert_with(Book::unloaded);
             if book.seq != l.ledger.seq - 1 {
-                behind.push((id.clone(), book.seq));
+                if l.ledger.children > 0 {
+                    subtrees.push(id.clone());
+                } else {
+                    behind.push((id.clone(), book.seq));
+                }
             }
             book.seq = l.ledger.seq;
         }
         for row in rows::approved_since(conn, &behind)? {
             if let Some(book) = self.books.get_mut(&AgentId::from_stored(row.agent_id.clone())) {
+                book.apply(&row);
+            }
+        }
+        // A book that spans a subtree holds its descendants' spends, which their own seqs number:
+        // behind, it is read again whole. Every change under it locks it, so on one node it never
+        // falls behind; it does when another node decided for the subtree since.
+        for id in subtrees {
+            let mut members: Vec<(AgentId, i64)> = vec![(id.clone(), -1)];
+            members.extend(store::agents::descendants(conn, &id)?.into_iter().map(|d| (d, -1)));
+            let book = self.books.get_mut(&id).expect("a book for each locked agent");
+            let seq = book.seq;
+            *book = Book::unloaded();
+            book.seq = seq;
+            for row in rows::approved_since(conn, &members)? {
                 book.apply(&row);
             }
         }

@@ -38,6 +38,14 @@ impl Writer {
     ) -> Result<AuthOutcome> {
         let key = (c.auth.source, c.auth.external_id.clone());
         let agent_id = &c.agent.value.id;
+        // The ancestors, locked with the agent: their limits and freezes decide too.
+        let mut ancestors = Vec::with_capacity(c.agent.value.ancestors.len());
+        for id in &c.agent.value.ancestors {
+            let Some(la) = locked.get_mut(id) else {
+                return Err(Error::Internal(format!("ancestor {id} was not locked with its child")));
+            };
+            ancestors.push(self.locked_agent(conn, id, la, None)?);
+        }
         let Some(l) = locked.get_mut(agent_id) else {
             return Ok(AuthOutcome::failed(DeclineReason::UnknownCard, &c.auth.request));
         };
@@ -94,7 +102,14 @@ impl Writer {
             let (spends, totals) = book.spends_and_totals();
             totals.prepare(request, &agent.value, card, spends, self.catalog, now);
         }
-        let book = &*book;
+        let book = self.books.get(agent_id).expect("locked agents have a book");
+        let above: Vec<policy::Ancestor<'_>> = ancestors
+            .iter()
+            .map(|a| policy::Ancestor {
+                agent: &a.value,
+                spends: self.books.get(&a.value.id).map_or(&[][..], |b| b.spends()),
+            })
+            .collect();
         let rates = self.rates.read().unwrap_or_else(|e| e.into_inner()).clone();
         let allowances = book.allowances(&agent.value.allowances);
         let snap = Snapshot {
@@ -108,6 +123,7 @@ impl Writer {
             catalog: self.catalog,
             allowances: &allowances,
             totals: Some(&book.totals),
+            ancestors: &above,
         };
         let decision = match c.verdict {
             Some(verdict) => processor_decision(verdict, request, &snap, now)?,
@@ -172,9 +188,8 @@ impl Writer {
         }
         let mut payment_stored = false;
         if decision.approved() {
-            if let Some(book) = self.books.get_mut(agent_id) {
-                book.apply(&row);
-            }
+            let lineage = l.ancestors.clone();
+            self.book_row(&row, &lineage);
             if let Some(payment) = &c.auth.payment {
                 payment_stored = self.stage_payment(conn, payment, &row.id)?;
             }

@@ -36,9 +36,7 @@ impl Writer {
         row.updated_at = now_ms;
         self.chain(l, row);
         rows::update_amounts(conn, row)?;
-        if let Some(book) = self.books.get_mut(&AgentId::from_stored(row.agent_id.clone())) {
-            book.apply(row);
-        }
+        self.book_row(row, &l.ancestors);
         let mut transfers: Vec<TransferRow> = moved.iter().map(|m| transfer(row, external_id, m, now_ms)).collect();
         for t in &mut transfers {
             self.chain(l, t);

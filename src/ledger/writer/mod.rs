@@ -260,6 +260,9 @@ struct Locked {
     opening: i64,
     /// What the batch's last approval for the agent was for, which that announcement names.
     spent_by: Option<serde_json::Value>,
+    /// Its parent, its parent's parent, …: locked with it when its spend changes, and their books
+    /// (which span their subtrees) changed with its own.
+    ancestors: Vec<AgentId>,
 }
 
 /// The batch's authorizations already recorded, by (source, external id): retries answer with them.
@@ -279,18 +282,23 @@ impl Writer {
 
         // Which agents the batch touches, so their rows can be locked in one order (no deadlock
         // between two processes) before anything is read.
+        // An agent whose spend changes comes with its ancestors, whose limits count it.
         let mut agent_ids = BTreeSet::new();
+        let mut lineage: HashMap<AgentId, Vec<AgentId>> = HashMap::new();
+        let mut spending = Vec::new();
         let mut targets: Vec<Option<AuthorizationRow>> = Vec::with_capacity(batch.len());
         let mut expiring = Vec::new();
         for cmd in batch {
             let mut target = None;
             match cmd {
                 Command::Authorize(c) => {
-                    agent_ids.insert(c.agent.value.id.clone());
+                    let agent = &c.agent.value;
+                    lineage.insert(agent.id.clone(), agent.ancestors.clone());
+                    agent_ids.insert(agent.id.clone());
                 }
                 Command::Abandon(c) => match &c.auth.payer {
-                    Payer::Card(card) => agent_ids.extend(store::cards::agent_of(conn, card)?),
-                    Payer::Wallet(agent) => drop(agent_ids.insert(agent.clone())),
+                    Payer::Card(card) => spending.extend(store::cards::agent_of(conn, card)?),
+                    Payer::Wallet(agent) => spending.push(agent.clone()),
                 },
                 Command::Movement(c) => {
                     target = match &c.target {
@@ -298,7 +306,7 @@ impl Writer {
                         Target::External { source, external_id } => rows::find_external(conn, *source, external_id)?,
                     };
                     if let Some(row) = &target {
-                        agent_ids.insert(AgentId::from_stored(row.agent_id.clone()));
+                        spending.push(AgentId::from_stored(row.agent_id.clone()));
                     }
                 }
                 Command::Fund(c) => drop(agent_ids.insert(c.agent_id.clone())),
@@ -307,10 +315,20 @@ impl Writer {
                 Command::Treasury(_) => {}
                 Command::Expire { before_ms, .. } => {
                     expiring = rows::pending_before(conn, *before_ms, 500)?;
-                    agent_ids.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
+                    spending.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
                 }
             }
             targets.push(target);
+        }
+        for id in spending {
+            if !lineage.contains_key(&id) {
+                let ancestors = self.ancestors_of(conn, &id)?;
+                lineage.insert(id.clone(), ancestors);
+            }
+            agent_ids.insert(id);
+        }
+        for ancestors in lineage.values() {
+            agent_ids.extend(ancestors.iter().cloned());
         }
 
         let agent_ids: Vec<AgentId> = agent_ids.into_iter().collect();
@@ -319,7 +337,8 @@ impl Writer {
             touched.push(id.clone());
             let currency = ledger.currency.parse().map_err(|_| store::corrupt("agent currency", &ledger.currency))?;
             let opening = ledger.balance.available();
-            locked.insert(id, Locked { ledger, currency, agent: None, opening, spent_by: None });
+            let ancestors = lineage.remove(&id).unwrap_or_default();
+            locked.insert(id, Locked { ledger, currency, agent: None, opening, spent_by: None, ancestors });
         }
         self.catch_up(conn, &locked, now_ms)?;
 
@@ -420,6 +439,25 @@ impl Writer {
         }
         store::policies::insert_disagreements(conn, &std::mem::take(&mut self.disagreements))?;
         store::chain::insert_links(conn, &std::mem::take(&mut self.links))
+    }
+
+    /// An agent's ancestors: from its snapshot when cached (a parent never changes), else read.
+    fn ancestors_of(&self, conn: &mut DbConnection, id: &AgentId) -> Result<Vec<AgentId>> {
+        match self.snapshots.cached_agent(id) {
+            Some(agent) => Ok(agent.value.ancestors.clone()),
+            None => store::agents::ancestors(conn, id),
+        }
+    }
+
+    /// Brings the books of an authorization's agent and of each of its ancestors (whose books
+    /// span their subtrees) to the row as it now stands.
+    pub(super) fn book_row(&mut self, row: &AuthorizationRow, ancestors: &[AgentId]) {
+        let own = AgentId::from_stored(row.agent_id.clone());
+        for id in std::iter::once(&own).chain(ancestors) {
+            if let Some(book) = self.books.get_mut(id) {
+                book.apply(row);
+            }
+        }
     }
 
     /// Makes `record` the next link of its agent's audit chain; the link is written with the batch.
