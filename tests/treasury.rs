@@ -321,8 +321,62 @@ async fn deactivation_freezes_revokes_and_drains_as_holds_settle(app: TestApp) {
     app.assert_chains_whole().await;
 }
 
+async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
+    let (parent, _) = chf_agent(&app, json!({})).await;
+    let (s, child) = app
+        .post("/v1/agents", json!({"name": "worker", "policy": {"currency": "CHF", "funding": {"max_balance": 5_000}}, "parent_id": parent}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{child}");
+    let child = child["id"].as_str().unwrap().to_owned();
+    let card =
+        app.issue_card(&child, json!({"label": "svc", "currency": "CHF"})).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(deposit(&app, "d1", 10_000).await.0, StatusCode::CREATED);
+    assert_eq!(fund(&app, &parent, "f1", 10_000).await.0, StatusCode::CREATED);
+
+    let allocate = |id: &str, amount: i64| json!({"id": id, "amount": amount, "reason": "the crawl"});
+    let (s, t) = app.post(&format!("/v1/agents/{child}/allocate"), allocate("al1", 4_000)).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    assert_eq!((t["kind"].as_str(), t["amount"]["amount"].as_i64()), (Some("allocation_in"), Some(4_000)), "{t}");
+    assert_eq!(app.post(&format!("/v1/agents/{child}/allocate"), allocate("al1", 4_000)).await.0, StatusCode::OK);
+    let (s, e) = app.post(&format!("/v1/agents/{child}/allocate"), allocate("al2", 1_001)).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("max_balance_exceeded")), "{e}");
+    let (s, e) = app.post(&format!("/v1/agents/{parent}/allocate"), allocate("al3", 1)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an agent without a parent: {e}");
+    assert_eq!(app.balance(&parent).await["available"], 6_000);
+    assert_eq!(app.balance(&child).await["available"], 4_000);
+
+    // The child spends; a drain takes what is left back to the parent, not the treasury.
+    assert_eq!(authorize_chf(&app, "a1", &card, 1_500).await["approved"], true);
+    let (s, t) = app.post(&format!("/v1/agents/{child}/drain"), json!({"id": "dr1", "amount": 500})).await;
+    assert_eq!((s, t["kind"].as_str()), (StatusCode::CREATED, Some("allocation_out")), "{t}");
+    assert_eq!(app.balance(&parent).await["available"], 6_500);
+    let (s, e) = app.post(&format!("/v1/agents/{child}/drain"), json!({"id": "dr2", "amount": 2_001})).await;
+    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("exceeds_available")), "{e}");
+    let t = treasury(&app, "CHF").await;
+    assert_eq!((&t["granted"], &t["returned"]), (&json!(10_000), &json!(0)), "{t}");
+
+    // A deactivated child goes back to its parent, with what its hold releases.
+    let (s, d) = app.post(&format!("/v1/agents/{child}/deactivate"), json!({"reason": "done"})).await;
+    assert_eq!((s, d["drained"]["amount"]["amount"].as_i64()), (StatusCode::OK, Some(2_000)), "{d}");
+    let (_, ledger) = app.get(&format!("/v1/agents/{child}/ledger")).await;
+    let hold = ledger["data"].as_array().unwrap().iter().find(|e| e["type"] == "authorization").unwrap().clone();
+    let (s, _) =
+        app.signed(&format!("/v1/authorizations/{}/reverse", hold["id"].as_str().unwrap()), &json!({"id": "r1"})).await;
+    assert_eq!(s, StatusCode::OK);
+    for _ in 0..100 {
+        if app.balance(&parent).await["available"] == 10_000 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.balance(&parent).await["available"], 10_000, "every cent back with the parent");
+    assert_eq!(app.balance(&child).await["funded"], 0);
+    app.assert_chains_whole().await;
+}
+
 on_both_backends!(
     funds_from_the_treasury_and_drains_back,
+    a_parent_allocates_to_its_child_and_takes_it_back,
     deactivation_freezes_revokes_and_drains_as_holds_settle,
     a_maximum_balance_refuses_funding_past_it,
     a_top_up_fires_once_per_fall_and_a_short_treasury_is_announced,

@@ -39,7 +39,29 @@ pub struct FundRequest {
     pub reason: Option<String>,
 }
 
-/// `POST /v1/agents/{agent_id}/drain`: available money back to the treasury.
+/// `POST /v1/agents/{agent_id}/allocate`: available money from the agent's parent.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocateRequest {
+    /// Idempotency key of this allocation.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub id: String,
+    /// Minor units of the agent's currency.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
+    pub amount: i64,
+    #[schema(
+        min_length = 1,
+        max_length = 500,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/agents/{agent_id}/drain`: available money back to the treasury (a sub-agent's, to its parent).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
@@ -107,7 +129,27 @@ impl Admin {
         Ok((transfer, replayed))
     }
 
-    /// Returns available money to the treasury. Idempotent by `id`, as funding is.
+    /// Moves available money from the agent's parent into its balance. Idempotent by `id`.
+    pub async fn allocate(
+        &self,
+        who: &Principal,
+        agent_id: &str,
+        input: AllocateRequest,
+    ) -> Result<(TransferView, bool)> {
+        let agent_id = parse_agent_id(who, agent_id)?;
+        who.check(Permission::Manage, Some(&agent_id))?;
+        let id = required_text("id", &input.id, 200)?;
+        check_amount("amount", input.amount)?;
+        let actor = actor(who, input.reason.as_deref())?;
+        let (transfer, replayed) = self.ledger.allocate(&agent_id, &id, input.amount, &actor).await?;
+        if !replayed {
+            tracing::info!(agent = %agent_id, actor = %who.key_id, amount = %transfer.amount, "allocated from the parent");
+        }
+        Ok((transfer, replayed))
+    }
+
+    /// Returns available money to the treasury (to its parent, for a sub-agent). Idempotent by
+    /// `id`, as funding is.
     pub async fn drain(&self, who: &Principal, agent_id: &str, input: DrainRequest) -> Result<(TransferView, bool)> {
         let agent_id = parse_agent_id(who, agent_id)?;
         who.check(Permission::Manage, Some(&agent_id))?;

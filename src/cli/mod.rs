@@ -564,8 +564,19 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
-    /// Move an agent's available money (all of it, or --amount) back to its treasury; held money
-    /// stays held.
+    /// Move available money from a sub-agent's parent into its balance.
+    Allocate {
+        agent: String,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        /// The allocation's idempotency key (default: a new one).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Move an agent's available money (all of it, or --amount) back to its treasury, or to its
+    /// parent for a sub-agent; held money stays held.
     Drain {
         agent: String,
         #[arg(long, allow_hyphen_values = true)]
@@ -821,6 +832,14 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             let body = json!({"id": id.unwrap_or_else(|| new_id("fund")), "amount": amount.minor,
                               "currency": amount.currency.code(), "reason": reason});
             (client.post(&format!("{path}/fund"), body).await?, View::Record)
+        }
+        Command::Allocate { agent, amount, id, reason } => {
+            let path = format!("/v1/agents/{}", segment(&agent));
+            let agent_currency = currency_of(&client.get(&path).await?)?;
+            let amount = Amount::parse("--amount", &amount, None, agent_currency)?;
+            let body =
+                json!({"id": id.unwrap_or_else(|| new_id("allocate")), "amount": amount.minor, "reason": reason});
+            (client.post(&format!("{path}/allocate"), body).await?, View::Record)
         }
         Command::Drain { agent, amount, id, reason } => {
             let path = format!("/v1/agents/{}", segment(&agent));

@@ -27,6 +27,10 @@ worded! {
         TopUp = "top_up",
         /// Available money from the agent's balance back to the treasury.
         Drain = "drain",
+        /// Money from the agent's parent into its balance (or back from its child, to a parent).
+        AllocationIn = "allocation_in",
+        /// Available money from the agent's balance to its child (or back to its parent).
+        AllocationOut = "allocation_out",
         /// Captured out of the hold.
         Post = "post",
         /// Captured beyond the hold: the processor's fact, recorded as spent.
@@ -99,18 +103,6 @@ worded! {
     }
 }
 
-impl TreasuryKind {
-    /// The agent's side of a movement between the treasury and an agent.
-    pub fn agent_side(self) -> Option<TransferKind> {
-        match self {
-            TreasuryKind::Fund => Some(TransferKind::Fund),
-            TreasuryKind::TopUp => Some(TransferKind::TopUp),
-            TreasuryKind::Drain => Some(TransferKind::Drain),
-            TreasuryKind::Deposit | TreasuryKind::Withdrawal => None,
-        }
-    }
-}
-
 /// The audit chain a currency's treasury journal is linked in (beside each agent's).
 pub fn treasury_chain(currency: &str) -> String {
     format!("treasury:{currency}")
@@ -136,7 +128,8 @@ impl Treasury {
 }
 
 /// An agent's money in minor units of its currency. Available = funded + refunded − held − spent,
-/// where funded is what came from the treasury net of what was drained back.
+/// where funded is what came from the treasury (or its parent) net of what went back (or to its
+/// children).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Balance {
     pub funded: i64,
@@ -148,6 +141,22 @@ pub struct Balance {
 impl Balance {
     pub fn available(&self) -> i64 {
         self.funded + self.refunded - self.held - self.spent
+    }
+}
+
+impl TransferKind {
+    /// What a transfer adds to the agent's `funded` (money between it and the treasury, its parent
+    /// or its child); 0 for a transfer of a hold.
+    pub fn funding(self, amount: i64) -> i64 {
+        match self {
+            TransferKind::Fund | TransferKind::TopUp | TransferKind::AllocationIn => amount,
+            TransferKind::Drain | TransferKind::AllocationOut => -amount,
+            _ => 0,
+        }
+    }
+
+    pub fn is_funding(self) -> bool {
+        self.funding(1) != 0
     }
 }
 

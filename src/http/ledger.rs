@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use crate::admin::Page;
-use crate::admin::ledger::{DrainRequest, FundRequest, LedgerQuery};
+use crate::admin::ledger::{AllocateRequest, DrainRequest, FundRequest, LedgerQuery};
 use crate::domain::access::Principal;
 use crate::domain::card::Card;
 use crate::error::Result;
@@ -27,8 +27,24 @@ pub async fn fund(
     Ok(if replayed { HttpResponse::Ok() } else { HttpResponse::Created() }.json(transfer))
 }
 
-/// Move the agent's available money (or `amount` of it) back to its treasury; held money stays
-/// held. 201 when new, 200 when `id` was already applied; 409 `exceeds_available` moves nothing.
+/// Move available money from the agent's parent into its balance. 201 when new, 200 when `id` was
+/// already applied; 409 `exceeds_available` or `max_balance_exceeded` moves nothing; 400 for an agent
+/// without a parent.
+#[utoipa::path(post, path = "/v1/agents/{agent_id}/allocate", tag = "ledger", request_body = AllocateRequest,
+    responses((status = 201, body = TransferView), (status = 200, body = TransferView)))]
+#[post("/v1/agents/{agent_id}/allocate")]
+pub async fn allocate(
+    state: web::Data<AppState>,
+    who: Principal,
+    path: web::Path<String>,
+    body: web::Json<AllocateRequest>,
+) -> Result<HttpResponse> {
+    let (transfer, replayed) = state.admin.allocate(&who, &path, body.into_inner()).await?;
+    Ok(if replayed { HttpResponse::Ok() } else { HttpResponse::Created() }.json(transfer))
+}
+
+/// Move the agent's available money (or `amount` of it) back to its treasury, or to its parent for
+/// a sub-agent; held money stays held. 201 when new, 200 when `id` was already applied; 409 `exceeds_available` moves nothing.
 #[utoipa::path(post, path = "/v1/agents/{agent_id}/drain", tag = "ledger", request_body = DrainRequest,
     responses((status = 201, body = TransferView), (status = 200, body = TransferView)))]
 #[post("/v1/agents/{agent_id}/drain")]

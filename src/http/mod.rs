@@ -121,6 +121,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(keys::revoke_key)
         .service(ledger::fund)
         .service(ledger::drain)
+        .service(ledger::allocate)
         .service(agents::deactivate_agent)
         .service(agents::reactivate_agent)
         .service(treasury::treasuries)

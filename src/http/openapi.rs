@@ -24,7 +24,7 @@ use super::{
         policies::put_shadow, policies::shadow_report,
         policies::start_backtest, policies::list_backtests, policies::get_backtest, policies::cancel_backtest,
         keys::create_key, keys::list_keys, keys::revoke_key,
-        ledger::fund, ledger::drain, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
+        ledger::fund, ledger::drain, ledger::allocate, ledger::balance, ledger::ledger, ledger::put_trace, reports::export, reports::spend,
         treasury::treasuries, treasury::transfers, treasury::deposit, treasury::withdraw,
         audit::verify, audit::checkpoints, audit::make_checkpoint,
         endpoints::create_endpoint, endpoints::list_endpoints, endpoints::delete_endpoint, endpoints::endpoint_deliveries,

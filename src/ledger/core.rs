@@ -217,7 +217,11 @@ impl Hold {
     pub fn replay(&mut self, balance: &mut Balance, kind: TransferKind, amount: i64) -> Result<(), Refusal> {
         self.not_declined()?;
         match kind {
-            TransferKind::Fund | TransferKind::TopUp | TransferKind::Drain => {}
+            TransferKind::Fund
+            | TransferKind::TopUp
+            | TransferKind::Drain
+            | TransferKind::AllocationIn
+            | TransferKind::AllocationOut => {}
             TransferKind::Post => {
                 let from_hold = amount.min(self.held);
                 self.held -= from_hold;
@@ -379,12 +383,31 @@ pub fn top_up(
 /// Applies a recorded movement between the treasury and the agent to its balance alone (a backtest
 /// replays the agent's history without its treasury); false for any other transfer.
 pub fn replay_funding(balance: &mut Balance, kind: TransferKind, amount: i64) -> bool {
-    match kind {
-        TransferKind::Fund | TransferKind::TopUp => balance.funded += amount,
-        TransferKind::Drain => balance.funded -= amount,
-        _ => return false,
+    balance.funded += kind.funding(amount);
+    kind.is_funding()
+}
+
+/// Available money from one agent to another (a parent to its child, or back): all that is
+/// available when `amount` is None; refused past what `from` has available or `to`'s maximum.
+pub fn allocate(
+    from: &mut Balance,
+    to: &mut Balance,
+    amount: Option<i64>,
+    to_max: Option<i64>,
+) -> Result<(Moved, Moved), Refusal> {
+    let available = from.available();
+    let amount = amount.unwrap_or(available);
+    if amount <= 0 || amount > available {
+        return Err(Refusal::NotAvailable { available });
     }
-    true
+    if let Some(room) = room_under(to, to_max)
+        && amount > room
+    {
+        return Err(Refusal::OverMaxBalance { room });
+    }
+    from.funded -= amount;
+    to.funded += amount;
+    Ok((Moved::new(TransferKind::AllocationOut, amount), Moved::new(TransferKind::AllocationIn, amount)))
 }
 
 fn grant(treasury: &mut Treasury, balance: &mut Balance, kind: TransferKind, amount: i64) -> Moved {
@@ -423,17 +446,53 @@ mod tests {
     enum Event {
         Deposit(i64),
         Withdraw(i64),
-        Fund { amount: i64, max: Option<i64> },
+        Fund {
+            amount: i64,
+            max: Option<i64>,
+        },
         Drain(Option<i64>),
-        TopUp { below: i64, to: i64, per_day: Option<i64>, max: Option<i64> },
-        Approve { cap: i64, card: i64 },
-        Decline { cap: i64 },
-        Capture { hold: usize, amount: i64 },
-        Reverse { hold: usize, amount: Option<i64> },
-        Expire { hold: usize },
-        Refund { hold: usize, amount: i64 },
-        Adjust { hold: usize, total: i64 },
-        ApproveAfterAll { hold: usize, cap: i64 },
+        TopUp {
+            below: i64,
+            to: i64,
+            per_day: Option<i64>,
+            max: Option<i64>,
+        },
+        /// To the agent's child, and back.
+        Allocate {
+            amount: i64,
+            max: Option<i64>,
+        },
+        Reclaim(Option<i64>),
+        Approve {
+            cap: i64,
+            card: i64,
+        },
+        Decline {
+            cap: i64,
+        },
+        Capture {
+            hold: usize,
+            amount: i64,
+        },
+        Reverse {
+            hold: usize,
+            amount: Option<i64>,
+        },
+        Expire {
+            hold: usize,
+        },
+        Refund {
+            hold: usize,
+            amount: i64,
+        },
+        Adjust {
+            hold: usize,
+            total: i64,
+        },
+        ApproveAfterAll {
+            hold: usize,
+            cap: i64,
+        },
     }
 
     fn event() -> impl Strategy<Value = Event> {
@@ -447,6 +506,8 @@ mod tests {
             amount.clone().prop_map(Event::Withdraw),
             (amount.clone(), maybe()).prop_map(|(amount, max)| Event::Fund { amount, max }),
             maybe().prop_map(Event::Drain),
+            (amount.clone(), maybe()).prop_map(|(amount, max)| Event::Allocate { amount, max }),
+            maybe().prop_map(Event::Reclaim),
             (amount.clone(), 0..5_000i64, maybe(), maybe()).prop_map(|(below, more, per_day, max)| Event::TopUp {
                 below,
                 to: below + more,
@@ -472,6 +533,8 @@ mod tests {
         balance: Balance,
         holds: Vec<Hold>,
         transfers: Vec<Vec<Moved>>,
+        /// The agent's child: funded only by allocations from it.
+        child: Balance,
         /// What people put in and took out of the treasury; what reached the agent, net.
         deposited: i64,
         funded: i64,
@@ -508,6 +571,19 @@ mod tests {
                     let moved = drain(t, b, amount)?;
                     assert!(moved.amount <= before, "drained {} of {before} available", moved.amount);
                     self.funded -= moved.amount;
+                    return Ok(());
+                }
+                Event::Allocate { amount, max } => {
+                    let before = b.available();
+                    let (out, into) = allocate(b, &mut self.child, Some(amount), max)?;
+                    assert!(out.amount == into.amount && out.amount <= before);
+                    assert!(max.is_none_or(|m| self.child.available() <= m), "allocated past the child's maximum");
+                    self.funded -= out.amount;
+                    return Ok(());
+                }
+                Event::Reclaim(amount) => {
+                    let (out, _) = allocate(&mut self.child, b, amount, None)?;
+                    self.funded += out.amount;
                     return Ok(());
                 }
                 Event::TopUp { below, to, per_day, max } => {
@@ -593,12 +669,15 @@ mod tests {
             // No money from nowhere, none lost: the treasury and the agent hold exactly what people
             // deposited less what they withdrew; the treasury never gives what it does not have,
             // and the agent's funding always covers what it spent net of refunds and holds.
-            let t = &self.treasury;
-            if t.available() < 0 || t.available() + b.funded != self.deposited || t.granted - t.returned != b.funded {
-                return Err(format!("money created or lost: {t:?} {b:?} after {} deposited", self.deposited));
+            let (t, c) = (&self.treasury, &self.child);
+            if t.available() < 0
+                || t.available() + b.funded + c.funded != self.deposited
+                || t.granted - t.returned != b.funded + c.funded
+            {
+                return Err(format!("money created or lost: {t:?} {b:?} {c:?} after {} deposited", self.deposited));
             }
-            if b.funded < 0 {
-                return Err(format!("drained more than was funded: {b:?}"));
+            if b.funded < 0 || c.funded < 0 || c.available() < 0 {
+                return Err(format!("drained or allocated more than was funded: {b:?} {c:?}"));
             }
             // Each hold is what its transfers say: approved + increases − posts − releases is held,
             // posts + excess is posted, refunds are refunded; no transfer is negative.
@@ -627,12 +706,10 @@ mod tests {
         fn every_history_keeps_every_invariant(events in proptest::collection::vec(event(), 1..60)) {
             let mut ledger = Ledger::default();
             for event in &events {
-                let (before_balance, before_holds, before_treasury) = (ledger.balance, ledger.holds.clone(), ledger.treasury);
+                let before = (ledger.balance, ledger.holds.clone(), ledger.treasury, ledger.child);
                 if ledger.apply(event).is_err() {
                     // A refusal changes nothing.
-                    prop_assert_eq!(ledger.balance, before_balance);
-                    prop_assert_eq!(ledger.treasury, before_treasury);
-                    prop_assert_eq!(&ledger.holds, &before_holds);
+                    prop_assert_eq!((ledger.balance, ledger.holds.clone(), ledger.treasury, ledger.child), before);
                 }
                 if let Err(broken) = ledger.check() {
                     return Err(TestCaseError::fail(format!("after {event:?}: {broken}")));

@@ -492,6 +492,27 @@ impl Ledger {
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
 
+    /// Parent → child, by `actor`.
+    pub async fn allocate(
+        &self,
+        child: &AgentId,
+        external_id: &str,
+        amount: i64,
+        actor: &Actor,
+    ) -> Result<(TransferView, bool)> {
+        let (reply, answer) = oneshot::channel();
+        let cmd = writer::AllocateCmd {
+            child: child.clone(),
+            external_id: external_id.to_owned(),
+            amount,
+            actor: actor.key.clone(),
+            reason: actor.reason.clone(),
+            reply,
+        };
+        self.send(Command::Allocate(Box::new(cmd))).await?;
+        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    }
+
     /// A deposit into or a withdrawal from a treasury, as a person records it.
     pub async fn record_treasury(
         &self,

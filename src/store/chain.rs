@@ -253,13 +253,14 @@ pub fn sums(conn: &mut DbConnection, agent_id: &str) -> Result<Balance> {
         .filter(authorizations::agent_id.eq(agent_id))
         .select((total("held"), total("posted"), total("refunded")))
         .get_result(conn)?;
-    // Funded: what came from the treasury, net of what was drained back.
+    // Funded: what came from the treasury or a parent, net of what went back or to children.
+    let funding = TransferKind::ALL.iter().copied().filter(|k| k.is_funding());
     let moved: Vec<(TransferKind, i64)> = transfers::table
         .filter(transfers::agent_id.eq(agent_id))
-        .filter(transfers::kind.eq_any([TransferKind::Fund, TransferKind::TopUp, TransferKind::Drain]))
+        .filter(transfers::kind.eq_any(funding))
         .select((transfers::kind, transfers::amount))
         .load(conn)?;
-    let funded = Some(moved.iter().map(|(kind, a)| if *kind == TransferKind::Drain { -a } else { *a }).sum());
+    let funded = Some(moved.iter().map(|(kind, a)| kind.funding(*a)).sum());
     let or_zero = |v: Option<i64>| v.unwrap_or(0);
     Ok(Balance { funded: or_zero(funded), refunded: or_zero(refunded), held: or_zero(held), spent: or_zero(spent) })
 }

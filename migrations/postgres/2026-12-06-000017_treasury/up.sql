@@ -30,10 +30,12 @@ CREATE TABLE treasury_transfers (
     UNIQUE (currency, external_id)
 );
 
--- An agent's transfers gain top_up and drain, and say who moved them and why.
+-- An agent's transfers gain top_up, drain and allocations between a parent and its child, and say who
+-- moved them and why.
 ALTER TABLE transfers DROP CONSTRAINT transfers_kind_check;
 ALTER TABLE transfers ADD CONSTRAINT transfers_kind_check
-    CHECK (kind IN ('fund', 'top_up', 'drain', 'post', 'excess', 'increase', 'void', 'expire', 'refund'));
+    CHECK (kind IN ('fund', 'top_up', 'drain', 'allocation_in', 'allocation_out', 'post', 'excess', 'increase', 'void',
+                    'expire', 'refund'));
 ALTER TABLE transfers ADD COLUMN actor TEXT;
 ALTER TABLE transfers ADD COLUMN reason TEXT;
 

@@ -34,7 +34,8 @@ CREATE TABLE treasury_transfers (
     UNIQUE (currency, external_id)
 );
 
--- An agent's transfers gain top_up and drain, and say who moved them and why. SQLite cannot alter
+-- An agent's transfers gain top_up, drain and allocations between a parent and its child, and say who
+-- moved them and why. SQLite cannot alter
 -- a CHECK, so the table is rebuilt; checks are chains of OR, not IN lists (see 000009).
 CREATE TABLE transfers_next (
     id                TEXT PRIMARY KEY NOT NULL,
@@ -46,6 +47,8 @@ CREATE TABLE transfers_next (
     kind              TEXT NOT NULL CHECK (kind = 'fund' OR
                                            kind = 'top_up' OR
                                            kind = 'drain' OR
+                                           kind = 'allocation_in' OR
+                                           kind = 'allocation_out' OR
                                            kind = 'post' OR
                                            kind = 'excess' OR
                                            kind = 'increase' OR

@@ -46,6 +46,7 @@ pub(super) enum Command {
     Movement(Box<MovementCmd>),
     Fund(Box<FundCmd>),
     Drain(Box<DrainCmd>),
+    Allocate(Box<AllocateCmd>),
     Treasury(Box<TreasuryCmd>),
     /// What a committed batch left to do for an agent, in a batch of its own.
     FollowUp(FollowUp),
@@ -123,6 +124,16 @@ pub(super) struct DrainCmd {
     pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
 }
 
+/// Money from an agent's parent into its balance.
+pub(super) struct AllocateCmd {
+    pub child: AgentId,
+    pub external_id: String,
+    pub amount: i64,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
+}
+
 /// A deposit into or a withdrawal from a treasury, recorded by a person.
 pub(super) struct TreasuryCmd {
     pub external_id: String,
@@ -150,6 +161,7 @@ impl Command {
             (Command::Movement(c), Reply::Movement(o)) => drop(c.reply.send(Ok(*o))),
             (Command::Fund(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Drain(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Allocate(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Treasury(c), Reply::Treasury(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::FollowUp(_), Reply::Done) => {}
             (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
@@ -166,6 +178,7 @@ impl Command {
             Command::Movement(c) => drop(c.reply.send(Err(e))),
             Command::Fund(c) => drop(c.reply.send(Err(e))),
             Command::Drain(c) => drop(c.reply.send(Err(e))),
+            Command::Allocate(c) => drop(c.reply.send(Err(e))),
             Command::Treasury(c) => drop(c.reply.send(Err(e))),
             Command::FollowUp(f) => {
                 tracing::error!(error = %e, follow_up = ?f, "could not follow a batch up; the agent's next change tries again");
@@ -310,8 +323,10 @@ impl Writer {
                     }
                 }
                 Command::Fund(c) => drop(agent_ids.insert(c.agent_id.clone())),
-                Command::Drain(c) => drop(agent_ids.insert(c.agent_id.clone())),
-                Command::FollowUp(f) => drop(agent_ids.insert(f.agent_id().clone())),
+                // A drain goes to the agent's parent when it has one; an allocation comes from it.
+                Command::Drain(c) => spending.push(c.agent_id.clone()),
+                Command::Allocate(c) => spending.push(c.child.clone()),
+                Command::FollowUp(f) => spending.push(f.agent_id().clone()),
                 Command::Treasury(_) => {}
                 Command::Expire { before_ms, .. } => {
                     expiring = rows::pending_before(conn, *before_ms, 500)?;
@@ -399,6 +414,10 @@ impl Writer {
                 }
                 Command::Drain(c) => {
                     let (t, replayed) = self.drain(conn, c, &mut locked, &mut treasuries, now_ms)?;
+                    Reply::Fund(t, replayed)
+                }
+                Command::Allocate(c) => {
+                    let (t, replayed) = self.allocate(conn, c, &mut locked, now_ms)?;
                     Reply::Fund(t, replayed)
                 }
                 Command::Treasury(c) => {

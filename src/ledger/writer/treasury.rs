@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{DrainCmd, FundCmd, Locked, TreasuryCmd, Writer};
+use super::{AllocateCmd, DrainCmd, FundCmd, Locked, TreasuryCmd, Writer};
 use crate::domain::agent::AgentStatus;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, TransferId, TreasuryTransferId};
@@ -69,18 +69,115 @@ impl Writer {
         treasuries: &mut Treasuries,
         now_ms: i64,
     ) -> Result<(TransferView, bool)> {
-        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
-        let same =
-            |first: &TransferRow| first.kind == TransferKind::Drain && c.amount.is_none_or(|a| a == first.amount);
+        let same = |first: &TransferRow| {
+            matches!(first.kind, TransferKind::Drain | TransferKind::AllocationOut)
+                && c.amount.is_none_or(|a| a == first.amount)
+        };
         if let Some(replayed) = replay(conn, &c.agent_id, &c.external_id, same)? {
             return Ok(replayed);
         }
+        let l = locked.get(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
+        // A sub-agent's money goes back to its parent, where it came from.
+        if let Some(parent) = l.ancestors.first().cloned() {
+            let row = self.between(
+                conn,
+                locked,
+                (&c.agent_id, &parent),
+                c.amount,
+                &c.external_id,
+                &c.actor,
+                c.reason.clone(),
+                now_ms,
+            )?;
+            return Ok((TransferView::from_row(&row)?, false));
+        }
+        let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
         let t = treasury_of(treasuries, l.currency)?;
         let moved =
             core::drain(&mut t.treasury, &mut l.ledger.balance, c.amount).map_err(|r| refused(r, l.currency))?;
         let row =
             self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, c.reason.clone(), now_ms)?;
         Ok((TransferView::from_row(&row)?, false))
+    }
+
+    /// Parent → child, by a person. Idempotent by the caller's id among the child's transfers.
+    pub(super) fn allocate(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &AllocateCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        now_ms: i64,
+    ) -> Result<(TransferView, bool)> {
+        let same = |first: &TransferRow| first.kind == TransferKind::AllocationIn && first.amount == c.amount;
+        if let Some(replayed) = replay(conn, &c.child, &c.external_id, same)? {
+            return Ok(replayed);
+        }
+        let l = locked.get(&c.child).ok_or_else(|| Error::not_found("agent", c.child.as_str()))?;
+        let Some(parent) = l.ancestors.first().cloned() else {
+            return Err(Error::validation("the agent has no parent to allocate from: fund it from the treasury"));
+        };
+        let row = self.between(
+            conn,
+            locked,
+            (&parent, &c.child),
+            Some(c.amount),
+            &c.external_id,
+            &c.actor,
+            c.reason.clone(),
+            now_ms,
+        )?;
+        // The caller's view is the child's side, which its id names.
+        let child_side = rows::find_transfers(conn, &c.child, &c.external_id)?.into_iter().next().unwrap_or(row);
+        Ok((TransferView::from_row(&child_side)?, false))
+    }
+
+    /// Available money from one agent to another (a parent and its child, either way): each side a
+    /// transfer in its own chain; the caller's id names the side of the agent it acted on (the
+    /// child's), the other side is `allocation:<that transfer's id>`. Returns the `from` side.
+    #[allow(clippy::too_many_arguments)]
+    fn between(
+        &mut self,
+        conn: &mut DbConnection,
+        locked: &mut HashMap<AgentId, Locked>,
+        (from_id, to_id): (&AgentId, &AgentId),
+        amount: Option<i64>,
+        external_id: &str,
+        actor: &str,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> Result<TransferRow> {
+        let to_max = {
+            let to = locked.get_mut(to_id).ok_or_else(|| Error::not_found("agent", to_id.as_str()))?;
+            let agent = self.locked_agent(conn, to_id, to, None)?;
+            agent.value.policy.funding.as_ref().and_then(|f| f.max_balance)
+        };
+        let [Some(from), Some(to)] = locked.get_disjoint_mut([from_id, to_id]) else {
+            return Err(Error::Internal("an allocation between agents that are not both locked".into()));
+        };
+        let currency = from.currency;
+        let (out, into) = core::allocate(&mut from.ledger.balance, &mut to.ledger.balance, amount, to_max)
+            .map_err(|r| refused(r, currency))?;
+        // The child's side carries the caller's id: a parent's drain from its child, or an allocation to it.
+        let child_is_from = from.ancestors.first() == Some(to_id);
+        let (named, other) = if child_is_from { (from_id, to_id) } else { (to_id, from_id) };
+        let named_side = if child_is_from { out } else { into };
+        let other_side = if child_is_from { into } else { out };
+        let mut first = self.agent_transfer(named, named_side, external_id, currency, actor, reason.clone(), now_ms);
+        let mut second = self.agent_transfer(
+            other,
+            other_side,
+            &format!("allocation:{}", first.id),
+            currency,
+            actor,
+            reason,
+            now_ms,
+        );
+        let (named_l, other_l) = if child_is_from { (from, to) } else { (to, from) };
+        self.chain(named_l, &mut first);
+        rows::insert_transfer(conn, &first)?;
+        self.chain(other_l, &mut second);
+        rows::insert_transfer(conn, &second)?;
+        Ok(if child_is_from { first } else { second })
     }
 
     /// A deposit into or a withdrawal from a treasury, recorded by a person. Idempotent by the
@@ -217,10 +314,14 @@ impl Writer {
         if agent.value.deactivated_at.is_none() || l.ledger.balance.available() <= 0 {
             return Ok(());
         }
-        let t = treasury_of(treasuries, l.currency)?;
-        let moved = core::drain(&mut t.treasury, &mut l.ledger.balance, None).map_err(|r| refused(r, l.currency))?;
         let external_id = format!("drain:{}", TransferId::generate());
         let reason = Some("deactivated: what its holds released goes back".to_owned());
+        if let Some(parent) = l.ancestors.first().cloned() {
+            self.between(conn, locked, (id, &parent), None, &external_id, SPENDGATE, reason, now_ms)?;
+            return Ok(());
+        }
+        let t = treasury_of(treasuries, l.currency)?;
+        let moved = core::drain(&mut t.treasury, &mut l.ledger.balance, None).map_err(|r| refused(r, l.currency))?;
         self.move_with_agent(conn, id, l, t, moved, &external_id, SPENDGATE, reason, now_ms)?;
         Ok(())
     }
@@ -240,21 +341,8 @@ impl Writer {
         reason: Option<String>,
         now_ms: i64,
     ) -> Result<TransferRow> {
-        let mut agent_side = TransferRow {
-            id: TransferId::generate().to_string(),
-            external_id: external_id.to_owned(),
-            agent_id: agent_id.to_string(),
-            authorization_id: None,
-            card_id: None,
-            trace_id: None,
-            kind: moved.kind,
-            amount: moved.amount,
-            currency: l.currency.code().to_owned(),
-            created_at: now_ms,
-            chain_n: 0,
-            actor: Some(actor.to_owned()),
-            reason: reason.clone(),
-        };
+        let mut agent_side =
+            self.agent_transfer(agent_id, moved, external_id, l.currency, actor, reason.clone(), now_ms);
         self.chain(l, &mut agent_side);
         rows::insert_transfer(conn, &agent_side)?;
         let kind = match moved.kind {
@@ -280,6 +368,37 @@ impl Writer {
         self.links.push(crate::store::chain::link(&mut t.chain, &mut treasury_side));
         treasury::insert_transfer(conn, &treasury_side)?;
         Ok(agent_side)
+    }
+}
+
+impl Writer {
+    /// An agent's side of money moved between it and a treasury or another agent.
+    #[allow(clippy::too_many_arguments)]
+    fn agent_transfer(
+        &self,
+        agent_id: &AgentId,
+        moved: Moved,
+        external_id: &str,
+        currency: Currency,
+        actor: &str,
+        reason: Option<String>,
+        now_ms: i64,
+    ) -> TransferRow {
+        TransferRow {
+            id: TransferId::generate().to_string(),
+            external_id: external_id.to_owned(),
+            agent_id: agent_id.to_string(),
+            authorization_id: None,
+            card_id: None,
+            trace_id: None,
+            kind: moved.kind,
+            amount: moved.amount,
+            currency: currency.code().to_owned(),
+            created_at: now_ms,
+            chain_n: 0,
+            actor: Some(actor.to_owned()),
+            reason,
+        }
     }
 }
 
