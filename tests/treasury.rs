@@ -374,7 +374,64 @@ async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
     app.assert_chains_whole().await;
 }
 
+/// A sub-agent made in CHF under `parent`, funded, with a card: (agent, card).
+async fn chf_child(app: &TestApp, parent: &str, id: &str) -> (String, String) {
+    let body = json!({"name": "worker", "policy": {"currency": "CHF"}, "parent_id": parent});
+    let (s, child) = app.post("/v1/agents", body).await;
+    assert_eq!(s, StatusCode::CREATED, "{child}");
+    let child = child["id"].as_str().unwrap().to_owned();
+    assert_eq!(fund(app, &child, id, 10_000).await.0, StatusCode::CREATED);
+    let card = app.issue_card(&child, json!({"label": "svc", "currency": "CHF"})).await;
+    (child, card["id"].as_str().unwrap().to_owned())
+}
+
+async fn reports_and_the_export_add_a_tree_up(app: TestApp) {
+    assert_eq!(deposit(&app, "d1", 100_000).await.0, StatusCode::CREATED);
+    let (parent, parent_card) = chf_agent(&app, json!({})).await;
+    assert_eq!(fund(&app, &parent, "fp", 10_000).await.0, StatusCode::CREATED);
+    let (child, child_card) = chf_child(&app, &parent, "fc").await;
+    let (grandchild, grandchild_card) = chf_child(&app, &child, "fg").await;
+    let (other, other_card) = chf_agent(&app, json!({})).await;
+    assert_eq!(fund(&app, &other, "fo", 10_000).await.0, StatusCode::CREATED);
+    for (id, card, amount) in
+        [("p", &parent_card, 100), ("c", &child_card, 200), ("g", &grandchild_card, 400), ("o", &other_card, 800)]
+    {
+        assert_eq!(authorize_chf(&app, id, card, amount).await["approved"], true);
+    }
+    let (s, report) = app.get("/v1/reports/spend?group_by=root&currency=CHF").await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    let mut roots: Vec<(String, i64)> = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"]["root"].as_str().unwrap().to_owned(), g["totals"]["held"].as_i64().unwrap()))
+        .filter(|(root, _)| *root == parent || *root == other)
+        .collect();
+    roots.sort_by_key(|(_, held)| *held);
+    assert_eq!(roots, [(parent.clone(), 700), (other.clone(), 800)], "{report}");
+    let (s, report) = app.get(&format!("/v1/reports/spend?group_by=agent&tree={child}")).await;
+    assert_eq!(s, StatusCode::OK, "{report}");
+    assert_eq!(report["total"]["held"], 600, "the child and the grandchild: {report}");
+    let (s, csv) = app.get(&format!("/v1/ledger/export?tree={child}&format=jsonl")).await;
+    assert_eq!(s, StatusCode::OK);
+    let agents: std::collections::BTreeSet<String> = csv
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["agent_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(agents, [child.clone(), grandchild.clone()].into_iter().collect(), "{csv}");
+    // An agent key reads its own records only: naming its parent's tree is not a way up.
+    let key = app.create_key("agent", Some(&child)).await;
+    let (s, _) =
+        app.call(Method::GET, &format!("/v1/reports/spend?group_by=agent&tree={parent}"), Some(&key), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app.get("/v1/reports/spend?group_by=agent&tree=nobody").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
 on_both_backends!(
+    reports_and_the_export_add_a_tree_up,
     funds_from_the_treasury_and_drains_back,
     a_parent_allocates_to_its_child_and_takes_it_back,
     deactivation_freezes_revokes_and_drains_as_holds_settle,

@@ -505,6 +505,14 @@ async fn admin(client: &reqwest::Client, args: &Args, path: &str, body: serde_js
 /// requests name the cards by).
 async fn set_up(client: &reqwest::Client, args: &Args) -> (Vec<String>, Vec<String>) {
     let policy = serde_json::json!({"limits": [{"id": "daily", "scope": "agent", "window": {"rolling": "24h"}, "amount": args.limit}]});
+    // Agents are funded from the treasury, so it is backed first (a server from before the
+    // treasury answers 404, and funds from nowhere).
+    let key = args.key.as_deref().expect("--key (an admin API key) is needed to set up agents and cards");
+    let backing = serde_json::json!({"id": format!("load-backing-{}", std::process::id()),
+        "amount": args.limit * 10 * args.agents as i64, "currency": "USD"});
+    let r = client.post(format!("{}/v1/treasury/deposits", args.base)).bearer_auth(key).json(&backing).send().await;
+    let status = r.expect("admin API").status();
+    assert!(status.is_success() || status == reqwest::StatusCode::NOT_FOUND, "/v1/treasury/deposits: {status}");
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let agent =

@@ -74,6 +74,9 @@ pub enum AgentsCommand {
         /// A policy document as JSON, or @FILE to read it from a file.
         #[arg(long)]
         policy: Option<String>,
+        /// Make it a sub-agent of this agent: its spend counts against the parent's limits too.
+        #[arg(long)]
+        parent: Option<String>,
     },
     List,
     Show {
@@ -375,6 +378,9 @@ pub struct ReportFilter {
     /// Only this agent's.
     #[arg(long)]
     agent: Option<String>,
+    /// Only this agent's and every sub-agent's under it.
+    #[arg(long)]
+    tree: Option<String>,
     /// Only this card's.
     #[arg(long)]
     card: Option<String>,
@@ -409,6 +415,7 @@ impl ReportFilter {
             ("from", from),
             ("to", self.to),
             ("agent", self.agent),
+            ("tree", self.tree),
             ("card", self.card),
             ("service", self.service),
             ("department", self.department),
@@ -492,7 +499,7 @@ pub enum ExportFormat {
 pub enum ReportCommand {
     /// Spend per group, top groups first: `spendgate report spend --by trace,service --since 30d`.
     Spend {
-        /// One to three of agent, department, card, service, trace, rail, merchant, mcc, country,
+        /// One to three of agent, root, department, card, service, trace, rail, merchant, mcc, country,
         /// and at most one of day, week, month.
         #[arg(long)]
         by: String,
@@ -799,9 +806,9 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
             }
         },
         Command::Agents { command } => match command {
-            AgentsCommand::Create { name, department, policy } => {
+            AgentsCommand::Create { name, department, policy, parent } => {
                 let policy = policy.map(|p| read_policy(&p)).transpose()?;
-                let body = json!({ "name": name, "department": department, "policy": policy });
+                let body = json!({ "name": name, "department": department, "policy": policy, "parent_id": parent });
                 (client.post("/v1/agents", body).await?, View::Record)
             }
             AgentsCommand::List => (client.get("/v1/agents?limit=500").await?, View::Agents),

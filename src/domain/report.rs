@@ -5,6 +5,8 @@ worded! {
     /// last three cut time into a series, in the report's time zone.
     pub enum GroupBy {
         Agent = "agent",
+        /// The agent at the top of the agent's tree: a parent's total includes its sub-agents'.
+        Root = "root",
         Department = "department",
         Card = "card",
         /// The card's label: the service the card pays.

@@ -32,6 +32,8 @@ macro_rules! report_query {
         pub struct $name {
             /// Only this agent's records (for an agent key, its own: the default).
             pub agent: Option<String>,
+            /// Only this agent's and every sub-agent's under it.
+            pub tree: Option<String>,
             /// Only this card's.
             pub card: Option<String>,
             /// Only cards with this label (the service they pay).
@@ -57,6 +59,7 @@ macro_rules! report_query {
             fn filter_text(&self) -> FilterText<'_> {
                 FilterText {
                     agent: self.agent.as_deref(),
+                    tree: self.tree.as_deref(),
                     card: self.card.as_deref(),
                     service: self.service.as_deref(),
                     department: self.department.as_deref(),
@@ -83,7 +86,8 @@ report_query! {
 report_query! {
     /// `GET /v1/reports/spend`.
     pub struct SpendQuery {
-        /// One to three of agent, department, card, service, trace, rail, merchant, mcc, country,
+        /// One to three of agent, root (each agent's top ancestor: a parent's total holds its
+        /// sub-agents'), department, card, service, trace, rail, merchant, mcc, country,
         /// and at most one of day, week, month; comma-separated, in order.
         #[param(pattern = "^[a-z]+(,[a-z]+){0,2}$", example = "trace,service")]
         pub group_by: String,
@@ -101,6 +105,7 @@ report_query! {
 /// The filters as the request wrote them.
 struct FilterText<'a> {
     agent: Option<&'a str>,
+    tree: Option<&'a str>,
     card: Option<&'a str>,
     service: Option<&'a str>,
     department: Option<&'a str>,
@@ -130,6 +135,12 @@ impl FilterText<'_> {
             None => who.agent_id.clone(),
         };
         who.check(Permission::Read, agent.as_ref())?;
+        let tree = self
+            .tree
+            .map(|id| AgentId::parse(id).ok_or_else(|| Error::validation("tree must be an agent id (agt_…)")))
+            .transpose()?;
+        // An agent key's records are its agent's alone (the agent filter above): a tree narrows them.
+        who.check(Permission::Read, tree.as_ref().or(agent.as_ref()))?;
         let card = self
             .card
             .map(|id| CardId::parse(id).ok_or_else(|| Error::validation("card must be a card id (card_…)")))
@@ -146,6 +157,7 @@ impl FilterText<'_> {
         let statuses: Vec<&str> = HoldStatus::ALL.iter().map(|s| s.as_str()).collect();
         let filter = ReportFilter {
             agent,
+            tree,
             card,
             service: text("service", self.service)?,
             department: text("department", self.department)?,

@@ -23,6 +23,8 @@ use crate::error::Result;
 #[derive(Debug, Clone, Default)]
 pub struct ReportFilter {
     pub agent: Option<AgentId>,
+    /// This agent and every sub-agent under it.
+    pub tree: Option<AgentId>,
     pub card: Option<CardId>,
     /// The card's label.
     pub service: Option<String>,
@@ -167,6 +169,13 @@ impl Statement {
     fn filter(&mut self, f: &ReportFilter, sides: &Sides) -> &mut Self {
         if let Some(agent) = &f.agent {
             self.push(" AND ").push(sides.agent).push(" = ").text(agent.as_str());
+        }
+        if let Some(root) = &f.tree {
+            self.push(" AND ")
+                .push(sides.agent)
+                .push(" IN (WITH RECURSIVE tree(id) AS (SELECT id FROM agents WHERE id = ");
+            self.text(root.as_str())
+                .push(" UNION ALL SELECT x.id FROM agents x JOIN tree ON x.parent_id = tree.id) SELECT id FROM tree)");
         }
         if let Some(card) = &f.card {
             self.push(" AND ").push(sides.card).push(" = ").text(card.as_str());
@@ -343,6 +352,8 @@ struct SpendRow {
 fn dimension(by: GroupBy) -> String {
     match by {
         GroupBy::Agent => "a.agent_id".into(),
+        // The top of the agent's tree (ROOT_JOINS): a parent's total holds its sub-agents'.
+        GroupBy::Root => "COALESCE(r4.id, r3.id, r2.id, r1.id, g.id)".into(),
         GroupBy::Department => "g.department".into(),
         GroupBy::Card => "a.card_id".into(),
         GroupBy::Service => "c.label".into(),
@@ -356,6 +367,11 @@ fn dimension(by: GroupBy) -> String {
         }
     }
 }
+
+/// The ancestors of an authorization's agent, as far up as an agent may have them (four), for the
+/// `root` dimension.
+const ROOT_JOINS: &str = " LEFT JOIN agents r1 ON r1.id = g.parent_id LEFT JOIN agents r2 ON r2.id = r1.parent_id \
+     LEFT JOIN agents r3 ON r3.id = r2.parent_id LEFT JOIN agents r4 ON r4.id = r3.parent_id";
 
 /// Authorizations in the filter, summed per group of up to three dimensions and per cap currency.
 /// PostgreSQL sums them in a hash aggregate. SQLite would group by sorting every row; summing in a
@@ -384,10 +400,9 @@ pub fn spend(conn: &mut DbConnection, f: &ReportFilter, group_by: &[GroupBy]) ->
         .push(&sum(&format!("CASE WHEN {declined} THEN 1 ELSE 0 END")))
         .push(" AS declined, ")
         .push(&sum(&format!("CASE WHEN {declined} THEN a.cap_amount ELSE 0 END")))
-        .push(
-            " AS declined_amount FROM authorizations a JOIN agents g ON g.id = a.agent_id \
-             LEFT JOIN cards c ON c.id = a.card_id WHERE 1 = 1",
-        )
+        .push(" AS declined_amount FROM authorizations a JOIN agents g ON g.id = a.agent_id LEFT JOIN cards c ON c.id = a.card_id")
+        .push(if group_by.contains(&GroupBy::Root) { ROOT_JOINS } else { "" })
+        .push(" WHERE 1 = 1")
         .filter(f, &AUTHORIZATIONS);
     let cell = |r: SpendRow| SpendCell {
         keys: [r.k1, r.k2, r.k3],
