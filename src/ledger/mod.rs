@@ -1,5 +1,6 @@
 //! The two-phase ledger and the decision path: `authorize` = snapshot → `policy::evaluate` →
-//! durable hold (or recorded decline), atomically; then post, void, refund, fund and expire.
+//! durable hold (or recorded decline), atomically; then post, void, refund and expire; and money
+//! between the treasuries and the agents (fund, drain, top-up, allocate).
 //!
 //! Every write goes through one writer thread per process, which batches whatever is queued into
 //! one transaction (group commit): a batch locks its agents' rows in id order, brings each agent's
@@ -444,102 +445,69 @@ impl Ledger {
         movement: Movement,
         payment: Option<Box<PaymentRow>>,
     ) -> Result<LifecycleOutcome> {
-        let (reply, answer) = oneshot::channel();
-        let cmd = writer::MovementCmd { target, external_id: external_id.to_owned(), movement, payment, reply };
-        self.send(Command::Movement(Box::new(cmd))).await?;
-        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+        let external_id = external_id.to_owned();
+        self.ask(|reply| {
+            Command::Movement(Box::new(writer::MovementCmd { target, external_id, movement, payment, reply }))
+        })
+        .await
     }
 
     /// Treasury → agent, by `actor`.
-    pub async fn fund(
-        &self,
-        agent_id: &AgentId,
-        external_id: &str,
-        amount: Money,
-        actor: &Actor,
-    ) -> Result<(TransferView, bool)> {
-        let (reply, answer) = oneshot::channel();
-        let cmd = writer::FundCmd {
-            agent_id: agent_id.clone(),
-            external_id: external_id.to_owned(),
-            amount,
-            actor: actor.key.clone(),
-            reason: actor.reason.clone(),
-            reply,
-        };
-        self.send(Command::Fund(Box::new(cmd))).await?;
-        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+    pub async fn fund(&self, agent: &AgentId, id: &str, amount: Money, actor: &Actor) -> Result<(TransferView, bool)> {
+        let (agent_id, external_id, actor) = (agent.clone(), id.to_owned(), actor.clone());
+        self.ask(|reply| Command::Fund(Box::new(writer::FundCmd { agent_id, external_id, amount, actor, reply }))).await
     }
 
-    /// Agent → treasury of what is available (all of it when `amount` is None).
+    /// Agent → treasury (a sub-agent's, → its parent) of what is available (all of it when
+    /// `amount` is None).
     pub async fn drain(
         &self,
-        agent_id: &AgentId,
-        external_id: &str,
+        agent: &AgentId,
+        id: &str,
         amount: Option<i64>,
         actor: &Actor,
     ) -> Result<(TransferView, bool)> {
-        let (reply, answer) = oneshot::channel();
-        let cmd = writer::DrainCmd {
-            agent_id: agent_id.clone(),
-            external_id: external_id.to_owned(),
-            amount,
-            actor: actor.key.clone(),
-            reason: actor.reason.clone(),
-            reply,
-        };
-        self.send(Command::Drain(Box::new(cmd))).await?;
-        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+        let (agent_id, external_id, actor) = (agent.clone(), id.to_owned(), actor.clone());
+        self.ask(|reply| Command::Drain(Box::new(writer::DrainCmd { agent_id, external_id, amount, actor, reply })))
+            .await
     }
 
     /// Parent → child, by `actor`.
     pub async fn allocate(
         &self,
         child: &AgentId,
-        external_id: &str,
+        id: &str,
         amount: i64,
         actor: &Actor,
     ) -> Result<(TransferView, bool)> {
-        let (reply, answer) = oneshot::channel();
-        let cmd = writer::AllocateCmd {
-            child: child.clone(),
-            external_id: external_id.to_owned(),
-            amount,
-            actor: actor.key.clone(),
-            reason: actor.reason.clone(),
-            reply,
-        };
-        self.send(Command::Allocate(Box::new(cmd))).await?;
-        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+        let (child, external_id, actor) = (child.clone(), id.to_owned(), actor.clone());
+        self.ask(|reply| Command::Allocate(Box::new(writer::AllocateCmd { child, external_id, amount, actor, reply })))
+            .await
     }
 
     /// A deposit into or a withdrawal from a treasury, as a person records it.
     pub async fn record_treasury(
         &self,
         kind: TreasuryKind,
-        external_id: &str,
+        id: &str,
         amount: Money,
         reference: Option<String>,
         actor: &Actor,
     ) -> Result<(TreasuryTransferView, bool)> {
-        let (reply, answer) = oneshot::channel();
-        let cmd = writer::TreasuryCmd {
-            external_id: external_id.to_owned(),
-            kind,
-            amount,
-            actor: actor.key.clone(),
-            reason: actor.reason.clone(),
-            reference,
-            reply,
-        };
-        self.send(Command::Treasury(Box::new(cmd))).await?;
-        answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
+        let (external_id, actor) = (id.to_owned(), actor.clone());
+        let command = |reply| writer::TreasuryCmd { external_id, kind, amount, actor, reference, reply };
+        self.ask(|reply| Command::Treasury(Box::new(command(reply)))).await
     }
 
     /// Voids holds authorized before `before`; returns how many.
     pub async fn expire_holds(&self, before: jiff::Timestamp) -> Result<usize> {
+        self.ask(|reply| Command::Expire { before_ms: before.as_millisecond(), reply }).await
+    }
+
+    /// Sends the writer a command and waits for its answer.
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Expire { before_ms: before.as_millisecond(), reply }).await?;
+        self.send(command(reply)).await?;
         answer.await.map_err(|_| Error::Internal("the ledger writer stopped".into()))?
     }
 

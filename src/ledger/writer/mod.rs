@@ -6,7 +6,8 @@
 //! - `catch_up`: each agent's in-memory book, brought up to date with the rows;
 //! - `decide`: authorizations (decide, record, override, abandon, dry run);
 //! - `lifecycle`: what happens to a hold afterwards (capture, reverse, refund, adjust, expire);
-//! - `treasury`: money between a treasury and its agents (funding, drains, top-ups), and deposits.
+//! - `treasury`: money between a treasury and its agents (funding, drains, top-ups), between a
+//!   parent and its child (allocations), and what backs a treasury (deposits, withdrawals).
 
 mod catch_up;
 mod commit;
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::book::Book;
 use super::views::{AuthOutcome, LifecycleOutcome, TransferView, TreasuryTransferView};
-use super::{Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
+use super::{Actor, Authorize, LedgerSettings, Movement, Payer, Rates, StopsWriter, Target, Verdict, WriterHealth};
 use crate::cache::{self, Snapshots, Versioned};
 use crate::domain::agent::Agent;
 use crate::domain::authorization::DeclineReason;
@@ -92,7 +93,8 @@ pub(super) enum FollowUp {
     /// The agent's top-up rule: the batch took its balance under the line (`crossed`: from at or
     /// above it).
     TopUp { agent_id: AgentId, crossed: bool },
-    /// A deactivated agent got money back (a hold released, a refund): drain it to the treasury.
+    /// A deactivated agent got money back (a hold released, a refund): drain it to the treasury
+    /// (to its parent, for a sub-agent).
     Drain { agent_id: AgentId },
 }
 
@@ -108,9 +110,8 @@ pub(super) struct FundCmd {
     pub agent_id: AgentId,
     pub external_id: String,
     pub amount: Money,
-    /// The key id that moves it, and why.
-    pub actor: String,
-    pub reason: Option<String>,
+    /// Who moves it, and why.
+    pub actor: Actor,
     pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
 }
 
@@ -119,8 +120,7 @@ pub(super) struct DrainCmd {
     pub external_id: String,
     /// None: all that is available.
     pub amount: Option<i64>,
-    pub actor: String,
-    pub reason: Option<String>,
+    pub actor: Actor,
     pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
 }
 
@@ -129,8 +129,7 @@ pub(super) struct AllocateCmd {
     pub child: AgentId,
     pub external_id: String,
     pub amount: i64,
-    pub actor: String,
-    pub reason: Option<String>,
+    pub actor: Actor,
     pub reply: oneshot::Sender<Result<(TransferView, bool)>>,
 }
 
@@ -139,8 +138,7 @@ pub(super) struct TreasuryCmd {
     pub external_id: String,
     pub kind: TreasuryKind,
     pub amount: Money,
-    pub actor: String,
-    pub reason: Option<String>,
+    pub actor: Actor,
     pub reference: Option<String>,
     pub reply: oneshot::Sender<Result<(TreasuryTransferView, bool)>>,
 }
@@ -294,8 +292,8 @@ impl Writer {
         let now_ms = now.as_millisecond();
 
         // Which agents the batch touches, so their rows can be locked in one order (no deadlock
-        // between two processes) before anything is read.
-        // An agent whose spend changes comes with its ancestors, whose limits count it.
+        // between two processes) before anything is read. An agent whose spend or money changes
+        // comes with its ancestors: their limits count its spend, its money may go to its parent.
         let mut agent_ids = BTreeSet::new();
         let mut lineage: HashMap<AgentId, Vec<AgentId>> = HashMap::new();
         let mut spending = Vec::new();

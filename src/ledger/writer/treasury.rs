@@ -13,6 +13,7 @@ use crate::domain::ids::{AgentId, TransferId, TreasuryTransferId};
 use crate::domain::ledger::{TransferKind, TreasuryKind};
 use crate::domain::money::Currency;
 use crate::error::{Error, ErrorCode, Result};
+use crate::ledger::Actor;
 use crate::ledger::core::{self, Moved, Refusal};
 use crate::ledger::views::{TransferView, TreasuryTransferView};
 use crate::store::DbConnection;
@@ -22,8 +23,10 @@ use crate::store::treasury::{self, LockedTreasury, TreasuryTransferRow};
 /// The treasuries a batch has locked, by currency.
 pub(super) type Treasuries = HashMap<Currency, LockedTreasury>;
 
-/// The actor of what a rule moves.
-const SPENDGATE: &str = "spendgate";
+/// What a rule moves is spendgate's own doing.
+fn by_spendgate(reason: String) -> Actor {
+    Actor { key: "spendgate".to_owned(), reason: Some(reason) }
+}
 
 impl Writer {
     /// Treasury → agent, by a person. Idempotent by the caller's id among the agent's transfers.
@@ -55,8 +58,7 @@ impl Writer {
         let t = treasury_of(treasuries, l.currency)?;
         let moved = core::fund(&mut t.treasury, &mut l.ledger.balance, c.amount.amount, max_balance)
             .map_err(|r| refused(r, l.currency))?;
-        let row =
-            self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, c.reason.clone(), now_ms)?;
+        let row = self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, now_ms)?;
         Ok((TransferView::from_row(&row)?, false))
     }
 
@@ -79,24 +81,14 @@ impl Writer {
         let l = locked.get(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
         // A sub-agent's money goes back to its parent, where it came from.
         if let Some(parent) = l.ancestors.first().cloned() {
-            let row = self.between(
-                conn,
-                locked,
-                (&c.agent_id, &parent),
-                c.amount,
-                &c.external_id,
-                &c.actor,
-                c.reason.clone(),
-                now_ms,
-            )?;
+            let row = self.between(conn, locked, (&c.agent_id, &parent), c.amount, &c.external_id, &c.actor, now_ms)?;
             return Ok((TransferView::from_row(&row)?, false));
         }
         let l = locked.get_mut(&c.agent_id).ok_or_else(|| Error::not_found("agent", c.agent_id.as_str()))?;
         let t = treasury_of(treasuries, l.currency)?;
         let moved =
             core::drain(&mut t.treasury, &mut l.ledger.balance, c.amount).map_err(|r| refused(r, l.currency))?;
-        let row =
-            self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, c.reason.clone(), now_ms)?;
+        let row = self.move_with_agent(conn, &c.agent_id, l, t, moved, &c.external_id, &c.actor, now_ms)?;
         Ok((TransferView::from_row(&row)?, false))
     }
 
@@ -116,16 +108,7 @@ impl Writer {
         let Some(parent) = l.ancestors.first().cloned() else {
             return Err(Error::validation("the agent has no parent to allocate from: fund it from the treasury"));
         };
-        let row = self.between(
-            conn,
-            locked,
-            (&parent, &c.child),
-            Some(c.amount),
-            &c.external_id,
-            &c.actor,
-            c.reason.clone(),
-            now_ms,
-        )?;
+        let row = self.between(conn, locked, (&parent, &c.child), Some(c.amount), &c.external_id, &c.actor, now_ms)?;
         // The caller's view is the child's side, which its id names.
         let child_side = rows::find_transfers(conn, &c.child, &c.external_id)?.into_iter().next().unwrap_or(row);
         Ok((TransferView::from_row(&child_side)?, false))
@@ -142,8 +125,7 @@ impl Writer {
         (from_id, to_id): (&AgentId, &AgentId),
         amount: Option<i64>,
         external_id: &str,
-        actor: &str,
-        reason: Option<String>,
+        actor: &Actor,
         now_ms: i64,
     ) -> Result<TransferRow> {
         let to_max = {
@@ -162,16 +144,9 @@ impl Writer {
         let (named, other) = if child_is_from { (from_id, to_id) } else { (to_id, from_id) };
         let named_side = if child_is_from { out } else { into };
         let other_side = if child_is_from { into } else { out };
-        let mut first = self.agent_transfer(named, named_side, external_id, currency, actor, reason.clone(), now_ms);
-        let mut second = self.agent_transfer(
-            other,
-            other_side,
-            &format!("allocation:{}", first.id),
-            currency,
-            actor,
-            reason,
-            now_ms,
-        );
+        let mut first = self.agent_transfer(named, named_side, external_id, currency, actor, now_ms);
+        let mut second =
+            self.agent_transfer(other, other_side, &format!("allocation:{}", first.id), currency, actor, now_ms);
         let (named_l, other_l) = if child_is_from { (from, to) } else { (to, from) };
         self.chain(named_l, &mut first);
         rows::insert_transfer(conn, &first)?;
@@ -215,8 +190,8 @@ impl Writer {
             amount: c.amount.amount,
             agent_id: None,
             transfer_id: None,
-            actor: c.actor.clone(),
-            reason: c.reason.clone(),
+            actor: c.actor.key.clone(),
+            reason: c.actor.reason.clone(),
             reference: c.reference.clone(),
             created_at: now_ms,
             chain_n: 0,
@@ -261,18 +236,9 @@ impl Writer {
         let money = move |amount: i64| json!({"amount": amount, "currency": currency.code()});
         let moved = done.moved.map_or(0, |m| m.amount);
         if let Some(m) = done.moved {
-            let reason = format!("top-up rule: below {} brings it to {}", rule.below, rule.to);
-            let row = self.move_with_agent(
-                conn,
-                id,
-                l,
-                t,
-                m,
-                &format!("top_up:{}", TransferId::generate()),
-                SPENDGATE,
-                Some(reason),
-                now.as_millisecond(),
-            )?;
+            let actor = by_spendgate(format!("top-up rule: below {} brings it to {}", rule.below, rule.to));
+            let external_id = format!("top_up:{}", TransferId::generate());
+            let row = self.move_with_agent(conn, id, l, t, m, &external_id, &actor, now.as_millisecond())?;
             let data = json!({
                 "transfer_id": row.id,
                 "amount": money(moved),
@@ -315,14 +281,14 @@ impl Writer {
             return Ok(());
         }
         let external_id = format!("drain:{}", TransferId::generate());
-        let reason = Some("deactivated: what its holds released goes back".to_owned());
+        let actor = by_spendgate("deactivated: what its holds released goes back".to_owned());
         if let Some(parent) = l.ancestors.first().cloned() {
-            self.between(conn, locked, (id, &parent), None, &external_id, SPENDGATE, reason, now_ms)?;
+            self.between(conn, locked, (id, &parent), None, &external_id, &actor, now_ms)?;
             return Ok(());
         }
         let t = treasury_of(treasuries, l.currency)?;
         let moved = core::drain(&mut t.treasury, &mut l.ledger.balance, None).map_err(|r| refused(r, l.currency))?;
-        self.move_with_agent(conn, id, l, t, moved, &external_id, SPENDGATE, reason, now_ms)?;
+        self.move_with_agent(conn, id, l, t, moved, &external_id, &actor, now_ms)?;
         Ok(())
     }
 
@@ -337,12 +303,10 @@ impl Writer {
         t: &mut LockedTreasury,
         moved: Moved,
         external_id: &str,
-        actor: &str,
-        reason: Option<String>,
+        actor: &Actor,
         now_ms: i64,
     ) -> Result<TransferRow> {
-        let mut agent_side =
-            self.agent_transfer(agent_id, moved, external_id, l.currency, actor, reason.clone(), now_ms);
+        let mut agent_side = self.agent_transfer(agent_id, moved, external_id, l.currency, actor, now_ms);
         self.chain(l, &mut agent_side);
         rows::insert_transfer(conn, &agent_side)?;
         let kind = match moved.kind {
@@ -359,8 +323,8 @@ impl Writer {
             amount: moved.amount,
             agent_id: Some(agent_side.agent_id.clone()),
             transfer_id: Some(agent_side.id.clone()),
-            actor: actor.to_owned(),
-            reason,
+            actor: actor.key.clone(),
+            reason: actor.reason.clone(),
             reference: None,
             created_at: now_ms,
             chain_n: 0,
@@ -373,15 +337,13 @@ impl Writer {
 
 impl Writer {
     /// An agent's side of money moved between it and a treasury or another agent.
-    #[allow(clippy::too_many_arguments)]
     fn agent_transfer(
         &self,
         agent_id: &AgentId,
         moved: Moved,
         external_id: &str,
         currency: Currency,
-        actor: &str,
-        reason: Option<String>,
+        actor: &Actor,
         now_ms: i64,
     ) -> TransferRow {
         TransferRow {
@@ -396,8 +358,8 @@ impl Writer {
             currency: currency.code().to_owned(),
             created_at: now_ms,
             chain_n: 0,
-            actor: Some(actor.to_owned()),
-            reason,
+            actor: Some(actor.key.clone()),
+            reason: actor.reason.clone(),
         }
     }
 }
