@@ -322,7 +322,7 @@ async fn deactivation_freezes_revokes_and_drains_as_holds_settle(app: TestApp) {
 }
 
 async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
-    let (parent, _) = chf_agent(&app, json!({})).await;
+    let (parent, _) = chf_agent(&app, json!({"funding": {"max_balance": 10_000}})).await;
     let (s, child) = app
         .post("/v1/agents", json!({"name": "worker", "policy": {"currency": "CHF", "funding": {"max_balance": 5_000}}, "parent_id": parent}))
         .await;
@@ -330,7 +330,7 @@ async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
     let child = child["id"].as_str().unwrap().to_owned();
     let card =
         app.issue_card(&child, json!({"label": "svc", "currency": "CHF"})).await["id"].as_str().unwrap().to_owned();
-    assert_eq!(deposit(&app, "d1", 10_000).await.0, StatusCode::CREATED);
+    assert_eq!(deposit(&app, "d1", 20_000).await.0, StatusCode::CREATED);
     assert_eq!(fund(&app, &parent, "f1", 10_000).await.0, StatusCode::CREATED);
 
     let allocate = |id: &str, amount: i64| json!({"id": id, "amount": amount, "reason": "the crawl"});
@@ -344,16 +344,18 @@ async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
     assert_eq!(s, StatusCode::BAD_REQUEST, "an agent without a parent: {e}");
     assert_eq!(app.balance(&parent).await["available"], 6_000);
     assert_eq!(app.balance(&child).await["available"], 4_000);
+    // The parent is funded up to its maximum again; what its child gives back was its own.
+    assert_eq!(fund(&app, &parent, "f2", 4_000).await.0, StatusCode::CREATED);
 
     // The child spends; a drain takes what is left back to the parent, not the treasury.
     assert_eq!(authorize_chf(&app, "a1", &card, 1_500).await["approved"], true);
     let (s, t) = app.post(&format!("/v1/agents/{child}/drain"), json!({"id": "dr1", "amount": 500})).await;
     assert_eq!((s, t["kind"].as_str()), (StatusCode::CREATED, Some("allocation_out")), "{t}");
-    assert_eq!(app.balance(&parent).await["available"], 6_500);
+    assert_eq!(app.balance(&parent).await["available"], 10_500, "past its maximum: its own money came back");
     let (s, e) = app.post(&format!("/v1/agents/{child}/drain"), json!({"id": "dr2", "amount": 2_001})).await;
     assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("exceeds_available")), "{e}");
     let t = treasury(&app, "CHF").await;
-    assert_eq!((&t["granted"], &t["returned"]), (&json!(10_000), &json!(0)), "{t}");
+    assert_eq!((&t["granted"], &t["returned"]), (&json!(14_000), &json!(0)), "{t}");
 
     // A deactivated child goes back to its parent, with what its hold releases.
     let (s, d) = app.post(&format!("/v1/agents/{child}/deactivate"), json!({"reason": "done"})).await;
@@ -364,12 +366,12 @@ async fn a_parent_allocates_to_its_child_and_takes_it_back(app: TestApp) {
         app.signed(&format!("/v1/authorizations/{}/reverse", hold["id"].as_str().unwrap()), &json!({"id": "r1"})).await;
     assert_eq!(s, StatusCode::OK);
     for _ in 0..100 {
-        if app.balance(&parent).await["available"] == 10_000 {
+        if app.balance(&parent).await["available"] == 14_000 {
             break;
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(app.balance(&parent).await["available"], 10_000, "every cent back with the parent");
+    assert_eq!(app.balance(&parent).await["available"], 14_000, "every cent back with the parent");
     assert_eq!(app.balance(&child).await["funded"], 0);
     app.assert_chains_whole().await;
 }

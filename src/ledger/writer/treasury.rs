@@ -1,6 +1,7 @@
-//! Money between a treasury and its agents: funding, drains and top-ups, and what people record
-//! as backing a treasury. Each is a step of `core` on the locked treasury and agent, saved as the
-//! agent's transfer and the treasury's journal row, each the next link of its own audit chain.
+//! Money between a treasury and its agents (funding, drains and top-ups), between a parent and its
+//! child (allocations, and a child's drains), and what people record as backing a treasury. Each is
+//! a step of `core` on the locked treasury and agents, saved as each side's row, each the next link
+//! of its own audit chain.
 
 use std::collections::HashMap;
 
@@ -109,14 +110,13 @@ impl Writer {
             return Err(Error::validation("the agent has no parent to allocate from: fund it from the treasury"));
         };
         let row = self.between(conn, locked, (&parent, &c.child), Some(c.amount), &c.external_id, &c.actor, now_ms)?;
-        // The caller's view is the child's side, which its id names.
-        let child_side = rows::find_transfers(conn, &c.child, &c.external_id)?.into_iter().next().unwrap_or(row);
-        Ok((TransferView::from_row(&child_side)?, false))
+        Ok((TransferView::from_row(&row)?, false))
     }
 
-    /// Available money from one agent to another (a parent and its child, either way): each side a
-    /// transfer in its own chain; the caller's id names the side of the agent it acted on (the
-    /// child's), the other side is `allocation:<that transfer's id>`. Returns the `from` side.
+    /// Available money between a child and its parent, either way: each side a transfer in its own
+    /// chain. The caller's id names the child's side (the agent it acted on), which is returned;
+    /// the parent's side is `allocation:<that transfer's id>`. Only money into a child is held to
+    /// its maximum: what a child gives back was its parent's.
     #[allow(clippy::too_many_arguments)]
     fn between(
         &mut self,
@@ -128,31 +128,32 @@ impl Writer {
         actor: &Actor,
         now_ms: i64,
     ) -> Result<TransferRow> {
-        let to_max = {
-            let to = locked.get_mut(to_id).ok_or_else(|| Error::not_found("agent", to_id.as_str()))?;
-            let agent = self.locked_agent(conn, to_id, to, None)?;
-            agent.value.policy.funding.as_ref().and_then(|f| f.max_balance)
+        let unlocked = || Error::Internal("money between agents that are not both locked".into());
+        let to_child = locked.get(to_id).ok_or_else(unlocked)?.ancestors.first() == Some(from_id);
+        let to_max = match locked.get_mut(to_id) {
+            Some(to) if to_child => {
+                let agent = self.locked_agent(conn, to_id, to, None)?;
+                agent.value.policy.funding.as_ref().and_then(|f| f.max_balance)
+            }
+            _ => None,
         };
-        let [Some(from), Some(to)] = locked.get_disjoint_mut([from_id, to_id]) else {
-            return Err(Error::Internal("an allocation between agents that are not both locked".into()));
-        };
+        let [Some(from), Some(to)] = locked.get_disjoint_mut([from_id, to_id]) else { return Err(unlocked()) };
         let currency = from.currency;
         let (out, into) = core::allocate(&mut from.ledger.balance, &mut to.ledger.balance, amount, to_max)
             .map_err(|r| refused(r, currency))?;
-        // The child's side carries the caller's id: a parent's drain from its child, or an allocation to it.
-        let child_is_from = from.ancestors.first() == Some(to_id);
-        let (named, other) = if child_is_from { (from_id, to_id) } else { (to_id, from_id) };
-        let named_side = if child_is_from { out } else { into };
-        let other_side = if child_is_from { into } else { out };
-        let mut first = self.agent_transfer(named, named_side, external_id, currency, actor, now_ms);
-        let mut second =
-            self.agent_transfer(other, other_side, &format!("allocation:{}", first.id), currency, actor, now_ms);
-        let (named_l, other_l) = if child_is_from { (from, to) } else { (to, from) };
-        self.chain(named_l, &mut first);
-        rows::insert_transfer(conn, &first)?;
-        self.chain(other_l, &mut second);
-        rows::insert_transfer(conn, &second)?;
-        Ok(if child_is_from { first } else { second })
+        let ((child, child_l, child_moved), (parent, parent_l, parent_moved)) = if to_child {
+            ((to_id, to, into), (from_id, from, out))
+        } else {
+            ((from_id, from, out), (to_id, to, into))
+        };
+        let mut child_side = self.agent_transfer(child, child_moved, external_id, currency, actor, now_ms);
+        let parent_id = format!("allocation:{}", child_side.id);
+        let mut parent_side = self.agent_transfer(parent, parent_moved, &parent_id, currency, actor, now_ms);
+        self.chain(child_l, &mut child_side);
+        rows::insert_transfer(conn, &child_side)?;
+        self.chain(parent_l, &mut parent_side);
+        rows::insert_transfer(conn, &parent_side)?;
+        Ok(child_side)
     }
 
     /// A deposit into or a withdrawal from a treasury, recorded by a person. Idempotent by the
