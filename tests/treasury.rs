@@ -389,7 +389,8 @@ async fn chf_child(app: &TestApp, parent: &str, id: &str) -> (String, String) {
 
 async fn reports_and_the_export_add_a_tree_up(app: TestApp) {
     assert_eq!(deposit(&app, "d1", 100_000).await.0, StatusCode::CREATED);
-    let (parent, parent_card) = chf_agent(&app, json!({})).await;
+    let budget = json!({"limits": [{"id": "budget", "scope": "agent", "window": "lifetime", "amount": 5_000}]});
+    let (parent, parent_card) = chf_agent(&app, budget).await;
     assert_eq!(fund(&app, &parent, "fp", 10_000).await.0, StatusCode::CREATED);
     let (child, child_card) = chf_child(&app, &parent, "fc").await;
     let (grandchild, grandchild_card) = chf_child(&app, &child, "fg").await;
@@ -400,6 +401,14 @@ async fn reports_and_the_export_add_a_tree_up(app: TestApp) {
     {
         assert_eq!(authorize_chf(&app, id, card, amount).await["approved"], true);
     }
+    // What a sub-agent may still spend names its ancestors' limits, counted over their subtrees.
+    let (s, spendable) = app.get(&format!("/v1/agents/{grandchild}/spendable")).await;
+    assert_eq!(s, StatusCode::OK, "{spendable}");
+    let limit = spendable["limits"].as_array().unwrap().iter().find(|l| l["rule"] == "grandparent.limit.budget");
+    let amount = &limit.unwrap_or_else(|| panic!("{spendable}"))["amount"];
+    assert_eq!((&amount["used"], &amount["remaining"]), (&json!(700), &json!(4_300)), "{spendable}");
+    let (_, spendable) = app.get(&format!("/v1/agents/{child}/spendable")).await;
+    assert!(spendable["limits"].as_array().unwrap().iter().any(|l| l["rule"] == "parent.limit.budget"), "{spendable}");
     let (s, report) = app.get("/v1/reports/spend?group_by=root&currency=CHF").await;
     assert_eq!(s, StatusCode::OK, "{report}");
     let mut roots: Vec<(String, i64)> = report["groups"]

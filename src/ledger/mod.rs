@@ -53,6 +53,14 @@ pub struct Actor {
     pub reason: Option<String>,
 }
 
+/// The traces an agent's usage is shown for: the one asked about and its cards' active ones.
+fn traces_of<'a>(trace: Option<&'a str>, cards: &'a [Card]) -> Vec<&'a str> {
+    let mut traces: Vec<&str> = trace.into_iter().chain(cards.iter().filter_map(|c| c.trace_id.as_deref())).collect();
+    traces.sort_unstable();
+    traces.dedup();
+    traces
+}
+
 /// The current rate table, replaced whole by the refresher.
 pub type Rates = Arc<RwLock<Arc<RateTable>>>;
 
@@ -546,19 +554,71 @@ impl Ledger {
             fx: self.fx,
             catalog: self.catalog,
             allowances: &agent.allowances,
-            // What the parents' limits leave is theirs to say; this counts the agent's own.
+            // Each ancestor's limits are counted over its subtree below (`ancestor_usage`).
             ancestors: &[],
         };
         let mut out = policy::usage::usage(&snap(None), None, now);
-        let mut traces: Vec<&str> =
-            trace.iter().chain(cards.iter().filter_map(|c| c.trace_id.as_ref())).map(String::as_str).collect();
-        traces.sort_unstable();
-        traces.dedup();
-        for t in traces {
+        for t in traces_of(trace.as_deref(), &cards) {
             out.extend(policy::usage::usage(&snap(None), Some(t), now));
         }
         for card in &cards {
             out.extend(policy::usage::usage(&snap(Some(card)), trace.as_deref().or(card.trace_id.as_deref()), now));
+        }
+        for (ancestor, owner) in agent.ancestors.iter().zip(policy::ANCESTORS) {
+            out.extend(self.ancestor_usage(ancestor, owner, &traces_of(trace.as_deref(), &cards), now).await?);
+        }
+        Ok(out)
+    }
+
+    /// An ancestor's limits as they stand for the agent under it: counted over the ancestor's whole
+    /// subtree, as a decision counts them, and named as its declines would be (`parent.limit.…`).
+    async fn ancestor_usage(
+        &self,
+        id: &AgentId,
+        owner: &str,
+        traces: &[&str],
+        now: jiff::Timestamp,
+    ) -> Result<Vec<LimitUsage>> {
+        let Some(ancestor) = self.snapshots.agent(&self.db, id).await? else { return Ok(Vec::new()) };
+        let ancestor = &ancestor.value;
+        let since = policy::horizon_ms([&ancestor.policy]).map(|h| now.as_millisecond().saturating_sub(h));
+        let root = id.clone();
+        let rows = self
+            .db
+            .read(move |conn| {
+                let mut rows = crate::store::ledger::counting_since(conn, &root, since)?;
+                for member in crate::store::agents::descendants(conn, &root)? {
+                    rows.extend(crate::store::ledger::counting_since(conn, &member, since)?);
+                }
+                Ok(rows)
+            })
+            .await?;
+        let mut book = book::Book::default();
+        for row in &rows {
+            book.apply(row);
+        }
+        let rates = self.rates();
+        let snap = policy::Snapshot {
+            agent: ancestor,
+            card: None,
+            card_used: false,
+            spends: book.spends(),
+            totals: None,
+            available: 0,
+            rates: &rates,
+            fx: self.fx,
+            catalog: self.catalog,
+            allowances: &[],
+            ancestors: &[],
+        };
+        let mut out = policy::usage::usage(&snap, None, now);
+        for t in traces {
+            out.extend(policy::usage::usage(&snap, Some(t), now));
+        }
+        for limit in &mut out {
+            if let Some(rest) = limit.rule.strip_prefix("agent.") {
+                limit.rule = format!("{owner}.{rest}");
+            }
         }
         Ok(out)
     }

@@ -104,7 +104,7 @@ pub struct Ancestor<'a> {
 }
 
 /// How an ancestor's rules are named in a decline: `parent.limit.daily`, `grandparent.per_transaction`.
-const ANCESTORS: [&str; 4] = ["parent", "grandparent", "great_grandparent", "great_great_grandparent"];
+pub const ANCESTORS: [&str; 4] = ["parent", "grandparent", "great_grandparent", "great_great_grandparent"];
 
 /// What the checks noticed on the way besides the verdict.
 #[derive(Default)]
