@@ -123,6 +123,17 @@ pub fn ancestors(conn: &mut DbConnection, id: &AgentId) -> Result<Vec<AgentId>> 
     Ok(out)
 }
 
+/// Those of these agents that have a parent.
+pub fn with_parents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<std::collections::HashSet<AgentId>> {
+    let ids: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+    let found: Vec<String> = agents::table
+        .filter(agents::id.eq_any(ids))
+        .filter(agents::parent_id.is_not_null())
+        .select(agents::id)
+        .load(conn)?;
+    Ok(found.into_iter().map(AgentId::from_stored).collect())
+}
+
 /// How many ancestors an agent may have: a child's decision locks each of them.
 pub const MAX_DEPTH: usize = 4;
 

@@ -333,13 +333,8 @@ impl Writer {
             }
             targets.push(target);
         }
-        for id in spending {
-            if !lineage.contains_key(&id) {
-                let ancestors = self.ancestors_of(conn, &id)?;
-                lineage.insert(id.clone(), ancestors);
-            }
-            agent_ids.insert(id);
-        }
+        self.find_lineage(conn, &spending, &mut lineage)?;
+        agent_ids.extend(spending);
         for ancestors in lineage.values() {
             agent_ids.extend(ancestors.iter().cloned());
         }
@@ -458,12 +453,33 @@ impl Writer {
         store::chain::insert_links(conn, &std::mem::take(&mut self.links))
     }
 
-    /// An agent's ancestors: from its snapshot when cached (a parent never changes), else read.
-    fn ancestors_of(&self, conn: &mut DbConnection, id: &AgentId) -> Result<Vec<AgentId>> {
-        match self.snapshots.cached_agent(id) {
-            Some(agent) => Ok(agent.value.ancestors.clone()),
-            None => store::agents::ancestors(conn, id),
+    /// The ancestors of each of these agents not in `lineage` yet: from its snapshot when cached
+    /// (a parent never changes), else read, those without a parent in one query.
+    fn find_lineage(
+        &self,
+        conn: &mut DbConnection,
+        ids: &[AgentId],
+        lineage: &mut HashMap<AgentId, Vec<AgentId>>,
+    ) -> Result<()> {
+        let mut unknown = Vec::new();
+        for id in ids {
+            if lineage.contains_key(id) {
+                continue;
+            }
+            match self.snapshots.cached_agent(id) {
+                Some(agent) => drop(lineage.insert(id.clone(), agent.value.ancestors.clone())),
+                None => unknown.push(id.clone()),
+            }
         }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let with_parents = store::agents::with_parents(conn, &unknown)?;
+        for id in unknown {
+            let ancestors = if with_parents.contains(&id) { store::agents::ancestors(conn, &id)? } else { Vec::new() };
+            lineage.insert(id, ancestors);
+        }
+        Ok(())
     }
 
     /// Brings the books of an authorization's agent and of each of its ancestors (whose books
