@@ -4,9 +4,9 @@ use utoipa::ToSchema;
 use super::{Admin, Page, PageQuery, ReasonBody, parse_policy, required_text};
 use crate::domain::access::{Permission, Principal};
 use crate::domain::agent::{Agent, AgentStatus};
-use crate::domain::card::{CardAction, CardStatus};
+use crate::domain::card::{Card, CardAction, CardStatus};
 use crate::domain::event::Event;
-use crate::domain::ids::{AgentId, CardId};
+use crate::domain::ids::{AgentId, CardId, KeyId};
 use crate::domain::money::Currency;
 use crate::domain::policy::Policy;
 use crate::error::{Error, ErrorCode, Result};
@@ -94,6 +94,34 @@ pub(crate) fn agent_for(who: &Principal, id: &str, permission: Permission) -> Re
 /// Loads an agent inside a transaction or read, as a 404 when it does not exist.
 pub(crate) fn load_agent(conn: &mut DbConnection, id: &AgentId) -> Result<Agent> {
     store::agents::find(conn, id)?.ok_or_else(|| Error::not_found("agent", id.as_str()))
+}
+
+/// Freezes every active card of the agent, or unfreezes every frozen one, each with its event;
+/// returns the cards it changed (a card changed meanwhile by another request is left as it is).
+fn act_on_cards(
+    conn: &mut DbConnection,
+    agent: &AgentId,
+    action: CardAction,
+    actor: &KeyId,
+    reason: &str,
+    now: jiff::Timestamp,
+) -> Result<Vec<Card>> {
+    let (from, to) = match action {
+        CardAction::Freeze => (CardStatus::Active, CardStatus::Frozen),
+        CardAction::Unfreeze => (CardStatus::Frozen, CardStatus::Active),
+        CardAction::Close => return Err(Error::Internal("an agent's cards are not closed together".into())),
+    };
+    let mut changed = Vec::new();
+    for mut card in store::cards::list_for_agent(conn, agent, None, i64::MAX)? {
+        if card.status == from && store::cards::update_status(conn, &card.id, from, to, now)? {
+            let event =
+                Event::new(agent, Some(&card.id), action.event_kind(), actor, now).reason(Some(reason.to_owned()));
+            store::events::record(conn, &event)?;
+            card.status = to;
+            changed.push(card);
+        }
+    }
+    Ok(changed)
 }
 
 impl Admin {
@@ -242,18 +270,7 @@ impl Admin {
                 }
                 let now = store::now();
                 store::agents::set_deactivated(conn, &id, Some(now), now)?;
-                let mut frozen = Vec::new();
-                for mut card in store::cards::list_for_agent(conn, &id, None, i64::MAX)? {
-                    if card.status == CardStatus::Active
-                        && store::cards::update_status(conn, &card.id, CardStatus::Active, CardStatus::Frozen, now)?
-                    {
-                        let kind = CardAction::Freeze.event_kind();
-                        let event = Event::new(&id, Some(&card.id), kind, &actor, now).reason(Some(why.clone()));
-                        store::events::record(conn, &event)?;
-                        card.status = CardStatus::Frozen;
-                        frozen.push(card);
-                    }
-                }
+                let frozen = act_on_cards(conn, &id, CardAction::Freeze, &actor, &why, now)?;
                 let revoked = store::keys::revoke_for_agent(conn, &id, now)?;
                 let ids: Vec<&str> = frozen.iter().map(|c| c.id.as_str()).collect();
                 let data = serde_json::json!({"cards_frozen": ids, "keys_revoked": revoked});
@@ -302,20 +319,11 @@ impl Admin {
                 }
                 let now = store::now();
                 store::agents::set_deactivated(conn, &id, None, now)?;
-                let mut unfrozen = Vec::new();
-                if body.unfreeze_cards {
-                    for mut card in store::cards::list_for_agent(conn, &id, None, i64::MAX)? {
-                        if card.status == CardStatus::Frozen
-                            && store::cards::update_status(conn, &card.id, CardStatus::Frozen, CardStatus::Active, now)?
-                        {
-                            let kind = CardAction::Unfreeze.event_kind();
-                            let event = Event::new(&id, Some(&card.id), kind, &actor, now).reason(Some(reason.clone()));
-                            store::events::record(conn, &event)?;
-                            card.status = CardStatus::Active;
-                            unfrozen.push(card);
-                        }
-                    }
-                }
+                let unfrozen = if body.unfreeze_cards {
+                    act_on_cards(conn, &id, CardAction::Unfreeze, &actor, &reason, now)?
+                } else {
+                    Vec::new()
+                };
                 let ids: Vec<&str> = unfrozen.iter().map(|c| c.id.as_str()).collect();
                 let event = Event::new(&id, None, "agent_reactivated", &actor, now)
                     .reason(Some(reason))

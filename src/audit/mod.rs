@@ -253,7 +253,7 @@ fn walk_agent(conn: &mut DbConnection, agent: &str, hold: Option<ChainHead>) -> 
 /// No money from nowhere: a treasury's row holds what its journal adds up to, and what it granted
 /// agents net of what they returned is what the agents of its currency were funded with.
 fn treasury_balanced(conn: &mut DbConnection, walk: &Walk, currency: &str) -> Result<std::result::Result<(), Break>> {
-    let stored = store::treasury::all(conn)?.into_iter().find(|t| t.currency.code() == currency).map(|t| t.treasury);
+    let stored = store::treasury::find(conn, currency)?;
     let summed = store::treasury::sums(conn, currency)?;
     if stored != Some(summed) {
         let detail = format!("the treasury's row holds {stored:?}; its journal adds up to {summed:?}");

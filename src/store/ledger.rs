@@ -99,6 +99,8 @@ pub struct AgentLedger {
     pub seq: i64,
     /// How many agents have it as their parent: its spend windows then span its subtree.
     pub children: i64,
+    /// Deactivated: what its holds release is drained.
+    pub deactivated: bool,
     pub config_version: i64,
     pub currency: String,
     pub balance: Balance,
@@ -122,9 +124,10 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
             agents::chain_length,
             agents::chain_head,
             agents::children,
+            agents::deactivated_at,
         ),
     );
-    type Stored = (i64, i64, String, Balance, i64, Option<String>, i64);
+    type Stored = (i64, i64, String, Balance, i64, Option<String>, i64, Option<i64>);
     let found: Vec<(String, Stored)> = match conn {
         DbConnection::Postgresql(pg) => {
             let ids: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
@@ -140,9 +143,10 @@ pub fn lock_agents(conn: &mut DbConnection, ids: &[AgentId]) -> Result<Vec<(Agen
     };
     found
         .into_iter()
-        .map(|(id, (seq, config_version, currency, balance, length, head, children))| {
+        .map(|(id, (seq, config_version, currency, balance, length, head, children, deactivated_at))| {
             let chain = chain::head_of(&id, length, head.as_deref())?;
-            let ledger = AgentLedger { seq: seq + 1, children, config_version, currency, balance, chain };
+            let deactivated = deactivated_at.is_some();
+            let ledger = AgentLedger { seq: seq + 1, children, deactivated, config_version, currency, balance, chain };
             Ok((AgentId::from_stored(id), ledger))
         })
         .collect()

@@ -354,6 +354,7 @@ mod tests {
             let ledger = AgentLedger {
                 seq,
                 children: 0,
+                deactivated: false,
                 config_version: 0,
                 currency: "USD".into(),
                 balance: Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 },
@@ -442,7 +443,15 @@ mod tests {
                 assert_eq!(found, batch);
                 let balance = Balance { funded: 1_000 * seq, refunded: 2, held: 3 * seq, spent: 4 };
                 let chain = Head { length: seq, hash: [seq as u8; 32] };
-                let saved = AgentLedger { seq, children: 0, config_version: 0, currency: "USD".into(), balance, chain };
+                let saved = AgentLedger {
+                    seq,
+                    children: 0,
+                    deactivated: false,
+                    config_version: 0,
+                    currency: "USD".into(),
+                    balance,
+                    chain,
+                };
                 ledger::save_ledgers(&mut conn, [(&agent, &saved)].into_iter()).unwrap();
                 assert_eq!(ledger::balance(&mut conn, &agent).unwrap(), Some(("USD".to_owned(), balance)));
                 let locked = ledger::lock_agents(&mut conn, std::slice::from_ref(&agent)).unwrap();

@@ -196,15 +196,20 @@ pub fn agents_funded(conn: &mut DbConnection, currency: &str) -> Result<i64> {
     Ok(funded.iter().sum())
 }
 
-/// What the agent's top-up rule moved since `since_ms`.
-pub fn topped_up_since(conn: &mut DbConnection, agent_id: &str, since_ms: i64) -> Result<i64> {
-    let amounts: Vec<i64> = transfers::table
+/// What the agent's top-up rule moved since `since_ms`: (when, amount).
+pub fn top_ups_since(conn: &mut DbConnection, agent_id: &str, since_ms: i64) -> Result<Vec<(i64, i64)>> {
+    Ok(transfers::table
         .filter(transfers::agent_id.eq(agent_id))
         .filter(transfers::kind.eq(TransferKind::TopUp))
         .filter(transfers::created_at.ge(since_ms))
-        .select(transfers::amount)
-        .load(conn)?;
-    Ok(amounts.iter().sum())
+        .select((transfers::created_at, transfers::amount))
+        .load(conn)?)
+}
+
+/// One currency's treasury, if it has one.
+pub fn find(conn: &mut DbConnection, currency: &str) -> Result<Option<Treasury>> {
+    let found: Option<Stored> = treasuries::table.find(currency).select(columns!()).get_result(conn).optional()?;
+    found.map(locked).transpose().map(|t| t.map(|t| t.treasury))
 }
 
 /// Links a treasury's journal rows written before its chain began (the migration's opening

@@ -562,17 +562,19 @@ impl Writer {
     /// Notes what the batch leaves to do for an agent once it commits (in a batch of its own, so
     /// no answer waits for it): a top-up when it took the balance under the rule's line, a drain
     /// when a deactivated agent got money back.
+    /// The locked row says whether the agent is deactivated; its policy is read only on a fall
+    /// (which `announce_low_balance` has read it for already).
     fn note_follow_ups(&mut self, conn: &mut DbConnection, id: &AgentId, l: &mut Locked) -> Result<()> {
         let available = l.ledger.balance.available();
-        if available == l.opening {
+        if available > l.opening && available > 0 && l.ledger.deactivated {
+            self.follow_ups.push(FollowUp::Drain { agent_id: id.clone() });
+        }
+        if available >= l.opening {
             return Ok(());
         }
         let agent = self.locked_agent(conn, id, l, None)?;
-        if available > l.opening && available > 0 && agent.value.deactivated_at.is_some() {
-            self.follow_ups.push(FollowUp::Drain { agent_id: id.clone() });
-        }
         let Some(rule) = agent.value.policy.funding.as_ref().and_then(|f| f.top_up) else { return Ok(()) };
-        if available < l.opening && available < rule.below {
+        if available < rule.below {
             self.follow_ups.push(FollowUp::TopUp { agent_id: id.clone(), crossed: l.opening >= rule.below });
         }
         Ok(())

@@ -146,9 +146,9 @@ impl Writer {
         } else {
             ((from_id, from, out), (to_id, to, into))
         };
-        let mut child_side = self.agent_transfer(child, child_moved, external_id, currency, actor, now_ms);
+        let mut child_side = agent_transfer(child, child_moved, external_id, currency, actor, now_ms);
         let parent_id = format!("allocation:{}", child_side.id);
-        let mut parent_side = self.agent_transfer(parent, parent_moved, &parent_id, currency, actor, now_ms);
+        let mut parent_side = agent_transfer(parent, parent_moved, &parent_id, currency, actor, now_ms);
         self.chain(child_l, &mut child_side);
         rows::insert_transfer(conn, &child_side)?;
         self.chain(parent_l, &mut parent_side);
@@ -183,20 +183,8 @@ impl Writer {
             }
             other => return Err(Error::Internal(format!("a person records no {other} of a treasury"))),
         }
-        let mut row = TreasuryTransferRow {
-            id: TreasuryTransferId::generate().to_string(),
-            currency: currency.code().to_owned(),
-            external_id: c.external_id.clone(),
-            kind: c.kind,
-            amount: c.amount.amount,
-            agent_id: None,
-            transfer_id: None,
-            actor: c.actor.key.clone(),
-            reason: c.actor.reason.clone(),
-            reference: c.reference.clone(),
-            created_at: now_ms,
-            chain_n: 0,
-        };
+        let mut row = treasury_row(currency, &c.external_id, c.kind, c.amount.amount, &c.actor, now_ms);
+        row.reference = c.reference.clone();
         self.links.push(crate::store::chain::link(&mut t.chain, &mut row));
         treasury::insert_transfer(conn, &row)?;
         Ok((TreasuryTransferView::from_row(&row)?, false))
@@ -224,8 +212,9 @@ impl Writer {
             return Ok(());
         }
         let (day, month) = starts_of_day_and_month(now);
-        let today = treasury::topped_up_since(conn, id.as_str(), day)?;
-        let this_month = treasury::topped_up_since(conn, id.as_str(), month)?;
+        let topped = treasury::top_ups_since(conn, id.as_str(), month)?;
+        let this_month = topped.iter().map(|(_, amount)| amount).sum();
+        let today = topped.iter().filter(|(at, _)| *at >= day).map(|(_, amount)| amount).sum();
         let t = treasury_of(treasuries, l.currency)?;
         let before = l.ledger.balance.available();
         let Some(done) =
@@ -276,9 +265,8 @@ impl Writer {
         treasuries: &mut Treasuries,
         now_ms: i64,
     ) -> Result<()> {
-        let Some(l) = locked.get_mut(id) else { return Ok(()) };
-        let agent = self.locked_agent(conn, id, l, None)?;
-        if agent.value.deactivated_at.is_none() || l.ledger.balance.available() <= 0 {
+        let Some(l) = locked.get(id) else { return Ok(()) };
+        if !l.ledger.deactivated || l.ledger.balance.available() <= 0 {
             return Ok(());
         }
         let external_id = format!("drain:{}", TransferId::generate());
@@ -287,6 +275,7 @@ impl Writer {
             self.between(conn, locked, (id, &parent), None, &external_id, &actor, now_ms)?;
             return Ok(());
         }
+        let Some(l) = locked.get_mut(id) else { return Ok(()) };
         let t = treasury_of(treasuries, l.currency)?;
         let moved = core::drain(&mut t.treasury, &mut l.ledger.balance, None).map_err(|r| refused(r, l.currency))?;
         self.move_with_agent(conn, id, l, t, moved, &external_id, &actor, now_ms)?;
@@ -307,7 +296,7 @@ impl Writer {
         actor: &Actor,
         now_ms: i64,
     ) -> Result<TransferRow> {
-        let mut agent_side = self.agent_transfer(agent_id, moved, external_id, l.currency, actor, now_ms);
+        let mut agent_side = agent_transfer(agent_id, moved, external_id, l.currency, actor, now_ms);
         self.chain(l, &mut agent_side);
         rows::insert_transfer(conn, &agent_side)?;
         let kind = match moved.kind {
@@ -316,52 +305,63 @@ impl Writer {
             TransferKind::Drain => TreasuryKind::Drain,
             other => return Err(Error::Internal(format!("a {other} is no movement with the treasury"))),
         };
-        let mut treasury_side = TreasuryTransferRow {
-            id: TreasuryTransferId::generate().to_string(),
-            currency: l.currency.code().to_owned(),
-            external_id: agent_side.id.clone(),
-            kind,
-            amount: moved.amount,
-            agent_id: Some(agent_side.agent_id.clone()),
-            transfer_id: Some(agent_side.id.clone()),
-            actor: actor.key.clone(),
-            reason: actor.reason.clone(),
-            reference: None,
-            created_at: now_ms,
-            chain_n: 0,
-        };
+        let mut treasury_side = treasury_row(l.currency, &agent_side.id, kind, moved.amount, actor, now_ms);
+        treasury_side.agent_id = Some(agent_side.agent_id.clone());
+        treasury_side.transfer_id = Some(agent_side.id.clone());
         self.links.push(crate::store::chain::link(&mut t.chain, &mut treasury_side));
         treasury::insert_transfer(conn, &treasury_side)?;
         Ok(agent_side)
     }
 }
 
-impl Writer {
-    /// An agent's side of money moved between it and a treasury or another agent.
-    fn agent_transfer(
-        &self,
-        agent_id: &AgentId,
-        moved: Moved,
-        external_id: &str,
-        currency: Currency,
-        actor: &Actor,
-        now_ms: i64,
-    ) -> TransferRow {
-        TransferRow {
-            id: TransferId::generate().to_string(),
-            external_id: external_id.to_owned(),
-            agent_id: agent_id.to_string(),
-            authorization_id: None,
-            card_id: None,
-            trace_id: None,
-            kind: moved.kind,
-            amount: moved.amount,
-            currency: currency.code().to_owned(),
-            created_at: now_ms,
-            chain_n: 0,
-            actor: Some(actor.key.clone()),
-            reason: actor.reason.clone(),
-        }
+/// An agent's side of money moved between it and a treasury or another agent.
+fn agent_transfer(
+    agent_id: &AgentId,
+    moved: Moved,
+    external_id: &str,
+    currency: Currency,
+    actor: &Actor,
+    now_ms: i64,
+) -> TransferRow {
+    TransferRow {
+        id: TransferId::generate().to_string(),
+        external_id: external_id.to_owned(),
+        agent_id: agent_id.to_string(),
+        authorization_id: None,
+        card_id: None,
+        trace_id: None,
+        kind: moved.kind,
+        amount: moved.amount,
+        currency: currency.code().to_owned(),
+        created_at: now_ms,
+        chain_n: 0,
+        actor: Some(actor.key.clone()),
+        reason: actor.reason.clone(),
+    }
+}
+
+/// A treasury's side of a movement, naming no agent (the caller names one where there is).
+fn treasury_row(
+    currency: Currency,
+    external_id: &str,
+    kind: TreasuryKind,
+    amount: i64,
+    actor: &Actor,
+    now_ms: i64,
+) -> TreasuryTransferRow {
+    TreasuryTransferRow {
+        id: TreasuryTransferId::generate().to_string(),
+        currency: currency.code().to_owned(),
+        external_id: external_id.to_owned(),
+        kind,
+        amount,
+        agent_id: None,
+        transfer_id: None,
+        actor: actor.key.clone(),
+        reason: actor.reason.clone(),
+        reference: None,
+        created_at: now_ms,
+        chain_n: 0,
     }
 }
 
