@@ -78,6 +78,22 @@ pub struct Config {
     /// x402 fetches in flight at once, in all and per agent; beyond them, 429 `too_many_fetches`.
     pub x402_max_fetches: usize,
     pub x402_max_fetches_per_agent: usize,
+    /// The JSON-RPC endpoint of each network whose wallets are read: `<network>=<url>,…`, e.g.
+    /// `base=https://base-mainnet.example/v2/KEY`. Deposits into agents' wallets are then credited,
+    /// and a payment needs the wallet to hold it on the chain. Unset: no network is read.
+    pub chain_rpc: Option<Secret>,
+    /// A deposit is credited once this many blocks are on top of its own (re-orgs shallower than
+    /// this cannot undo a credit).
+    pub chain_confirmations: u64,
+    pub chain_poll_ms: u64,
+    /// On a network's first scan, how far below the confirmed head it starts.
+    pub chain_first_scan_blocks: u64,
+    /// The widest block range of one log query (providers cap it).
+    pub chain_blocks_per_query: u64,
+    /// How often every wallet is reconciled with the chain, and an alert raised where they disagree.
+    pub chain_reconcile_seconds: u64,
+    /// Time allowed for each JSON-RPC request.
+    pub chain_timeout_ms: u64,
     /// Time a decision may take before it is answered as a `timeout` decline.
     pub decision_budget_ms: u64,
     /// Holds still pending after this many hours are voided.
@@ -165,6 +181,13 @@ impl Default for Config {
             x402_max_response_bytes: 10 << 20,
             x402_max_fetches: 256,
             x402_max_fetches_per_agent: 8,
+            chain_rpc: None,
+            chain_confirmations: 10,
+            chain_poll_ms: 15_000,
+            chain_first_scan_blocks: 10_000,
+            chain_blocks_per_query: 2_000,
+            chain_reconcile_seconds: 600,
+            chain_timeout_ms: 10_000,
             decision_budget_ms: 1_500,
             hold_expiry_hours: 7 * 24,
             fx_url: "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml".into(),
@@ -287,6 +310,14 @@ impl Config {
             self.x402_max_fetches >= 1 && (1..=self.x402_max_fetches).contains(&self.x402_max_fetches_per_agent),
             "x402_max_fetches must be at least 1, and x402_max_fetches_per_agent 1 to x402_max_fetches"
         );
+        anyhow::ensure!((1..=10_000).contains(&self.chain_confirmations), "chain_confirmations must be 1 to 10000");
+        anyhow::ensure!((100..=3_600_000).contains(&self.chain_poll_ms), "chain_poll_ms must be 100 to 3600000");
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.chain_blocks_per_query),
+            "chain_blocks_per_query must be 1 to 100000"
+        );
+        anyhow::ensure!(self.chain_reconcile_seconds >= 1, "chain_reconcile_seconds must be at least 1");
+        anyhow::ensure!((100..=300_000).contains(&self.chain_timeout_ms), "chain_timeout_ms must be 100 to 300000");
         anyhow::ensure!(self.fx_refresh_minutes >= 1, "fx_refresh_minutes must be at least 1");
         anyhow::ensure!(
             self.public_url.starts_with("http://") || self.public_url.starts_with("https://"),

@@ -103,7 +103,13 @@ error_codes! {
         UpstreamFailed = "upstream_failed",
         UpstreamTooLarge = "upstream_too_large",
     }
-    503 => { StorageUnavailable = "storage_unavailable", UsdcRailDisabled = "usdc_rail_disabled", }
+    503 => {
+        StorageUnavailable = "storage_unavailable",
+        UsdcRailDisabled = "usdc_rail_disabled",
+        /// A network's JSON-RPC endpoint could not be read (or serves another chain): a payment
+        /// that needs the wallet's balance is not signed.
+        ChainUnavailable = "chain_unavailable",
+    }
 }
 
 impl ErrorCode {

@@ -49,6 +49,7 @@ use crate::outbox::{Outbox, OutboxSettings};
 use crate::policy::FxRules;
 use crate::rails::card::issuing::{Issuer, IssuingSettings, LithicApi, StripeApi};
 use crate::rails::card::signature::{BasicAuth, HexSignature, StandardWebhooks};
+use crate::rails::usdc::chain::{ChainSettings, parse_rpc, redact};
 use crate::rails::usdc::destination::Destinations;
 use crate::rails::usdc::wallet::MasterKey;
 use crate::rails::usdc::x402::parse_assets;
@@ -142,6 +143,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Started> {
         actix_web::rt::spawn(usdc.clone().pay_approved_forever(rx));
         tx
     });
+    // Deposits into agents' wallets are credited, and the wallets reconciled, off the request path.
+    if usdc.enabled() {
+        usdc.watch_chain();
+    }
     let approvals = approvals(config, &db, &ledger, asked_rx, approved_tx)?;
     let state = web::Data::new(http::AppState {
         admin: admin.clone(),
@@ -263,8 +268,30 @@ fn usdc(config: &Config, db: &Db, ledger: &Ledger) -> anyhow::Result<Usdc> {
         max_response_bytes: config.x402_max_response_bytes,
         max_fetches: config.x402_max_fetches,
         max_fetches_per_agent: config.x402_max_fetches_per_agent,
+        chain: chain_settings(config)?,
     };
     Usdc::new(settings, db.clone(), ledger.clone())
+}
+
+/// The networks whose wallets are read, when `SPENDGATE_CHAIN_RPC` names any.
+fn chain_settings(config: &Config) -> anyhow::Result<Option<ChainSettings>> {
+    let Some(spec) = &config.chain_rpc else { return Ok(None) };
+    let rpc = parse_rpc(spec.expose()).map_err(|e| anyhow::anyhow!("SPENDGATE_CHAIN_RPC: {e}"))?;
+    if rpc.is_empty() {
+        return Ok(None);
+    }
+    for (network, url) in &rpc {
+        tracing::info!(network, endpoint = %redact(url.as_str()), "wallets are read on the chain");
+    }
+    Ok(Some(ChainSettings {
+        rpc,
+        confirmations: config.chain_confirmations,
+        poll: Duration::from_millis(config.chain_poll_ms),
+        first_scan_blocks: config.chain_first_scan_blocks,
+        blocks_per_query: config.chain_blocks_per_query,
+        reconcile_every: Duration::from_secs(config.chain_reconcile_seconds),
+        timeout: Duration::from_millis(config.chain_timeout_ms),
+    }))
 }
 
 /// Approval links, Slack messages and Slack's buttons, each on when its setting is.

@@ -218,6 +218,7 @@ async fn generate(app: &TestApp, f: &Fleet, total: usize, seed: u64) {
                 request: request.clone(),
                 deferred: None,
                 payment: None,
+                onchain_short: false,
             };
             async move {
                 let outcome = match verdict {

@@ -246,7 +246,7 @@ fn migrate_applies_once() {
             .unwrap()
     };
     let first = text_of(&run());
-    assert!(first.starts_with("applied 18 migration(s):"), "{first}");
+    assert!(first.starts_with("applied 19 migration(s):"), "{first}");
     assert_eq!(text_of(&run()).trim(), "applied 0 migration(s)");
     let bad =
         Command::new(BIN).arg("migrate").env_clear().env("SPENDGATE_DATABASE_URL", "mysql://nope").output().unwrap();

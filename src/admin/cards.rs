@@ -313,6 +313,7 @@ impl Admin {
             request,
             deferred: None,
             payment: None,
+            onchain_short: false,
         };
         self.ledger.dry_run(auth, who.role == Role::Agent).await
     }

@@ -303,6 +303,8 @@ pub enum WalletCommand {
     Create { agent: String },
     /// Print the wallet's private key (owner only; recorded in the agent's audit trail).
     Export { agent: String },
+    /// Each wallet (or the agent's) against the ledger, on every network spendgate reads.
+    Reconcile { agent: Option<String> },
 }
 
 #[derive(Subcommand, Debug)]
@@ -949,14 +951,19 @@ async fn execute(client: &Client, command: Command, config: Option<&Path>) -> an
                 (client.post(&format!("/v1/approvals/{}/deny", segment(&id)), json!({})).await?, View::Record)
             }
         },
-        Command::Wallet { command } => {
-            let (agent, method, tail) = match command {
-                WalletCommand::Show { agent } => (agent, Method::GET, ""),
-                WalletCommand::Create { agent } => (agent, Method::POST, ""),
-                WalletCommand::Export { agent } => (agent, Method::POST, "/export"),
-            };
-            let path = format!("/v1/agents/{}/wallet{tail}", segment(&agent));
-            (client.call(method, &path, None).await?, View::Record)
+        Command::Wallet { command: WalletCommand::Reconcile { agent } } => {
+            let query = agent.map(|a| format!("?agent_id={}", segment(&a))).unwrap_or_default();
+            (client.get(&format!("/v1/wallets/reconciliation{query}")).await?, View::Reconciliation)
+        }
+        Command::Wallet { command: WalletCommand::Show { agent } } => {
+            (client.get(&format!("/v1/agents/{}/wallet", segment(&agent))).await?, View::Record)
+        }
+        Command::Wallet { command: WalletCommand::Create { agent } } => {
+            (client.call(Method::POST, &format!("/v1/agents/{}/wallet", segment(&agent)), None).await?, View::Record)
+        }
+        Command::Wallet { command: WalletCommand::Export { agent } } => {
+            let path = format!("/v1/agents/{}/wallet/export", segment(&agent));
+            (client.call(Method::POST, &path, None).await?, View::Record)
         }
         Command::X402 {
             command: X402Command::Fetch { agent, target, method, headers, body, trace, max_amount, idempotency_key },

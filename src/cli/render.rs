@@ -74,6 +74,8 @@ pub(super) enum View {
     Backtest,
     /// A policy's versions.
     Versions,
+    /// Wallets against the ledger.
+    Reconciliation,
     /// The command wrote its output itself.
     Nothing,
 }
@@ -183,6 +185,19 @@ pub(super) fn render(value: &Value, view: View) -> String {
             ("by", |r| cell(&r["created_by"])),
             ("reason", |r| cell(&r["reason"])),
         ],
+        View::Reconciliation => &[
+            ("agent", |r| cell(&r["agent_id"])),
+            ("wallet", |r| cell(&r["address"])),
+            ("network", |r| cell(&r["network"])),
+            ("on chain", |r| usdc(&r["onchain"])),
+            ("ledger", |r| usdc(&r["ledger"])),
+            ("uncredited", |r| usdc(&r["uncredited"])),
+            ("in flight", |r| usdc(&r["in_flight"])),
+            ("status", |r| match r["error"].as_str() {
+                Some(error) => format!("{}: {error}", cell(&r["status"])),
+                None => cell(&r["status"]),
+            }),
+        ],
         View::Draft => return draft(value),
         View::Backtest => return backtest(value),
         View::Outcome => return describe_outcome(value),
@@ -224,6 +239,14 @@ pub(super) fn render(value: &Value, view: View) -> String {
         None => String::new(),
     };
     format!("{table}\n{} row(s){more}\n", rows.len())
+}
+
+/// A token amount in atomic units (6 decimals) as dollars, e.g. "1250000" as 1.250000.
+fn usdc(v: &Value) -> String {
+    let Some(atomic) = v.as_str().and_then(|s| s.parse::<i128>().ok()) else { return cell(v) };
+    let sign = if atomic < 0 { "-" } else { "" };
+    let atomic = atomic.unsigned_abs();
+    format!("{sign}{}.{:06}", atomic / 1_000_000, atomic % 1_000_000)
 }
 
 /// What a verification walked, held to which checkpoint, and each broken chain's first broken link.

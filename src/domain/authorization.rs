@@ -93,6 +93,9 @@ pub enum DeclineReason {
     VelocityExceeded,
     ApprovalRequired,
     InsufficientFunds,
+    /// A USDC payment the policy allows, but more than the wallet holds on the chain less what it
+    /// has signed and not seen settle: nothing is signed.
+    InsufficientOnchainFunds,
     Timeout,
     InternalError,
     /// The processor declined on its own (its controls, or its stand-in when spendgate was not asked).
@@ -100,7 +103,7 @@ pub enum DeclineReason {
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 23] = {
+    pub const ALL: [DeclineReason; 24] = {
         use DeclineReason::*;
         [
             UnknownCard,
@@ -123,6 +126,7 @@ impl DeclineReason {
             VelocityExceeded,
             ApprovalRequired,
             InsufficientFunds,
+            InsufficientOnchainFunds,
             Timeout,
             InternalError,
             ProcessorDeclined,
@@ -152,6 +156,7 @@ impl DeclineReason {
             VelocityExceeded => "velocity_exceeded",
             ApprovalRequired => "approval_required",
             InsufficientFunds => "insufficient_funds",
+            InsufficientOnchainFunds => "insufficient_onchain_funds",
             Timeout => "timeout",
             InternalError => "internal_error",
             ProcessorDeclined => "processor_declined",
@@ -185,6 +190,9 @@ impl DeclineReason {
             }
             ApprovalRequired => "make the payment to ask a person: it is approved or denied by them",
             InsufficientFunds => "your balance is too low: an operator must fund it",
+            InsufficientOnchainFunds => {
+                "your wallet holds too little USDC on the chain: a deposit to it is credited once confirmed"
+            }
             ProcessorDeclined => "the card processor declined on its own; retry or ask an operator",
         }
     }

@@ -34,6 +34,8 @@ worded! {
         BalanceToppedUp = "balance.topped_up",
         #[serde(rename = "treasury.short")]
         TreasuryShort = "treasury.short",
+        #[serde(rename = "wallet.mismatch")]
+        WalletMismatch = "wallet.mismatch",
     }
 }
 
@@ -46,6 +48,7 @@ impl EventType {
                 | EventType::BalanceLow
                 | EventType::SpendAnomaly
                 | EventType::TreasuryShort
+                | EventType::WalletMismatch
         )
     }
 }

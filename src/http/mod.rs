@@ -79,6 +79,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(usdc::get_payment)
         .service(usdc::deferred_status)
         .service(usdc::report_settlement)
+        .service(usdc::reconciliation)
         .service(system::readyz)
         .service(system::metrics)
         .service(system::openapi)

@@ -30,7 +30,7 @@ use super::{
         endpoints::create_endpoint, endpoints::list_endpoints, endpoints::delete_endpoint, endpoints::endpoint_deliveries,
         webhooks::authorize, webhooks::capture, webhooks::reverse, webhooks::refund,
         usdc::get_wallet, usdc::create_wallet, usdc::export_wallet, usdc::fetch, usdc::authorize, usdc::dry_run, usdc::get_payment, usdc::deferred_status,
-        usdc::report_settlement,
+        usdc::report_settlement, usdc::reconciliation,
         approvals::list_approvals, approvals::get_approval, approvals::approve, approvals::deny, approvals::request_mandate, approvals::get_mandate,
         processors::stripe_authorization, processors::stripe_event, processors::lithic_asa, processors::lithic_event,
         processors::marqeta_jit,

@@ -107,7 +107,15 @@ async fn decide(
         }
         Err(_) => return answer(AuthOutcome::failed(DeclineReason::Timeout, &request)),
     };
-    let auth = Authorize { source, external_id, payer: Payer::Card(card_id), request, deferred: None, payment: None };
+    let auth = Authorize {
+        source,
+        external_id,
+        payer: Payer::Card(card_id),
+        request,
+        deferred: None,
+        payment: None,
+        onchain_short: false,
+    };
     if dry_run {
         return Decided::DryRun(ledger.dry_run(auth, false).await.map(|outcome| HttpResponse::Ok().json(outcome)));
     }

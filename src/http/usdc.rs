@@ -7,13 +7,14 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::error::{ErrorBody, ErrorDetail};
+use crate::admin::Page;
 use crate::admin::agents::agent_for;
 use crate::domain::access::{Permission, Principal, Role};
 use crate::error::Result;
 use crate::ledger::AuthOutcome;
 use crate::rails::usdc::{
     AuthorizeRequest, Authorized, Awaiting, DeferredStatus, ExportedWallet, FetchOutcome, FetchRequest, PaymentCheck,
-    PaymentView, WalletView,
+    PaymentView, WalletReconciliation, WalletView,
 };
 
 fn idempotency_key(req: &HttpRequest) -> &str {
@@ -194,4 +195,32 @@ pub async fn report_settlement(
     let may_void = who.check(Permission::Manage, Some(&agent)).is_ok();
     let view = state.usdc.report(&agent, &payment, &body.payment_response, may_void).await?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationQuery {
+    /// One agent's wallet only (an agent key may ask for its own).
+    pub agent_id: Option<String>,
+}
+
+/// Each wallet on each network spendgate reads (`SPENDGATE_CHAIN_RPC`), against what the ledger
+/// says it holds, with the transfers that explain a difference (docs/treasury.md#reconciliation).
+#[utoipa::path(tag = "usdc", security(("bearer" = [])), params(ReconciliationQuery),
+    responses((status = 200, body = Page<WalletReconciliation>), (status = 403, body = ErrorBody)))]
+#[get("/v1/wallets/reconciliation")]
+pub async fn reconciliation(
+    state: web::Data<AppState>,
+    who: Principal,
+    query: web::Query<ReconciliationQuery>,
+) -> Result<HttpResponse> {
+    let agent = match &query.agent_id {
+        Some(id) => Some(agent_for(&who, id, Permission::Read)?),
+        None => {
+            who.check(Permission::Read, None)?;
+            None
+        }
+    };
+    let data = state.usdc.reconcile(agent.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(Page { data, next_cursor: None }))
 }

@@ -69,6 +69,7 @@ pub async fn authorize(state: web::Data<AppState>, req: HttpRequest, body: web::
         request,
         deferred: None,
         payment: None,
+        onchain_short: false,
     };
     let outcome = match dry_run {
         true => state.ledger.dry_run(auth, false).await?,

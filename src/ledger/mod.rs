@@ -37,6 +37,7 @@ use crate::policy::fx::RateTable;
 use crate::policy::usage::LimitUsage;
 use crate::policy::{self, FxRules};
 use crate::store::Db;
+use crate::store::deposits::DepositRow;
 use crate::store::ledger::LedgerFilter;
 use crate::store::x402::PaymentRow;
 pub use views::{
@@ -184,6 +185,9 @@ pub struct Authorize {
     /// Written in the hold's own transaction if approved (x402: the signed payment, which must be
     /// durable before it is sent), with its `authorization_id` set to the hold's.
     pub payment: Option<Box<PaymentRow>>,
+    /// A wallet payment worth more than the wallet holds on the chain, less what it has signed and
+    /// not seen settle: what the policy would approve is declined `insufficient_onchain_funds`.
+    pub onchain_short: bool,
 }
 
 /// Whose money an authorization spends.
@@ -505,6 +509,12 @@ impl Ledger {
         let (external_id, actor) = (id.to_owned(), actor.clone());
         let command = |reply| writer::TreasuryCmd { external_id, kind, amount, actor, reference, reply };
         self.ask(|reply| Command::Treasury(Box::new(command(reply)))).await
+    }
+
+    /// Credits a deposit read on the chain (once: the same log again replays the first credit);
+    /// returns it as recorded and whether it was recorded before.
+    pub async fn credit_deposit(&self, deposit: DepositRow) -> Result<(DepositRow, bool)> {
+        self.ask(|reply| Command::Deposit(Box::new(writer::DepositCmd { deposit, reply }))).await
     }
 
     /// Voids holds authorized before `before`; returns how many.

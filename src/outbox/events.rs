@@ -87,6 +87,7 @@ fn alert_type(kind: &str) -> Option<EventType> {
         "balance_low" => Some(EventType::BalanceLow),
         "spend_anomaly" => Some(EventType::SpendAnomaly),
         "treasury_short" => Some(EventType::TreasuryShort),
+        "wallet_mismatch" => Some(EventType::WalletMismatch),
         _ => None,
     }
 }

@@ -68,6 +68,23 @@ pub fn message(payload: &str) -> Result<Value, String> {
                 ),
             )],
         ),
+        EventType::WalletMismatch => (
+            format!(
+                ":warning: {agent}'s wallet {} on {} disagrees with the ledger",
+                escape(&text(&alert["address"]).unwrap_or_default()),
+                escape(&text(&alert["network"]).unwrap_or_default())
+            ),
+            vec![field(
+                "Difference",
+                &format!(
+                    "{} on the chain, {} in the ledger, {} not yet credited, {} in flight (token units)",
+                    escape(&text(&alert["onchain"]).unwrap_or_default()),
+                    escape(&text(&alert["ledger"]).unwrap_or_default()),
+                    escape(&text(&alert["uncredited"]).unwrap_or_default()),
+                    escape(&text(&alert["in_flight"]).unwrap_or_default())
+                ),
+            )],
+        ),
         other => return Err(format!("{other} is not an alert")),
     };
     fields.insert(0, field("Agent", &escape(&agent)));

@@ -9,6 +9,7 @@ pub mod approvals;
 pub mod backtests;
 pub mod cards;
 pub mod chain;
+pub mod deposits;
 pub mod events;
 pub mod history;
 pub mod keys;

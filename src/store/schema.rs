@@ -345,12 +345,43 @@ diesel::table! {
 }
 
 diesel::joinable!(cards -> agents (agent_id));
+diesel::table! {
+    chain_deposits (network, tx_hash, log_index) {
+        network -> Text,
+        tx_hash -> Text,
+        log_index -> BigInt,
+        block_number -> BigInt,
+        block_hash -> Text,
+        token -> Text,
+        from_address -> Text,
+        address -> Text,
+        agent_id -> Text,
+        value -> Text,
+        amount -> BigInt,
+        currency -> Text,
+        transfer_id -> Nullable<Text>,
+        treasury_transfer_id -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    chain_cursors (network) {
+        network -> Text,
+        block_number -> BigInt,
+        block_hash -> Text,
+        updated_at -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     agents,
     api_keys,
     approvals,
     audit_checkpoints,
     backtests,
+    chain_cursors,
+    chain_deposits,
     chain_links,
     cards,
     events,

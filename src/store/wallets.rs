@@ -29,3 +29,8 @@ pub fn insert_or_get(conn: &mut DbConnection, row: &WalletRow) -> Result<(Wallet
     diesel::insert_into(wallets::table).values(row).execute(conn)?;
     Ok((row.clone(), true))
 }
+
+/// Every wallet: who it belongs to and its address (the sealed keys stay where they are).
+pub fn addresses(conn: &mut DbConnection) -> Result<Vec<(String, String)>> {
+    Ok(wallets::table.select((wallets::agent_id, wallets::address)).order(wallets::agent_id).load(conn)?)
+}

@@ -114,3 +114,39 @@ pub fn update_outcome(conn: &mut DbConnection, row: &PaymentRow) -> Result<()> {
         .execute(conn)?;
     Ok(())
 }
+
+/// A payment's amount and where it stands, for what a wallet has signed away.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = x402_payments)]
+pub struct SignedAmount {
+    pub id: String,
+    pub asset: String,
+    /// In the asset's atomic units, as a decimal.
+    pub amount: String,
+    pub status: PaymentStatus,
+    pub valid_before: i64,
+    pub transaction_hash: Option<String>,
+    pub created_at: i64,
+}
+
+/// Every payment the wallet signed on the network, oldest first.
+pub fn signed_by(conn: &mut DbConnection, payer: &str, network: &str) -> Result<Vec<SignedAmount>> {
+    Ok(x402_payments::table
+        .filter(x402_payments::payer.eq(payer))
+        .filter(x402_payments::network.eq(network))
+        .order(x402_payments::created_at)
+        .select(SignedAmount::as_select())
+        .load(conn)?)
+}
+
+/// The wallet's payments that may still move money: signed (or of unknown outcome) and still
+/// valid at `now_s`, so that the chain may yet settle them.
+pub fn unsettled_by(conn: &mut DbConnection, payer: &str, network: &str, now_s: i64) -> Result<Vec<SignedAmount>> {
+    Ok(x402_payments::table
+        .filter(x402_payments::payer.eq(payer))
+        .filter(x402_payments::status.eq_any([PaymentStatus::Signed, PaymentStatus::Unknown]))
+        .filter(x402_payments::network.eq(network))
+        .filter(x402_payments::valid_before.gt(now_s))
+        .select(SignedAmount::as_select())
+        .load(conn)?)
+}

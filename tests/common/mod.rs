@@ -1,6 +1,7 @@
 //! Test helpers: the real server on a random port with a fresh database, SQLite or PostgreSQL.
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod node;
 pub mod process;
 pub mod python;

@@ -60,7 +60,13 @@ pub struct Seen {
     pub settled: HashMap<String, Settled>,
     /// Payments the facilitator refused, with why.
     pub refused: Vec<String>,
+    /// Set: a `paid` payment is settled by this (given the payment header) on a chain, and fails
+    /// as the chain refuses it; its transaction hash is the one reported.
+    pub settle_on_chain: Option<SettleOnChain>,
 }
+
+pub type SettleOnChain =
+    Arc<dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>>>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct X402Server {
@@ -217,6 +223,22 @@ async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>)
         }
     };
     let network = if version == 1 { "base-sepolia" } else { "eip155:84532" };
+    let on_chain = {
+        let s = seen.lock().unwrap();
+        s.settle_on_chain.clone().filter(|_| mode == "paid" && !s.settled.contains_key(&nonce))
+    };
+    let mut settled_on_chain = None;
+    if let Some(settle) = on_chain {
+        match settle(header.clone()).await {
+            Ok(transaction) => settled_on_chain = Some(transaction),
+            Err(why) => {
+                seen.lock().unwrap().refused.push(why);
+                let doc = json!({"success": false, "errorReason": "insufficient_funds", "transaction": "",
+                    "network": network, "payer": payer.to_checksum(None)});
+                return HttpResponse::PaymentRequired().insert_header(settlement_header(version, &doc)).json(json!({}));
+            }
+        }
+    }
     let deliveries = {
         let mut s = seen.lock().unwrap();
         if let Some(done) = s.settled.get_mut(&nonce) {
@@ -231,7 +253,8 @@ async fn handle(req: HttpRequest, state: web::Data<(Address, Arc<Mutex<Seen>>)>)
         } else if mode == "reject" {
             0
         } else {
-            let transaction = format!("0x{}", hex::encode(keccak256(nonce.as_bytes())));
+            let transaction =
+                settled_on_chain.clone().unwrap_or_else(|| format!("0x{}", hex::encode(keccak256(nonce.as_bytes()))));
             let record = Settled { payer, value, transaction, deliveries: 1 };
             s.settled.insert(nonce.clone(), record);
             1

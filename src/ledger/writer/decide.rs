@@ -128,7 +128,7 @@ impl Writer {
         let decision = match c.verdict {
             Some(verdict) => processor_decision(verdict, request, &snap, now)?,
             None if Instant::now() > c.deadline => Decision::decline(DeclineReason::Timeout, None),
-            None => policy::evaluate(request, &snap, now),
+            None => unpayable_onchain(policy::evaluate(request, &snap, now), c.auth.onchain_short),
         };
         let shadowed = match c.verdict {
             None if !c.dry_run && Instant::now() <= c.deadline => shadow_decisions(request, &snap, now),
@@ -479,4 +479,18 @@ fn decline_event(row: &AuthorizationRow, now: jiff::Timestamp) -> Event {
         "approval_id": row.approval_id,
     });
     event(row, "authorization_declined", row.reason.clone(), data, now)
+}
+
+/// What the policy approves but the wallet cannot pay on the chain is declined, with what the
+/// policy measured.
+fn unpayable_onchain(decision: Decision, onchain_short: bool) -> Decision {
+    if !onchain_short || !decision.approved() {
+        return decision;
+    }
+    let rule = Some("wallet.onchain_balance".to_owned());
+    Decision {
+        amounts: decision.amounts,
+        fx: decision.fx,
+        ..Decision::decline(DeclineReason::InsufficientOnchainFunds, rule)
+    }
 }

@@ -36,6 +36,7 @@ use crate::domain::money::{Currency, Money};
 use crate::error::{Error, Result};
 use crate::policy::FxRules;
 use crate::store::chain::{Chained, LinkRow};
+use crate::store::deposits::DepositRow;
 use crate::store::ledger::{self as rows, AgentLedger, AuthorizationRow};
 use crate::store::policies::DisagreementRow;
 use crate::store::x402::PaymentRow;
@@ -49,6 +50,7 @@ pub(super) enum Command {
     Drain(Box<DrainCmd>),
     Allocate(Box<AllocateCmd>),
     Treasury(Box<TreasuryCmd>),
+    Deposit(Box<DepositCmd>),
     /// What a committed batch left to do for an agent, in a batch of its own.
     FollowUp(FollowUp),
     Expire {
@@ -143,11 +145,20 @@ pub(super) struct TreasuryCmd {
     pub reply: oneshot::Sender<Result<(TreasuryTransferView, bool)>>,
 }
 
+/// A token transfer into an agent's wallet, read on the chain: the treasury's deposit and the
+/// agent's funding in one transaction, once per (network, transaction, log).
+pub(super) struct DepositCmd {
+    /// As read; the writer sets what it credited.
+    pub deposit: DepositRow,
+    pub reply: oneshot::Sender<Result<(DepositRow, bool)>>,
+}
+
 enum Reply {
     Auth(AuthOutcome),
     Movement(Box<LifecycleOutcome>),
     Fund(TransferView, bool),
     Treasury(TreasuryTransferView, bool),
+    Deposit(Box<DepositRow>, bool),
     Expired(usize),
     Done,
 }
@@ -161,6 +172,7 @@ impl Command {
             (Command::Drain(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Allocate(c), Reply::Fund(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
             (Command::Treasury(c), Reply::Treasury(t, replayed)) => drop(c.reply.send(Ok((t, replayed)))),
+            (Command::Deposit(c), Reply::Deposit(d, replayed)) => drop(c.reply.send(Ok((*d, replayed)))),
             (Command::FollowUp(_), Reply::Done) => {}
             (Command::Expire { reply, .. }, Reply::Expired(n)) => drop(reply.send(Ok(n))),
             (Command::Abandon(c), _) => {
@@ -178,6 +190,7 @@ impl Command {
             Command::Drain(c) => drop(c.reply.send(Err(e))),
             Command::Allocate(c) => drop(c.reply.send(Err(e))),
             Command::Treasury(c) => drop(c.reply.send(Err(e))),
+            Command::Deposit(c) => drop(c.reply.send(Err(e))),
             Command::FollowUp(f) => {
                 tracing::error!(error = %e, follow_up = ?f, "could not follow a batch up; the agent's next change tries again");
             }
@@ -326,6 +339,7 @@ impl Writer {
                 Command::Allocate(c) => spending.push(c.child.clone()),
                 Command::FollowUp(f) => spending.push(f.agent_id().clone()),
                 Command::Treasury(_) => {}
+                Command::Deposit(c) => drop(agent_ids.insert(AgentId::from_stored(c.deposit.agent_id.clone()))),
                 Command::Expire { before_ms, .. } => {
                     expiring = rows::pending_before(conn, *before_ms, 500)?;
                     spending.extend(expiring.iter().map(|r| AgentId::from_stored(r.agent_id.clone())));
@@ -356,6 +370,7 @@ impl Writer {
             .filter_map(|cmd| match cmd {
                 Command::Fund(c) => Some(c.amount.currency),
                 Command::Treasury(c) => Some(c.amount.currency),
+                Command::Deposit(_) => Some(Currency::USD),
                 Command::Drain(c) => locked.get(&c.agent_id).map(|l| l.currency),
                 Command::FollowUp(f) => locked.get(f.agent_id()).map(|l| l.currency),
                 _ => None,
@@ -416,6 +431,10 @@ impl Writer {
                 Command::Treasury(c) => {
                     let (t, replayed) = self.record_treasury(conn, c, &mut treasuries, now_ms)?;
                     Reply::Treasury(t, replayed)
+                }
+                Command::Deposit(c) => {
+                    let (d, replayed) = self.credit_deposit(conn, c, &mut locked, &mut treasuries, now_ms)?;
+                    Reply::Deposit(Box::new(d), replayed)
                 }
                 Command::FollowUp(FollowUp::TopUp { agent_id, crossed }) => {
                     self.top_up(conn, agent_id, *crossed, &mut locked, &mut treasuries, now)?;

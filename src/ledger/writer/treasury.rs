@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::json;
 
-use super::{AllocateCmd, DrainCmd, FundCmd, Locked, TreasuryCmd, Writer};
+use super::{AllocateCmd, DepositCmd, DrainCmd, FundCmd, Locked, TreasuryCmd, Writer};
 use crate::domain::agent::AgentStatus;
 use crate::domain::event::Event;
 use crate::domain::ids::{AgentId, TransferId, TreasuryTransferId};
@@ -18,6 +18,7 @@ use crate::ledger::Actor;
 use crate::ledger::core::{self, Moved, Refusal};
 use crate::ledger::views::{TransferView, TreasuryTransferView};
 use crate::store::DbConnection;
+use crate::store::deposits::{self, DepositRow};
 use crate::store::ledger::{self as rows, TransferRow};
 use crate::store::treasury::{self, LockedTreasury, TreasuryTransferRow};
 
@@ -188,6 +189,51 @@ impl Writer {
         self.links.push(crate::store::chain::link(&mut t.chain, &mut row));
         treasury::insert_transfer(conn, &row)?;
         Ok((TreasuryTransferView::from_row(&row)?, false))
+    }
+
+    /// A token transfer into the agent's wallet, read on the chain: what came in backs the USD
+    /// treasury (a deposit), which funds the agent with it, in one transaction. Neither the agent's
+    /// maximum balance nor a deactivation refuses it: the money is already in its wallet. An agent
+    /// whose balance is in another currency leaves it in the treasury. Once per (network,
+    /// transaction, log): a second reading of the same log credits nothing.
+    pub(super) fn credit_deposit(
+        &mut self,
+        conn: &mut DbConnection,
+        c: &DepositCmd,
+        locked: &mut HashMap<AgentId, Locked>,
+        treasuries: &mut Treasuries,
+        now_ms: i64,
+    ) -> Result<(DepositRow, bool)> {
+        let d = &c.deposit;
+        if let Some(first) = deposits::find(conn, &d.network, &d.tx_hash, d.log_index)? {
+            return Ok((first, true));
+        }
+        let mut row = DepositRow { currency: Currency::USD.code().to_owned(), created_at: now_ms, ..d.clone() };
+        let agent_id = AgentId::from_stored(d.agent_id.clone());
+        let l = locked.get_mut(&agent_id).ok_or_else(|| Error::not_found("agent", &d.agent_id))?;
+        if row.amount > 0 {
+            let external_id = format!("chain:{}:{}:{}", d.network, d.tx_hash, d.log_index);
+            let actor = Actor {
+                key: "chain".to_owned(),
+                reason: Some(format!("deposit to wallet {} on {}", d.address, d.network)),
+            };
+            let t = treasury_of(treasuries, Currency::USD)?;
+            core::deposit(&mut t.treasury, row.amount);
+            let mut deposit =
+                treasury_row(Currency::USD, &external_id, TreasuryKind::Deposit, row.amount, &actor, now_ms);
+            deposit.reference = Some(d.tx_hash.clone());
+            self.links.push(crate::store::chain::link(&mut t.chain, &mut deposit));
+            treasury::insert_transfer(conn, &deposit)?;
+            row.treasury_transfer_id = Some(deposit.id);
+            if l.currency == Currency::USD {
+                let moved = core::fund(&mut t.treasury, &mut l.ledger.balance, row.amount, None)
+                    .map_err(|r| refused(r, Currency::USD))?;
+                let funded = self.move_with_agent(conn, &agent_id, l, t, moved, &external_id, &actor, now_ms)?;
+                row.transfer_id = Some(funded.id);
+            }
+        }
+        deposits::insert(conn, &row)?;
+        Ok((row, false))
     }
 
     /// The agent's top-up rule, right after a batch took its balance down: under the agent's lock,

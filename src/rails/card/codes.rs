@@ -5,7 +5,7 @@
 use crate::domain::authorization::DeclineReason;
 
 /// (reason, Lithic ASA `result`, Marqeta `decline_reason`).
-pub const TABLE: [(DeclineReason, &str, &str); 23] = {
+pub const TABLE: [(DeclineReason, &str, &str); 24] = {
     use DeclineReason::*;
     [
         (UnknownCard, "CARD_PAUSED", "INVALID_CARD"),
@@ -28,6 +28,7 @@ pub const TABLE: [(DeclineReason, &str, &str); 23] = {
         (VelocityExceeded, "VELOCITY_EXCEEDED", "TRANSACTION_COUNT_LIMIT_EXCEEDED"),
         (ApprovalRequired, "VELOCITY_EXCEEDED", "AMOUNT_LIMIT_EXCEEDED"),
         (InsufficientFunds, "INSUFFICIENT_FUNDS", "INSUFFICIENT_FUNDS"),
+        (InsufficientOnchainFunds, "INSUFFICIENT_FUNDS", "INSUFFICIENT_FUNDS"),
         (Timeout, "CARD_PAUSED", "TRANSACTION_NOT_PERMITTED"),
         (InternalError, "CARD_PAUSED", "TRANSACTION_NOT_PERMITTED"),
         (ProcessorDeclined, "CARD_PAUSED", "TRANSACTION_NOT_PERMITTED"),

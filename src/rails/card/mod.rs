@@ -65,6 +65,7 @@ pub async fn apply(ledger: &Ledger, source: Source, steps: Vec<Step>) -> Result<
                     request,
                     deferred: None,
                     payment: None,
+                    onchain_short: false,
                 };
                 ledger.record(auth, verdict).await.map(|_| ())
             }

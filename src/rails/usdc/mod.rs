@@ -12,15 +12,23 @@
 //!
 //! By job: `wallets` (made once, sealed), `proxy` (the outbound call and its guards), `payments`
 //! (decide and sign), `settlement` (what the answer says, the hold moved to match), `deferred`,
-//! `views` (what the API takes and shows), and `store`, the rail's only way to its records. The
-//! wire formats are `x402`, `mpp` and `eip3009`; keys are `wallet`; destinations are `destination`.
+//! `deposits` (transfers into wallets, read on the chain and credited once), `reconcile` (each
+//! wallet against the ledger), `views` (what the API takes and shows), and `store`, the rail's only
+//! way to its records. The wire formats are `x402`, `mpp` and `eip3009`; keys are `wallet`;
+//! destinations are `destination`; the chain is read through `chain`.
+//!
+//! With a network's JSON-RPC endpoint set, a payment is also held to what the wallet holds there,
+//! less what it has signed and not seen settle: beyond it, `insufficient_onchain_funds`, unsigned.
 
+pub mod chain;
 mod deferred;
+mod deposits;
 pub mod destination;
 pub mod eip3009;
 pub mod mpp;
 mod payments;
 mod proxy;
+mod reconcile;
 mod settlement;
 mod store;
 mod views;
@@ -32,6 +40,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use self::chain::{ChainSettings, Chains};
 use self::destination::Destinations;
 use self::proxy::FetchSlots;
 use self::store::{Db, PaymentRow, Records, WalletRow};
@@ -45,8 +54,8 @@ use crate::ledger::Ledger;
 
 pub use deferred::{Awaiting, DeferredStatus};
 pub use views::{
-    AuthorizeRequest, Authorized, ExportedWallet, FetchOutcome, FetchRequest, Fetched, Paid, PaymentCheck, PaymentView,
-    WalletView,
+    AuthorizeRequest, Authorized, ExportedWallet, FetchOutcome, FetchRequest, Fetched, MovementKind, Paid,
+    PaymentCheck, PaymentView, ReconciliationStatus, WalletMovement, WalletReconciliation, WalletView,
 };
 
 #[derive(Debug)]
@@ -65,6 +74,9 @@ pub struct UsdcSettings {
     /// Fetches in flight at once, in all and for one agent: beyond them, 429.
     pub max_fetches: usize,
     pub max_fetches_per_agent: usize,
+    /// None: no network is read (no `SPENDGATE_CHAIN_RPC`): no deposits are credited and
+    /// payments are not checked against what the wallet holds.
+    pub chain: Option<ChainSettings>,
 }
 
 #[derive(Clone)]
@@ -80,6 +92,10 @@ struct Inner {
     /// One payment per key at a time in this process; across processes the unique key in the
     /// database decides, and the loser re-sends the winner's payload.
     in_flight: KeyLocks,
+    /// One payment per wallet and network at a time in this process while it is checked against
+    /// the chain, signed and stored.
+    wallet_turns: KeyLocks,
+    chains: Chains,
     /// Wallets as stored (the key sealed): an agent's wallet never changes once made.
     wallets: moka::sync::Cache<AgentId, WalletRow>,
     fetches: FetchSlots,
@@ -92,12 +108,18 @@ impl Usdc {
             settings.destinations.client(settings.timeout).map_err(|e| anyhow::anyhow!("x402 HTTP client: {e}"))?;
         let wallets = moka::sync::Cache::new(100_000);
         let fetches = FetchSlots::new(settings.max_fetches, settings.max_fetches_per_agent);
+        let chains = match &settings.chain {
+            Some(chain) => Chains::new(chain)?,
+            None => Chains::default(),
+        };
         let inner = Inner {
             settings,
             http,
             records: Records::new(db),
             ledger,
             in_flight: KeyLocks::default(),
+            wallet_turns: KeyLocks::default(),
+            chains,
             wallets,
             fetches,
         };

@@ -1,16 +1,17 @@
 //! Deciding and signing a payment: read the 402, choose what to pay, sign it, and have the ledger
 //! commit the hold and the signed payload together; one payment per (agent, idempotency key).
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256, U256};
 use reqwest::Url;
 use sha2::{Digest, Sha256};
 
 use super::Usdc;
+use super::chain::Chain;
 use super::deferred;
 use super::eip3009::Transfer;
 use super::mpp;
 use super::proxy::{check_call, check_url, destination_refused, host_of};
-use super::store::{PaymentRow, now_ms};
+use super::store::{PaymentRow, corrupt, now_ms};
 use super::views::{AuthorizeRequest, Authorized, FetchOutcome, FetchRequest, PaymentCheck, PaymentView};
 use super::x402::{self, Challenge, Offer};
 use crate::domain::authorization::{AuthRequest, DeclineReason, Merchant, NamedBy, Rail, Recipient};
@@ -177,6 +178,7 @@ impl Usdc {
             request,
             deferred: None,
             payment: None,
+            onchain_short: false,
         };
         self.inner.ledger.dry_run(auth, by_agent).await
     }
@@ -269,10 +271,6 @@ impl Usdc {
     pub(super) async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<Signed> {
         let master = self.master()?;
         let wallet_row = self.wallet_row(agent).await?;
-        let wallet = master.open(agent, &wallet_row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
-        if wallet.address().to_checksum(None) != wallet_row.address {
-            return Err(Error::Internal(format!("agent {agent}'s wallet key does not match its stored address")));
-        }
         let host = host_of(&p.url);
         let request = AuthRequest {
             rail: Rail::Usdc,
@@ -284,6 +282,24 @@ impl Usdc {
             recipient: Some(Recipient::new(p.offer.network.caip2, &p.offer.pay_to.to_checksum(None), p.named_by)),
         };
 
+        let deferrable = p.deferred.is_some();
+        // Until this payment is stored, no other payment of this wallet (in this process) reads
+        // what the wallet has signed away.
+        let _wallet_turn = match self.inner.chains.get(p.offer.network.caip2) {
+            Some(chain) => {
+                let turn = self.inner.wallet_turns.lock(format!("{}:{}", chain.network, wallet_row.address)).await;
+                if self.onchain_short(chain, &wallet_row.address, &p.offer).await? {
+                    return self.decline_unsigned(agent, key, p.external_id, p.deferred, request).await;
+                }
+                Some(turn)
+            }
+            None => None,
+        };
+
+        let wallet = master.open(agent, &wallet_row.sealed_key).map_err(|e| Error::Internal(e.to_string()))?;
+        if wallet.address().to_checksum(None) != wallet_row.address {
+            return Err(Error::Internal(format!("agent {agent}'s wallet key does not match its stored address")));
+        }
         let now = jiff::Timestamp::now().as_second();
         let validity = p.offer.max_timeout_seconds.min(self.inner.settings.max_valid_seconds) as i64;
         // MPP binds the authorization to its challenge by the nonce; x402's is random.
@@ -346,7 +362,6 @@ impl Usdc {
             updated_at: now_ms,
         };
 
-        let deferrable = p.deferred.is_some();
         let auth = Authorize {
             source: Source::X402,
             external_id: p.external_id,
@@ -354,25 +369,11 @@ impl Usdc {
             request,
             deferred: p.deferred,
             payment: Some(Box::new(row.clone())),
+            onchain_short: false,
         };
         let outcome = self.inner.ledger.authorize(auth).await;
         let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
-            if let (true, Some(DeclineReason::ApprovalRequired), Some(id)) =
-                (deferrable, outcome.reason, &outcome.approval_id)
-            {
-                return Ok(Signed::Awaiting(id.clone()));
-            }
-            // A decline always has its reason; failing closed, one without would be an internal error.
-            let reason = outcome.reason.unwrap_or(DeclineReason::InternalError);
-            let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
-            let asked = match &outcome.approval_id {
-                Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
-                None => String::new(),
-            };
-            return Err(refused(
-                ErrorCode::Declined(reason),
-                &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
-            ));
+            return declined(&outcome, deferrable);
         };
         row.authorization_id = authorization_id.clone();
         if outcome.payment_stored {
@@ -419,6 +420,87 @@ impl Usdc {
             }
         }
     }
+}
+
+impl Usdc {
+    /// Whether the wallet holds less of the offer's token on the chain than the offer asks, once
+    /// what it has signed and not seen settle is set aside. What is signed is read before the
+    /// balance: a payment settling between the two is then counted twice, never not at all.
+    async fn onchain_short(&self, chain: &Chain, payer: &str, offer: &Offer) -> Result<bool> {
+        let owner: Address = payer.parse().map_err(|_| corrupt("wallet address", payer))?;
+        let (payer, network, now) = (payer.to_owned(), chain.network, jiff::Timestamp::now().as_second());
+        let unsettled = self.inner.records.unsettled_by(&payer, network, now).await?;
+        let mut in_flight = U256::ZERO;
+        for p in unsettled.iter().filter(|p| p.asset.parse::<Address>().is_ok_and(|a| a == offer.asset)) {
+            let amount: U256 = p.amount.parse().map_err(|_| corrupt("payment amount", &p.id))?;
+            in_flight = in_flight.saturating_add(amount);
+        }
+        let held = chain.balance(offer.asset, owner, None).await?;
+        let short = held.saturating_sub(in_flight) < offer.amount;
+        if short {
+            tracing::info!(wallet = %owner, network, %held, %in_flight, asked = %offer.amount, "payment beyond the wallet's funds on the chain");
+        }
+        Ok(short)
+    }
+
+    /// The decision on a payment the wallet cannot make on the chain: recorded as the policy would
+    /// decide it, with an approval becoming `insufficient_onchain_funds`. Nothing is signed.
+    async fn decline_unsigned(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        external_id: String,
+        deferred: Option<String>,
+        request: AuthRequest,
+    ) -> Result<Signed> {
+        let deferrable = deferred.is_some();
+        let auth = Authorize {
+            source: Source::X402,
+            external_id,
+            payer: Payer::Wallet(agent.clone()),
+            request,
+            deferred,
+            payment: None,
+            onchain_short: true,
+        };
+        let outcome = self.inner.ledger.authorize(auth).await;
+        let Some(authorization_id) = outcome.authorization_id.clone().filter(|_| outcome.approved) else {
+            return declined(&outcome, deferrable);
+        };
+        // A retry of a decision approved before the wallet ran short: its payment is the answer.
+        if let Some(earlier) = self.find_payment(agent, key).await? {
+            return Ok(Signed::Payment { row: earlier, ours: false, outcome });
+        }
+        let void = Movement::Reverse { amount: None, currency: None };
+        self.inner
+            .ledger
+            .movement(Target::Id(authorization_id.clone()), &format!("{authorization_id}:unsigned"), void)
+            .await?;
+        Err(refused(
+            ErrorCode::Declined(DeclineReason::InsufficientOnchainFunds),
+            "the wallet holds too little on the chain for this payment; nothing was signed",
+        ))
+    }
+}
+
+/// A decision that signs nothing, as the agent hears it: a wait for a person's approval (a
+/// deferrable fetch), or the decline and its reason.
+fn declined(outcome: &AuthOutcome, deferrable: bool) -> Result<Signed> {
+    if let (true, Some(DeclineReason::ApprovalRequired), Some(id)) = (deferrable, outcome.reason, &outcome.approval_id)
+    {
+        return Ok(Signed::Awaiting(id.clone()));
+    }
+    // A decline always has its reason; failing closed, one without would be an internal error.
+    let reason = outcome.reason.unwrap_or(DeclineReason::InternalError);
+    let rule = outcome.rule.as_deref().map(|r| format!(" (rule {r})")).unwrap_or_default();
+    let asked = match &outcome.approval_id {
+        Some(id) => format!("; approval {id} was requested: once approved, retry with a new Idempotency-Key"),
+        None => String::new(),
+    };
+    Err(refused(
+        ErrorCode::Declined(reason),
+        &format!("the payment was declined: {reason}{rule}; nothing was signed{asked}"),
+    ))
 }
 
 pub(super) fn costs(outcome: &AuthOutcome) -> Result<(Money, Money)> {

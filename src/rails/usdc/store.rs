@@ -1,5 +1,6 @@
-//! The rail's own records, the only way it reaches the database: wallets, payments, the events it
-//! writes, and the approvals its deferred fetches wait on. Holds and balances it reads through the
+//! The rail's own records, the only way it reaches the database: wallets, payments, deposits read
+//! on the chain and how far it was read, the events it writes, and the approvals its deferred
+//! fetches wait on. Holds and balances it reads through the
 //! ledger.
 
 use crate::domain::event::Event;
@@ -8,8 +9,9 @@ use crate::error::Result;
 use crate::store;
 pub use crate::store::Db;
 use crate::store::approvals::ApprovalRow;
+pub use crate::store::deposits::{CursorRow, DepositRow};
 pub use crate::store::wallets::WalletRow;
-pub use crate::store::x402::PaymentRow;
+pub use crate::store::x402::{PaymentRow, SignedAmount};
 
 #[derive(Clone)]
 pub(super) struct Records {
@@ -59,6 +61,42 @@ impl Records {
     /// How the payment ended (or that it is still unknown), with the answer to replay.
     pub async fn save_outcome(&self, row: PaymentRow) -> Result<()> {
         self.db.write(move |conn| store::x402::update_outcome(conn, &row)).await
+    }
+
+    /// The wallet's payments on the network that the chain may still settle.
+    pub async fn unsettled_by(&self, payer: &str, network: &str, now_s: i64) -> Result<Vec<SignedAmount>> {
+        let (payer, network) = (payer.to_owned(), network.to_owned());
+        self.db.read(move |conn| store::x402::unsettled_by(conn, &payer, &network, now_s)).await
+    }
+
+    /// Every payment the wallet signed on the network.
+    pub async fn signed_by(&self, payer: &str, network: &str) -> Result<Vec<SignedAmount>> {
+        let (payer, network) = (payer.to_owned(), network.to_owned());
+        self.db.read(move |conn| store::x402::signed_by(conn, &payer, &network)).await
+    }
+
+    /// Every wallet, as (agent, address).
+    pub async fn wallet_addresses(&self) -> Result<Vec<(String, String)>> {
+        self.db.read(store::wallets::addresses).await
+    }
+
+    pub async fn deposits_into(&self, address: &str, network: &str) -> Result<Vec<DepositRow>> {
+        let (address, network) = (address.to_owned(), network.to_owned());
+        self.db.read(move |conn| store::deposits::into_wallet(conn, &address, &network)).await
+    }
+
+    pub async fn cursor(&self, network: &str) -> Result<Option<CursorRow>> {
+        let network = network.to_owned();
+        self.db.read(move |conn| store::deposits::cursor(conn, &network)).await
+    }
+
+    pub async fn save_cursor(&self, cursor: CursorRow) -> Result<()> {
+        self.db.write(move |conn| store::deposits::save_cursor(conn, &cursor)).await
+    }
+
+    /// Records the event unless the agent's trail has one of its kind since `since_ms`.
+    pub async fn record_unless_since(&self, event: Event, since_ms: i64) -> Result<bool> {
+        self.db.write(move |conn| store::events::record_unless_since(conn, &event, since_ms)).await
     }
 
     pub async fn approval(&self, id: &str) -> Result<Option<ApprovalRow>> {

@@ -181,3 +181,62 @@ impl PaymentView {
         }
     }
 }
+
+/// One wallet's token on one network: what the chain says it holds against what the ledger
+/// says. Amounts are the token's atomic units (6 decimals), as decimal strings.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WalletReconciliation {
+    pub agent_id: String,
+    pub address: String,
+    pub network: String,
+    pub token: String,
+    /// The balance on the chain now; absent when it could not be read (`error` says why).
+    pub onchain: Option<String>,
+    /// What the ledger says the wallet holds: deposits credited less payments settled.
+    pub ledger: String,
+    /// Deposits on the chain not yet credited (not yet confirmed, or not yet read).
+    pub uncredited: String,
+    /// Payments signed whose settlement spendgate has not seen: some may have moved money.
+    pub in_flight: String,
+    /// On the chain less (ledger + uncredited): 0 when balanced, down to −in_flight while
+    /// payments settle, anything else a mismatch.
+    pub difference: Option<String>,
+    pub status: ReconciliationStatus,
+    /// Deposits credited and payments settled, counted.
+    pub deposits: usize,
+    pub payments: usize,
+    /// What explains a difference: the deposits not yet credited and the payments in flight.
+    pub explained_by: Vec<WalletMovement>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconciliationStatus {
+    /// The chain holds exactly what the ledger says.
+    Balanced,
+    /// The chain holds less by no more than the payments in flight.
+    InFlight,
+    /// Anything else: money moved that the ledger does not know of (an alert is raised).
+    Mismatch,
+    /// The chain could not be read.
+    Unread,
+}
+
+/// A transfer that explains a wallet's difference.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WalletMovement {
+    pub kind: MovementKind,
+    /// Atomic units; what leaves the wallet is negative.
+    pub amount: String,
+    pub tx_hash: Option<String>,
+    pub block: Option<u64>,
+    pub payment_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MovementKind {
+    UncreditedDeposit,
+    PaymentInFlight,
+}
