@@ -217,6 +217,26 @@ async fn a_payment_beyond_what_the_wallet_holds_on_the_chain_is_never_signed(bac
     a_few_polls().await;
     let raised = app.scalar("SELECT COUNT(*) AS value FROM events WHERE kind = 'wallet_mismatch'");
     assert_eq!(raised, 1, "raised once an hour, not at every reconciliation");
+
+    // An agent key reads its own wallet's reconciliation, and neither the list nor another's.
+    let own = format!("/v1/wallets/reconciliation?agent_id={agent}");
+    let (status, _) = app.call(reqwest::Method::GET, &own, Some(&agent_key), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.call(reqwest::Method::GET, "/v1/wallets/reconciliation", Some(&agent_key), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let other = app.create_agent("other").await;
+    let theirs = format!("/v1/wallets/reconciliation?agent_id={other}");
+    let (status, _) = app.call(reqwest::Method::GET, &theirs, Some(&agent_key), None).await;
+    assert!(matches!(status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND), "{status}");
+
+    // The chain out of reach: a payment is refused with nothing signed (fail closed).
+    let signed_before = app.scalar("SELECT COUNT(*) AS value FROM x402_payments");
+    drop(chain);
+    let (status, body) = fetch(&app, &server, &agent, "unreachable", 1_000_000).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("chain_unavailable")));
+    assert_eq!(app.scalar("SELECT COUNT(*) AS value FROM x402_payments"), signed_before, "nothing was signed");
+    let (_, reconciled) = app.get(&own).await;
+    assert_eq!(reconciled["data"][0]["status"], "unread", "{reconciled}");
     app.assert_chains_whole().await;
 }
 

@@ -139,14 +139,18 @@ pub fn signed_by(conn: &mut DbConnection, payer: &str, network: &str) -> Result<
         .load(conn)?)
 }
 
-/// The wallet's payments that may still move money: signed (or of unknown outcome) and still
-/// valid at `now_s`, so that the chain may yet settle them.
-pub fn unsettled_by(conn: &mut DbConnection, payer: &str, network: &str, now_s: i64) -> Result<Vec<SignedAmount>> {
+/// What the wallet's payments of `asset` that may still move money add up to (atomic units):
+/// signed (or of unknown outcome) and still valid at `now_s`, so that the chain may yet settle
+/// them. Summed by the database: a busy wallet has thousands in flight.
+pub fn unsettled_sum(conn: &mut DbConnection, payer: &str, network: &str, asset: &str, now_s: i64) -> Result<i64> {
+    // Stored amounts are decimal strings of what the ledger approved: far below 2^63 atomic units.
+    let sum = diesel::dsl::sql::<diesel::sql_types::BigInt>("CAST(COALESCE(SUM(CAST(amount AS BIGINT)), 0) AS BIGINT)");
     Ok(x402_payments::table
         .filter(x402_payments::payer.eq(payer))
         .filter(x402_payments::status.eq_any([PaymentStatus::Signed, PaymentStatus::Unknown]))
-        .filter(x402_payments::network.eq(network))
         .filter(x402_payments::valid_before.gt(now_s))
-        .select(SignedAmount::as_select())
-        .load(conn)?)
+        .filter(x402_payments::network.eq(network))
+        .filter(x402_payments::asset.eq(asset))
+        .select(sum)
+        .get_result(conn)?)
 }

@@ -30,4 +30,4 @@ CREATE TABLE chain_cursors (
     updated_at BIGINT NOT NULL
 );
 -- What a wallet has signed and not seen settle, read before each payment it signs.
-CREATE INDEX x402_payments_payer ON x402_payments (payer, status);
+CREATE INDEX x402_payments_payer ON x402_payments (payer, status, valid_before);

@@ -428,13 +428,9 @@ impl Usdc {
     /// balance: a payment settling between the two is then counted twice, never not at all.
     async fn onchain_short(&self, chain: &Chain, payer: &str, offer: &Offer) -> Result<bool> {
         let owner: Address = payer.parse().map_err(|_| corrupt("wallet address", payer))?;
-        let (payer, network, now) = (payer.to_owned(), chain.network, jiff::Timestamp::now().as_second());
-        let unsettled = self.inner.records.unsettled_by(&payer, network, now).await?;
-        let mut in_flight = U256::ZERO;
-        for p in unsettled.iter().filter(|p| p.asset.parse::<Address>().is_ok_and(|a| a == offer.asset)) {
-            let amount: U256 = p.amount.parse().map_err(|_| corrupt("payment amount", &p.id))?;
-            in_flight = in_flight.saturating_add(amount);
-        }
+        let (network, asset, now) = (chain.network, offer.asset.to_checksum(None), jiff::Timestamp::now().as_second());
+        let in_flight = self.inner.records.unsettled_sum(payer, network, &asset, now).await?;
+        let in_flight = U256::from(u64::try_from(in_flight).map_err(|_| corrupt("payments in flight", payer))?);
         let held = chain.balance(offer.asset, owner, None).await?;
         let short = held.saturating_sub(in_flight) < offer.amount;
         if short {

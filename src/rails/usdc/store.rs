@@ -63,10 +63,10 @@ impl Records {
         self.db.write(move |conn| store::x402::update_outcome(conn, &row)).await
     }
 
-    /// The wallet's payments on the network that the chain may still settle.
-    pub async fn unsettled_by(&self, payer: &str, network: &str, now_s: i64) -> Result<Vec<SignedAmount>> {
-        let (payer, network) = (payer.to_owned(), network.to_owned());
-        self.db.read(move |conn| store::x402::unsettled_by(conn, &payer, &network, now_s)).await
+    /// What the wallet's payments of `asset` on the network that the chain may still settle add up to.
+    pub async fn unsettled_sum(&self, payer: &str, network: &str, asset: &str, now_s: i64) -> Result<i64> {
+        let (payer, network, asset) = (payer.to_owned(), network.to_owned(), asset.to_owned());
+        self.db.read(move |conn| store::x402::unsettled_sum(conn, &payer, &network, &asset, now_s)).await
     }
 
     /// Every payment the wallet signed on the network.
