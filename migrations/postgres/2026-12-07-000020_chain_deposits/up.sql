@@ -29,5 +29,5 @@ CREATE TABLE chain_cursors (
     block_hash TEXT NOT NULL,
     updated_at BIGINT NOT NULL
 );
--- What a wallet has signed and not seen settle, read before each payment it signs.
-CREATE INDEX x402_payments_payer ON x402_payments (payer, status, valid_before);
+-- What a wallet has signed and not seen settle, summed before each payment it signs from this index alone.
+CREATE INDEX x402_payments_payer ON x402_payments (payer, status, valid_before, network, asset, amount);
