@@ -134,6 +134,18 @@ async fn deposits_are_credited_once_confirmed_and_a_reorged_one_never(backend: B
     assert_eq!(reconciled["status"], "balanced", "{reconciled}");
     assert_eq!(reconciled["uncredited"], "1000000", "{reconciled}");
     assert_eq!(reconciled["explained_by"][0]["kind"], "uncredited_deposit", "{reconciled}");
+
+    // A deactivated agent's deposits are credited all the same, and its drain takes them back to
+    // the treasury: nothing stays spendable, nothing is lost.
+    let (status, d) = app.post(&format!("/v1/agents/{agent}/deactivate"), json!({"reason": "project over"})).await;
+    assert_eq!(status, StatusCode::OK, "{d}");
+    chain.mint(&wallet, 2_000_000).await;
+    chain.mine(CONFIRMATIONS).await;
+    until("both deposits are credited", || async { app.scalar("SELECT COUNT(*) AS value FROM chain_deposits") == 3 })
+        .await;
+    until("and drained", || async { app.balance(&agent).await["available"] == 0 }).await;
+    let drained = app.scalar("SELECT COALESCE(SUM(amount), 0) AS value FROM treasury_transfers WHERE kind = 'drain'");
+    assert_eq!(drained, 1_234 + 100 + 200, "what it had, and both deposits, went back");
     app.assert_chains_whole().await;
 }
 

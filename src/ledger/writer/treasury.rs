@@ -193,9 +193,10 @@ impl Writer {
 
     /// A token transfer into the agent's wallet, read on the chain: what came in backs the USD
     /// treasury (a deposit), which funds the agent with it, in one transaction. Neither the agent's
-    /// maximum balance nor a deactivation refuses it: the money is already in its wallet. An agent
-    /// whose balance is in another currency leaves it in the treasury. Once per (network,
-    /// transaction, log): a second reading of the same log credits nothing.
+    /// maximum balance nor a deactivation refuses it: the money is already in its wallet (a
+    /// deactivated agent's drain then takes it back). An agent whose balance is in another currency
+    /// leaves it in the treasury. Once per (network, transaction, log): a second reading of the
+    /// same log credits nothing.
     pub(super) fn credit_deposit(
         &mut self,
         conn: &mut DbConnection,

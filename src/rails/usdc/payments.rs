@@ -267,7 +267,8 @@ impl Usdc {
     /// Signs the payment, then has the ledger decide it: an approval commits the hold and the
     /// signed payload in one transaction, so nothing is sent before both are durable and a crash
     /// never leads to a second signature. A decline drops the payload unsent; it is refused,
-    /// unless it asks for an approval of a deferrable fetch.
+    /// unless it asks for an approval of a deferrable fetch. On a network spendgate reads, a
+    /// payment the wallet cannot cover on the chain is decided without being signed at all.
     pub(super) async fn sign(&self, agent: &AgentId, key: &str, p: Purchase) -> Result<Signed> {
         let master = self.master()?;
         let wallet_row = self.wallet_row(agent).await?;
