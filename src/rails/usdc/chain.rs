@@ -3,6 +3,7 @@
 //! signs or sends a transaction.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, U256};
@@ -99,7 +100,7 @@ impl Chains {
             .map(|(network, url)| {
                 let provider = ProviderBuilder::default().connect_reqwest(http.clone(), url.clone());
                 let chain_id = super::x402::Network::find(network).map_or(0, |n| n.chain_id);
-                (*network, Chain { network, chain_id, provider })
+                (*network, Chain { network, chain_id, provider, checked: Arc::default() })
             })
             .collect();
         Ok(Chains { nodes })
@@ -119,20 +120,25 @@ pub struct Chain {
     pub network: &'static str,
     chain_id: u64,
     provider: RootProvider,
+    /// Set once the endpoint was seen to serve `chain_id`.
+    checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Chain {
-    /// Fails unless the endpoint serves the network it is named for: a URL of another chain would
-    /// credit deposits that never happened here.
+    /// Fails unless the endpoint serves the network it is named for (asked until it once does): a
+    /// URL of another chain would credit deposits, and clear payments, that never happened here.
     pub async fn check_chain_id(&self) -> Result<()> {
-        let served = self.provider.get_chain_id().await.map_err(|e| self.unavailable(e))?;
-        if served != self.chain_id {
-            return Err(Error::coded(
-                ErrorCode::ChainUnavailable,
-                format!("the JSON-RPC endpoint for {} serves chain {served}", self.network),
-            ));
-        }
-        Ok(())
+        let ask = || async {
+            let served = self.provider.get_chain_id().await.map_err(|e| self.unavailable(e))?;
+            if served != self.chain_id {
+                return Err(Error::coded(
+                    ErrorCode::ChainUnavailable,
+                    format!("the JSON-RPC endpoint for {} serves chain {served}", self.network),
+                ));
+            }
+            Ok(())
+        };
+        self.checked.get_or_try_init(ask).await.map(drop)
     }
 
     pub async fn head(&self) -> Result<u64> {
@@ -221,7 +227,55 @@ impl Chain {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use actix_web::{App, HttpResponse, HttpServer, web};
+
     use super::*;
+
+    /// A JSON-RPC endpoint that answers `eth_chainId` with whatever `served` holds.
+    fn endpoint(served: Arc<AtomicU64>) -> reqwest::Url {
+        let server = HttpServer::new(move || {
+            let served = served.clone();
+            App::new().default_service(web::to(move |body: web::Json<serde_json::Value>| {
+                let id = served.load(Ordering::SeqCst);
+                async move {
+                    HttpResponse::Ok()
+                        .json(serde_json::json!({"jsonrpc": "2.0", "id": body["id"], "result": format!("0x{id:x}")}))
+                }
+            }))
+        })
+        .workers(1)
+        .bind("127.0.0.1:0")
+        .unwrap();
+        let url = format!("http://{}/", server.addrs()[0]).parse().unwrap();
+        actix_web::rt::spawn(server.run());
+        url
+    }
+
+    #[actix_web::test]
+    async fn an_endpoint_of_another_chain_is_refused_until_it_serves_the_one_named() {
+        crate::install_tls();
+        let served = Arc::new(AtomicU64::new(1));
+        let settings = ChainSettings {
+            rpc: vec![("eip155:84532", endpoint(served.clone()))],
+            confirmations: 1,
+            poll: Duration::from_secs(1),
+            first_scan_blocks: 0,
+            blocks_per_query: 1,
+            reconcile_every: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+        };
+        let chains = Chains::new(&settings).unwrap();
+        let chain = chains.get("eip155:84532").unwrap();
+        let refused = chain.check_chain_id().await.unwrap_err().to_string();
+        assert!(refused.contains("serves chain 1"), "{refused}");
+        served.store(84532, Ordering::SeqCst);
+        chain.check_chain_id().await.unwrap();
+        // Once seen to serve the chain, the endpoint is not asked again before every read.
+        served.store(1, Ordering::SeqCst);
+        chain.check_chain_id().await.unwrap();
+    }
 
     #[test]
     fn rpc_settings_name_known_networks_once_and_hide_their_keys() {

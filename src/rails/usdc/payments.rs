@@ -430,6 +430,7 @@ impl Usdc {
     async fn onchain_short(&self, chain: &Chain, payer: &str, offer: &Offer) -> Result<bool> {
         let owner: Address = payer.parse().map_err(|_| corrupt("wallet address", payer))?;
         let (network, asset, now) = (chain.network, offer.asset.to_checksum(None), jiff::Timestamp::now().as_second());
+        chain.check_chain_id().await?;
         let in_flight = self.inner.records.unsettled_sum(payer, network, &asset, now).await?;
         let in_flight = U256::from(u64::try_from(in_flight).map_err(|_| corrupt("payments in flight", payer))?);
         let held = chain.balance(offer.asset, owner, None).await?;
