@@ -252,9 +252,35 @@ async fn a_payment_beyond_what_the_wallet_holds_on_the_chain_is_never_signed(bac
     app.assert_chains_whole().await;
 }
 
+async fn a_reorg_deeper_than_the_confirmations_is_read_again_and_shows_as_a_mismatch(backend: Backend) {
+    let chain = LocalChain::start();
+    let app = spawn_on(&chain, backend).await;
+    let agent = app.create_agent("depositor").await;
+    let wallet = wallet_of(&app, &agent).await;
+    let before = chain.snapshot().await;
+    chain.mint(&wallet, 3_000_000).await;
+    chain.mine(CONFIRMATIONS).await;
+    until("the first deposit is credited", || async { funded(&app, &agent).await == 300 }).await;
+
+    // The chain drops the credited deposit's block and puts another deposit at its height.
+    chain.revert(before).await;
+    chain.mint(&wallet, 4_000_000).await;
+    chain.mine(CONFIRMATIONS + 1).await;
+    until("the new fork's deposit is credited", || async { funded(&app, &agent).await == 700 }).await;
+    assert_eq!(app.scalar("SELECT COUNT(*) AS value FROM chain_deposits"), 2);
+    let reconciled = reconciliation(&app, &agent).await;
+    assert_eq!(reconciled["status"], "mismatch", "{reconciled}");
+    assert_eq!(
+        (reconciled["onchain"].as_str(), reconciled["ledger"].as_str(), reconciled["difference"].as_str()),
+        (Some("4000000"), Some("7000000"), Some("-3000000")),
+        "the vanished deposit is what the chain lacks: {reconciled}"
+    );
+}
+
 on_both_backends!(
     spawn: noop;
     deposits_are_credited_once_confirmed_and_a_reorged_one_never,
+    a_reorg_deeper_than_the_confirmations_is_read_again_and_shows_as_a_mismatch,
     a_payment_beyond_what_the_wallet_holds_on_the_chain_is_never_signed,
 );
 

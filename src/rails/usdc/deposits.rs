@@ -6,8 +6,9 @@
 //! credited by the ledger under its (network, transaction, log), then the cursor moves past the
 //! range: a crash between the two reads the range again and credits nothing twice. A re-org
 //! shallower than the confirmations never reaches what is read; a deeper one shows as the cursor's
-//! block changing its hash, and is logged for a person (what was credited stands; the
-//! reconciliation shows a deposit that vanished).
+//! block changing its hash: it is logged for a person, and the blocks below are read again for
+//! deposits the new ones hold (what was credited stands; the reconciliation shows a deposit that
+//! vanished).
 
 use std::collections::HashMap;
 
@@ -59,15 +60,20 @@ impl Usdc {
             Some(cursor) => {
                 let block = u64::try_from(cursor.block_number).unwrap_or_default();
                 let now = chain.block_hash(block).await?.map(|h| h.to_string());
-                if now.as_deref() != Some(cursor.block_hash.as_str()) {
+                if now.as_deref() == Some(cursor.block_hash.as_str()) {
+                    block + 1
+                } else {
+                    // The new blocks may hold deposits the old ones did not: read them again (what
+                    // was credited is not credited twice).
                     tracing::error!(
                         network,
                         block,
-                        "the block last read changed: a re-org deeper than chain_confirmations; deposits credited from \
-                         the blocks it replaced stand (the wallet reconciliation shows any that vanished)"
+                        "the block last read changed: a re-org deeper than chain_confirmations; the last \
+                         chain_first_scan_blocks are read again, and deposits credited from the blocks it replaced \
+                         stand (the wallet reconciliation shows any that vanished)"
                     );
+                    block.saturating_sub(settings.first_scan_blocks)
                 }
-                block + 1
             }
             None => confirmed.saturating_sub(settings.first_scan_blocks),
         };
