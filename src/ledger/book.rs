@@ -39,6 +39,15 @@ pub struct Book {
 }
 
 impl Book {
+    /// A book of these rows alone (a read of what a limit counts, outside the writer).
+    pub fn of(rows: &[AuthorizationRow]) -> Self {
+        let mut book = Book::default();
+        for row in rows {
+            book.apply(row);
+        }
+        book
+    }
+
     /// A book that has read nothing yet: the first catch-up reads all of the agent's rows.
     pub fn unloaded() -> Self {
         Book { seq: -1, ..Book::default() }

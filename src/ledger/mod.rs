@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::cache::{Snapshots, Versioned};
 use crate::domain::agent::Agent;
+use crate::domain::approval::Allowance;
 use crate::domain::authorization::{AuthRequest, DeclineReason};
 use crate::domain::card::Card;
 use crate::domain::catalog::Catalog;
@@ -548,34 +549,20 @@ impl Ledger {
         let since = horizon.map(|h| now.as_millisecond().saturating_sub(h));
         let id = agent.id.clone();
         let rows = self.db.read(move |conn| crate::store::ledger::counting_since(conn, &id, since)).await?;
-        let mut book = book::Book::default();
-        for row in &rows {
-            book.apply(row);
-        }
+        let book = book::Book::of(&rows);
         let rates = self.rates();
-        let snap = |card| policy::Snapshot {
-            agent,
-            card,
-            card_used: false,
-            spends: book.spends(),
-            totals: None,
-            available: 0,
-            rates: &rates,
-            fx: self.fx,
-            catalog: self.catalog,
-            allowances: &agent.allowances,
-            // Each ancestor's limits are counted over its subtree below (`ancestor_usage`).
-            ancestors: &[],
-        };
+        // Each ancestor's limits are counted over its subtree below (`ancestor_usage`).
+        let snap = |card| self.counting_snapshot(agent, card, book.spends(), &rates, &agent.allowances);
+        let traces = traces_of(trace.as_deref(), &cards);
         let mut out = policy::usage::usage(&snap(None), None, now);
-        for t in traces_of(trace.as_deref(), &cards) {
+        for t in &traces {
             out.extend(policy::usage::usage(&snap(None), Some(t), now));
         }
         for card in &cards {
             out.extend(policy::usage::usage(&snap(Some(card)), trace.as_deref().or(card.trace_id.as_deref()), now));
         }
         for (ancestor, owner) in agent.ancestors.iter().zip(policy::ANCESTORS) {
-            out.extend(self.ancestor_usage(ancestor, owner, &traces_of(trace.as_deref(), &cards), now).await?);
+            out.extend(self.ancestor_usage(ancestor, owner, &traces, now).await?);
         }
         Ok(out)
     }
@@ -603,24 +590,9 @@ impl Ledger {
                 Ok(rows)
             })
             .await?;
-        let mut book = book::Book::default();
-        for row in &rows {
-            book.apply(row);
-        }
+        let book = book::Book::of(&rows);
         let rates = self.rates();
-        let snap = policy::Snapshot {
-            agent: ancestor,
-            card: None,
-            card_used: false,
-            spends: book.spends(),
-            totals: None,
-            available: 0,
-            rates: &rates,
-            fx: self.fx,
-            catalog: self.catalog,
-            allowances: &[],
-            ancestors: &[],
-        };
+        let snap = self.counting_snapshot(ancestor, None, book.spends(), &rates, &[]);
         let mut out = policy::usage::usage(&snap, None, now);
         for t in traces {
             out.extend(policy::usage::usage(&snap, Some(t), now));
@@ -631,6 +603,31 @@ impl Ledger {
             }
         }
         Ok(out)
+    }
+
+    /// What a read of the limits counts with: the spends given, no running totals, no balance and
+    /// no ancestors (a usage read counts each ancestor's limits on their own).
+    fn counting_snapshot<'a>(
+        &'a self,
+        agent: &'a Agent,
+        card: Option<&'a Card>,
+        spends: &'a [policy::Spend],
+        rates: &'a RateTable,
+        allowances: &'a [Allowance],
+    ) -> policy::Snapshot<'a> {
+        policy::Snapshot {
+            agent,
+            card,
+            card_used: false,
+            spends,
+            totals: None,
+            available: 0,
+            rates,
+            fx: self.fx,
+            catalog: self.catalog,
+            allowances,
+            ancestors: &[],
+        }
     }
 
     /// The agent's authorizations and transfers, oldest first, merged by time.

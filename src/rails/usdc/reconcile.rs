@@ -27,55 +27,63 @@ impl Usdc {
     /// Reconciles every wallet (or the agent's) on every network read; an unreadable chain makes
     /// `unread` entries, not an error.
     pub async fn reconcile(&self, agent: Option<&AgentId>) -> Result<Vec<WalletReconciliation>> {
-        let mut wallets = self.inner.records.wallet_addresses().await?;
+        let records = &self.inner.records;
+        let mut wallets = records.wallet_addresses().await?;
         wallets.retain(|(id, _)| agent.is_none_or(|a| a.as_str() == id));
         let mut chains: Vec<&Chain> = self.inner.chains.all().collect();
         chains.sort_by_key(|c| c.network);
         let mut report = Vec::new();
         for chain in chains {
+            let network = chain.network;
             let tokens = match self.watched_tokens(chain).await {
                 Ok(tokens) => tokens,
                 Err(e) => {
-                    let assets = self.inner.settings.assets.iter().filter(|a| a.network == chain.network);
+                    let assets = self.inner.settings.assets.iter().filter(|a| a.network == network);
                     let tokens: Vec<Address> = assets.map(|a| a.address).collect();
                     for (agent, address) in &wallets {
                         for token in &tokens {
-                            report.push(unread(agent, address, chain.network, *token, &e.to_string()));
+                            let mut entry = unread(agent, address, network, *token);
+                            entry.error = Some(e.to_string());
+                            report.push(entry);
                         }
                     }
                     continue;
                 }
             };
+            // Read before any wallet's credits, so that a deposit credited meanwhile is both
+            // credited and above the cursor (and counted once, by its key).
+            let cursor = records.cursor(network).await?;
+            let from = cursor.and_then(|c| u64::try_from(c.block_number).ok()).map(|b| b + 1);
             for (agent, address) in &wallets {
+                let deposits = records.deposits_into(address, network).await?;
+                let payments = records.signed_by(address, network).await?;
                 for token in &tokens {
-                    report.push(self.reconcile_one(chain, agent, address, *token).await?);
+                    let of_token = |stored: &str| stored.parse::<Address>().is_ok_and(|t| t == *token);
+                    let deposits: Vec<&DepositRow> = deposits.iter().filter(|d| of_token(&d.token)).collect();
+                    let payments: Vec<&SignedAmount> = payments.iter().filter(|p| of_token(&p.asset)).collect();
+                    let entry = unread(agent, address, network, *token);
+                    report.push(self.reconcile_one(chain, entry, *token, from, &deposits, &payments).await);
                 }
             }
         }
         Ok(report)
     }
 
+    /// One wallet's token, from its credits and payments as read (`from`: the first block above the
+    /// cursor): the chain is read now, as of its head.
     async fn reconcile_one(
         &self,
         chain: &Chain,
-        agent: &str,
-        address: &str,
+        mut entry: WalletReconciliation,
         token: Address,
-    ) -> Result<WalletReconciliation> {
-        let network = chain.network;
-        let records = &self.inner.records;
-        let cursor = records.cursor(network).await?;
-        let deposits: Vec<DepositRow> = records.deposits_into(address, network).await?;
-        let deposits: Vec<DepositRow> =
-            deposits.into_iter().filter(|d| d.token.parse::<Address>().is_ok_and(|t| t == token)).collect();
-        let payments: Vec<SignedAmount> = records.signed_by(address, network).await?;
-        let payments: Vec<SignedAmount> =
-            payments.into_iter().filter(|p| p.asset.parse::<Address>().is_ok_and(|t| t == token)).collect();
-
+        from: Option<u64>,
+        deposits: &[&DepositRow],
+        payments: &[&SignedAmount],
+    ) -> WalletReconciliation {
         let credited: i128 = deposits.iter().map(|d| atomic(&d.value)).sum();
         let settled = payments.iter().filter(|p| p.status == PaymentStatus::Settled);
         let paid: i128 = settled.clone().map(|p| atomic(&p.amount)).sum();
-        let in_flight: Vec<&SignedAmount> =
+        let in_flight: Vec<&&SignedAmount> =
             payments.iter().filter(|p| matches!(p.status, PaymentStatus::Signed | PaymentStatus::Unknown)).collect();
         let ledger = credited - paid;
         let mut explained_by: Vec<WalletMovement> = in_flight
@@ -89,25 +97,11 @@ impl Usdc {
             })
             .collect();
         let in_flight: i128 = in_flight.iter().map(|p| atomic(&p.amount)).sum();
-        let mut entry = WalletReconciliation {
-            agent_id: agent.to_owned(),
-            address: address.to_owned(),
-            network: network.to_owned(),
-            token: token.to_checksum(None),
-            onchain: None,
-            ledger: ledger.to_string(),
-            uncredited: "0".into(),
-            in_flight: in_flight.to_string(),
-            difference: None,
-            status: ReconciliationStatus::Unread,
-            deposits: deposits.len(),
-            payments: settled.count(),
-            explained_by: Vec::new(),
-            error: None,
-        };
-
-        let Ok(owner) = address.parse::<Address>() else { return Ok(entry) };
-        let from = cursor.and_then(|c| u64::try_from(c.block_number).ok()).map(|b| b + 1);
+        entry.ledger = ledger.to_string();
+        entry.in_flight = in_flight.to_string();
+        entry.deposits = deposits.len();
+        entry.payments = settled.count();
+        let Ok(owner) = entry.address.parse::<Address>() else { return entry };
         let read = async {
             let head = chain.head().await?;
             let settings = self.inner.settings.chain.as_ref();
@@ -122,7 +116,7 @@ impl Usdc {
             Ok(read) => read,
             Err(e) => {
                 entry.error = Some(e.to_string());
-                return Ok(entry);
+                return entry;
             }
         };
         let credited_keys: HashSet<(String, i64)> = deposits.iter().map(|d| (d.tx_hash.clone(), d.log_index)).collect();
@@ -149,7 +143,7 @@ impl Usdc {
             _ => ReconciliationStatus::Mismatch,
         };
         entry.explained_by = explained_by;
-        Ok(entry)
+        entry
     }
 
     /// Reconciles every wallet every `every`, raising an alert for each that disagrees.
@@ -209,7 +203,8 @@ pub(super) async fn transfers_between(
     Ok(found)
 }
 
-fn unread(agent: &str, address: &str, network: &str, token: Address, error: &str) -> WalletReconciliation {
+/// A wallet's token with nothing read yet.
+fn unread(agent: &str, address: &str, network: &str, token: Address) -> WalletReconciliation {
     WalletReconciliation {
         agent_id: agent.to_owned(),
         address: address.to_owned(),
@@ -224,7 +219,7 @@ fn unread(agent: &str, address: &str, network: &str, token: Address, error: &str
         deposits: 0,
         payments: 0,
         explained_by: Vec::new(),
-        error: Some(error.to_owned()),
+        error: None,
     }
 }
 
